@@ -1,0 +1,67 @@
+"""Terminal output: log verbosity and progress bars, both on stderr so stdout stays for results."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_quiet = False
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"tao-qc: {level}{record.getMessage()}"
+
+
+def setup_logging(verbosity: int) -> None:
+    """verbosity: -1 quiet (warnings and errors), 0 normal, 1+ debug."""
+    global _quiet
+    _quiet = verbosity < 0
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    root = logging.getLogger("tao_qc")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@contextmanager
+def progress(description: str, total: int | None = None) -> Iterator:
+    """A progress bar on stderr; `advance(n)` on the yielded object. Silent under -q."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rich.console import Console
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=_quiet,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+
+        class _Advance:
+            def advance(self, n: int = 1) -> None:
+                bar.advance(task, n)
+
+        yield _Advance()
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with progress(description, total) as bar:
+        for item in items:
+            yield item
+            bar.advance()

@@ -1,0 +1,561 @@
+"""The `quantize` spec: validated once, at the edge, into typed objects.
+
+Everything past `load_spec` receives a `QuantizeSpec`, never a raw mapping. Every error is a
+`SpecError` whose message is one line: `q.yaml:14:7: quantize.layers[2].weights.dtype: 'int4' is not
+supported (valid: int8, fp8_e4m3fn, fp8_e5m2, native)`.
+
+Relative paths in a spec file are resolved against the file's own folder, so a spec and its data can
+move together; paths in a dict are resolved against the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+
+from tao_qc.errors import SpecError
+
+log = logging.getLogger("tao_qc.spec")
+
+DTYPES = ("int8", "fp8_e4m3fn", "fp8_e5m2", "native")
+DTYPE_ALIASES = {"float8_e4m3fn": "fp8_e4m3fn", "float8_e5m2": "fp8_e5m2"}
+BACKENDS = ("torchao", "modelopt.pytorch", "modelopt.onnx", "modelopt")
+MODES = ("weight_only_ptq", "static_ptq")
+ALGORITHMS = ("minmax", "entropy", "max")
+TARGETS = ("tensorrt", "onnxruntime")
+RUNTIMES = ("onnxruntime", "tensorrt")
+LAYOUTS = ("NCHW", "NHWC")
+COLORS = ("auto", "rgb", "bgr", "gray")
+BACKEND_MODES = {"torchao": "weight_only_ptq", "modelopt.pytorch": "static_ptq", "modelopt.onnx": "static_ptq"}
+_DEVICE_RE = re.compile(r"^(cpu|cuda|auto|cuda:\d+)$")
+
+# Messages already printed this process: deprecations warn once, not once per load.
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def did_you_mean(value: str, valid: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(str(value), list(valid), n=1, cutoff=0.6)
+    if not close:
+        lowered = {v.lower(): v for v in valid}
+        if str(value).lower() in lowered:
+            close = [lowered[str(value).lower()]]
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _choice(valid: tuple[str, ...], aliases: Mapping[str, str] | None = None):
+    """A validator accepting one of `valid` (or an alias), with a message naming every option."""
+    aliases = dict(aliases or {})
+
+    def check(value: Any) -> str:
+        if isinstance(value, str):
+            value = aliases.get(value, value)
+            if value in valid:
+                return value
+        shown = repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+        raise PydanticCustomError(
+            "tao_choice",
+            "{shown} is not supported (valid: {valid}){hint}",
+            {"shown": shown, "valid": ", ".join(valid), "hint": did_you_mean(str(value), valid)},
+        )
+
+    return BeforeValidator(check)
+
+
+def _device(value: Any) -> str:
+    if isinstance(value, str) and _DEVICE_RE.match(value):
+        return value
+    raise PydanticCustomError(
+        "tao_choice", "{shown} is not a device (valid: cuda, cpu, cuda:N, auto)", {"shown": repr(value)}
+    )
+
+
+def _pattern_list(value: Any) -> Any:
+    if isinstance(value, str):
+        raise PydanticCustomError(
+            "tao_type", "expected a list of patterns, got the string {shown} (write [{shown}])", {"shown": repr(value)}
+        )
+    return value
+
+
+Dtype = Annotated[str, _choice(DTYPES, DTYPE_ALIASES)]
+Backend = Annotated[str, _choice(BACKENDS)]
+Mode = Annotated[str, _choice(MODES)]
+Algorithm = Annotated[str, _choice(ALGORITHMS)]
+Target = Annotated[str, _choice(TARGETS)]
+RuntimeName = Annotated[str, _choice(RUNTIMES)]
+Layout = Annotated[str, _choice(LAYOUTS)]
+Color = Annotated[str, _choice(COLORS)]
+Device = Annotated[str, BeforeValidator(_device)]
+PatternList = Annotated[list[str], BeforeValidator(_pattern_list)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DtypeSpec(_Strict):
+    dtype: Dtype
+
+
+class LayerEntry(_Strict):
+    module_name: str = Field(min_length=1)
+    weights: DtypeSpec | None = None
+    activations: DtypeSpec | None = None
+
+
+class CalibrationSpec(_Strict):
+    """Extension: where calibration data comes from and how images are preprocessed."""
+
+    data: str | None = None  # .npz, .npy, an image folder, or the word `random`
+    max_samples: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=1, ge=1)
+    # Image folders only. mean/std are in 0-255 pixel units: x = (pixel - mean) / std.
+    size: list[int] | None = Field(default=None, min_length=2, max_length=2)
+    mean: list[float] = Field(default_factory=lambda: [0.0])
+    std: list[float] = Field(default_factory=lambda: [255.0])
+    layout: Layout = "NCHW"
+    color: Color = "auto"
+
+
+class CompareSpec(_Strict):
+    """Extension: the FP32-vs-quantized check that ends `compile` (and drives `tao-qc compare`)."""
+
+    runtime: RuntimeName = "onnxruntime"
+    data: str | None = None  # default: the calibration data
+    labels: str | None = None
+    atol: float | None = Field(default=None, ge=0)
+    rtol: float | None = Field(default=None, ge=0)
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
+    fail_on_mismatch: bool = True
+
+
+class ShapeProfile(_Strict):
+    min: list[int]
+    opt: list[int]
+    max: list[int]
+
+
+class TensorRTSpec(_Strict):
+    """Extension: engine build settings used where TensorRT is the runtime."""
+
+    workspace_gib: float = Field(default=4.0, gt=0)
+    timing_cache: str | None = None
+    fp16_baseline: bool = True
+    profiles: dict[str, ShapeProfile] = Field(default_factory=dict)
+
+
+class QuantizeSpec(_Strict):
+    backend: Backend = "torchao"
+    mode: Mode = "weight_only_ptq"
+    algorithm: Algorithm = "minmax"
+    default_layer_dtype: Dtype = "native"
+    default_activation_dtype: Dtype = "native"
+    layers: list[LayerEntry] = Field(default_factory=list)
+    skip_names: PatternList = Field(default_factory=list)
+    model_path: str | None = None
+    results_dir: str | None = None
+    backend_kwargs: dict[str, Any] = Field(default_factory=dict)
+    device: Device = "cuda"
+    # Extensions
+    target: Target = "tensorrt"
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    compare: CompareSpec = Field(default_factory=CompareSpec)
+    tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
+
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """The file this spec was loaded from, if any."""
+        return self._source
+
+    @property
+    def calibration_algorithm(self) -> str:
+        """`max` and `minmax` are the same max-abs calibration; this is the one spelling used inward."""
+        return "minmax" if self.algorithm in ("max", "minmax") else self.algorithm
+
+    def resolve_backend(self, model_path: str | Path | None = None) -> QuantizeSpec:
+        """A copy with the `modelopt` short form resolved by the model's format.
+
+        `modelopt` means `modelopt.onnx` for an `.onnx` input and `modelopt.pytorch` otherwise.
+        """
+        if self.backend != "modelopt":
+            return self
+        path = model_path or self.model_path
+        if path is None:
+            raise SpecError(
+                "'modelopt' needs a model to choose between modelopt.onnx and modelopt.pytorch "
+                "(give model_path, or write the backend in full)",
+                key="quantize.backend",
+                location=self._source,
+            )
+        resolved = "modelopt.onnx" if str(path).lower().endswith(".onnx") else "modelopt.pytorch"
+        return self._copy_with(backend=resolved)
+
+    def for_onnx_pipeline(self) -> QuantizeSpec:
+        """The spec as the ONNX pipeline reads it.
+
+        A spec that never named a backend means "quantize this ONNX model" when handed to `compile`
+        with an `.onnx` input, so it runs as modelopt.onnx static PTQ; an explicit torchao or
+        modelopt.pytorch backend cannot quantize an ONNX graph and is an error.
+        """
+        spec = self.resolve_backend(".onnx")
+        if "backend" not in self.model_fields_set:
+            log.info("backend not set: using modelopt.onnx (static_ptq) for the ONNX pipeline")
+            return spec._copy_with(backend="modelopt.onnx", mode="static_ptq")
+        if spec.backend != "modelopt.onnx":
+            raise SpecError(
+                f"'{spec.backend}' cannot quantize an ONNX model (valid for .onnx input: modelopt.onnx, modelopt)",
+                key="quantize.backend",
+                location=self._source,
+            )
+        return spec
+
+    def _copy_with(self, **changes: Any) -> QuantizeSpec:
+        data = self.model_dump()
+        data.update(changes)
+        copy = QuantizeSpec.model_validate(data)
+        object.__setattr__(copy, "__pydantic_fields_set__", set(self.model_fields_set) | set(changes))
+        copy._source = self._source
+        return copy
+
+    def normalized(self) -> dict[str, Any]:
+        """Plain data with every default filled in and every alias normalized (for reports)."""
+        return self.model_dump(mode="json")
+
+
+class TaskSpec(_Strict):
+    """An `evaluate` or `inference` section: run a task, on the quantized artifact if asked."""
+
+    is_quantized: bool = False
+    checkpoint: str | None = None
+    data: str | None = None
+    labels: str | None = None
+    batch_size: int = Field(default=32, ge=1)
+    results_dir: str | None = None
+
+
+class ExperimentSpec(BaseModel):
+    """A whole experiment file: the `quantize` section plus the tasks that use its artifact.
+
+    Other top-level sections (model, dataset, train, ...) belong to other tools and are kept as-is.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
+    evaluate: TaskSpec | None = None
+    inference: TaskSpec | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+_PATH_FIELDS = ("model_path", "results_dir")
+_NESTED_PATH_FIELDS = {"calibration": ("data",), "compare": ("data", "labels"), "tensorrt": ("timing_cache",)}
+
+
+def _resolve_paths(section: dict[str, Any], base: Path) -> None:
+    def fix(owner: dict[str, Any], key: str) -> None:
+        value = owner.get(key)
+        if isinstance(value, str) and value and value != "random":
+            path = Path(value).expanduser()
+            owner[key] = str(path if path.is_absolute() else (base / path))
+
+    for key in _PATH_FIELDS:
+        fix(section, key)
+    for sub, keys in _NESTED_PATH_FIELDS.items():
+        if isinstance(section.get(sub), dict):
+            for key in keys:
+                fix(section[sub], key)
+
+
+class _Marks:
+    """Line/column of every key and value in a YAML document, addressed by key path."""
+
+    def __init__(self, filename: str | None):
+        self.filename = filename
+        self.keys: dict[tuple, Any] = {}
+        self.values: dict[tuple, Any] = {}
+
+    def walk(self, node: yaml.Node, path: tuple = ()) -> None:
+        self.values[path] = node.start_mark
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    raise SpecError(
+                        f"duplicate key '{key}' (first at line {seen[key].line + 1})",
+                        key=_key_path(path + (key,)),
+                        location=self.at_mark(key_node.start_mark),
+                    )
+                seen[key] = key_node.start_mark
+                self.keys[path + (key,)] = key_node.start_mark
+                self.walk(value_node, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.walk(item, path + (index,))
+
+    def at_mark(self, mark: Any) -> str | None:
+        if self.filename is None:
+            return None
+        return f"{self.filename}:{mark.line + 1}:{mark.column + 1}"
+
+    def at(self, path: tuple, prefer_key: bool = False) -> str | None:
+        if self.filename is None:
+            return None
+        for candidate in (path[:i] for i in range(len(path), -1, -1)):
+            order = (self.keys, self.values) if prefer_key else (self.values, self.keys)
+            for table in order:
+                if candidate in table:
+                    return self.at_mark(table[candidate])
+        return self.filename
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that validates the mapping found at `loc` (None where it is not a model)."""
+    model: Any = root
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(value), f"{type(value).__name__} {value!r}"
+    )
+
+
+def _error_message(err: dict[str, Any], root: type[BaseModel]) -> tuple[str, bool]:
+    """One error's message, and whether it points at a key (rather than a value)."""
+    kind, loc, value = err["type"], err["loc"], err.get("input")
+    if kind.startswith("tao_"):
+        return err["msg"], False
+    if kind == "extra_forbidden":
+        model = _model_at(root, loc[:-1])
+        valid = tuple(model.model_fields) if model else ()
+        return f"unknown key '{loc[-1]}'{did_you_mean(str(loc[-1]), valid)} (valid: {', '.join(valid)})", True
+    if kind == "missing":
+        return "required key is missing", True
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"expected a mapping, got {_describe(value)}", False
+    if kind == "list_type":
+        return f"expected a list, got {_describe(value)}", False
+    if kind in ("string_type",):
+        return f"expected a string, got {_describe(value)}", False
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer, got {_describe(value)}", False
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_describe(value)}", False
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {_describe(value)}", False
+    return f"{err['msg']} (got {value!r})", False
+
+
+def _validation_to_spec_error(
+    exc: ValidationError, root: type[BaseModel], section: str, mark_prefix: tuple, marks: _Marks
+) -> SpecError:
+    """The first validation error as a SpecError; `section` names the key path's head whether or
+    not the file spells it (a bare `quantize` section is still reported as `quantize.…`)."""
+    errors = exc.errors()
+    message, at_key = _error_message(errors[0], root)
+    loc = tuple(errors[0]["loc"])
+    more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return SpecError(
+        message + more, key=_key_path((section,) + loc), location=marks.at(mark_prefix + loc, prefer_key=at_key)
+    )
+
+
+def _cross_check(spec: QuantizeSpec, marks: _Marks, prefix: tuple) -> None:
+    def fail(field: str, message: str) -> None:
+        raise SpecError(message, key=_key_path(("quantize", field)), location=marks.at(prefix + (field,)))
+
+    if "mode" not in spec.model_fields_set:
+        # No mode written: take the one mode this backend supports (both modelopt backends: static).
+        default = "weight_only_ptq" if spec.backend == "torchao" else "static_ptq"
+        object.__setattr__(spec, "mode", default)
+    else:
+        supported = "weight_only_ptq" if spec.backend == "torchao" else "static_ptq"
+        if spec.mode != supported:
+            fail("mode", f"backend '{spec.backend}' does not support mode '{spec.mode}' (it supports only '{supported}')")
+
+    for field, where in (("default_layer_dtype", "weights"), ("default_activation_dtype", "activations")):
+        if field in spec.model_fields_set:
+            warn_once(f"quantize.{field} is deprecated and ignored: set quantize.layers[*].{where}.dtype instead")
+
+    if spec.backend == "torchao" and any(entry.activations is not None for entry in spec.layers):
+        warn_once("backend torchao quantizes weights only: quantize.layers[*].activations is ignored")
+
+    if spec.backend_kwargs and spec.backend != "modelopt":
+        from tao_qc.backend_params import backend_parameters
+
+        valid = backend_parameters(spec.backend)
+        if valid is not None:
+            for key in spec.backend_kwargs:
+                if key not in valid:
+                    raise SpecError(
+                        f"unknown key '{key}' for backend {spec.backend}{did_you_mean(key, valid)} "
+                        f"(valid: {', '.join(valid)})",
+                        key=_key_path(("quantize", "backend_kwargs", key)),
+                        location=marks.at(prefix + ("backend_kwargs", key), prefer_key=True),
+                    )
+
+
+def _find_section(document: Any, marks: _Marks) -> tuple[Any, tuple]:
+    if document is None:
+        raise SpecError("the spec is empty (expected a mapping with a 'quantize' section)", location=marks.filename)
+    if not isinstance(document, dict):
+        raise SpecError(
+            f"expected a mapping with a 'quantize' section at the top, got {_describe(document)}",
+            location=marks.at(()),
+        )
+    if "quantize" in document:
+        return document["quantize"], ("quantize",)
+    fields = set(QuantizeSpec.model_fields)
+    if document and fields & set(document):
+        return document, ()  # the section alone
+    raise SpecError(
+        f"no 'quantize' section (top-level keys: {', '.join(map(str, document)) or 'none'})",
+        location=marks.at(()),
+    )
+
+
+def _read_yaml(path: Path) -> tuple[Any, _Marks]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    except IsADirectoryError:
+        raise SpecError(f"spec path is a folder, not a YAML file: {path}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"spec file is not UTF-8 text: {path}") from None
+    marks = _Marks(str(path))
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            marks.walk(node)
+        document = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise SpecError(f"YAML syntax error: {problem}", location=marks.at_mark(mark) if mark else str(path)) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"YAML error: {exc}", location=str(path)) from None
+    return document, marks
+
+
+def _to_plain(cfg: Any) -> Any:
+    """OmegaConf DictConfig / any Mapping -> plain dicts and lists (without importing OmegaConf)."""
+    if hasattr(cfg, "_metadata") and hasattr(cfg, "_get_node"):
+        from omegaconf import OmegaConf  # only reachable when the user already has OmegaConf
+
+        return OmegaConf.to_container(cfg, resolve=True)
+    if isinstance(cfg, Mapping):
+        return {key: _to_plain(value) for key, value in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [_to_plain(value) for value in cfg]
+    return cfg
+
+
+def _validate_section(section: Any, marks: _Marks, prefix: tuple, base: Path) -> QuantizeSpec:
+    if isinstance(section, dict):
+        section = dict(section)
+        _resolve_paths(section, base)
+    elif section is None:
+        section = {}
+    try:
+        spec = QuantizeSpec.model_validate(section)
+    except ValidationError as exc:
+        raise _validation_to_spec_error(exc, QuantizeSpec, "quantize", prefix, marks) from None
+    spec._source = marks.filename
+    _cross_check(spec, marks, prefix)
+    return spec
+
+
+def load_spec(source: Union[str, Path, Mapping[str, Any], QuantizeSpec, Any]) -> QuantizeSpec:
+    """Load and validate a `quantize` spec from a YAML path, a mapping (with or without the
+    `quantize` key), an OmegaConf config, or an existing `QuantizeSpec` (returned as is)."""
+    if isinstance(source, QuantizeSpec):
+        return source
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        document, marks = _read_yaml(path)
+        base = path.resolve().parent
+    else:
+        document, marks, base = _to_plain(source), _Marks(None), Path.cwd()
+    section, prefix = _find_section(document, marks)
+    return _validate_section(section, marks, prefix, base)
+
+
+def load_experiment(source: Union[str, Path, Mapping[str, Any]]) -> ExperimentSpec:
+    """Load a whole experiment file: `quantize` plus optional `evaluate` / `inference` sections."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        document, marks = _read_yaml(path)
+        base = path.resolve().parent
+    else:
+        document, marks, base = _to_plain(source), _Marks(None), Path.cwd()
+    section, prefix = _find_section(document, marks)
+    quantize = _validate_section(section, marks, prefix, base)
+    tasks: dict[str, TaskSpec | None] = {}
+    for name in ("evaluate", "inference"):
+        raw = document.get(name) if prefix else None
+        if raw is None:
+            continue
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            for key in ("checkpoint", "data", "labels", "results_dir"):
+                if isinstance(raw.get(key), str):
+                    candidate = Path(raw[key]).expanduser()
+                    raw[key] = str(candidate if candidate.is_absolute() else base / candidate)
+        try:
+            tasks[name] = TaskSpec.model_validate(raw)
+        except ValidationError as exc:
+            raise _validation_to_spec_error(exc, TaskSpec, name, (name,), marks) from None
+    others = {k: v for k, v in document.items() if k not in ("quantize", "evaluate", "inference")} if prefix else {}
+    return ExperimentSpec(quantize=quantize, **tasks, **others)

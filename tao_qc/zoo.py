@@ -1,0 +1,209 @@
+"""Reference architectures built in the repo: the fixed models of tests, golden dumps, benchmarks
+and the demo. No downloads: weights are seeded random unless a test trains them.
+
+`export_onnx` lowers any of them with `torch.onnx.export` (TorchScript exporter), whose node names
+keep the module path (`/layer1/layer1.0/conv1/Conv`), so spec patterns select the same layers in
+PyTorch and ONNX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18's shape (BasicBlock x [2, 2, 2, 2], 64-512 channels) at any input size."""
+
+    def __init__(self, num_classes: int = 1000, width: int = 64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths = [width, width * 2, width * 4, width * 8]
+        layers, cin = [], width
+        for index, cout in enumerate(widths):
+            stride = 1 if index == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class SmallResidualCNN(nn.Module):
+    """A small CNN with BatchNorm and a residual Add: the smallest graph that exercises folding."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = BasicBlock(16, 16)
+        self.down = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.down(self.block(self.stem(x)))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+class DepthwiseSeparable(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6()
+        )
+        self.pointwise = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))
+
+
+class MobileNetStyle(nn.Module):
+    """MobileNet-v1-style depthwise-separable stack."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+        plan = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2)]
+        plan += [(512, 512, 1)] * 3 + [(512, 1024, 2), (1024, 1024, 1)]
+        self.features = nn.Sequential(*(DepthwiseSeparable(cin, cout, s) for cin, cout, s in plan))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(1024, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(self.stem(x))), 1))
+
+
+class TransformerBlock(nn.Module):
+    """One pre-norm encoder block written with explicit MatMul/Softmax/LayerNorm."""
+
+    def __init__(self, dim: int = 128, heads: int = 4, mlp_ratio: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim * mlp_ratio)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(dim * mlp_ratio, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (d // h) ** -0.5, dim=-1)
+        x = x + self.proj(torch.matmul(attn, v).transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class TinyViT(nn.Module):
+    """A small transformer classifier over patch tokens (conv patch embedding + 2 blocks)."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 128, depth: int = 2, patch: int = 8, image: int = 32):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2, dim) * 0.02)
+        self.blocks = nn.Sequential(*(TransformerBlock(dim) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos
+        x = self.norm(self.blocks(x))
+        return self.head(x.mean(dim=1))
+
+
+# name -> (constructor, input shape at batch 1)
+ZOO = {
+    "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
+    "small_cnn": (lambda: SmallResidualCNN(), (1, 3, 32, 32)),
+    "mobilenet": (lambda: MobileNetStyle(), (1, 3, 224, 224)),
+    "transformer_block": (lambda: TransformerBlock(), (1, 16, 128)),
+    "tiny_vit": (lambda: TinyViT(), (1, 3, 32, 32)),
+}
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    """A zoo model in eval mode with deterministic weights and non-trivial BatchNorm statistics."""
+    constructor, shape = ZOO[name]
+    torch.manual_seed(seed)
+    model = constructor()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def input_shape(name: str, batch: int = 1) -> tuple[int, ...]:
+    shape = ZOO[name][1]
+    return (batch, *shape[1:])
+
+
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    path: str | Path,
+    *,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    dynamic_batch: bool = False,
+    opset: int = 17,
+) -> Path:
+    """Export with the TorchScript exporter (module-path node names), BatchNorm left unfolded."""
+    path = Path(path)
+    examples = example if isinstance(example, tuple) else (example,)
+    input_names = input_names or (["input"] if len(examples) == 1 else [f"input{i}" for i in range(len(examples))])
+    output_names = output_names or ["output"]
+    dynamic_axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
+    torch.onnx.export(
+        model.eval(),
+        examples,
+        str(path),
+        input_names=input_names,
+        output_names=output_names,
+        opset_version=opset,
+        dynamic_axes=dynamic_axes,
+        do_constant_folding=False,
+        training=torch.onnx.TrainingMode.PRESERVE,
+        dynamo=False,
+    )
+    return path
+
+
+def export_zoo(name: str, path: str | Path, *, batch: int = 1, dynamic_batch: bool = False, seed: int = 0) -> Path:
+    model = build(name, seed)
+    example = torch.randn(*input_shape(name, batch))
+    return export_onnx(model, example, path, dynamic_batch=dynamic_batch)
