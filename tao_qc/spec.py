@@ -457,8 +457,8 @@ def _find_section(document: Any, marks: _Marks) -> tuple[Any, tuple]:
     if "quantize" in document:
         return document["quantize"], ("quantize",)
     fields = set(QuantizeSpec.model_fields)
-    if document and fields & set(document):
-        return document, ()  # the section alone
+    if not document or fields & set(document):
+        return document, ()  # the section alone (an empty mapping: all defaults)
     raise SpecError(
         f"no 'quantize' section (top-level keys: {', '.join(map(str, document)) or 'none'})",
         location=marks.at(()),

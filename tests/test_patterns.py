@@ -1,0 +1,202 @@
+"""The one pattern matcher, on a real nn.Module tree, a real exported ONNX graph, and properties."""
+
+from __future__ import annotations
+
+import logging
+from fnmatch import fnmatchcase
+
+import onnx
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tao_qc import zoo
+from tao_qc.patterns import Unit, decide, module_path_from_onnx_name, onnx_unit
+from tao_qc.spec import load_spec
+
+
+def torch_units(model: torch.nn.Module) -> list[Unit]:
+    return [Unit(name, type(module).__name__) for name, module in model.named_modules() if name]
+
+
+@pytest.fixture(scope="module")
+def resnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return zoo.ResNet18(num_classes=10, width=8).eval()
+
+
+@pytest.fixture(scope="module")
+def resnet_onnx(tmp_path_factory, resnet) -> onnx.ModelProto:
+    path = tmp_path_factory.mktemp("onnx") / "resnet.onnx"
+    zoo.export_onnx(resnet, torch.randn(1, 3, 32, 32), path)
+    return onnx.load(path)
+
+
+def onnx_units(model: onnx.ModelProto) -> list[Unit]:
+    return [onnx_unit(node.name, node.op_type) for node in model.graph.node]
+
+
+def selected(result) -> set[str]:
+    return {d.unit.name for d in result.decisions if d.quantized}
+
+
+def spec(**quantize):
+    return load_spec({"quantize": quantize})
+
+
+def test_empty_layers_quantizes_every_compute_layer_and_says_so(resnet):
+    s = spec(backend="modelopt.pytorch")
+    result = decide(torch_units(resnet), s.layers, s.skip_names, static=True)
+    convs = {n for n, m in resnet.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert selected(result) == convs
+    decision = result.by_name()["layer1.0.conv1"]
+    assert (decision.weights, decision.activations) == ("int8", "int8")
+    assert "layers is empty" in decision.weights_rule
+
+
+def test_weight_only_leaves_activations_native(resnet):
+    s = spec(backend="torchao")
+    result = decide(torch_units(resnet), s.layers, s.skip_names, static=False)
+    assert all(d.activations == "native" and d.weights == "int8" for d in result.quantized)
+
+
+def test_name_then_type_later_entries_override_and_skip_wins(resnet):
+    s = spec(
+        backend="modelopt.pytorch",
+        layers=[
+            {"module_name": "Conv2d", "weights": {"dtype": "int8"}, "activations": {"dtype": "int8"}},
+            {"module_name": "layer4.*", "weights": {"dtype": "fp8_e4m3fn"}},
+            {"module_name": "layer4.1.conv2", "weights": {"dtype": "native"}, "activations": {"dtype": "native"}},
+        ],
+        skip_names=["layer1.0.*"],
+    )
+    result = decide(torch_units(resnet), s.layers, s.skip_names, static=True).by_name()
+    assert result["layer2.0.conv1"].weights == "int8"
+    assert "layers[0] 'Conv2d' (by type)" in result["layer2.0.conv1"].weights_rule
+    # layer4 entry overrides only weights; activations stay as entry 0 set them
+    assert result["layer4.0.conv1"].weights == "fp8_e4m3fn"
+    assert result["layer4.0.conv1"].activations == "int8"
+    assert "layers[1] 'layer4.*' (by name)" in result["layer4.0.conv1"].weights_rule
+    assert "layers[0]" in result["layer4.0.conv1"].activations_rule
+    assert not result["layer4.1.conv2"].quantized
+    assert result["layer1.0.conv1"].skipped_by.startswith("skip_names[0] 'layer1.0.*'")
+    assert not result["layer1.0.conv1"].quantized
+    # Linear is not a Conv2d and no entry names it
+    assert not result["fc"].quantized
+    assert result["fc"].weights_rule == "not selected by any layers entry"
+
+
+def test_entry_without_dtypes_quantizes_with_int8_defaults(resnet):
+    s = spec(backend="modelopt.pytorch", layers=[{"module_name": "fc"}])
+    result = decide(torch_units(resnet), s.layers, s.skip_names, static=True).by_name()
+    assert (result["fc"].weights, result["fc"].activations) == ("int8", "int8")
+    assert "int8 by default" in result["fc"].weights_rule
+    assert not result["conv1"].quantized
+
+
+def test_pattern_matching_nothing_is_a_warning_naming_it(resnet, caplog):
+    caplog.set_level(logging.WARNING, logger="tao_qc")
+    s = spec(backend="torchao", layers=[{"module_name": "layer9.*"}], skip_names=["*haed*"])
+    result = decide(torch_units(resnet), s.layers, s.skip_names, static=False)
+    assert result.unmatched == ["layers[0] 'layer9.*'", "skip_names[0] '*haed*'"]
+    assert "pattern layers[0] 'layer9.*' matches nothing" in caplog.text
+    assert "pattern skip_names[0] '*haed*' matches nothing" in caplog.text
+
+
+def test_pattern_selecting_only_non_compute_layers_is_flagged(resnet):
+    s = spec(backend="torchao", layers=[{"module_name": "*bn*"}])
+    result = decide(torch_units(resnet), s.layers, s.skip_names, static=False)
+    assert result.only_other_types == ["layers[0] '*bn*'"]
+    assert result.unmatched == []
+
+
+def test_onnx_node_names_map_back_to_module_paths(resnet, resnet_onnx):
+    module_names = {n for n, m in resnet.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    onnx_paths = {
+        module_path_from_onnx_name(n.name) for n in resnet_onnx.graph.node if n.op_type in ("Conv", "Gemm")
+    }
+    assert onnx_paths == module_names
+
+
+def test_one_spec_selects_the_same_layers_in_pytorch_and_onnx(resnet, resnet_onnx):
+    s = spec(
+        backend="modelopt.pytorch",
+        layers=[{"module_name": "Conv2d"}, {"module_name": "Linear"}, {"module_name": "layer3.*"}],
+        skip_names=["*downsample*", "layer1.1.conv2", "fc"],
+    )
+    in_torch = selected(decide(torch_units(resnet), s.layers, s.skip_names, static=True))
+    onnx_result = decide(onnx_units(resnet_onnx), s.layers, s.skip_names, static=True)
+    in_onnx = {module_path_from_onnx_name(name) for name in selected(onnx_result)}
+    assert in_torch == in_onnx
+    assert "layer1.1.conv2" not in in_onnx and "fc" not in in_onnx
+    assert not any("downsample" in name for name in in_onnx)
+
+
+def test_onnx_op_type_and_node_name_patterns(resnet_onnx):
+    s = spec(backend="modelopt.onnx", layers=[{"module_name": "Gemm"}, {"module_name": "/layer2/*/Conv"}])
+    result = decide(onnx_units(resnet_onnx), s.layers, s.skip_names, static=True)
+    names = selected(result)
+    assert "/fc/Gemm" in names
+    assert all(n == "/fc/Gemm" or n.startswith("/layer2/") for n in names)
+    assert len(names) == 1 + 5  # 2 blocks x 2 convs + downsample conv
+
+
+@pytest.mark.parametrize(
+    "node_name, module",
+    [
+        ("/backbone/layer1/layer1.0/conv1/Conv", "backbone.layer1.0.conv1"),
+        ("/layer1/layer1.0/conv1/Conv", "layer1.0.conv1"),
+        ("/conv1/Conv", "conv1"),
+        ("/stem/stem.0/Conv", "stem.0"),
+        ("/Conv", None),
+        ("Conv_12", None),
+    ],
+)
+def test_module_path_from_onnx_name(node_name, module):
+    assert module_path_from_onnx_name(node_name) == module
+
+
+# --- properties
+
+segment = st.text(alphabet="abcxyz._0123", min_size=1, max_size=6)
+names = st.lists(st.builds(lambda parts: ".".join(parts), st.lists(segment, min_size=1, max_size=3)), min_size=1, max_size=8, unique=True)
+kinds = st.sampled_from(["Conv2d", "Linear", "ReLU", "BatchNorm2d"])
+patterns = st.text(alphabet="abcxyz.*?", min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(names=names, types=st.lists(kinds, min_size=8, max_size=8), pats=st.lists(patterns, max_size=3), skips=st.lists(patterns, max_size=2))
+def test_properties(names, types, pats, skips):
+    units = [Unit(n, t) for n, t in zip(names, types)]
+    s = spec(backend="modelopt.pytorch", layers=[{"module_name": p} for p in pats], skip_names=skips)
+    result = decide(units, s.layers, s.skip_names, static=True, warn=False)
+    by_name = result.by_name()
+    for unit in units:
+        if unit.type not in ("Conv2d", "Linear"):
+            assert unit.name not in by_name  # never quantizable
+            continue
+        decision = by_name[unit.name]
+        skipped = any(fnmatchcase(unit.name, p) or fnmatchcase(unit.type, p) for p in skips)
+        chosen = not pats or any(unit.matched_by(p) for p in pats)
+        # skip_names always wins; otherwise selected <=> some entry matches (or layers is empty)
+        assert decision.quantized == (chosen and not skipped)
+        assert (decision.skipped_by is not None) == skipped
+    # a pattern is reported unmatched iff it matches no unit at all
+    for index, p in enumerate(pats):
+        assert (f"layers[{index}] '{p}'" in result.unmatched) == (not any(u.matched_by(p) for u in units))
+
+
+@settings(max_examples=100, deadline=None)
+@given(pats=st.lists(patterns, min_size=1, max_size=4))
+def test_order_of_entries_decides_weights_dtype(pats):
+    unit = Unit("a.b", "Conv2d")
+    dtypes = ["int8", "fp8_e4m3fn", "native", "fp8_e5m2"]
+    layers = [{"module_name": p, "weights": {"dtype": dtypes[i % 4]}} for i, p in enumerate(pats)]
+    s = spec(backend="modelopt.pytorch", layers=layers)
+    decision = decide([unit], s.layers, [], static=True, warn=False).decisions[0]
+    matching = [i for i, p in enumerate(pats) if unit.matched_by(p)]
+    if matching:
+        assert decision.weights == dtypes[matching[-1] % 4]
+    else:
+        assert not decision.quantized
