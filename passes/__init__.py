@@ -1,0 +1,1 @@
+"""The ONNX pipeline's passes (installed as `tao_qc.passes`): one concern per module."""
