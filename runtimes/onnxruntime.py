@@ -1,0 +1,146 @@
+"""ONNX Runtime sessions for FP32 and quantized models, with explicit threads and optimization level.
+
+The optimized graph ORT builds is ONNX Runtime's "engine": it is saved as `<stem>.ort-optimized.onnx`
+(`SessionOptions.optimized_model_filepath`) so what actually ran can be inspected. Comparison goes
+through polygraphy's `OnnxrtRunner` over the very session built here (polygraphy's own
+`SessionFromOnnx` cannot set threads or save the optimized model).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tao_qc.errors import InputError
+from tao_qc.runtimes.base import RuntimeSettings, artifact_path, cuda_device_present
+
+log = logging.getLogger("tao_qc.runtimes.onnxruntime")
+
+OPTIMIZED_SUFFIX = ".ort-optimized.onnx"
+
+
+def session_options(settings: RuntimeSettings, optimized_path: Path | None = None) -> Any:
+    """`onnxruntime.SessionOptions` from our settings (a pure translation, tested)."""
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = levels[settings.graph_optimization]
+    options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return options
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers in priority order for `device` (cpu, cuda, auto)."""
+    import onnxruntime as ort
+
+    cuda_built = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda":
+        if not (cuda_built and cuda_device_present()):
+            raise InputError("device cuda: no CUDA device or onnxruntime CUDA provider here (valid here: cpu)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto" and cuda_built and cuda_device_present():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+@dataclass
+class OrtEngine:
+    model_path: Path
+    session: Any
+    settings: RuntimeSettings
+    artifact: Path | None = None
+    runtime: str = "onnxruntime"
+    input_specs: list = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outputs))
+
+    def runner(self, name: str) -> Any:
+        from polygraphy.backend.onnxrt import OnnxrtRunner
+
+        return OnnxrtRunner(self.session, name=name)
+
+    def latency(self, feeds: dict[str, np.ndarray], *, warmup: int, runs: int):
+        from tao_qc.latency import summarize, time_calls
+
+        batch = next(iter(feeds.values())).shape[0] if feeds else 1
+        if self.device == "cuda":
+            # Inputs and outputs stay on the device: the timed loop holds no host transfers.
+            import onnxruntime as ort
+
+            binding = self.session.io_binding()
+            for name, array in feeds.items():
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+            for name in self.output_names:
+                binding.bind_output(name, "cuda")
+            call = lambda: self.session.run_with_iobinding(binding)  # noqa: E731
+            times = time_calls(call, warmup=warmup, runs=runs, sync=binding.synchronize_outputs)
+        else:
+            call = lambda: self.session.run(self.output_names, feeds)  # noqa: E731
+            times = time_calls(call, warmup=warmup, runs=runs)
+        return summarize(
+            times, batch, warmup=warmup, model=str(self.model_path), runtime=self.runtime,
+            threads=self.settings.intra_op_threads, device=self.device,
+        )
+
+
+class OnnxRuntime:
+    name = "onnxruntime"
+
+    def available(self) -> bool:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def build(self, model_path: Path, settings: RuntimeSettings) -> OrtEngine:
+        import onnx
+        import onnxruntime as ort
+
+        from tao_qc.data import model_inputs
+
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise InputError(f"{model_path} does not exist")
+        try:
+            proto = onnx.load(str(model_path), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
+            raise InputError(f"{model_path} is not a readable ONNX model: {exc}") from None
+        optimized = artifact_path(model_path, settings, OPTIMIZED_SUFFIX) if settings.save_artifact else None
+        options = session_options(settings, optimized)
+        try:
+            session = ort.InferenceSession(str(model_path), options, providers=providers_for(settings.device))
+        except Exception as exc:  # noqa: BLE001 - ORT reports model faults as generic exceptions
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{model_path.name}: onnxruntime cannot load it: {message}") from None
+        log.debug("%s: onnxruntime session on %s, %d threads", model_path.name, session.get_providers()[0], settings.intra_op_threads)
+        return OrtEngine(
+            model_path=model_path,
+            session=session,
+            settings=settings,
+            artifact=optimized if optimized and optimized.exists() else None,
+            input_specs=model_inputs(proto),
+            output_names=[output.name for output in session.get_outputs()],
+        )

@@ -1,0 +1,268 @@
+"""Latency: warm up, then time N runs; report median, p90 and throughput per batch size.
+
+Each engine times itself (`Engine.latency`) the way its runtime is best measured: ONNX Runtime on CPU
+with `session.run` on prepared numpy feeds; on CUDA (ORT's CUDA provider, TensorRT) with inputs and
+outputs already on the device, so no host transfer is inside the timed loop (as trtexec measures).
+This module holds what they share: the timing loop, the statistics, synthetic feeds, and the
+multi-model table behind `tao-qc bench`.
+
+`measure_latency(model_path, feeds_or_shapes, runtime=..., threads=...)` is the one call other code
+needs (the placement benchmark uses it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tao_qc.errors import InputError
+
+log = logging.getLogger("tao_qc.latency")
+
+DEFAULT_WARMUP = 10
+DEFAULT_RUNS = 50
+
+
+@dataclass
+class LatencyResult:
+    """Timing of one model at one batch size. Times are per batch, in milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    throughput: float  # samples per second at the median
+    batch_size: int = 1
+    mean_ms: float = 0.0
+    min_ms: float = 0.0
+    runs: int = 0
+    warmup: int = 0
+    model: str = ""
+    runtime: str = ""
+    threads: int | None = None
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(times_s: Sequence[float], batch_size: int, **info: Any) -> LatencyResult:
+    """Statistics of per-batch wall times in seconds (a pure function)."""
+    if not len(times_s):
+        raise ValueError("no timed runs")
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
+    median = float(np.median(ms))
+    return LatencyResult(
+        median_ms=median,
+        p90_ms=float(np.percentile(ms, 90)),
+        throughput=float(batch_size * 1e3 / median) if median > 0 else float("inf"),
+        batch_size=batch_size,
+        mean_ms=float(ms.mean()),
+        min_ms=float(ms.min()),
+        runs=len(ms),
+        **info,
+    )
+
+
+def time_calls(call: Callable[[], Any], *, warmup: int, runs: int, sync: Callable[[], Any] | None = None) -> list[float]:
+    """Wall time of each of `runs` calls after `warmup` untimed ones; `sync` ends each timed call
+    (a device synchronize for asynchronous runtimes)."""
+    if runs < 1:
+        raise InputError(f"--runs: {runs} timed runs is too few (valid: 1 or more)")
+    for _ in range(max(warmup, 0)):
+        call()
+    if sync:
+        sync()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class BatchNotSupported(InputError):
+    """The model's batch dimension is fixed at another size than the one asked for."""
+
+
+def synthetic_feeds(inputs: Sequence[Any], batch_size: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random feeds for `inputs` (`tao_qc.data.InputInfo`) at `batch_size`.
+
+    A fixed batch dimension that differs from `batch_size` raises `BatchNotSupported`: rewriting it
+    on a copy is unsound for graphs that bake the batch into Reshape shapes (mnist_cntk does), so
+    bench reports the row as skipped instead.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for info in inputs:
+        shape = list(info.shape)
+        if not shape:
+            raise InputError(f"input {info.describe()} is a scalar; latency needs batched inputs")
+        first = shape[0]
+        if isinstance(first, int) and first > 0 and first != batch_size:
+            raise BatchNotSupported(f"fixed batch {first} ({info.describe()})")
+        shape[0] = batch_size
+        if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            raise InputError(f"input {info.describe()} has a dynamic dimension besides the batch; give feeds or shapes")
+        feeds[info.name] = _random(rng, tuple(shape), info.dtype)
+    return feeds
+
+
+def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    raise InputError(f"cannot make random data of type {dtype.name}")
+
+
+def _feeds_from(engine: Any, feeds_or_shapes: Mapping[str, Any] | None, batch_size: int) -> dict[str, np.ndarray]:
+    if feeds_or_shapes is None:
+        return synthetic_feeds(engine.input_specs, batch_size)
+    rng = np.random.default_rng(0)
+    specs = {info.name: info for info in engine.input_specs}
+    unknown = [name for name in feeds_or_shapes if name not in specs]
+    if unknown:
+        raise InputError(f"feeds name {', '.join(unknown)}, which are not inputs of the model (inputs: {', '.join(specs)})")
+    feeds = {}
+    for name, info in specs.items():
+        value = feeds_or_shapes.get(name)
+        if value is None:
+            raise InputError(f"no feed or shape for input {info.describe()}")
+        if isinstance(value, np.ndarray):
+            feeds[name] = value
+        else:
+            feeds[name] = _random(rng, tuple(int(d) for d in value), info.dtype)
+    return feeds
+
+
+def measure_latency(
+    model_path: str | Path,
+    feeds_or_shapes: Mapping[str, Any] | None = None,
+    *,
+    runtime: str = "onnxruntime",
+    threads: int | None = 2,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    batch_size: int = 1,
+    settings: Any = None,
+) -> LatencyResult:
+    """Build `model_path` on `runtime` and time it.
+
+    `feeds_or_shapes`: `{input: array}` or `{input: shape}` (random data of that shape), or None for
+    random data at `batch_size` from the model's input shapes. `settings` (a `RuntimeSettings`)
+    overrides `threads` when given.
+    """
+    from tao_qc.runtimes.base import RuntimeSettings, get_runtime
+
+    settings = settings or RuntimeSettings(threads=threads, save_artifact=False)
+    engine = get_runtime(runtime).build(Path(model_path), settings)
+    feeds = _feeds_from(engine, feeds_or_shapes, batch_size)
+    return engine.latency(feeds, warmup=warmup, runs=runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several models, several batch sizes: the table behind `tao-qc bench`.
+
+
+@dataclass
+class BenchRow:
+    model: str
+    batch_size: int
+    result: LatencyResult | None = None
+    ratio: float | None = None  # first model's median / this model's median: >1 is faster
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"model": self.model, "batch_size": self.batch_size, "ratio": self.ratio, "note": self.note}
+        out.update({k: v for k, v in (self.result.to_dict() if self.result else {}).items() if k not in out})
+        return out
+
+
+@dataclass
+class BenchTable:
+    runtime: str
+    settings: dict[str, Any]
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "settings": self.settings, "rows": [row.to_dict() for row in self.rows]}
+
+    def render(self) -> Any:
+        """A rich table: a row per model and batch size, the ratio against the first model."""
+        from rich.table import Table
+
+        table = Table(title=f"latency on {self.runtime} ({self.settings.get('threads')} threads, {self.settings.get('device')})")
+        for column in ("model", "batch", "median ms", "p90 ms", "samples/s", "ratio vs first"):
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for row in self.rows:
+            if row.result is None:
+                table.add_row(Path(row.model).name, str(row.batch_size), "-", "-", "-", f"skipped: {row.note}")
+                continue
+            r = row.result
+            ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+            table.add_row(Path(row.model).name, str(row.batch_size), f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput:.1f}", ratio)
+        return table
+
+
+def bench_models(
+    model_paths: Sequence[str | Path],
+    batch_sizes: Sequence[int] = (1,),
+    *,
+    runtime: str = "onnxruntime",
+    settings: Any = None,
+    warmup: int = DEFAULT_WARMUP,
+    runs: int = DEFAULT_RUNS,
+    on_progress: Callable[[], None] | None = None,
+) -> BenchTable:
+    """Time every model at every batch size with the same settings; ratios are against the first model."""
+    from tao_qc.runtimes.base import RuntimeSettings, get_runtime
+
+    settings = settings or RuntimeSettings(threads=2)
+    backend = get_runtime(runtime)
+    engines = [backend.build(Path(path), settings) for path in model_paths]
+    _check_same_inputs(engines)
+    table = BenchTable(runtime, {**settings.to_dict(), "device": engines[0].device if engines else settings.device})
+    for batch in batch_sizes:
+        first: LatencyResult | None = None
+        for index, engine in enumerate(engines):
+            row = BenchRow(str(model_paths[index]), batch)
+            try:
+                feeds = synthetic_feeds(engine.input_specs, batch)
+            except BatchNotSupported as exc:
+                row.note = str(exc)
+                log.warning("%s: batch %d skipped: %s", model_paths[index], batch, exc)
+            else:
+                row.result = engine.latency(feeds, warmup=warmup, runs=runs)
+                if index == 0:
+                    first = row.result
+                if first is not None:
+                    row.ratio = first.median_ms / row.result.median_ms
+            table.rows.append(row)
+            if on_progress:
+                on_progress()
+    return table
+
+
+def _check_same_inputs(engines: Sequence[Any]) -> None:
+    """Models compared side by side must take the same inputs (names and per-sample shapes)."""
+    if len(engines) < 2:
+        return
+    def signature(engine: Any) -> list[tuple[str, tuple]]:
+        return [(i.name, tuple(d if isinstance(d, int) else "?" for d in i.shape[1:])) for i in engine.input_specs]
+
+    reference = signature(engines[0])
+    for engine in engines[1:]:
+        if signature(engine) != reference:
+            mine = ", ".join(i.describe() for i in engine.input_specs)
+            theirs = ", ".join(i.describe() for i in engines[0].input_specs)
+            raise InputError(f"{engine.model_path.name} takes {mine} but {engines[0].model_path.name} takes {theirs}: models must share inputs")
