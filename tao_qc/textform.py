@@ -157,7 +157,7 @@ def format_model(model: onnx.ModelProto | onnx_ir.Model, *, digests: bool = Fals
     """The canonical text of `model` (see the module docstring)."""
     proto = _as_proto(model)
     graph = proto.graph
-    types = _value_types(proto, infer_types)
+    types = value_types(proto, infer_types)
     printer = _Printer(types, digests)
     lines = [f"# tao-qc text v{FORMAT_VERSION}", f"graph {_quote(graph.name or 'main')}"]
     init_names = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
@@ -293,7 +293,7 @@ def _digest(tensor: TensorProto) -> str:
     return "%08x" % zlib.crc32(data)
 
 
-def _value_types(proto: onnx.ModelProto, infer: bool) -> dict[str, onnx.TypeProto]:
+def value_types(proto: onnx.ModelProto, infer: bool = True) -> dict[str, onnx.TypeProto]:
     """Type of every value name in the main graph and subgraphs (recorded, then inferred)."""
     types: dict[str, onnx.TypeProto] = {}
 
