@@ -1,0 +1,81 @@
+"""Lowering a PyTorch model to ONNX for the pass pipeline.
+
+The TorchScript exporter (`dynamo=False`) names nodes by module scope (`/layer1/layer1.0/conv1/Conv`),
+so the spec's patterns select the same layers after lowering. A modelopt.pytorch-quantized model
+lowers to a Q/DQ graph: ModelOpt's quantizers export as QuantizeLinear/DequantizeLinear pairs
+(int8) or TensorRT's TRT_FP8QuantizeLinear/TRT_FP8DequantizeLinear custom ops (fp8, TensorRT only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from tao_qc.errors import InputError
+
+log = logging.getLogger("tao_qc.frontends.lower")
+
+
+def _has_modelopt_quantizers(model) -> bool:
+    return any(type(m).__name__ in ("TensorQuantizer", "SequentialQuantizer") for m in model.modules())
+
+
+def _has_tensor_subclass_weights(model) -> bool:
+    return any(type(t).__module__.startswith("torchao") for p in model.parameters() for t in (p, p.data))
+
+
+def lower_to_onnx(
+    model,
+    example_inputs,
+    path: str | Path,
+    *,
+    quantized: bool = False,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_batch: bool = False,
+    opset: int = 17,
+) -> Path:
+    """Export `model` (FP32, or modelopt.pytorch-quantized with `quantized=True`) to `path`.
+
+    `example_inputs` is a tensor or a tuple of tensors with the shapes the graph is traced with.
+    Returns the path; the file is written atomically.
+    """
+    import torch
+
+    from tao_qc.fileio import atomic_path
+    from tao_qc.zoo import export_onnx
+
+    if _has_tensor_subclass_weights(model):
+        raise InputError(
+            "a torchao-quantized model cannot be lowered to ONNX (its weights are torchao tensor subclasses); "
+            "lower the FP32 model and quantize it with `tao-qc compile`, or quantize with modelopt.pytorch"
+        )
+    has_quantizers = _has_modelopt_quantizers(model)
+    if quantized and not has_quantizers:
+        raise InputError("lower_to_onnx(quantized=True): the model has no ModelOpt quantizers (quantize it with modelopt.pytorch first)")
+    if has_quantizers and not quantized:
+        log.info("the model carries ModelOpt quantizers: lowering it as a Q/DQ graph")
+    examples = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise InputError(f"lower_to_onnx: output path {path} must end in .onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp_onnx = tmp.with_suffix(".onnx")
+        try:
+            with torch.no_grad():
+                export_onnx(
+                    model.eval(),
+                    examples,
+                    tmp_onnx,
+                    input_names=list(input_names) if input_names else None,
+                    output_names=list(output_names) if output_names else None,
+                    dynamic_batch=dynamic_batch,
+                    opset=opset,
+                )
+            tmp_onnx.replace(tmp)
+        finally:
+            tmp_onnx.unlink(missing_ok=True)
+    log.info("lowered %s to %s", type(model).__name__, path)
+    return path

@@ -1,0 +1,153 @@
+"""`tao-qc evaluate` and `tao-qc inference`: run a (quantized) PyTorch artifact on data, as an
+experiment file's `evaluate` / `inference` section says."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tao_qc.errors import InputError
+
+log = logging.getLogger("tao_qc.evaluate")
+
+_COMMON = [
+    click.option("-e", "--experiment", "experiment_file", required=True, type=click.Path(path_type=Path),
+                 help="YAML file with `quantize` and `evaluate`/`inference` sections."),
+    click.option("--model-factory", "factory", metavar="MODULE:CALLABLE",
+                 help="Builds the architecture (default: the one recorded by `tao-qc quantize`)."),
+    click.option("--factory-kwargs", metavar="JSON", help="Keyword arguments for the factory, as a JSON object."),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+]
+
+
+def _common(function):
+    for option in reversed(_COMMON):
+        function = option(function)
+    return function
+
+
+@click.command("evaluate")
+@_common
+def evaluate_command(experiment_file, factory, factory_kwargs, as_json):
+    """Top-1 accuracy of the model (or, with evaluate.is_quantized, its quantized artifact) on labelled data.
+
+    \b
+    Reads the experiment's `evaluate` section: is_quantized, checkpoint, data, labels, batch_size.
+    Examples:
+      tao-qc evaluate -e experiment.yaml
+      tao-qc evaluate -e experiment.yaml --model-factory mypkg.models:build --json
+    """
+    from tao_qc.data import load_labels
+
+    experiment, task = _task(experiment_file, "evaluate")
+    if not task.labels:
+        raise InputError("evaluate.labels: required to measure accuracy (a .npy of class indices)")
+    model, source = _model_for(experiment, task, "evaluate", factory, factory_kwargs)
+    outputs = _run(model, experiment, task, "evaluate")
+    labels = load_labels(task.labels, key="evaluate.labels")
+    if len(labels) != len(outputs):
+        raise InputError(f"evaluate.labels: {len(labels)} labels for {len(outputs)} samples in evaluate.data")
+    accuracy = float((outputs.argmax(axis=1) == labels).mean())
+    result = {"model": source, "samples": int(len(labels)), "top1": accuracy}
+    if task.results_dir:
+        from tao_qc.fileio import atomic_write_text
+
+        Path(task.results_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(task.results_dir) / "evaluation.json", json.dumps(result, indent=2))
+    click.echo(json.dumps(result, indent=2) if as_json else f"top-1 accuracy: {accuracy:.4f} ({len(labels)} samples, {source})")
+
+
+@click.command("inference")
+@_common
+def inference_command(experiment_file, factory, factory_kwargs, as_json):
+    """Run the model (or its quantized artifact) on data; write predictions.npy and outputs.npy.
+
+    \b
+    Reads the experiment's `inference` section: is_quantized, checkpoint, data, batch_size,
+    results_dir (default: quantize.results_dir).
+    Examples:
+      tao-qc inference -e experiment.yaml
+    """
+    from tao_qc.fileio import atomic_path
+
+    experiment, task = _task(experiment_file, "inference")
+    folder = task.results_dir or experiment.quantize.results_dir
+    if not folder:
+        raise InputError("inference.results_dir: required (or set quantize.results_dir) to write the predictions")
+    model, source = _model_for(experiment, task, "inference", factory, factory_kwargs)
+    outputs = _run(model, experiment, task, "inference")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    predictions = outputs.argmax(axis=1) if outputs.ndim == 2 else outputs
+    for name, array in (("predictions.npy", predictions), ("outputs.npy", outputs)):
+        with atomic_path(folder / name) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, array)
+    result = {"model": source, "samples": int(len(outputs)), "predictions": str(folder / "predictions.npy"),
+              "outputs": str(folder / "outputs.npy")}
+    click.echo(json.dumps(result, indent=2) if as_json else f"wrote {folder / 'predictions.npy'} ({len(outputs)} samples, {source})")
+
+
+def _task(experiment_file: Path, section: str):
+    from tao_qc.spec import load_experiment
+
+    experiment = load_experiment(experiment_file)
+    task = getattr(experiment, section)
+    if task is None:
+        raise InputError(f"{experiment_file}: no '{section}' section")
+    if not task.data:
+        raise InputError(f"{section}.data: required (a .npz named by input, a .npy, or an image folder)")
+    return experiment, task
+
+
+def _model_for(experiment, task, section: str, factory, factory_kwargs):
+    """The model the task names: the quantized artifact, or the float checkpoint."""
+    from tao_qc.commands.quantize import REPORT_NAME
+    from tao_qc.frontends.loading import load_pytorch_model, parse_factory_kwargs
+    from tao_qc.frontends.quantizer import PYTORCH_BACKENDS, artifact_name, load_quantized
+
+    spec = experiment.quantize
+    kwargs = parse_factory_kwargs(factory_kwargs) if factory_kwargs else None
+    report_path = Path(spec.results_dir) / REPORT_NAME if spec.results_dir else None
+    if (factory is None or kwargs is None) and report_path is not None and report_path.is_file():
+        recorded = json.loads(report_path.read_text(encoding="utf-8"))
+        factory = factory or recorded.get("model_factory")
+        kwargs = kwargs if kwargs is not None else recorded.get("factory_kwargs") or {}
+    if task.is_quantized:
+        if not spec.results_dir:
+            raise InputError(f"{section}.is_quantized: the artifact is found in quantize.results_dir, which is not set")
+        backend = spec.resolve_backend(spec.model_path or "model.pth").backend
+        if backend not in PYTORCH_BACKENDS:
+            raise InputError(f"{section}.is_quantized: backend '{backend}' produces an ONNX model; evaluate it with `tao-qc compare`")
+        artifact = Path(spec.results_dir) / artifact_name(backend)
+        if not artifact.is_file():
+            raise InputError(f"{section}.is_quantized: {artifact} does not exist (run `tao-qc quantize` first)")
+        if factory is None:
+            raise InputError(f"{section}: the artifact needs the architecture: pass --model-factory module:callable")
+        return load_quantized(artifact, factory, kwargs, backend=backend), str(artifact)
+    path = task.checkpoint or spec.model_path
+    if not path:
+        raise InputError(f"{section}.checkpoint: required when is_quantized is false (or set quantize.model_path)")
+    return load_pytorch_model(path, factory, kwargs), str(path)
+
+
+def _run(model, experiment, task, section: str) -> np.ndarray:
+    import torch
+
+    from tao_qc.console import track
+    from tao_qc.frontends.input_data import ALL_SAMPLES, open_pytorch_inputs
+    from tao_qc.frontends.quantizer import as_inputs
+
+    batches = open_pytorch_inputs(task.data, calibration=experiment.quantize.calibration, max_samples=ALL_SAMPLES,
+                                  batch_size=task.batch_size, key=f"{section}.data")
+    outputs = []
+    with torch.no_grad():
+        for batch in track(batches, f"{section}: running the model"):
+            result = model(*as_inputs(batch))
+            result = result[0] if isinstance(result, (tuple, list)) else result
+            outputs.append(result.float().cpu().numpy())
+    return np.concatenate(outputs)
