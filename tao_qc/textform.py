@@ -311,18 +311,25 @@ def value_types(proto: onnx.ModelProto, infer: bool = True) -> dict[str, onnx.Ty
 
     collect(proto.graph)
     if infer:
-        missing = any(
-            name and name not in types for node in proto.graph.node for name in node.output
+        incomplete = any(
+            name and not _is_complete(types.get(name)) for node in proto.graph.node for name in node.output
         )
-        if missing:
+        if incomplete:
             inferred = _infer_without_weights(proto)
             if inferred is not None:
-                for value in inferred.graph.value_info:
-                    types.setdefault(value.name, value.type)
-                for value in inferred.graph.output:
-                    if value.type.WhichOneof("value"):
-                        types.setdefault(value.name, value.type)
+                for value in (*inferred.graph.value_info, *inferred.graph.output):
+                    if _is_complete(value.type) or value.name not in types:
+                        if value.type.WhichOneof("value"):
+                            types[value.name] = value.type
     return types
+
+
+def _is_complete(type_proto: onnx.TypeProto | None) -> bool:
+    if type_proto is None:
+        return False
+    if type_proto.WhichOneof("value") != "tensor_type":
+        return True
+    return bool(type_proto.tensor_type.elem_type) and type_proto.tensor_type.HasField("shape")
 
 
 def _infer_without_weights(proto: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -342,7 +349,9 @@ def _infer_without_weights(proto: onnx.ModelProto) -> onnx.ModelProto | None:
             stand_ins.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
     init_names = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in init_names] + stand_ins
-    light = helper.make_graph(graph.node, graph.name or "main", inputs, graph.output, small, value_info=graph.value_info)
+    # ONNX inference walks nodes in list order, so give it a topological one.
+    nodes = [graph.node[i] for i in _canonical_order(graph)]
+    light = helper.make_graph(nodes, graph.name or "main", inputs, graph.output, small, value_info=graph.value_info)
     model = helper.make_model(light, opset_imports=proto.opset_import, ir_version=proto.ir_version)
     model.functions.extend(proto.functions)
     try:
