@@ -1,0 +1,388 @@
+"""TensorRT engines from ONNX, written for TensorRT 10 and 11, through polygraphy's TensorRT backend.
+
+TensorRT 11 removed weak typing: no `--int8`/`--fp16`/`--best` builder flags, no INT8 calibrators,
+no layer precision constraints. So every network here is built STRONGLY TYPED: precision comes from
+the graph alone. INT8/FP8 come from the explicit Q/DQ nodes the quantizer wrote; the FP16 baseline a
+GPU user compares against is an FP16 graph made by ModelOpt's AutoCast (`fp16_graph`), built the same
+way. Nothing here relies on calibrators or precision flags, so the same code builds on 10.x and 11.x.
+
+Besides the engine (`<stem>.engine`), a build writes its settings (`<stem>.engine.json`) and, from
+the engine inspector (`ProfilingVerbosity.DETAILED`), a table of the precision each layer runs in.
+
+TensorRT cannot be installed everywhere: its absence is a one-line `MissingDependencyError`, and all
+that does not need the library (settings, profiles, the FP16 graph, the inspector parser) is plain
+Python, tested without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tao_qc.errors import InputError, MissingDependencyError
+from tao_qc.runtimes.base import RuntimeSettings, artifact_path
+from tao_qc.spec import ShapeProfile
+
+log = logging.getLogger("tao_qc.runtimes.tensorrt")
+
+TENSORRT_MISSING = "TensorRT is not installed: pip install tao-qc[tensorrt] on a machine with an NVIDIA GPU"
+ENGINE_SUFFIX = ".engine"
+SETTINGS_SUFFIX = ".engine.json"
+LAYERS_SUFFIX = ".layers.json"
+FP16_SUFFIX = ".fp16.onnx"
+# Default optimization profile for a dynamic batch dimension: batch 1 and 8 (what `tao-qc bench`
+# measures by default) inside the range, tuned for 8.
+DEFAULT_BATCH_PROFILE = (1, 8, 32)
+
+
+def import_tensorrt() -> Any:
+    """`tensorrt`, or a one-line MissingDependencyError."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise MissingDependencyError(TENSORRT_MISSING) from None
+    if not hasattr(trt, "Builder"):  # the registry's placeholder package imports but holds nothing
+        raise MissingDependencyError(TENSORRT_MISSING)
+    return trt
+
+
+def tensorrt_available() -> bool:
+    try:
+        import_tensorrt()
+    except MissingDependencyError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts: optimization profiles and build settings
+
+
+def default_profiles(inputs: list[Any], explicit: dict[str, ShapeProfile] | None = None) -> dict[str, dict[str, list[int]]]:
+    """Optimization profiles `{input: {min, opt, max}}` for the inputs (`tao_qc.data.InputInfo`).
+
+    Explicit profiles (`spec.tensorrt.profiles`) win and are checked against the input; an input
+    whose only dynamic dimension is the batch gets `DEFAULT_BATCH_PROFILE`; other dynamic dimensions
+    cannot be guessed and are an error asking for a profile. Fully static inputs need none.
+    """
+    explicit = explicit or {}
+    names = [info.name for info in inputs]
+    unknown = [name for name in explicit if name not in names]
+    if unknown:
+        raise InputError(
+            f"quantize.tensorrt.profiles: {', '.join(repr(u) for u in unknown)} is not an input of the model (inputs: {', '.join(names)})"
+        )
+    profiles: dict[str, dict[str, list[int]]] = {}
+    for info in inputs:
+        dims = list(info.shape)
+        dynamic = [axis for axis, d in enumerate(dims) if not (isinstance(d, int) and d > 0)]
+        key = f"quantize.tensorrt.profiles.{info.name}"
+        if info.name in explicit:
+            profile = explicit[info.name]
+            shapes = {"min": list(profile.min), "opt": list(profile.opt), "max": list(profile.max)}
+            for which, shape in shapes.items():
+                if len(shape) != len(dims):
+                    raise InputError(f"{key}.{which}: {shape} has {len(shape)} dimensions but input {info.describe()} has {len(dims)}")
+                for axis, (want, got) in enumerate(zip(dims, shape)):
+                    if axis not in dynamic and got != want:
+                        raise InputError(f"{key}.{which}: dimension {axis} is {got} but input {info.describe()} fixes it at {want}")
+                    if got < 1:
+                        raise InputError(f"{key}.{which}: dimension {axis} is {got} (valid: 1 or more)")
+            for axis in range(len(dims)):
+                if not shapes["min"][axis] <= shapes["opt"][axis] <= shapes["max"][axis]:
+                    raise InputError(f"{key}: dimension {axis} needs min <= opt <= max, got {shapes['min'][axis]}, {shapes['opt'][axis]}, {shapes['max'][axis]}")
+            profiles[info.name] = shapes
+            continue
+        if not dynamic:
+            continue
+        if dynamic != [0]:
+            raise InputError(
+                f"input {info.describe()} has dynamic dimensions besides the batch: give "
+                f"quantize.tensorrt.profiles.{info.name}: {{min: [...], opt: [...], max: [...]}}"
+            )
+        shapes = {}
+        for which, batch in zip(("min", "opt", "max"), DEFAULT_BATCH_PROFILE):
+            shapes[which] = [batch, *(int(d) for d in dims[1:])]
+        profiles[info.name] = shapes
+    return profiles
+
+
+def build_settings(settings: RuntimeSettings, inputs: list[Any], *, model_path: Path, network_path: Path,
+                   precision: str, timing_cache: Path | None) -> dict[str, Any]:
+    """Everything that decides the engine, as recorded in `<stem>.engine.json` (a pure function)."""
+    trt_spec = settings.tensorrt
+    return {
+        "model": str(model_path),
+        "network": str(network_path),  # the graph actually built (the FP16 graph for the baseline)
+        "precision": precision,  # where it comes from: the graph (strongly typed), never builder flags
+        "strongly_typed": True,
+        "workspace_bytes": int(trt_spec.workspace_gib * (1 << 30)),
+        "timing_cache": str(timing_cache) if timing_cache else None,
+        "profiles": default_profiles(inputs, trt_spec.profiles),
+        "profiling_verbosity": "DETAILED",
+    }
+
+
+def timing_cache_path(settings: RuntimeSettings, model_path: Path) -> Path:
+    """The spec's timing cache, else one shared cache beside the engines (it is per GPU and TensorRT version)."""
+    if settings.tensorrt.timing_cache:
+        return Path(settings.tensorrt.timing_cache)
+    folder = Path(settings.artifact_dir) if settings.artifact_dir else model_path.parent
+    return folder / "tensorrt.timing-cache"
+
+
+# ---------------------------------------------------------------------------------------------
+# The FP16 baseline graph
+
+
+def has_qdq(model: Any) -> bool:
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
+
+
+def fp16_graph(model_path: Path, out_path: Path) -> Path:
+    """An FP16 copy of an FP32 ONNX model, made by ModelOpt's AutoCast, with FP32 inputs and outputs.
+
+    AutoCast keeps in FP32 the nodes whose values or initializers would overflow FP16 (its node
+    classifier runs the model once in ONNX Runtime on CPU to find them). TensorRT builds the result
+    strongly typed: the FP16 engine a GPU user compares INT8 against.
+    """
+    import onnx
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    from tao_qc.fileio import atomic_path
+
+    converted = convert_to_mixed_precision(onnx_path=str(model_path), low_precision_type="fp16", keep_io_types=True,
+                                           providers=["cpu"])
+    with atomic_path(out_path) as tmp:
+        onnx.save(converted, str(tmp))
+    return out_path
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine inspector's JSON → rows of layer precisions (pure, tested against a fixture)
+
+_PRECISION_TOKENS = (
+    ("FP8", ("fp8", "e4m3", "e5m2")),
+    ("INT4", ("int4",)),
+    ("INT8", ("int8",)),
+    ("INT32", ("int32",)),
+    ("INT64", ("int64",)),
+    ("BOOL", ("bool",)),
+    ("BF16", ("bf16", "bfloat16")),
+    ("FP16", ("fp16", "half", "float16")),
+    ("FP32", ("fp32", "float32", "float")),
+)
+_ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+
+
+def precision_of(text: str) -> str:
+    """`INT8`, `FP16`, ... from an inspector format string such as 'Row major linear FP16 format' or
+    'Thirty-two wide channel vectorized row major Int8 format.'; `?` when unknown (dynamic shapes)."""
+    lowered = text.lower()
+    for name, tokens in _PRECISION_TOKENS:
+        if any(token in lowered for token in tokens):
+            return name
+    return "?"
+
+
+@dataclass
+class LayerPrecision:
+    name: str
+    type: str
+    inputs: list[str]  # precision of each input tensor
+    outputs: list[str]
+    weights: str | None = None  # precision of the weights where the layer has them
+    onnx_nodes: list[str] = field(default_factory=list)  # the ONNX nodes fused into it
+    tactic: str | None = None
+
+    @property
+    def runs_in(self) -> str:
+        """The precision the layer computes in: its weights' or its inputs' lowest precision."""
+        for precision in ("FP8", "INT4", "INT8", "FP16", "BF16", "FP32"):
+            if self.weights == precision or precision in self.inputs:
+                return precision
+        return self.inputs[0] if self.inputs else "?"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["runs_in"] = self.runs_in
+        return out
+
+
+def _tensor_precision(tensor: Any) -> str:
+    if isinstance(tensor, str):
+        return precision_of(tensor)
+    if "Format/Datatype" in tensor:  # TensorRT <= 10
+        return precision_of(str(tensor["Format/Datatype"]))
+    return precision_of(f"{tensor.get('DataType', '')} {tensor.get('Format', '')}")  # TensorRT 11 names
+
+
+def parse_engine_layers(info: str | dict[str, Any]) -> list[LayerPrecision]:
+    """Rows (layer, type, input/output precisions, weights) from `IEngineInspector.get_engine_information(JSON)`.
+
+    An engine built without `ProfilingVerbosity.DETAILED` lists only layer names: that is an error,
+    since the table would say nothing about precision.
+    """
+    data = json.loads(info) if isinstance(info, str) else info
+    layers = data.get("Layers") if isinstance(data, dict) else None
+    if layers is None:
+        raise InputError("engine information has no 'Layers' list (not TensorRT engine inspector JSON)")
+    rows = []
+    for layer in layers:
+        if isinstance(layer, str):
+            raise InputError("the engine was built without ProfilingVerbosity.DETAILED: layer precisions are not recorded")
+        weights = layer.get("Weights")
+        weight_precision = precision_of(str(weights.get("Type", ""))) if isinstance(weights, dict) and weights.get("Count", 1) else None
+        rows.append(LayerPrecision(
+            name=str(layer.get("Name", "?")),
+            type=str(layer.get("LayerType", "?")),
+            inputs=[_tensor_precision(t) for t in layer.get("Inputs", [])],
+            outputs=[_tensor_precision(t) for t in layer.get("Outputs", [])],
+            weights=weight_precision,
+            onnx_nodes=_ONNX_LAYER.findall(str(layer.get("Metadata", ""))),
+            tactic=layer.get("TacticName") or layer.get("TacticValue"),
+        ))
+    return rows
+
+
+def precision_summary(rows: list[LayerPrecision]) -> dict[str, int]:
+    """How many layers compute in each precision (Reformat/NoOp layers are bookkeeping, left out)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row.type in ("Reformat", "NoOp", "Shuffle", "Constant"):
+            continue
+        counts[row.runs_in] = counts.get(row.runs_in, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and running (needs TensorRT)
+
+
+@dataclass
+class TrtEngine:
+    model_path: Path
+    engine: Any
+    settings: RuntimeSettings
+    artifact: Path | None
+    input_specs: list
+    output_names: list[str]
+    layers: list[LayerPrecision] = field(default_factory=list)
+    build: dict[str, Any] = field(default_factory=dict)
+    runtime: str = "tensorrt"
+    device: str = "cuda"
+    _runner: Any = None
+
+    def runner(self, name: str) -> Any:
+        from polygraphy.backend.trt import TrtRunner
+
+        return TrtRunner(self.engine, name=name)
+
+    def _active(self) -> Any:
+        if self._runner is None:
+            self._runner = self.runner(f"{self.model_path.stem}-trt")
+            self._runner.activate()
+        return self._runner
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._active().infer(feeds)
+        return {name: np.asarray(outputs[name]) for name in self.output_names}
+
+    def latency(self, feeds: dict[str, np.ndarray], *, warmup: int, runs: int):
+        """Inputs copied to the device once; outputs stay there: no host transfer in the timed loop."""
+        from polygraphy import cuda
+        from polygraphy.datatype import DataType
+
+        from tao_qc.latency import summarize, time_calls
+
+        runner = self._active()
+        device_feeds = {}
+        for name, array in feeds.items():
+            device = cuda.DeviceArray(shape=array.shape, dtype=DataType.from_dtype(array.dtype))
+            device.copy_from(np.ascontiguousarray(array))
+            device_feeds[name] = device
+        try:
+            call = lambda: runner.infer(device_feeds, copy_outputs_to_host=False)  # noqa: E731
+            times = time_calls(call, warmup=warmup, runs=runs)
+        finally:
+            for array in device_feeds.values():
+                array.free()
+        batch = next(iter(feeds.values())).shape[0] if feeds else 1
+        return summarize(times, batch, warmup=warmup, model=str(self.model_path), runtime=self.runtime,
+                         threads=None, device="cuda")
+
+
+class TensorRT:
+    name = "tensorrt"
+
+    def available(self) -> bool:
+        return tensorrt_available()
+
+    def build(self, model_path: Path, settings: RuntimeSettings) -> TrtEngine:
+        import onnx
+
+        from tao_qc.data import model_inputs
+        from tao_qc.fileio import atomic_write_bytes, atomic_write_text
+
+        trt = import_tensorrt()
+        from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile
+
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise InputError(f"{model_path} does not exist")
+        proto = onnx.load(str(model_path), load_external_data=False)
+        inputs = model_inputs(proto)
+        network_path, precision = model_path, "from Q/DQ in the graph"
+        if not has_qdq(proto):
+            if settings.fp16_baseline:
+                network_path = fp16_graph(model_path, artifact_path(model_path, settings, FP16_SUFFIX))
+                precision = "fp16 graph (AutoCast)"
+            else:
+                precision = "fp32 graph"
+        cache = timing_cache_path(settings, model_path)
+        recorded = build_settings(settings, inputs, model_path=model_path, network_path=network_path,
+                                  precision=precision, timing_cache=cache)
+
+        profile = Profile()
+        for name, shapes in recorded["profiles"].items():
+            profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+        config = CreateConfig(
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: recorded["workspace_bytes"]},
+            profiles=[profile] if recorded["profiles"] else None,
+            load_timing_cache=str(cache) if cache.exists() else None,
+            profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+        )
+        network = NetworkFromOnnxPath(str(network_path), strongly_typed=True)
+        engine = EngineFromNetwork(network, config, save_timing_cache=str(cache))()
+        if engine is None:
+            raise InputError(f"{model_path.name}: TensorRT could not build an engine (see the TensorRT log above)")
+
+        inspector = engine.create_engine_inspector()
+        layers = parse_engine_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+        recorded["tensorrt_version"] = trt.__version__
+        recorded["layer_precisions"] = precision_summary(layers)
+
+        artifact = None
+        if settings.save_artifact:
+            artifact = artifact_path(model_path, settings, ENGINE_SUFFIX)
+            atomic_write_bytes(artifact, bytes(engine.serialize()))
+            atomic_write_text(artifact.with_name(artifact.name[: -len(ENGINE_SUFFIX)] + SETTINGS_SUFFIX), json.dumps(recorded, indent=2))
+            atomic_write_text(artifact.with_name(artifact.name[: -len(ENGINE_SUFFIX)] + LAYERS_SUFFIX),
+                              json.dumps([row.to_dict() for row in layers], indent=2))
+        log.info("%s: TensorRT %s engine, layers by precision: %s", model_path.name, trt.__version__, recorded["layer_precisions"])
+        return TrtEngine(
+            model_path=model_path,
+            engine=engine,
+            settings=settings,
+            artifact=artifact,
+            input_specs=inputs,
+            output_names=[output.name for output in proto.graph.output],
+            layers=layers,
+            build=recorded,
+        )

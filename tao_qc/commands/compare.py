@@ -1,0 +1,109 @@
+"""`tao-qc compare`: an FP32 and a quantized model on the same inputs, through Polygraphy."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from tao_qc.errors import AccuracyError, InputError
+
+log = logging.getLogger("tao_qc.compare")
+
+
+@click.command("compare")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
+              help="Where both models run (default: the spec's compare.runtime, else onnxruntime).")
+@click.option("--data", type=str, default=None,
+              help="Inputs: .npz named by input, .npy (one input), an image folder, or 'random'. "
+                   "Default: the spec's compare.data, then calibration.data, then random (with a warning).")
+@click.option("--labels", type=click.Path(path_type=Path), default=None, help="Integer class labels (.npy/.npz), one per sample.")
+@click.option("--atol", type=click.FloatRange(min=0), default=None, help="Absolute tolerance (element-wise check).")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Relative tolerance (element-wise check).")
+@click.option("--min-top1-agreement", type=click.FloatRange(0, 1), default=None,
+              help="Fraction of samples whose argmax must agree (classifier outputs).")
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Compare at most this many samples (default: the spec's calibration.max_samples for random data, else all).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples per run (models with a fixed batch use theirs).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: physical cores).")
+@click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None, help="A quantize spec whose compare/calibration sections give defaults.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def compare_command(reference: Path, candidate: Path, runtime: str | None, data: str | None, labels: Path | None,
+                    atol: float | None, rtol: float | None, min_top1_agreement: float | None, max_samples: int | None,
+                    batch_size: int | None, threads: int | None, spec_file: Path | None, as_json: bool) -> None:
+    """Run REFERENCE (FP32) and CANDIDATE (quantized) on the same inputs and check the candidate.
+
+    \b
+    Checks (flags override the spec's compare section):
+      --atol/--rtol          every element: |cand-ref| <= atol OR |cand-ref|/|ref| <= rtol
+      --min-top1-agreement   classifier outputs ([N, C]) agree on argmax this often
+      none given             classifiers: top-1 agreement >= 0.99; other outputs: cosine >= 0.99
+    Exit code 1 when a check fails, 2 on bad input.
+
+    \b
+    Examples:
+      tao-qc compare model.onnx model.int8.onnx --data val.npz --labels val_labels.npy
+      tao-qc compare model.onnx model.int8.onnx --data images/ --spec q.yaml --json
+      tao-qc compare model.onnx model.int8.onnx --atol 1e-2 --rtol 1e-2
+    """
+    from rich.console import Console
+
+    from tao_qc.compare import compare_models
+    from tao_qc.runtimes.base import RuntimeSettings
+    from tao_qc.spec import QuantizeSpec, load_spec
+
+    spec = load_spec(spec_file) if spec_file else QuantizeSpec()
+    settings = spec.compare.model_copy(update={
+        k: v for k, v in {"atol": atol, "rtol": rtol, "min_top1_agreement": min_top1_agreement}.items() if v is not None
+    })
+    runtime = runtime or settings.runtime
+    runtime_settings = RuntimeSettings(threads=threads, tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline)
+    for path in (reference, candidate):
+        if not path.is_file():
+            raise InputError(f"{path} does not exist")
+
+    inputs, key = open_compare_inputs(reference, data, spec, max_samples=max_samples, batch_size=batch_size)
+    label_array = None
+    labels_path = labels or (Path(settings.labels) if settings.labels else None)
+    if labels_path is not None:
+        from tao_qc.data import load_labels
+
+        label_array = load_labels(labels_path, key="--labels" if labels else "quantize.compare.labels")
+
+    result = compare_models(reference, candidate, inputs, runtime=runtime, labels=label_array, settings=settings,
+                            runtime_settings=runtime_settings)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        Console().print(result.render())
+    if not result.passed and settings.fail_on_mismatch:
+        raise AccuracyError(f"{candidate.name} failed the comparison with {reference.name}: " + "; ".join(result.failures))
+
+
+def open_compare_inputs(model_path: Path, data: str | None, spec, *, max_samples: int | None = None,
+                        batch_size: int | None = None):
+    """The comparison's inputs: `data`, else the spec's compare.data, calibration.data, else random (warned)."""
+    import onnx
+
+    from tao_qc.data import model_inputs, open_inputs
+
+    if data is not None:
+        source, key = data, "--data"
+    elif spec.compare.data:
+        source, key = spec.compare.data, "quantize.compare.data"
+    elif spec.calibration.data:
+        source, key = spec.calibration.data, "quantize.calibration.data"
+    else:
+        source, key = "random", "--data"
+        log.warning("no --data given: comparing on RANDOM inputs; the figures say little about real accuracy")
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a bad file
+        raise InputError(f"{model_path} is not a readable ONNX model: {exc}") from None
+    limit = max_samples if max_samples is not None else (spec.calibration.max_samples if source == "random" else 1 << 62)
+    inputs = open_inputs(source, model_inputs(proto), calibration=spec.calibration, max_samples=limit,
+                         batch_size=batch_size or spec.calibration.batch_size, key=key)
+    return inputs, key

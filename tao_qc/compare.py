@@ -1,0 +1,379 @@
+"""Compare a reference (FP32) and a candidate (quantized) model on the same inputs, through Polygraphy.
+
+Both models run under polygraphy's `Comparator.run` (two runners with distinct names, one engine per
+model on the chosen runtime); polygraphy's `compare_accuracy` gives its element-wise verdict where
+tolerances are set. Metrics that need every sample at once (p99 error, cosine similarity, top-1
+agreement and accuracy) are computed over all iterations' outputs here.
+
+What must hold (`CompareSpec`, CLI flags override):
+- `atol` / `rtol`: every element of every output passes polygraphy's element-wise check:
+  `|cand - ref| <= atol` OR `|cand - ref| / |ref| <= rtol` (a tolerance left unset is 0 when the
+  other is set). `within_tolerance` is the fraction of elements that pass.
+- `min_top1_agreement`: classifier outputs (2-D, `[N, C]` with C > 1) agree on argmax for at least
+  this fraction of samples.
+- Nothing set: classifier outputs need top-1 agreement >= 0.99 (`DEFAULT_MIN_TOP1_AGREEMENT`); other
+  outputs need a mean per-sample cosine similarity >= 0.99 (`DEFAULT_MIN_COSINE`). Quantization
+  never meets element-wise FP32 tolerances, so the default checks what users care about.
+- Always: the candidate's outputs are finite wherever the reference's are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tao_qc.errors import InputError
+from tao_qc.spec import CompareSpec
+
+log = logging.getLogger("tao_qc.compare")
+
+DEFAULT_MIN_TOP1_AGREEMENT = 0.99
+DEFAULT_MIN_COSINE = 0.99
+REFERENCE_RUNNER = "reference"
+CANDIDATE_RUNNER = "candidate"
+_HISTOGRAM_BINS = 24
+
+
+@dataclass
+class OutputMetrics:
+    name: str
+    shape: list[int]  # per-batch shape seen (first iteration)
+    max_abs_error: float
+    mean_abs_error: float
+    p99_abs_error: float
+    max_rel_error: float
+    mean_rel_error: float
+    cosine: float  # mean over samples of the cosine similarity of flattened outputs
+    min_cosine: float
+    within_tolerance: float | None = None  # fraction of elements passing atol/rtol (when set)
+    polygraphy_passed: bool | None = None  # polygraphy's element-wise verdict (when atol/rtol set)
+    is_classifier: bool = False
+    top1_agreement: float | None = None
+    reference_top1: float | None = None  # accuracy against labels
+    candidate_top1: float | None = None
+    nonfinite: int = 0  # candidate elements that are NaN/Inf where the reference is finite
+    error_histogram: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Check:
+    output: str
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+    why: str  # "atol/rtol", "min_top1_agreement", "default"
+
+    def describe(self) -> str:
+        where = f"output '{self.output}'"
+        if self.metric == "nonfinite":
+            return f"{where}: {int(self.value)} NaN/Inf values where the reference is finite"
+        if self.metric == "within_tolerance":
+            return f"{where}: {100 * self.value:.2f}% of elements within {self.why} (needs 100%)"
+        if self.metric == "top1_agreement":
+            return f"{where}: top-1 agreement {100 * self.value:.2f}% (needs >= {100 * self.threshold:.2f}%, {self.why})"
+        return f"{where}: {self.metric} {self.value:.5f} (needs >= {self.threshold:g}, {self.why})"
+
+
+@dataclass
+class ComparisonResult:
+    reference: str
+    candidate: str
+    runtime: str
+    num_samples: int
+    data: str
+    data_is_random: bool
+    tolerances: dict[str, Any]
+    outputs: list[OutputMetrics] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> list[str]:
+        return [check.describe() for check in self.checks if not check.passed]
+
+    def output(self, name: str) -> OutputMetrics:
+        return next(o for o in self.outputs if o.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "runtime": self.runtime,
+            "num_samples": self.num_samples,
+            "data": self.data,
+            "data_is_random": self.data_is_random,
+            "tolerances": self.tolerances,
+            "passed": self.passed,
+            "failures": self.failures,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+    def render(self) -> Any:
+        """A rich renderable: one row per output, then the verdict."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=f"{Path(self.reference).name} vs {Path(self.candidate).name} on {self.runtime}, {self.num_samples} samples")
+        columns = ["output", "max abs", "mean abs", "p99 abs", "mean rel", "cosine", "top-1 agree", "top-1 ref", "top-1 cand"]
+        if self.tolerances.get("atol") is not None or self.tolerances.get("rtol") is not None:
+            columns.append("within tol")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "output" else "right")
+        for o in self.outputs:
+            row = [o.name, _fmt(o.max_abs_error), _fmt(o.mean_abs_error), _fmt(o.p99_abs_error), _fmt(o.mean_rel_error),
+                   f"{o.cosine:.5f}", _pct(o.top1_agreement), _pct(o.reference_top1), _pct(o.candidate_top1)]
+            if len(columns) > 9:
+                row.append(_pct(o.within_tolerance))
+            table.add_row(*row)
+        parts: list[Any] = [table]
+        if self.data_is_random:
+            parts.append(Text("warning: compared on RANDOM inputs; give --data for figures that mean something", style="bold yellow"))
+        if self.passed:
+            parts.append(Text(f"PASSED ({len(self.checks)} checks)", style="bold green"))
+        else:
+            parts.append(Text("FAILED: " + "; ".join(self.failures), style="bold red"))
+        return Group(*parts)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.4g}"
+    return f"{value:.3e}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics (pure functions of two arrays, tested)
+
+
+def error_histogram(abs_error: np.ndarray, bins: int = _HISTOGRAM_BINS) -> dict[str, Any]:
+    """Counts of |error| in log10-spaced bins (errors span magnitudes); exact zeros counted apart."""
+    flat = abs_error[np.isfinite(abs_error)].ravel()
+    zeros = int(np.count_nonzero(flat == 0))
+    nonzero = flat[flat > 0]
+    if nonzero.size == 0:
+        return {"log10_edges": [], "counts": [], "zeros": zeros, "total": int(flat.size)}
+    low, high = np.log10(nonzero.min()), np.log10(nonzero.max())
+    if high - low < 1e-6:
+        low, high = low - 0.5, high + 0.5
+    counts, edges = np.histogram(np.log10(nonzero), bins=bins, range=(low, high))
+    return {"log10_edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "zeros": zeros, "total": int(flat.size)}
+
+
+def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, labels: np.ndarray | None = None,
+                   atol: float | None = None, rtol: float | None = None) -> OutputMetrics:
+    """Error figures of `candidate` against `reference` (all samples stacked on axis 0)."""
+    if reference.shape != candidate.shape:
+        raise InputError(f"output '{name}' has shape {list(candidate.shape)} in the candidate but {list(reference.shape)} in the reference")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    finite = np.isfinite(ref)
+    nonfinite = int(np.count_nonzero(finite & ~np.isfinite(cand)))
+    abs_error = np.abs(cand - ref)
+    abs_error = np.where(finite, abs_error, 0.0)
+    abs_error = np.where(np.isfinite(abs_error), abs_error, np.inf)
+    rel_error = abs_error / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
+    flat_abs = abs_error.ravel()
+
+    samples = ref.shape[0] if ref.ndim else 1
+    r2 = np.nan_to_num(ref.reshape(samples, -1))
+    c2 = np.nan_to_num(cand.reshape(samples, -1), nan=0.0, posinf=0.0, neginf=0.0)
+    norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(c2, axis=1)
+    dots = np.einsum("ij,ij->i", r2, c2)
+    both_zero = (np.linalg.norm(r2, axis=1) == 0) & (np.linalg.norm(c2, axis=1) == 0)
+    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
+
+    metrics = OutputMetrics(
+        name=name,
+        shape=list(reference.shape[1:]),
+        max_abs_error=float(flat_abs.max()) if flat_abs.size else 0.0,
+        mean_abs_error=float(flat_abs.mean()) if flat_abs.size else 0.0,
+        p99_abs_error=float(np.percentile(flat_abs, 99)) if flat_abs.size else 0.0,
+        max_rel_error=float(rel_error.max()) if rel_error.size else 0.0,
+        mean_rel_error=float(rel_error.mean()) if rel_error.size else 0.0,
+        cosine=float(cosines.mean()),
+        min_cosine=float(cosines.min()),
+        nonfinite=nonfinite,
+        error_histogram=error_histogram(abs_error),
+    )
+    if atol is not None or rtol is not None:
+        ok = (abs_error <= (atol or 0.0)) | (rel_error <= (rtol or 0.0))
+        metrics.within_tolerance = float(ok.mean()) if ok.size else 1.0
+    if is_classifier_output(reference):
+        metrics.is_classifier = True
+        ref_top = reference.argmax(axis=1)
+        cand_top = np.nan_to_num(candidate, nan=-np.inf).argmax(axis=1)
+        metrics.top1_agreement = float(np.mean(ref_top == cand_top))
+        if labels is not None:
+            if len(labels) != samples:
+                raise InputError(f"--labels: {len(labels)} labels for {samples} compared samples (give one label per sample)")
+            metrics.reference_top1 = float(np.mean(ref_top == labels))
+            metrics.candidate_top1 = float(np.mean(cand_top == labels))
+    return metrics
+
+
+def is_classifier_output(array: np.ndarray) -> bool:
+    """Logits or probabilities: `[N, C]` with more than one class."""
+    return array.ndim == 2 and array.shape[1] > 1
+
+
+def checks_for(metrics: OutputMetrics, settings: CompareSpec) -> list[Check]:
+    """What `settings` asks of one output (see the module docstring for the defaults)."""
+    checks = []
+    tolerance_set = settings.atol is not None or settings.rtol is not None
+    if metrics.nonfinite:
+        checks.append(Check(metrics.name, "nonfinite", metrics.nonfinite, 0, False, "NaN/Inf in the candidate"))
+    if tolerance_set:
+        passed = bool(metrics.polygraphy_passed) if metrics.polygraphy_passed is not None else metrics.within_tolerance == 1.0
+        checks.append(Check(metrics.name, "within_tolerance", metrics.within_tolerance or 0.0, 1.0, passed,
+                            f"atol={settings.atol or 0:g}, rtol={settings.rtol or 0:g}"))
+    if metrics.is_classifier and (settings.min_top1_agreement is not None or not tolerance_set):
+        threshold = settings.min_top1_agreement if settings.min_top1_agreement is not None else DEFAULT_MIN_TOP1_AGREEMENT
+        why = "min_top1_agreement" if settings.min_top1_agreement is not None else "default for classifier outputs"
+        agreement = metrics.top1_agreement or 0.0
+        checks.append(Check(metrics.name, "top1_agreement", agreement, threshold, agreement >= threshold, why))
+    if not metrics.is_classifier and not tolerance_set:
+        checks.append(Check(metrics.name, "cosine", metrics.cosine, DEFAULT_MIN_COSINE, metrics.cosine >= DEFAULT_MIN_COSINE,
+                            "default for non-classifier outputs"))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def check_same_inputs(reference: Any, candidate: Any) -> None:
+    """Two engines take the same input names, dtypes and per-sample shapes, or an InputError says how not."""
+    def signature(engine: Any) -> dict[str, tuple]:
+        return {i.name: (np.dtype(i.dtype).name, tuple(d if isinstance(d, int) and d > 0 else "?" for d in i.shape[1:]))
+                for i in engine.input_specs}
+
+    ref, cand = signature(reference), signature(candidate)
+    if ref != cand:
+        mine = ", ".join(i.describe() for i in candidate.input_specs)
+        theirs = ", ".join(i.describe() for i in reference.input_specs)
+        raise InputError(f"{candidate.model_path.name} takes {mine} but {reference.model_path.name} takes {theirs}: the models' inputs differ")
+
+
+def _quiet_polygraphy() -> None:
+    from polygraphy.logger import G_LOGGER
+
+    # polygraphy logs every mismatching iteration at ERROR; our result reports them once.
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL
+
+
+def compare_models(
+    reference: str | Path,
+    candidate: str | Path,
+    inputs: Any,
+    *,
+    runtime: str = "onnxruntime",
+    labels: np.ndarray | None = None,
+    settings: CompareSpec | None = None,
+    runtime_settings: Any = None,
+) -> ComparisonResult:
+    """Run both models on `inputs` (a `tao_qc.data.InputBatches` or any re-iterable of feed dicts)
+    under polygraphy and measure the candidate against the reference."""
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    from tao_qc.runtimes.base import RuntimeSettings, get_runtime
+
+    settings = settings or CompareSpec()
+    runtime_settings = runtime_settings or RuntimeSettings()
+    backend = get_runtime(runtime)
+    ref_engine = backend.build(Path(reference), runtime_settings)
+    cand_engine = backend.build(Path(candidate), runtime_settings)
+    check_same_inputs(ref_engine, cand_engine)
+    _check_feeds(inputs, ref_engine)
+
+    _quiet_polygraphy()
+    runners = [ref_engine.runner(REFERENCE_RUNNER), cand_engine.runner(CANDIDATE_RUNNER)]
+    run_results = Comparator.run(runners, data_loader=inputs)
+
+    tolerance_set = settings.atol is not None or settings.rtol is not None
+    verdicts: dict[str, bool] = {}
+    if tolerance_set:
+        # Runner 1 (candidate) against runner 0 (reference): polygraphy's relative error divides by
+        # the second array of the pair, so the reference goes second.
+        compare_func = CompareFunc.simple(atol=settings.atol or 0.0, rtol=settings.rtol or 0.0, check_error_stat="elemwise")
+        accuracy = Comparator.compare_accuracy(run_results, comparisons=[(1, 0)], compare_func=compare_func)
+        # Older polygraphy returns one AccuracyResult, newer a list of them (one per compare function).
+        results = accuracy if isinstance(accuracy, (list, tuple)) or hasattr(accuracy, "lst") else [accuracy]
+        for per_function in results:
+            for iterations in per_function.values():
+                for iteration in iterations:
+                    for name, outcome in iteration.items():
+                        verdicts[name] = verdicts.get(name, True) and bool(outcome)
+
+    ref_outputs = _stack(run_results[REFERENCE_RUNNER])
+    cand_outputs = _stack(run_results[CANDIDATE_RUNNER])
+    num_samples = next(iter(ref_outputs.values())).shape[0] if ref_outputs else 0
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != num_samples:
+            if len(labels) > num_samples:
+                log.info("using the first %d of %d labels (one per compared sample)", num_samples, len(labels))
+                labels = labels[:num_samples]
+            else:
+                raise InputError(f"--labels: {len(labels)} labels for {num_samples} compared samples (give one label per sample)")
+
+    result = ComparisonResult(
+        reference=str(reference),
+        candidate=str(candidate),
+        runtime=runtime,
+        num_samples=num_samples,
+        data=inputs.describe() if hasattr(inputs, "describe") else "feeds",
+        data_is_random=bool(getattr(inputs, "is_random", False)),
+        tolerances={"atol": settings.atol, "rtol": settings.rtol, "min_top1_agreement": settings.min_top1_agreement,
+                    "default_min_top1_agreement": DEFAULT_MIN_TOP1_AGREEMENT, "default_min_cosine": DEFAULT_MIN_COSINE},
+    )
+    for name in ref_engine.output_names:
+        if name not in cand_outputs:
+            raise InputError(f"{Path(candidate).name} has no output '{name}' (its outputs: {', '.join(cand_outputs)})")
+        metrics = output_metrics(name, ref_outputs[name], cand_outputs[name], labels=labels, atol=settings.atol, rtol=settings.rtol)
+        metrics.polygraphy_passed = verdicts.get(name) if tolerance_set else None
+        result.outputs.append(metrics)
+        result.checks.extend(checks_for(metrics, settings))
+    return result
+
+
+def _stack(iterations: Any) -> dict[str, np.ndarray]:
+    """All iterations of one runner, concatenated per output along the batch axis."""
+    per_output: dict[str, list[np.ndarray]] = {}
+    for iteration in iterations:
+        for name, value in iteration.items():
+            array = np.asarray(value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value)
+            per_output.setdefault(name, []).append(array if array.ndim else array.reshape(1))
+    return {name: np.concatenate(arrays, axis=0) for name, arrays in per_output.items()}
+
+
+def _check_feeds(inputs: Any, engine: Any) -> None:
+    """The data's arrays name the model's inputs with fitting per-sample shapes and dtypes."""
+    first = inputs.first() if hasattr(inputs, "first") else next(iter(inputs))
+    specs = {i.name: i for i in engine.input_specs}
+    if set(first) != set(specs):
+        raise InputError(f"the data feeds {', '.join(sorted(first))} but {engine.model_path.name} takes {', '.join(i.describe() for i in specs.values())}")
+    for name, array in first.items():
+        info = specs[name]
+        dims = info.shape
+        if array.ndim != len(dims) or any(isinstance(d, int) and d > 0 and d != a for d, a in zip(dims, array.shape)):
+            raise InputError(f"the data's '{name}' batches are {array.dtype.name}{list(array.shape)} but {engine.model_path.name} takes {info.describe()}")
+        if array.dtype != info.dtype:
+            raise InputError(f"the data's '{name}' is {array.dtype.name} but {engine.model_path.name} takes {info.describe()}")
