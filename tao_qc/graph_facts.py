@@ -118,7 +118,7 @@ class _Graph:
             if node is None:
                 break
             if node.op_type == "DequantizeLinear":
-                return node, f"DequantizeLinear {node.name}".rstrip()
+                return node, node.name or "an unnamed DequantizeLinear"
             if node.op_type not in LAYOUT_OPS or not node.input:
                 break
             current = node.input[0]
@@ -165,14 +165,14 @@ def _compute_fact(graph: _Graph, node: onnx.NodeProto, index: int) -> dict[str, 
         fact["status"] = "partial"
     else:
         fact["status"] = "float"
-    activation_text = (
-        f"activation {fact['activation']} via {act_source}" if act_dq else f"activation float ({act_source})"
-    )
-    if weight_dq:
-        weight_text = f"weights {fact['weights']} {fact['weights_granularity']} via {weight_source}"
+    if act_dq is not None and weight_dq is not None:
+        fact["evidence"] = f"both inputs via DequantizeLinear ({act_source}; {weight_source})"
+    elif act_dq is None and weight_dq is None:
+        fact["evidence"] = f"no DequantizeLinear on either input (activation from {act_source}; weights from {weight_source})"
     else:
-        weight_text = f"weights float ({weight_source})"
-    fact["evidence"] = f"{activation_text}; {weight_text}"
+        act_text = f"activation via {act_source}" if act_dq else f"activation float from {act_source}"
+        weight_text = f"weights via {weight_source}" if weight_dq else f"weights float from {weight_source}"
+        fact["evidence"] = f"{act_text}; {weight_text}"
     return fact
 
 

@@ -187,3 +187,21 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(shared_models, tmp_path, cap
     assert code == 2 and "takes one model or two" in err
     code, _, err = run(capsys, models["int8"], "--report", tmp_path / "nope.json")
     assert code == 2 and "--report" in err and err.count("\n") == 1
+
+
+def test_a_conv_whose_weight_bypasses_its_dq_is_partial_and_the_diff_says_so(models, tmp_path, capsys):
+    model = onnx.load(models["int8"])
+    conv = next(node for node in model.graph.node if node.name == "/block/conv1/Conv")
+    conv.input[1] = "block.conv1.weight"  # the float weight, skipping its Q/DQ pair
+    onnx.checker.check_model(model)
+    path = tmp_path / "partial.onnx"
+    onnx.save(model, path)
+    facts = {fact["name"]: fact for fact in quantization_summary(model)["compute_nodes"]}
+    fact = facts["/block/conv1/Conv"]
+    assert (fact["status"], fact["activation"], fact["weights"]) == ("partial", "int8", "float")
+    assert "weights float from float initializer [16,16,3,3]" in fact["evidence"]
+    code, out, _ = run(capsys, models["int8"], path, "--json")
+    assert code == 0
+    [change] = json.loads(out)["changes"]
+    assert change["name"] == "/block/conv1/Conv"
+    assert (change["before"], change["after"]) == ("quantized (act int8, w int8)", "partial (act int8, w float)")
