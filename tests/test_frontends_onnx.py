@@ -1,0 +1,175 @@
+"""Lowering to ONNX: the same spec selects the same layers in the PyTorch module tree and in the
+exported graph, and a modelopt.pytorch model lowers to a Q/DQ graph that runs."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tao_qc.errors import InputError
+from tao_qc.frontends.lower_to_onnx import lower_to_onnx
+from tao_qc.frontends.module_selection import module_units
+from tao_qc.patterns import decide, module_path_from_onnx_name, onnx_unit
+from tao_qc.spec import load_spec
+from tao_qc.zoo import ResNet18, SmallResidualCNN, build
+
+ONNX_COMPUTE = ("Conv", "Gemm", "MatMul")
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ResNet18(num_classes=10, width=8).eval()
+    path = lower_to_onnx(model, torch.randn(1, 3, 64, 64), tmp_path_factory.mktemp("resnet") / "resnet.onnx")
+    return model, onnx.load(str(path))
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory):
+    model = build("small_cnn")
+    path = lower_to_onnx(model, torch.randn(1, 3, 32, 32), tmp_path_factory.mktemp("small") / "small_cnn.onnx")
+    return model, onnx.load(str(path))
+
+
+SPECS = [
+    {"layers": [{"module_name": "layer1.*", "weights": {"dtype": "int8"}}]},
+    {"layers": [{"module_name": "*downsample*", "weights": {"dtype": "fp8_e4m3fn"}, "activations": {"dtype": "fp8_e4m3fn"}}]},
+    {"layers": [{"module_name": "Conv2d"}]},
+    {"layers": [{"module_name": "Linear", "weights": {"dtype": "int8"}}]},
+    {"layers": [], "skip_names": ["*fc*"]},
+    {"layers": [{"module_name": "Conv2d"}, {"module_name": "layer4.*", "weights": {"dtype": "native"}},
+                {"module_name": "*head*"}], "skip_names": ["*fc*", "*stem*"]},
+]
+
+
+def both_worlds(model, graph: onnx.ModelProto, spec_dict):
+    spec = load_spec({"backend": "modelopt.pytorch", **spec_dict})
+    torch_result = decide(module_units(model), spec.layers, spec.skip_names, static=True, warn=False)
+    nodes = [n for n in graph.graph.node if n.op_type in ONNX_COMPUTE]
+    onnx_result = decide([onnx_unit(n.name, n.op_type) for n in nodes], spec.layers, spec.skip_names, static=True, warn=False)
+    torch_selected = {d.unit.name: (d.weights, d.activations) for d in torch_result.quantized}
+    onnx_selected = {}
+    for decision in onnx_result.quantized:
+        module = module_path_from_onnx_name(decision.unit.name)
+        assert module is not None, f"no module path for ONNX node {decision.unit.name}"
+        onnx_selected[module] = (decision.weights, decision.activations)
+    return torch_selected, onnx_selected
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: str(s)[:60])
+@pytest.mark.parametrize("which", ["resnet", "small_cnn"])
+def test_same_spec_selects_the_same_layers_in_both_worlds(which, spec, request):
+    model, graph = request.getfixturevalue(which)
+    torch_selected, onnx_selected = both_worlds(model, graph, spec)
+    assert onnx_selected == torch_selected
+
+
+def test_every_exported_compute_node_maps_back_to_its_module(resnet, small_cnn):
+    for model, graph in (resnet, small_cnn):
+        modules = {name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+        mapped = {module_path_from_onnx_name(n.name) for n in graph.graph.node if n.op_type in ONNX_COMPUTE}
+        assert mapped == modules
+
+
+def test_patterns_select_something_in_both_worlds(resnet):
+    # The parametrized test would also pass if both sides selected nothing: check it does not.
+    model, graph = resnet
+    torch_selected, onnx_selected = both_worlds(model, graph, SPECS[1])
+    assert set(onnx_selected) == {"layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0"}
+    torch_selected, onnx_selected = both_worlds(model, graph, SPECS[4])
+    assert "fc" not in onnx_selected and len(onnx_selected) == 20
+
+
+@pytest.mark.slow
+def test_modelopt_model_lowers_to_a_qdq_graph_that_runs(tmp_path):
+    import onnxruntime as ort
+
+    from tao_qc.frontends.quantizer import ModelQuantizer
+
+    model = SmallResidualCNN().eval()
+    torch.manual_seed(1)
+    calibration = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    quantizer = ModelQuantizer({"backend": "modelopt.pytorch", "device": "cpu", "skip_names": ["head"]})
+    quantized = quantizer.quantize_model(copy.deepcopy(model), calibration)
+    example = torch.randn(1, 3, 32, 32)
+    path = lower_to_onnx(quantized, example, tmp_path / "q.onnx", quantized=True)
+    graph = onnx.load(str(path))
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("QuantizeLinear") == ops.count("DequantizeLinear") == 8  # 4 convs: weight + input each
+    gemm = next(n for n in graph.graph.node if n.op_type == "Gemm")
+    assert gemm.name == "/head/Gemm"
+    producers = {o: n.op_type for n in graph.graph.node for o in n.output}
+    assert all(producers.get(i) != "DequantizeLinear" for i in gemm.input)  # head skipped: no Q/DQ
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"input": example.numpy()})
+    with torch.no_grad():
+        torch_out = quantized(example).numpy()
+    np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=1e-3)
+
+
+def test_fp32_lowering_matches_torch(small_cnn, tmp_path):
+    import onnxruntime as ort
+
+    model, _ = small_cnn
+    example = torch.randn(2, 3, 32, 32)
+    path = lower_to_onnx(model, example, tmp_path / "fp32.onnx", dynamic_batch=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input": example.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(example).numpy(), atol=1e-5, rtol=1e-4)
+
+
+def test_lowering_errors(small_cnn, tmp_path):
+    from tao_qc.frontends.quantizer import ModelQuantizer
+
+    model, _ = small_cnn
+    with pytest.raises(InputError, match="has no ModelOpt quantizers"):
+        lower_to_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "x.onnx", quantized=True)
+    with pytest.raises(InputError, match="must end in .onnx"):
+        lower_to_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "x.pth")
+    torchao_model = ModelQuantizer({"backend": "torchao", "device": "cpu"}).quantize_model(copy.deepcopy(model))
+    with pytest.raises(InputError, match="torchao-quantized model cannot be lowered"):
+        lower_to_onnx(torchao_model, torch.randn(1, 3, 32, 32), tmp_path / "y.onnx")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+class _CalledThroughContainers(torch.nn.Module):
+    """Modules the TorchScript exporter names by their last atom only: reached through a
+    ModuleDict, through a parent whose forward never runs, or called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3)
+        self.heads = torch.nn.ModuleDict({"cls": torch.nn.Linear(4, 3)})
+        self.wrapper = torch.nn.Module()
+        self.wrapper.conv = torch.nn.Conv2d(4, 4, 1)
+        self.shared = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = self.shared(self.shared(self.wrapper.conv(self.stem(x))))
+        return self.heads["cls"](x.mean((2, 3)))
+
+
+@pytest.mark.xfail(strict=True, reason="patterns.module_path_from_onnx_name: /cls/Gemm -> 'cls' (module heads.cls), "
+                   "/conv/Conv -> 'conv' (wrapper.conv), /shared_1/Conv -> 'shared_1' (second call of shared); "
+                   "reported to the lead, who owns patterns.py")
+def test_modules_reached_through_containers_keep_their_paths(tmp_path):
+    model = _CalledThroughContainers().eval()
+    graph = onnx.load(str(lower_to_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "c.onnx")))
+    torch_selected, onnx_selected = both_worlds(model, graph, {"layers": [{"module_name": "heads.*"}, {"module_name": "wrapper.*"}]})
+    assert onnx_selected == torch_selected
+    mapped = {module_path_from_onnx_name(n.name) for n in graph.graph.node if n.op_type in ONNX_COMPUTE}
+    assert mapped == {"stem", "heads.cls", "wrapper.conv", "shared"}
+
+
+@pytest.mark.xfail(strict=True, reason="patterns: 'Linear' (and an empty layers list) also selects the activation x "
+                   "activation MatMul nodes of attention, which no PyTorch Linear module matches; reported to the lead")
+def test_linear_pattern_selects_no_attention_matmul(tmp_path):
+    model = build("tiny_vit")
+    graph = onnx.load(str(lower_to_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "vit.onnx")))
+    torch_selected, onnx_selected = both_worlds(model, graph, {"layers": [{"module_name": "Linear"}]})
+    assert onnx_selected == torch_selected
