@@ -424,7 +424,8 @@ class _Printer:
             text += " : " + ", ".join(_type_text(self.types.get(name)) if name else "none" for name in node.output)
         trailer = []
         if node.name:
-            trailer.append(node.name)
+            # A name with a newline or tab must not break the one-line-per-node layout.
+            trailer.append(node.name if node.name.isprintable() else json.dumps(node.name))
         provenance = next((p.value for p in node.metadata_props if p.key == PROVENANCE_KEY), None)
         if provenance:
             trailer.append(f"[{PROVENANCE_KEY}={provenance}]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def qdq(models) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory) -> onnx.ModelProto:
-    return onnx.load(zoo.export_zoo("tiny_vit", tmp_path_factory.mktemp("vit") / "tiny_vit.onnx"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's note about iterating a tensor in the attention block
+        return onnx.load(zoo.export_zoo("tiny_vit", tmp_path_factory.mktemp("vit") / "tiny_vit.onnx"))
 
 
 def shuffled(model: onnx.ModelProto, order: list[int]) -> onnx.ModelProto:
@@ -178,7 +181,7 @@ def test_third_party_models_print_with_true_counts_and_known_types(shared_models
     model = onnx.load(shared_models / name)
     text = format_model(model)
     real = Counter(node.op_type for node in model.graph.node)
-    assert counts_from_text(text) == dict(real) == op_counts(model)
+    assert counts_from_text(text) == dict(real) == op_counts(model) == op_counts(ir.serde.deserialize_model(model))
     assert f"# ops ({len(model.graph.node)} nodes): " in text
     assert " : ?" not in text and "%?" not in text
     assert format_model(ir.serde.deserialize_model(model)) == text
