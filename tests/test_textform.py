@@ -258,3 +258,40 @@ def test_if_subgraphs_print_indented_with_outer_values_renamed():
     assert "Greater(%1, 0 f32[])" in text
     # The If reads %0 inside its branches, so reordering cannot hoist it above the Add.
     assert format_model(shuffled(model, [3, 2, 1, 0])) == text
+
+
+def test_loop_body_prints_its_inputs_and_reads_outer_values_by_their_new_names():
+    import onnxruntime as ort
+
+    f32, i64, boolean = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.BOOL
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"], name="accumulate"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", i64, []),
+            helper.make_tensor_value_info("cond_in", boolean, []),
+            helper.make_tensor_value_info("acc_in", f32, [2]),
+        ],
+        [helper.make_tensor_value_info("cond_out", boolean, []), helper.make_tensor_value_info("acc_out", f32, [2])],
+    )
+    nodes = [
+        helper.make_node("Mul", ["x", "x"], ["step"], name="square"),
+        helper.make_node("Loop", ["trips", "", "x"], ["total"], name="repeat", body=body),
+    ]
+    trips = numpy_helper.from_array(np.array(3, dtype=np.int64), "trips")
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", f32, [2])], [helper.make_tensor_value_info("total", f32, [2])], [trips]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": np.array([1, 2], np.float32)})[0], [4, 14])
+
+    lines = format_model(model).splitlines()
+    assert "%total = Loop(3 i64[], none, %x) {body=@body} : f32[2]  # repeat" in lines
+    assert "  body(%i: i64[], %cond_in: bool[], %acc_in: f32[2]) {" in lines
+    assert "    %acc_out = Add(%acc_in, %0) : f32[2]  # accumulate" in lines
+    assert format_model(shuffled(model, [1, 0])) == "\n".join(lines) + "\n"
