@@ -144,18 +144,27 @@ def torch_load(path: str | Path, *, what: str = "model") -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what}: {path} does not exist" if not path.exists() else f"{what}: {path} is a folder, not a file")
+    if not _looks_like_torch_save(path):
+        raise InputError(f"{what}: {path} is not a PyTorch checkpoint (valid: {VALID_MODEL_FORMS})")
     errors = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, AttributeError, ImportError, TypeError)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only load failed" not in str(exc):
-            raise InputError(f"{what}: {path} is not a PyTorch checkpoint (valid: {VALID_MODEL_FORMS})") from None
     except errors:
-        raise InputError(f"{what}: {path} is not a PyTorch checkpoint (valid: {VALID_MODEL_FORMS})") from None
+        log.debug("%s: not loadable with weights_only=True; loading it with the full unpickler", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except errors as exc:
-        raise InputError(f"{what}: {path} could not be unpickled ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"{what}: {path} is not a loadable PyTorch checkpoint ({type(exc).__name__}: {detail})") from None
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive with a data.pkl (or, before 1.6, a pickle: protocol byte 0x80)."""
+    members = _zip_members(path)
+    if members:
+        return any(m.endswith("data.pkl") for m in members)
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
 
 def extract_state_dict(obj: Any, source: str) -> dict[str, Any] | None:

@@ -3,7 +3,9 @@ max or entropy calibration, and an artifact that restores the quantizers on a fr
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +20,20 @@ log = logging.getLogger("tao_qc.frontends.modelopt")
 # ModelOpt's quantizer formats: integer bit width, or (exponent, mantissa) bits for fp8.
 _FORMATS = {"int8": 8, "fp8_e4m3fn": (4, 3), "fp8_e5m2": (5, 2)}
 _CALIBRATION = {"minmax": "max", "entropy": "entropy"}
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """ModelOpt prints progress ("Inserted 12 quantizers") to stdout, which belongs to our results
+    (`--json`); send it to the debug log instead."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            if line.strip():
+                log.debug("modelopt: %s", line.strip())
 
 
 def _escape(name: str) -> str:
@@ -103,7 +119,8 @@ def restore_modelopt_artifact(model, artifact: dict[str, Any], source: str):
     if not isinstance(artifact, dict) or "modelopt_state" not in artifact or "model_state_dict" not in artifact:
         raise InputError(f"{source}: not a modelopt.pytorch artifact (expected a dict with model_state_dict and modelopt_state)")
     try:
-        model = mto.restore_from_modelopt_state(model, artifact["modelopt_state"])
+        with _quiet_stdout():
+            model = mto.restore_from_modelopt_state(model, artifact["modelopt_state"])
     except Exception as exc:  # noqa: BLE001 - ModelOpt raises assorted types for a state that does not fit
         raise InputError(f"{source}: ModelOpt state does not fit the model from the factory: {type(exc).__name__}: {exc}") from None
     load_state_dict_checked(model, artifact["model_state_dict"], source)
@@ -128,7 +145,8 @@ class ModeloptBackend(QuantBackend):
         # Insert the quantizers now and calibrate in `calibrate`: ModelQuantizer's API separates the two.
         insert_only = {**self.config, "algorithm": None}
         try:
-            return mtq.quantize(model, insert_only, forward_loop=None)
+            with _quiet_stdout():
+                return mtq.quantize(model, insert_only, forward_loop=None)
         except Exception as exc:  # noqa: BLE001 - ModelOpt's config validation raises pydantic and assertion errors
             first = str(exc).strip().splitlines()
             raise InputError(f"quantize.backend_kwargs: ModelOpt rejected the config: {type(exc).__name__}: {' '.join(first[:3])}") from None
@@ -144,12 +162,13 @@ class ModeloptBackend(QuantBackend):
                     module(*(t.to(self.device) for t in inputs))
 
         algorithm = self.config.get("algorithm")
-        if algorithm == "max" and self.spec.calibration_algorithm == "entropy":
-            self._calibrate_entropy(model, forward_loop)
-        else:
-            import modelopt.torch.quantization as mtq
+        with _quiet_stdout():
+            if algorithm == "max" and self.spec.calibration_algorithm == "entropy":
+                self._calibrate_entropy(model, forward_loop)
+            else:
+                import modelopt.torch.quantization as mtq
 
-            mtq.calibrate(model, algorithm=algorithm, forward_loop=forward_loop)
+                mtq.calibrate(model, algorithm=algorithm, forward_loop=forward_loop)
         self.calibrated = True
 
     @staticmethod
