@@ -93,6 +93,7 @@ class ComparisonResult:
     tolerances: dict[str, Any]
     outputs: list[OutputMetrics] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    engines: dict[str, Any] = field(default_factory=dict)  # per role: artifact, build settings, layer precisions
 
     @property
     def passed(self) -> bool:
@@ -118,6 +119,7 @@ class ComparisonResult:
             "failures": self.failures,
             "outputs": [o.to_dict() for o in self.outputs],
             "checks": [asdict(c) for c in self.checks],
+            "engines": self.engines,
         }
 
     def render(self) -> Any:
@@ -344,6 +346,13 @@ def compare_models(
         tolerances={"atol": settings.atol, "rtol": settings.rtol, "min_top1_agreement": settings.min_top1_agreement,
                     "default_min_top1_agreement": DEFAULT_MIN_TOP1_AGREEMENT, "default_min_cosine": DEFAULT_MIN_COSINE},
     )
+    for role, engine in ((REFERENCE_RUNNER, ref_engine), (CANDIDATE_RUNNER, cand_engine)):
+        result.engines[role] = {
+            "artifact": str(engine.artifact) if engine.artifact else None,
+            "device": engine.device,
+            "build": getattr(engine, "build", None) or {},
+            "layers": [row.to_dict() for row in getattr(engine, "layers", [])],
+        }
     for name in ref_engine.output_names:
         if name not in cand_outputs:
             raise InputError(f"{Path(candidate).name} has no output '{name}' (its outputs: {', '.join(cand_outputs)})")
@@ -377,3 +386,60 @@ def _check_feeds(inputs: Any, engine: Any) -> None:
             raise InputError(f"the data's '{name}' batches are {array.dtype.name}{list(array.shape)} but {engine.model_path.name} takes {info.describe()}")
         if array.dtype != info.dtype:
             raise InputError(f"the data's '{name}' is {array.dtype.name} but {engine.model_path.name} takes {info.describe()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The end of `tao-qc compile`: comparison and latency sections for report.json / report.html
+
+
+def evaluate_quantized(
+    fp32_path: str | Path,
+    quant_path: str | Path,
+    inputs: Any,
+    spec: Any,
+    labels: np.ndarray | None = None,
+    *,
+    batch_sizes: tuple[int, ...] = (1,),
+    warmup: int = 5,
+    runs: int = 20,
+    artifact_dir: str | Path | None = None,
+    measure_latency: bool = True,
+) -> dict[str, Any]:
+    """Compare `quant_path` against `fp32_path` on `inputs` and time both, with the spec's settings.
+
+    Returns `{"comparison": ComparisonResult.to_dict(), "latency": BenchTable.to_dict()}` (latency
+    None when not measured), ready for report.json and `write_html_report`. It never raises for a
+    failed check: call `raise_if_failed(sections, spec)` for the exit-1 behaviour.
+    `spec` is a `QuantizeSpec`: `spec.compare` gives runtime and tolerances, `spec.tensorrt` the
+    engine settings; engines (ORT's optimized graph, TensorRT .engine) are saved in `artifact_dir`.
+    """
+    from tao_qc.latency import bench_models
+    from tao_qc.runtimes.base import RuntimeSettings
+
+    runtime = spec.compare.runtime
+    settings = RuntimeSettings(
+        artifact_dir=Path(artifact_dir) if artifact_dir else None,
+        save_artifact=artifact_dir is not None,
+        tensorrt=spec.tensorrt,
+        fp16_baseline=spec.tensorrt.fp16_baseline,
+    )
+    comparison = compare_models(fp32_path, quant_path, inputs, runtime=runtime, labels=labels, settings=spec.compare,
+                                runtime_settings=settings)
+    sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
+    if measure_latency:
+        timing = RuntimeSettings(tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline)
+        sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=timing,
+                                           warmup=warmup, runs=runs).to_dict()
+    return sections
+
+
+def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
+    """AccuracyError (exit 1) when the comparison failed and `spec.compare.fail_on_mismatch` is set."""
+    from tao_qc.errors import AccuracyError
+
+    comparison = sections.get("comparison") or {}
+    if comparison and not comparison.get("passed", True) and spec.compare.fail_on_mismatch:
+        raise AccuracyError(
+            f"{Path(str(comparison.get('candidate'))).name} failed the comparison with "
+            f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(comparison.get("failures") or [])
+        )

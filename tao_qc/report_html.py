@@ -1,0 +1,419 @@
+"""A self-contained `report.html` for people: what was quantized and why, how close the outputs stay,
+how the error is spread, and how fast each model runs. Inline CSS and SVG only, no scripts and no
+external assets, so it opens anywhere (a mail attachment, a CI artifact) exactly as written.
+
+Input: the compile `report.json` dict (`spec`, `decisions`, `passes`, `counts`, `versions`) plus the
+`comparison` (`ComparisonResult.to_dict()`) and `latency` (`BenchTable.to_dict()`) sections. Every
+section is optional; a missing one is said to be missing, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from tao_qc.fileio import atomic_write_text
+
+_CSS = """
+:root { --ink:#1d2433; --muted:#5c6677; --line:#e3e7ee; --bg:#f6f8fb; --ok:#1a7f37; --bad:#c62828;
+        --warn:#9a6700; --accent:#2f6fde; --q:#e8f0fe; }
+* { box-sizing: border-box; }
+body { font: 14px/1.5 -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: var(--ink);
+       background: var(--bg); margin: 0; }
+main { max-width: 1120px; margin: 0 auto; padding: 28px 24px 60px; }
+h1 { font-size: 24px; margin: 0 0 4px; }
+h2 { font-size: 18px; margin: 34px 0 10px; padding-bottom: 6px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 15px; margin: 18px 0 8px; }
+.sub { color: var(--muted); margin: 0 0 18px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 12px; }
+.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; }
+.card .k { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
+.card .v { font-size: 22px; font-weight: 600; margin-top: 2px; }
+.card .d { color: var(--muted); font-size: 12px; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600; }
+.pass { background: #dafbe1; color: var(--ok); } .fail { background: #ffebe9; color: var(--bad); }
+.warn { background: #fff8c5; color: var(--warn); } .none { background: #eef1f5; color: var(--muted); }
+table { border-collapse: collapse; width: 100%; background: #fff; border: 1px solid var(--line); border-radius: 8px;
+        overflow: hidden; font-size: 13px; }
+th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th { background: #f0f3f8; font-weight: 600; white-space: nowrap; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.q td { background: var(--q); }
+code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; }
+.dt { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; padding: 0 5px; border-radius: 4px; }
+.dt-int8 { background: #d0e2ff; } .dt-fp8_e4m3fn, .dt-fp8_e5m2 { background: #e8d5ff; } .dt-native { background: #eef1f5; color: var(--muted); }
+.note { color: var(--muted); font-size: 13px; }
+.missing { color: var(--muted); font-style: italic; }
+.failures { color: var(--bad); margin: 8px 0 0 18px; padding: 0; }
+.grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; }
+.figure { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; }
+.figure .cap { color: var(--muted); font-size: 12px; margin-top: 4px; }
+details summary { cursor: pointer; color: var(--accent); margin: 8px 0; }
+pre { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px; overflow: auto; font-size: 12px; }
+"""
+
+
+def write_html_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write `report` as one self-contained HTML file at `path` (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, render_html(report))
+    path.chmod(0o644)  # a report is for reading by others (the atomic temp file is created 0600)
+    return path
+
+
+def render_html(report: dict[str, Any]) -> str:
+    report = report or {}
+    comparison = report.get("comparison") or None
+    latency = report.get("latency") or None
+    title = _title(report, comparison)
+    body = [
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="sub">{_subtitle(report)}</p>',
+        _summary_cards(report, comparison, latency),
+        "<h2>Accuracy: quantized against FP32</h2>",
+        _comparison_section(comparison),
+        "<h2>Latency</h2>",
+        _latency_section(latency),
+        "<h2>Quantization decisions</h2>",
+        _decisions_section(report.get("decisions")),
+        _engine_section(comparison),
+        "<h2>Passes</h2>",
+        _passes_section(report.get("passes")),
+        "<h2>Spec and versions</h2>",
+        _spec_section(report.get("spec"), report.get("versions")),
+    ]
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body><main>\n"
+        + "\n".join(part for part in body if part)
+        + "\n</main></body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _title(report: dict[str, Any], comparison: dict[str, Any] | None) -> str:
+    spec = report.get("spec") or {}
+    model = report.get("model") or (spec.get("model_path") if isinstance(spec, dict) else None)
+    if not model and comparison:
+        model = comparison.get("reference")
+    return f"tao-qc report: {Path(str(model)).name}" if model else "tao-qc report"
+
+
+def _subtitle(report: dict[str, Any]) -> str:
+    parts = []
+    spec = report.get("spec") if isinstance(report.get("spec"), dict) else {}
+    for key in ("backend", "mode", "algorithm", "target"):
+        if spec.get(key):
+            parts.append(f"{key} <b>{escape(str(spec[key]))}</b>")
+    if report.get("output"):
+        parts.append(f"artifact <code>{escape(str(report['output']))}</code>")
+    return " · ".join(parts) or "quantization report"
+
+
+def _card(key: str, value: str, detail: str = "") -> str:
+    return f'<div class="card"><div class="k">{escape(key)}</div><div class="v">{value}</div><div class="d">{detail}</div></div>'
+
+
+def _summary_cards(report: dict[str, Any], comparison: dict[str, Any] | None, latency: dict[str, Any] | None) -> str:
+    cards = []
+    if comparison:
+        passed = comparison.get("passed")
+        badge = '<span class="badge pass">PASSED</span>' if passed else '<span class="badge fail">FAILED</span>'
+        detail = f"{comparison.get('num_samples', '?')} samples on {escape(str(comparison.get('runtime', '?')))}"
+        if comparison.get("data_is_random"):
+            detail += ' · <span class="badge warn">random inputs</span>'
+        cards.append(_card("accuracy check", badge, detail))
+        for output in comparison.get("outputs", [])[:2]:
+            if output.get("top1_agreement") is not None:
+                acc = ""
+                if output.get("reference_top1") is not None:
+                    acc = f"top-1 {_pct(output['reference_top1'])} → {_pct(output.get('candidate_top1'))}"
+                cards.append(_card(f"top-1 agreement · {output['name']}", _pct(output["top1_agreement"]), acc))
+            else:
+                cards.append(_card(f"cosine · {output['name']}", f"{output.get('cosine', float('nan')):.5f}",
+                                   f"max abs error {_num(output.get('max_abs_error'))}"))
+    else:
+        cards.append(_card("accuracy check", '<span class="badge none">not run</span>'))
+    decisions = report.get("decisions") or []
+    if decisions:
+        quantized = sum(1 for d in decisions if d.get("quantized"))
+        cards.append(_card("nodes quantized", f"{quantized} / {len(decisions)}", "compute nodes the spec selected"))
+    elif isinstance(report.get("counts"), dict) and report["counts"]:
+        counts = report["counts"]
+        first = next(iter(counts.items()))
+        cards.append(_card(str(first[0]).replace("_", " "), escape(str(first[1]))))
+    ratio = _headline_ratio(latency)
+    if ratio:
+        cards.append(_card("speed vs FP32", f"{ratio[0]:.2f}×", ratio[1]))
+    return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _headline_ratio(latency: dict[str, Any] | None) -> tuple[float, str] | None:
+    if not latency:
+        return None
+    rows = [r for r in latency.get("rows", []) if r.get("ratio") is not None and r.get("median_ms")]
+    others = [r for r in rows if r.get("ratio") is not None and r is not rows[0]] if rows else []
+    firsts = {r["batch_size"]: r for r in rows if r.get("ratio") == 1.0}
+    for row in others:
+        if row.get("model") != (firsts.get(row["batch_size"]) or {}).get("model"):
+            return row["ratio"], f"batch {row['batch_size']} on {escape(str(latency.get('runtime', '?')))} (>1: faster)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison
+
+
+def _comparison_section(comparison: dict[str, Any] | None) -> str:
+    if not comparison:
+        return '<p class="missing">No comparison was run (no data, or it was switched off).</p>'
+    parts = [
+        f'<p class="note">Reference <code>{escape(str(comparison.get("reference", "?")))}</code>, candidate '
+        f'<code>{escape(str(comparison.get("candidate", "?")))}</code>, on {escape(str(comparison.get("runtime", "?")))}; '
+        f'data: {escape(str(comparison.get("data", "?")))}.</p>'
+    ]
+    if comparison.get("data_is_random"):
+        parts.append('<p><span class="badge warn">warning</span> compared on random inputs: these figures say little about real accuracy.</p>')
+    outputs = comparison.get("outputs") or []
+    has_tol = any(o.get("within_tolerance") is not None for o in outputs)
+    header = ["output", "max abs", "mean abs", "p99 abs", "mean rel", "cosine", "top-1 agree", "top-1 FP32", "top-1 quant"]
+    if has_tol:
+        header.append("within tol")
+    rows = []
+    for o in outputs:
+        cells = [f"<td><code>{escape(str(o.get('name')))}</code></td>"] + [
+            f'<td class="num">{value}</td>' for value in (
+                _num(o.get("max_abs_error")), _num(o.get("mean_abs_error")), _num(o.get("p99_abs_error")),
+                _num(o.get("mean_rel_error")), _fixed(o.get("cosine"), 5), _pct(o.get("top1_agreement")),
+                _pct(o.get("reference_top1")), _pct(o.get("candidate_top1")),
+                *([_pct(o.get("within_tolerance"))] if has_tol else []),
+            )
+        ]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    parts.append(_table(header, rows, numeric_from=1))
+    checks = comparison.get("checks") or []
+    if checks:
+        items = []
+        for c in checks:
+            badge = '<span class="badge pass">pass</span>' if c.get("passed") else '<span class="badge fail">fail</span>'
+            items.append(f"<tr><td>{badge}</td><td><code>{escape(str(c.get('output')))}</code></td><td>{escape(str(c.get('metric')))}</td>"
+                         f"<td class=\"num\">{_num(c.get('value'))}</td><td class=\"num\">{_num(c.get('threshold'))}</td>"
+                         f"<td>{escape(str(c.get('why')))}</td></tr>")
+        parts.append("<h3>Checks</h3>" + _table(["", "output", "metric", "value", "threshold", "why"], items, numeric_from=None))
+    failures = comparison.get("failures") or []
+    if failures:
+        parts.append('<ul class="failures">' + "".join(f"<li>{escape(f)}</li>" for f in failures) + "</ul>")
+    figures = [
+        f'<div class="figure">{_histogram_svg(o.get("error_histogram") or {})}<div class="cap">|quantized − FP32| on '
+        f'<code>{escape(str(o.get("name")))}</code>, log scale; {(o.get("error_histogram") or {}).get("zeros", 0)} exact matches '
+        f'of {(o.get("error_histogram") or {}).get("total", 0)} values</div></div>'
+        for o in outputs
+    ]
+    if figures:
+        parts.append("<h3>Error distribution</h3>" + f'<div class="grid2">{"".join(figures)}</div>')
+    return "\n".join(parts)
+
+
+def _histogram_svg(hist: dict[str, Any], width: int = 480, height: int = 180) -> str:
+    counts = hist.get("counts") or []
+    edges = hist.get("log10_edges") or []
+    if not counts or len(edges) != len(counts) + 1:
+        message = "no error: outputs identical" if hist.get("total") else "no histogram recorded"
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" role="img" aria-label="{message}">'
+                f'<text x="10" y="35" font-size="13" fill="#5c6677">{message}</text></svg>')
+    left, bottom, top, right = 46, 34, 10, 10
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max(counts) or 1
+    bar_w = plot_w / len(counts)
+    bars = []
+    for index, count in enumerate(counts):
+        h = plot_h * count / peak
+        x = left + index * bar_w
+        label = f"10^{edges[index]:.2f} to 10^{edges[index + 1]:.2f}: {count}"
+        bars.append(f'<rect x="{x + 0.5:.1f}" y="{top + plot_h - h:.1f}" width="{max(bar_w - 1, 1):.1f}" height="{h:.1f}" '
+                    f'fill="#2f6fde"><title>{escape(label)}</title></rect>')
+    ticks = []
+    low, high = edges[0], edges[-1]
+    for power in range(math.ceil(low), math.floor(high) + 1):
+        x = left + plot_w * (power - low) / (high - low)
+        ticks.append(f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" stroke="#5c6677"/>'
+                     f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle" fill="#5c6677">1e{power}</text>')
+    if not ticks:  # a range inside one decade: label the ends
+        for value, anchor, x in ((low, "start", left), (high, "end", left + plot_w)):
+            ticks.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="{anchor}" fill="#5c6677">{10 ** value:.2g}</text>')
+    axis = (f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#5c6677"/>'
+            f'<text x="{left - 6}" y="{top + 10}" font-size="11" text-anchor="end" fill="#5c6677">{peak}</text>'
+            f'<text x="{left - 6}" y="{top + plot_h}" font-size="11" text-anchor="end" fill="#5c6677">0</text>'
+            f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" font-size="11" text-anchor="middle" fill="#5c6677">absolute error</text>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+            f'style="max-width:100%;height:auto" role="img" aria-label="error histogram">{"".join(bars)}{axis}{"".join(ticks)}</svg>')
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency
+
+
+def _latency_section(latency: dict[str, Any] | None) -> str:
+    if not latency:
+        return '<p class="missing">Latency was not measured.</p>'
+    settings = latency.get("settings") or {}
+    rows = latency.get("rows") or []
+    note = (f'<p class="note">{escape(str(latency.get("runtime", "?")))} on {escape(str(settings.get("device", "?")))}, '
+            f'{escape(str(settings.get("threads", "?")))} threads; median of the timed runs per batch. '
+            'Ratio: the first model\'s median over each model\'s (above 1: faster).</p>')
+    timed = [r for r in rows if r.get("median_ms")]
+    peak = max((r["median_ms"] for r in timed), default=1.0) or 1.0
+    bars, table_rows = [], []
+    for row in rows:
+        name = Path(str(row.get("model", "?"))).name
+        if not row.get("median_ms"):
+            table_rows.append(f"<tr><td>{escape(name)}</td><td class=\"num\">{row.get('batch_size')}</td>"
+                              f"<td colspan=\"4\" class=\"note\">skipped: {escape(str(row.get('note') or 'not timed'))}</td></tr>")
+            continue
+        table_rows.append(
+            f"<tr><td>{escape(name)}</td><td class=\"num\">{row.get('batch_size')}</td><td class=\"num\">{row['median_ms']:.3f}</td>"
+            f"<td class=\"num\">{_fixed(row.get('p90_ms'), 3)}</td><td class=\"num\">{_fixed(row.get('throughput'), 1)}</td>"
+            f"<td class=\"num\">{_ratio(row.get('ratio'))}</td></tr>")
+        bars.append((f"{name} · batch {row.get('batch_size')}", row["median_ms"], row.get("ratio")))
+    table = _table(["model", "batch", "median ms", "p90 ms", "samples/s", "ratio"], table_rows, numeric_from=1)
+    return note + (_bars_svg(bars, peak) if bars else "") + table
+
+
+def _bars_svg(bars: list[tuple[str, float, float | None]], peak: float, width: int = 760) -> str:
+    label_w, row_h, right = 260, 26, 150
+    height = row_h * len(bars) + 10
+    plot_w = width - label_w - right
+    parts = []
+    for index, (label, value, ratio) in enumerate(bars):
+        y = 5 + index * row_h
+        w = max(plot_w * value / peak, 1)
+        color = "#2f6fde" if ratio is None or ratio == 1.0 else ("#1a7f37" if ratio > 1 else "#c62828")
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 16}" font-size="12" text-anchor="end" fill="#1d2433">{escape(label)}</text>'
+            f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" rx="3" fill="{color}"/>'
+            f'<text x="{label_w + w + 6:.1f}" y="{y + 16}" font-size="12" fill="#1d2433">{value:.2f} ms'
+            f'{f"  ({ratio:.2f}×)" if ratio is not None else ""}</text>')
+    return (f'<div class="figure"><svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
+            f'role="img" aria-label="median latency">{"".join(parts)}</svg><div class="cap">median latency per batch '
+            '(green: faster than the first model, red: slower)</div></div>')
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions, engine layers, passes, spec
+
+
+def _dtype(value: Any) -> str:
+    text = str(value) if value is not None else "native"
+    return f'<span class="dt dt-{escape(text)}">{escape(text)}</span>'
+
+
+def _decisions_section(decisions: list[dict[str, Any]] | None) -> str:
+    if not decisions:
+        return '<p class="missing">No per-node decisions recorded.</p>'
+    quantized = sum(1 for d in decisions if d.get("quantized"))
+    rows = []
+    for d in decisions:
+        rule_w, rule_a = d.get("weights_rule"), d.get("activations_rule")
+        why = d.get("skipped_by") and f"skipped by {d['skipped_by']}" or d.get("reason") or ""
+        rows.append(
+            f'<tr class="{"q" if d.get("quantized") else ""}"><td><code>{escape(str(d.get("name")))}</code></td>'
+            f"<td>{escape(str(d.get('type')))}</td><td>{_dtype(d.get('weights'))}</td><td>{_dtype(d.get('activations'))}</td>"
+            f"<td>{escape(str(rule_w or '-'))}</td><td>{escape(str(rule_a or '-'))}</td><td>{escape(str(why))}</td></tr>")
+    return (f'<p class="note">{quantized} of {len(decisions)} compute nodes quantized (highlighted). The rule is the spec '
+            "entry that set each dtype; later entries override earlier ones, skip_names wins.</p>"
+            + _table(["node", "op", "weights", "activations", "weights rule", "activations rule", "note"], rows, numeric_from=None))
+
+
+def _engine_section(comparison: dict[str, Any] | None) -> str:
+    engines = (comparison or {}).get("engines") or {}
+    blocks = []
+    for role, info in engines.items():
+        layers = info.get("layers") or []
+        if not layers:
+            continue
+        rows = [f"<tr><td><code>{escape(str(r.get('name')))}</code></td><td>{escape(str(r.get('type')))}</td>"
+                f"<td>{escape(', '.join(r.get('inputs') or []))}</td><td>{escape(', '.join(r.get('outputs') or []))}</td>"
+                f"<td>{escape(str(r.get('weights') or '-'))}</td><td><b>{escape(str(r.get('runs_in')))}</b></td></tr>" for r in layers]
+        blocks.append(f"<details><summary>{escape(role)}: {len(layers)} TensorRT layers</summary>"
+                      + _table(["layer", "type", "inputs", "outputs", "weights", "runs in"], rows, numeric_from=None) + "</details>")
+    if not blocks:
+        return ""
+    return "<h2>TensorRT layers</h2>" + "".join(blocks)
+
+
+def _passes_section(passes: list[dict[str, Any]] | None) -> str:
+    if not passes:
+        return '<p class="missing">No pass summary recorded.</p>'
+    keys: list[str] = []
+    for row in passes:
+        for key in row:
+            if key not in keys:
+                keys.append(key)
+    rows = []
+    for row in passes:
+        cells = []
+        for key in keys:
+            value = row.get(key)
+            if isinstance(value, float):
+                cells.append(f'<td class="num">{value:.4g}</td>')
+            elif isinstance(value, int) and not isinstance(value, bool):
+                cells.append(f'<td class="num">{value}</td>')
+            elif isinstance(value, (dict, list)):
+                cells.append(f"<td class=\"mono\">{escape(json.dumps(value, sort_keys=True))}</td>")
+            else:
+                cells.append(f"<td>{escape('' if value is None else str(value))}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return _table(keys, rows, numeric_from=None)
+
+
+def _spec_section(spec: Any, versions: Any) -> str:
+    parts = []
+    if versions:
+        items = versions.items() if isinstance(versions, dict) else []
+        parts.append('<p class="note">' + " · ".join(f"{escape(str(k))} <code>{escape(str(v))}</code>" for k, v in items) + "</p>")
+    if spec:
+        parts.append(f"<details><summary>the spec as applied</summary><pre>{escape(json.dumps(spec, indent=2, default=str))}</pre></details>")
+    return "".join(parts) or '<p class="missing">No spec or versions recorded.</p>'
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[str], numeric_from: int | None) -> str:
+    heads = "".join(
+        f'<th class="{"num" if numeric_from is not None and i >= numeric_from else ""}">{escape(h)}</th>' for i, h in enumerate(header)
+    )
+    return f"<table><thead><tr>{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return escape(str(value))
+    if value == 0:
+        return "0"
+    if math.isinf(value) or math.isnan(value):
+        return str(value)
+    return f"{value:.4g}" if 1e-3 <= abs(value) < 1e5 else f"{value:.3e}"
+
+
+def _fixed(value: Any, digits: int) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.2f}%"
+
+
+def _ratio(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f}×"
