@@ -42,7 +42,8 @@ def _npz_arrays(path: Path, key: str) -> list[tuple[str, tuple[int, ...], np.dty
                     continue
                 with archive.open(member) as stream:
                     version = np.lib.format.read_magic(stream)
-                    shape, _, dtype = np.lib.format._read_array_header(stream, version)  # noqa: SLF001 - header only
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(stream)
                 found.append((member[:-4], tuple(shape), np.dtype(dtype)))
             return found
     except (zipfile.BadZipFile, ValueError, OSError):

@@ -79,3 +79,48 @@ def lower_to_onnx(
             tmp_onnx.unlink(missing_ok=True)
     log.info("lowered %s to %s", type(model).__name__, path)
     return path
+
+
+def example_inputs_from_data(
+    data: str | Path | None,
+    *,
+    calibration=None,
+    input_shape: Sequence[int] | None = None,
+    key: str = "quantize.calibration.data",
+):
+    """(input names, example tensors at batch 1) for tracing, from the data the model will see.
+
+    The shapes and names come from the data (`.npz` array names become the ONNX input names, so
+    the same file calibrates the lowered graph); `input_shape` stands in for 'random' or missing data.
+    """
+    import numpy as np
+    import torch
+
+    from tao_qc.frontends.input_data import infer_inputs
+
+    if data is None:
+        if not input_shape:
+            raise InputError(f"{key}: lowering a PyTorch model needs its input shape: give calibration data or --input-shape N,C,H,W")
+        return ["input"], (torch.zeros(1, *input_shape[1:]),)
+    inputs = infer_inputs(data, calibration=calibration, input_shape=input_shape, key=key)
+    tensors = tuple(torch.zeros((1, *info.shape[1:]), dtype=torch.from_numpy(np.zeros(0, info.dtype)).dtype) for info in inputs)
+    return [info.name for info in inputs], tensors
+
+
+def lower_pytorch_file(
+    model_path: str | Path,
+    output: str | Path,
+    *,
+    factory=None,
+    factory_kwargs=None,
+    data: str | Path | None = None,
+    calibration=None,
+    input_shape: Sequence[int] | None = None,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Load a user's PyTorch model and lower its FP32 graph to `output` for the ONNX pipeline."""
+    from tao_qc.frontends.loading import load_pytorch_model
+
+    model = load_pytorch_model(model_path, factory, factory_kwargs)
+    names, examples = example_inputs_from_data(data, calibration=calibration, input_shape=input_shape)
+    return lower_to_onnx(model, examples, output, input_names=names, dynamic_batch=dynamic_batch)

@@ -86,6 +86,19 @@ def as_inputs(item: Any) -> tuple[Any, ...]:
     return (tensor(item),)
 
 
+def _check_rewritable(model) -> None:
+    """Both backends rewrite `nn.Linear` / `nn.Conv*d` modules in place; compiled forms have none."""
+    import torch
+    from torch import fx
+
+    if isinstance(model, torch.jit.ScriptModule) or isinstance(model, fx.GraphModule):
+        form = "a TorchScript model" if isinstance(model, torch.jit.ScriptModule) else "a torch.export / FX graph"
+        raise InputError(
+            f"{form} keeps no nn.Linear / nn.Conv2d modules to quantize in-framework; give the checkpoint "
+            "with --model-factory module:callable, or lower it to ONNX and use `tao-qc compile`"
+        )
+
+
 class ModelQuantizer:
     """Quantize a PyTorch model with the backend the spec names (torchao or modelopt.pytorch)."""
 
@@ -107,6 +120,7 @@ class ModelQuantizer:
 
     def prepare(self, model):
         """Select modules by the spec and set the backend up on `model`; returns the model to use."""
+        _check_rewritable(model)
         self.selection = select_modules(model, self.spec, static=self.backend.static)
         for decision in self.selection.decisions:
             log.debug("%s (%s): %s", decision.unit.name, decision.unit.type, decision.reason)

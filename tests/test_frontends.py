@@ -223,3 +223,21 @@ def test_cuda_without_a_gpu_is_an_error_unless_auto():
 def test_onnx_backend_is_refused_by_the_pytorch_api():
     with pytest.raises(InputError, match="does not quantize PyTorch models in-framework .*tao-qc compile"):
         ModelQuantizer({"backend": "modelopt.onnx", "device": "cpu"})
+
+
+def test_torchao_backend_kwargs_win_over_ours():
+    model = WideMLP(width=64).eval()
+    # Our filter selects every Linear; the user's filter_fn replaces it.
+    q = quantizer(backend="torchao", backend_kwargs={"filter_fn": lambda module, fqn: fqn == "fc1"})
+    quantized = q.quantize_model(model)
+    assert type(quantized.fc1.weight).__name__ == "Int8Tensor"
+    assert type(quantized.fc2.weight) is nn.Parameter and type(quantized.head.weight) is nn.Parameter
+
+
+def test_compiled_models_are_refused_with_the_valid_forms(trained):
+    scripted = torch.jit.trace(trained, torch.zeros(1, 1, 8, 8))
+    with pytest.raises(InputError, match="TorchScript model keeps no nn.Linear / nn.Conv2d modules.*--model-factory"):
+        quantizer(backend="torchao").prepare(scripted)
+    program = torch.export.export(trained, (torch.zeros(1, 1, 8, 8),)).module()
+    with pytest.raises(InputError, match="torch.export / FX graph"):
+        quantizer(backend="modelopt.pytorch").prepare(program)

@@ -173,3 +173,23 @@ def test_linear_pattern_selects_no_attention_matmul(tmp_path):
     graph = onnx.load(str(lower_to_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "vit.onnx")))
     torch_selected, onnx_selected = both_worlds(model, graph, {"layers": [{"module_name": "Linear"}]})
     assert onnx_selected == torch_selected
+
+
+def test_lower_pytorch_file_takes_names_and_shapes_from_the_data(tmp_path):
+    from tao_qc.data import model_inputs, open_inputs
+    from tao_qc.frontends.lower_to_onnx import lower_pytorch_file
+
+    model = build("small_cnn")
+    torch.save(model.state_dict(), tmp_path / "small.pth")
+    np.savez(tmp_path / "calib.npz", images=np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32))
+    path = lower_pytorch_file(tmp_path / "small.pth", tmp_path / "small.onnx", factory="tao_qc.zoo:SmallResidualCNN",
+                              data=tmp_path / "calib.npz")
+    graph = onnx.load(str(path))
+    (info,) = model_inputs(graph)
+    assert info.name == "images" and info.shape[1:] == (3, 32, 32) and info.fixed_batch is None
+    batches = open_inputs(tmp_path / "calib.npz", [info], batch_size=3)  # the same file calibrates the lowered graph
+    assert batches.num_samples == 6
+    with pytest.raises(InputError, match="needs its input shape"):
+        lower_pytorch_file(tmp_path / "small.pth", tmp_path / "x.onnx", factory="tao_qc.zoo:SmallResidualCNN")
+    lower_pytorch_file(tmp_path / "small.pth", tmp_path / "y.onnx", factory="tao_qc.zoo:SmallResidualCNN", input_shape=(1, 3, 16, 16))
+    assert model_inputs(onnx.load(str(tmp_path / "y.onnx")))[0].shape[1:] == (3, 16, 16)
