@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import logging
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
