@@ -208,7 +208,7 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
         shape=list(reference.shape[1:]),
         max_abs_error=float(flat_abs.max()) if flat_abs.size else 0.0,
         mean_abs_error=float(flat_abs.mean()) if flat_abs.size else 0.0,
-        p99_abs_error=float(np.percentile(flat_abs, 99)) if flat_abs.size else 0.0,
+        p99_abs_error=_p99(flat_abs),
         max_rel_error=float(rel_error.max()) if rel_error.size else 0.0,
         mean_rel_error=float(rel_error.mean()) if rel_error.size else 0.0,
         cosine=float(cosines.mean()),
@@ -230,6 +230,14 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
             metrics.reference_top1 = float(np.mean(ref_top == labels))
             metrics.candidate_top1 = float(np.mean(cand_top == labels))
     return metrics
+
+
+def _p99(values: np.ndarray) -> float:
+    if not values.size:
+        return 0.0
+    with np.errstate(invalid="ignore"):  # an Inf error (NaN candidate) makes the interpolation NaN
+        p99 = float(np.percentile(values, 99, method="higher"))
+    return p99
 
 
 def is_classifier_output(array: np.ndarray) -> bool:

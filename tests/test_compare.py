@@ -1,0 +1,194 @@
+"""compare: FP32 vs INT8 through polygraphy on real models and a real labelled digit set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from _runtimes_helpers import build_assets, run_cli
+from tao_qc.compare import (
+    DEFAULT_MIN_COSINE,
+    checks_for,
+    compare_models,
+    evaluate_quantized,
+    output_metrics,
+    raise_if_failed,
+)
+from tao_qc.data import model_inputs, open_inputs
+from tao_qc.errors import AccuracyError, InputError, MissingDependencyError
+from tao_qc.spec import CompareSpec, QuantizeSpec
+
+SAMPLES = 600  # of 1797 digits: enough for a 0.99 agreement check to mean something, quick to run
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, shared_models):
+    return build_assets(tmp_path_factory.getbasetemp(), shared_models)
+
+
+@pytest.fixture(scope="module")
+def digits(assets):
+    inputs = model_inputs(onnx.load(str(assets.mnist_fp32)))
+    return open_inputs(assets.digits, inputs, max_samples=SAMPLES, key="--data")
+
+
+@pytest.fixture(scope="module")
+def few_digits(assets):
+    """Fewer samples where polygraphy's per-iteration element-wise check runs (it is slow per iteration)."""
+    inputs = model_inputs(onnx.load(str(assets.mnist_fp32)))
+    return open_inputs(assets.digits, inputs, max_samples=150, key="--data")
+
+
+@pytest.fixture(scope="module")
+def labels(assets):
+    return np.load(assets.labels)[:SAMPLES]
+
+
+@pytest.fixture(scope="module")
+def int8_result(assets, digits, labels):
+    return compare_models(assets.mnist_fp32, assets.mnist_int8, digits, labels=labels, settings=CompareSpec())
+
+
+@pytest.mark.slow
+def test_int8_agrees_with_fp32_on_real_digits(int8_result):
+    result = int8_result
+    assert result.passed, result.failures
+    assert result.num_samples == SAMPLES
+    (out,) = result.outputs
+    assert out.is_classifier
+    assert out.top1_agreement >= 0.99
+    # FP32 reads these upscaled digits at about 89%; INT8 must land within a point of it.
+    assert 0.85 <= out.reference_top1 <= 0.95
+    assert abs(out.candidate_top1 - out.reference_top1) <= 0.01
+    # Real quantization error: present, small against logits in the thousands.
+    assert 0 < out.mean_abs_error < out.p99_abs_error <= out.max_abs_error
+    assert out.cosine > 0.999
+    assert [c.metric for c in result.checks] == ["top1_agreement"]
+
+
+def test_model_against_itself_is_exact(assets, few_digits, labels):
+    result = compare_models(assets.mnist_fp32, assets.mnist_fp32, few_digits, labels=labels, settings=CompareSpec(atol=0.0))
+    (out,) = result.outputs
+    assert result.passed
+    assert out.max_abs_error == 0 and out.mean_abs_error == 0 and out.p99_abs_error == 0
+    assert out.top1_agreement == 1.0 and out.cosine == pytest.approx(1.0)
+    assert out.within_tolerance == 1.0 and out.polygraphy_passed is True
+    assert out.error_histogram["zeros"] == out.error_histogram["total"] == 150 * 10
+
+
+def test_tolerances_go_through_polygraphy(assets, few_digits):
+    strict = compare_models(assets.mnist_fp32, assets.mnist_int8, few_digits, settings=CompareSpec(atol=0.5))
+    (out,) = strict.outputs
+    assert not strict.passed and out.polygraphy_passed is False
+    assert 0 < out.within_tolerance < 1
+    assert "within atol=0.5, rtol=0" in strict.failures[0]
+    loose = compare_models(assets.mnist_fp32, assets.mnist_int8, few_digits, settings=CompareSpec(atol=out.max_abs_error * 1.01))
+    assert loose.passed and loose.outputs[0].polygraphy_passed is True
+
+
+def test_corrupted_candidate_fails_and_exits_1(assets, capsys):
+    code, out, err = run_cli(["compare", assets.mnist_fp32, assets.mnist_corrupted, "--data", assets.digits,
+                              "--labels", assets.labels, "--max-samples", 200], capsys)
+    assert code == 1, err
+    assert "FAILED" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tao-qc: error: mnist_corrupted.onnx failed the comparison with mnist_fp32.onnx")
+    assert "top-1 agreement" in last
+
+
+@pytest.mark.slow
+def test_cli_json_passes_on_int8(assets, capsys):
+    code, out, err = run_cli(["compare", assets.mnist_fp32, assets.mnist_int8, "--data", assets.digits,
+                              "--labels", assets.labels, "--max-samples", 300, "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["passed"] and data["num_samples"] == 300
+    assert data["outputs"][0]["top1_agreement"] >= 0.99
+    assert data["engines"]["candidate"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda a, s: [a.mnist_fp32, s / "cnn_mnist_pytorch.onnx", "--data", a.digits], "the models' inputs differ"),
+        (lambda a, s: [a.mnist_fp32, a.mnist_int8, "--data", a.labels], "needs float32"),
+        (lambda a, s: [a.mnist_fp32, a.mnist_int8, "--data", a.digits, "--runtime", "tensorrt"], "TensorRT is not installed"),
+        (lambda a, s: [a.mnist_fp32, a.root / "missing.onnx"], "does not exist"),
+    ],
+    ids=["inputs-differ", "data-fits-neither", "tensorrt-absent", "missing-file"],
+)
+def test_bad_input_is_one_line_exit_2(assets, shared_models, capsys, make_args, message):
+    code, _, err = run_cli(["compare", *make_args(assets, shared_models)], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("tao-qc: error: ") and message in lines[-1]
+    assert "Traceback" not in err
+
+
+def test_data_for_a_different_model_is_rejected(assets, shared_models, tmp_path):
+    # Right shape, wrong input name: fits neither model's input.
+    np.savez(tmp_path / "other.npz", x=np.zeros((4, 1, 28, 28), np.float32), y=np.zeros((4, 1, 28, 28), np.float32))
+    inputs = model_inputs(onnx.load(str(assets.mnist_fp32)))
+    with pytest.raises(InputError, match="no array named 'Input3'"):
+        open_inputs(tmp_path / "other.npz", inputs, key="--data")
+
+
+def test_random_default_warns(assets, capsys):
+    code, out, err = run_cli(["compare", assets.mnist_fp32, assets.mnist_fp32, "--max-samples", 8], capsys)
+    assert code == 0
+    assert "RANDOM" in err and "RANDOM" in out
+
+
+def test_metrics_on_known_arrays():
+    ref = np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 0.0]], np.float32)
+    cand = np.array([[1.0, 2.5, 3.0], [1.0, 3.0, 0.0]], np.float32)
+    m = output_metrics("logits", ref, cand, labels=np.array([2, 1]), atol=0.6)
+    assert m.max_abs_error == pytest.approx(2.0)
+    assert m.mean_abs_error == pytest.approx((0.5 + 2 + 2) / 6)
+    assert m.top1_agreement == 0.5  # sample 0 agrees on class 2; sample 1 flips 0 -> 1
+    assert m.reference_top1 == 0.5 and m.candidate_top1 == 1.0
+    assert m.within_tolerance == pytest.approx(4 / 6)
+    cos0 = (1 + 5 + 9) / (np.linalg.norm([1, 2, 3]) * np.linalg.norm([1, 2.5, 3]))
+    cos1 = (3 + 3) / (np.linalg.norm([3, 1, 0]) * np.linalg.norm([1, 3, 0]))
+    assert m.cosine == pytest.approx((cos0 + cos1) / 2)
+
+
+def test_default_checks_for_non_classifier_outputs():
+    ref = np.linspace(-1, 1, 2 * 4 * 5).reshape(2, 4, 5).astype(np.float32)
+    good = output_metrics("boxes", ref, ref * 1.01)
+    bad = output_metrics("boxes", ref, -ref)
+    assert not good.is_classifier and good.top1_agreement is None
+    (check,) = checks_for(good, CompareSpec())
+    assert check.metric == "cosine" and check.threshold == DEFAULT_MIN_COSINE and check.passed
+    (check,) = checks_for(bad, CompareSpec())
+    assert not check.passed and "cosine -1.00000" in check.describe()
+
+
+def test_nan_in_candidate_fails():
+    ref = np.ones((2, 3), np.float32)
+    cand = ref.copy()
+    cand[0, 1] = np.nan
+    metrics = output_metrics("y", ref, cand)
+    assert metrics.nonfinite == 1
+    assert any(c.metric == "nonfinite" and not c.passed for c in checks_for(metrics, CompareSpec()))
+
+
+@pytest.mark.slow
+def test_evaluate_quantized_gives_report_sections(assets, digits, labels):
+    spec = QuantizeSpec(target="onnxruntime")
+    sections = evaluate_quantized(assets.mnist_fp32, assets.mnist_int8, digits, spec, labels, runs=3, warmup=1)
+    assert sections["comparison"]["passed"]
+    rows = sections["latency"]["rows"]
+    assert [r["batch_size"] for r in rows] == [1, 1] and rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0
+    raise_if_failed(sections, spec)  # passes: nothing raised
+    failed = {"comparison": {**sections["comparison"], "passed": False, "failures": ["output 'x': bad"]}}
+    with pytest.raises(AccuracyError, match="output 'x': bad"):
+        raise_if_failed(failed, spec)
+
+
+def test_tensorrt_runtime_absent_is_missing_dependency(assets, digits):
+    with pytest.raises(MissingDependencyError, match=r"^TensorRT is not installed: pip install tao-qc\[tensorrt\]"):
+        compare_models(assets.mnist_fp32, assets.mnist_int8, digits, runtime="tensorrt")
