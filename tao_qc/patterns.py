@@ -43,10 +43,13 @@ class Unit:
     type: str
     # Other names the unit answers to (an ONNX node's originating module path).
     name_aliases: tuple[str, ...] = ()
+    # Other types it answers to; None means its type's family (Conv2d <-> Conv, Linear <-> Gemm/MatMul).
+    type_aliases: tuple[str, ...] | None = None
 
     @property
     def types(self) -> tuple[str, ...]:
-        return (self.type, *_TYPE_FAMILIES.get(self.type, ()))
+        aliases = _TYPE_FAMILIES.get(self.type, ()) if self.type_aliases is None else self.type_aliases
+        return (self.type, *aliases)
 
     def matched_by(self, pattern: str) -> str | None:
         """How `pattern` selects this unit ("name", "module name", "type"), or None."""
@@ -221,6 +224,63 @@ def module_path_from_onnx_name(node_name: str) -> str | None:
     return ".".join(parts) or None
 
 
-def onnx_unit(node_name: str, op_type: str) -> Unit:
-    module = module_path_from_onnx_name(node_name)
-    return Unit(node_name, op_type, (module,) if module else ())
+def onnx_unit(node_name: str, op_type: str, weight_name: str | None = None, *, has_weight: bool = True) -> Unit:
+    """A unit for one ONNX node.
+
+    The exporter's scope name can lose a module's parents (a module reached through a ModuleDict, or
+    whose parent's forward never ran, is named by its last atom), but its weight initializer keeps
+    the full state_dict key (`heads.cls.weight`), so that name is a second source of the module path.
+    A Gemm/MatMul without a constant weight (attention's Q x K) came from no `Linear` module, so it
+    does not answer to `Linear`.
+    """
+    aliases = []
+    for module in (module_path_from_onnx_name(node_name), _module_from_weight(weight_name)):
+        if module and module not in aliases:
+            aliases.append(module)
+    type_aliases = None if has_weight or op_type not in ("Gemm", "MatMul") else ()
+    return Unit(node_name, op_type, tuple(aliases), type_aliases)
+
+
+def onnx_units(model) -> list[Unit]:
+    """Units for every node of an `onnx.ModelProto` or `onnx_ir.Model` main graph, in graph order."""
+    nodes, constant_roots = _graph_view(model)
+    units = []
+    for name, op_type, inputs in nodes:
+        weight = inputs[1] if len(inputs) > 1 and inputs[1] else None
+        root = constant_roots.get(weight) if weight else None
+        units.append(onnx_unit(name, op_type, root if isinstance(root, str) else None, has_weight=root is not None))
+    return units
+
+
+def _module_from_weight(name: str | None) -> str | None:
+    if name and name.endswith(".weight") and not name.startswith("onnx::"):
+        return name[: -len(".weight")] or None
+    return None
+
+
+def _graph_view(model) -> tuple[list[tuple[str, str, list[str]]], dict[str, str | bool]]:
+    """(name, op type, input names) per node, and for each constant value the name of the
+    initializer it derives from (True for a constant with no single initializer root).
+
+    A value is constant when it is an initializer or every input of its producer is constant
+    (Transpose/Cast/DequantizeLinear of a weight stay the weight).
+    """
+    graph = model.graph
+    if hasattr(graph, "initializer"):  # onnx.ModelProto
+        initializers = [init.name for init in graph.initializer]
+        nodes = [(n.name, n.op_type, list(n.input), list(n.output)) for n in graph.node]
+    else:  # onnx_ir.Model
+        initializers = list(graph.initializers)
+        nodes = [
+            (n.name or "", n.op_type, [v.name if v is not None else "" for v in n.inputs], [v.name for v in n.outputs])
+            for n in graph
+        ]
+    roots: dict[str, str | bool] = {name: name for name in initializers}
+    for _name, op_type, inputs, outputs in nodes:
+        present = [i for i in inputs if i]
+        if op_type == "Constant" or (present and all(i in roots for i in present)):
+            named = [roots[i] for i in present if isinstance(roots[i], str)]
+            root: str | bool = named[0] if named else True
+            for output in outputs:
+                roots[output] = root
+    return [(name, op_type, inputs) for name, op_type, inputs, _ in nodes], roots

@@ -200,3 +200,50 @@ def test_order_of_entries_decides_weights_dtype(pats):
         assert decision.weights == dtypes[matching[-1] % 4]
     else:
         assert not decision.quantized
+
+
+class _CalledThroughContainers(torch.nn.Module):
+    """Modules whose exported scope names lose their parents: reached through a ModuleDict, through
+    a parent whose forward never runs, or called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3)
+        self.heads = torch.nn.ModuleDict({"cls": torch.nn.Linear(4, 3)})
+        self.wrapper = torch.nn.Module()
+        self.wrapper.conv = torch.nn.Conv2d(4, 4, 1)
+        self.shared = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = self.shared(self.shared(self.wrapper.conv(self.stem(x))))
+        return self.heads["cls"](x.mean((2, 3)))
+
+
+def test_weight_names_recover_module_paths_the_scope_name_lost(tmp_path):
+    from tao_qc.patterns import onnx_units
+
+    model = _CalledThroughContainers().eval()
+    zoo.export_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "c.onnx")
+    graph = onnx.load(tmp_path / "c.onnx")
+    s = spec(backend="modelopt.onnx", layers=[{"module_name": "heads.*"}, {"module_name": "wrapper.*"}, {"module_name": "shared"}])
+    in_torch = selected(decide(torch_units(model), s.layers, s.skip_names, static=True))
+    units = {u.name: u for u in onnx_units(graph)}
+    chosen = selected(decide(list(units.values()), s.layers, s.skip_names, static=True))
+    assert in_torch == {"heads.cls", "wrapper.conv", "shared"}
+    assert {alias for name in chosen for alias in units[name].name_aliases} >= in_torch
+    assert len([n for n in chosen if units[n].type == "Conv"]) == 3  # wrapper.conv and both calls of shared
+
+
+def test_linear_selects_weight_matmuls_but_not_attention(tmp_path):
+    from tao_qc.patterns import onnx_units
+
+    model = zoo.build("tiny_vit")
+    zoo.export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "vit.onnx")
+    s = spec(backend="modelopt.onnx", layers=[{"module_name": "Linear"}])
+    chosen = selected(decide(onnx_units(onnx.load(tmp_path / "vit.onnx")), s.layers, s.skip_names, static=True))
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {module_path_from_onnx_name(n) for n in chosen} == linears
+    # onnx_ir models give the same units
+    import onnx_ir as ir
+
+    assert [u.name for u in onnx_units(ir.load(tmp_path / "vit.onnx"))] == [u.name for u in onnx_units(onnx.load(tmp_path / "vit.onnx"))]
