@@ -184,7 +184,8 @@ class BenchRow:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"model": self.model, "batch_size": self.batch_size, "ratio": self.ratio, "note": self.note}
-        out.update({k: v for k, v in (self.result.to_dict() if self.result else {}).items() if k not in out})
+        timed = self.result.to_dict() if self.result else {"median_ms": None, "p90_ms": None, "throughput": None}
+        out.update({k: v for k, v in timed.items() if k not in out})
         return out
 
 

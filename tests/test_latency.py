@@ -1,0 +1,90 @@
+"""Latency: statistics, feeds, and `tao-qc bench` on the ResNet-18-shaped zoo model (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from _runtimes_helpers import build_assets, run_cli
+from tao_qc.data import InputInfo
+from tao_qc.errors import InputError
+from tao_qc.latency import BatchNotSupported, LatencyResult, measure_latency, summarize, synthetic_feeds
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, shared_models):
+    return build_assets(tmp_path_factory.getbasetemp(), shared_models)
+
+
+def test_summarize_statistics():
+    times = [0.004, 0.001, 0.002, 0.003, 0.010]
+    result = summarize(times, batch_size=8, model="m.onnx", runtime="onnxruntime", threads=2)
+    assert result.median_ms == pytest.approx(3.0)
+    assert result.p90_ms == pytest.approx(np.percentile(np.array(times) * 1e3, 90))
+    assert result.min_ms == pytest.approx(1.0) and result.mean_ms == pytest.approx(4.0)
+    assert result.throughput == pytest.approx(8 / 0.003)
+    assert result.runs == 5 and result.to_dict()["batch_size"] == 8
+
+
+def test_synthetic_feeds_follow_the_model_inputs():
+    feeds = synthetic_feeds([InputInfo("x", ("batch", 3, 8, 8), np.dtype("float32")),
+                             InputInfo("ids", (None, 4), np.dtype("int64"))], 5)
+    assert feeds["x"].shape == (5, 3, 8, 8) and feeds["x"].dtype == np.float32
+    assert feeds["ids"].shape == (5, 4) and feeds["ids"].dtype == np.int64
+    with pytest.raises(BatchNotSupported, match="fixed batch 1"):
+        synthetic_feeds([InputInfo("x", (1, 3, 8, 8), np.dtype("float32"))], 8)
+    with pytest.raises(InputError, match="dynamic dimension besides the batch"):
+        synthetic_feeds([InputInfo("x", ("n", 3, "h", "w"), np.dtype("float32"))], 1)
+
+
+def test_measure_latency_on_a_real_model(shared_models):
+    result = measure_latency(shared_models / "mnist_cntk.onnx", threads=1, warmup=2, runs=5)
+    assert isinstance(result, LatencyResult)
+    assert 0 < result.median_ms <= result.p90_ms and result.runs == 5 and result.threads == 1
+    assert result.device == "cpu" and result.throughput > 0
+    shaped = measure_latency(shared_models / "mnist_cntk.onnx", {"Input3": (1, 1, 28, 28)}, threads=1, warmup=0, runs=2)
+    assert shaped.batch_size == 1
+    with pytest.raises(InputError, match="not inputs of the model"):
+        measure_latency(shared_models / "mnist_cntk.onnx", {"image": (1, 1, 28, 28)}, runs=1)
+
+
+@pytest.mark.slow
+def test_bench_prints_ratios_for_resnet18(assets, capsys):
+    code, out, err = run_cli(["bench", assets.resnet18_fp32, assets.resnet18_int8, "--batch", "1,2", "--threads", 2,
+                              "--warmup", 1, "--runs", 3], capsys)
+    assert code == 0, err
+    assert "ratio vs first" in out
+    lines = [line for line in out.splitlines() if "resnet18" in line]
+    assert len(lines) == 4
+    assert all(line.rstrip(" │").endswith("x") for line in lines)  # every row has a ratio
+    assert "1.00x" in lines[0] and "1.00x" in lines[2]
+
+
+def test_bench_json_and_fixed_batch_rows_are_skipped(shared_models, capsys):
+    model = shared_models / "mnist_cntk.onnx"
+    code, out, err = run_cli(["bench", model, model, "--batch", "1,4", "--runs", 2, "--warmup", 0, "--json"], capsys)
+    assert code == 0, err
+    table = json.loads(out)
+    rows = table["rows"]
+    assert [(r["batch_size"], r["note"] is None) for r in rows] == [(1, True), (1, True), (4, False), (4, False)]
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0
+    assert "fixed batch 1" in rows[2]["note"] and rows[2]["median_ms"] is None and rows[2]["ratio"] is None
+    assert table["settings"]["threads"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (lambda s: [s / "mnist_cntk.onnx", s / "cnn_mnist_pytorch.onnx"], "models must share inputs"),
+        (lambda s: [s / "mnist_cntk.onnx", "--batch", "1,x"], "--batch"),
+        (lambda s: [s / "mnist_cntk.onnx", "--runtime", "tensorrt"], "TensorRT is not installed"),
+        (lambda s: [s / "nothing.onnx"], "does not exist"),
+    ],
+    ids=["inputs-differ", "bad-batch", "tensorrt-absent", "missing"],
+)
+def test_bench_bad_input_exit_2(shared_models, capsys, args, message):
+    code, _, err = run_cli(["bench", *args(shared_models), "--runs", 1], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("tao-qc: error: ") and message in err
