@@ -1,0 +1,153 @@
+"""report.html: self-contained, every section present when given, robust when sections are missing."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from _runtimes_helpers import build_assets
+from tao_qc.compare import evaluate_quantized
+from tao_qc.data import model_inputs, open_inputs
+from tao_qc.patterns import decide, onnx_unit
+from tao_qc.report_html import render_html, write_html_report
+from tao_qc.spec import QuantizeSpec
+
+DATA = Path(__file__).parent / "data"
+
+
+class _Structure(HTMLParser):
+    """Collects tags, headings and every URL-bearing attribute, and checks nesting."""
+
+    VOID = {"meta", "br", "img", "input", "link", "hr", "rect", "line", "path", "circle"}
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.headings: list[str] = []
+        self.urls: list[str] = []
+        self.stack: list[str] = []
+        self._heading: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.urls += [v for k, v in attrs if k in ("src", "href") and v]
+        if tag in ("h1", "h2", "h3"):
+            self._heading = ""
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
+        self.stack.pop()
+        if tag in ("h1", "h2", "h3") and self._heading is not None:
+            self.headings.append(self._heading.strip())
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._heading is not None:
+            self._heading += data
+
+
+def parse(html: str) -> _Structure:
+    structure = _Structure()
+    structure.feed(html)
+    structure.close()
+    assert structure.stack == [], f"unclosed tags: {structure.stack}"
+    return structure
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory, shared_models):
+    assets = build_assets(tmp_path_factory.getbasetemp(), shared_models)
+    model = onnx.load(str(assets.mnist_fp32))
+    inputs = open_inputs(assets.digits, model_inputs(model), max_samples=200, key="--data")
+    spec = QuantizeSpec(backend="modelopt.onnx", mode="static_ptq", target="onnxruntime", model_path=str(assets.mnist_fp32),
+                        skip_names=["Times212"])
+    sections = evaluate_quantized(assets.mnist_fp32, assets.mnist_int8, inputs, spec, np.load(assets.labels), runs=3, warmup=1)
+    units = [onnx_unit(node.name, node.op_type) for node in model.graph.node]
+    decisions = decide(units, spec.layers, spec.skip_names, static=True).decisions
+    return {
+        "spec": spec.normalized(),
+        "decisions": [d.as_dict() for d in decisions],
+        "passes": [
+            {"index": 1, "name": "load-and-check", "changed": False, "time_s": 0.011, "nodes": 12, "stats": {}},
+            {"index": 2, "name": "quantize", "changed": True, "time_s": 1.9, "nodes": 24, "stats": {"qdq_inserted": 12}},
+        ],
+        "counts": {"quantized_nodes": 2, "qdq_pairs": 6},
+        "versions": {"onnx": onnx.__version__, "tao-qc": "0.1.0"},
+        **sections,
+    }
+
+
+def test_full_report_is_self_contained_and_complete(full_report, tmp_path):
+    path = write_html_report(full_report, tmp_path / "out" / "report.html")
+    html = path.read_text(encoding="utf-8")
+    structure = parse(html)
+    assert structure.urls == []  # no external (or any) linked assets
+    assert "<script" not in html and "<link" not in html and "url(" not in html
+    assert structure.headings[:1] == ["tao-qc report: mnist_fp32.onnx"]
+    for heading in ("Accuracy: quantized against FP32", "Error distribution", "Latency", "Quantization decisions", "Passes"):
+        assert heading in structure.headings
+    assert structure.tags.count("svg") >= 2  # the error histogram and the latency bars
+    assert html.count("<rect") > 10
+    # The decisions table names every compute node with its dtypes and deciding rule.
+    for decision in full_report["decisions"]:
+        assert f"<code>{decision['name']}</code>" in html
+    assert "skipped by skip_names" in html
+    comparison = full_report["comparison"]["outputs"][0]
+    assert f"{100 * comparison['top1_agreement']:.2f}%" in html
+    assert "PASSED" in html and "qdq_inserted" in html
+    assert re.search(r"\d\.\d\d×", html)  # a latency ratio
+
+
+def test_missing_sections_say_so():
+    html = render_html({})
+    parse(html)
+    assert "No comparison was run" in html
+    assert "Latency was not measured" in html
+    assert "No per-node decisions recorded" in html
+    assert "No pass summary recorded" in html
+    only_latency = render_html({"latency": {"runtime": "onnxruntime", "settings": {"threads": 2, "device": "cpu"}, "rows": [
+        {"model": "a.onnx", "batch_size": 8, "ratio": None, "note": "fixed batch 1", "median_ms": None}]}})
+    parse(only_latency)
+    assert "skipped: fixed batch 1" in only_latency
+
+
+def test_failed_comparison_and_identical_outputs_render(full_report):
+    failed = json.loads(json.dumps(full_report["comparison"]))
+    failed["passed"] = False
+    failed["failures"] = ["output 'Plus214_Output_0': top-1 agreement 80.00% (needs >= 99.00%)"]
+    failed["outputs"][0]["error_histogram"] = {"log10_edges": [], "counts": [], "zeros": 10, "total": 10}
+    html = render_html({"comparison": failed})
+    parse(html)
+    assert "FAILED" in html and "top-1 agreement 80.00%" in html
+    assert "no error: outputs identical" in html
+
+
+def test_text_is_escaped():
+    html = render_html({"decisions": [{"name": "<script>alert(1)</script>", "type": "Conv", "quantized": True,
+                                       "weights": "int8", "activations": "int8", "weights_rule": "layers[0] '*'",
+                                       "activations_rule": "layers[0] '*'", "skipped_by": None}]})
+    parse(html)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_tensorrt_layer_table_renders_from_engine_info():
+    from tao_qc.runtimes.tensorrt import parse_engine_layers
+
+    layers = [row.to_dict() for row in parse_engine_layers((DATA / "tensorrt_inspector_int8_resnet.json").read_text())]
+    html = render_html({"comparison": {"passed": True, "outputs": [], "checks": [],
+                                       "engines": {"candidate": {"layers": layers}}}})
+    parse(html)
+    assert "TensorRT layers" in html and "CaskConvolution" in html and "<b>INT8</b>" in html
