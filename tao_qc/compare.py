@@ -20,6 +20,8 @@ What must hold (`CompareSpec`, CLI flags override):
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +135,7 @@ class ComparisonResult:
         if self.tolerances.get("atol") is not None or self.tolerances.get("rtol") is not None:
             columns.append("within tol")
         for column in columns:
-            table.add_column(column, justify="left" if column == "output" else "right")
+            table.add_column(column, justify="left" if column == "output" else "right", overflow="fold")
         for o in self.outputs:
             row = [o.name, _fmt(o.max_abs_error), _fmt(o.mean_abs_error), _fmt(o.p99_abs_error), _fmt(o.mean_rel_error),
                    f"{o.cosine:.5f}", _pct(o.top1_agreement), _pct(o.reference_top1), _pct(o.candidate_top1)]
@@ -282,11 +284,17 @@ def check_same_inputs(reference: Any, candidate: Any) -> None:
         raise InputError(f"{candidate.model_path.name} takes {mine} but {reference.model_path.name} takes {theirs}: the models' inputs differ")
 
 
-def _quiet_polygraphy() -> None:
+@contextmanager
+def _quiet_polygraphy() -> Iterator[None]:
+    """polygraphy logs every mismatching iteration at ERROR; our result reports them once."""
     from polygraphy.logger import G_LOGGER
 
-    # polygraphy logs every mismatching iteration at ERROR; our result reports them once.
+    before = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL
+    try:
+        yield
+    finally:
+        G_LOGGER.module_severity = before
 
 
 def compare_models(
@@ -301,7 +309,7 @@ def compare_models(
 ) -> ComparisonResult:
     """Run both models on `inputs` (a `tao_qc.data.InputBatches` or any re-iterable of feed dicts)
     under polygraphy and measure the candidate against the reference."""
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator
 
     from tao_qc.runtimes.base import RuntimeSettings, get_runtime
 
@@ -313,24 +321,14 @@ def compare_models(
     check_same_inputs(ref_engine, cand_engine)
     _check_feeds(inputs, ref_engine)
 
-    _quiet_polygraphy()
     runners = [ref_engine.runner(REFERENCE_RUNNER), cand_engine.runner(CANDIDATE_RUNNER)]
-    run_results = Comparator.run(runners, data_loader=inputs)
-
     tolerance_set = settings.atol is not None or settings.rtol is not None
     verdicts: dict[str, bool] = {}
-    if tolerance_set:
-        # Runner 1 (candidate) against runner 0 (reference): polygraphy's relative error divides by
-        # the second array of the pair, so the reference goes second.
-        compare_func = CompareFunc.simple(atol=settings.atol or 0.0, rtol=settings.rtol or 0.0, check_error_stat="elemwise")
-        accuracy = Comparator.compare_accuracy(run_results, comparisons=[(1, 0)], compare_func=compare_func)
-        # Older polygraphy returns one AccuracyResult, newer a list of them (one per compare function).
-        results = accuracy if isinstance(accuracy, (list, tuple)) or hasattr(accuracy, "lst") else [accuracy]
-        for per_function in results:
-            for iterations in per_function.values():
-                for iteration in iterations:
-                    for name, outcome in iteration.items():
-                        verdicts[name] = verdicts.get(name, True) and bool(outcome)
+    with _quiet_polygraphy():
+        run_results = Comparator.run(runners, data_loader=inputs)
+        if tolerance_set:
+            verdicts = _polygraphy_verdicts(run_results, settings)
+
 
     ref_outputs = _stack(run_results[REFERENCE_RUNNER])
     cand_outputs = _stack(run_results[CANDIDATE_RUNNER])
@@ -369,6 +367,25 @@ def compare_models(
         result.outputs.append(metrics)
         result.checks.extend(checks_for(metrics, settings))
     return result
+
+
+def _polygraphy_verdicts(run_results: Any, settings: CompareSpec) -> dict[str, bool]:
+    """Per output: did every iteration pass polygraphy's element-wise atol/rtol check?"""
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    # Runner 1 (candidate) against runner 0 (reference): polygraphy's relative error divides by
+    # the second array of the pair, so the reference goes second.
+    compare_func = CompareFunc.simple(atol=settings.atol or 0.0, rtol=settings.rtol or 0.0, check_error_stat="elemwise")
+    accuracy = Comparator.compare_accuracy(run_results, comparisons=[(1, 0)], compare_func=compare_func)
+    # Older polygraphy returns one AccuracyResult, newer a list of them (one per compare function).
+    results = accuracy if isinstance(accuracy, (list, tuple)) or hasattr(accuracy, "lst") else [accuracy]
+    verdicts: dict[str, bool] = {}
+    for per_function in results:
+        for iterations in per_function.values():
+            for iteration in iterations:
+                for name, outcome in iteration.items():
+                    verdicts[name] = verdicts.get(name, True) and bool(outcome)
+    return verdicts
 
 
 def _stack(iterations: Any) -> dict[str, np.ndarray]:

@@ -203,8 +203,9 @@ def _comparison_section(comparison: dict[str, Any] | None) -> str:
         items = []
         for c in checks:
             badge = '<span class="badge pass">pass</span>' if c.get("passed") else '<span class="badge fail">fail</span>'
+            show = _pct if c.get("metric") in ("top1_agreement", "within_tolerance") else _num
             items.append(f"<tr><td>{badge}</td><td><code>{escape(str(c.get('output')))}</code></td><td>{escape(str(c.get('metric')))}</td>"
-                         f"<td class=\"num\">{_num(c.get('value'))}</td><td class=\"num\">{_num(c.get('threshold'))}</td>"
+                         f"<td class=\"num\">{show(c.get('value'))}</td><td class=\"num\">{show(c.get('threshold'))}</td>"
                          f"<td>{escape(str(c.get('why')))}</td></tr>")
         parts.append("<h3>Checks</h3>" + _table(["", "output", "metric", "value", "threshold", "why"], items, numeric_from=None))
     failures = comparison.get("failures") or []
