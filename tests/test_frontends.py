@@ -25,6 +25,7 @@ def digits():
 @pytest.fixture(scope="module")
 def trained(digits):
     x_train, y_train, _, _ = digits
+    torch.manual_seed(0)
     return train(DigitsCNN(), x_train, y_train)
 
 
@@ -103,10 +104,11 @@ def test_modelopt_entropy_calibration_uses_histograms(trained, digits, fp32_accu
         copy.deepcopy(trained), calibration_loader(digits))
     assert type(model.fc1.input_quantizer._calibrator).__name__ == "HistogramCalibrator"
     assert type(maxed.fc1.input_quantizer._calibrator).__name__ == "MaxCalibrator"
-    # Entropy clips outliers: its ranges are never wider than max calibration's, and some are narrower.
+    # Entropy clips outliers: its ranges are never wider than max calibration's (up to the
+    # histogram's bin width), and some are clearly narrower.
     pairs = [(getattr(model, n).input_quantizer.amax.item(), getattr(maxed, n).input_quantizer.amax.item())
              for n in ("conv2", "fc1", "fc2")]
-    assert all(e <= m * 1.0001 for e, m in pairs) and any(e < m * 0.99 for e, m in pairs)
+    assert all(e <= m * 1.01 for e, m in pairs) and any(e < m * 0.95 for e, m in pairs)
     assert accuracy(model, digits[2], digits[3]) >= fp32_accuracy - 0.02
 
 
@@ -157,6 +159,7 @@ def test_modelopt_without_calibration_data_is_an_error(trained):
 
 @pytest.mark.parametrize("dtype, torch_dtype", [("fp8_e4m3fn", torch.float8_e4m3fn), ("fp8_e5m2", torch.float8_e5m2)])
 def test_torchao_fp8_weights_on_cpu(digits, dtype, torch_dtype, tmp_path):
+    torch.manual_seed(0)
     model = train(WideMLP(width=128), digits[0], digits[1], epochs=3)
     x = torch.from_numpy(digits[2])
     with torch.no_grad():

@@ -27,6 +27,7 @@ def workspace(tmp_path_factory, digits):
     """A trained checkpoint, calibration and test data on disk, as a user would have them."""
     root = tmp_path_factory.mktemp("frontends_cli")
     x_train, y_train, x_test, y_test = digits
+    torch.manual_seed(0)
     model = train(DigitsCNN(), x_train, y_train, epochs=6)
     torch.save({"epoch": 6, "model_state_dict": model.state_dict()}, root / "digits.pth")
     np.save(root / "calib.npy", x_train[:64])
