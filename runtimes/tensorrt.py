@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,12 +130,19 @@ def build_settings(settings: RuntimeSettings, inputs: list[Any], *, model_path: 
     }
 
 
-def timing_cache_path(settings: RuntimeSettings, model_path: Path) -> Path:
-    """The spec's timing cache, else one shared cache beside the engines (it is per GPU and TensorRT version)."""
+def timing_cache_path(settings: RuntimeSettings, environ: dict[str, str] | None = None) -> Path:
+    """The spec's timing cache, else one per user (`$XDG_CACHE_HOME/tao-qc/tensorrt.timing-cache`).
+
+    The cache holds kernel timings for this GPU and TensorRT version, shared by every build; it is
+    never written beside the user's models unasked.
+    """
+    import os
+
     if settings.tensorrt.timing_cache:
         return Path(settings.tensorrt.timing_cache)
-    folder = Path(settings.artifact_dir) if settings.artifact_dir else model_path.parent
-    return folder / "tensorrt.timing-cache"
+    environ = os.environ if environ is None else environ
+    base = Path(environ.get("XDG_CACHE_HOME") or Path(environ.get("HOME", "~")).expanduser() / ".cache")
+    return base / "tao-qc" / "tensorrt.timing-cache"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,24 +336,40 @@ class TensorRT:
         import onnx
 
         from tao_qc.data import model_inputs
-        from tao_qc.fileio import atomic_write_bytes, atomic_write_text
 
         trt = import_tensorrt()
-        from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile
-
         model_path = Path(model_path)
         if not model_path.is_file():
             raise InputError(f"{model_path} does not exist")
         proto = onnx.load(str(model_path), load_external_data=False)
         inputs = model_inputs(proto)
         network_path, precision = model_path, "from Q/DQ in the graph"
+        scratch = None
         if not has_qdq(proto):
             if settings.fp16_baseline:
-                network_path = fp16_graph(model_path, artifact_path(model_path, settings, FP16_SUFFIX))
+                if settings.save_artifact:
+                    target = artifact_path(model_path, settings, FP16_SUFFIX)
+                else:
+                    scratch = tempfile.TemporaryDirectory(prefix="tao-qc-trt-")
+                    target = Path(scratch.name) / f"{model_path.stem}{FP16_SUFFIX}"
+                network_path = fp16_graph(model_path, target)
                 precision = "fp16 graph (AutoCast)"
             else:
                 precision = "fp32 graph"
-        cache = timing_cache_path(settings, model_path)
+        try:
+            return self._build(trt, model_path, proto, inputs, network_path, precision, settings)
+        finally:
+            if scratch is not None:
+                scratch.cleanup()
+
+    def _build(self, trt: Any, model_path: Path, proto: Any, inputs: list, network_path: Path, precision: str,
+               settings: RuntimeSettings) -> TrtEngine:
+        from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile
+
+        from tao_qc.fileio import atomic_write_bytes, atomic_write_text
+
+        cache = timing_cache_path(settings)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         recorded = build_settings(settings, inputs, model_path=model_path, network_path=network_path,
                                   precision=precision, timing_cache=cache)
 

@@ -235,3 +235,12 @@ def test_inspector_edge_cases():
         "Weights": {"Type": "Int8", "Count": 1728},
     }], "I/O Tensors": []})
     assert rows[0].inputs == ["INT8"] and rows[0].outputs == ["FP16"] and rows[0].runs_in == "INT8"
+
+
+def test_timing_cache_is_per_user_unless_the_spec_names_one(tmp_path):
+    from tao_qc.runtimes.tensorrt import timing_cache_path
+
+    assert timing_cache_path(RuntimeSettings(), {"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "tao-qc" / "tensorrt.timing-cache"
+    assert timing_cache_path(RuntimeSettings(), {"HOME": str(tmp_path)}) == tmp_path / ".cache" / "tao-qc" / "tensorrt.timing-cache"
+    named = RuntimeSettings(tensorrt=TensorRTSpec(timing_cache=str(tmp_path / "mine.cache")))
+    assert timing_cache_path(named, {}) == tmp_path / "mine.cache"
