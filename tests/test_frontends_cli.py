@@ -163,6 +163,7 @@ def test_cli_errors_exit_2_with_one_line(workspace, tmp_path, capsys):
         (["quantize", "--spec", spec, str(root / "digits.pth")], "--model-factory"),
         (["quantize", "--spec", spec, str(root / "digits.pth"), "--model-factory", FACTORY, "--factory-kwargs", "{bad"], "--factory-kwargs: not valid JSON"),
         (["quantize", "--spec", spec, "model.onnx"], "is an ONNX model"),
+        (["quantize", "--spec", spec, str(root / "digits.pth"), "--model-factory", FACTORY, "--device", "gpu"], "--device: 'gpu' is not a device (valid: cpu, cuda, cuda:N, auto)"),
         (["quantize", "--spec", spec, str(root / "digits.pth"), "--model-factory", FACTORY, "--calibration-data", "random"], "needs its input shape"),
     ]
     for args, expected in cases:

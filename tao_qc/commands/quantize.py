@@ -54,7 +54,12 @@ def quantize_command(model, spec_file, factory, factory_kwargs, calibration_data
     if spec.backend not in ("torchao", "modelopt.pytorch"):
         raise InputError(f"quantize.backend: '{spec.backend}' is not an in-framework backend (valid here: torchao, modelopt.pytorch, modelopt)")
     if device:
-        spec.device = device
+        from pydantic import ValidationError
+
+        try:
+            spec.device = device
+        except ValidationError:
+            raise InputError(f"--device: {device!r} is not a device (valid: cpu, cuda, cuda:N, auto)") from None
     if results_dir:
         spec.results_dir = str(results_dir.resolve())
     if not spec.results_dir:
