@@ -127,22 +127,27 @@ class ComparisonResult:
     def render(self) -> Any:
         """A rich renderable: one row per output, then the verdict."""
         from rich.console import Group
-        from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=f"{Path(self.reference).name} vs {Path(self.candidate).name} on {self.runtime}, {self.num_samples} samples")
-        columns = ["output", "max abs", "mean abs", "p99 abs", "mean rel", "cosine", "top-1 agree", "top-1 ref", "top-1 cand"]
-        if self.tolerances.get("atol") is not None or self.tolerances.get("rtol") is not None:
-            columns.append("within tol")
-        for column in columns:
-            table.add_column(column, justify="left" if column == "output" else "right", overflow="fold")
-        for o in self.outputs:
-            row = [o.name, _fmt(o.max_abs_error), _fmt(o.mean_abs_error), _fmt(o.p99_abs_error), _fmt(o.mean_rel_error),
-                   f"{o.cosine:.5f}", _pct(o.top1_agreement), _pct(o.reference_top1), _pct(o.candidate_top1)]
-            if len(columns) > 9:
-                row.append(_pct(o.within_tolerance))
-            table.add_row(*row)
-        parts: list[Any] = [table]
+        # Two narrow tables (errors; agreement and tolerance) rather than one wide one: each fits an
+        # 80-column terminal, and columns without a value for any output are left out.
+        errors: list[tuple[str, Any]] = [
+            ("output", lambda o: o.name),
+            ("max |err|", lambda o: _fmt(o.max_abs_error)),
+            ("mean |err|", lambda o: _fmt(o.mean_abs_error)),
+            ("p99 |err|", lambda o: _fmt(o.p99_abs_error)),
+            ("mean rel", lambda o: _fmt(o.mean_rel_error)),
+            ("cosine", lambda o: f"{o.cosine:.5f}"),
+        ]
+        agreement: list[tuple[str, Any]] = [("output", lambda o: o.name)]
+        for header, attr in (("top-1 agree", "top1_agreement"), ("acc FP32", "reference_top1"),
+                             ("acc quant", "candidate_top1"), ("within tol", "within_tolerance")):
+            if any(getattr(o, attr) is not None for o in self.outputs):
+                agreement.append((header, lambda o, attr=attr: _pct(getattr(o, attr))))
+        title = f"{Path(self.reference).name} vs {Path(self.candidate).name} on {self.runtime}, {self.num_samples} samples"
+        parts: list[Any] = [self._table(title, errors)]
+        if len(agreement) > 1:
+            parts.append(self._table(None, agreement))
         if self.data_is_random:
             parts.append(Text("warning: compared on RANDOM inputs; give --data for figures that mean something", style="bold yellow"))
         if self.passed:
@@ -151,13 +156,25 @@ class ComparisonResult:
             parts.append(Text("FAILED: " + "; ".join(self.failures), style="bold red"))
         return Group(*parts)
 
+    def _table(self, title: str | None, columns: list[tuple[str, Any]]) -> Any:
+        from rich.table import Table
+
+        table = Table(title=title)
+        for header, _ in columns:
+            is_name = header == "output"
+            table.add_column(header, justify="left" if is_name else "right", no_wrap=not is_name,
+                             overflow="fold" if is_name else "ellipsis")
+        for o in self.outputs:
+            table.add_row(*(cell(o) for _, cell in columns))
+        return table
+
 
 def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
     if value == 0 or 1e-3 <= abs(value) < 1e4:
         return f"{value:.4g}"
-    return f"{value:.3e}"
+    return f"{value:.2e}"
 
 
 def _pct(value: float | None) -> str:

@@ -138,10 +138,13 @@ def _feeds_from(engine: Any, feeds_or_shapes: Mapping[str, Any] | None, batch_si
         value = feeds_or_shapes.get(name)
         if value is None:
             raise InputError(f"no feed or shape for input {info.describe()}")
-        if isinstance(value, np.ndarray):
-            feeds[name] = value
-        else:
-            feeds[name] = _random(rng, tuple(int(d) for d in value), info.dtype)
+        array = value if isinstance(value, np.ndarray) else _random(rng, tuple(int(d) for d in value), info.dtype)
+        fits = array.ndim == len(info.shape) and all(
+            not (isinstance(want, int) and want > 0) or got == want for got, want in zip(array.shape, info.shape)
+        )
+        if not fits:
+            raise InputError(f"feed for input {info.describe()} has shape {list(array.shape)}")
+        feeds[name] = array
     return feeds
 
 
