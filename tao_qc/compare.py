@@ -323,18 +323,23 @@ def compare_models(
     labels: np.ndarray | None = None,
     settings: CompareSpec | None = None,
     runtime_settings: Any = None,
+    engines: tuple[Any, Any] | None = None,
 ) -> ComparisonResult:
     """Run both models on `inputs` (a `tao_qc.data.InputBatches` or any re-iterable of feed dicts)
-    under polygraphy and measure the candidate against the reference."""
+    under polygraphy and measure the candidate against the reference.
+
+    `engines`: already built (reference, candidate) engines to reuse (a TensorRT build is minutes).
+    """
     from polygraphy.comparator import Comparator
 
     from tao_qc.runtimes.base import RuntimeSettings, get_runtime
 
     settings = settings or CompareSpec()
     runtime_settings = runtime_settings or RuntimeSettings()
-    backend = get_runtime(runtime)
-    ref_engine = backend.build(Path(reference), runtime_settings)
-    cand_engine = backend.build(Path(candidate), runtime_settings)
+    if engines is None:
+        backend = get_runtime(runtime)
+        engines = (backend.build(Path(reference), runtime_settings), backend.build(Path(candidate), runtime_settings))
+    ref_engine, cand_engine = engines
     check_same_inputs(ref_engine, cand_engine)
     _check_feeds(inputs, ref_engine)
 
@@ -456,7 +461,7 @@ def evaluate_quantized(
     engine settings; engines (ORT's optimized graph, TensorRT .engine) are saved in `artifact_dir`.
     """
     from tao_qc.latency import bench_models
-    from tao_qc.runtimes.base import RuntimeSettings
+    from tao_qc.runtimes.base import RuntimeSettings, get_runtime
 
     runtime = spec.compare.runtime
     settings = RuntimeSettings(
@@ -465,13 +470,14 @@ def evaluate_quantized(
         tensorrt=spec.tensorrt,
         fp16_baseline=spec.tensorrt.fp16_baseline,
     )
+    backend = get_runtime(runtime)
+    engines = (backend.build(Path(fp32_path), settings), backend.build(Path(quant_path), settings))
     comparison = compare_models(fp32_path, quant_path, inputs, runtime=runtime, labels=labels, settings=spec.compare,
-                                runtime_settings=settings)
+                                runtime_settings=settings, engines=engines)
     sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
     if measure_latency:
-        timing = RuntimeSettings(tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline)
-        sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=timing,
-                                           warmup=warmup, runs=runs).to_dict()
+        sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=settings,
+                                           warmup=warmup, runs=runs, engines=list(engines)).to_dict()
     return sections
 
 

@@ -227,13 +227,18 @@ def bench_models(
     warmup: int = DEFAULT_WARMUP,
     runs: int = DEFAULT_RUNS,
     on_progress: Callable[[], None] | None = None,
+    engines: Sequence[Any] | None = None,
 ) -> BenchTable:
-    """Time every model at every batch size with the same settings; ratios are against the first model."""
+    """Time every model at every batch size with the same settings; ratios are against the first model.
+
+    `engines`: already built engines for `model_paths` (same order) to reuse instead of building.
+    """
     from tao_qc.runtimes.base import RuntimeSettings, get_runtime
 
     settings = settings or RuntimeSettings(threads=2)
-    backend = get_runtime(runtime)
-    engines = [backend.build(Path(path), settings) for path in model_paths]
+    if engines is None:
+        backend = get_runtime(runtime)
+        engines = [backend.build(Path(path), settings) for path in model_paths]
     _check_same_inputs(engines)
     table = BenchTable(runtime, {**settings.to_dict(), "device": engines[0].device if engines else settings.device})
     for batch in batch_sizes:

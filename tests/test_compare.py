@@ -177,10 +177,15 @@ def test_nan_in_candidate_fails():
 
 
 @pytest.mark.slow
-def test_evaluate_quantized_gives_report_sections(assets, digits, labels):
+def test_evaluate_quantized_gives_report_sections(assets, digits, labels, tmp_path):
     spec = QuantizeSpec(target="onnxruntime")
-    sections = evaluate_quantized(assets.mnist_fp32, assets.mnist_int8, digits, spec, labels, runs=3, warmup=1)
+    sections = evaluate_quantized(assets.mnist_fp32, assets.mnist_int8, digits, spec, labels, runs=3, warmup=1,
+                                  artifact_dir=tmp_path)
     assert sections["comparison"]["passed"]
+    # The runtime's engines (ORT's optimized graphs) are kept in the results folder and named in the report.
+    engines = sections["comparison"]["engines"]
+    assert engines["candidate"]["artifact"] == str(tmp_path / "mnist_int8.ort-optimized.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist_fp32.ort-optimized.onnx", "mnist_int8.ort-optimized.onnx"]
     rows = sections["latency"]["rows"]
     assert [r["batch_size"] for r in rows] == [1, 1] and rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0
     raise_if_failed(sections, spec)  # passes: nothing raised
@@ -192,3 +197,25 @@ def test_evaluate_quantized_gives_report_sections(assets, digits, labels):
 def test_tensorrt_runtime_absent_is_missing_dependency(assets, digits):
     with pytest.raises(MissingDependencyError, match=r"^TensorRT is not installed: pip install tao-qc\[tensorrt\]"):
         compare_models(assets.mnist_fp32, assets.mnist_int8, digits, runtime="tensorrt")
+
+
+def test_spec_compare_section_drives_the_cli_and_flags_override(assets, tmp_path, capsys):
+    spec = tmp_path / "q.yaml"
+    spec.write_text(
+        "quantize:\n"
+        "  backend: modelopt.onnx\n"
+        "  mode: static_ptq\n"
+        "  compare:\n"
+        f"    data: {assets.digits}\n"
+        f"    labels: {assets.labels}\n"
+        "    min_top1_agreement: 1.0\n"
+    )
+    args = ["compare", assets.mnist_fp32, assets.mnist_corrupted, "--spec", spec, "--max-samples", 100, "--json"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 1, err
+    data = json.loads(out)
+    assert data["tolerances"]["min_top1_agreement"] == 1.0 and data["num_samples"] == 100
+    assert data["outputs"][0]["reference_top1"] is not None  # the spec's labels were used
+    code, out, err = run_cli([*args, "--min-top1-agreement", 0.5], capsys)
+    assert code == 0, err
+    assert json.loads(out)["tolerances"]["min_top1_agreement"] == 0.5
