@@ -233,10 +233,10 @@ def onnx_unit(node_name: str, op_type: str, weight_name: str | None = None, *, h
     A Gemm/MatMul without a constant weight (attention's Q x K) came from no `Linear` module, so it
     does not answer to `Linear`.
     """
-    aliases = []
-    for module in (module_path_from_onnx_name(node_name), _module_from_weight(weight_name)):
-        if module and module not in aliases:
-            aliases.append(module)
+    scope, from_weight = module_path_from_onnx_name(node_name), _module_from_weight(weight_name)
+    # Where both exist and differ, the scope lost the module's parents (`/conv1/Conv` for
+    # `inner.conv1`): only the weight's path is true.
+    aliases = [from_weight] if from_weight else [scope] if scope else []
     type_aliases = None if has_weight or op_type not in ("Gemm", "MatMul") else ()
     return Unit(node_name, op_type, tuple(aliases), type_aliases)
 

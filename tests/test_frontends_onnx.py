@@ -217,9 +217,6 @@ class _NameClashes(torch.nn.Module):
         return self.heads["cls"](self.conv1(self.inner.conv1(x)).mean((2, 3)))
 
 
-@pytest.mark.xfail(strict=True, reason="patterns.onnx_unit keeps the scope-derived alias even where the weight name "
-                   "shows it is wrong: pattern 'conv1' also selects /conv1/Conv (module inner.conv1), and skip_names "
-                   "['cls'] skips /cls/Gemm (module heads.cls) in ONNX only; reported to the lead")
 @pytest.mark.parametrize("spec", [{"layers": [{"module_name": "conv1"}]}, {"layers": [], "skip_names": ["cls"]}], ids=["conv1", "skip-cls"])
 def test_a_stale_scope_alias_does_not_select(spec, tmp_path):
     model = _NameClashes().eval()
