@@ -1,1 +1,44 @@
-"""The ONNX pipeline's passes (installed as `tao_qc.passes`): one concern per module."""
+"""The ONNX pipeline's passes (installed as `tao_qc.passes`): one concern per module.
+
+`default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
+
+    load-and-check -> check-calibration -> fold-constants -> fold-batchnorm -> remove-identity
+    -> match-layers -> quantize-modelopt [-> place-for-onnxruntime] -> verify-quantization
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+
+def default_passes(spec: Any, *, source_path: Any = None) -> list:
+    from tao_qc.passes.check_calibration import CheckCalibration
+    from tao_qc.passes.fold_batchnorm import FoldBatchNorm
+    from tao_qc.passes.fold_constants import FoldConstants
+    from tao_qc.passes.load_and_check import LoadAndCheck
+    from tao_qc.passes.match_layers import MatchLayers
+    from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
+    from tao_qc.passes.remove_identity import RemoveIdentity
+    from tao_qc.passes.verify_quantization import VerifyQuantization
+
+    passes: list = [
+        LoadAndCheck(source_path),
+        CheckCalibration(),
+        FoldConstants(),
+        FoldBatchNorm(),
+        RemoveIdentity(),
+        MatchLayers(),
+        QuantizeModelOpt(),
+    ]
+    # ---- target-aware placement slot -------------------------------------------------------
+    # passes/place_for_onnxruntime.py (written separately) re-places Q/DQ for ONNX Runtime's
+    # integer kernels, reusing ctx.facts["ranges"] from quantize-modelopt. It runs right after
+    # quantization and before verification, only for `target: onnxruntime`.
+    if spec.target == "onnxruntime" and importlib.util.find_spec("tao_qc.passes.place_for_onnxruntime") is not None:
+        from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
+
+        passes.append(PlaceForOnnxRuntime())
+    # -----------------------------------------------------------------------------------------
+    passes.append(VerifyQuantization())
+    return passes

@@ -57,3 +57,327 @@ def mark_created(node: ir.Node, pass_name: str) -> ir.Node:
     """Record that `pass_name` created `node` (kept in the saved ONNX as node metadata)."""
     node.metadata_props[PROVENANCE_KEY] = pass_name
     return node
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass manager: runs passes in the order written; instruments do timing, checks and dumps.
+
+import json as _json
+import logging as _logging
+import time as _time
+from collections.abc import Sequence as _Sequence
+
+import onnx as _onnx
+
+from tao_qc.errors import InputError, TaoQcError
+
+_log = _logging.getLogger("tao_qc.pipeline")
+
+DUMP_MODES = ("after-all", "after-change", "after-failure")
+# Models above this size are not serialized for onnx.checker between passes (protobuf's 2 GB limit).
+_CHECKER_LIMIT_BYTES = 1_800_000_000
+
+
+class PassFailure(TaoQcError):
+    """A pass raised, or left a graph that breaks an invariant. One line: the pass, the passes
+    before it, what went wrong, and where the reproducer (the graph the pass received) was saved."""
+
+    def __init__(self, pass_name: str, index: int, before: list[str], cause: BaseException,
+                 reproducer: Path | None = None):
+        self.pass_name, self.index, self.before, self.cause, self.reproducer = pass_name, index, before, cause, reproducer
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        ran = ", ".join(self.before) if self.before else "none"
+        cause = str(self.cause).strip().splitlines()[0] if str(self.cause).strip() else type(self.cause).__name__
+        where = f"; its input graph is saved at {self.reproducer}" if self.reproducer else ""
+        return f"pass '{self.pass_name}' failed (passes run before it: {ran}): {type(self.cause).__name__}: {cause}{where}"
+
+    def set_reproducer(self, path: Path) -> None:
+        self.reproducer = path
+        self.args = (self._message(),)
+
+
+class InvariantError(Exception):
+    """The graph a pass returned is not a valid model, or changed the graph's interface."""
+
+
+@dataclass
+class PassRecord:
+    """One row of the pipeline summary."""
+
+    index: int
+    name: str
+    changed: bool = False
+    seconds: float = 0.0
+    nodes: int = 0
+    op_counts: dict[str, int] = field(default_factory=dict)
+    op_delta: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    failed: bool = False
+
+    @property
+    def stem(self) -> str:
+        return f"{self.index:02d}-{self.name}"
+
+    def as_dict(self, timings: bool = True) -> dict[str, Any]:
+        row = {"index": self.index, "pass": self.name, "changed": self.changed, "nodes": self.nodes,
+               "op_delta": self.op_delta, "stats": dict(self.stats), "notes": list(self.notes), "failed": self.failed}
+        if timings:
+            row["seconds"] = round(self.seconds, 4)
+        return row
+
+
+class Instrument:
+    """Hooks around every pass (TVM's PassInstrument / torch.fx's pass infra); override any."""
+
+    def before_pass(self, record: PassRecord, pass_: Pass, model: ir.Model | None, ctx: PassContext) -> None: ...
+
+    def after_pass(self, record: PassRecord, pass_: Pass, result: PassResult, ctx: PassContext) -> None: ...
+
+    def after_failure(self, record: PassRecord, pass_: Pass, received: _onnx.ModelProto | None,
+                      error: BaseException, ctx: PassContext) -> None: ...
+
+    def finish(self, records: list[PassRecord], ctx: PassContext) -> None: ...
+
+
+def interface_of(model: ir.Model) -> dict[str, list[tuple[str, str, int | None]]]:
+    """Names, element types and ranks of the graph's real inputs (not initializers) and outputs."""
+    graph = model.graph
+
+    def describe(value: ir.Value) -> tuple[str, str, int | None]:
+        dtype = value.dtype.name if value.dtype is not None else "?"
+        return (value.name or "", dtype, len(value.shape) if value.shape is not None else None)
+
+    inputs = [describe(v) for v in graph.inputs if v.name not in graph.initializers]
+    return {"inputs": inputs, "outputs": [describe(v) for v in graph.outputs]}
+
+
+def _same_interface(before: dict, after: dict) -> str | None:
+    for side in ("inputs", "outputs"):
+        old, new = before[side], after[side]
+        if [v[0] for v in old] != [v[0] for v in new]:
+            return f"graph {side} changed from {[v[0] for v in old]} to {[v[0] for v in new]}"
+        for (name, dtype, rank), (_, dtype2, rank2) in zip(old, new):
+            if dtype != "?" and dtype2 != "?" and dtype != dtype2:
+                return f"graph {side[:-1]} '{name}' changed type from {dtype} to {dtype2}"
+            if rank is not None and rank2 is not None and rank != rank2:
+                return f"graph {side[:-1]} '{name}' changed rank from {rank} to {rank2}"
+    return None
+
+
+def check_model_proto(proto: _onnx.ModelProto) -> None:
+    """onnx.checker and strict shape inference; raises InvariantError with the library's first line."""
+    if proto.ByteSize() < _CHECKER_LIMIT_BYTES:
+        try:
+            _onnx.checker.check_model(proto)
+        except _onnx.checker.ValidationError as exc:
+            raise InvariantError(f"onnx.checker: {str(exc).strip().splitlines()[0]}") from exc
+    try:
+        _onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several types (InferenceError, ValueError)
+        raise InvariantError(f"shape inference: {str(exc).strip().splitlines()[0]}") from exc
+
+
+class TimingInstrument(Instrument):
+    def before_pass(self, record, pass_, model, ctx):
+        record.seconds = -_time.perf_counter()
+
+    def after_pass(self, record, pass_, result, ctx):
+        record.seconds += _time.perf_counter()
+
+    def after_failure(self, record, pass_, received, error, ctx):
+        if record.seconds < 0:
+            record.seconds += _time.perf_counter()
+
+
+class InvariantInstrument(Instrument):
+    """Between passes: the model passes onnx.checker and strict shape inference, and its inputs and
+    outputs keep their names and types (compared with the first pass's result)."""
+
+    def __init__(self) -> None:
+        self.interface: dict | None = None
+
+    def after_pass(self, record, pass_, result, ctx):
+        if result.model is None:
+            raise InvariantError("the pass returned no model")
+        proto = ir.to_proto(result.model)
+        check_model_proto(proto)
+        interface = interface_of(result.model)
+        if self.interface is None:
+            self.interface = interface
+            return
+        problem = _same_interface(self.interface, interface)
+        if problem:
+            raise InvariantError(problem)
+
+
+class DumpInstrument(Instrument):
+    """LLVM's print-after-all for the ONNX graph.
+
+    Modes: `after-all` (every pass), `after-change` (passes that changed the graph), `after-failure`
+    (only the failing pass's input). Files in `directory`: `NN-<pass>.onnx`, `NN-<pass>.txt` (the
+    canonical text), `NN-<pass>.diff` (against the previous text, headed by the op-count delta),
+    `NN-<pass>.failed-input.onnx` for a failure, and `summary.txt`/`summary.json` at the end.
+    `print_after` names passes whose text is printed to stdout whatever the mode.
+    """
+
+    def __init__(self, directory: Path | None, mode: str = "after-failure", print_after: _Sequence[str] = (),
+                 echo: Any = None, failure_directory: Path | None = None):
+        if mode not in DUMP_MODES:
+            raise InputError(f"--dump-passes: '{mode}' is not a dump mode (valid: {', '.join(DUMP_MODES)})")
+        self.directory = Path(directory) if directory else None
+        self.failure_directory = Path(failure_directory) if failure_directory else self.directory
+        self.mode = mode
+        self.print_after = set(print_after)
+        self.echo = echo or print
+        self.previous_text: str | None = None
+        self.previous_name: str | None = None
+
+    def _wants(self, record: PassRecord) -> bool:
+        if self.directory is None:
+            return False
+        return self.mode == "after-all" or (self.mode == "after-change" and record.changed)
+
+    def after_pass(self, record, pass_, result, ctx):
+        from tao_qc.textform import diff_text, format_model
+
+        wanted = self._wants(record)
+        printing = record.name in self.print_after
+        # The diff needs the text before each dumped pass; unchanged passes leave it valid.
+        needs_text = wanted or printing or (self.mode == "after-change" and self.directory and self.previous_text is None)
+        if not needs_text:
+            return
+        text = format_model(result.model)
+        if printing:
+            self.echo(text.rstrip("\n"))
+        if wanted:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            ir.save(result.model, self.directory / f"{record.stem}.onnx")
+            (self.directory / f"{record.stem}.txt").write_text(text, encoding="utf-8")
+            if self.previous_text is not None:
+                diff = diff_text(self.previous_text, text, before_name=f"{self.previous_name}.txt",
+                                 after_name=f"{record.stem}.txt")
+                (self.directory / f"{record.stem}.diff").write_text(diff, encoding="utf-8")
+        self.previous_text, self.previous_name = text, record.stem
+
+    def after_failure(self, record, pass_, received, error, ctx):
+        # Bad user input (a truncated file, no layer to quantize) is not a pass bug: no reproducer.
+        if received is None or self.failure_directory is None or isinstance(error, InputError):
+            return
+        self.failure_directory.mkdir(parents=True, exist_ok=True)
+        path = self.failure_directory / f"{record.stem}.failed-input.onnx"
+        _onnx.save(received, str(path), save_as_external_data=received.ByteSize() >= _CHECKER_LIMIT_BYTES)
+        if isinstance(error, PassFailure):
+            error.set_reproducer(path)
+        record.notes.append(f"input graph saved as {path.name}")
+
+    def finish(self, records, ctx):
+        if self.directory is None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "summary.txt").write_text(format_summary(records, timings=True), encoding="utf-8")
+        (self.directory / "summary.json").write_text(
+            _json.dumps([r.as_dict() for r in records], indent=2) + "\n", encoding="utf-8")
+
+
+def format_summary(records: _Sequence[PassRecord], *, timings: bool = True) -> str:
+    """A row per pass: changed, time, node count, op delta, stats (timings off for golden files)."""
+    lines = []
+    header = f"{'#':>2}  {'pass':<24} {'changed':<7} " + (f"{'time_s':>8} " if timings else "") + f"{'nodes':>6}  op delta / stats"
+    lines.append(header)
+    for r in records:
+        status = "FAILED" if r.failed else ("yes" if r.changed else "no")
+        row = f"{r.index:>2}  {r.name:<24} {status:<7} " + (f"{r.seconds:>8.3f} " if timings else "") + f"{r.nodes:>6}  "
+        delta = r.op_delta.removeprefix("# ops: ")
+        stats = ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items()))
+        lines.append(row + "; ".join(part for part in (delta, stats) if part))
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class PipelineResult:
+    model: ir.Model
+    records: list[PassRecord]
+
+    def seconds(self, name: str) -> float:
+        return sum(r.seconds for r in self.records if r.name == name)
+
+
+class Pipeline:
+    """Runs `passes` in the order written (no constraint solving, no fixed-point iteration).
+
+    Every pass is timed and its result checked (`InvariantInstrument`) before the next one runs;
+    extra instruments (dumps) see every pass. A pass that raises or breaks an invariant stops the
+    run with a `PassFailure` naming it and the passes before it; the instruments' `after_failure`
+    hooks get the graph it received so it can be saved as a reproducer. `InputError`s (bad user
+    input found by a pass) pass through unchanged.
+    """
+
+    def __init__(self, passes: _Sequence[Pass], instruments: _Sequence[Instrument] = (), *, check_invariants: bool = True):
+        names = [p.name for p in passes]
+        for name in names:
+            if not isinstance(name, str) or not name or name != name.lower() or " " in name or "_" in name:
+                raise ValueError(f"pass name {name!r} is not kebab-case")
+        self.passes = list(passes)
+        self.instruments: list[Instrument] = [TimingInstrument()]
+        if check_invariants:
+            self.instruments.append(InvariantInstrument())
+        self.instruments.extend(instruments)
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]
+
+    def run(self, model: ir.Model | None, ctx: PassContext) -> PipelineResult:
+        from tao_qc.textform import op_counts, op_delta
+
+        records: list[PassRecord] = []
+        counts = op_counts(model) if model is not None else {}
+        try:
+            for index, pass_ in enumerate(self.passes):
+                record = PassRecord(index, pass_.name)
+                records.append(record)
+                received = ir.to_proto(model) if model is not None else None
+                before_nodes = {id(n) for n in model.graph} if model is not None else set()
+                try:
+                    for instrument in self.instruments:
+                        instrument.before_pass(record, pass_, model, ctx)
+                    result = pass_.run(model, ctx)
+                    record.changed, record.stats, record.notes = result.changed, dict(result.stats), list(result.notes)
+                    if result.model is not None and result.model is model:
+                        for node in result.model.graph:
+                            if id(node) not in before_nodes and PROVENANCE_KEY not in node.metadata_props:
+                                mark_created(node, pass_.name)
+                    if result.model is not None:
+                        new_counts = op_counts(result.model)
+                        record.nodes = sum(new_counts.values())
+                        record.op_counts = new_counts
+                        record.op_delta = op_delta(counts, new_counts) if model is not None else ""
+                    for instrument in self.instruments:
+                        instrument.after_pass(record, pass_, result, ctx)
+                except BaseException as exc:
+                    record.failed = True
+                    error: BaseException = exc
+                    if not isinstance(exc, (InputError, KeyboardInterrupt, SystemExit)):
+                        error = PassFailure(pass_.name, index, [r.name for r in records[:-1]], exc)
+                    for instrument in self.instruments:
+                        try:
+                            instrument.after_failure(record, pass_, received, error, ctx)
+                        except Exception:  # noqa: BLE001 - a failing dump must not hide the real failure
+                            _log.exception("instrument %s failed while reporting a failure", type(instrument).__name__)
+                    if error is exc:
+                        raise
+                    _log.debug("pass %s failed", pass_.name, exc_info=exc)
+                    raise error from exc
+                for note in record.notes:
+                    _log.debug("%s: %s", pass_.name, note)
+                model, counts = result.model, record.op_counts
+        finally:
+            for instrument in self.instruments:
+                try:
+                    instrument.finish(records, ctx)
+                except Exception:  # noqa: BLE001
+                    _log.exception("instrument %s failed to finish", type(instrument).__name__)
+        return PipelineResult(model, records)

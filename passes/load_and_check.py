@@ -1,0 +1,88 @@
+"""Load an ONNX file into the working IR and check it: the first pass of every pipeline.
+
+External data (and so models over protobuf's 2 GB limit) load through onnx_ir, which reads tensor
+files lazily. Old-IR models that list their initializers as graph inputs get them removed from the
+inputs (modelopt's checker rejects that form, and constant folding cannot see such values as
+constants); unnamed nodes get names, because layer patterns and modelopt's node lists need them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass, RemoveInitializersFromInputsPass
+
+from tao_qc.errors import InputError
+from tao_qc.pipeline import PassContext, PassResult
+
+
+@dataclass
+class LoadAndCheck:
+    """Load `path` (default: the context's `source_path`), check it, infer shapes."""
+
+    path: Path | None = None
+    name: str = "load-and-check"
+
+    def run(self, model: ir.Model | None, ctx: PassContext) -> PassResult:
+        path = Path(self.path or ctx.source_path or "")
+        if not str(path) or not path.exists():
+            raise InputError(f"model {path} does not exist")
+        if path.is_dir():
+            raise InputError(f"model {path} is a folder, not an .onnx file")
+        try:
+            onnx.checker.check_model(str(path))  # by path: works above 2 GB, reads external data
+        except onnx.checker.ValidationError as exc:
+            raise InputError(f"model {path} is not a valid ONNX model: {_first_line(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - truncated/garbage files surface as protobuf DecodeError etc.
+            raise InputError(f"model {path} is not a readable ONNX file (truncated or not ONNX): {_first_line(exc)}") from None
+        try:
+            loaded = ir.load(path)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"model {path} is not a readable ONNX file: {_first_line(exc)}") from None
+        if len(loaded.graph) == 0 or not loaded.graph.outputs:
+            raise InputError(f"model {path} has no nodes or no outputs: not an ONNX model to quantize")
+
+        notes, stats = [], {}
+        opsets = dict(loaded.opset_imports)
+        ctx.facts["opset"] = opsets.get("", opsets.get("ai.onnx"))
+        ctx.facts["opsets"] = opsets
+        ctx.facts["ir_version"] = loaded.ir_version
+        notes.append(f"loaded {path.name}: IR version {loaded.ir_version}, opset {ctx.facts['opset']}, "
+                     f"{len(loaded.graph)} nodes, {len(loaded.graph.initializers)} initializers")
+
+        shadowed = [v.name for v in loaded.graph.inputs if v.name in loaded.graph.initializers]
+        if shadowed:
+            RemoveInitializersFromInputsPass()(loaded)
+            if loaded.ir_version < 4:  # IR 3 requires every initializer to be a graph input too
+                loaded.ir_version = 4
+                notes.append("IR version raised to 4 (the first that allows initializers that are not inputs)")
+            stats["initializer_inputs_removed"] = len(shadowed)
+            notes.append(f"{len(shadowed)} initializers were also listed as graph inputs (old IR): "
+                         "they are constants now")
+        unnamed = sum(1 for node in loaded.graph if not node.name)
+        if unnamed:
+            NameFixPass()(loaded)
+            stats["nodes_named"] = unnamed
+            notes.append(f"{unnamed} unnamed nodes got names (layer patterns and modelopt address nodes by name)")
+        names = [node.name for node in loaded.graph]
+        if len(set(names)) != len(names):
+            NameFixPass()(loaded)
+            notes.append("duplicate node names were made unique")
+
+        try:
+            proto = ir.to_proto(loaded)
+            inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True) if proto.ByteSize() < 1_800_000_000 else None
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"model {path}: ONNX shape inference fails: {_first_line(exc)}") from None
+        if inferred is not None:
+            loaded = ir.from_proto(inferred)
+        stats["nodes"] = len(loaded.graph)
+        return PassResult(loaded, changed=True, stats=stats, notes=notes)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

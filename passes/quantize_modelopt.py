@@ -1,0 +1,347 @@
+"""Quantize the matched nodes with `modelopt.onnx.quantization.quantize` (static PTQ, Q/DQ graph).
+
+modelopt receives exactly the nodes match-layers selected (`nodes_to_quantize`, anchored and
+escaped, because modelopt reads the names as regular expressions) and every other candidate as
+`nodes_to_exclude`. It runs in a child Python process: importing
+`modelopt.onnx` patches `onnxruntime.quantization` for the whole process, and later stages (a
+placement pass, a peer baseline using ORT's own quantizer) must see the real ORT. Calibration
+batches are streamed to the child over a pipe on demand, so the data is read once per calibration
+sweep and never copied whole.
+
+Settings, in order (the user's `backend_kwargs` are merged last and win):
+quantize_mode from the nodes' dtypes (int8; fp8 for fp8_e4m3fn), calibration_method from
+`spec.calibration_algorithm` (minmax -> "max", entropy -> "entropy"), calibration_eps (CPU, plus
+CUDA when `device` resolves to it), high_precision_dtype fp32 for CPU or ONNX Runtime targets
+(modelopt's fp16 default inserts Casts meant for TensorRT).
+
+modelopt applies TensorRT-driven exclusions of its own (GEMV/small MatMuls, some Convs); a node we
+asked for that comes back without Q/DQ is reported (warning, note, `ctx.facts["declined"]`), never
+silently dropped. For an ONNX Runtime target the GEMV heuristic is switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from tao_qc.errors import InputError, TaoQcError
+from tao_qc.pipeline import PROVENANCE_KEY, PassContext, PassResult, mark_created
+
+log = logging.getLogger("tao_qc.quantize")
+
+CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy"}
+MODES = {"int8": "int8", "fp8_e4m3fn": "fp8"}
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+class ModelOptError(TaoQcError):
+    """modelopt.onnx failed inside its child process."""
+
+
+@dataclass
+class QuantizeModelOpt:
+    name: str = "quantize-modelopt"
+    # Seconds to wait for the child between messages before declaring it hung.
+    timeout_s: float = 3600.0
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        spec = ctx.spec
+        decisions = ctx.facts.get("decisions")
+        if decisions is None:
+            raise TaoQcError("quantize-modelopt needs match-layers to run first (no decisions in the context)")
+        if any(node.op_type in QDQ_OPS for node in model.graph):
+            raise InputError(f"{_model_name(ctx)} already has QuantizeLinear/DequantizeLinear nodes: give the float model")
+        selected = [d for d in decisions if d.quantized]
+        mode = quantize_mode_for(selected)
+        batches = ctx.calibration
+        if batches is None:
+            raise InputError("quantize.calibration.data: no calibration data given (valid: a .npz named by input, "
+                             "a .npy, an image folder, or 'random')")
+        device = resolve_device(spec.device)
+        kwargs = modelopt_settings(spec, selected, decisions, mode, device)
+        names_before = {node.name: dict(node.metadata_props) for node in model.graph}
+
+        with tempfile.TemporaryDirectory(prefix="modelopt-", dir=ctx.work_dir) as tmp:
+            source, target = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
+            ir.save(model, source)
+            run_modelopt_in_child(source, target, kwargs, batches, timeout_s=self.timeout_s)
+            proto = onnx.load(str(target))
+        quantized = ir.from_proto(proto)
+
+        created = 0
+        for node in quantized.graph:
+            if node.name in names_before:
+                for key, value in names_before[node.name].items():
+                    node.metadata_props.setdefault(key, value)
+            elif PROVENANCE_KEY not in node.metadata_props:
+                mark_created(node, self.name)
+                created += 1
+
+        facts = collect_ranges(quantized)
+        ctx.facts["ranges"] = facts["ranges"]
+        ctx.facts["quantized_inputs"] = facts["quantized_inputs"]
+        ctx.facts["quantize_mode"] = mode
+        ctx.facts["modelopt_settings"] = {k: v for k, v in kwargs.items() if k not in ("nodes_to_quantize", "nodes_to_exclude")}
+
+        notes = [f"modelopt.onnx {mode}: {len(selected)} nodes asked for, calibration "
+                 f"{kwargs['calibration_method']} on {batches.describe()}, eps {kwargs['calibration_eps']}, "
+                 f"high precision {kwargs['high_precision_dtype']}"]
+        declined = {}
+        for decision in selected:
+            name = decision.unit.name
+            if name not in facts["quantized_inputs"]:
+                declined[name] = ("modelopt.onnx left it in float (its TensorRT heuristics exclude GEMV/small "
+                                  "MatMuls and some Convs; see backend_kwargs to change them)")
+                log.warning("%s: asked for %s but %s", name, mode, declined[name])
+                notes.append(f"warning: {name}: {declined[name]}")
+        ctx.facts["declined"] = declined
+        counts = {op: sum(1 for n in quantized.graph if n.op_type == op) for op in QDQ_OPS}
+        stats = {"nodes_quantized": len(selected) - len(declined), "nodes_declined": len(declined),
+                 "quantize_linear": counts["QuantizeLinear"], "dequantize_linear": counts["DequantizeLinear"],
+                 "nodes_created": created}
+        return PassResult(quantized, changed=True, stats=stats, notes=notes)
+
+
+def quantize_mode_for(selected: list) -> str:
+    """modelopt's quantize_mode for the selected nodes, or an InputError saying what it cannot do."""
+    unsupported = [d for d in selected if "fp8_e5m2" in (d.weights, d.activations)]
+    if unsupported:
+        raise InputError(
+            "modelopt.onnx quantizes FP8 only as E4M3 (float8_e4m3fn); fp8_e5m2 was asked for "
+            f"{_names(unsupported)} (use fp8_e4m3fn, or the PyTorch path for E5M2)"
+        )
+    partial = [d for d in selected if d.weights != d.activations]
+    if partial:
+        d = partial[0]
+        raise InputError(
+            "modelopt.onnx does static PTQ only, with one dtype for a node's weights and activations; "
+            f"{_names(partial)} ask for weights {d.weights} and activations {d.activations} "
+            "(give both the same dtype, or 'native' to both)"
+        )
+    dtypes = sorted({d.weights for d in selected})
+    if len(dtypes) > 1:
+        groups = "; ".join(f"{dtype}: {_names([d for d in selected if d.weights == dtype])}" for dtype in dtypes)
+        raise InputError(
+            "modelopt.onnx quantizes one dtype per call (quantize_mode int8 or fp8), and calibrating a graph "
+            f"that already holds the other dtype's Q/DQ is not supported; this spec mixes {groups} "
+            "(give the nodes one dtype, or keep one group native)"
+        )
+    return MODES[dtypes[0]]
+
+
+def _names(decisions: list, limit: int = 4) -> str:
+    names = [d.unit.name for d in decisions]
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
+
+
+def resolve_device(device: str) -> str:
+    from tao_qc.frontends.device import resolve_device as resolve
+
+    return resolve(device)
+
+
+def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, device: str) -> dict[str, Any]:
+    eps = ["cpu"]
+    if device.startswith("cuda"):
+        index = device.split(":")[1] if ":" in device else "0"
+        eps = [f"cuda:{index}", "cpu"]
+    cpu_like = spec.target == "onnxruntime" or not device.startswith("cuda")
+    chosen = {d.unit.name for d in selected}
+    settings: dict[str, Any] = {
+        "quantize_mode": mode,
+        "calibration_method": CALIBRATION_METHODS[spec.calibration_algorithm],
+        "calibration_eps": eps,
+        "high_precision_dtype": "fp32" if cpu_like else "fp16",
+        # modelopt reads these as regular expressions (re.match): anchor and escape the exact names.
+        "nodes_to_quantize": [f"^{re.escape(name)}$" for name in sorted(chosen)],
+        "nodes_to_exclude": [f"^{re.escape(d.unit.name)}$" for d in decisions if d.unit.name not in chosen],
+        "log_level": "WARNING",
+    }
+    if spec.target == "onnxruntime":
+        settings["enable_gemv_detection_for_trt"] = False  # a TensorRT-only heuristic
+    settings.update(spec.backend_kwargs)
+    return settings
+
+
+def collect_ranges(model: ir.Model) -> dict[str, Any]:
+    """Per quantized tensor: scale, zero point, dtype, amax; per node: which of its inputs are quantized."""
+    ranges: dict[str, Any] = {}
+    quantized_inputs: dict[str, list[str]] = {}
+    for node in model.graph:
+        if node.op_type == "QuantizeLinear":
+            source = node.inputs[0]
+            scale = _const(node.inputs[1])
+            zero = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+            if scale is None:
+                continue
+            out_type = node.outputs[0].dtype
+            dtype = out_type.name.lower() if out_type is not None else (str(zero.dtype) if zero is not None else "int8")
+            qmax = 448.0 if "float8" in dtype else 127.0
+            axis = node.attributes.get("axis")
+            ranges[source.name] = {
+                "scale": np.asarray(scale, dtype=np.float64).reshape(-1).tolist(),
+                "zero_point": np.asarray(zero).astype(np.float64).reshape(-1).tolist() if zero is not None else [0.0],
+                "dtype": dtype,
+                "amax": (np.abs(np.asarray(scale, dtype=np.float64)) * qmax).reshape(-1).tolist(),
+                "axis": axis.as_int() if axis is not None else None,
+                "quantize_node": node.name,
+            }
+    for node in model.graph:
+        if node.op_type in QDQ_OPS:
+            continue
+        inputs = [v.name for v in node.inputs if v is not None and _through_dq(v)]
+        if inputs:
+            quantized_inputs[node.name] = inputs
+    return {"ranges": ranges, "quantized_inputs": quantized_inputs}
+
+
+def _through_dq(value: ir.Value) -> bool:
+    producer = value.producer()
+    while producer is not None and producer.op_type == "Cast":
+        producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+    return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant":
+        attr = producer.attributes.get("value")
+        return attr.as_tensor().numpy() if attr is not None else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The child process
+
+
+def run_modelopt_in_child(source: Path, target: Path, kwargs: dict[str, Any], batches: Any, *, timeout_s: float) -> None:
+    """Run modelopt.onnx.quantization.quantize(source -> target) in a child interpreter, serving it
+    calibration batches from `batches` (an `InputBatches`) with a progress bar.
+
+    A fresh `python -m tao_qc.passes.quantize_modelopt` over a socket pair rather than
+    multiprocessing's spawn: spawn re-imports the parent's `__main__`, which re-runs a user's
+    unguarded script (or fails for `python -` and notebooks).
+    """
+    import socket
+    import subprocess
+    import sys
+    from multiprocessing.connection import Connection
+
+    from tao_qc.console import progress
+
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tao_qc.passes.quantize_modelopt", str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+    )
+    theirs.close()
+    conn = Connection(ours.detach())
+    iterator = None
+    served = 0
+    try:
+        conn.send((str(source), str(target), kwargs, len(batches)))
+        with progress(f"calibrating ({batches.num_samples} samples)", total=batches.num_samples) as bar:
+            while True:
+                waited = 0.0
+                while not conn.poll(1.0):
+                    waited += 1.0
+                    if process.poll() is not None:
+                        raise ModelOptError(f"modelopt.onnx's process ended without a result (exit code {process.returncode})")
+                    if waited > timeout_s:
+                        raise ModelOptError(f"modelopt.onnx sent nothing for {timeout_s:.0f} s")
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    process.wait(5)
+                    raise ModelOptError(f"modelopt.onnx's process ended without a result (exit code {process.returncode})") from None
+                kind = message[0]
+                if kind == "next":
+                    if iterator is None:
+                        iterator = iter(batches)
+                    batch = next(iterator, None)
+                    conn.send(batch)
+                    if batch is not None and served < batches.num_samples:
+                        count = next(iter(batch.values())).shape[0]
+                        bar.advance(min(count, batches.num_samples - served))
+                        served += count
+                elif kind == "first":
+                    conn.send(batches.first())
+                elif kind == "rewind":
+                    iterator = None
+                elif kind == "done":
+                    break
+                elif kind == "error":
+                    _, summary, trace = message
+                    log.debug("modelopt.onnx failed:\n%s", trace)
+                    raise ModelOptError(f"modelopt.onnx.quantization.quantize failed: {summary}")
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(5)
+        conn.close()
+    if not target.exists():
+        raise ModelOptError("modelopt.onnx finished but wrote no model")
+
+
+def _child_main(fd: int) -> None:
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    # modelopt and ORT print to stdout; stdout belongs to the parent's results (--json).
+    os.dup2(2, 1)
+    try:
+        source, target, kwargs, num_batches = conn.recv()
+        from onnxruntime.quantization import CalibrationDataReader
+
+        class PipeReader(CalibrationDataReader):
+            """Calibration batches fetched from the parent one at a time."""
+
+            def get_next(self):
+                conn.send(("next",))
+                return conn.recv()
+
+            def get_first(self):
+                conn.send(("first",))
+                return conn.recv()
+
+            def rewind(self):
+                conn.send(("rewind",))
+
+            def __len__(self):
+                return num_batches
+
+        from modelopt.onnx.quantization import quantize
+
+        quantize(source, calibration_data_reader=PipeReader(), output_path=target, **kwargs)
+        conn.send(("done",))
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as one message
+        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        conn.send(("error", f"{type(exc).__name__}: {summary}"[:500], traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _model_name(ctx: PassContext) -> str:
+    return f"model {ctx.source_path.name}" if ctx.source_path else "the model"
+
+
+if __name__ == "__main__":
+    import sys
+
+    _child_main(int(sys.argv[1]))

@@ -1,0 +1,111 @@
+"""Check the quantized graph against the decisions, and run it once in ONNX Runtime.
+
+- every node match-layers selected (and modelopt did not decline, see quantize-modelopt) reads its
+  activation input, and its weight input, through a DequantizeLinear (Casts in between allowed);
+- no node kept in float does;
+- no orphan Q/DQ: a QuantizeLinear feeds only DequantizeLinear nodes, a DequantizeLinear is used
+  (or is a graph output) and reads a QuantizeLinear or a constant;
+- the graph runs in ONNX Runtime (CPU) on the first calibration batch, with finite outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from tao_qc.errors import TaoQcError
+from tao_qc.pipeline import PassContext, PassResult
+
+
+class VerificationError(TaoQcError):
+    """The quantized graph does not match what the spec decided."""
+
+
+@dataclass
+class VerifyQuantization:
+    name: str = "verify-quantization"
+    run_onnxruntime: bool = True
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        decisions = ctx.facts.get("decisions") or []
+        declined = ctx.facts.get("declined") or {}
+        nodes = {node.name: node for node in model.graph}
+        problems: list[str] = []
+        checked = 0
+        for decision in decisions:
+            name = decision.unit.name
+            node = nodes.get(name)
+            if node is None:
+                problems.append(f"{name}: node is gone from the quantized graph")
+                continue
+            inputs = [node.inputs[i] for i in (0, 1) if len(node.inputs) > i and node.inputs[i] is not None]
+            through = [_through_dq(v) for v in inputs]
+            if decision.quantized and name not in declined:
+                checked += 1
+                missing = [label for label, ok in zip(("activation", "weight"), through) if not ok]
+                if missing:
+                    problems.append(f"{name}: selected ({decision.reason}) but its {' and '.join(missing)} input has no Q/DQ")
+            elif not decision.quantized and any(through):
+                problems.append(f"{name}: kept in float ({decision.reason}) but reads a DequantizeLinear")
+        problems.extend(orphan_qdq(model))
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise VerificationError("quantized graph check failed: " + "; ".join(problems[:3]) + more)
+        notes = [f"{checked} quantized nodes read Q/DQ on their activation and weight inputs; "
+                 f"{sum(1 for d in decisions if not d.quantized)} float nodes read none; no orphan Q/DQ"]
+        if declined:
+            notes.append(f"{len(declined)} selected nodes were left in float by modelopt: {', '.join(sorted(declined))}")
+        stats = {"nodes_checked": checked}
+        if self.run_onnxruntime:
+            if ctx.calibration is None:
+                notes.append("not run in ONNX Runtime: no sample data")
+            else:
+                outputs = run_once(model, ctx.calibration.first())
+                bad = [name for name, value in outputs.items() if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value))]
+                if bad:
+                    raise VerificationError(f"the quantized graph gives NaN/Inf in {', '.join(bad)} on the first calibration batch")
+                notes.append("runs in ONNX Runtime (CPU) on the first calibration batch: outputs "
+                             + ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items()))
+                stats["onnxruntime_runs"] = 1
+        return PassResult(model, changed=False, stats=stats, notes=notes)
+
+
+def _through_dq(value: ir.Value) -> bool:
+    producer = value.producer()
+    while producer is not None and producer.op_type == "Cast" and producer.inputs[0] is not None:
+        producer = producer.inputs[0].producer()
+    return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+def orphan_qdq(model: ir.Model) -> list[str]:
+    problems = []
+    for node in model.graph:
+        if node.op_type == "QuantizeLinear":
+            users = [user.op_type for user, _ in node.outputs[0].uses()]
+            if not users and not node.outputs[0].is_graph_output():
+                problems.append(f"{node.name}: QuantizeLinear whose output nobody reads")
+            elif any(op != "DequantizeLinear" for op in users):
+                problems.append(f"{node.name}: QuantizeLinear feeds {sorted(set(users))}, not only DequantizeLinear")
+        elif node.op_type == "DequantizeLinear":
+            out = node.outputs[0]
+            if not out.uses() and not out.is_graph_output():
+                problems.append(f"{node.name}: DequantizeLinear whose output nobody reads")
+            source = node.inputs[0]
+            producer = source.producer() if source is not None else None
+            constant = source is not None and (source.const_value is not None or source.is_initializer())
+            if not constant and (producer is None or producer.op_type not in ("QuantizeLinear", "Constant")):
+                problems.append(f"{node.name}: DequantizeLinear reads {producer.op_type if producer else 'a graph input'}, "
+                                "not a QuantizeLinear or a constant")
+    return problems
+
+
+def run_once(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))

@@ -1,0 +1,208 @@
+"""`compile_model`: an ONNX model and a quantize spec in, a quantized ONNX model and its report out.
+
+    spec -> load-and-check -> check-calibration -> canonicalize -> match-layers -> quantize
+         -> [placement for the target] -> verify -> <stem>.int8.onnx + report.json (+ pass dumps)
+
+Everything is written into a staging folder that replaces `results_dir` only when the whole run
+succeeded (`tao_qc.fileio.staged_dir`): a failed or interrupted run leaves the previous results or
+nothing, never a half-written set. The input model is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tao_qc.errors import InputError
+from tao_qc.pipeline import DUMP_MODES, DumpInstrument, PassContext, PassRecord, Pipeline, format_summary
+
+log = logging.getLogger("tao_qc.compile")
+
+REPORT_NAME = "report.json"
+PASSES_DIR = "passes"
+_SUFFIX = {"int8": "int8", "fp8": "fp8"}
+_VERSIONED = ("tao-qc", "onnx", "onnx-ir", "onnxscript", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt", "numpy")
+
+
+@dataclass
+class CompileResult:
+    results_dir: Path  # the final folder
+    model_path: Path  # the quantized model inside it
+    report_path: Path
+    report: dict[str, Any]
+    records: list[PassRecord]
+    decisions: list[Any]  # tao_qc.patterns.Decision, graph order
+    spec: Any  # the QuantizeSpec as the pipeline read it
+    dump_dir: Path | None = None
+    compare: bool = True  # whether the FP32-vs-quantized comparison step is asked for
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modelopt_seconds(self) -> float:
+        return sum(r.seconds for r in self.records if r.name == "quantize-modelopt")
+
+    @property
+    def pipeline_seconds(self) -> float:
+        return sum(r.seconds for r in self.records)
+
+
+def default_results_dir(model_path: Path) -> Path:
+    return Path.cwd() / f"{model_path.stem}.tao-qc"
+
+
+def compile_model(
+    model_path: str | Path | None,
+    spec: Any = None,
+    *,
+    results_dir: str | Path | None = None,
+    dump: str = "after-failure",
+    dump_dir: str | Path | None = None,
+    print_after: tuple[str, ...] | list[str] = (),
+    calibration: Any = None,
+    compare: bool = True,
+    echo: Any = None,
+) -> CompileResult:
+    """Quantize the ONNX model at `model_path` (default: the spec's `model_path`) as `spec` says.
+
+    spec: a QuantizeSpec, a spec file path, or a mapping (see `tao_qc.spec.load_spec`).
+    results_dir: default the spec's `results_dir`, else `./<model stem>.tao-qc/`.
+    dump: `after-all`, `after-change` or `after-failure` (pass dumps under `dump_dir`, default
+    `results_dir/passes/`; a failure's reproducer goes to `<results_dir>.failed/`).
+    print_after: pass names whose canonical text is printed (through `echo`, default print).
+    calibration: an `InputBatches` to use instead of the spec's `calibration.data`.
+    compare: store whether the FP32-vs-quantized comparison should run (it is appended at the end).
+    """
+    from tao_qc.fileio import atomic_write_text, staged_dir
+    from tao_qc.passes import default_passes
+    from tao_qc.spec import load_spec
+
+    spec = load_spec(spec if spec is not None else {}).for_onnx_pipeline()
+    source = Path(model_path or spec.model_path or "")
+    if not str(source) or str(source) == ".":
+        raise InputError("no model given (pass MODEL on the command line or set quantize.model_path)")
+    source = source.expanduser().resolve()
+    if not source.exists():
+        raise InputError(f"model {source} does not exist")
+    if dump not in DUMP_MODES:
+        raise InputError(f"--dump-passes: '{dump}' is not a dump mode (valid: {', '.join(DUMP_MODES)})")
+    final = Path(results_dir or spec.results_dir or default_results_dir(source)).expanduser().resolve()
+    _check_results_dir(final, source)
+    known = set(_pass_names(spec))
+    unknown = [name for name in print_after if name not in known]
+    if unknown:
+        raise InputError(f"--print-after: no pass named {', '.join(unknown)} (passes: {', '.join(_pass_names(spec))})")
+
+    started = time.perf_counter()
+    with staged_dir(final) as stage:
+        staged_dump = (Path(dump_dir) if dump_dir else stage / PASSES_DIR)
+        failure_dir = Path(dump_dir) if dump_dir else final.with_name(f"{final.name}.failed")
+        dumps = DumpInstrument(staged_dump, dump, print_after, echo=echo, failure_directory=failure_dir)
+        ctx = PassContext(spec=spec, work_dir=stage, source_path=source, calibration=calibration)
+        pipeline = Pipeline(default_passes(spec, source_path=source), [dumps])
+        result = pipeline.run(None, ctx)
+
+        mode = ctx.facts.get("quantize_mode", "int8")
+        quantized = stage / f"{source.stem}.{_SUFFIX.get(mode, mode)}.onnx"
+        _save(result.model, quantized)
+        report = build_report(spec, source, final / quantized.name, result.records, ctx, time.perf_counter() - started)
+        # The FP32-vs-quantized comparison (tao_qc.compare.evaluate_quantized) is appended here when
+        # `compare` is set; it adds its sections to `report` before it is written.
+        atomic_write_text(stage / REPORT_NAME, json.dumps(report, indent=2, default=str) + "\n")
+
+    log.info("quantized model: %s", final / quantized.name)
+    return CompileResult(
+        results_dir=final,
+        model_path=final / quantized.name,
+        report_path=final / REPORT_NAME,
+        report=report,
+        records=result.records,
+        decisions=list(ctx.facts.get("decisions") or []),
+        spec=spec,
+        dump_dir=(Path(dump_dir) if dump_dir else final / PASSES_DIR),
+        compare=compare,
+        facts={k: v for k, v in ctx.facts.items() if k != "decisions"},
+    )
+
+
+def _pass_names(spec: Any) -> list[str]:
+    from tao_qc.passes import default_passes
+
+    return [p.name for p in default_passes(spec)]
+
+
+def _check_results_dir(final: Path, source: Path) -> None:
+    if final.exists() and not final.is_dir():
+        raise InputError(f"results_dir {final} is a file, not a folder (give a folder path with -o/--output or quantize.results_dir)")
+    if source == final or final in source.parents:
+        raise InputError(f"results_dir {final} holds the input model; it is replaced as a whole on success, so give another folder")
+    if final.is_dir() and any(final.iterdir()) and not (final / REPORT_NAME).is_file():
+        raise InputError(
+            f"results_dir {final} is a non-empty folder that holds no tao-qc results ({REPORT_NAME}); "
+            "it would be replaced as a whole, so give an empty or new folder"
+        )
+
+
+def _save(model: Any, path: Path) -> None:
+    import onnx_ir as ir
+
+    ir.save(model, path)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord], ctx: PassContext, seconds: float) -> dict[str, Any]:
+    decisions = ctx.facts.get("decisions") or []
+    declined = ctx.facts.get("declined") or {}
+    rows = []
+    for decision in decisions:
+        row = decision.as_dict()
+        row["reason"] = decision.reason
+        if decision.unit.name in declined:
+            row["declined_by_backend"] = declined[decision.unit.name]
+        rows.append(row)
+    quantized = [d for d in decisions if d.quantized and d.unit.name not in declined]
+    calibration = ctx.calibration
+    return {
+        "tool": "tao-qc compile",
+        "model": str(source),
+        "output": str(output),
+        "spec": spec.normalized(),
+        "spec_file": spec.source,
+        "quantize_mode": ctx.facts.get("quantize_mode"),
+        "opset": ctx.facts.get("opset"),
+        "calibration": {
+            "data": calibration.describe() if calibration is not None else None,
+            "random": bool(calibration.is_random) if calibration is not None else None,
+            "samples": calibration.num_samples if calibration is not None else None,
+        },
+        "modelopt": ctx.facts.get("modelopt_settings"),
+        "counts": {
+            "candidates": len(decisions),
+            "quantized": len(quantized),
+            "kept_float": len(decisions) - len(quantized),
+            "declined_by_backend": len(declined),
+            "nodes": records[-1].nodes if records else 0,
+            "ops": records[-1].op_counts if records else {},
+        },
+        "decisions": rows,
+        "warnings": [f"pattern {p} matches nothing" for p in ctx.facts.get("unmatched_patterns", [])]
+        + [f"pattern {p} matches only nodes that cannot be quantized" for p in ctx.facts.get("patterns_only_other_types", [])]
+        + [f"{name}: {why}" for name, why in declined.items()],
+        "passes": [r.as_dict() for r in records],
+        "timings": {"total_s": round(seconds, 3), **{r.name: round(r.seconds, 4) for r in records}},
+        "summary": format_summary(records, timings=False),
+        "versions": library_versions(),
+    }
