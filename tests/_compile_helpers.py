@@ -1,0 +1,71 @@
+"""Models and data shared by the pipeline, passes, compile and golden tests.
+
+- digits: scikit-learn's labelled 8x8 digits upscaled to 20x20 and padded to 28x28 (MNIST framing),
+  pixels 0-255 (mnist_cntk's scale); cnn_mnist_pytorch takes them divided by 255.
+- zoo exports: small_cnn (BatchNorm + residual Add), transformer_block (MatMul/Softmax/LayerNorm),
+  exported once per test session with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+MNIST_INPUT = "Input3"
+PYTORCH_MNIST_INPUT = "0"
+
+
+@functools.lru_cache(maxsize=None)
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = []
+    for image in data.images:
+        scaled = Image.fromarray((image * (255.0 / 16.0)).astype(np.float32)).resize((20, 20), Image.BILINEAR)
+        images.append(np.pad(np.asarray(scaled, dtype=np.float32), 4))
+    return np.stack(images)[:, None].astype(np.float32), data.target.astype(np.int64)
+
+
+def session(model: str | Path | onnx.ModelProto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def predict(model, input_name: str, images: np.ndarray) -> np.ndarray:
+    """Logits for each image, run one at a time (the shared MNIST models have a fixed batch of 1)."""
+    runner = session(model)
+    return np.concatenate([runner.run(None, {input_name: images[i : i + 1]})[0] for i in range(len(images))])
+
+
+def export_zoo(name: str, directory: Path) -> Path:
+    from tao_qc import zoo
+
+    path = directory / f"{name}.onnx"
+    if not path.exists():
+        zoo.export_zoo(name, path)
+    return path
+
+
+def seeded_npz(path: Path, arrays: dict[str, tuple[tuple[int, ...], float]], seed: int = 0) -> Path:
+    """Fixed pseudo-random calibration data: name -> (shape, scale)."""
+    rng = np.random.default_rng(seed)
+    np.savez(path, **{name: (rng.standard_normal(shape) * scale).astype(np.float32) for name, (shape, scale) in arrays.items()})
+    return path
+
+
+def run_cli(args: list, capsys) -> tuple[int, str, str]:
+    """`tao-qc ARGS` in-process: (exit code, stdout, stderr)."""
+    from tao_qc.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
