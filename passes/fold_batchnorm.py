@@ -32,12 +32,14 @@ class FoldBatchNorm:
         unshadowed = self._constants_from_inputs(graph, batchnorms)
         before = {n.name for n in batchnorms}
         convs_before = {id(n) for n in graph}
+        sites = self._fusion_sites(graph, batchnorms)
         count = RewriteRuleSet([fuse_batchnorm_into_conv_rule]).apply_to_model(model)
         RemoveUnusedNodesPass()(model)
+        self._restore_names(graph, sites)
         after = {n.name for n in graph if n.op_type == "BatchNormalization"}
         folded = sorted(before - after)
         for node in graph:
-            if id(node) not in convs_before:
+            if id(node) not in convs_before and node.op_type != "Conv":
                 mark_created(node, self.name)
         notes = [f"folded {len(folded)} of {len(before)} BatchNormalization nodes into the preceding Conv"]
         if unshadowed:
@@ -46,6 +48,39 @@ class FoldBatchNorm:
             notes.append(f"{name}: BatchNormalization kept (not right after a Conv with constant weights used only there)")
         return PassResult(model, changed=bool(count or unshadowed),
                           stats={"batchnorm_folded": len(folded), "batchnorm_kept": len(after)}, notes=notes)
+
+    @staticmethod
+    def _fusion_sites(graph: ir.Graph, batchnorms: list[ir.Node]) -> list[tuple[ir.Node, list, list[int]]]:
+        """Per Conv -> BatchNorm pair: the Conv, and where the BatchNorm's output is read (node uses,
+        graph output indices). The rewriter emits the fused Conv under a generic name; the uses
+        find it again afterwards so it gets the original Conv's name and metadata back (layer
+        patterns and reports address nodes by name)."""
+        sites = []
+        for bn in batchnorms:
+            source = bn.inputs[0]
+            conv = source.producer() if source is not None else None
+            if conv is None or conv.op_type != "Conv":
+                continue
+            out = bn.outputs[0]
+            outputs = [i for i, v in enumerate(graph.outputs) if v is out]
+            sites.append((conv, list(out.uses()), outputs))
+        return sites
+
+    @staticmethod
+    def _restore_names(graph: ir.Graph, sites: list) -> None:
+        for conv, uses, outputs in sites:
+            value = None
+            if uses:
+                user, index = uses[0]
+                value = user.inputs[index]
+            elif outputs:
+                value = graph.outputs[outputs[0]]
+            fused = value.producer() if value is not None else None
+            if fused is None or fused is conv or fused.op_type != "Conv":
+                continue
+            fused.name = conv.name
+            for key, item in conv.metadata_props.items():
+                fused.metadata_props.setdefault(key, item)
 
     @staticmethod
     def _constants_from_inputs(graph: ir.Graph, batchnorms: list[ir.Node]) -> int:

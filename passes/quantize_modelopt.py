@@ -105,6 +105,12 @@ class QuantizeModelOpt:
                 log.warning("%s: asked for %s but %s", name, mode, declined[name])
                 notes.append(f"warning: {name}: {declined[name]}")
         ctx.facts["declined"] = declined
+        if selected and len(declined) == len(selected):
+            raise InputError(
+                f"modelopt.onnx quantized none of the {len(selected)} selected nodes ({_names(selected)}): its TensorRT "
+                "heuristics exclude them (GEMV/small MatMuls, Convs with few channels); select other layers, or use "
+                "target: onnxruntime"
+            )
         counts = {op: sum(1 for n in quantized.graph if n.op_type == op) for op in QDQ_OPS}
         stats = {"nodes_quantized": len(selected) - len(declined), "nodes_declined": len(declined),
                  "quantize_linear": counts["QuantizeLinear"], "dequantize_linear": counts["DequantizeLinear"],

@@ -197,3 +197,13 @@ def test_load_and_check_refuses_unreadable_files_in_one_line(tmp_path, shared_mo
     with pytest.raises(InputError) as caught:
         LoadAndCheck(path).run(None, ctx(tmp_path))
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_folded_convs_keep_their_names(tmp_path, zoo_dir):
+    model = ir.load(export_zoo("small_cnn", zoo_dir))
+    names = [n.name for n in model.graph if n.op_type == "Conv"]
+    FoldBatchNorm().run(model, ctx(tmp_path))
+    assert [n.name for n in model.graph if n.op_type == "Conv"] == names
+    context = ctx(tmp_path, skip_names=["*stem*"])
+    MatchLayers().run(model, context)
+    assert {d.unit.name for d in context.facts["decisions"] if not d.quantized} == {"/stem/stem.0/Conv"}

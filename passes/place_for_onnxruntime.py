@@ -1,0 +1,303 @@
+"""Rewrite modelopt's TensorRT-style Q/DQ graph into units ONNX Runtime's CPU provider runs as integer kernels.
+
+modelopt places Q/DQ on the inputs of quantized ops (TensorRT fuses from there). ONNX Runtime fuses
+only whole `DQ -> op -> Q` units (into QLinearConv, QLinearMatMul, QGemm, QLinearAdd, ...), and on x86
+prefers uint8 activations with int8 weights (U8S8). Left as modelopt writes it, the graph runs float
+kernels between extra quantize/dequantize steps and is slower than FP32. This pass:
+
+1. stores weights as int8 initializers behind a DequantizeLinear (instead of float + QuantizeLinear),
+2. quantizes Conv/Gemm biases to int32 with scale = input scale x weight scale (what ORT's kernels take),
+3. absorbs a Relu (or a Clip at 0, ReLU6) after a quantized op (or after a residual Add) into the op's output quantization:
+   a uint8 Q with zero point 0 clamps at 0, so `op -> Q(u8, zp 0)` is exactly `op -> Relu -> Q`;
+   a MaxPool between Relu and Q moves behind the new Q, running on uint8 as well,
+4. turns every remaining int8 activation Q/DQ into uint8 with zero point 128 and the same scale
+   (the same grid, shifted: no accuracy change).
+
+Calibration stays modelopt's: every range is one modelopt measured. The quantize pass asks modelopt
+to quantize the outputs of quantized ops too (`op_types_needing_output_quant`), so an op's output
+range is measured, not guessed. The one derived range: a Relu's output range carried to the op
+before it when a MaxPool sits between (max pooling cannot raise the maximum), recorded in
+`ctx.facts["derived_ranges"]` and the notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from tao_qc.pipeline import PassContext, PassResult, mark_created
+
+ABSORBING_OPS = {"Conv", "Gemm", "MatMul", "Add"}
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant":
+        attribute = producer.attributes.get("value")
+        if attribute is not None:
+            return attribute.as_tensor().numpy()
+    return None
+
+
+def _only_use(value: ir.Value) -> ir.Node | None:
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return uses[0].node
+
+
+def _qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
+    scale = _const(node.inputs[1]) if len(node.inputs) > 1 else None
+    zero = _const(node.inputs[2]) if len(node.inputs) > 2 else None
+    if scale is None or zero is None:
+        return None
+    return scale, zero
+
+
+class _Builder:
+    """Creates initializers and Q/DQ nodes with unique names, marked as this pass's."""
+
+    def __init__(self, graph: ir.Graph, pass_name: str):
+        self.graph, self.pass_name = graph, pass_name
+        self.count = 0
+
+    def initializer(self, base: str, array: np.ndarray) -> ir.Value:
+        name = base
+        while name in self.graph.initializers:
+            self.count += 1
+            name = f"{base}_{self.count}"
+        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        self.graph.register_initializer(value)
+        return value
+
+    def node(self, op: str, inputs: list[ir.Value], name: str, attributes: dict | None = None) -> ir.Node:
+        node = ir.Node("", op, inputs, attributes=[ir.AttrInt64(k, v) for k, v in (attributes or {}).items()],
+                       name=name, num_outputs=1)
+        node.outputs[0].name = f"{name}_output"
+        return mark_created(node, self.pass_name)
+
+
+@dataclass
+class PlaceForOnnxRuntime:
+    name: str = "place-for-onnxruntime"
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        graph = model.graph
+        build = _Builder(graph, self.name)
+        notes: list[str] = []
+        derived: dict[str, str] = {}
+        stats = {"weights_stored_int8": self._store_weights(graph, build)}
+        absorbed, through_pool = self._absorb_relus(graph, build, notes, derived)
+        stats["relu_absorbed"] = absorbed
+        stats["maxpool_moved_behind_q"] = through_pool
+        stats["activations_uint8"] = self._activations_to_uint8(graph, build)
+        RemoveUnusedNodesPass()(model)
+        # Last: a bias's scale is input scale x weight scale, and absorbing a Relu changes input scales.
+        stats["biases_int32"] = self._quantize_biases(graph, build)
+        stats["float_compute_left"] = sum(
+            1 for n in graph if n.op_type in ("Conv", "Gemm", "MatMul") and not _fusable(n)
+        )
+        for node in graph:
+            if node.op_type in ("Conv", "Gemm", "MatMul") and not _fusable(node):
+                notes.append(f"{node.name}: stays a float kernel in ONNX Runtime (its inputs or output are not all quantized)")
+        ctx.facts.setdefault("derived_ranges", {}).update(derived)
+        changed = any(v for k, v in stats.items() if k != "float_compute_left")
+        return PassResult(model, changed=changed, stats=stats, notes=notes)
+
+    # -- 1. weights -------------------------------------------------------------------------
+
+    @staticmethod
+    def _store_weights(graph: ir.Graph, build: _Builder) -> int:
+        count = 0
+        for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
+            weight = _const(q.inputs[0])
+            params = _qparams(q)
+            if weight is None or params is None:
+                continue
+            scale, zero = params
+            axis = q.attributes.get_int("axis", 1)
+            shape = [1] * weight.ndim
+            if scale.ndim == 1 and scale.size > 1:
+                shape[axis] = -1
+            info = np.iinfo(zero.dtype)
+            quantized = np.clip(np.rint(weight / scale.reshape(shape)) + zero.reshape(shape if zero.ndim else ()), info.min, info.max)
+            stored = build.initializer(f"{q.inputs[0].name}_quantized", quantized.astype(zero.dtype))
+            q.outputs[0].replace_all_uses_with(stored)
+            graph.remove(q, safe=True)
+            count += 1
+        return count
+
+    # -- 2. biases --------------------------------------------------------------------------
+
+    @staticmethod
+    def _quantize_biases(graph: ir.Graph, build: _Builder) -> int:
+        count = 0
+        for node in [n for n in graph if n.op_type in ("Conv", "Gemm")]:
+            if len(node.inputs) < 3 or node.inputs[2] is None:
+                continue
+            if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) != 1:
+                continue
+            bias = _const(node.inputs[2])
+            x_dq, w_dq = (v.producer() if v is not None else None for v in node.inputs[:2])
+            if bias is None or bias.dtype != np.float32 or x_dq is None or w_dq is None:
+                continue
+            if x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+                continue
+            x_params, w_params = _qparams(x_dq), _qparams(w_dq)
+            if x_params is None or w_params is None or x_params[0].size != 1 or bias.ndim != 1:
+                continue
+            scale = (x_params[0].reshape(()) * w_params[0].reshape(-1)).astype(np.float32)
+            scale = np.broadcast_to(scale, bias.shape).copy()
+            if np.any(scale == 0):
+                continue
+            quantized = np.clip(np.rint(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+            base = node.inputs[2].name or f"{node.name}_bias"
+            dq = build.node(
+                "DequantizeLinear",
+                [build.initializer(f"{base}_quantized", quantized), build.initializer(f"{base}_scale", scale),
+                 build.initializer(f"{base}_zero_point", np.zeros_like(quantized))],
+                f"{base}_DequantizeLinear",
+                {"axis": 0},
+            )
+            graph.insert_before(node, dq)
+            node.replace_input_with(2, dq.outputs[0])
+            count += 1
+        return count
+
+    # -- 3. relu absorption -----------------------------------------------------------------
+
+    def _absorb_relus(self, graph: ir.Graph, build: _Builder, notes: list[str], derived: dict[str, str]) -> tuple[int, int]:
+        absorbed = through_pool = 0
+        for relu in [n for n in graph if n.op_type == "Relu" or _clips_at_zero(n)]:
+            source = self._quantized_source(relu.inputs[0])
+            if source is None:
+                continue
+            producer_output = source
+            out = relu.outputs[0]
+            if out.is_graph_output():
+                continue
+            pool = None
+            targets = [use.node for use in out.uses()]
+            if len(targets) == 1 and targets[0].op_type == "MaxPool":
+                pool = targets[0]
+                if pool.outputs[0].is_graph_output() or len(pool.outputs) != 1:
+                    continue
+                targets = [use.node for use in pool.outputs[0].uses()]
+            quantizers = [t for t in targets if t.op_type == "QuantizeLinear"]
+            if not quantizers or len(quantizers) != len(targets):
+                continue
+            params = [_qparams(q) for q in quantizers]
+            if any(p is None or p[0].size != 1 for p in params):
+                continue
+            amax = max(float(p[0].reshape(())) * (127 if p[1].dtype == np.int8 else 255) for p in params)
+            if amax <= 0:
+                continue
+            scale = np.array(amax / 255, np.float32)
+            zero = np.array(0, np.uint8)
+            base = out.name
+            q_scale, q_zero = build.initializer(f"{base}_u8_scale", scale), build.initializer(f"{base}_u8_zero_point", zero)
+            q = build.node("QuantizeLinear", [producer_output, q_scale, q_zero], f"{base}_u8_QuantizeLinear")
+            dq = build.node("DequantizeLinear", [q.outputs[0], q_scale, q_zero], f"{base}_u8_DequantizeLinear")
+            graph.insert_after(producer_output.producer(), [q, dq])
+            result = dq.outputs[0]
+            if pool is not None:
+                # MaxPool now pools the quantized tensor; its own Q/DQ keep it uint8 for ORT.
+                pool.replace_input_with(0, result)
+                q2 = build.node("QuantizeLinear", [pool.outputs[0], q_scale, q_zero], f"{pool.name}_u8_QuantizeLinear")
+                dq2 = build.node("DequantizeLinear", [q2.outputs[0], q_scale, q_zero], f"{pool.name}_u8_DequantizeLinear")
+                graph.insert_after(pool, [q2, dq2])
+                result = dq2.outputs[0]
+                through_pool += 1
+                derived[producer_output.name] = (
+                    f"range of {pool.outputs[0].name} (measured after {pool.name}) used before it: max pooling cannot raise the maximum"
+                )
+                notes.append(f"{relu.name}: absorbed into the u8 output of {producer_output.producer().name}; "
+                             f"{pool.name} runs on uint8 (range derived from its output)")
+            else:
+                notes.append(f"{relu.name}: absorbed into the u8 output of {producer_output.producer().name}")
+            for quantizer in quantizers:
+                for use in list(quantizer.outputs[0].uses()):
+                    consumer = use.node
+                    if consumer.op_type == "DequantizeLinear":
+                        consumer.outputs[0].replace_all_uses_with(result)
+                    else:
+                        consumer.replace_input_with(use.idx, q.outputs[0] if pool is None else q2.outputs[0])
+            absorbed += 1  # the old Relu, Q and DQ are now unused and go with RemoveUnusedNodesPass
+        return absorbed, through_pool
+
+    @staticmethod
+    def _quantized_source(value: ir.Value | None) -> ir.Value | None:
+        """The float output of an absorbing op feeding `value`, directly or through its own Q/DQ pair."""
+        if value is None:
+            return None
+        producer = value.producer()
+        if producer is None:
+            return None
+        if producer.op_type == "DequantizeLinear":
+            quantizer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
+            if quantizer is None or quantizer.op_type != "QuantizeLinear" or _only_use(value) is None:
+                return None
+            if _only_use(quantizer.outputs[0]) is None:
+                return None
+            op_output = quantizer.inputs[0]
+            op = op_output.producer() if op_output is not None else None
+            if op is None or op.op_type not in ABSORBING_OPS or _only_use(op_output) is None:
+                return None
+            return op_output
+        if producer.op_type in ABSORBING_OPS and _only_use(value) is not None:
+            return value
+        return None
+
+    # -- 4. uint8 activations ---------------------------------------------------------------
+
+    @staticmethod
+    def _activations_to_uint8(graph: ir.Graph, build: _Builder) -> int:
+        shifted: dict[str, ir.Value] = {}
+        count = 0
+        for node in [n for n in graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")]:
+            if len(node.inputs) < 3 or node.inputs[2] is None:
+                continue
+            zero = _const(node.inputs[2])
+            if zero is None or zero.dtype != np.int8:
+                continue
+            data = node.inputs[0]
+            if node.op_type == "DequantizeLinear":
+                quantizer = data.producer() if data is not None else None
+                if quantizer is None or quantizer.op_type != "QuantizeLinear":
+                    continue  # a weight: stays int8
+            elif _const(data) is not None:
+                continue
+            key = node.inputs[2].name
+            if key not in shifted:
+                shifted[key] = build.initializer(f"{key}_u8", (zero.astype(np.int16) + 128).astype(np.uint8))
+            node.replace_input_with(2, shifted[key])
+            count += node.op_type == "QuantizeLinear"
+        return count
+
+
+def _clips_at_zero(node: ir.Node) -> bool:
+    """A Clip whose lower bound is 0 (ReLU6): a u8 Q with zero point 0 clamps there, and its upper
+    bound is at least the measured maximum of its output, where the Q saturates anyway."""
+    if node.op_type != "Clip":
+        return False
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        low = _const(node.inputs[1])
+        return low is not None and low.size == 1 and float(low.reshape(())) == 0.0
+    attribute = node.attributes.get("min")  # opset < 11
+    return attribute is not None and attribute.as_float() == 0.0
+
+
+def _fusable(node: ir.Node) -> bool:
+    """Whether ORT's QDQ selectors see a whole unit: DQ on the data inputs and a Q on the output."""
+    inputs = [v for v in node.inputs[:2] if v is not None]
+    if not all(v.producer() is not None and v.producer().op_type == "DequantizeLinear" for v in inputs):
+        return False
+    uses = list(node.outputs[0].uses())
+    return bool(uses) and all(u.node.op_type == "QuantizeLinear" for u in uses)
