@@ -176,6 +176,10 @@ def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, dev
     }
     if spec.target == "onnxruntime":
         settings["enable_gemv_detection_for_trt"] = False  # a TensorRT-only heuristic
+        # ORT fuses whole DQ -> op -> Q units: have modelopt measure each quantized op's output
+        # range too, so place-for-onnxruntime reuses measured ranges instead of guessing them.
+        settings["op_types_needing_output_quant"] = ["Conv", "Gemm", "MatMul"]
+        settings[_KEEP_SMALL_CONVS] = True
     settings.update(spec.backend_kwargs)
     return settings
 
@@ -305,6 +309,22 @@ def run_modelopt_in_child(source: Path, target: Path, kwargs: dict[str, Any], ba
         raise ModelOptError("modelopt.onnx finished but wrote no model")
 
 
+_KEEP_SMALL_CONVS = "_tao_qc_keep_small_convs"
+
+
+def _keep_small_convs() -> None:
+    """Stop modelopt excluding Convs with fewer than 16 channels.
+
+    That exclusion is a TensorRT kernel constraint (modelopt.onnx.quantization.graph_utils.
+    find_nodes_from_convs_to_exclude) with no parameter to turn it off; ONNX Runtime's CPU integer
+    kernels take any channel count, so for `target: onnxruntime` the user's selection stands. This
+    runs only in modelopt's own child process, so the patch cannot leak.
+    """
+    from modelopt.onnx.quantization import int8
+
+    int8.find_nodes_from_convs_to_exclude = lambda graph, quantize_mode="int8": []
+
+
 def _child_main(fd: int) -> None:
     from multiprocessing.connection import Connection
 
@@ -334,6 +354,8 @@ def _child_main(fd: int) -> None:
 
         from modelopt.onnx.quantization import quantize
 
+        if kwargs.pop(_KEEP_SMALL_CONVS, False):
+            _keep_small_convs()
         quantize(source, calibration_data_reader=PipeReader(), output_path=target, **kwargs)
         conn.send(("done",))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as one message

@@ -1,6 +1,6 @@
 """`compile_model`: an ONNX model and a quantize spec in, a quantized ONNX model and its report out.
 
-    spec -> load-and-check -> check-calibration -> canonicalize -> match-layers -> quantize
+    spec -> load-and-check -> canonicalize -> match-layers -> check-calibration -> quantize
          -> [placement for the target] -> verify -> <stem>.int8.onnx + report.json (+ pass dumps)
 
 Everything is written into a staging folder that replaces `results_dir` only when the whole run
@@ -24,6 +24,7 @@ from tao_qc.pipeline import DUMP_MODES, DumpInstrument, PassContext, PassRecord,
 log = logging.getLogger("tao_qc.compile")
 
 REPORT_NAME = "report.json"
+HTML_REPORT_NAME = "report.html"
 PASSES_DIR = "passes"
 _SUFFIX = {"int8": "int8", "fp8": "fp8"}
 _VERSIONED = ("tao-qc", "onnx", "onnx-ir", "onnxscript", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt", "numpy")
@@ -110,11 +111,20 @@ def compile_model(
         quantized = stage / f"{source.stem}.{_SUFFIX.get(mode, mode)}.onnx"
         _save(result.model, quantized)
         report = build_report(spec, source, final / quantized.name, result.records, ctx, time.perf_counter() - started)
-        # The FP32-vs-quantized comparison (tao_qc.compare.evaluate_quantized) is appended here when
-        # `compare` is set; it adds its sections to `report` before it is written.
+        sections = _relocated(_compare(spec, source, quantized, ctx), str(stage), str(final)) if compare else {}
+        report.update(sections)
         atomic_write_text(stage / REPORT_NAME, json.dumps(report, indent=2, default=str) + "\n")
+        if compare:
+            from tao_qc.report_html import write_html_report
+
+            write_html_report(report, stage / HTML_REPORT_NAME)
 
     log.info("quantized model: %s", final / quantized.name)
+    if sections:
+        from tao_qc.compare import raise_if_failed
+
+        # Results stay on disk either way: a failed check is what the report is for.
+        raise_if_failed(sections, spec)
     return CompileResult(
         results_dir=final,
         model_path=final / quantized.name,
@@ -127,6 +137,41 @@ def compile_model(
         compare=compare,
         facts={k: v for k, v in ctx.facts.items() if k != "decisions"},
     )
+
+
+def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict[str, Any]:
+    """FP32 (the user's model as given) against the quantized model on the spec's compare data
+    (default: the calibration data), on the spec's compare runtime: report sections."""
+    import sys
+
+    import onnx
+
+    from tao_qc.compare import evaluate_quantized
+    from tao_qc.data import load_labels, model_inputs, open_inputs
+
+    data = spec.compare.data
+    if data is not None:
+        inputs = model_inputs(onnx.load(str(source), load_external_data=False))
+        limit = spec.calibration.max_samples if data == "random" else sys.maxsize
+        batches = open_inputs(data, inputs, calibration=spec.calibration, max_samples=limit,
+                              key="quantize.compare.data")
+        batches.validate()
+    else:
+        batches = ctx.calibration
+    labels = load_labels(spec.compare.labels, key="quantize.compare.labels") if spec.compare.labels else None
+    log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
+    return evaluate_quantized(source, quantized, batches, spec, labels)
+
+
+def _relocated(value: Any, old: str, new: str) -> Any:
+    """`value` with paths inside the staging folder pointing where the results end up."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value.startswith(old) else value
+    if isinstance(value, dict):
+        return {k: _relocated(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocated(v, old, new) for v in value]
+    return value
 
 
 def _pass_names(spec: Any) -> list[str]:

@@ -30,8 +30,8 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
     """Quantize the ONNX MODEL (default: the spec's model_path) with modelopt.onnx through the pass pipeline.
 
     \b
-    Passes: load-and-check, check-calibration, fold-constants, fold-batchnorm, remove-identity,
-    match-layers, quantize-modelopt, [place-for-onnxruntime], verify-quantization.
+    Passes: load-and-check, fold-constants, fold-batchnorm, remove-identity, match-layers,
+    check-calibration, quantize-modelopt, [place-for-onnxruntime], verify-quantization.
     Writes RESULTS/<stem>.int8.onnx (or .fp8.onnx), RESULTS/report.json and RESULTS/passes/.
     Exit code 0 on success, 2 on bad input (one-line error, nothing written).
 
@@ -60,3 +60,30 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
         counts = result.report["counts"]
         click.echo(f"{result.model_path}  ({counts['quantized']} of {counts['candidates']} Conv/Gemm/MatMul nodes "
                    f"{result.report['quantize_mode']}, {counts['kept_float']} in float)", err=bool(print_after))
+        for line in comparison_lines(result.report):
+            click.echo(line, err=bool(print_after))
+
+
+def comparison_lines(report: dict) -> list[str]:
+    """A few lines a person reads first: agreement, accuracy, error, speed, where the report is."""
+    lines = []
+    comparison = report.get("comparison")
+    if comparison:
+        for output in comparison.get("outputs", []):
+            parts = [f"cosine {output['cosine']:.5f}", f"max |err| {output['max_abs_error']:.3g}"]
+            if output.get("top1_agreement") is not None:
+                parts.insert(0, f"top-1 agreement {output['top1_agreement']:.2%}")
+            if output.get("reference_top1") is not None:
+                parts.append(f"top-1 accuracy {output['reference_top1']:.2%} FP32 -> {output['candidate_top1']:.2%} quantized")
+            lines.append(f"  output {output['name']}: " + ", ".join(parts))
+        verdict = "passed" if comparison.get("passed") else "FAILED: " + "; ".join(comparison.get("failures") or [])
+        lines.append(f"  comparison on {comparison.get('runtime')} ({comparison.get('num_samples')} samples): {verdict}")
+    latency = report.get("latency")
+    if latency and len(latency.get("rows", [])) >= 2:
+        rows = [r for r in latency["rows"] if r.get("median_ms")]
+        if len(rows) >= 2:
+            lines.append(f"  latency at batch {rows[-1]['batch_size']}: {rows[0]['median_ms']:.3f} ms FP32, "
+                         f"{rows[-1]['median_ms']:.3f} ms quantized (speed {rows[-1]['ratio']:.2f}x FP32)")
+    if comparison:
+        lines.append(f"  report: {Path(report['output']).parent / 'report.html'}")
+    return lines
