@@ -2,8 +2,8 @@
 
 `default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
 
-    load-and-check -> check-calibration -> fold-constants -> fold-batchnorm -> remove-identity
-    -> match-layers -> quantize-modelopt [-> place-for-onnxruntime] -> verify-quantization
+    load-and-check -> fold-constants -> fold-batchnorm -> remove-identity -> match-layers
+    -> check-calibration -> quantize-modelopt [-> place-for-onnxruntime] -> verify-quantization
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
 
     passes: list = [
         LoadAndCheck(source_path),
-        CheckCalibration(),
         FoldConstants(),
         FoldBatchNorm(),
         RemoveIdentity(),
         MatchLayers(),
+        CheckCalibration(),
         QuantizeModelOpt(),
     ]
     # ---- target-aware placement slot -------------------------------------------------------

@@ -35,9 +35,9 @@ class LoadAndCheck:
         try:
             onnx.checker.check_model(str(path))  # by path: works above 2 GB, reads external data
         except onnx.checker.ValidationError as exc:
-            raise InputError(f"model {path} is not a valid ONNX model: {_first_line(exc)}") from None
+            raise InputError(f"model {path} is not a valid ONNX model (truncated, not ONNX, or broken): {_first_line(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - truncated/garbage files surface as protobuf DecodeError etc.
-            raise InputError(f"model {path} is not a readable ONNX file (truncated or not ONNX): {_first_line(exc)}") from None
+            raise InputError(f"model {path} is not a valid ONNX model (truncated, not ONNX, or broken): {_first_line(exc)}") from None
         try:
             loaded = ir.load(path)
         except Exception as exc:  # noqa: BLE001

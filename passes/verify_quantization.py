@@ -2,7 +2,10 @@
 
 - every node match-layers selected (and modelopt did not decline, see quantize-modelopt) reads its
   activation input, and its weight input, through a DequantizeLinear (Casts in between allowed);
-- no node kept in float does;
+- no node kept in float reads a quantized weight; it may read a quantized activation only where
+  that activation is shared with a quantized node or is a quantized node's output (modelopt and
+  ONNX Runtime quantize a tensor once for all its readers; TensorRT and ORT still run the float
+  node in float, on the rounded values);
 - no orphan Q/DQ: a QuantizeLinear feeds only DequantizeLinear nodes, a DequantizeLinear is used
   (or is a graph output) and reads a QuantizeLinear or a constant;
 - the graph runs in ONNX Runtime (CPU) on the first calibration batch, with finite outputs.
@@ -33,7 +36,8 @@ class VerifyQuantization:
         declined = ctx.facts.get("declined") or {}
         nodes = {node.name: node for node in model.graph}
         problems: list[str] = []
-        checked = 0
+        checked = shared = 0
+        quantized_names = {d.unit.name for d in decisions if d.quantized and d.unit.name not in declined}
         for decision in decisions:
             name = decision.unit.name
             node = nodes.get(name)
@@ -48,16 +52,24 @@ class VerifyQuantization:
                 if missing:
                     problems.append(f"{name}: selected ({decision.reason}) but its {' and '.join(missing)} input has no Q/DQ")
             elif not decision.quantized and any(through):
-                problems.append(f"{name}: kept in float ({decision.reason}) but reads a DequantizeLinear")
+                if len(through) > 1 and through[1]:
+                    problems.append(f"{name}: kept in float ({decision.reason}) but its weight input has Q/DQ")
+                elif _shared_with_quantized(inputs[0], quantized_names):
+                    shared += 1
+                else:
+                    problems.append(f"{name}: kept in float ({decision.reason}) but its activation input has a "
+                                    "Q/DQ no quantized node needs")
         problems.extend(orphan_qdq(model))
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise VerificationError("quantized graph check failed: " + "; ".join(problems[:3]) + more)
         notes = [f"{checked} quantized nodes read Q/DQ on their activation and weight inputs; "
-                 f"{sum(1 for d in decisions if not d.quantized)} float nodes read none; no orphan Q/DQ"]
+                 f"{sum(1 for d in decisions if not d.quantized)} float nodes read no quantized weight; no orphan Q/DQ"]
+        if shared:
+            notes.append(f"{shared} float nodes read an activation quantized for a quantized neighbour (same tensor)")
         if declined:
             notes.append(f"{len(declined)} selected nodes were left in float by modelopt: {', '.join(sorted(declined))}")
-        stats = {"nodes_checked": checked}
+        stats = {"nodes_checked": checked, "float_nodes_on_shared_qdq": shared}
         if self.run_onnxruntime:
             if ctx.calibration is None:
                 notes.append("not run in ONNX Runtime: no sample data")
@@ -77,6 +89,32 @@ def _through_dq(value: ir.Value) -> bool:
     while producer is not None and producer.op_type == "Cast" and producer.inputs[0] is not None:
         producer = producer.inputs[0].producer()
     return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+def _shared_with_quantized(value: ir.Value, quantized: set[str]) -> bool:
+    """Whether the DequantizeLinear feeding `value` also feeds a quantized node, or dequantizes
+    the output of one."""
+    dq = value.producer()
+    while dq is not None and dq.op_type == "Cast":
+        dq = dq.inputs[0].producer()
+    if dq is None:
+        return False
+    readers = {user.name for user, _ in dq.outputs[0].uses()}
+    if readers & quantized:
+        return True
+    q = dq.inputs[0].producer() if dq.inputs[0] is not None else None
+    source = q.inputs[0].producer() if q is not None and q.op_type == "QuantizeLinear" and q.inputs[0] is not None else None
+    if source is not None and source.name in quantized:
+        return True
+    # the same float tensor may be quantized by several Q/DQ pairs, one per reader
+    original = q.inputs[0] if q is not None and q.op_type == "QuantizeLinear" else None
+    if original is not None:
+        for user, _ in original.uses():
+            if user.op_type == "QuantizeLinear":
+                for dq2, _ in user.outputs[0].uses():
+                    if {u.name for u, _ in dq2.outputs[0].uses()} & quantized:
+                        return True
+    return False
 
 
 def orphan_qdq(model: ir.Model) -> list[str]:
