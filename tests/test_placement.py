@@ -1,0 +1,149 @@
+"""place-for-onnxruntime on real graphs: what ONNX Runtime fuses, what the numbers say, what is left alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from tao_qc import zoo
+from tao_qc.compile import compile_model
+
+INTEGER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "MatMulInteger", "ConvInteger"}
+
+
+def digits(count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits, upscaled to 20x20 and centred on 28x28 in [0, 1]."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.zeros((count, 1, 28, 28), np.float32)
+    for index in range(count):
+        small = Image.fromarray((data.images[offset + index] / 16 * 255).astype(np.uint8)).resize((20, 20), Image.BILINEAR)
+        images[index, 0, 4:24, 4:24] = np.asarray(small, np.float32) / 255
+    return images, data.target[offset : offset + count]
+
+
+def run(path: Path, name: str, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def optimized_ops(path: Path, tmp_path: Path) -> Counter:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{path.stem}.ort.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def compile_for(model: Path, data: Path, target: str, out: Path):
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": target, "device": "cpu",
+                         "calibration": {"data": str(data), "max_samples": 48}}}
+    return compile_model(model, spec, results_dir=out, compare=False)
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory, shared_models):
+    folder = tmp_path_factory.mktemp("mnist")
+    calib, _ = digits(48)
+    np.savez(folder / "calib.npz", **{"0": calib})
+    model = shared_models / "cnn_mnist_pytorch.onnx"
+    return {"fp32": model, "ort": compile_for(model, folder / "calib.npz", "onnxruntime", folder / "ort")}
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("small_cnn")
+    zoo.export_zoo("small_cnn", folder / "m.onnx")
+    np.savez(folder / "calib.npz", input=np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    return {target: compile_for(folder / "m.onnx", folder / "calib.npz", target, folder / target)
+            for target in ("onnxruntime", "tensorrt")}
+
+
+def test_onnxruntime_fuses_every_compute_node_into_integer_kernels(mnist, small_cnn, tmp_path):
+    ops = optimized_ops(mnist["ort"].model_path, tmp_path)
+    assert ops["QLinearConv"] == 2 and ops["QGemm"] == 2
+    assert ops["Conv"] == 0 and ops["Gemm"] == 0
+    ops = optimized_ops(small_cnn["onnxruntime"].model_path, tmp_path)
+    assert ops["QLinearConv"] == 4 and ops["QLinearAdd"] == 1 and ops["Conv"] == 0
+    # modelopt's own placement of the same model leaves float kernels between Q/DQ steps
+    trt_ops = optimized_ops(small_cnn["tensorrt"].model_path, tmp_path)
+    assert not (INTEGER_OPS & set(trt_ops))
+    assert trt_ops["Conv"] + trt_ops["FusedConv"] == 4  # float kernels (FusedConv: Conv + Relu)
+
+
+def test_weights_int8_initializers_and_activations_uint8(mnist):
+    model = onnx.load(mnist["ort"].model_path)
+    initializers = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    weights_int8 = activations_uint8 = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        weight_dq = producers[node.input[1]]
+        assert weight_dq.op_type == "DequantizeLinear"
+        assert weight_dq.input[0] in initializers  # stored int8, no QuantizeLinear at run time
+        weights_int8 += initializers[weight_dq.input[0]].data_type == onnx.TensorProto.INT8
+        activation_dq = producers[node.input[0]]
+        activations_uint8 += initializers[activation_dq.input[2]].data_type == onnx.TensorProto.UINT8
+        if len(node.input) > 2:
+            bias_dq = producers[node.input[2]]
+            assert initializers[bias_dq.input[0]].data_type == onnx.TensorProto.INT32
+    assert weights_int8 == 4 and activations_uint8 == 4
+    assert mnist["ort"].report["passes"][-2]["pass"] == "place-for-onnxruntime"
+
+
+def test_tensorrt_target_keeps_modelopts_placement(small_cnn):
+    model = onnx.load(small_cnn["tensorrt"].model_path)
+    names = [p["pass"] for p in small_cnn["tensorrt"].report["passes"]]
+    assert "place-for-onnxruntime" not in names
+    zero_points = {i.data_type for i in model.graph.initializer if i.name.endswith("zero_point")}
+    assert zero_points == {onnx.TensorProto.INT8}
+    assert any(n.op_type == "QuantizeLinear" and n.input[0].endswith("weight") for n in model.graph.node)
+
+
+def test_agreement_with_fp32_on_real_digits(mnist):
+    x, labels = digits(400, offset=600)
+    reference = run(mnist["fp32"], "0", x)
+    placed = run(mnist["ort"].model_path, "0", x)
+    agreement = (reference.argmax(1) == placed.argmax(1)).mean()
+    assert agreement >= 0.99
+    assert (placed.argmax(1) == labels).mean() >= (reference.argmax(1) == labels).mean() - 0.01
+
+
+def test_old_ir_model_with_matmul(tmp_path, shared_models):
+    calib, _ = digits(32)
+    np.savez(tmp_path / "calib.npz", Input3=calib)
+    result = compile_for(shared_models / "mnist_cntk.onnx", tmp_path / "calib.npz", "onnxruntime", tmp_path / "out")
+    ops = optimized_ops(result.model_path, tmp_path)
+    assert ops["QLinearConv"] == 2 and ops["Conv"] == 0
+    x, _ = digits(300, offset=900)
+    agreement = (run(shared_models / "mnist_cntk.onnx", "Input3", x).argmax(1) == run(result.model_path, "Input3", x).argmax(1)).mean()
+    assert agreement >= 0.99
+
+
+def test_relu_before_maxpool_is_absorbed_with_a_derived_range(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.ResNet18(num_classes=10, width=8).eval()
+    zoo.export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "r.onnx")
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    result = compile_for(tmp_path / "r.onnx", tmp_path / "calib.npz", "onnxruntime", tmp_path / "out")
+    placement = next(p for p in result.report["passes"] if p["pass"] == "place-for-onnxruntime")
+    assert placement["stats"]["maxpool_moved_behind_q"] == 1
+    assert placement["stats"]["relu_absorbed"] == 16  # 1 stem + 8 blocks x 2 (after conv1 and after the Add)
+    assert placement["stats"]["float_compute_left"] == 0
+    derived = result.facts["derived_ranges"]
+    assert len(derived) == 1 and "max pooling cannot raise the maximum" in next(iter(derived.values()))
+    ops = optimized_ops(result.model_path, tmp_path)
+    assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] >= 7
+    x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    reference = run(tmp_path / "r.onnx", "input", x)
+    placed = run(result.model_path, "input", x)
+    cosine = (reference * placed).sum() / np.linalg.norm(reference) / np.linalg.norm(placed)
+    assert cosine > 0.99
