@@ -1,0 +1,180 @@
+"""Q/DQ placement benchmark: which INT8 graph is fast on ONNX Runtime's CPU provider?
+
+For each model built in the repo (tao_qc.zoo), in one run on this machine:
+  fp32              the exported model
+  tao-qc onnxruntime  `tao-qc compile` with target: onnxruntime (modelopt ranges, ORT-fusable placement)
+  tao-qc tensorrt     `tao-qc compile` with target: tensorrt (modelopt's own placement, unchanged)
+  ort quantize_static ONNX Runtime's quantizer (quant_pre_process, then QDQ, per-channel, U8S8), in a separate process
+                      because importing modelopt patches onnxruntime.quantization in-process
+and prints one table: speed vs FP32 at batch 1 and 8 (median latency, 2 intra-op threads, sessions
+timed in interleaved rounds so drift hits all alike), size on disk, top-1 agreement with FP32.
+
+    .venv/bin/python bench/placement.py [--models resnet18,mobilenet,tiny_vit] [--rounds 15]
+
+Writes the table to bench/results/placement.md as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CALIBRATION_SAMPLES = 32
+AGREEMENT_SAMPLES = 64
+THREADS = 2
+
+ORT_QUANTIZER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    source, target, calib = sys.argv[1:4]
+    # ORT's documented recipe: pre-process (shape inference, BatchNorm folding) first. Its symbolic
+    # shape inference fails on some transformer exports; then quantize the model as it is.
+    try:
+        quant_pre_process(source, target + ".pre.onnx")
+        source = target + ".pre.onnx"
+    except Exception as error:
+        print(f"quant_pre_process failed ({type(error).__name__}); quantizing without it", file=sys.stderr)
+    data = np.load(calib)
+    name = data.files[0]
+    batches = iter([{name: data[name][i:i + 1]} for i in range(len(data[name]))])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(batches, None)
+
+    quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    """
+)
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def build_variants(name: str, work: Path) -> dict[str, Path]:
+    from tao_qc import zoo
+    from tao_qc.compile import compile_model
+
+    fp32 = zoo.export_zoo(name, work / f"{name}.onnx", dynamic_batch=True)
+    shape = zoo.input_shape(name)
+    calib = np.random.default_rng(0).standard_normal((CALIBRATION_SAMPLES, *shape[1:])).astype(np.float32)
+    np.savez(work / "calib.npz", input=calib)
+    variants = {"fp32": fp32}
+    for target in ("onnxruntime", "tensorrt"):
+        spec = {"quantize": {"backend": "modelopt.onnx", "target": target, "device": "cpu",
+                             "calibration": {"data": str(work / "calib.npz"), "max_samples": CALIBRATION_SAMPLES}}}
+        result = compile_model(fp32, spec, results_dir=work / target, compare=False)
+        variants[f"tao-qc {target}"] = result.model_path
+    target = work / f"{name}.ort-quantizer.onnx"
+    subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
+                   check=True, capture_output=True)
+    variants["ort quantize_static"] = target
+    return variants
+
+
+def measure(variants: dict[str, Path], shape: tuple[int, ...], rounds: int) -> dict[str, dict]:
+    sessions = {label: session(path) for label, path in variants.items()}
+    rng = np.random.default_rng(1)
+    results: dict[str, dict] = {label: {"size_mb": path.stat().st_size / 2**20} for label, path in variants.items()}
+    for batch in (1, 8):
+        x = rng.standard_normal((batch, *shape[1:])).astype(np.float32)
+        times: dict[str, list[float]] = {label: [] for label in sessions}
+        for label, s in sessions.items():  # warm-up
+            for _ in range(3):
+                s.run(None, {s.get_inputs()[0].name: x})
+        for _ in range(rounds):
+            for label, s in sessions.items():
+                feed = {s.get_inputs()[0].name: x}
+                start = time.perf_counter()
+                s.run(None, feed)
+                times[label].append(time.perf_counter() - start)
+        for label in sessions:
+            results[label][f"b{batch}_ms"] = float(np.median(times[label]) * 1000)
+    x = rng.standard_normal((AGREEMENT_SAMPLES, *shape[1:])).astype(np.float32)
+    reference = None
+    for label, s in sessions.items():
+        name = s.get_inputs()[0].name
+        out = np.concatenate([s.run(None, {name: x[i : i + 8]})[0] for i in range(0, len(x), 8)])
+        out = out.reshape(len(x), -1)
+        reference = out if reference is None else reference
+        results[label]["agreement"] = float((out.argmax(1) == reference.argmax(1)).mean())
+    return results
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return f"{cpu}, {os.cpu_count()} cores, {THREADS} intra-op threads, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="resnet18,mobilenet,tiny_vit")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+
+    from tao_qc import zoo
+    from tao_qc.console import setup_logging
+
+    setup_logging(-1)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tao-qc-bench-") as tmp:
+        for name in args.models.split(","):
+            work = Path(tmp) / name
+            work.mkdir()
+            print(f"building {name} ...", file=sys.stderr, flush=True)
+            variants = build_variants(name, work)
+            print(f"timing {name} ...", file=sys.stderr, flush=True)
+            results = measure(variants, zoo.input_shape(name), args.rounds)
+            base = results["fp32"]
+            for label, r in results.items():
+                rows.append({"model": name, "variant": label, "speed_b1": base["b1_ms"] / r["b1_ms"],
+                             "speed_b8": base["b8_ms"] / r["b8_ms"], "b8_ms": r["b8_ms"],
+                             "size_mb": r["size_mb"], "agreement": r["agreement"]})
+    header = "| model | variant | speed vs FP32, batch 1 | speed vs FP32, batch 8 | size (MB) | top-1 agreement with FP32 |"
+    lines = [header, "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['variant']} | {r['speed_b1']:.2f}x | {r['speed_b8']:.2f}x | "
+                     f"{r['size_mb']:.1f} | {r['agreement']:.1%} |")
+    table = "\n".join(lines)
+    note = (f"Measured in one run on {machine()}. Speed = FP32 median latency / variant median latency; "
+            f"top-1 agreement on {AGREEMENT_SAMPLES} fixed random inputs; calibration on {CALIBRATION_SAMPLES} random samples.")
+    print(table)
+    print()
+    print(note)
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / "placement.md").write_text(f"{table}\n\n{note}\n")
+    (results_dir / "placement.json").write_text(json.dumps({"rows": rows, "machine": machine()}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
