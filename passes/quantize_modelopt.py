@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,8 @@ class QuantizeModelOpt:
         with tempfile.TemporaryDirectory(prefix="modelopt-", dir=ctx.work_dir) as tmp:
             source, target = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
             ir.save(model, source)
-            run_modelopt_in_child(source, target, kwargs, batches, timeout_s=self.timeout_s)
+            ctx.facts["modelopt_timing"] = run_modelopt_in_child(
+                source, target, kwargs, batches, timeout_s=self.timeout_s, child=ctx.facts.pop("modelopt_process", None))
             proto = onnx.load(str(target))
         quantized = ir.from_proto(proto)
 
@@ -239,28 +241,52 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
 # The child process
 
 
-def run_modelopt_in_child(source: Path, target: Path, kwargs: dict[str, Any], batches: Any, *, timeout_s: float) -> None:
+class ModelOptProcess:
+    """A child Python process that imports modelopt.onnx and waits for one quantize job.
+
+    Starting it early (`compile_model` does, before the first pass) overlaps the interpreter start
+    and modelopt's import (seconds: it pulls in torch) with loading and canonicalizing the graph.
+    """
+
+    def __init__(self) -> None:
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        self.started = time.perf_counter()
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tao_qc.passes.quantize_modelopt", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(5)
+        self.conn.close()
+
+
+def run_modelopt_in_child(source: Path, target: Path, kwargs: dict[str, Any], batches: Any, *, timeout_s: float,
+                          child: ModelOptProcess | None = None) -> dict[str, float]:
     """Run modelopt.onnx.quantization.quantize(source -> target) in a child interpreter, serving it
-    calibration batches from `batches` (an `InputBatches`) with a progress bar.
+    calibration batches from `batches` (an `InputBatches`) with a progress bar. Returns timings:
+    `child_s` (start to finish), `import_s` (starting Python and importing modelopt in the child),
+    `quantize_s` (the quantize() call itself).
 
     A fresh `python -m tao_qc.passes.quantize_modelopt` over a socket pair rather than
     multiprocessing's spawn: spawn re-imports the parent's `__main__`, which re-runs a user's
     unguarded script (or fails for `python -` and notebooks).
     """
-    import socket
-    import subprocess
-    import sys
-    from multiprocessing.connection import Connection
-
     from tao_qc.console import progress
 
-    ours, theirs = socket.socketpair()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tao_qc.passes.quantize_modelopt", str(theirs.fileno())],
-        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-    )
-    theirs.close()
-    conn = Connection(ours.detach())
+    started = time.perf_counter()
+    child = child or ModelOptProcess()
+    process, conn = child.process, child.conn
+    timing: dict[str, float] = {}
     iterator = None
     served = 0
     try:
@@ -294,19 +320,19 @@ def run_modelopt_in_child(source: Path, target: Path, kwargs: dict[str, Any], ba
                 elif kind == "rewind":
                     iterator = None
                 elif kind == "done":
+                    timing = {"import_s": message[1], "quantize_s": message[2]}
                     break
                 elif kind == "error":
                     _, summary, trace = message
                     log.debug("modelopt.onnx failed:\n%s", trace)
                     raise ModelOptError(f"modelopt.onnx.quantization.quantize failed: {summary}")
-        process.wait(60)
+        # The model is written; the child's interpreter teardown (torch, CUDA libraries) is not waited for.
     finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(5)
-        conn.close()
+        child.close()
     if not target.exists():
         raise ModelOptError("modelopt.onnx finished but wrote no model")
+    timing["child_s"] = time.perf_counter() - started
+    return timing
 
 
 _KEEP_SMALL_CONVS = "_tao_qc_keep_small_convs"
@@ -328,12 +354,17 @@ def _keep_small_convs() -> None:
 def _child_main(fd: int) -> None:
     from multiprocessing.connection import Connection
 
+    started = time.perf_counter()
     conn = Connection(fd)
     # modelopt and ORT print to stdout; stdout belongs to the parent's results (--json).
     os.dup2(2, 1)
     try:
-        source, target, kwargs, num_batches = conn.recv()
         from onnxruntime.quantization import CalibrationDataReader
+
+        from modelopt.onnx.quantization import quantize
+
+        imported = time.perf_counter()
+        source, target, kwargs, num_batches = conn.recv()
 
         class PipeReader(CalibrationDataReader):
             """Calibration batches fetched from the parent one at a time."""
@@ -352,12 +383,11 @@ def _child_main(fd: int) -> None:
             def __len__(self):
                 return num_batches
 
-        from modelopt.onnx.quantization import quantize
-
         if kwargs.pop(_KEEP_SMALL_CONVS, False):
             _keep_small_convs()
+        called = time.perf_counter()
         quantize(source, calibration_data_reader=PipeReader(), output_path=target, **kwargs)
-        conn.send(("done",))
+        conn.send(("done", imported - started, time.perf_counter() - called))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as one message
         summary = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         conn.send(("error", f"{type(exc).__name__}: {summary}"[:500], traceback.format_exc()))

@@ -167,6 +167,37 @@ def _same_interface(before: dict, after: dict) -> str | None:
     return None
 
 
+def light_proto(model: ir.Model, limit_bytes: int = 1024) -> _onnx.ModelProto:
+    """A proto of `model` whose large initializers are typed graph inputs without data.
+
+    Structure checks and shape inference need the values of small tensors only (Reshape targets,
+    Slice bounds); serializing megabytes of weights for each check after every pass would cost more
+    than the passes themselves.
+    """
+    from onnx import helper
+
+    proto = ir.to_proto(model)
+    graph = proto.graph
+    inputs = {v.name for v in graph.input}
+    large = [index for index, tensor in enumerate(graph.initializer)
+             if tensor.data_location == _onnx.TensorProto.EXTERNAL or _tensor_bytes(tensor) > limit_bytes]
+    for index in reversed(large):
+        tensor = graph.initializer[index]
+        if tensor.name not in inputs:
+            graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        del graph.initializer[index]
+    if large and proto.ir_version < 4:
+        proto.ir_version = 4  # IR 3 wants every initializer listed as an input; the rest still are
+    return proto
+
+
+def _tensor_bytes(tensor: _onnx.TensorProto) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * 8
+
+
 def check_model_proto(proto: _onnx.ModelProto) -> None:
     """onnx.checker and strict shape inference; raises InvariantError with the library's first line."""
     if proto.ByteSize() < _CHECKER_LIMIT_BYTES:
@@ -202,8 +233,7 @@ class InvariantInstrument(Instrument):
     def after_pass(self, record, pass_, result, ctx):
         if result.model is None:
             raise InvariantError("the pass returned no model")
-        proto = ir.to_proto(result.model)
-        check_model_proto(proto)
+        check_model_proto(light_proto(result.model))
         interface = interface_of(result.model)
         if self.interface is None:
             self.interface = interface
