@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from tao_qc.errors import InputError, TaoQcError
-from tao_qc.pipeline import PROVENANCE_KEY, PassContext, PassResult, mark_created
+from tao_qc.pipeline import PROVENANCE_KEY, PassContext, PassResult, mark_created, save_model
 
 log = logging.getLogger("tao_qc.quantize")
 
@@ -74,11 +73,13 @@ class QuantizeModelOpt:
 
         with tempfile.TemporaryDirectory(prefix="modelopt-", dir=ctx.work_dir) as tmp:
             source, target = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
-            ir.save(model, source)
+            save_model(model, source)
+            if (Path(tmp) / "input.onnx.data").exists():
+                kwargs.setdefault("use_external_data_format", True)
             ctx.facts["modelopt_timing"] = run_modelopt_in_child(
                 source, target, kwargs, batches, timeout_s=self.timeout_s, child=ctx.facts.pop("modelopt_process", None))
-            proto = onnx.load(str(target))
-        quantized = ir.from_proto(proto)
+            quantized = ir.load(target)
+            ir.external_data.load_to_model(quantized)  # read external weights before the folder goes
 
         created = 0
         for node in quantized.graph:

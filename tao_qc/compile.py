@@ -208,9 +208,9 @@ def _check_results_dir(final: Path, source: Path) -> None:
 
 
 def _save(model: Any, path: Path) -> None:
-    import onnx_ir as ir
+    from tao_qc.pipeline import save_model
 
-    ir.save(model, path)
+    save_model(model, path)
 
 
 def library_versions() -> dict[str, str]:

@@ -191,6 +191,19 @@ def light_proto(model: ir.Model, limit_bytes: int = 1024) -> _onnx.ModelProto:
     return proto
 
 
+def save_model(model: ir.Model, path: Path) -> None:
+    """Save `model`; above protobuf's 2 GB limit the weights go to `<name>.data` beside it."""
+    total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    if total >= _CHECKER_LIMIT_BYTES:
+        ir.save(model, path, external_data=f"{Path(path).name}.data")
+        return
+    # Weights still in the user's external data file would be saved as references to a path
+    # relative to the new file: read them in first (in place; they were going to be read anyway).
+    if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
+        ir.external_data.load_to_model(model)
+    ir.save(model, path)
+
+
 def _tensor_bytes(tensor: _onnx.TensorProto) -> int:
     count = 1
     for dim in tensor.dims:
@@ -284,7 +297,7 @@ class DumpInstrument(Instrument):
             self.echo(text.rstrip("\n"))
         if wanted:
             self.directory.mkdir(parents=True, exist_ok=True)
-            ir.save(result.model, self.directory / f"{record.stem}.onnx")
+            save_model(result.model, self.directory / f"{record.stem}.onnx")
             (self.directory / f"{record.stem}.txt").write_text(text, encoding="utf-8")
             if self.previous_text is not None:
                 diff = diff_text(self.previous_text, text, before_name=f"{self.previous_name}.txt",

@@ -298,3 +298,30 @@ def test_unknown_print_after_pass_is_refused(tmp_path, shared_models, data_dir, 
                                data_dir / "digits.npz", "-o", tmp_path / "r", "--print-after", "fold-everything"], capsys)
     assert code == 2 and "no pass named fold-everything" in stderr and "fold-batchnorm" in stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_model_with_external_weights_compiles(tmp_path, shared_models, data_dir, capsys):
+    model = onnx.load(str(shared_models / "cnn_mnist_pytorch.onnx"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save_model(model, str(folder / "net.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="net.weights", size_threshold=0)
+    assert (folder / "net.weights").stat().st_size > 50_000
+    out = tmp_path / "results"
+    code, stdout, stderr = run_cli(["compile", folder / "net.onnx", "--device", "cpu", "--target", "onnxruntime",
+                                    "--calibration-data", data_dir / "digits01.npz", "-o", out, "--no-compare",
+                                    "--dump-passes"], capsys)
+    assert code == 0, stderr
+    assert str(out / "net.int8.onnx") in stdout
+    images, _ = digits()
+    evaluation = images[EVALUATION][:100] / np.float32(255)
+    fp32 = predict(shared_models / "cnn_mnist_pytorch.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
+    int8 = predict(out / "net.int8.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
+    assert np.mean(int8 == fp32) >= 0.99
+    # --dump-passes alone means after-all: every pass has its graph, text and (after the first) diff
+    passes = json.loads((out / "passes" / "summary.json").read_text())
+    for row in passes:
+        stem = f"{row['index']:02d}-{row['pass']}"
+        assert (out / "passes" / f"{stem}.txt").is_file() and (out / "passes" / f"{stem}.onnx").is_file()
+        assert row["index"] == 0 or (out / "passes" / f"{stem}.diff").is_file()
