@@ -209,6 +209,7 @@ BAD_CASES = [
     ("missing", "good", "", "does not exist"),
     ("relu", "good", "", "has no Conv, Gemm or MatMul node"),
     ("mnist", "good", "  layers:\n    - module_name: '*typo*'\n", "select no Conv/Gemm/MatMul node"),
+    ("mnist", "none", "", "quantize.calibration.data: no data given"),
     ("mnist", "wrong_name", "", "has no array named 'Input3'"),
     ("mnist", "wrong_shape", "", "needs size 28 on axis 2"),
     ("mnist", "wrong_dtype", "", "is float64 but input"),
@@ -237,7 +238,8 @@ def bad_inputs(tmp_path_factory, shared_models, data_dir):
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, bad_inputs, capsys, model, calibration, extra, expected):
     _, models, files = bad_inputs
     spec = tmp_path / "q.yaml"
-    spec.write_text(f"quantize:\n  device: cpu\n  calibration:\n    data: {files[calibration]}\n{extra}")
+    data = f"  calibration:\n    data: {files[calibration]}\n" if calibration != "none" else ""
+    spec.write_text(f"quantize:\n  device: cpu\n{data}{extra}")
     out = tmp_path / "results"
     code, stdout, stderr = run_cli(["compile", models[model], "--spec", spec, "-o", out], capsys)
     lines = [line for line in stderr.splitlines() if line.startswith("tao-qc: error:")]
@@ -325,3 +327,22 @@ def test_a_model_with_external_weights_compiles(tmp_path, shared_models, data_di
         stem = f"{row['index']:02d}-{row['pass']}"
         assert (out / "passes" / f"{stem}.txt").is_file() and (out / "passes" / f"{stem}.onnx").is_file()
         assert row["index"] == 0 or (out / "passes" / f"{stem}.diff").is_file()
+
+
+@pytest.mark.slow
+def test_fp8_e4m3fn_layers_give_an_fp8_graph(tmp_path):
+    from _compile_helpers import export_zoo
+
+    model = export_zoo("transformer_block", tmp_path)
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((8, 16, 128)).astype(np.float32))
+    spec = {"quantize": {"device": "cpu", "layers": [{"module_name": "Linear", "weights": {"dtype": "fp8_e4m3fn"},
+                                                       "activations": {"dtype": "fp8_e4m3fn"}}],
+                         "calibration": {"data": str(tmp_path / "calib.npz"), "max_samples": 8}}}
+    result = compile_model(model, spec, results_dir=tmp_path / "out", compare=False)
+    assert result.model_path.name == "transformer_block.fp8.onnx"
+    assert result.report["quantize_mode"] == "fp8" and result.report["counts"]["quantized"] == 4
+    proto = onnx.load(str(result.model_path))
+    zero_points = {i for n in proto.graph.node if n.op_type == "QuantizeLinear" for i in n.input[2:3]}
+    types = {t.data_type for t in proto.graph.initializer if t.name in zero_points}
+    assert types == {onnx.TensorProto.FLOAT8E4M3FN}
+    assert all(r["dtype"].startswith("float8") for r in result.facts["ranges"].values())

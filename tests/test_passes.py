@@ -207,3 +207,17 @@ def test_folded_convs_keep_their_names(tmp_path, zoo_dir):
     context = ctx(tmp_path, skip_names=["*stem*"])
     MatchLayers().run(model, context)
     assert {d.unit.name for d in context.facts["decisions"] if not d.quantized} == {"/stem/stem.0/Conv"}
+
+
+def test_check_calibration_accepts_random_only_when_asked_and_says_so_loudly(tmp_path, shared_models, caplog):
+    from tao_qc.passes.check_calibration import CheckCalibration
+
+    source = shared_models / "mnist_cntk.onnx"
+    context = ctx(tmp_path, source=source, calibration={"data": "random", "max_samples": 4})
+    model = LoadAndCheck().run(None, context).model
+    with caplog.at_level("WARNING", logger="tao_qc"):
+        result = CheckCalibration().run(model, context)
+    assert context.calibration.is_random and result.stats == {"samples": 4, "random": 1}
+    assert any("RANDOM" in note for note in result.notes) and "RANDOM" in caplog.text
+    with pytest.raises(InputError, match="no data given"):
+        CheckCalibration().run(model, ctx(tmp_path, source=source))
