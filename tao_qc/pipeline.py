@@ -12,12 +12,18 @@ in `metadata_props["tao_qc.pass"]` (see `mark_created`), so provenance survives 
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import onnx
 import onnx_ir as ir
 
+from tao_qc.errors import InputError, TaoQcError
 from tao_qc.spec import QuantizeSpec
 
 PROVENANCE_KEY = "tao_qc.pass"
@@ -62,16 +68,7 @@ def mark_created(node: ir.Node, pass_name: str) -> ir.Node:
 # ---------------------------------------------------------------------------------------------
 # The pass manager: runs passes in the order written; instruments do timing, checks and dumps.
 
-import json as _json
-import logging as _logging
-import time as _time
-from collections.abc import Sequence as _Sequence
-
-import onnx as _onnx
-
-from tao_qc.errors import InputError, TaoQcError
-
-_log = _logging.getLogger("tao_qc.pipeline")
+_log = logging.getLogger("tao_qc.pipeline")
 
 DUMP_MODES = ("after-all", "after-change", "after-failure")
 # Models above this size are not serialized for onnx.checker between passes (protobuf's 2 GB limit).
@@ -136,7 +133,7 @@ class Instrument:
 
     def after_pass(self, record: PassRecord, pass_: Pass, result: PassResult, ctx: PassContext) -> None: ...
 
-    def after_failure(self, record: PassRecord, pass_: Pass, received: _onnx.ModelProto | None,
+    def after_failure(self, record: PassRecord, pass_: Pass, received: onnx.ModelProto | None,
                       error: BaseException, ctx: PassContext) -> None: ...
 
     def finish(self, records: list[PassRecord], ctx: PassContext) -> None: ...
@@ -167,7 +164,7 @@ def _same_interface(before: dict, after: dict) -> str | None:
     return None
 
 
-def light_proto(model: ir.Model, limit_bytes: int = 1024) -> _onnx.ModelProto:
+def light_proto(model: ir.Model, limit_bytes: int = 1024) -> onnx.ModelProto:
     """A proto of `model` whose large initializers are typed graph inputs without data.
 
     Structure checks and shape inference need the values of small tensors only (Reshape targets,
@@ -180,7 +177,7 @@ def light_proto(model: ir.Model, limit_bytes: int = 1024) -> _onnx.ModelProto:
     graph = proto.graph
     inputs = {v.name for v in graph.input}
     large = [index for index, tensor in enumerate(graph.initializer)
-             if tensor.data_location == _onnx.TensorProto.EXTERNAL or _tensor_bytes(tensor) > limit_bytes]
+             if tensor.data_location == onnx.TensorProto.EXTERNAL or _tensor_bytes(tensor) > limit_bytes]
     for index in reversed(large):
         tensor = graph.initializer[index]
         if tensor.name not in inputs:
@@ -204,36 +201,36 @@ def save_model(model: ir.Model, path: Path) -> None:
     ir.save(model, path)
 
 
-def _tensor_bytes(tensor: _onnx.TensorProto) -> int:
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     count = 1
     for dim in tensor.dims:
         count *= dim
     return count * 8
 
 
-def check_model_proto(proto: _onnx.ModelProto) -> None:
+def check_model_proto(proto: onnx.ModelProto) -> None:
     """onnx.checker and strict shape inference; raises InvariantError with the library's first line."""
     if proto.ByteSize() < _CHECKER_LIMIT_BYTES:
         try:
-            _onnx.checker.check_model(proto)
-        except _onnx.checker.ValidationError as exc:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as exc:
             raise InvariantError(f"onnx.checker: {str(exc).strip().splitlines()[0]}") from exc
     try:
-        _onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises several types (InferenceError, ValueError)
         raise InvariantError(f"shape inference: {str(exc).strip().splitlines()[0]}") from exc
 
 
 class TimingInstrument(Instrument):
     def before_pass(self, record, pass_, model, ctx):
-        record.seconds = -_time.perf_counter()
+        record.seconds = -time.perf_counter()
 
     def after_pass(self, record, pass_, result, ctx):
-        record.seconds += _time.perf_counter()
+        record.seconds += time.perf_counter()
 
     def after_failure(self, record, pass_, received, error, ctx):
         if record.seconds < 0:
-            record.seconds += _time.perf_counter()
+            record.seconds += time.perf_counter()
 
 
 class InvariantInstrument(Instrument):
@@ -266,7 +263,7 @@ class DumpInstrument(Instrument):
     `print_after` names passes whose text is printed to stdout whatever the mode.
     """
 
-    def __init__(self, directory: Path | None, mode: str = "after-failure", print_after: _Sequence[str] = (),
+    def __init__(self, directory: Path | None, mode: str = "after-failure", print_after: Sequence[str] = (),
                  echo: Any = None, failure_directory: Path | None = None):
         if mode not in DUMP_MODES:
             raise InputError(f"--dump-passes: '{mode}' is not a dump mode (valid: {', '.join(DUMP_MODES)})")
@@ -311,7 +308,7 @@ class DumpInstrument(Instrument):
             return
         self.failure_directory.mkdir(parents=True, exist_ok=True)
         path = self.failure_directory / f"{record.stem}.failed-input.onnx"
-        _onnx.save(received, str(path), save_as_external_data=received.ByteSize() >= _CHECKER_LIMIT_BYTES)
+        onnx.save(received, str(path), save_as_external_data=received.ByteSize() >= _CHECKER_LIMIT_BYTES)
         if isinstance(error, PassFailure):
             error.set_reproducer(path)
         record.notes.append(f"input graph saved as {path.name}")
@@ -322,10 +319,10 @@ class DumpInstrument(Instrument):
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "summary.txt").write_text(format_summary(records, timings=True), encoding="utf-8")
         (self.directory / "summary.json").write_text(
-            _json.dumps([r.as_dict() for r in records], indent=2) + "\n", encoding="utf-8")
+            json.dumps([r.as_dict() for r in records], indent=2) + "\n", encoding="utf-8")
 
 
-def format_summary(records: _Sequence[PassRecord], *, timings: bool = True) -> str:
+def format_summary(records: Sequence[PassRecord], *, timings: bool = True) -> str:
     """A row per pass: changed, time, node count, op delta, stats (timings off for golden files)."""
     lines = []
     header = f"{'#':>2}  {'pass':<24} {'changed':<7} " + (f"{'time_s':>8} " if timings else "") + f"{'nodes':>6}  op delta / stats"
@@ -358,7 +355,7 @@ class Pipeline:
     input found by a pass) pass through unchanged.
     """
 
-    def __init__(self, passes: _Sequence[Pass], instruments: _Sequence[Instrument] = (), *, check_invariants: bool = True):
+    def __init__(self, passes: Sequence[Pass], instruments: Sequence[Instrument] = (), *, check_invariants: bool = True):
         names = [p.name for p in passes]
         for name in names:
             if not isinstance(name, str) or not name or name != name.lower() or " " in name or "_" in name:
