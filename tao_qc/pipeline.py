@@ -303,8 +303,9 @@ class DumpInstrument(Instrument):
         self.previous_text, self.previous_name = text, record.stem
 
     def after_failure(self, record, pass_, received, error, ctx):
-        # Bad user input (a truncated file, no layer to quantize) is not a pass bug: no reproducer.
-        if received is None or self.failure_directory is None or isinstance(error, InputError):
+        # Bad user input (a truncated file, no layer to quantize) is not a pass bug, and an
+        # interrupted run is not a failure: no reproducer for either.
+        if received is None or self.failure_directory is None or not isinstance(error, PassFailure):
             return
         self.failure_directory.mkdir(parents=True, exist_ok=True)
         path = self.failure_directory / f"{record.stem}.failed-input.onnx"
