@@ -155,6 +155,10 @@ def _names(decisions: list, limit: int = 4) -> str:
 
 
 def resolve_device(device: str) -> str:
+    """`cpu` as is; `cuda`/`auto` are checked the way the PyTorch path checks them (which needs
+    torch: seconds of import, so not paid for `cpu`)."""
+    if device == "cpu":
+        return device
     from tao_qc.frontends.device import resolve_device as resolve
 
     return resolve(device)
