@@ -67,6 +67,9 @@ def compile_model(
     calibration: Any = None,
     compare: bool = True,
     echo: Any = None,
+    model_factory: str | None = None,
+    factory_kwargs: dict[str, Any] | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> CompileResult:
     """Quantize the ONNX model at `model_path` (default: the spec's `model_path`) as `spec` says.
 
@@ -76,7 +79,11 @@ def compile_model(
     `results_dir/passes/`; a failure's reproducer goes to `<results_dir>.failed/`).
     print_after: pass names whose canonical text is printed (through `echo`, default print).
     calibration: an `InputBatches` to use instead of the spec's `calibration.data`.
-    compare: store whether the FP32-vs-quantized comparison should run (it is appended at the end).
+    compare: run the FP32-vs-quantized comparison at the end (report sections, report.html; a failed
+    check raises AccuracyError after the results are in place).
+    A model that is not `.onnx` is a PyTorch model (a checkpoint with `model_factory`, TorchScript or
+    a `.pt2` program): it is lowered to `<stem>.fp32.onnx` in the results first, with input names and
+    shapes from the calibration data (or `input_shape`), and that graph enters the pipeline.
     """
     from tao_qc.fileio import atomic_write_text, staged_dir
     from tao_qc.passes import default_passes
@@ -103,6 +110,9 @@ def compile_model(
         staged_dump = (Path(dump_dir) if dump_dir else stage / PASSES_DIR)
         failure_dir = Path(dump_dir) if dump_dir else final.with_name(f"{final.name}.failed")
         dumps = DumpInstrument(staged_dump, dump, print_after, echo=echo, failure_directory=failure_dir)
+        stem = source.stem
+        if source.suffix.lower() != ".onnx":
+            source = _lower_pytorch(source, stage, spec, model_factory, factory_kwargs, input_shape)
         ctx = PassContext(spec=spec, work_dir=stage, source_path=source, calibration=calibration)
         pipeline = Pipeline(default_passes(spec, source_path=source), [dumps])
         ctx.facts["modelopt_process"] = _prestart_modelopt(pipeline)
@@ -114,7 +124,7 @@ def compile_model(
                 process.close()
 
         mode = ctx.facts.get("quantize_mode", "int8")
-        quantized = stage / f"{source.stem}.{_SUFFIX.get(mode, mode)}.onnx"
+        quantized = stage / f"{stem}.{_SUFFIX.get(mode, mode)}.onnx"
         _save(result.model, quantized)
         report = build_report(spec, source, final / quantized.name, result.records, ctx, time.perf_counter() - started)
         sections = _relocated(_compare(spec, source, quantized, ctx), str(stage), str(final)) if compare else {}
@@ -167,6 +177,17 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
     labels = load_labels(spec.compare.labels, key="quantize.compare.labels") if spec.compare.labels else None
     log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
     return evaluate_quantized(source, quantized, batches, spec, labels)
+
+
+def _lower_pytorch(source: Path, stage: Path, spec: Any, factory: str | None,
+                   factory_kwargs: dict[str, Any] | None, input_shape: tuple[int, ...] | None) -> Path:
+    from tao_qc.frontends.lower_to_onnx import lower_pytorch_file
+
+    target = stage / f"{source.stem}.fp32.onnx"
+    log.info("lowering the PyTorch model %s to ONNX (%s)", source.name, target.name)
+    return lower_pytorch_file(source, target, factory=factory, factory_kwargs=factory_kwargs,
+                              data=spec.calibration.data, calibration=spec.calibration,
+                              input_shape=input_shape, dynamic_batch=True)
 
 
 def _relocated(value: Any, old: str, new: str) -> Any:

@@ -25,8 +25,14 @@ from tao_qc.pipeline import DUMP_MODES
 @click.option("--dump-dir", type=click.Path(path_type=Path), help="Write pass dumps here instead of RESULTS/passes/.")
 @click.option("--print-after", "print_after", multiple=True, metavar="PASS", help="Print that pass's canonical text to stdout (repeatable).")
 @click.option("--no-compare", is_flag=True, help="Skip the FP32-vs-quantized comparison at the end.")
+@click.option("--model-factory", metavar="MODULE:CALLABLE",
+              help="PyTorch input only: builds the architecture a state_dict/checkpoint MODEL is loaded into.")
+@click.option("--factory-kwargs", metavar="JSON", help="PyTorch input only: keyword arguments for the factory.")
+@click.option("--input-shape", metavar="N,C,H,W",
+              help="PyTorch input only: the input shape where the calibration data cannot tell it.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout.")
-def compile_command(model, spec_file, output, calibration_data, device, target, dump, dump_dir, print_after, no_compare, as_json):
+def compile_command(model, spec_file, output, calibration_data, device, target, dump, dump_dir, print_after, no_compare,
+                    model_factory, factory_kwargs, input_shape, as_json):
     """Quantize the ONNX MODEL (default: the spec's model_path) with modelopt.onnx through the pass pipeline.
 
     \b
@@ -42,6 +48,7 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
       tao-qc compile model.onnx --spec q.yaml -o out/ --calibration-data calib.npz --device cpu
       tao-qc compile model.onnx --spec q.yaml --dump-passes after-change
       tao-qc compile model.onnx --spec q.yaml --print-after fold-batchnorm
+      tao-qc compile model.pth --spec q.yaml --model-factory mypkg.models:build  # PyTorch, lowered to ONNX
     """
     from tao_qc.compile import compile_model
     from tao_qc.spec import QuantizeSpec, load_spec
@@ -53,8 +60,15 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
         spec.device = device
     if target is not None:
         spec.target = target
+    pytorch = {}
+    if model_factory or factory_kwargs or input_shape:
+        from tao_qc.frontends.input_data import parse_shape
+        from tao_qc.frontends.loading import parse_factory_kwargs
+
+        pytorch = {"model_factory": model_factory, "factory_kwargs": parse_factory_kwargs(factory_kwargs),
+                   "input_shape": parse_shape(input_shape)}
     result = compile_model(model, spec, results_dir=output, dump=dump, dump_dir=dump_dir, print_after=print_after,
-                           compare=not no_compare, echo=click.echo)
+                           compare=not no_compare, echo=click.echo, **pytorch)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
     else:
