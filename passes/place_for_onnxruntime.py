@@ -94,13 +94,15 @@ class PlaceForOnnxRuntime:
         notes: list[str] = []
         derived: dict[str, str] = {}
         stats = {"weights_stored_int8": self._store_weights(graph, build)}
-        absorbed, through_pool = self._absorb_relus(graph, build, notes, derived)
+        placed: dict[str, dict] = {}
+        absorbed, through_pool = self._absorb_relus(graph, build, notes, derived, placed)
         stats["relu_absorbed"] = absorbed
         stats["maxpool_moved_behind_q"] = through_pool
         stats["activations_uint8"] = self._activations_to_uint8(graph, build)
         RemoveUnusedNodesPass()(model)
         # Last: a bias's scale is input scale x weight scale, and absorbing a Relu changes input scales.
         stats["biases_int32"] = self._quantize_biases(graph, build)
+        RemoveUnusedNodesPass()(model)  # the float biases the int32 ones replaced (ORT warns about each)
         stats["float_compute_left"] = sum(
             1 for n in graph if n.op_type in ("Conv", "Gemm", "MatMul") and not _fusable(n)
         )
@@ -108,6 +110,11 @@ class PlaceForOnnxRuntime:
             if node.op_type in ("Conv", "Gemm", "MatMul") and not _fusable(node):
                 notes.append(f"{node.name}: stays a float kernel in ONNX Runtime (its inputs or output are not all quantized)")
         ctx.facts.setdefault("derived_ranges", {}).update(derived)
+        # The uint8 ranges this pass placed, beside modelopt's: "measured" (modelopt's amax of the same
+        # tensor's Relu'd value) or "derived: <why>".
+        ranges = ctx.facts.setdefault("ranges", {})
+        for tensor, entry in placed.items():
+            ranges[f"{tensor} (uint8, place-for-onnxruntime)"] = entry
         changed = any(v for k, v in stats.items() if k != "float_compute_left")
         return PassResult(model, changed=changed, stats=stats, notes=notes)
 
@@ -173,7 +180,8 @@ class PlaceForOnnxRuntime:
 
     # -- 3. relu absorption -----------------------------------------------------------------
 
-    def _absorb_relus(self, graph: ir.Graph, build: _Builder, notes: list[str], derived: dict[str, str]) -> tuple[int, int]:
+    def _absorb_relus(self, graph: ir.Graph, build: _Builder, notes: list[str], derived: dict[str, str],
+                      placed: dict[str, dict]) -> tuple[int, int]:
         absorbed = through_pool = 0
         for relu in [n for n in graph if n.op_type == "Relu" or _clips_at_zero(n)]:
             source = self._quantized_source(relu.inputs[0])
@@ -222,6 +230,12 @@ class PlaceForOnnxRuntime:
                              f"{pool.name} runs on uint8 (range derived from its output)")
             else:
                 notes.append(f"{relu.name}: absorbed into the u8 output of {producer_output.producer().name}")
+            placed[producer_output.name] = {
+                "scale": [float(scale)], "zero_point": [0.0], "dtype": "uint8", "amax": [amax], "axis": None,
+                "quantize_node": q.name,
+                "source": f"derived: {derived[producer_output.name]}" if producer_output.name in derived
+                else f"measured: modelopt's range of {out.name}",
+            }
             for quantizer in quantizers:
                 for use in list(quantizer.outputs[0].uses()):
                     consumer = use.node

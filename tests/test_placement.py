@@ -96,6 +96,8 @@ def test_weights_int8_initializers_and_activations_uint8(mnist):
             bias_dq = producers[node.input[2]]
             assert initializers[bias_dq.input[0]].data_type == onnx.TensorProto.INT32
     assert weights_int8 == 4 and activations_uint8 == 4
+    used = {name for node in model.graph.node for name in node.input}
+    assert not [i.name for i in model.graph.initializer if i.name not in used]  # replaced float weights/biases are gone
     assert mnist["ort"].report["passes"][-2]["pass"] == "place-for-onnxruntime"
 
 
@@ -140,6 +142,11 @@ def test_relu_before_maxpool_is_absorbed_with_a_derived_range(tmp_path):
     assert placement["stats"]["float_compute_left"] == 0
     derived = result.facts["derived_ranges"]
     assert len(derived) == 1 and "max pooling cannot raise the maximum" in next(iter(derived.values()))
+    # the uint8 ranges the pass placed sit beside modelopt's in facts["ranges"], each saying where it came from
+    placed = {k: v for k, v in result.facts["ranges"].items() if k.endswith("(uint8, place-for-onnxruntime)")}
+    assert len(placed) == 16 and all(v["dtype"] == "uint8" and v["zero_point"] == [0.0] for v in placed.values())
+    assert sum(v["source"].startswith("derived: ") for v in placed.values()) == 1
+    assert sum(v["source"].startswith("measured: ") for v in placed.values()) == 15
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] >= 7
     x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
@@ -147,3 +154,36 @@ def test_relu_before_maxpool_is_absorbed_with_a_derived_range(tmp_path):
     placed = run(result.model_path, "input", x)
     cosine = (reference * placed).sum() / np.linalg.norm(reference) / np.linalg.norm(placed)
     assert cosine > 0.99
+
+
+def test_pass_on_plain_modelopt_output(small_cnn, tmp_path):
+    """Run on modelopt's own placement (no output ranges measured): the pass still fuses what it can,
+    leaves the interface alone and stays numerically close to modelopt's graph."""
+    import onnx_ir as ir
+
+    from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
+    from tao_qc.pipeline import PROVENANCE_KEY, PassContext
+    from tao_qc.spec import load_spec
+
+    source = small_cnn["tensorrt"].model_path
+    model = ir.load(str(source))
+    spec = load_spec({"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime"}})
+    ctx = PassContext(spec=spec, work_dir=tmp_path)
+    result = PlaceForOnnxRuntime().run(model, ctx)
+    assert result.changed and result.stats["weights_stored_int8"] == 4
+    placed = tmp_path / "placed.onnx"
+    ir.save(result.model, str(placed))
+    before, after = onnx.load(source), onnx.load(placed)
+    assert [i.name for i in before.graph.input] == [i.name for i in after.graph.input]
+    assert [o.name for o in before.graph.output] == [o.name for o in after.graph.output]
+    created = [n for n in after.graph.node if any(p.key == PROVENANCE_KEY and p.value == "place-for-onnxruntime"
+                                                   for p in n.metadata_props)]
+    assert created
+    x = np.random.default_rng(3).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    reference = run(source, "input", x)
+    out = run(placed, "input", x)
+    assert np.abs(out - reference).max() <= 0.05 * np.abs(reference).max()
+    # Conv -> Relu -> Q units fuse; Convs whose output range modelopt never measured stay float, and say so
+    assert optimized_ops(placed, tmp_path)["QLinearConv"] == 2
+    assert result.stats["float_compute_left"] == 3
+    assert sum("stays a float kernel" in note for note in result.notes) == 3
