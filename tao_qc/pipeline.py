@@ -169,21 +169,36 @@ def light_proto(model: ir.Model, limit_bytes: int = 1024) -> onnx.ModelProto:
 
     Structure checks and shape inference need the values of small tensors only (Reshape targets,
     Slice bounds); serializing megabytes of weights for each check after every pass would cost more
-    than the passes themselves.
+    than the passes themselves, so large tensors are detached while serializing (and put back).
     """
     from onnx import helper
 
-    proto = ir.to_proto(model)
+    detached = {
+        name: (value, value.const_value)
+        for name, value in model.graph.initializers.items()
+        if value.const_value is not None
+        and (isinstance(value.const_value, ir.ExternalTensor) or value.const_value.nbytes > limit_bytes)
+    }
+    serde_log = logging.getLogger("onnx_ir.serde")
+    level = serde_log.level
+    serde_log.setLevel(logging.ERROR)  # it warns once per initializer without data
+    try:
+        for value, _tensor in detached.values():
+            value.const_value = None
+        proto = ir.to_proto(model)
+    finally:
+        serde_log.setLevel(level)
+        for value, tensor in detached.values():
+            value.const_value = tensor
     graph = proto.graph
     inputs = {v.name for v in graph.input}
-    large = [index for index, tensor in enumerate(graph.initializer)
-             if tensor.data_location == onnx.TensorProto.EXTERNAL or _tensor_bytes(tensor) > limit_bytes]
-    for index in reversed(large):
-        tensor = graph.initializer[index]
-        if tensor.name not in inputs:
-            graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-        del graph.initializer[index]
-    if large and proto.ir_version < 4:
+    keep = [info for info in graph.value_info if info.name not in detached]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
+    for name, (_value, tensor) in detached.items():
+        if name not in inputs:
+            graph.input.append(helper.make_tensor_value_info(name, int(tensor.dtype), [int(d) for d in tensor.shape]))
+    if detached and proto.ir_version < 4:
         proto.ir_version = 4  # IR 3 wants every initializer listed as an input; the rest still are
     return proto
 
@@ -199,13 +214,6 @@ def save_model(model: ir.Model, path: Path) -> None:
     if any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
         ir.external_data.load_to_model(model)
     ir.save(model, path)
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count * 8
 
 
 def check_model_proto(proto: onnx.ModelProto) -> None:
