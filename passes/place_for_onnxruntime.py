@@ -28,22 +28,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.pipeline import PassContext, PassResult, mark_created
+from tao_qc.pipeline import PassContext, PassResult, constant_array, mark_created
 
 ABSORBING_OPS = {"Conv", "Gemm", "MatMul", "Add"}
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant":
-        attribute = producer.attributes.get("value")
-        if attribute is not None:
-            return attribute.as_tensor().numpy()
-    return None
 
 
 def _only_use(value: ir.Value) -> ir.Node | None:
@@ -54,8 +41,8 @@ def _only_use(value: ir.Value) -> ir.Node | None:
 
 
 def _qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
-    scale = _const(node.inputs[1]) if len(node.inputs) > 1 else None
-    zero = _const(node.inputs[2]) if len(node.inputs) > 2 else None
+    scale = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    zero = constant_array(node.inputs[2]) if len(node.inputs) > 2 else None
     if scale is None or zero is None:
         return None
     return scale, zero
@@ -124,7 +111,7 @@ class PlaceForOnnxRuntime:
     def _store_weights(graph: ir.Graph, build: _Builder) -> int:
         count = 0
         for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
-            weight = _const(q.inputs[0])
+            weight = constant_array(q.inputs[0])
             params = _qparams(q)
             if weight is None or params is None:
                 continue
@@ -151,7 +138,7 @@ class PlaceForOnnxRuntime:
                 continue
             if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) != 1:
                 continue
-            bias = _const(node.inputs[2])
+            bias = constant_array(node.inputs[2])
             x_dq, w_dq = (v.producer() if v is not None else None for v in node.inputs[:2])
             if bias is None or bias.dtype != np.float32 or x_dq is None or w_dq is None:
                 continue
@@ -278,7 +265,7 @@ class PlaceForOnnxRuntime:
         for node in [n for n in graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")]:
             if len(node.inputs) < 3 or node.inputs[2] is None:
                 continue
-            zero = _const(node.inputs[2])
+            zero = constant_array(node.inputs[2])
             if zero is None or zero.dtype != np.int8:
                 continue
             data = node.inputs[0]
@@ -286,7 +273,7 @@ class PlaceForOnnxRuntime:
                 quantizer = data.producer() if data is not None else None
                 if quantizer is None or quantizer.op_type != "QuantizeLinear":
                     continue  # a weight: stays int8
-            elif _const(data) is not None:
+            elif constant_array(data) is not None:
                 continue
             key = node.inputs[2].name
             if key not in shifted:
@@ -302,7 +289,7 @@ def _clips_at_zero(node: ir.Node) -> bool:
     if node.op_type != "Clip":
         return False
     if len(node.inputs) > 1 and node.inputs[1] is not None:
-        low = _const(node.inputs[1])
+        low = constant_array(node.inputs[1])
         return low is not None and low.size == 1 and float(low.reshape(())) == 0.0
     attribute = node.attributes.get("min")  # opset < 11
     return attribute is not None and attribute.as_float() == 0.0

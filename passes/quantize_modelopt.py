@@ -35,7 +35,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tao_qc.errors import InputError, TaoQcError
-from tao_qc.pipeline import PROVENANCE_KEY, PassContext, PassResult, mark_created, save_model
+from tao_qc.pipeline import PROVENANCE_KEY, PassContext, PassResult, constant_array, mark_created, save_model
 
 log = logging.getLogger("tao_qc.quantize")
 
@@ -198,8 +198,8 @@ def collect_ranges(model: ir.Model) -> dict[str, Any]:
     for node in model.graph:
         if node.op_type == "QuantizeLinear":
             source = node.inputs[0]
-            scale = _const(node.inputs[1])
-            zero = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+            scale = constant_array(node.inputs[1])
+            zero = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
             if scale is None:
                 continue
             out_type = node.outputs[0].dtype
@@ -228,18 +228,6 @@ def _through_dq(value: ir.Value) -> bool:
     while producer is not None and producer.op_type == "Cast":
         producer = producer.inputs[0].producer() if producer.inputs[0] is not None else None
     return producer is not None and producer.op_type == "DequantizeLinear"
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant":
-        attr = producer.attributes.get("value")
-        return attr.as_tensor().numpy() if attr is not None else None
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,6 +59,19 @@ class Pass(Protocol):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult: ...
 
 
+def constant_array(value: ir.Value | None):
+    """The numpy value of an initializer or a Constant node's output; None for anything computed."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant":
+        attribute = producer.attributes.get("value")
+        return attribute.as_tensor().numpy() if attribute is not None else None
+    return None
+
+
 def mark_created(node: ir.Node, pass_name: str) -> ir.Node:
     """Record that `pass_name` created `node` (kept in the saved ONNX as node metadata)."""
     node.metadata_props[PROVENANCE_KEY] = pass_name
