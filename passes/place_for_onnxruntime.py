@@ -185,6 +185,33 @@ class PlaceForOnnxRuntime:
                 if pool.outputs[0].is_graph_output() or len(pool.outputs) != 1:
                     continue
                 targets = [use.node for use in pool.outputs[0].uses()]
+            if pool is None and producer_output.producer().op_type == "Add" and _averaged_then_quantized(targets):
+                # A residual Add -> Relu -> GlobalAveragePool (ResNet's last block): modelopt measured no
+                # range here, and the averaged output's range would be too small for the tensor before it.
+                # The sum of the Add's input ranges bounds it; with it the Add runs as QLinearAdd and the
+                # pooling on uint8 instead of float kernels between layout Transposes.
+                amax = _sum_of_input_ranges(producer_output.producer())
+                if amax is None or amax <= 0:
+                    continue
+                q_scale, q_zero = (build.initializer(f"{out.name}_u8_scale", np.array(amax / 255, np.float32)),
+                                   build.initializer(f"{out.name}_u8_zero_point", np.array(0, np.uint8)))
+                q = build.node("QuantizeLinear", [producer_output, q_scale, q_zero], f"{out.name}_u8_QuantizeLinear")
+                dq = build.node("DequantizeLinear", [q.outputs[0], q_scale, q_zero], f"{out.name}_u8_DequantizeLinear")
+                graph.insert_after(producer_output.producer(), [q, dq])
+                out.replace_all_uses_with(dq.outputs[0])
+                for average in targets:
+                    _quantize_before_flatten(graph, build, average)
+                add = producer_output.producer().name
+                derived[producer_output.name] = (
+                    f"sum of the ranges of {add}'s inputs (the sum cannot exceed them); its Relu'd output is only averaged"
+                )
+                placed[producer_output.name] = {
+                    "scale": [amax / 255], "zero_point": [0.0], "dtype": "uint8", "amax": [amax], "axis": None,
+                    "quantize_node": q.name, "source": f"derived: {derived[producer_output.name]}",
+                }
+                notes.append(f"{relu.name}: absorbed into the u8 output of {add} (range derived: sum of its input ranges)")
+                absorbed += 1
+                continue
             quantizers = [t for t in targets if t.op_type == "QuantizeLinear"]
             if not quantizers or len(quantizers) != len(targets):
                 continue
@@ -302,3 +329,50 @@ def _fusable(node: ir.Node) -> bool:
         return False
     uses = list(node.outputs[0].uses())
     return bool(uses) and all(u.node.op_type == "QuantizeLinear" for u in uses)
+
+
+AVERAGING_OPS = {"GlobalAveragePool", "AveragePool"}
+
+
+def _averaged_then_quantized(targets: list[ir.Node]) -> bool:
+    """Every consumer averages, and each average is quantized next (through a Flatten/Reshape at most):
+    then `DQ -> average -> Q` is a unit ORT runs on uint8 (QLinearGlobalAveragePool / QLinearAveragePool)."""
+    if not targets:
+        return False
+    for node in targets:
+        if node.op_type not in AVERAGING_OPS or node.outputs[0].is_graph_output():
+            return False
+        after = _only_use(node.outputs[0])
+        if after is not None and after.op_type in ("Flatten", "Reshape"):
+            after = _only_use(after.outputs[0])
+        if after is None or after.op_type != "QuantizeLinear":
+            return False
+    return True
+
+
+def _sum_of_input_ranges(add: ir.Node) -> float | None:
+    """An upper bound of an Add's output from its dequantized inputs' ranges: sum of their maxima."""
+    total = 0.0
+    for value in add.inputs:
+        dq = value.producer() if value is not None else None
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        params = _qparams(dq)
+        if params is None or params[0].size != 1:
+            return None
+        scale, zero = params
+        total += float(scale.reshape(())) * (np.iinfo(zero.dtype).max - float(zero.reshape(())))
+    return total
+
+
+def _quantize_before_flatten(graph: ir.Graph, build: _Builder, average: ir.Node) -> None:
+    """`average -> Flatten -> Q`: repeat that Q (the same measured range: flattening keeps the values)
+    right after the average, which ORT needs to see `DQ -> average -> Q` as one unit."""
+    after = _only_use(average.outputs[0])
+    if after is None or after.op_type == "QuantizeLinear":
+        return
+    quantizer = _only_use(after.outputs[0])
+    q = build.node("QuantizeLinear", [average.outputs[0], *quantizer.inputs[1:]], f"{average.name}_QuantizeLinear")
+    dq = build.node("DequantizeLinear", [q.outputs[0], *quantizer.inputs[1:]], f"{average.name}_DequantizeLinear")
+    graph.insert_after(average, [q, dq])
+    after.replace_input_with(0, dq.outputs[0])
