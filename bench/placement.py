@@ -69,6 +69,11 @@ def session(path: Path):
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # The bench holds several sessions in one process and alternates between them; a session's
+    # intra-op threads keep spinning for a while after its run and steal the 2 cores from the next
+    # session's run (batch 1 INT8 medians came out 2x their solo times). Without spinning, the
+    # interleaved medians match each model timed alone. The same setting for every variant.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -94,13 +99,11 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
 
 
 def measure(variants: dict[str, Path], shape: tuple[int, ...], rounds: int) -> dict[str, dict]:
-    """Median latency per variant at batch 1 and 8, timed in interleaved rounds.
+    """Median latency per variant at batch 1 and 8, timed in interleaved rounds (drift hits all alike).
 
-    Each round gives every session one untimed run, then TIMED_PER_ROUND timed runs. The untimed run
-    matters: ONNX Runtime's intra-op threads keep spinning after a run, so the first run after
-    switching sessions competes with the previous session's pool for the 2 cores (timing every run
-    interleaved one by one made short INT8 runs look ~30% slower than they are). tao_qc.latency's
-    measure_latency times one model at a time, so it cannot interleave; its statistics are reused.
+    Each round gives every session one untimed run (caches, the previous session's threads winding
+    down), then TIMED_PER_ROUND timed runs. tao_qc.latency's measure_latency times one model at a
+    time, so it cannot interleave; its statistics are reused.
     """
     from tao_qc.latency import summarize
 
@@ -183,7 +186,8 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['variant']} | {r['speed_b1']:.2f}x | {r['speed_b8']:.2f}x | {r['b8_ms']:.1f} | "
                      f"{r['size_mb']:.1f} | {r['agreement']:.1%} |")
     table = "\n".join(lines)
-    note = (f"Measured in one run on {machine()}. Speed = FP32 median latency / variant median latency; "
+    note = (f"Measured in one run on {machine()}, intra-op spinning off for every session. "
+            f"Speed = FP32 median latency / variant median latency; "
             f"top-1 agreement on {AGREEMENT_SAMPLES} fixed random inputs; calibration on {CALIBRATION_SAMPLES} random samples; "
             f"1-minute load average at the end {os.getloadavg()[0]:.2f} (other work on the machine slows all variants alike).")
     print(table)

@@ -85,6 +85,7 @@ class PlaceForOnnxRuntime:
         absorbed, through_pool = self._absorb_relus(graph, build, notes, derived, placed)
         stats["relu_absorbed"] = absorbed
         stats["maxpool_moved_behind_q"] = through_pool
+        stats["matmul_outputs_float"] = self._float_outputs_for_float_consumers(graph, notes)
         stats["activations_uint8"] = self._activations_to_uint8(graph, build)
         RemoveUnusedNodesPass()(model)
         # Last: a bias's scale is input scale x weight scale, and absorbing a Relu changes input scales.
@@ -283,6 +284,32 @@ class PlaceForOnnxRuntime:
             return value
         return None
 
+    # -- 3b. MatMul/Gemm outputs only float ops read ------------------------------------------
+
+    @staticmethod
+    def _float_outputs_for_float_consumers(graph: ir.Graph, notes: list[str]) -> int:
+        """`DQ, DQ -> MatMul -> Q -> DQ -> (bias Add, Softmax, LayerNorm, GELU ...)`: requantizing the
+        output only to dequantize it for a float op costs two passes over the tensor. Without the Q, ORT
+        runs the unit as MatMulIntegerToFloat (Gemm: QGemm with float output), bias Add fused in."""
+        count = 0
+        for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
+            op = q.inputs[0].producer() if q.inputs[0] is not None else None
+            if op is None or op.op_type not in ("MatMul", "Gemm") or not _fusable(op):
+                continue
+            readers = [use.node for use in q.outputs[0].uses()]
+            if not readers or any(r.op_type != "DequantizeLinear" for r in readers):
+                continue
+            consumers = [use.node for r in readers for use in r.outputs[0].uses()]
+            if not consumers or any(r.outputs[0].is_graph_output() for r in readers):
+                continue
+            if not all(_float_only(c) for c in consumers):
+                continue
+            for reader in readers:
+                reader.outputs[0].replace_all_uses_with(q.inputs[0])
+            notes.append(f"{op.name}: output left float (only float ops read it): ONNX Runtime's MatMulIntegerToFloat/QGemm")
+            count += 1
+        return count
+
     # -- 4. uint8 activations ---------------------------------------------------------------
 
     @staticmethod
@@ -376,3 +403,17 @@ def _quantize_before_flatten(graph: ir.Graph, build: _Builder, average: ir.Node)
     dq = build.node("DequantizeLinear", [q.outputs[0], *quantizer.inputs[1:]], f"{average.name}_DequantizeLinear")
     graph.insert_after(average, [q, dq])
     after.replace_input_with(0, dq.outputs[0])
+
+
+FLOAT_ONLY_OPS = {"Softmax", "LayerNormalization", "Gelu", "Erf", "Div", "Mul", "Sigmoid", "Tanh", "Sqrt", "Pow",
+                  "ReduceMean", "Sub"}
+
+
+def _float_only(node: ir.Node) -> bool:
+    """An op ONNX Runtime runs in float whatever its input: elementwise math, normalizations, and a bias
+    Add (the other input a constant)."""
+    if node.op_type in FLOAT_ONLY_OPS:
+        return True
+    if node.op_type == "Add":
+        return any(constant_array(v) is not None for v in node.inputs)
+    return False
