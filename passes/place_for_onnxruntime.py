@@ -85,16 +85,20 @@ class PlaceForOnnxRuntime:
         absorbed, through_pool = self._absorb_relus(graph, build, notes, derived, placed)
         stats["relu_absorbed"] = absorbed
         stats["maxpool_moved_behind_q"] = through_pool
-        stats["matmul_outputs_float"] = self._float_outputs_for_float_consumers(graph, notes)
+        integer_to_float: set[str] = set()
+        stats["matmul_outputs_float"] = self._float_outputs_for_float_consumers(graph, notes, integer_to_float)
         stats["activations_uint8"] = self._activations_to_uint8(graph, build)
         RemoveUnusedNodesPass()(model)
         # Last: a bias's scale is input scale x weight scale, and absorbing a Relu changes input scales.
         stats["biases_int32"] = self._quantize_biases(graph, build)
         RemoveUnusedNodesPass()(model)  # the float biases the int32 ones replaced (ORT warns about each)
         stats["float_compute_left"] = sum(
-            1 for n in graph if n.op_type in ("Conv", "Gemm", "MatMul") and not _fusable(n)
+            1 for n in graph
+            if n.op_type in ("Conv", "Gemm", "MatMul") and not _fusable(n) and n.name not in integer_to_float
         )
         for node in graph:
+            if node.name in integer_to_float:
+                continue
             if node.op_type in ("Conv", "Gemm", "MatMul") and not _fusable(node):
                 notes.append(f"{node.name}: stays a float kernel in ONNX Runtime (its inputs or output are not all quantized)")
         ctx.facts.setdefault("derived_ranges", {}).update(derived)
@@ -287,14 +291,14 @@ class PlaceForOnnxRuntime:
     # -- 3b. MatMul/Gemm outputs only float ops read ------------------------------------------
 
     @staticmethod
-    def _float_outputs_for_float_consumers(graph: ir.Graph, notes: list[str]) -> int:
+    def _float_outputs_for_float_consumers(graph: ir.Graph, notes: list[str], names: set[str]) -> int:
         """`DQ, DQ -> MatMul -> Q -> DQ -> (bias Add, Softmax, LayerNorm, GELU ...)`: requantizing the
         output only to dequantize it for a float op costs two passes over the tensor. Without the Q, ORT
-        runs the unit as MatMulIntegerToFloat (Gemm: QGemm with float output), bias Add fused in."""
+        runs the unit as MatMulIntegerToFloat, bias Add fused in."""
         count = 0
         for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
             op = q.inputs[0].producer() if q.inputs[0] is not None else None
-            if op is None or op.op_type not in ("MatMul", "Gemm") or not _fusable(op):
+            if op is None or op.op_type != "MatMul" or not _fusable(op):
                 continue
             readers = [use.node for use in q.outputs[0].uses()]
             if not readers or any(r.op_type != "DequantizeLinear" for r in readers):
@@ -304,9 +308,16 @@ class PlaceForOnnxRuntime:
                 continue
             if not all(_float_only(c) for c in consumers):
                 continue
+            shape = _shape(op.inputs[0])
+            static = shape is not None and all(isinstance(d, int) for d in shape)
+            if any(c.op_type == "Add" for c in consumers) and (shape is None or len(shape) == 2 or static):
+                # ORT fuses MatMul + bias Add into a float Gemm first (a 2-D input, or any input with a
+                # static shape, which it reshapes): keep the QLinearMatMul unit there.
+                continue
             for reader in readers:
                 reader.outputs[0].replace_all_uses_with(q.inputs[0])
-            notes.append(f"{op.name}: output left float (only float ops read it): ONNX Runtime's MatMulIntegerToFloat/QGemm")
+            notes.append(f"{op.name}: output left float (only float ops read it): ONNX Runtime's MatMulIntegerToFloat")
+            names.add(op.name)
             count += 1
         return count
 
@@ -417,3 +428,16 @@ def _float_only(node: ir.Node) -> bool:
     if node.op_type == "Add":
         return any(constant_array(v) is not None for v in node.inputs)
     return False
+
+
+def _shape(value: ir.Value | None) -> tuple | None:
+    """A tensor's dims (ints, or names/None where dynamic), looking through Q/DQ (modelopt leaves
+    their outputs without shapes)."""
+    while value is not None:
+        if value.shape is not None:
+            return tuple(d if isinstance(d, int) else None for d in value.shape)
+        producer = value.producer()
+        if producer is None or producer.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            return None
+        value = producer.inputs[0]
+    return None

@@ -125,6 +125,8 @@ def test_old_ir_model_with_matmul(tmp_path, shared_models):
     result = compile_for(shared_models / "mnist_cntk.onnx", tmp_path / "calib.npz", "onnxruntime", tmp_path / "out")
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["QLinearConv"] == 2 and ops["Conv"] == 0
+    # a 2-D MatMul before a bias Add keeps its output Q (ORT would fuse MatMul + Add into a float Gemm first)
+    assert ops["QLinearMatMul"] == 1 and ops["MatMul"] + ops["Gemm"] == 0
     x, _ = digits(300, offset=900)
     agreement = (run(shared_models / "mnist_cntk.onnx", "Input3", x).argmax(1) == run(result.model_path, "Input3", x).argmax(1)).mean()
     assert agreement >= 0.99
@@ -191,3 +193,20 @@ def test_pass_on_plain_modelopt_output(small_cnn, tmp_path):
     assert optimized_ops(placed, tmp_path)["QLinearConv"] == 2
     assert result.stats["float_compute_left"] == 3
     assert sum("stays a float kernel" in note for note in result.notes) == 3
+
+
+def test_transformer_matmuls_feeding_float_ops_run_integer_to_float(tmp_path):
+    """With a dynamic batch ORT cannot fold MatMul + bias Add into a float Gemm, so the projections whose
+    outputs only float ops read stay float-output units: MatMulIntegerToFloat, no requantization."""
+    zoo.export_zoo("transformer_block", tmp_path / "t.onnx", dynamic_batch=True)
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((16, 16, 128)).astype(np.float32))
+    result = compile_for(tmp_path / "t.onnx", tmp_path / "calib.npz", "onnxruntime", tmp_path / "out")
+    placement = next(p for p in result.report["passes"] if p["pass"] == "place-for-onnxruntime")
+    assert placement["stats"]["matmul_outputs_float"] == 4 and placement["stats"]["float_compute_left"] == 2
+    ops = optimized_ops(result.model_path, tmp_path)
+    assert ops["MatMulIntegerToFloat"] == 4 and ops["QLinearMatMul"] == 0 and ops["Gemm"] == 0
+    x = np.random.default_rng(1).standard_normal((4, 16, 128)).astype(np.float32)  # 4 samples of [1, 16, 128]
+    reference = run(tmp_path / "t.onnx", "input", x)
+    placed = run(result.model_path, "input", x)
+    cosine = (reference * placed).sum() / np.linalg.norm(reference) / np.linalg.norm(placed)
+    assert cosine > 0.99
