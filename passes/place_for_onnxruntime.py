@@ -10,14 +10,23 @@ kernels between extra quantize/dequantize steps and is slower than FP32. This pa
 3. absorbs a Relu (or a Clip at 0, ReLU6) after a quantized op (or after a residual Add) into the op's output quantization:
    a uint8 Q with zero point 0 clamps at 0, so `op -> Q(u8, zp 0)` is exactly `op -> Relu -> Q`;
    a MaxPool between Relu and Q moves behind the new Q, running on uint8 as well,
-4. turns every remaining int8 activation Q/DQ into uint8 with zero point 128 and the same scale
+4. a residual Add -> Relu read only by an average pooling (ResNet's last block) gets a uint8 output
+   range too, so the Add runs as QLinearAdd and the pooling as QLinearGlobalAveragePool,
+5. leaves a MatMul's output float where only float ops read it and ORT then runs MatMulIntegerToFloat
+   (no requantize + dequantize round trip),
+6. turns every remaining int8 activation Q/DQ into uint8 with zero point 128 and the same scale
    (the same grid, shifted: no accuracy change).
 
 Calibration stays modelopt's: every range is one modelopt measured. The quantize pass asks modelopt
 to quantize the outputs of quantized ops too (`op_types_needing_output_quant`), so an op's output
-range is measured, not guessed. The one derived range: a Relu's output range carried to the op
-before it when a MaxPool sits between (max pooling cannot raise the maximum), recorded in
-`ctx.facts["derived_ranges"]` and the notes.
+range is measured, not guessed. Two kinds of range are derived: a Relu's output range carried to the op
+before it when a MaxPool sits between (max pooling cannot raise the maximum), and the sum of an Add's
+input ranges for an Add -> Relu only averaged after (the average's measured range would clip the tensor
+before it). Both are recorded in `ctx.facts["derived_ranges"]` and the notes; every uint8 range the pass
+places is added to `ctx.facts["ranges"]` with its source ("measured: ..." or "derived: ...").
+
+On the plain modelopt graph (no output ranges measured), ops whose output range is unknown stay float
+kernels, each named in the notes and counted in `float_compute_left`.
 """
 
 from __future__ import annotations
