@@ -177,15 +177,12 @@ def _same_interface(before: dict, after: dict) -> str | None:
     return None
 
 
-def light_proto(model: ir.Model, limit_bytes: int = 1024) -> onnx.ModelProto:
-    """A proto of `model` whose large initializers are typed graph inputs without data.
+def _detached_proto(model: ir.Model, limit_bytes: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """`model` as a proto without its large initializers, and those tensors by name.
 
-    Structure checks and shape inference need the values of small tensors only (Reshape targets,
-    Slice bounds); serializing megabytes of weights for each check after every pass would cost more
-    than the passes themselves, so large tensors are detached while serializing (and put back).
+    Serializing megabytes of weights costs more than most passes; the tensors themselves are kept
+    by reference (passes replace a value's tensor, they do not write into it).
     """
-    from onnx import helper
-
     detached = {
         name: (value, value.const_value)
         for name, value in model.graph.initializers.items()
@@ -204,16 +201,47 @@ def light_proto(model: ir.Model, limit_bytes: int = 1024) -> onnx.ModelProto:
         for value, tensor in detached.values():
             value.const_value = tensor
     graph = proto.graph
-    inputs = {v.name for v in graph.input}
     keep = [info for info in graph.value_info if info.name not in detached]
     del graph.value_info[:]
     graph.value_info.extend(keep)
-    for name, (_value, tensor) in detached.items():
+    return proto, {name: tensor for name, (_value, tensor) in detached.items()}
+
+
+def light_proto(model: ir.Model, limit_bytes: int = 1024) -> onnx.ModelProto:
+    """A proto of `model` whose large initializers are typed graph inputs without data.
+
+    Structure checks and shape inference need the values of small tensors only (Reshape targets,
+    Slice bounds), so the weights are never serialized for them.
+    """
+    from onnx import helper
+
+    proto, detached = _detached_proto(model, limit_bytes)
+    inputs = {v.name for v in proto.graph.input}
+    for name, tensor in detached.items():
         if name not in inputs:
-            graph.input.append(helper.make_tensor_value_info(name, int(tensor.dtype), [int(d) for d in tensor.shape]))
+            proto.graph.input.append(helper.make_tensor_value_info(name, int(tensor.dtype), [int(d) for d in tensor.shape]))
     if detached and proto.ir_version < 4:
         proto.ir_version = 4  # IR 3 wants every initializer listed as an input; the rest still are
     return proto
+
+
+class _Received:
+    """The graph a pass received, cheap to take before every pass and whole only when needed.
+
+    Taken as a weightless proto plus the weight tensors by reference; `proto()` (called only when
+    the pass failed) puts the weights back in for the reproducer.
+    """
+
+    def __init__(self, model: ir.Model):
+        self._proto, self._weights = _detached_proto(model, 1024)
+
+    def proto(self) -> onnx.ModelProto:
+        for name, tensor in self._weights.items():
+            serialized = ir.serde.serialize_tensor(tensor)
+            serialized.name = name
+            self._proto.graph.initializer.append(serialized)
+        self._weights = {}
+        return self._proto
 
 
 def save_model(model: ir.Model, path: Path) -> None:
@@ -401,7 +429,7 @@ class Pipeline:
             for index, pass_ in enumerate(self.passes):
                 record = PassRecord(index, pass_.name)
                 records.append(record)
-                received = ir.to_proto(model) if model is not None else None
+                received = _Received(model) if model is not None else None
                 before_nodes = {id(n) for n in model.graph} if model is not None else set()
                 try:
                     for instrument in self.instruments:
@@ -426,7 +454,7 @@ class Pipeline:
                         error = PassFailure(pass_.name, index, [r.name for r in records[:-1]], exc)
                     for instrument in self.instruments:
                         try:
-                            instrument.after_failure(record, pass_, received, error, ctx)
+                            instrument.after_failure(record, pass_, received.proto() if received else None, error, ctx)
                         except Exception:  # noqa: BLE001 - a failing dump must not hide the real failure
                             _log.exception("instrument %s failed while reporting a failure", type(instrument).__name__)
                     if error is exc:
