@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +43,13 @@ class InputInfo:
         return f"{self.name} {self.dtype.name}[{dims}]"
 
 
-def model_inputs(model: Any) -> list[InputInfo]:
-    """The real inputs of an ONNX model (old-IR models also list initializers as inputs)."""
+def model_inputs(model: Any, constants: Iterable[str] = ()) -> list[InputInfo]:
+    """The real inputs of an ONNX model (old-IR models also list initializers as inputs; `constants`
+    names more initializers, for a proto serialized without its weights)."""
     from onnx import helper
 
     graph = model.graph
-    initializers = {init.name for init in graph.initializer}
+    initializers = {init.name for init in graph.initializer} | set(constants)
     infos = []
     for value in graph.input:
         if value.name in initializers:

@@ -177,7 +177,7 @@ def _same_interface(before: dict, after: dict) -> str | None:
     return None
 
 
-def _detached_proto(model: ir.Model, limit_bytes: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def weightless_proto(model: ir.Model, limit_bytes: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """`model` as a proto without its large initializers, and those tensors by name.
 
     Serializing megabytes of weights costs more than most passes; the tensors themselves are kept
@@ -215,7 +215,7 @@ def light_proto(model: ir.Model, limit_bytes: int = 1024) -> onnx.ModelProto:
     """
     from onnx import helper
 
-    proto, detached = _detached_proto(model, limit_bytes)
+    proto, detached = weightless_proto(model, limit_bytes)
     inputs = {v.name for v in proto.graph.input}
     for name, tensor in detached.items():
         if name not in inputs:
@@ -233,7 +233,7 @@ class _Received:
     """
 
     def __init__(self, model: ir.Model):
-        self._proto, self._weights = _detached_proto(model, 1024)
+        self._proto, self._weights = weightless_proto(model, 1024)
 
     def proto(self) -> onnx.ModelProto:
         for name, tensor in self._weights.items():
