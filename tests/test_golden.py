@@ -1,7 +1,9 @@
 """Golden pass dumps: the canonical text after every pass that changed the graph, and the summary.
 
-Any difference from golden/<case>/ fails; `pytest --update-golden` rewrites the files (then review
-`git diff golden/`). See golden/README.md.
+golden/<case>/ holds them for each fixed model with its spec; golden/<case>-onnxruntime/ the same
+model and calibration data compiled with `target: onnxruntime` (place-for-onnxruntime included).
+Any difference fails; `pytest --update-golden` rewrites the files (then review `git diff golden/`).
+See golden/README.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from tao_qc.compile import compile_model
 from tao_qc.pipeline import format_summary
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
-CASES = ["small_cnn", "transformer_block", "mnist_cntk"]
+MODELS = ["small_cnn", "transformer_block", "mnist_cntk"]
+CASES = MODELS + [f"{model}-onnxruntime" for model in MODELS]
 
 
 def _model_and_data(case: str, work: Path, shared_models: Path):
@@ -25,6 +28,7 @@ def _model_and_data(case: str, work: Path, shared_models: Path):
     from tao_qc.spec import load_spec
 
     spec = load_spec(GOLDEN / case / "spec.yaml")
+    case = case.removesuffix("-onnxruntime")
     if case == "mnist_cntk":
         model = shared_models / "mnist_cntk.onnx"
         arrays = {MNIST_INPUT: digits()[0][: spec.calibration.max_samples]}
@@ -50,6 +54,9 @@ def test_golden_pass_dumps(case, tmp_path, shared_models, update_golden):
                            calibration=batches, compare=False)
     produced = {p.name: p.read_text() for p in sorted(dumps.glob("[0-9][0-9]-*.txt"))}
     produced["summary.txt"] = format_summary(result.records, timings=False)
+    if case.endswith("-onnxruntime"):
+        assert spec.target == "onnxruntime"
+        assert any(name.endswith("-place-for-onnxruntime.txt") for name in produced), "the placement pass changed nothing"
     folder = GOLDEN / case
     expected = {p.name: p.read_text() for p in sorted(folder.glob("*.txt"))}
 
