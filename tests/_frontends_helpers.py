@@ -73,3 +73,20 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 10, seed
 @torch.no_grad()
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
+class CalledThroughContainers(torch.nn.Module):
+    """Modules the TorchScript exporter names by their last atom only: reached through a
+    ModuleDict, through a parent whose forward never runs, or called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3)
+        self.heads = torch.nn.ModuleDict({"cls": torch.nn.Linear(4, 3)})
+        self.wrapper = torch.nn.Module()
+        self.wrapper.conv = torch.nn.Conv2d(4, 4, 1)
+        self.shared = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = self.shared(self.shared(self.wrapper.conv(self.stem(x))))
+        return self.heads["cls"](x.mean((2, 3)))

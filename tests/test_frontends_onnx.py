@@ -15,6 +15,7 @@ from tao_qc.frontends.lower_to_onnx import lower_to_onnx
 from tao_qc.frontends.module_selection import module_units
 from tao_qc.patterns import decide, module_path_from_onnx_name, onnx_units
 from tao_qc.spec import load_spec
+from _frontends_helpers import CalledThroughContainers
 from tao_qc.zoo import ResNet18, SmallResidualCNN, build
 
 ONNX_COMPUTE = ("Conv", "Gemm", "MatMul")
@@ -146,27 +147,10 @@ def test_lowering_errors(small_cnn, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
-class _CalledThroughContainers(torch.nn.Module):
-    """Modules the TorchScript exporter names by their last atom only: reached through a
-    ModuleDict, through a parent whose forward never runs, or called twice."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(3, 4, 3)
-        self.heads = torch.nn.ModuleDict({"cls": torch.nn.Linear(4, 3)})
-        self.wrapper = torch.nn.Module()
-        self.wrapper.conv = torch.nn.Conv2d(4, 4, 1)
-        self.shared = torch.nn.Conv2d(4, 4, 1)
-
-    def forward(self, x):
-        x = self.shared(self.shared(self.wrapper.conv(self.stem(x))))
-        return self.heads["cls"](x.mean((2, 3)))
-
-
 def test_modules_reached_through_containers_keep_their_paths(tmp_path):
     # The exporter names heads.cls '/cls/Gemm', wrapper.conv '/conv/Conv' and the second call of
     # shared '/shared_1/Conv'; the weight initializers keep the state_dict keys.
-    model = _CalledThroughContainers().eval()
+    model = CalledThroughContainers().eval()
     graph = onnx.load(str(lower_to_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "c.onnx")))
     torch_selected, onnx_selected = both_worlds(model, graph, {"layers": [{"module_name": "heads.*"}, {"module_name": "wrapper.*"}]})
     assert onnx_selected == torch_selected

@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _frontends_helpers import CalledThroughContainers
 from tao_qc import zoo
 from tao_qc.patterns import Unit, decide, module_path_from_onnx_name, onnx_unit
 from tao_qc.spec import load_spec
@@ -202,27 +203,10 @@ def test_order_of_entries_decides_weights_dtype(pats):
         assert not decision.quantized
 
 
-class _CalledThroughContainers(torch.nn.Module):
-    """Modules whose exported scope names lose their parents: reached through a ModuleDict, through
-    a parent whose forward never runs, or called twice."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(3, 4, 3)
-        self.heads = torch.nn.ModuleDict({"cls": torch.nn.Linear(4, 3)})
-        self.wrapper = torch.nn.Module()
-        self.wrapper.conv = torch.nn.Conv2d(4, 4, 1)
-        self.shared = torch.nn.Conv2d(4, 4, 1)
-
-    def forward(self, x):
-        x = self.shared(self.shared(self.wrapper.conv(self.stem(x))))
-        return self.heads["cls"](x.mean((2, 3)))
-
-
 def test_weight_names_recover_module_paths_the_scope_name_lost(tmp_path):
     from tao_qc.patterns import onnx_units
 
-    model = _CalledThroughContainers().eval()
+    model = CalledThroughContainers().eval()
     zoo.export_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "c.onnx")
     graph = onnx.load(tmp_path / "c.onnx")
     s = spec(backend="modelopt.onnx", layers=[{"module_name": "heads.*"}, {"module_name": "wrapper.*"}, {"module_name": "shared"}])
