@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _compile_helpers import digits
 
 MNIST_INPUT = "Input3"
 
@@ -34,18 +35,6 @@ class Assets:
     mnist_corrupted: Path
     resnet18_fp32: Path
     resnet18_int8: Path
-
-
-def digits_28x28() -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = []
-    for image in digits.images:
-        scaled = Image.fromarray((image * (255.0 / 16.0)).astype(np.float32)).resize((20, 20), Image.BILINEAR)
-        images.append(np.pad(np.asarray(scaled, dtype=np.float32), 4))
-    return np.stack(images)[:, None].astype(np.float32), digits.target.astype(np.int64)
 
 
 def modernize_mnist(source: Path, target: Path) -> Path:
@@ -107,7 +96,7 @@ _CHILD = textwrap.dedent(
 @functools.lru_cache(maxsize=None)
 def build_assets(base: Path, shared_models: Path) -> Assets:
     root = Path(tempfile.mkdtemp(prefix="runtimes-", dir=base))
-    images, labels = digits_28x28()
+    images, labels = digits()
     np.savez(root / "digits.npz", **{MNIST_INPUT: images})
     np.save(root / "labels.npy", labels)
     mnist = modernize_mnist(shared_models / "mnist_cntk.onnx", root / "mnist_fp32.onnx")

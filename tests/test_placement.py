@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from _compile_helpers import digits as all_digits
 from tao_qc import zoo
 from tao_qc.compile import compile_model
 
@@ -18,16 +19,9 @@ INTEGER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "MatMulInt
 
 
 def digits(count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits, upscaled to 20x20 and centred on 28x28 in [0, 1]."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = np.zeros((count, 1, 28, 28), np.float32)
-    for index in range(count):
-        small = Image.fromarray((data.images[offset + index] / 16 * 255).astype(np.uint8)).resize((20, 20), Image.BILINEAR)
-        images[index, 0, 4:24, 4:24] = np.asarray(small, np.float32) / 255
-    return images, data.target[offset : offset + count]
+    """`count` labelled digits from `offset`, in [0, 1] as the MNIST models here take them."""
+    images, labels = all_digits()
+    return images[offset : offset + count] / 255.0, labels[offset : offset + count]
 
 
 def run(path: Path, name: str, x: np.ndarray) -> np.ndarray:
