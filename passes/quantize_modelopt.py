@@ -259,7 +259,11 @@ class ModelOptProcess:
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(5)
+            # Its teardown (torch, CUDA libraries) takes a while and nothing waits on it: reap it
+            # in the background so the exit status is collected without holding compile up.
+            import threading
+
+            threading.Thread(target=self.process.wait, name="reap-modelopt", daemon=True).start()
         self.conn.close()
 
 

@@ -177,8 +177,10 @@ def _same_interface(before: dict, after: dict) -> str | None:
     return None
 
 
-def weightless_proto(model: ir.Model, limit_bytes: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """`model` as a proto without its large initializers, and those tensors by name.
+def weightless_proto(model: ir.Model, limit_bytes: int,
+                     dtypes: frozenset[ir.DataType] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """`model` as a proto without its large initializers (of `dtypes`, default any), and those
+    tensors by name.
 
     Serializing megabytes of weights costs more than most passes; the tensors themselves are kept
     by reference (passes replace a value's tensor, they do not write into it).
@@ -187,6 +189,7 @@ def weightless_proto(model: ir.Model, limit_bytes: int) -> tuple[onnx.ModelProto
         name: (value, value.const_value)
         for name, value in model.graph.initializers.items()
         if value.const_value is not None
+        and (dtypes is None or value.const_value.dtype in dtypes)
         and (isinstance(value.const_value, ir.ExternalTensor) or value.const_value.nbytes > limit_bytes)
     }
     serde_log = logging.getLogger("onnx_ir.serde")
@@ -213,16 +216,23 @@ def light_proto(model: ir.Model, limit_bytes: int = 1024) -> onnx.ModelProto:
     Structure checks and shape inference need the values of small tensors only (Reshape targets,
     Slice bounds), so the weights are never serialized for them.
     """
+    return light_proto_and_weights(model, limit_bytes)[0]
+
+
+def light_proto_and_weights(model: ir.Model, limit_bytes: int = 1024,
+                            dtypes: frozenset[ir.DataType] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """`light_proto` over the large initializers of `dtypes` (default any), and those tensors by
+    name (to feed the inputs they became)."""
     from onnx import helper
 
-    proto, detached = weightless_proto(model, limit_bytes)
+    proto, detached = weightless_proto(model, limit_bytes, dtypes)
     inputs = {v.name for v in proto.graph.input}
     for name, tensor in detached.items():
         if name not in inputs:
             proto.graph.input.append(helper.make_tensor_value_info(name, int(tensor.dtype), [int(d) for d in tensor.shape]))
     if detached and proto.ir_version < 4:
         proto.ir_version = 4  # IR 3 wants every initializer listed as an input; the rest still are
-    return proto
+    return proto, detached
 
 
 class _Received:

@@ -14,7 +14,7 @@ from onnx import helper
 from _compile_helpers import export_zoo, session
 from tao_qc.errors import InputError
 from tao_qc.passes.fold_batchnorm import FoldBatchNorm
-from tao_qc.passes.fold_constants import FoldConstants
+from tao_qc.passes.fold_constants import SHAPE_VALUE_OPS, SYMBOLIC_FOLD_OPS, FoldConstants, could_fold
 from tao_qc.passes.load_and_check import LoadAndCheck
 from tao_qc.passes.match_layers import ATTENTION_DEFAULT_RULE, MatchLayers
 from tao_qc.passes.remove_identity import RemoveIdentity
@@ -73,6 +73,28 @@ def test_fold_constants_shrinks_an_exported_transformer_and_keeps_outputs(tmp_pa
     result = FoldConstants().run(model, ctx(tmp_path))
     assert result.changed and result.stats["nodes_folded"] == nodes_before - len(result.model.graph) > 0
     np.testing.assert_allclose(outputs(result.model, feeds)[0], before[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fold_constants_precheck_knows_every_op_onnxscript_simplifies():
+    from onnxscript.optimizer import _constant_folding
+
+    registered = {op for (domain, op) in _constant_folding.registry.op_evaluators if domain in ("", "ai.onnx")}
+    assert registered - SHAPE_VALUE_OPS <= SYMBOLIC_FOLD_OPS
+
+
+@pytest.mark.parametrize("name", ["resnet18", "small_cnn", "mobilenet"])
+def test_fold_constants_precheck_skips_only_graphs_the_folder_leaves_alone(name, zoo_dir):
+    from onnxscript.optimizer import fold_constants
+
+    model = ir.load(export_zoo(name, zoo_dir))
+    nodes = len(model.graph)
+    assert not could_fold(model)
+    assert not fold_constants(model).modified and len(model.graph) == nodes
+
+
+@pytest.mark.parametrize("name", ["cnn_mnist_pytorch", "mnist_cntk", "ultraface_rfb320"])
+def test_fold_constants_precheck_lets_the_folder_see_real_exported_graphs(name, shared_models):
+    assert could_fold(ir.load(shared_models / f"{name}.onnx"))
 
 
 def test_identity_removal_on_an_exported_transformer(tmp_path, zoo_dir):
