@@ -3,12 +3,12 @@
 `default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
 
     load-and-check -> fold-constants -> fold-batchnorm -> remove-identity -> match-layers
-    -> check-calibration -> quantize-modelopt [-> place-for-onnxruntime] -> verify-quantization
+    -> check-calibration -> quantize-modelopt [-> place-for-onnxruntime -> space-to-depth-stem]
+    -> verify-quantization
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 
@@ -18,8 +18,10 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
     from tao_qc.passes.fold_constants import FoldConstants
     from tao_qc.passes.load_and_check import LoadAndCheck
     from tao_qc.passes.match_layers import MatchLayers
+    from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
     from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
     from tao_qc.passes.remove_identity import RemoveIdentity
+    from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
     from tao_qc.passes.verify_quantization import VerifyQuantization
 
     passes: list = [
@@ -31,14 +33,9 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
         CheckCalibration(),
         QuantizeModelOpt(),
     ]
-    # ---- target-aware placement slot -------------------------------------------------------
-    # passes/place_for_onnxruntime.py (written separately) re-places Q/DQ for ONNX Runtime's
-    # integer kernels, reusing ctx.facts["ranges"] from quantize-modelopt. It runs right after
-    # quantization and before verification, only for `target: onnxruntime`.
-    if spec.target == "onnxruntime" and importlib.util.find_spec("tao_qc.passes.place_for_onnxruntime") is not None:
-        from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
-
-        passes.append(PlaceForOnnxRuntime())
-    # -----------------------------------------------------------------------------------------
+    if spec.target == "onnxruntime":
+        # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), then run a
+        # few-channel strided stem as a Conv ORT's kernels are efficient at.
+        passes += [PlaceForOnnxRuntime(), SpaceToDepthStem()]
     passes.append(VerifyQuantization())
     return passes

@@ -49,7 +49,7 @@ def _only_use(value: ir.Value) -> ir.Node | None:
     return uses[0].node
 
 
-def _qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
+def qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
     scale = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
     zero = constant_array(node.inputs[2]) if len(node.inputs) > 2 else None
     if scale is None or zero is None:
@@ -57,7 +57,7 @@ def _qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
     return scale, zero
 
 
-class _Builder:
+class QdqBuilder:
     """Creates initializers and Q/DQ nodes with unique names, marked as this pass's."""
 
     def __init__(self, graph: ir.Graph, pass_name: str):
@@ -86,7 +86,7 @@ class PlaceForOnnxRuntime:
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         graph = model.graph
-        build = _Builder(graph, self.name)
+        build = QdqBuilder(graph, self.name)
         notes: list[str] = []
         derived: dict[str, str] = {}
         stats = {"weights_stored_int8": self._store_weights(graph, build)}
@@ -122,11 +122,11 @@ class PlaceForOnnxRuntime:
     # -- 1. weights -------------------------------------------------------------------------
 
     @staticmethod
-    def _store_weights(graph: ir.Graph, build: _Builder) -> int:
+    def _store_weights(graph: ir.Graph, build: QdqBuilder) -> int:
         count = 0
         for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
             weight = constant_array(q.inputs[0])
-            params = _qparams(q)
+            params = qparams(q)
             if weight is None or params is None:
                 continue
             scale, zero = params
@@ -145,7 +145,7 @@ class PlaceForOnnxRuntime:
     # -- 2. biases --------------------------------------------------------------------------
 
     @staticmethod
-    def _quantize_biases(graph: ir.Graph, build: _Builder) -> int:
+    def _quantize_biases(graph: ir.Graph, build: QdqBuilder) -> int:
         count = 0
         for node in [n for n in graph if n.op_type in ("Conv", "Gemm")]:
             if len(node.inputs) < 3 or node.inputs[2] is None:
@@ -158,7 +158,7 @@ class PlaceForOnnxRuntime:
                 continue
             if x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
                 continue
-            x_params, w_params = _qparams(x_dq), _qparams(w_dq)
+            x_params, w_params = qparams(x_dq), qparams(w_dq)
             if x_params is None or w_params is None or x_params[0].size != 1 or bias.ndim != 1:
                 continue
             scale = (x_params[0].reshape(()) * w_params[0].reshape(-1)).astype(np.float32)
@@ -181,7 +181,7 @@ class PlaceForOnnxRuntime:
 
     # -- 3. relu absorption -----------------------------------------------------------------
 
-    def _absorb_relus(self, graph: ir.Graph, build: _Builder, notes: list[str], derived: dict[str, str],
+    def _absorb_relus(self, graph: ir.Graph, build: QdqBuilder, notes: list[str], derived: dict[str, str],
                       placed: dict[str, dict]) -> tuple[int, int]:
         absorbed = through_pool = 0
         for relu in [n for n in graph if n.op_type == "Relu" or _clips_at_zero(n)]:
@@ -199,37 +199,46 @@ class PlaceForOnnxRuntime:
                 if pool.outputs[0].is_graph_output() or len(pool.outputs) != 1:
                     continue
                 targets = [use.node for use in pool.outputs[0].uses()]
-            if pool is None and producer_output.producer().op_type == "Add" and _averaged_then_quantized(targets):
-                # A residual Add -> Relu -> GlobalAveragePool (ResNet's last block): modelopt measured no
-                # range here, and the averaged output's range would be too small for the tensor before it.
-                # The sum of the Add's input ranges bounds it; with it the Add runs as QLinearAdd and the
-                # pooling on uint8 instead of float kernels between layout Transposes.
-                amax = _sum_of_input_ranges(producer_output.producer())
+            if pool is None and _averaged_then_quantized(targets):
+                # An activation only averaged next (the last block before the classifier): the average's
+                # measured range would clip the tensor before it, so the range comes from the op.
+                op = producer_output.producer()
+                if op.op_type == "Add":
+                    # A residual Add (ResNet's last block): modelopt measured no range here; the sum of the
+                    # Add's input ranges bounds it.
+                    amax = _sum_of_input_ranges(op)
+                    why = f"sum of the ranges of {op.name}'s inputs (the sum cannot exceed them); its Relu'd output is only averaged"
+                else:
+                    # A Conv/Gemm/MatMul whose output modelopt measured (its own Q/DQ): that range,
+                    # cut at the Clip's upper bound (ReLU6), holds the activation's output.
+                    amax = _measured_amax(relu.inputs[0])
+                    why = None
                 if amax is None or amax <= 0:
                     continue
+                amax = min(amax, _clip_upper_bound(relu))
                 q_scale, q_zero = (build.initializer(f"{out.name}_u8_scale", np.array(amax / 255, np.float32)),
                                    build.initializer(f"{out.name}_u8_zero_point", np.array(0, np.uint8)))
                 q = build.node("QuantizeLinear", [producer_output, q_scale, q_zero], f"{out.name}_u8_QuantizeLinear")
                 dq = build.node("DequantizeLinear", [q.outputs[0], q_scale, q_zero], f"{out.name}_u8_DequantizeLinear")
-                graph.insert_after(producer_output.producer(), [q, dq])
+                graph.insert_after(op, [q, dq])
                 out.replace_all_uses_with(dq.outputs[0])
                 for average in targets:
                     _quantize_before_flatten(graph, build, average)
-                add = producer_output.producer().name
-                derived[producer_output.name] = (
-                    f"sum of the ranges of {add}'s inputs (the sum cannot exceed them); its Relu'd output is only averaged"
-                )
+                if why is not None:
+                    derived[producer_output.name] = why
+                source = f"derived: {why}" if why is not None else f"measured: modelopt's range of {producer_output.name}"
                 placed[producer_output.name] = {
                     "scale": [amax / 255], "zero_point": [0.0], "dtype": "uint8", "amax": [amax], "axis": None,
-                    "quantize_node": q.name, "source": f"derived: {derived[producer_output.name]}",
+                    "quantize_node": q.name, "source": source,
                 }
-                notes.append(f"{relu.name}: absorbed into the u8 output of {add} (range derived: sum of its input ranges)")
+                notes.append(f"{relu.name}: absorbed into the u8 output of {op.name} (range {source}); "
+                             f"{', '.join(t.name for t in targets)} runs on uint8")
                 absorbed += 1
                 continue
             quantizers = [t for t in targets if t.op_type == "QuantizeLinear"]
             if not quantizers or len(quantizers) != len(targets):
                 continue
-            params = [_qparams(q) for q in quantizers]
+            params = [qparams(q) for q in quantizers]
             if any(p is None or p[0].size != 1 for p in params):
                 continue
             amax = max(float(p[0].reshape(())) * (127 if p[1].dtype == np.int8 else 255) for p in params)
@@ -317,7 +326,7 @@ class PlaceForOnnxRuntime:
                 continue
             if not all(_float_only(c) for c in consumers):
                 continue
-            shape = _shape(op.inputs[0])
+            shape = dims_through_qdq(op.inputs[0])
             static = shape is not None and all(isinstance(d, int) for d in shape)
             if any(c.op_type == "Add" for c in consumers) and (shape is None or len(shape) == 2 or static):
                 # ORT fuses MatMul + bias Add into a float Gemm first (a 2-D input, or any input with a
@@ -333,7 +342,7 @@ class PlaceForOnnxRuntime:
     # -- 4. uint8 activations ---------------------------------------------------------------
 
     @staticmethod
-    def _activations_to_uint8(graph: ir.Graph, build: _Builder) -> int:
+    def _activations_to_uint8(graph: ir.Graph, build: QdqBuilder) -> int:
         shifted: dict[str, ir.Value] = {}
         count = 0
         for node in [n for n in graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")]:
@@ -355,6 +364,30 @@ class PlaceForOnnxRuntime:
             node.replace_input_with(2, shifted[key])
             count += node.op_type == "QuantizeLinear"
         return count
+
+
+def _clip_upper_bound(node: ir.Node) -> float:
+    """A Clip's upper bound (inf for a Relu or a Clip without one)."""
+    if node.op_type != "Clip":
+        return float("inf")
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        high = constant_array(node.inputs[2])
+        return float(high.reshape(())) if high is not None and high.size == 1 else float("inf")
+    attribute = node.attributes.get("max")  # opset < 11
+    return attribute.as_float() if attribute is not None else float("inf")
+
+
+def _measured_amax(value: ir.Value | None) -> float | None:
+    """The largest positive value a per-tensor DQ(Q(x)) feeding `value` represents: modelopt's
+    measured range of x, on the side a Relu keeps."""
+    dq = value.producer() if value is not None else None
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    params = qparams(dq)
+    if params is None or params[0].size != 1:
+        return None
+    scale, zero = params
+    return float(scale.reshape(())) * (np.iinfo(zero.dtype).max - float(zero.reshape(())))
 
 
 def _clips_at_zero(node: ir.Node) -> bool:
@@ -404,7 +437,7 @@ def _sum_of_input_ranges(add: ir.Node) -> float | None:
         dq = value.producer() if value is not None else None
         if dq is None or dq.op_type != "DequantizeLinear":
             return None
-        params = _qparams(dq)
+        params = qparams(dq)
         if params is None or params[0].size != 1:
             return None
         scale, zero = params
@@ -412,7 +445,7 @@ def _sum_of_input_ranges(add: ir.Node) -> float | None:
     return total
 
 
-def _quantize_before_flatten(graph: ir.Graph, build: _Builder, average: ir.Node) -> None:
+def _quantize_before_flatten(graph: ir.Graph, build: QdqBuilder, average: ir.Node) -> None:
     """`average -> Flatten -> Q`: repeat that Q (the same measured range: flattening keeps the values)
     right after the average, which ORT needs to see `DQ -> average -> Q` as one unit."""
     after = _only_use(average.outputs[0])
@@ -439,7 +472,7 @@ def _float_only(node: ir.Node) -> bool:
     return False
 
 
-def _shape(value: ir.Value | None) -> tuple | None:
+def dims_through_qdq(value: ir.Value | None) -> tuple | None:
     """A tensor's dims (ints, or names/None where dynamic), looking through Q/DQ (modelopt leaves
     their outputs without shapes)."""
     while value is not None:

@@ -92,7 +92,8 @@ def test_weights_int8_initializers_and_activations_uint8(mnist):
     assert weights_int8 == 4 and activations_uint8 == 4
     used = {name for node in model.graph.node for name in node.input}
     assert not [i.name for i in model.graph.initializer if i.name not in used]  # replaced float weights/biases are gone
-    assert mnist["ort"].report["passes"][-2]["pass"] == "place-for-onnxruntime"
+    assert [p["pass"] for p in mnist["ort"].report["passes"]][-4:] == [
+        "quantize-modelopt", "place-for-onnxruntime", "space-to-depth-stem", "verify-quantization"]
 
 
 def test_tensorrt_target_keeps_modelopts_placement(small_cnn):
@@ -147,7 +148,8 @@ def test_relu_before_maxpool_is_absorbed_with_a_derived_range(tmp_path):
     assert sum(v["source"].startswith("derived: ") for v in placed.values()) == 2
     assert sum(v["source"].startswith("measured: ") for v in placed.values()) == 15
     ops = optimized_ops(result.model_path, tmp_path)
-    assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] == 8 and ops["QLinearGlobalAveragePool"] == 1
+    # 20 Convs + the 2x2 folding Conv space-to-depth-stem puts before the 7x7 stem
+    assert ops["QLinearConv"] == 21 and ops["QLinearAdd"] == 8 and ops["QLinearGlobalAveragePool"] == 1
     assert ops["Conv"] + ops["Add"] + ops["GlobalAveragePool"] + ops["Relu"] == 0  # no float kernel left
     x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
     reference = run(tmp_path / "r.onnx", "input", x)
@@ -204,3 +206,23 @@ def test_transformer_matmuls_feeding_float_ops_run_integer_to_float(tmp_path):
     placed = run(result.model_path, "input", x)
     cosine = (reference * placed).sum() / np.linalg.norm(reference) / np.linalg.norm(placed)
     assert cosine > 0.99
+
+
+def test_relu6_before_the_average_pool_takes_the_convs_measured_range(tmp_path):
+    """MobileNet's last pointwise Conv -> ReLU6 -> GlobalAveragePool -> Flatten -> classifier: the
+    Clip goes into the Conv's uint8 output (modelopt's range of the Conv, cut at 6) and the pooling
+    runs on uint8, as ORT's own quantizer has it."""
+    torch.manual_seed(0)
+    zoo.export_onnx(zoo.build("mobilenet").eval(), torch.randn(1, 3, 64, 64), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32))
+    result = compile_for(tmp_path / "m.onnx", tmp_path / "calib.npz", "onnxruntime", tmp_path / "out")
+    last = "/features/features.10/pointwise/pointwise.1/BatchNormalization_output_0"
+    placed = result.facts["ranges"][f"{last} (uint8, place-for-onnxruntime)"]
+    measured = result.facts["ranges"][last]["amax"][0]  # modelopt's int8 range of the Conv's output
+    assert placed["source"].startswith("measured: ") and placed["amax"] == [pytest.approx(min(measured, 6.0))]
+    ops = optimized_ops(result.model_path, tmp_path)
+    assert ops["QLinearGlobalAveragePool"] == 1 and ops["QLinearConv"] == 23
+    assert ops["GlobalAveragePool"] + ops["Clip"] + ops["Conv"] == 0
+    x = np.random.default_rng(1).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    reference, quantized = run(tmp_path / "m.onnx", "input", x), run(result.model_path, "input", x)
+    assert (reference * quantized).sum() / np.linalg.norm(reference) / np.linalg.norm(quantized) > 0.99

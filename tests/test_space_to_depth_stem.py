@@ -1,0 +1,110 @@
+"""space-to-depth-stem: a few-channel strided integer Conv run over 2x2 blocks, bit for bit the same."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tao_qc.compile import compile_model
+from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
+
+
+def stem_graph(channels: int, size: tuple[int, int], kernel: tuple[int, int], pads: list[int], stride: int = 2,
+               seed: int = 0) -> ir.Model:
+    """input -> Q(u8) -> DQ -> Conv(int8 per-channel weights, int32 bias) -> Q(u8) -> DQ: the unit
+    place-for-onnxruntime leaves for ORT's QLinearConv."""
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(-127, 128, (16, channels, *kernel)).astype(np.int8)
+    w_scale = rng.uniform(0.001, 0.01, 16).astype(np.float32)
+    x_scale = np.float32(4.0 / 255)
+    tensors = {
+        "x_scale": np.array(x_scale), "x_zero": np.array(128, np.uint8), "y_scale": np.array(0.05, np.float32),
+        "y_zero": np.array(0, np.uint8), "w": weights, "w_scale": w_scale, "w_zero": np.zeros(16, np.int8),
+        "b": rng.integers(-2000, 2000, 16).astype(np.int32), "b_scale": (w_scale * x_scale).astype(np.float32),
+        "b_zero": np.zeros(16, np.int32),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zero"], ["xq"], name="input_q"),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"], name="input_dq"),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], name="w_dq", axis=0),
+        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero"], ["bd"], name="b_dq", axis=0),
+        helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="stem", kernel_shape=list(kernel), pads=pads,
+                         strides=[stride, stride]),
+        helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zero"], ["yq"], name="stem_q"),
+        helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["output"], name="stem_dq"),
+    ]
+    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, channels, *size])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return ir.from_proto(onnx.shape_inference.infer_shapes(proto))
+
+
+def run(model: ir.Model, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("kernel,pads,size", [
+    ((7, 7), [3, 3, 3, 3], (32, 32)),  # ResNet's stem
+    ((7, 7), [3, 3, 3, 3], (30, 18)),
+    ((5, 5), [2, 2, 2, 2], (16, 16)),  # even pads: no zero tap in front
+    ((7, 5), [3, 2, 2, 1], (20, 24)),  # uneven pads, rectangular kernel
+    ((7, 7), [0, 0, 0, 0], (32, 32)),  # no padding
+])
+def test_blocked_stem_gives_the_same_integers(kernel, pads, size):
+    model = stem_graph(3, size, kernel, pads)
+    x = np.random.default_rng(1).uniform(-2, 2, (2, 3, *size)).astype(np.float32)
+    before = run(model, x)
+    result = SpaceToDepthStem().run(model, None)
+    assert result.changed and result.stats == {"stems_rewritten": 1}
+    convs = {n.name: n for n in result.model.graph if n.op_type == "Conv"}
+    stem, fold = convs["stem"], convs["stem_space_to_depth"]
+    assert list(stem.attributes.get_ints("strides")) == [1, 1]
+    assert list(stem.attributes.get_ints("kernel_shape")) == [-(-(k + p % 2) // 2) for k, p in zip(kernel, pads[:2])]
+    assert list(fold.attributes.get_ints("strides")) == [2, 2]
+    np.testing.assert_array_equal(run(result.model, x), before)
+
+
+@pytest.mark.parametrize("why,channels,size,kernel,stride", [
+    ("stride 1", 3, (32, 32), (7, 7), 1),
+    ("odd input size", 3, (31, 32), (7, 7), 2),
+    ("3x3 kernel (no faster measured)", 3, (32, 32), (3, 3), 2),
+    ("many channels", 8, (32, 32), (7, 7), 2),
+])
+def test_other_convs_are_left_alone(why, channels, size, kernel, stride):
+    model = stem_graph(channels, size, kernel, [k // 2 for k in kernel] * 2, stride=stride)
+    result = SpaceToDepthStem().run(model, None)
+    assert not result.changed and result.stats == {"stems_rewritten": 0}, why
+
+
+def test_resnet_stem_through_the_pipeline_is_exact_and_fused(tmp_path):
+    import torch
+
+    from tao_qc import zoo
+
+    torch.manual_seed(0)
+    model = zoo.export_onnx(zoo.ResNet18(num_classes=10, width=8).eval(), torch.randn(1, 3, 32, 32), tmp_path / "r.onnx")
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "calibration": {"data": str(tmp_path / "calib.npz")}}}
+    result = compile_model(model, spec, results_dir=tmp_path / "out", dump="after-all", compare=False)
+    record = next(r for r in result.records if r.name == "space-to-depth-stem")
+    assert record.stats == {"stems_rewritten": 1} and "/conv1/Conv" in record.notes[0]
+    placed = next(result.dump_dir.glob("*-place-for-onnxruntime.onnx"))
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    outputs = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+               for path in (placed, result.model_path)]
+    np.testing.assert_array_equal(outputs[1], outputs[0])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(result.model_path), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] == 21 and ops["Conv"] == 0  # 20 of the model + the folding one, all integer
