@@ -35,7 +35,8 @@ import numpy as np
 import onnx_ir as ir
 
 from tao_qc.errors import InputError, TaoQcError
-from tao_qc.pipeline import PROVENANCE_KEY, PassContext, PassResult, constant_array, mark_created, save_model
+from tao_qc.pipeline import (PROTOBUF_LIMIT_BYTES, PROVENANCE_KEY, PassContext, PassResult, constant_array, mark_created,
+                             save_model, weight_bytes)
 
 log = logging.getLogger("tao_qc.quantize")
 
@@ -73,8 +74,10 @@ class QuantizeModelOpt:
 
         with tempfile.TemporaryDirectory(prefix="modelopt-", dir=ctx.work_dir) as tmp:
             source, target = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
-            save_model(model, source)
-            if (Path(tmp) / "input.onnx.data").exists():
+            # modelopt's copy is written with its weights beside it: raw tensor bytes instead of one
+            # large protobuf to serialize (about half the cost of handing the graph over).
+            save_model(model, source, external_data=True)
+            if weight_bytes(model) >= PROTOBUF_LIMIT_BYTES:
                 kwargs.setdefault("use_external_data_format", True)
             ctx.facts["modelopt_timing"] = run_modelopt_in_child(
                 source, target, kwargs, batches, timeout_s=self.timeout_s, child=ctx.facts.pop("modelopt_process", None))

@@ -85,7 +85,7 @@ _log = logging.getLogger("tao_qc.pipeline")
 
 DUMP_MODES = ("after-all", "after-change", "after-failure")
 # Models above this size are not serialized for onnx.checker between passes (protobuf's 2 GB limit).
-_CHECKER_LIMIT_BYTES = 1_800_000_000
+PROTOBUF_LIMIT_BYTES = 1_800_000_000
 
 
 class PassFailure(TaoQcError):
@@ -254,10 +254,14 @@ class _Received:
         return self._proto
 
 
-def save_model(model: ir.Model, path: Path) -> None:
-    """Save `model`; above protobuf's 2 GB limit the weights go to `<name>.data` beside it."""
-    total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    if total >= _CHECKER_LIMIT_BYTES:
+def weight_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def save_model(model: ir.Model, path: Path, *, external_data: bool = False) -> None:
+    """Save `model`; with `external_data`, or above protobuf's 2 GB limit, the weights go to
+    `<name>.data` beside it (written as they are, not serialized into the protobuf)."""
+    if external_data or weight_bytes(model) >= PROTOBUF_LIMIT_BYTES:
         ir.save(model, path, external_data=f"{Path(path).name}.data")
         return
     # Weights still in the user's external data file would be saved as references to a path
@@ -269,7 +273,7 @@ def save_model(model: ir.Model, path: Path) -> None:
 
 def check_model_proto(proto: onnx.ModelProto) -> None:
     """onnx.checker and strict shape inference; raises InvariantError with the library's first line."""
-    if proto.ByteSize() < _CHECKER_LIMIT_BYTES:
+    if proto.ByteSize() < PROTOBUF_LIMIT_BYTES:
         try:
             onnx.checker.check_model(proto)
         except onnx.checker.ValidationError as exc:
@@ -371,7 +375,7 @@ class DumpInstrument(Instrument):
             return
         self.failure_directory.mkdir(parents=True, exist_ok=True)
         path = self.failure_directory / f"{record.stem}.failed-input.onnx"
-        onnx.save(received, str(path), save_as_external_data=received.ByteSize() >= _CHECKER_LIMIT_BYTES)
+        onnx.save(received, str(path), save_as_external_data=received.ByteSize() >= PROTOBUF_LIMIT_BYTES)
         if isinstance(error, PassFailure):
             error.set_reproducer(path)
         record.notes.append(f"input graph saved as {path.name}")
