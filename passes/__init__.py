@@ -2,8 +2,8 @@
 
 `default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
 
-    load-and-check -> fold-constants -> fold-batchnorm -> remove-identity -> match-layers
-    -> check-calibration -> quantize-modelopt [-> place-for-onnxruntime -> space-to-depth-stem]
+    load-and-check -> canonicalize{fold-constants -> fold-batchnorm -> remove-identity, repeated
+    until a round changes nothing} -> match-layers -> check-calibration -> quantize-modelopt [-> place-for-onnxruntime -> space-to-depth-stem]
     -> verify-quantization
 """
 
@@ -23,12 +23,13 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
     from tao_qc.passes.remove_identity import RemoveIdentity
     from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
     from tao_qc.passes.verify_quantization import VerifyQuantization
+    from tao_qc.pipeline import FixedPoint
 
     passes: list = [
         LoadAndCheck(source_path),
-        FoldConstants(),
-        FoldBatchNorm(),
-        RemoveIdentity(),
+        # Each can expose work for another: an Identity (or inference Dropout) between a Conv and
+        # its BatchNorm hides the pair from fold-batchnorm until remove-identity has run.
+        FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), RemoveIdentity()]),
         MatchLayers(),
         CheckCalibration(),
         QuantizeModelOpt(),

@@ -213,7 +213,7 @@ def _prestart_modelopt(pipeline: Pipeline) -> Any:
 def _pass_names(spec: Any) -> list[str]:
     from tao_qc.passes import default_passes
 
-    return [p.name for p in default_passes(spec)]
+    return Pipeline(default_passes(spec)).names
 
 
 def _check_results_dir(final: Path, source: Path) -> None:
@@ -283,7 +283,8 @@ def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord
         + [f"pattern {p} matches only nodes that cannot be quantized" for p in ctx.facts.get("patterns_only_other_types", [])]
         + [f"{name}: {why}" for name, why in declined.items()],
         "passes": [r.as_dict() for r in records],
-        "timings": {"total_s": round(seconds, 3), **{r.name: round(r.seconds, 4) for r in records},
+        "timings": {"total_s": round(seconds, 3), **{name: round(sum(r.seconds for r in records if r.name == name), 4)
+                                                     for name in dict.fromkeys(r.name for r in records)},
                     "modelopt": {k: round(v, 4) for k, v in (ctx.facts.get("modelopt_timing") or {}).items()}},
         "summary": format_summary(records, timings=False),
         "versions": library_versions(),

@@ -59,6 +59,17 @@ class Pass(Protocol):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult: ...
 
 
+@dataclass
+class FixedPoint:
+    """Passes the pipeline repeats, in order, until one round changes nothing (or `max_rounds`,
+    with a warning): for rewrites that can expose work for each other (removing an Identity between
+    a Conv and its BatchNorm lets the BatchNorm fold)."""
+
+    name: str
+    passes: list
+    max_rounds: int = 4
+
+
 def constant_array(value: ir.Value | None):
     """The numpy value of an initializer or a Constant node's output; None for anything computed."""
     if value is None:
@@ -413,7 +424,8 @@ class PipelineResult:
 
 
 class Pipeline:
-    """Runs `passes` in the order written (no constraint solving, no fixed-point iteration).
+    """Runs `passes` in the order written (no constraint solving); a `FixedPoint` group's passes
+    are repeated until a round changes nothing.
 
     Every pass is timed and its result checked (`InvariantInstrument`) before the next one runs;
     extra instruments (dumps) see every pass. A pass that raises or breaks an invariant stops the
@@ -422,12 +434,12 @@ class Pipeline:
     input found by a pass) pass through unchanged.
     """
 
-    def __init__(self, passes: Sequence[Pass], instruments: Sequence[Instrument] = (), *, check_invariants: bool = True):
-        names = [p.name for p in passes]
-        for name in names:
+    def __init__(self, passes: Sequence[Pass | FixedPoint], instruments: Sequence[Instrument] = (), *,
+                 check_invariants: bool = True):
+        self.passes = list(passes)
+        for name in [*self.names, *(p.name for p in self.passes if isinstance(p, FixedPoint))]:
             if not isinstance(name, str) or not name or name != name.lower() or " " in name or "_" in name:
                 raise ValueError(f"pass name {name!r} is not kebab-case")
-        self.passes = list(passes)
         self.instruments: list[Instrument] = [TimingInstrument()]
         if check_invariants:
             self.instruments.append(InvariantInstrument())
@@ -435,56 +447,82 @@ class Pipeline:
 
     @property
     def names(self) -> list[str]:
-        return [p.name for p in self.passes]
+        """The pass names, groups' passes in place (each once)."""
+        return [q.name for p in self.passes for q in (p.passes if isinstance(p, FixedPoint) else [p])]
 
     def run(self, model: ir.Model | None, ctx: PassContext) -> PipelineResult:
-        from tao_qc.textform import op_counts, op_delta
+        from tao_qc.textform import op_counts
 
-        records: list[PassRecord] = []
-        counts = op_counts(model) if model is not None else {}
+        state = _RunState(model, op_counts(model) if model is not None else {})
         try:
-            for index, pass_ in enumerate(self.passes):
-                record = PassRecord(index, pass_.name)
-                records.append(record)
-                received = _Received(model) if model is not None else None
-                before_nodes = {id(n) for n in model.graph} if model is not None else set()
-                try:
-                    for instrument in self.instruments:
-                        instrument.before_pass(record, pass_, model, ctx)
-                    result = pass_.run(model, ctx)
-                    record.changed, record.stats, record.notes = result.changed, dict(result.stats), list(result.notes)
-                    if result.model is not None and result.model is model:
-                        for node in result.model.graph:
-                            if id(node) not in before_nodes and PROVENANCE_KEY not in node.metadata_props:
-                                mark_created(node, pass_.name)
-                    if result.model is not None:
-                        new_counts = op_counts(result.model)
-                        record.nodes = sum(new_counts.values())
-                        record.op_counts = new_counts
-                        record.op_delta = op_delta(counts, new_counts) if model is not None else ""
-                    for instrument in self.instruments:
-                        instrument.after_pass(record, pass_, result, ctx)
-                except BaseException as exc:
-                    record.failed = True
-                    error: BaseException = exc
-                    if not isinstance(exc, (InputError, KeyboardInterrupt, SystemExit)):
-                        error = PassFailure(pass_.name, index, [r.name for r in records[:-1]], exc)
-                    for instrument in self.instruments:
-                        try:
-                            instrument.after_failure(record, pass_, received.proto() if received else None, error, ctx)
-                        except Exception:  # noqa: BLE001 - a failing dump must not hide the real failure
-                            _log.exception("instrument %s failed while reporting a failure", type(instrument).__name__)
-                    if error is exc:
-                        raise
-                    _log.debug("pass %s failed", pass_.name, exc_info=exc)
-                    raise error from exc
-                for note in record.notes:
-                    _log.debug("%s: %s", pass_.name, note)
-                model, counts = result.model, record.op_counts
+            for entry in self.passes:
+                if not isinstance(entry, FixedPoint):
+                    self._run_pass(entry, state, ctx)
+                    continue
+                for _ in range(entry.max_rounds):
+                    changed = [self._run_pass(pass_, state, ctx).changed for pass_ in entry.passes]
+                    if not any(changed):
+                        break
+                else:
+                    _log.warning("%s: still changing the graph after %d rounds; going on with it as it is",
+                                 entry.name, entry.max_rounds)
+                    state.records[-1].notes.append(f"warning: {entry.name} stopped at its cap of {entry.max_rounds} "
+                                                   "rounds with the graph still changing")
         finally:
             for instrument in self.instruments:
                 try:
-                    instrument.finish(records, ctx)
+                    instrument.finish(state.records, ctx)
                 except Exception:  # noqa: BLE001
                     _log.exception("instrument %s failed to finish", type(instrument).__name__)
-        return PipelineResult(model, records)
+        return PipelineResult(state.model, state.records)
+
+    def _run_pass(self, pass_: Pass, state: _RunState, ctx: PassContext) -> PassRecord:
+        from tao_qc.textform import op_counts, op_delta
+
+        model, records = state.model, state.records
+        index = len(records)
+        record = PassRecord(index, pass_.name)
+        records.append(record)
+        received = _Received(model) if model is not None else None
+        before_nodes = {id(n) for n in model.graph} if model is not None else set()
+        try:
+            for instrument in self.instruments:
+                instrument.before_pass(record, pass_, model, ctx)
+            result = pass_.run(model, ctx)
+            record.changed, record.stats, record.notes = result.changed, dict(result.stats), list(result.notes)
+            if result.model is not None and result.model is model:
+                for node in result.model.graph:
+                    if id(node) not in before_nodes and PROVENANCE_KEY not in node.metadata_props:
+                        mark_created(node, pass_.name)
+            if result.model is not None:
+                new_counts = op_counts(result.model)
+                record.nodes = sum(new_counts.values())
+                record.op_counts = new_counts
+                record.op_delta = op_delta(state.counts, new_counts) if model is not None else ""
+            for instrument in self.instruments:
+                instrument.after_pass(record, pass_, result, ctx)
+        except BaseException as exc:
+            record.failed = True
+            error: BaseException = exc
+            if not isinstance(exc, (InputError, KeyboardInterrupt, SystemExit)):
+                error = PassFailure(pass_.name, index, [r.name for r in records[:-1]], exc)
+            for instrument in self.instruments:
+                try:
+                    instrument.after_failure(record, pass_, received.proto() if received else None, error, ctx)
+                except Exception:  # noqa: BLE001 - a failing dump must not hide the real failure
+                    _log.exception("instrument %s failed while reporting a failure", type(instrument).__name__)
+            if error is exc:
+                raise
+            _log.debug("pass %s failed", pass_.name, exc_info=exc)
+            raise error from exc
+        for note in record.notes:
+            _log.debug("%s: %s", pass_.name, note)
+        state.model, state.counts = result.model, record.op_counts
+        return record
+
+
+@dataclass
+class _RunState:
+    model: ir.Model | None
+    counts: dict[str, int]
+    records: list[PassRecord] = field(default_factory=list)

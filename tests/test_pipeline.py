@@ -12,12 +12,14 @@ import onnx_ir as ir
 import pytest
 
 from tao_qc.errors import InputError
+from tao_qc.passes.fold_batchnorm import FoldBatchNorm
 from tao_qc.passes.fold_constants import FoldConstants
 from tao_qc.passes.load_and_check import LoadAndCheck
 from tao_qc.passes.remove_identity import RemoveIdentity
 from tao_qc.pipeline import (
     PROVENANCE_KEY,
     DumpInstrument,
+    FixedPoint,
     PassContext,
     PassFailure,
     PassResult,
@@ -190,3 +192,38 @@ def test_pass_names_must_be_kebab_case(mnist):
 
     with pytest.raises(ValueError, match="kebab-case"):
         Pipeline([LoadAndCheck(mnist), Bad()])
+
+
+def test_a_fixed_point_group_repeats_until_a_round_changes_nothing(tmp_path):
+    """An Identity between the stem Conv and its BatchNorm: the first round removes it and folds
+    every BatchNorm, the second changes nothing and ends the group."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from tao_qc import zoo
+
+    proto = onnx.load(str(zoo.export_zoo("small_cnn", tmp_path / "m.onnx")))
+    bn = next(n for n in proto.graph.node if n.op_type == "BatchNormalization")
+    bn.input[0], conv_out = "stem_conv_identity", bn.input[0]
+    proto.graph.node.insert(list(proto.graph.node).index(bn), onnx.helper.make_node(
+        "Identity", [conv_out], ["stem_conv_identity"], name="stem_identity"))
+    onnx.save(proto, tmp_path / "hidden.onnx")
+    canonicalize = FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), RemoveIdentity()])
+    result = Pipeline([LoadAndCheck(), canonicalize]).run(None, context(tmp_path, tmp_path / "hidden.onnx"))
+    assert [r.name for r in result.records] == ["load-and-check"] + ["fold-constants", "fold-batchnorm", "remove-identity"] * 2
+    assert [r.changed for r in result.records[1:]] == [True, True, False, False, False, False]
+    assert not {"BatchNormalization", "Identity"} & {n.op_type for n in result.model.graph}
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    before = ort.InferenceSession(str(tmp_path / "hidden.onnx")).run(None, {"input": x})[0]
+    after = ort.InferenceSession(ir.to_proto(result.model).SerializeToString()).run(None, {"input": x})[0]
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fixed_point_group_that_never_settles_stops_at_its_cap_with_a_warning(tmp_path, mnist, caplog):
+    churn = FixedPoint("churn", [AddUnmarkedIdentity(), RemoveIdentity()], max_rounds=2)
+    pipeline = Pipeline([LoadAndCheck(), churn])
+    assert pipeline.names == ["load-and-check", "add-identity", "remove-identity"]
+    result = pipeline.run(None, context(tmp_path, mnist))
+    assert [r.name for r in result.records] == ["load-and-check"] + ["add-identity", "remove-identity"] * 2
+    assert "churn stopped at its cap of 2 rounds" in result.records[-1].notes[-1]
+    assert "still changing the graph after 2 rounds" in caplog.text
