@@ -2,8 +2,11 @@
 
 `default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
 
-    load-and-check -> canonicalize{fold-constants -> fold-batchnorm -> remove-identity, repeated
-    until a round changes nothing} -> match-layers -> check-calibration -> quantize-modelopt [-> place-for-onnxruntime -> space-to-depth-stem]
+    load-and-check
+    -> canonicalize: fold-constants -> fold-batchnorm -> remove-identity, repeated until a round
+       changes nothing
+    -> match-layers -> check-calibration -> quantize-modelopt
+    [-> place-for-onnxruntime -> space-to-depth-stem]  (target: onnxruntime)
     -> verify-quantization
 """
 
@@ -27,8 +30,8 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
 
     passes: list = [
         LoadAndCheck(source_path),
-        # Each can expose work for another: an Identity (or inference Dropout) between a Conv and
-        # its BatchNorm hides the pair from fold-batchnorm until remove-identity has run.
+        # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
+        # Identity is gone); repeating until a round changes nothing makes their order not matter.
         FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), RemoveIdentity()]),
         MatchLayers(),
         CheckCalibration(),

@@ -10,8 +10,9 @@ kernels between extra quantize/dequantize steps and is slower than FP32. This pa
 3. absorbs a Relu (or a Clip at 0, ReLU6) after a quantized op (or after a residual Add) into the op's output quantization:
    a uint8 Q with zero point 0 clamps at 0, so `op -> Q(u8, zp 0)` is exactly `op -> Relu -> Q`;
    a MaxPool between Relu and Q moves behind the new Q, running on uint8 as well,
-4. a residual Add -> Relu read only by an average pooling (ResNet's last block) gets a uint8 output
-   range too, so the Add runs as QLinearAdd and the pooling as QLinearGlobalAveragePool,
+4. an activation read only by an average pooling (ResNet's last residual Add -> Relu, MobileNet's
+   last Conv -> ReLU6) gets a uint8 output range too, so the op runs as an integer kernel and the
+   pooling as QLinearGlobalAveragePool,
 5. leaves a MatMul's output float where only float ops read it and ORT then runs MatMulIntegerToFloat
    (no requantize + dequantize round trip),
 6. turns every remaining int8 activation Q/DQ into uint8 with zero point 128 and the same scale

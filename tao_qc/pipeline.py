@@ -62,8 +62,8 @@ class Pass(Protocol):
 @dataclass
 class FixedPoint:
     """Passes the pipeline repeats, in order, until one round changes nothing (or `max_rounds`,
-    with a warning): for rewrites that can expose work for each other (removing an Identity between
-    a Conv and its BatchNorm lets the BatchNorm fold)."""
+    with a warning): for rewrites that can expose work for each other (a Conv -> Identity ->
+    BatchNorm folds only once the Identity is gone)."""
 
     name: str
     passes: list
