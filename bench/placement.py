@@ -9,9 +9,11 @@ For each model built in the repo (tao_qc.zoo), in one run on this machine:
 and prints one table: speed vs FP32 at batch 1 and 8 (median latency, 2 intra-op threads, sessions
 timed in interleaved rounds so drift hits all alike; see measure()), size on disk, top-1 agreement with FP32.
 
-    .venv/bin/python bench/placement.py [--models resnet18,mobilenet,tiny_vit] [--rounds 12]
+    .venv/bin/python bench/placement.py [--models resnet18,mobilenet,tiny_vit] [--rounds 12] [--profile]
 
-Writes the table to bench/results/placement.md as well.
+Writes the table to bench/results/placement.md as well. --profile adds, per model, where the batch-8
+time goes in each variant (ONNX Runtime's own profiler: milliseconds per kernel type, and the
+slowest nodes), to see which kernels a placement change moves.
 """
 
 from __future__ import annotations
@@ -139,6 +141,41 @@ def measure(variants: dict[str, Path], shape: tuple[int, ...], rounds: int) -> d
     return results
 
 
+def profile(variants: dict[str, Path], shape: tuple[int, ...], runs: int = 10) -> str:
+    """Per variant, ORT's profiler over `runs` batch-8 runs: ms per kernel type and the 3 slowest nodes."""
+    from collections import defaultdict
+
+    import onnxruntime as ort
+
+    x = np.random.default_rng(2).standard_normal((8, *shape[1:])).astype(np.float32)
+    lines = []
+    for label, path in variants.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = THREADS, 1, 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "tao-qc-bench-profile")
+        s = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {s.get_inputs()[0].name: x}
+        for _ in range(3):
+            s.run(None, feed)
+        for _ in range(runs):
+            s.run(None, feed)
+        trace = Path(s.end_profiling())
+        by_op: dict[str, float] = defaultdict(float)
+        by_node: dict[str, float] = defaultdict(float)
+        for event in json.loads(trace.read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                ms = event["dur"] / (runs + 3) / 1000
+                by_op[event["args"]["op_name"]] += ms
+                by_node[event["name"].removesuffix("_kernel_time")] += ms
+        trace.unlink()
+        ops = ", ".join(f"{op} {ms:.2f}" for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1]) if ms >= 0.01)
+        slowest = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(by_node.items(), key=lambda kv: -kv[1])[:3])
+        lines += [f"  {label}: {sum(by_op.values()):.1f} ms in kernels: {ops}", f"    slowest nodes: {slowest}"]
+    return "\n".join(lines)
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -159,13 +196,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet18,mobilenet,tiny_vit")
     parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--profile", action="store_true", help="also print where the batch-8 time goes per variant")
     args = parser.parse_args()
 
     from tao_qc import zoo
     from tao_qc.console import setup_logging
 
     setup_logging(-1)
-    rows = []
+    rows, profiles = [], []
     with tempfile.TemporaryDirectory(prefix="tao-qc-bench-") as tmp:
         for name in args.models.split(","):
             work = Path(tmp) / name
@@ -174,6 +212,8 @@ def main() -> None:
             variants = build_variants(name, work)
             print(f"timing {name} ...", file=sys.stderr, flush=True)
             results = measure(variants, zoo.input_shape(name), args.rounds)
+            if args.profile:
+                profiles.append(f"{name}, batch 8 (ORT profiler, ms per run):\n{profile(variants, zoo.input_shape(name))}")
             base = results["fp32"]
             for label, r in results.items():
                 rows.append({"model": name, "variant": label, "speed_b1": base["b1_ms"] / r["b1_ms"],
@@ -193,6 +233,9 @@ def main() -> None:
     print(table)
     print()
     print(note)
+    for block in profiles:
+        print()
+        print(block)
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / "placement.md").write_text(f"{table}\n\n{note}\n")
