@@ -433,17 +433,8 @@ def _averaged_then_quantized(targets: list[ir.Node]) -> bool:
 
 def _sum_of_input_ranges(add: ir.Node) -> float | None:
     """An upper bound of an Add's output from its dequantized inputs' ranges: sum of their maxima."""
-    total = 0.0
-    for value in add.inputs:
-        dq = value.producer() if value is not None else None
-        if dq is None or dq.op_type != "DequantizeLinear":
-            return None
-        params = qparams(dq)
-        if params is None or params[0].size != 1:
-            return None
-        scale, zero = params
-        total += float(scale.reshape(())) * (np.iinfo(zero.dtype).max - float(zero.reshape(())))
-    return total
+    maxima = [_measured_amax(value) for value in add.inputs]
+    return None if any(m is None for m in maxima) else sum(maxima)
 
 
 def _quantize_before_flatten(graph: ir.Graph, build: QdqBuilder, average: ir.Node) -> None:
