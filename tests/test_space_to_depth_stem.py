@@ -108,3 +108,7 @@ def test_resnet_stem_through_the_pipeline_is_exact_and_fused(tmp_path):
     ort.InferenceSession(str(result.model_path), options, providers=["CPUExecutionProvider"])
     ops = Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
     assert ops["QLinearConv"] == 21 and ops["Conv"] == 0  # 20 of the model + the folding one, all integer
+    from tao_qc.commands.inspect import resolve_target, summarize
+
+    facts = {f["name"]: f for f in summarize(resolve_target(result.results_dir))["compute_nodes"]}
+    assert facts["/conv1/Conv_space_to_depth"]["reason"].startswith("added by space-to-depth-stem; ")

@@ -178,15 +178,19 @@ def decision_reason(record: dict[str, Any]) -> str:
 def summarize(target: Target, *, with_text: bool = False, digests: bool = False) -> dict[str, Any]:
     """JSON-ready summary of one model: graph facts plus, per compute node, the reason shown."""
     from tao_qc.graph_facts import quantization_summary
+    from tao_qc.pipeline import PROVENANCE_KEY
     from tao_qc.textform import format_model
 
     model = load_model(target.model_path)
     summary = quantization_summary(model)
     decisions = load_decisions(target.report_path)
+    created_by = {node.name: entry.value for node in model.graph.node for entry in node.metadata_props
+                  if entry.key == PROVENANCE_KEY}
     for fact in summary["compute_nodes"]:
         record = decisions.get(fact["name"])
         if record is None:
-            fact["reason"] = f"graph shows: {fact['evidence']}"
+            added = f"added by {created_by[fact['name']]}; " if fact["name"] in created_by else ""
+            fact["reason"] = f"{added}graph shows: {fact['evidence']}"
             fact["reason_source"] = "graph"
             continue
         fact["reason"] = decision_reason(record)
