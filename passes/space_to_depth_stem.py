@@ -16,7 +16,7 @@ zero taps where the 2x2 grid overhangs the kernel; accumulations, requantization
 exactly those of the original Conv.
 
 Runs after place-for-onnxruntime, for `target: onnxruntime`. A Conv qualifies when it is a fused
-integer unit (uint8 input through DequantizeLinear, int8 per-channel weights), group 1, stride 2,
+integer unit (uint8 input through DequantizeLinear, int8 weights), group 1, stride 2,
 dilation 1, kernel at least MIN_KERNEL, at most MAX_CHANNELS input channels, and a static even input size.
 """
 
@@ -49,16 +49,16 @@ class SpaceToDepthStem:
             if plan is None:
                 continue
             _rewrite(graph, build, conv, plan)
-            notes.append(f"{conv.name}: {plan.kernel[0]}x{plan.kernel[1]}/2 Conv over {plan.channels} channels runs as "
-                         f"a {plan.blocks[0]}x{plan.blocks[1]}/1 Conv over {4 * plan.channels} (2x2 pixel blocks folded "
+            _, channels, kh, kw = plan.weights.shape
+            notes.append(f"{conv.name}: {kh}x{kw}/2 Conv over {channels} channels runs as "
+                         f"a {plan.blocks[0]}x{plan.blocks[1]}/1 Conv over {4 * channels} (2x2 pixel blocks folded "
                          "into channels by an exact 2x2/2 integer Conv)")
         return PassResult(model, changed=bool(notes), stats={"stems_rewritten": len(notes)}, notes=notes)
 
 
 @dataclass
 class _Plan:
-    channels: int
-    kernel: tuple[int, int]
+    weights: np.ndarray  # the stem's int8 weights, [out, in, kh, kw]
     shift: tuple[int, int]  # zero taps before the kernel, so its window starts on a block boundary
     blocks: tuple[int, int]  # kernel size in 2x2 blocks
     pads: list[int]  # in blocks: top, left, bottom, right
@@ -97,12 +97,12 @@ def _plan(conv: ir.Node) -> _Plan | None:
         pads.append(out - 1 + blocks[axis] - size // 2 - pads[axis])
     if min(pads) < 0:
         return None
-    return _Plan(channels, (kh, kw), shift, blocks, pads)
+    return _Plan(weights, shift, blocks, pads)
 
 
 def _rewrite(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, plan: _Plan) -> None:
     x_dq, w_dq = conv.inputs[0].producer(), conv.inputs[1].producer()
-    c = plan.channels
+    cout, c, kh, kw = plan.weights.shape
     # The folding Conv: output channel (ci, dy, dx) = input channel ci at pixel (dy, dx) of each block.
     pick = np.zeros((4 * c, c, 2, 2), np.int8)
     for ci in range(c):
@@ -120,11 +120,9 @@ def _rewrite(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, plan: _Plan) -> 
     q = build.node("QuantizeLinear", [fold.outputs[0], *x_dq.inputs[1:]], f"{conv.name}_space_to_depth_QuantizeLinear")
     dq = build.node("DequantizeLinear", [q.outputs[0], *x_dq.inputs[1:]], f"{conv.name}_space_to_depth_DequantizeLinear")
 
-    weights = constant_array(w_dq.inputs[0])
-    cout, _, kh, kw = weights.shape
     bh, bw = plan.blocks
     padded = np.zeros((cout, c, 2 * bh, 2 * bw), np.int8)
-    padded[:, :, plan.shift[0]:plan.shift[0] + kh, plan.shift[1]:plan.shift[1] + kw] = weights
+    padded[:, :, plan.shift[0]:plan.shift[0] + kh, plan.shift[1]:plan.shift[1] + kw] = plan.weights
     blocked = padded.reshape(cout, c, bh, 2, bw, 2).transpose(0, 1, 3, 5, 2, 4).reshape(cout, 4 * c, bh, bw)
     old = w_dq.inputs[0]
     w_dq.replace_input_with(0, build.initializer(f"{old.name}_space_to_depth", np.ascontiguousarray(blocked)))
