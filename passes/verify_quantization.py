@@ -7,7 +7,8 @@
   ONNX Runtime quantize a tensor once for all its readers; TensorRT and ORT still run the float
   node in float, on the rounded values);
 - no orphan Q/DQ: a QuantizeLinear feeds only DequantizeLinear nodes, a DequantizeLinear is used
-  (or is a graph output) and reads a QuantizeLinear or a constant;
+  (or is a graph output) and reads a QuantizeLinear or a constant; Transposes and Reshapes may sit
+  between the two (they move integers without changing them; space-to-depth-stem places them);
 - the graph runs in ONNX Runtime (CPU) on the first calibration batch, with finite outputs.
 """
 
@@ -131,11 +132,22 @@ def _shared_with_quantized(value: ir.Value, quantized: set[str]) -> bool:
     return False
 
 
+# Ops that only move a quantized tensor's integers around (no arithmetic), allowed between Q and DQ.
+LAYOUT_OPS = ("Transpose", "Reshape")
+
+
+def _readers_through_layout(value: ir.Value) -> list[ir.Node]:
+    readers = []
+    for user, _ in value.uses():
+        readers.extend(_readers_through_layout(user.outputs[0]) if user.op_type in LAYOUT_OPS else [user])
+    return readers
+
+
 def orphan_qdq(model: ir.Model) -> list[str]:
     problems = []
     for node in model.graph:
         if node.op_type == "QuantizeLinear":
-            users = [user.op_type for user, _ in node.outputs[0].uses()]
+            users = [user.op_type for user in _readers_through_layout(node.outputs[0])]
             if not users and not node.outputs[0].is_graph_output():
                 problems.append(f"{node.name}: QuantizeLinear whose output nobody reads")
             elif any(op != "DequantizeLinear" for op in users):
@@ -146,6 +158,9 @@ def orphan_qdq(model: ir.Model) -> list[str]:
                 problems.append(f"{node.name}: DequantizeLinear whose output nobody reads")
             source = node.inputs[0]
             producer = source.producer() if source is not None else None
+            while producer is not None and producer.op_type in LAYOUT_OPS:
+                source = producer.inputs[0]
+                producer = source.producer() if source is not None else None
             constant = source is not None and (source.const_value is not None or source.is_initializer())
             if not constant and (producer is None or producer.op_type not in ("QuantizeLinear", "Constant")):
                 problems.append(f"{node.name}: DequantizeLinear reads {producer.op_type if producer else 'a graph input'}, "

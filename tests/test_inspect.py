@@ -13,6 +13,7 @@ import pytest
 from tao_qc.cli import main
 from tao_qc.graph_facts import quantization_summary, quantized_node_names
 from tao_qc.patterns import decide, onnx_unit
+from tao_qc.pipeline import PROVENANCE_KEY
 from tao_qc.spec import load_spec
 from tao_qc.textform import format_model
 
@@ -205,3 +206,26 @@ def test_a_conv_whose_weight_bypasses_its_dq_is_partial_and_the_diff_says_so(mod
     [change] = json.loads(out)["changes"]
     assert change["name"] == "/block/conv1/Conv"
     assert (change["before"], change["after"]) == ("quantized (act int8, w int8)", "partial (act int8, w float)")
+
+
+def test_a_compute_node_a_pass_added_says_which_pass(models, tmp_path, capsys):
+    # A pass that adds a compute node records itself on the node (tao_qc.pipeline.mark_created); the
+    # report has no decision for it, so inspect says where it came from beside what the graph shows.
+    model = onnx.load(models["int8"])
+    added = next(node for node in model.graph.node if node.name == "/head/Gemm")
+    entry = added.metadata_props.add()
+    entry.key, entry.value = PROVENANCE_KEY, "some-pass"
+    results = tmp_path / "results"
+    results.mkdir()
+    onnx.save(model, results / "model.int8.onnx")
+    spec = load_spec({"quantize": {"backend": "modelopt.onnx"}})
+    units = [onnx_unit(node.name, node.op_type) for node in model.graph.node if node.name != "/head/Gemm"]
+    records = [{**d.as_dict(), "reason": d.reason} for d in decide(units, spec.layers, spec.skip_names, static=True, warn=False).decisions]
+    (results / "report.json").write_text(json.dumps({"model": "model.int8.onnx", "match_layers": {"decisions": records}}))
+
+    code, out, err = run(capsys, results, "--json")
+    assert code == 0, err
+    facts = {fact["name"]: fact for fact in json.loads(out)["compute_nodes"]}
+    assert facts["/head/Gemm"]["reason"].startswith("added by some-pass; graph shows: ")
+    assert facts["/head/Gemm"]["reason_source"] == "graph"
+    assert not any(fact["reason"].startswith("added by") for name, fact in facts.items() if name != "/head/Gemm")
