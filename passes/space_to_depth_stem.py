@@ -66,9 +66,9 @@ class SpaceToDepthStem:
                 continue
             _rewrite(graph, build, conv, plan)
             cout, channels, kh, kw = plan.weights.shape
-            notes.append(f"{conv.name}: {kh}x{kw}/2 Conv over {channels} channels runs as a {kh}x{plan.quads} Conv "
+            notes.append(f"{conv.name}: {kh}x{kw}/2 Conv over {channels} channels runs as a {kh}x{plan.runs} Conv "
                          f"over {FOLD * channels} channels (runs of {FOLD} pixels along the width) with {PHASES * cout} "
-                         f"outputs ({PHASES} output columns each); the folds are Reshapes in ORT's channels-last layout")
+                         f"outputs ({PHASES} output columns each), bit for bit the same")
         return PassResult(model, changed=bool(notes), stats={"stems_rewritten": len(notes)}, notes=notes)
 
 
@@ -78,8 +78,9 @@ class _Plan:
     quantize: ir.Node  # the per-tensor QuantizeLinear that alone reads the Conv's output
     width: int  # input width
     out_width: int
-    first_quad: int  # kernel's first 4-pixel run, relative to the output column pair (<= 0)
-    quads: int  # kernel width in 4-pixel runs
+    first_run: int  # the kernel's first run of FOLD pixels, relative to its output column pair (<= 0)
+    runs: int  # kernel width in runs
+    pads: list[int]  # top, left, bottom, right; left and right in runs
 
 
 def _plan(conv: ir.Node) -> _Plan | None:
@@ -116,30 +117,31 @@ def _plan(conv: ir.Node) -> _Plan | None:
     dims = dims_through_qdq(conv.inputs[0])
     if dims is None or len(dims) != 4 or not isinstance(dims[3], int) or dims[3] % FOLD:
         return None
-    _, left, _, right = attributes.get_ints("pads", [0, 0, 0, 0])
+    top, left, bottom, right = attributes.get_ints("pads", [0, 0, 0, 0])
     width = dims[3]
     out_width = (width + left + right - kw) // STRIDE + 1
     if out_width % PHASES:
         return None
     # Output column PHASES*p + phase reads input columns FOLD*p + STRIDE*phase - left + kx.
-    first_quad = (-left) // FOLD
-    quads = (STRIDE * (PHASES - 1) - left + kw - 1) // FOLD - first_quad + 1
-    if out_width // PHASES - 1 + quads - width // FOLD + first_quad < 0:
+    first_run = (-left) // FOLD
+    runs = (STRIDE * (PHASES - 1) - left + kw - 1) // FOLD - first_run + 1
+    right_runs = out_width // PHASES - 1 + runs - width // FOLD + first_run
+    if right_runs < 0:
         return None  # would need negative padding on the right
-    return _Plan(weights, quantize, width, out_width, first_quad, quads)
+    return _Plan(weights, quantize, width, out_width, first_run, runs, [top, -first_run, bottom, right_runs])
 
 
 def _folded_weights(plan: _Plan, left: int) -> np.ndarray:
-    """[PHASES*out, in*FOLD, kh, quads]: output channel (phase, o), input channel (c, pixel in run)."""
+    """[PHASES*out, in*FOLD, kh, runs]: output channel (phase, o), input channel (c, pixel in run)."""
     cout, c, kh, kw = plan.weights.shape
-    folded = np.zeros((PHASES, cout, c, FOLD, kh, plan.quads), np.int8)
+    folded = np.zeros((PHASES, cout, c, FOLD, kh, plan.runs), np.int8)
     for phase in range(PHASES):
-        for quad in range(plan.quads):
+        for run in range(plan.runs):
             for pixel in range(FOLD):
-                kx = FOLD * (plan.first_quad + quad) + pixel - STRIDE * phase + left
+                kx = FOLD * (plan.first_run + run) + pixel - STRIDE * phase + left
                 if 0 <= kx < kw:
-                    folded[phase, :, :, pixel, :, quad] = plan.weights[:, :, :, kx]
-    return folded.reshape(PHASES * cout, c * FOLD, kh, plan.quads)
+                    folded[phase, :, :, pixel, :, run] = plan.weights[:, :, :, kx]
+    return folded.reshape(PHASES * cout, c * FOLD, kh, plan.runs)
 
 
 def _replace_constant(graph: ir.Graph, build: QdqBuilder, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:
@@ -192,7 +194,7 @@ def _unfold_width(build: QdqBuilder, value: ir.Value, channels: int, width: int,
 def _rewrite(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, plan: _Plan) -> None:
     x_dq, w_dq = conv.inputs[0].producer(), conv.inputs[1].producer()
     cout, c, _, _ = plan.weights.shape
-    top, left, bottom, _ = conv.attributes.get_ints("pads", [0, 0, 0, 0])
+    left = conv.attributes.get_ints("pads", [0, 0, 0, 0])[1]
 
     fold = _fold_width(build, x_dq.inputs[0], c, plan.width, f"{conv.name}_fold_width")
     dq = build.node("DequantizeLinear", [fold[-1].outputs[0], *x_dq.inputs[1:]], f"{conv.name}_fold_width_DequantizeLinear")
@@ -205,11 +207,9 @@ def _rewrite(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, plan: _Plan) -> 
     _repeat_per_channel(graph, build, w_dq, cout)
     if len(conv.inputs) > 2 and conv.inputs[2] is not None:
         _repeat_per_channel(graph, build, conv.inputs[2].producer(), cout)
-    left_quads = -plan.first_quad
-    right_quads = plan.out_width // PHASES - 1 + plan.quads - plan.width // FOLD - left_quads
-    conv.attributes["kernel_shape"] = ir.AttrInt64s("kernel_shape", [plan.weights.shape[2], plan.quads])
+    conv.attributes["kernel_shape"] = ir.AttrInt64s("kernel_shape", [plan.weights.shape[2], plan.runs])
     conv.attributes["strides"] = ir.AttrInt64s("strides", [STRIDE, 1])
-    conv.attributes["pads"] = ir.AttrInt64s("pads", [top, left_quads, bottom, right_quads])
+    conv.attributes["pads"] = ir.AttrInt64s("pads", plan.pads)
 
     # After the requantization: uint8.
     q_out = plan.quantize.outputs[0]
