@@ -47,9 +47,12 @@ def stem_graph(channels: int, size: tuple[int, int], kernel: tuple[int, int], pa
     return ir.from_proto(onnx.shape_inference.infer_shapes(proto))
 
 
-def run(model: ir.Model, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x})[0]
+def session(model: ir.Model, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(model: ir.Model, x: np.ndarray, options: ort.SessionOptions | None = None) -> np.ndarray:
+    return session(model, options).run(None, {"input": x})[0]
 
 
 @pytest.mark.parametrize("kernel,pads,size", [
@@ -140,3 +143,33 @@ def test_verification_accepts_layout_ops_between_q_and_dq_but_not_arithmetic():
     problems = orphan_qdq(folded)
     assert any(p.startswith("input_q: QuantizeLinear feeds ['Relu']") for p in problems), problems
     assert any("DequantizeLinear reads Relu" in p for p in problems), problems
+
+
+def test_folded_graph_means_the_same_without_ort_optimizations():
+    # ONNX semantics, not ORT's layout optimizer, make the rewrite right: run literally (every
+    # Transpose and Reshape executed, the Conv in float on dequantized values), it gives the same
+    # result up to the float Conv's summation order (at most one quantization step).
+    model = stem_graph(3, (32, 32), (7, 7), [3, 3, 3, 3])
+    x = np.random.default_rng(2).uniform(-2, 2, (2, 3, 32, 32)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    before = run(model, x, options)
+    after = run(SpaceToDepthStem().run(model, None).model, x, options)
+    assert np.abs(after - before).max() <= 0.05 + 1e-6  # y_scale
+    assert (after == before).mean() > 0.99
+
+
+def test_an_input_other_nodes_read_too_stays_for_them():
+    model = stem_graph(3, (32, 32), (7, 7), [3, 3, 3, 3])
+    graph = model.graph
+    input_dq = next(n for n in graph if n.name == "input_dq")
+    pool = ir.Node("", "GlobalAveragePool", [input_dq.outputs[0]], name="side")
+    pool.outputs[0].name = "side_output"
+    graph.append(pool)
+    graph.outputs.append(pool.outputs[0])
+    x = np.random.default_rng(1).uniform(-2, 2, (2, 3, 32, 32)).astype(np.float32)
+    before = session(model).run(None, {"input": x})
+    result = SpaceToDepthStem().run(model, None)
+    assert result.changed and "input_dq" in {n.name for n in result.model.graph}
+    for a, b in zip(session(result.model).run(None, {"input": x}), before):
+        np.testing.assert_array_equal(a, b)
