@@ -10,8 +10,15 @@ and prints one table: speed vs FP32 at batch 1 and 8 (median latency, 2 intra-op
 timed in interleaved rounds so drift hits all alike; see measure()), size on disk, top-1 agreement with FP32.
 
     .venv/bin/python bench/placement.py [--models resnet18,mobilenet,tiny_vit] [--rounds 12] [--profile]
+                                        [--real ultraface_rfb320,fastestdet,yunet_n_320]
 
-Writes the table to bench/results/placement.md as well. --profile adds, per model, where the batch-8
+A second table does the same for the trained third-party detectors in ../shared/models
+(TAO_QC_SHARED_MODELS overrides; --real '' skips them), calibrated on their own photos: their batch
+is fixed at 1, and they have no classes, so it gives the lowest cosine similarity to FP32 over their
+outputs instead of top-1 agreement. ONNX Runtime's quantizer writes per-channel DequantizeLinear
+nodes that opsets below 13 do not allow; where the model it writes does not load, the row says so.
+
+Writes the tables to bench/results/placement.md as well. --profile adds, per model, where the batch-8
 time goes in each variant (ONNX Runtime's own profiler: milliseconds per kernel type, and the
 slowest nodes), to see which kernels a placement change moves.
 """
@@ -98,6 +105,82 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
                    check=True, capture_output=True)
     variants["ort quantize_static"] = target
     return variants
+
+
+# Preprocessing each detector was trained with (../shared/models/README.md), in tao-qc's terms.
+REAL_MODELS = {
+    "ultraface_rfb320": {"color": "rgb", "mean": [127.0], "std": [128.0]},
+    "fastestdet": {"color": "rgb", "mean": [0.0], "std": [255.0]},
+    "yunet_n_320": {"color": "bgr", "mean": [0.0], "std": [1.0]},
+}
+
+
+def shared_models() -> Path:
+    return Path(os.environ.get("TAO_QC_SHARED_MODELS", HERE.parent.parent / "shared" / "models"))
+
+
+def build_real_variants(name: str, work: Path) -> tuple[dict[str, Path], dict[str, str], np.ndarray]:
+    """fp32, tao-qc onnxruntime and ORT's quantizer for a shared model, all calibrated on the same
+    preprocessed photos. Returns the variants, the ones that failed (why), and the photos."""
+    import onnx
+
+    from tao_qc.compile import compile_model
+    from tao_qc.data import model_inputs, open_inputs
+    from tao_qc.spec import CalibrationSpec
+
+    fp32 = shared_models() / f"{name}.onnx"
+    calibration = CalibrationSpec(data=str(shared_models() / name), **REAL_MODELS[name])
+    [info] = model_inputs(onnx.load(fp32, load_external_data=False))
+    photos = np.concatenate([batch[info.name] for batch in open_inputs(calibration.data, [info], calibration=calibration)])
+    np.savez(work / "calib.npz", **{info.name: photos})
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "calibration": {"data": str(work / "calib.npz")}}}
+    variants = {"fp32": fp32, "tao-qc onnxruntime": compile_model(fp32, spec, results_dir=work / "onnxruntime", compare=False).model_path}
+    failed = {}
+    target = work / f"{name}.ort-quantizer.onnx"
+    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
+                         capture_output=True, text=True)
+    try:
+        if run.returncode:
+            raise RuntimeError(run.stderr.strip().splitlines()[-1])
+        session(target)
+        variants["ort quantize_static"] = target
+    except Exception as error:  # the peer's failure is a result, reported in its row
+        why = str(error).split("\n")[0]
+        why = why.rsplit("Error ", 1)[-1] if "Error " in why else why  # ORT's reason, without the temp path
+        opset = next((o.version for o in onnx.load(fp32, load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), "?")
+        failed["ort quantize_static"] = f"{why[:120]} (model opset {opset})"
+    return variants, failed, photos
+
+
+def measure_real(variants: dict[str, Path], photos: np.ndarray, rounds: int) -> dict[str, dict]:
+    """Median batch-1 latency (interleaved rounds, as measure()) and the lowest output cosine to FP32."""
+    from tao_qc.latency import summarize
+
+    sessions = {label: session(path) for label, path in variants.items()}
+
+    def feed(s, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {s.get_inputs()[0].name: x}
+
+    results = {label: {"size_mb": path.stat().st_size / 2**20} for label, path in variants.items()}
+    times: dict[str, list[float]] = {label: [] for label in sessions}
+    for _ in range(rounds * 4):  # batch 1 of a small detector: a few ms a run
+        for label, s in sessions.items():
+            s.run(None, feed(s, photos[:1]))
+            for _ in range(TIMED_PER_ROUND):
+                start = time.perf_counter()
+                s.run(None, feed(s, photos[:1]))
+                times[label].append(time.perf_counter() - start)
+    reference = [sessions["fp32"].run(None, feed(sessions["fp32"], photos[i : i + 1])) for i in range(len(photos))]
+    for label, s in sessions.items():
+        results[label]["b1_ms"] = summarize(times[label], 1).median_ms
+        cosines = []
+        for i, expected in enumerate(reference):
+            for got, want in zip(s.run(None, feed(s, photos[i : i + 1])), expected):
+                got, want = got.ravel().astype(np.float64), want.ravel().astype(np.float64)
+                cosines.append(float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want) or 1.0)))
+        results[label]["cosine"] = min(cosines)
+    return results
 
 
 def measure(variants: dict[str, Path], shape: tuple[int, ...], rounds: int) -> dict[str, dict]:
@@ -197,14 +280,33 @@ def main() -> None:
     parser.add_argument("--models", default="resnet18,mobilenet,tiny_vit")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--profile", action="store_true", help="also print where the batch-8 time goes per variant")
+    parser.add_argument("--real", default=",".join(REAL_MODELS), help="shared detectors to add ('' for none)")
     args = parser.parse_args()
+    real = [name for name in args.real.split(",") if name]
+    unknown = [name for name in real if name not in REAL_MODELS]
+    if unknown:
+        parser.error(f"--real: unknown model(s) {', '.join(unknown)} (valid: {', '.join(REAL_MODELS)})")
+    if real and not shared_models().is_dir():
+        parser.error(f"--real: shared models not found at {shared_models()} (set TAO_QC_SHARED_MODELS, or --real '')")
 
     from tao_qc import zoo
     from tao_qc.console import setup_logging
 
     setup_logging(-1)
-    rows, profiles = [], []
+    rows, real_rows, profiles = [], [], []
     with tempfile.TemporaryDirectory(prefix="tao-qc-bench-") as tmp:
+        for name in real:
+            work = Path(tmp) / name
+            work.mkdir()
+            print(f"building {name} ...", file=sys.stderr, flush=True)
+            variants, failed, photos = build_real_variants(name, work)
+            print(f"timing {name} ...", file=sys.stderr, flush=True)
+            results = measure_real(variants, photos, args.rounds)
+            for label, r in results.items():
+                real_rows.append({"model": name, "variant": label, "speed_b1": results["fp32"]["b1_ms"] / r["b1_ms"],
+                                  "b1_ms": r["b1_ms"], "size_mb": r["size_mb"], "cosine": r["cosine"], "samples": len(photos)})
+            for label, why in failed.items():
+                real_rows.append({"model": name, "variant": label, "failed": why})
         for name in args.models.split(","):
             work = Path(tmp) / name
             work.mkdir()
@@ -225,10 +327,20 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['model']} | {r['variant']} | {r['speed_b1']:.2f}x | {r['speed_b8']:.2f}x | {r['b8_ms']:.1f} | "
                      f"{r['size_mb']:.1f} | {r['agreement']:.1%} |")
+    if real_rows:
+        lines += ["", "| model (trained, ../shared/models) | variant | speed vs FP32, batch 1 | batch 1 median (ms) "
+                      "| size (MB) | lowest output cosine vs FP32 |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in real_rows:
+            if "failed" in r:
+                lines.append(f"| {r['model']} | {r['variant']} | - | - | - | its model does not load in ORT: {r['failed']} |")
+            else:
+                lines.append(f"| {r['model']} | {r['variant']} | {r['speed_b1']:.2f}x | {r['b1_ms']:.2f} | {r['size_mb']:.1f} | "
+                             f"{r['cosine']:.4f} (on {r['samples']} photos) |")
     table = "\n".join(lines)
     note = (f"Measured in one run on {machine()}, intra-op spinning off for every session. "
             f"Speed = FP32 median latency / variant median latency; "
-            f"top-1 agreement on {AGREEMENT_SAMPLES} fixed random inputs; calibration on {CALIBRATION_SAMPLES} random samples; "
+            f"top-1 agreement on {AGREEMENT_SAMPLES} fixed random inputs; calibration on {CALIBRATION_SAMPLES} random samples "
+            f"(the trained detectors: on their own photos, the same preprocessed arrays for every variant); "
             f"1-minute load average at the end {os.getloadavg()[0]:.2f} (other work on the machine slows all variants alike).")
     print(table)
     print()
@@ -239,7 +351,7 @@ def main() -> None:
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / "placement.md").write_text(f"{table}\n\n{note}\n")
-    (results_dir / "placement.json").write_text(json.dumps({"rows": rows, "machine": machine()}, indent=2) + "\n")
+    (results_dir / "placement.json").write_text(json.dumps({"rows": rows, "real_rows": real_rows, "machine": machine()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
