@@ -3,7 +3,7 @@
 ONNX Runtime's integer convolution works through the input channels a few at a time at every
 kernel position; with 3 input channels most of that work is overhead, so the stem of an INT8
 ResNet-18 runs only about 1.8x faster than in FP32 while every other Conv runs about 3.8x faster
-(it is ~14% of the INT8 model's time at batch 8 on 2 threads).
+(unfolded, it is ~14% of the INT8 model's time at batch 8 on 2 threads).
 
 The rewrite folds each run of 2*stride pixels along the width into channels (4 pixels x 3 channels
 = 12) and lets the Conv compute both output columns of such a run at once, as twice the output
@@ -218,6 +218,8 @@ def _rewrite(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, plan: _Plan) -> 
     for use in list(q_out.uses()):
         if use.node is not unfold[0]:
             use.node.replace_input_with(use.idx, unfold[-1].outputs[0])
-    changed = [conv.outputs[0], q_out, w_dq.outputs[0]] + [conv.inputs[2]] * (len(conv.inputs) > 2 and conv.inputs[2] is not None)
-    for value in changed:
+    stale = [conv.outputs[0], q_out, w_dq.outputs[0]]
+    if len(conv.inputs) > 2 and conv.inputs[2] is not None:
+        stale.append(conv.inputs[2])
+    for value in stale:
         value.shape = None  # the old shapes no longer hold
