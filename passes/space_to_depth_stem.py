@@ -85,6 +85,11 @@ class _Plan:
     pads: list[int]  # top, left, bottom, right; left and right in runs
 
 
+def _bias(conv: ir.Node) -> ir.Value | None:
+    """The Conv's optional third input."""
+    return conv.inputs[2] if len(conv.inputs) > 2 else None
+
+
 def _plan(conv: ir.Node) -> _Plan | None:
     if len(conv.inputs) < 2 or conv.inputs[0] is None or conv.inputs[1] is None:
         return None
@@ -98,7 +103,8 @@ def _plan(conv: ir.Node) -> _Plan | None:
         return None
     if len(list(w_dq.outputs[0].uses())) != 1:
         return None  # rearranging weights another node reads too would change that node
-    bias_dq = conv.inputs[2].producer() if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
+    bias = _bias(conv)
+    bias_dq = bias.producer() if bias is not None else None
     if bias_dq is not None and (bias_dq.op_type != "DequantizeLinear" or len(list(bias_dq.outputs[0].uses())) != 1):
         return None
     uses = list(conv.outputs[0].uses())
@@ -207,8 +213,9 @@ def _rewrite(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, plan: _Plan) -> 
 
     _replace_constant(graph, build, w_dq, 0, _folded_weights(plan, left), "fold_width")
     _repeat_per_channel(graph, build, w_dq, cout)
-    if len(conv.inputs) > 2 and conv.inputs[2] is not None:
-        _repeat_per_channel(graph, build, conv.inputs[2].producer(), cout)
+    bias = _bias(conv)
+    if bias is not None:
+        _repeat_per_channel(graph, build, bias.producer(), cout)
     conv.attributes["kernel_shape"] = ir.AttrInt64s("kernel_shape", [plan.weights.shape[2], plan.runs])
     conv.attributes["strides"] = ir.AttrInt64s("strides", [STRIDE, 1])
     conv.attributes["pads"] = ir.AttrInt64s("pads", plan.pads)
@@ -220,8 +227,6 @@ def _rewrite(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, plan: _Plan) -> 
     for use in list(q_out.uses()):
         if use.node is not unfold[0]:
             use.node.replace_input_with(use.idx, unfold[-1].outputs[0])
-    stale = [conv.outputs[0], q_out, w_dq.outputs[0]]
-    if len(conv.inputs) > 2 and conv.inputs[2] is not None:
-        stale.append(conv.inputs[2])
+    stale = [conv.outputs[0], q_out, w_dq.outputs[0]] + ([bias] if bias is not None else [])
     for value in stale:
         value.shape = None  # the old shapes no longer hold
