@@ -72,17 +72,18 @@ class QuantizeModelOpt:
         kwargs = modelopt_settings(spec, selected, decisions, mode, device)
         names_before = {node.name: dict(node.metadata_props) for node in model.graph}
 
-        with tempfile.TemporaryDirectory(prefix="modelopt-", dir=ctx.work_dir) as tmp:
-            source, target = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
-            # modelopt's copy is written with its weights beside it: raw tensor bytes instead of one
-            # large protobuf to serialize (about half the cost of handing the graph over).
-            save_model(model, source, external_data=True)
-            if weight_bytes(model) >= PROTOBUF_LIMIT_BYTES:
-                kwargs.setdefault("use_external_data_format", True)
-            ctx.facts["modelopt_timing"] = run_modelopt_in_child(
-                source, target, kwargs, batches, timeout_s=self.timeout_s, child=ctx.facts.pop("modelopt_process", None))
-            quantized = ir.load(target)
-            ir.external_data.load_to_model(quantized)  # read external weights before the folder goes
+        quantized = self._quantize(model, ctx, kwargs, batches)
+        if spec.target == "tensorrt" and selected and not _quantized_any(quantized, selected):
+            # modelopt's TensorRT heuristics (few-channel Convs, GEMV-shaped MatMuls) are about speed;
+            # where they would leave nothing of the user's selection quantized, the selection wins.
+            log.warning("modelopt.onnx's TensorRT heuristics exclude every selected node (%s); quantizing them anyway",
+                        _names(selected))
+            kwargs = {**kwargs, "enable_gemv_detection_for_trt": False, _KEEP_SMALL_CONVS: True, **spec.backend_kwargs}
+            quantized = self._quantize(model, ctx, kwargs, batches)
+        # modelopt writes a model of its own (its producer, no metadata or docs): the user's fields go back.
+        fields = ctx.facts.get("model_fields")
+        if fields is not None:
+            fields.restore(quantized, functions_from=model)
 
         created = 0
         for node in quantized.graph:
@@ -124,6 +125,25 @@ class QuantizeModelOpt:
         return PassResult(quantized, changed=True, stats=stats, notes=notes)
 
 
+    def _quantize(self, model: ir.Model, ctx: PassContext, kwargs: dict[str, Any], batches: Any) -> ir.Model:
+        with tempfile.TemporaryDirectory(prefix="modelopt-", dir=ctx.work_dir) as tmp:
+            source, target = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
+            # modelopt's copy is written with its weights beside it: raw tensor bytes instead of one
+            # large protobuf to serialize (about half the cost of handing the graph over).
+            save_model(model, source, external_data=True)
+            if weight_bytes(model) >= PROTOBUF_LIMIT_BYTES:
+                kwargs.setdefault("use_external_data_format", True)
+            ctx.facts["modelopt_timing"] = run_modelopt_in_child(
+                source, target, kwargs, batches, timeout_s=self.timeout_s, child=ctx.facts.pop("modelopt_process", None))
+            quantized = ir.load(target)
+            ir.external_data.load_to_model(quantized)  # read external weights before the folder goes
+        return quantized
+
+
+def _quantized_any(model: ir.Model, selected: list) -> bool:
+    return bool(set(collect_ranges(model)["quantized_inputs"]) & {d.unit.name for d in selected})
+
+
 def quantize_mode_for(selected: list) -> str:
     """modelopt's quantize_mode for the selected nodes, or an InputError saying what it cannot do."""
     unsupported = [d for d in selected if "fp8_e5m2" in (d.weights, d.activations)]
@@ -158,13 +178,24 @@ def _names(decisions: list, limit: int = 4) -> str:
 
 
 def resolve_device(device: str) -> str:
-    """`cpu` as is; `cuda`/`auto` are checked the way the PyTorch path checks them (which needs
-    torch: seconds of import, so not paid for `cpu`)."""
+    """Where modelopt calibrates: its ONNX Runtime session runs on CUDA only where the CUDA provider
+    and a device are both present. `auto` takes CUDA there and says so when it falls back to CPU;
+    an explicit `cuda` without CUDA is an error."""
     if device == "cpu":
         return device
-    from tao_qc.frontends.device import resolve_device as resolve
+    import onnxruntime as ort
 
-    return resolve(device)
+    from tao_qc.runtimes.base import cuda_device_present
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers() and cuda_device_present()
+    if device == "auto":
+        if not cuda:
+            log.info("quantize.device: auto: no CUDA device here, calibrating on CPU")
+        return "cuda" if cuda else "cpu"
+    if not cuda:
+        raise InputError(f"quantize.device: '{device}' asked for, but no CUDA device with ONNX Runtime's CUDA "
+                         "provider is available here (valid here: cpu, or auto to use CUDA only where present)")
+    return device
 
 
 def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, device: str) -> dict[str, Any]:

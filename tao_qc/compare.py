@@ -347,7 +347,10 @@ def compare_models(
     tolerance_set = settings.atol is not None or settings.rtol is not None
     verdicts: dict[str, bool] = {}
     with _quiet_polygraphy():
-        run_results = Comparator.run(runners, data_loader=inputs)
+        try:
+            run_results = Comparator.run(runners, data_loader=inputs)
+        except Exception as exc:  # noqa: BLE001 - runtimes raise their own types
+            raise _rejected_data_error(ref_engine, inputs, exc) or exc
         if tolerance_set:
             verdicts = _polygraphy_verdicts(run_results, settings)
 
@@ -420,6 +423,20 @@ def _stack(iterations: Any) -> dict[str, np.ndarray]:
     return {name: np.concatenate(arrays, axis=0) for name, arrays in per_output.items()}
 
 
+def _rejected_data_error(engine: Any, inputs: Any, error: BaseException) -> InputError | None:
+    """An InputError when the reference model itself cannot run the data (a size it does not take),
+    None when the failure lies elsewhere."""
+    from tao_qc.shapes import dynamic_axes, explain_rejected_shape
+
+    first = inputs.first() if hasattr(inputs, "first") else next(iter(inputs))
+    try:
+        engine.run(first)
+    except Exception:  # noqa: BLE001 - the data is what fails
+        return explain_rejected_shape(engine.run, first, dynamic_axes(engine.input_specs), error,
+                                      getattr(inputs, "key", "the data"))
+    return None
+
+
 def _check_feeds(inputs: Any, engine: Any) -> None:
     """The data's arrays name the model's inputs with fitting per-sample shapes and dtypes."""
     first = inputs.first() if hasattr(inputs, "first") else next(iter(inputs))
@@ -476,8 +493,12 @@ def evaluate_quantized(
                                 runtime_settings=settings, engines=engines)
     sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
     if measure_latency:
+        from tao_qc.shapes import shapes_of
+
+        # Timed at the shape of the data compared: a model with open height/width has no other.
         sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=settings,
-                                           warmup=warmup, runs=runs, engines=list(engines)).to_dict()
+                                           warmup=warmup, runs=runs, engines=list(engines),
+                                           shapes=shapes_of(inputs.first())).to_dict()
     return sections
 
 

@@ -70,6 +70,7 @@ def compile_model(
     model_factory: str | None = None,
     factory_kwargs: dict[str, Any] | None = None,
     input_shape: tuple[int, ...] | None = None,
+    raise_on_mismatch: bool = True,
 ) -> CompileResult:
     """Quantize the ONNX model at `model_path` (default: the spec's `model_path`) as `spec` says.
 
@@ -80,7 +81,8 @@ def compile_model(
     print_after: pass names whose canonical text is printed (through `echo`, default print).
     calibration: an `InputBatches` to use instead of the spec's `calibration.data`.
     compare: run the FP32-vs-quantized comparison at the end (report sections, report.html; a failed
-    check raises AccuracyError after the results are in place).
+    check raises AccuracyError after the results are in place, unless `raise_on_mismatch` is False:
+    then `raise_if_failed(result.report, result.spec)` does it once the caller has shown the result).
     A model that is not `.onnx` is a PyTorch model (a checkpoint with `model_factory`, TorchScript or
     a `.pt2` program): it is lowered to `<stem>.fp32.onnx` in the results first, with input names and
     shapes from the calibration data (or `input_shape`), and that graph enters the pipeline.
@@ -125,7 +127,7 @@ def compile_model(
 
         mode = ctx.facts.get("quantize_mode", "int8")
         quantized = stage / f"{stem}.{_SUFFIX.get(mode, mode)}.onnx"
-        _save(result.model, quantized)
+        _save(result.model, quantized, spec)
         report = build_report(spec, source, final / quantized.name, result.records, ctx, time.perf_counter() - started)
         sections = _relocated(_compare(spec, source, quantized, ctx), str(stage), str(final)) if compare else {}
         report.update(sections)
@@ -136,7 +138,7 @@ def compile_model(
             write_html_report(report, stage / HTML_REPORT_NAME)
 
     log.info("quantized model: %s", final / quantized.name)
-    if sections:
+    if sections and raise_on_mismatch:
         from tao_qc.compare import raise_if_failed
 
         # Results stay on disk either way: a failed check is what the report is for.
@@ -228,9 +230,12 @@ def _check_results_dir(final: Path, source: Path) -> None:
         )
 
 
-def _save(model: Any, path: Path) -> None:
+def _save(model: Any, path: Path, spec: Any) -> None:
+    from tao_qc import __version__
+    from tao_qc.model_fields import stamp
     from tao_qc.pipeline import save_model
 
+    stamp(model, spec, __version__)
     save_model(model, path)
 
 

@@ -312,8 +312,12 @@ def open_inputs(
     max_samples: int | None = None,
     batch_size: int | None = None,
     key: str = "quantize.calibration.data",
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> InputBatches:
-    """Open `data` as batches fitting `inputs`; every mismatch is an `InputError` naming `key`."""
+    """Open `data` as batches fitting `inputs`; every mismatch is an `InputError` naming `key`.
+
+    `shapes` (`{input: full shape}`, e.g. from `--input-shapes`) sizes `random` data where the model
+    leaves dimensions open."""
     calibration = calibration or CalibrationSpec()
     max_samples = max_samples if max_samples is not None else calibration.max_samples
     batch_size = batch_size if batch_size is not None else calibration.batch_size
@@ -336,9 +340,9 @@ def open_inputs(
         for seed, info in enumerate(inputs):
             if info.dtype.kind != "f":
                 raise InputError(f"{key}: random data can only feed float inputs, not {info.describe()}")
-            dims = info.shape[1:]
-            if not all(isinstance(d, int) and d > 0 for d in dims):
-                raise InputError(f"{key}: input {info.describe()} has a dynamic dimension; random data needs a fixed shape (give real data)")
+            from tao_qc.shapes import resolve_shape
+
+            dims = resolve_shape(info, shapes)[1:]
             sources[info.name] = _RandomArray((max_samples, *dims), info.dtype, seed)
         return InputBatches(sources, max_samples, batch_size, "random data", True, key)
 

@@ -308,8 +308,10 @@ class TimingInstrument(Instrument):
 
 
 class InvariantInstrument(Instrument):
-    """Between passes: the model passes onnx.checker and strict shape inference, and its inputs and
-    outputs keep their names and types (compared with the first pass's result)."""
+    """Between passes: the model passes onnx.checker and strict shape inference, its inputs and
+    outputs keep their names and types (compared with the first pass's result), and it keeps what the
+    user's model carries besides its computation (`ctx.facts["model_fields"]`: metadata, doc strings,
+    opsets, local functions)."""
 
     def __init__(self) -> None:
         self.interface: dict | None = None
@@ -328,6 +330,10 @@ class InvariantInstrument(Instrument):
         problem = _same_interface(self.interface, interface)
         if problem:
             raise InvariantError(problem)
+        fields = ctx.facts.get("model_fields")
+        lost = fields.lost_in(result.model) if fields is not None else []
+        if lost:
+            raise InvariantError(f"the model lost what the source carried: {'; '.join(lost)}")
 
 
 class DumpInstrument(Instrument):

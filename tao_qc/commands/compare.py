@@ -29,11 +29,15 @@ log = logging.getLogger("tao_qc.compare")
 @click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Compare at most this many samples (default: the spec's calibration.max_samples for random data, else all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples per run (models with a fixed batch use theirs).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: physical cores).")
+@click.option("--input-shapes", metavar="NAME:DIMS[,...]",
+              help="Shapes of random inputs where no data is given and the model leaves sizes open, "
+                   "e.g. x:1x3x640x640 (the batch first).")
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None, help="A quantize spec whose compare/calibration sections give defaults.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def compare_command(reference: Path, candidate: Path, runtime: str | None, data: str | None, labels: Path | None,
                     atol: float | None, rtol: float | None, min_top1_agreement: float | None, max_samples: int | None,
-                    batch_size: int | None, threads: int | None, spec_file: Path | None, as_json: bool) -> None:
+                    batch_size: int | None, threads: int | None, input_shapes: str | None, spec_file: Path | None,
+                    as_json: bool) -> None:
     """Run REFERENCE (FP32) and CANDIDATE (quantized) on the same inputs and check the candidate.
 
     \b
@@ -48,6 +52,7 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
       tao-qc compare model.onnx model.int8.onnx --data val.npz --labels val_labels.npy
       tao-qc compare model.onnx model.int8.onnx --data images/ --spec q.yaml --json
       tao-qc compare model.onnx model.int8.onnx --atol 1e-2 --rtol 1e-2
+      tao-qc compare det.onnx det.int8.onnx --input-shapes x:1x3x640x640   # random data, open sizes
     """
     from rich.console import Console
 
@@ -65,7 +70,10 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
         if not path.is_file():
             raise InputError(f"{path} does not exist")
 
-    inputs, key = open_compare_inputs(reference, data, spec, max_samples=max_samples, batch_size=batch_size)
+    from tao_qc.shapes import parse_input_shapes
+
+    inputs, key = open_compare_inputs(reference, data, spec, max_samples=max_samples, batch_size=batch_size,
+                                      shapes=parse_input_shapes(input_shapes))
     label_array = None
     labels_path = labels or (Path(settings.labels) if settings.labels else None)
     if labels_path is not None:
@@ -84,8 +92,9 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
 
 
 def open_compare_inputs(model_path: Path, data: str | None, spec, *, max_samples: int | None = None,
-                        batch_size: int | None = None):
-    """The comparison's inputs: `data`, else the spec's compare.data, calibration.data, else random (warned)."""
+                        batch_size: int | None = None, shapes: dict | None = None):
+    """The comparison's inputs: `data`, else the spec's compare.data, calibration.data, else random
+    (warned; `shapes` size it where the model leaves dimensions open)."""
     import onnx
 
     from tao_qc.data import model_inputs, open_inputs
@@ -105,5 +114,5 @@ def open_compare_inputs(model_path: Path, data: str | None, spec, *, max_samples
         raise InputError(f"{model_path} is not a readable ONNX model: {exc}") from None
     limit = max_samples if max_samples is not None else (spec.calibration.max_samples if source == "random" else 1 << 62)
     inputs = open_inputs(source, model_inputs(proto), calibration=spec.calibration, max_samples=limit,
-                         batch_size=batch_size or spec.calibration.batch_size, key=key)
+                         batch_size=batch_size or spec.calibration.batch_size, key=key, shapes=shapes)
     return inputs, key

@@ -68,7 +68,7 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
         pytorch = {"model_factory": model_factory, "factory_kwargs": parse_factory_kwargs(factory_kwargs),
                    "input_shape": parse_shape(input_shape)}
     result = compile_model(model, spec, results_dir=output, dump=dump, dump_dir=dump_dir, print_after=print_after,
-                           compare=not no_compare, echo=click.echo, **pytorch)
+                           compare=not no_compare, echo=click.echo, raise_on_mismatch=False, **pytorch)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
     else:
@@ -77,6 +77,9 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
                    f"{result.report['quantize_mode']}, {counts['kept_float']} in float)", err=bool(print_after))
         for line in comparison_lines(result.report):
             click.echo(line, err=bool(print_after))
+    from tao_qc.compare import raise_if_failed
+
+    raise_if_failed(result.report, result.spec)  # exit 1 for a failed check, after the result is shown
 
 
 def comparison_lines(report: dict) -> list[str]:
