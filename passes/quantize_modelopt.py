@@ -40,7 +40,8 @@ from tao_qc.pipeline import (PROTOBUF_LIMIT_BYTES, PROVENANCE_KEY, PassContext, 
 
 log = logging.getLogger("tao_qc.quantize")
 
-CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy"}
+# percentile: modelopt's max, then clip-ranges narrows the activation ranges.
+CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "max"}
 MODES = {"int8": "int8", "fp8_e4m3fn": "fp8"}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 

@@ -503,12 +503,37 @@ def evaluate_quantized(
 
 
 def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
-    """AccuracyError (exit 1) when the comparison failed and `spec.compare.fail_on_mismatch` is set."""
+    """AccuracyError (exit 1) when the result misses what the spec asks and `compare.fail_on_mismatch` is set.
+
+    Without an accuracy metric the comparison's checks decide. With one (`accuracy.metric`), that
+    metric on the comparison data decides, with only the comparison checks the user set explicitly
+    (tolerances, `min_top1_agreement`) and NaN/Inf on top; fallback that ran out of
+    `max_float_fraction` fails too."""
     from tao_qc.errors import AccuracyError
 
     comparison = sections.get("comparison") or {}
-    if comparison and not comparison.get("passed", True) and spec.compare.fail_on_mismatch:
+    accuracy = sections.get("accuracy") or {}
+    failures = []
+    search = accuracy.get("search") or {}
+    if accuracy.get("ran") and not accuracy.get("reached") and search.get("sensitivity"):
+        failures.append(f"accuracy fallback kept {len(search.get('kept_float') or [])} nodes in float (at most "
+                        f"{search.get('limit')} allowed by max_float_fraction) and still misses {accuracy.get('target')}; "
+                        "the best model found is kept")
+    final = accuracy.get("final")
+    if final and final.get("met") is False:
+        failures.append(f"{final['metric']} {final['value']:.5g} on the comparison data misses {final['target']}")
+    if comparison and not comparison.get("passed", True):
+        checks = comparison.get("checks") or []
+        if final is not None:  # the metric decides; only the checks the user set count besides it
+            failures += [_describe_check(c) for c in checks if not c["passed"] and not c["why"].startswith("default")]
+        else:
+            failures += comparison.get("failures") or []
+    if failures and spec.compare.fail_on_mismatch:
         raise AccuracyError(
             f"{Path(str(comparison.get('candidate'))).name} failed the comparison with "
-            f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(comparison.get("failures") or [])
+            f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(failures)
         )
+
+
+def _describe_check(check: dict[str, Any]) -> str:
+    return Check(**{k: check[k] for k in ("output", "metric", "value", "threshold", "passed", "why")}).describe()

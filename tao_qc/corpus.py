@@ -11,6 +11,7 @@ Nothing here is needed to use tao-qc; it is the project's own yardstick.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,3 +194,23 @@ def photos(model: str) -> np.ndarray:
     info = InputInfo("input", (1, 3, *how.size), np.dtype(np.float32))
     batches = open_inputs(calibration.data, [info], calibration=calibration, batch_size=1, key="photos")
     return np.concatenate([batch[info.name] for batch in batches])
+
+
+# ---------------------------------------------------------------------------------------------
+# A task metric for accuracy-driven quantization (`accuracy.metric: tao_qc.corpus:text_accuracy`)
+
+
+@functools.lru_cache(maxsize=1)
+def _recognizer_characters() -> tuple[str, ...]:
+    import onnx
+
+    model = onnx.load(str(shared_models_dir() / "ppocrv5_rec.onnx"), load_external_data=False)
+    return tuple(characters_from_metadata(model))
+
+
+def text_accuracy(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], labels: Any) -> float:
+    """1 - character error rate of the recognizer's greedy CTC reading against the lines' text
+    (`labels`: the texts, one per sample): the metric an OCR user judges a recognizer by."""
+    [probabilities] = candidate.values()
+    texts = ctc_greedy_decode(probabilities, _recognizer_characters())
+    return 1.0 - character_error_rate(texts, [str(t) for t in labels])

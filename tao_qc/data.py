@@ -381,8 +381,11 @@ def open_inputs(
     return InputBatches(sources, count, batch_size, str(path), False, key)
 
 
-def load_labels(path: str | Path, key: str = "quantize.compare.labels") -> np.ndarray:
-    """Integer class labels from a `.npy` (or a `.npz` with one array, or one named `labels`)."""
+def load_labels(path: str | Path, key: str = "quantize.compare.labels", *, others: bool = False) -> np.ndarray | None:
+    """Integer class labels from a `.npy` (or a `.npz` with one array, or one named `labels`).
+
+    `others`: labels of another kind (texts, boxes) are allowed, for a user's accuracy metric: then
+    None is returned for them (they are no classes to count top-1 against)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{key}: {path} does not exist")
@@ -403,5 +406,9 @@ def load_labels(path: str | Path, key: str = "quantize.compare.labels") -> np.nd
         labels = labels.argmax(axis=1)  # one-hot
     labels = labels.reshape(-1)
     if labels.dtype.kind not in "iu":
+        if others:
+            log.info("%s: %s labels are not class indices: no top-1 accuracy (the accuracy metric reads them)",
+                     key, labels.dtype.name)
+            return None
         raise InputError(f"{key}: labels must be integer class indices, got {labels.dtype.name}")
     return labels

@@ -36,7 +36,7 @@ DTYPES = ("int8", "fp8_e4m3fn", "fp8_e5m2", "native")
 DTYPE_ALIASES = {"float8_e4m3fn": "fp8_e4m3fn", "float8_e5m2": "fp8_e5m2"}
 BACKENDS = ("torchao", "modelopt.pytorch", "modelopt.onnx", "modelopt")
 MODES = ("weight_only_ptq", "static_ptq")
-ALGORITHMS = ("minmax", "entropy", "max")
+ALGORITHMS = ("minmax", "entropy", "max", "percentile")
 TARGETS = ("tensorrt", "onnxruntime")
 RUNTIMES = ("onnxruntime", "tensorrt")
 LAYOUTS = ("NCHW", "NHWC")
@@ -136,6 +136,9 @@ class CalibrationSpec(_Strict):
     std: list[float] = Field(default_factory=lambda: [255.0])
     layout: Layout = "NCHW"
     color: Color = "auto"
+    # algorithm: percentile (ours): activation ranges clipped at this percentile of |x| (also the
+    # first step accuracy fallback tries).
+    percentile: float = Field(default=99.9, gt=50, le=100)
 
 
 class CompareSpec(_Strict):
@@ -148,6 +151,38 @@ class CompareSpec(_Strict):
     rtol: float | None = Field(default=None, ge=0)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     fail_on_mismatch: bool = True
+
+
+FALLBACK_MODES = ("auto", "off")
+EXECUTORS = ("local", "ray")
+BUILTIN_METRICS = ("cosine", "top1_agreement", "top1_accuracy", "map")
+_USER_METRIC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _metric(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and (value in BUILTIN_METRICS or _USER_METRIC_RE.match(value))):
+        return value
+    raise PydanticCustomError(
+        "tao_choice",
+        "{shown} is not a metric (valid: {valid}, or module:function for your own){hint}",
+        {"shown": repr(value), "valid": ", ".join(BUILTIN_METRICS), "hint": did_you_mean(str(value), BUILTIN_METRICS)},
+    )
+
+
+class AccuracySpec(_Strict):
+    """Extension: what "accurate enough" means, and what compile does when the quantized model is not."""
+
+    data: str | None = None  # default: compare.data, else a part of the calibration data held back
+    labels: str | None = None
+    metric: Annotated[str | None, BeforeValidator(_metric)] = None  # default: the comparison's own checks
+    min: float | None = None
+    max_drop: float | None = Field(default=None, ge=0)
+    fallback: Annotated[str, _choice(FALLBACK_MODES)] = "auto"
+    max_float_fraction: float = Field(default=0.25, ge=0, le=1)
+    executor: Annotated[str, _choice(EXECUTORS)] = "local"
+    ray_address: str = "auto"
+    workers: int | None = Field(default=None, ge=1)  # local executor: processes (default: physical cores)
+    ranking_samples: int = Field(default=32, ge=1)  # the worst-error samples sensitivity is ranked on
 
 
 class ShapeProfile(_Strict):
@@ -182,6 +217,7 @@ class QuantizeSpec(_Strict):
     target: Target = "tensorrt"
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     compare: CompareSpec = Field(default_factory=CompareSpec)
+    accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
 
     _source: str | None = PrivateAttr(default=None)
@@ -193,7 +229,8 @@ class QuantizeSpec(_Strict):
 
     @property
     def calibration_algorithm(self) -> str:
-        """`max` and `minmax` are the same max-abs calibration; this is the one spelling used inward."""
+        """`max` and `minmax` are the same max-abs calibration; this is the one spelling used inward.
+        `percentile` calibrates with max, then clips activation ranges (passes/clip_ranges.py)."""
         return "minmax" if self.algorithm in ("max", "minmax") else self.algorithm
 
     def resolve_backend(self, model_path: str | Path | None = None) -> QuantizeSpec:
@@ -275,7 +312,8 @@ class ExperimentSpec(BaseModel):
 
 
 _PATH_FIELDS = ("model_path", "results_dir")
-_NESTED_PATH_FIELDS = {"calibration": ("data",), "compare": ("data", "labels"), "tensorrt": ("timing_cache",)}
+_NESTED_PATH_FIELDS = {"calibration": ("data",), "compare": ("data", "labels"), "accuracy": ("data", "labels"),
+                       "tensorrt": ("timing_cache",)}
 
 
 def _resolve_paths(section: dict[str, Any], base: Path) -> None:
@@ -428,6 +466,18 @@ def _cross_check(spec: QuantizeSpec, marks: _Marks, prefix: tuple) -> None:
     for field, where in (("default_layer_dtype", "weights"), ("default_activation_dtype", "activations")):
         if field in spec.model_fields_set:
             warn_once(f"quantize.{field} is deprecated and ignored: set quantize.layers[*].{where}.dtype instead")
+
+    accuracy = spec.accuracy
+    if accuracy.min is not None and accuracy.max_drop is not None:
+        raise SpecError("give min or max_drop, not both (min: the metric's floor; max_drop: the largest drop from FP32)",
+                        key="quantize.accuracy.max_drop", location=marks.at(prefix + ("accuracy", "max_drop")))
+    if accuracy.metric == "top1_accuracy" and not (accuracy.labels or spec.compare.labels):
+        raise SpecError("metric top1_accuracy needs labels (set quantize.accuracy.labels or quantize.compare.labels)",
+                        key="quantize.accuracy.metric", location=marks.at(prefix + ("accuracy", "metric")))
+    if accuracy.metric is None and (accuracy.min is not None or accuracy.max_drop is not None):
+        raise SpecError("min/max_drop need a metric to apply to (valid: cosine, top1_agreement, top1_accuracy, map, "
+                        "or module:function); without one the comparison's own checks decide",
+                        key="quantize.accuracy.metric", location=marks.at(prefix + ("accuracy",)))
 
     if spec.backend == "torchao" and any(entry.activations is not None for entry in spec.layers):
         warn_once("backend torchao quantizes weights only: quantize.layers[*].activations is ignored")
