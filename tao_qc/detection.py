@@ -163,12 +163,15 @@ def decode_rtdetr(outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.nda
     labels = _output(outputs, "label")
     boxes = _output(outputs, "box")
     scores = _output(outputs, "score")
-    if boxes is None or (scores is None and _output(outputs, "logit") is None):
-        raise InputError(f"decoder rtdetr: the model's outputs ({', '.join(outputs)}) are not RT-DETR's "
-                         "(labels, boxes, scores; or logits and boxes)")
+    logits = _output(outputs, "logit")
+    per_query = labels is not None and scores is not None and labels.ndim == 2 and scores.shape == labels.shape
+    if boxes is None or boxes.ndim != 3 or boxes.shape[-1] != 4 or not (per_query or (logits is not None and logits.ndim == 3)):
+        shapes = ", ".join(f"{n}{list(np.shape(v))}" for n, v in outputs.items())
+        raise InputError(f"decoder rtdetr: the model's outputs ({shapes}) are not RT-DETR's (labels [N, Q], boxes "
+                         "[N, Q, 4], scores [N, Q]; or logits [N, Q, C] and boxes [N, Q, 4])")
     boxes = np.asarray(boxes, np.float32)
-    if scores is None or labels is None:
-        logits = np.asarray(_output(outputs, "logit"), np.float32)
+    if not per_query:
+        logits = np.asarray(logits, np.float32)
         probabilities = 1.0 / (1.0 + np.exp(-logits))
         n, queries, classes = probabilities.shape
         flat = probabilities.reshape(n, -1)
