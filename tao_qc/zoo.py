@@ -213,7 +213,7 @@ def export_zoo(name: str, path: str | Path, *, batch: int = 1, dynamic_batch: bo
 # ---------------------------------------------------------------------------------------------
 # RT-DETR's shape, small: CNN backbone -> hybrid encoder (AIFI + CCFM) -> query selection ->
 # transformer decoder with iterative box refinement -> labels / boxes / scores, as RT-DETR's deploy
-# model exports them. Attention is plain multi-head (explicit Linear + MatMul, so every projection
+# model exports them. _Attention is plain multi-head (explicit Linear + MatMul, so every projection
 # is a quantizable Linear/MatMul), where RT-DETR's decoder uses deformable attention.
 
 
@@ -221,7 +221,7 @@ def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequen
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
-class Attention(nn.Module):
+class _Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
@@ -238,7 +238,7 @@ class Attention(nn.Module):
         return self.out_proj(torch.matmul(attn, v).transpose(1, 2).reshape(b, nq, d))
 
 
-class MLP(nn.Module):
+class _MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, out: int, layers: int):
         super().__init__()
         sizes = [dim] + [hidden] * (layers - 1) + [out]
@@ -250,26 +250,26 @@ class MLP(nn.Module):
         return x
 
 
-class EncoderLayer(nn.Module):
+class _EncoderLayer(nn.Module):
     """AIFI: self-attention over the coarsest level's tokens, with fixed 2-D sine positions."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.attn = Attention(dim, heads)
+        self.attn = _Attention(dim, heads)
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ffn = MLP(dim, dim * 2, dim, 2)
+        self.ffn = _MLP(dim, dim * 2, dim, 2)
 
     def forward(self, x, pos):
         x = self.norm1(x + self.attn(x + pos, x + pos, x))
         return self.norm2(x + self.ffn(x))
 
 
-class DecoderLayer(nn.Module):
+class _DecoderLayer(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.self_attn, self.cross_attn = Attention(dim, heads), Attention(dim, heads)
+        self.self_attn, self.cross_attn = _Attention(dim, heads), _Attention(dim, heads)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ffn = MLP(dim, dim * 2, dim, 2)
+        self.ffn = _MLP(dim, dim * 2, dim, 2)
 
     def forward(self, target, query_pos, memory, memory_pos):
         q = target + query_pos
@@ -307,18 +307,18 @@ class RTDETRStyle(nn.Module):
         self.stem = nn.Sequential(_conv_bn(3, 16, 3, 2), _conv_bn(16, 32, 3, 2))
         self.stage3, self.stage4, self.stage5 = _conv_bn(32, 64, 3, 2), _conv_bn(64, 96, 3, 2), _conv_bn(96, 128, 3, 2)
         self.input_proj = nn.ModuleList(_conv_bn(c, dim, 1) for c in (64, 96, 128))
-        self.aifi = EncoderLayer(dim, heads)
+        self.aifi = _EncoderLayer(dim, heads)
         self.lateral = nn.ModuleList(_conv_bn(dim, dim, 1) for _ in range(2))
         self.fpn = nn.ModuleList(_conv_bn(2 * dim, dim) for _ in range(2))
         self.downsample = nn.ModuleList(_conv_bn(dim, dim, 3, 2) for _ in range(2))
         self.pan = nn.ModuleList(_conv_bn(2 * dim, dim) for _ in range(2))
         self.enc_output = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
         self.enc_score_head = nn.Linear(dim, num_classes)
-        self.enc_bbox_head = MLP(dim, dim, 4, 3)
-        self.query_pos_head = MLP(4, dim * 2, dim, 2)
-        self.decoder = nn.ModuleList(DecoderLayer(dim, heads) for _ in range(decoder_layers))
+        self.enc_bbox_head = _MLP(dim, dim, 4, 3)
+        self.query_pos_head = _MLP(4, dim * 2, dim, 2)
+        self.decoder = nn.ModuleList(_DecoderLayer(dim, heads) for _ in range(decoder_layers))
         self.dec_score_head = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(decoder_layers))
-        self.dec_bbox_head = nn.ModuleList(MLP(dim, dim, 4, 3) for _ in range(decoder_layers))
+        self.dec_bbox_head = nn.ModuleList(_MLP(dim, dim, 4, 3) for _ in range(decoder_layers))
         sizes = [image // 8, image // 16, image // 32]
         self.register_buffer("aifi_pos", _sine_positions(sizes[2], sizes[2], dim), persistent=False)
         self.register_buffer("memory_pos", torch.cat([_sine_positions(s, s, dim) for s in sizes], dim=1), persistent=False)
