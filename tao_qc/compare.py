@@ -14,6 +14,10 @@ What must hold (`CompareSpec`, CLI flags override):
 - Nothing set: classifier outputs need top-1 agreement >= 0.99 (`DEFAULT_MIN_TOP1_AGREEMENT`); other
   outputs need a mean per-sample cosine similarity >= 0.99 (`DEFAULT_MIN_COSINE`). Quantization
   never meets element-wise FP32 tolerances, so the default checks what users care about.
+- `task: detection` (or a `decoder`): boxes are the measure (`tao_qc.detection`). Raw outputs are
+  reported but not checked by cosine or top-1; instead the quantized model's mAP@.5 against FP32's
+  detections must be >= 0.9, or, with `annotations`, its mAP@[.5:.95] at most 0.01 below FP32's.
+  `task: dense` never reads a 2-D output as class scores.
 - Always: the candidate's outputs are finite wherever the reference's are.
 """
 
@@ -81,6 +85,10 @@ class Check:
             return f"{where}: {100 * self.value:.2f}% of elements within {self.why} (needs 100%)"
         if self.metric == "top1_agreement":
             return f"{where}: top-1 agreement {100 * self.value:.2f}% (needs >= {100 * self.threshold:.2f}%, {self.why})"
+        if self.metric == "map50_vs_fp32":
+            return f"detections: mAP@.5 against FP32's boxes {self.value:.4f} (needs >= {self.threshold:g}, {self.why})"
+        if self.metric == "map":
+            return f"detections: mAP@[.5:.95] {self.value:.4f} (needs >= {self.threshold:.4f}, {self.why})"
         return f"{where}: {self.metric} {self.value:.5f} (needs >= {self.threshold:g}, {self.why})"
 
 
@@ -96,6 +104,8 @@ class ComparisonResult:
     outputs: list[OutputMetrics] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     engines: dict[str, Any] = field(default_factory=dict)  # per role: artifact, build settings, layer precisions
+    task: str = "auto"
+    detection: dict[str, Any] | None = None  # `tao_qc.detection.DetectionComparison.result()`
 
     @property
     def passed(self) -> bool:
@@ -122,6 +132,8 @@ class ComparisonResult:
             "outputs": [o.to_dict() for o in self.outputs],
             "checks": [asdict(c) for c in self.checks],
             "engines": self.engines,
+            "task": self.task,
+            "detection": self.detection,
         }
 
     def render(self) -> Any:
@@ -148,6 +160,8 @@ class ComparisonResult:
         parts: list[Any] = [self._table(title, errors)]
         if len(agreement) > 1:
             parts.append(self._table(None, agreement))
+        if self.detection:
+            parts.extend(_detection_renderables(self.detection))
         if self.data_is_random:
             parts.append(Text("warning: compared on RANDOM inputs; give --data for figures that mean something", style="bold yellow"))
         if self.passed:
@@ -167,6 +181,39 @@ class ComparisonResult:
         for o in self.outputs:
             table.add_row(*(cell(o) for _, cell in columns))
         return table
+
+
+def _detection_renderables(section: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+    from rich.text import Text
+
+    against = ("the annotations" if section.get("against") == "annotations" else
+               f"FP32's detections at score >= {section.get('score_threshold'):g}")
+    lines = [Text(f"detection ({section.get('decoder')}): mAP@[.5:.95] {_map(section.get('map'))}, mAP@.5 "
+                  f"{_map(section.get('map50'))} of the quantized model against {against} "
+                  f"({section.get('images')} images, {section.get('truth_boxes')} boxes to find)")]
+    if section.get("against") == "annotations":
+        fp32, versus = section.get("fp32") or {}, section.get("vs_fp32") or {}
+        lines.append(Text(f"  FP32: mAP@[.5:.95] {_map(fp32.get('map'))}, mAP@.5 {_map(fp32.get('map50'))}; quantized "
+                          f"against FP32's detections: mAP@.5 {_map(versus.get('map50'))}"))
+    if section.get("note"):
+        lines.append(Text("note: " + section["note"], style="yellow"))
+    rows = section.get("per_class") or []
+    if rows:
+        table = Table(title="AP per class")
+        for header in ("class", "AP@[.5:.95]", "AP@.5") + (("FP32 AP",) if any("fp32_ap" in r for r in rows) else ()):
+            table.add_column(header, justify="left" if header == "class" else "right")
+        for row in rows:
+            cells = [str(row.get("name")), _map(row.get("ap")), _map(row.get("ap50"))]
+            if "fp32_ap" in row:
+                cells.append(_map(row.get("fp32_ap")))
+            table.add_row(*cells)
+        lines.append(table)
+    return lines
+
+
+def _map(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _fmt(value: float | None) -> str:
@@ -200,8 +247,9 @@ def error_histogram(abs_error: np.ndarray, bins: int = _HISTOGRAM_BINS) -> dict[
 
 
 def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, labels: np.ndarray | None = None,
-                   atol: float | None = None, rtol: float | None = None) -> OutputMetrics:
-    """Error figures of `candidate` against `reference` (all samples stacked on axis 0)."""
+                   atol: float | None = None, rtol: float | None = None, classify: bool = True) -> OutputMetrics:
+    """Error figures of `candidate` against `reference` (all samples stacked on axis 0); `classify`
+    False: a 2-D output is not read as class scores (detection and dense tasks)."""
     if reference.shape != candidate.shape:
         raise InputError(f"output '{name}' has shape {list(candidate.shape)} in the candidate but {list(reference.shape)} in the reference")
     ref = reference.astype(np.float64)
@@ -238,7 +286,7 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
     if atol is not None or rtol is not None:
         ok = (abs_error <= (atol or 0.0)) | (rel_error <= (rtol or 0.0))
         metrics.within_tolerance = float(ok.mean()) if ok.size else 1.0
-    if is_classifier_output(reference):
+    if classify and is_classifier_output(reference):
         metrics.is_classifier = True
         ref_top = reference.argmax(axis=1)
         cand_top = np.nan_to_num(candidate, nan=-np.inf).argmax(axis=1)
@@ -264,8 +312,10 @@ def is_classifier_output(array: np.ndarray) -> bool:
     return array.ndim == 2 and array.shape[1] > 1
 
 
-def checks_for(metrics: OutputMetrics, settings: CompareSpec) -> list[Check]:
-    """What `settings` asks of one output (see the module docstring for the defaults)."""
+def checks_for(metrics: OutputMetrics, settings: CompareSpec, *, boxes_checked: bool = False) -> list[Check]:
+    """What `settings` asks of one output (see the module docstring for the defaults).
+
+    `boxes_checked`: a detection check stands for the outputs, so no default cosine check."""
     checks = []
     tolerance_set = settings.atol is not None or settings.rtol is not None
     if metrics.nonfinite:
@@ -279,7 +329,7 @@ def checks_for(metrics: OutputMetrics, settings: CompareSpec) -> list[Check]:
         why = "min_top1_agreement" if settings.min_top1_agreement is not None else "default for classifier outputs"
         agreement = metrics.top1_agreement or 0.0
         checks.append(Check(metrics.name, "top1_agreement", agreement, threshold, agreement >= threshold, why))
-    if not metrics.is_classifier and not tolerance_set:
+    if not metrics.is_classifier and not tolerance_set and not boxes_checked:
         checks.append(Check(metrics.name, "cosine", metrics.cosine, DEFAULT_MIN_COSINE, metrics.cosine >= DEFAULT_MIN_COSINE,
                             "default for non-classifier outputs"))
     return checks
@@ -324,11 +374,13 @@ def compare_models(
     settings: CompareSpec | None = None,
     runtime_settings: Any = None,
     engines: tuple[Any, Any] | None = None,
+    image_color: str = "rgb",
 ) -> ComparisonResult:
     """Run both models on `inputs` (a `tao_qc.data.InputBatches` or any re-iterable of feed dicts)
     under polygraphy and measure the candidate against the reference.
 
     `engines`: already built (reference, candidate) engines to reuse (a TensorRT build is minutes).
+    `image_color`: the channel order of an image input (`rgb`, `bgr`), for the detection picture.
     """
     from polygraphy.comparator import Comparator
 
@@ -342,6 +394,12 @@ def compare_models(
     ref_engine, cand_engine = engines
     check_same_inputs(ref_engine, cand_engine)
     _check_feeds(inputs, ref_engine)
+    task = settings.resolved_task
+    boxes = None
+    if task == "detection":
+        from tao_qc.detection import DetectionComparison
+
+        boxes = DetectionComparison(settings, color=image_color)  # a bad decoder or json fails before the run
 
     runners = [ref_engine.runner(REFERENCE_RUNNER), cand_engine.runner(CANDIDATE_RUNNER)]
     tolerance_set = settings.atol is not None or settings.rtol is not None
@@ -353,7 +411,9 @@ def compare_models(
             raise _rejected_data_error(ref_engine, inputs, exc) or exc
         if tolerance_set:
             verdicts = _polygraphy_verdicts(run_results, settings)
-
+    if boxes is not None:
+        for ref_iteration, cand_iteration, feeds in zip(run_results[REFERENCE_RUNNER], run_results[CANDIDATE_RUNNER], inputs):
+            boxes.add(_arrays(ref_iteration), _arrays(cand_iteration), feeds)
 
     ref_outputs = _stack(run_results[REFERENCE_RUNNER])
     cand_outputs = _stack(run_results[CANDIDATE_RUNNER])
@@ -376,7 +436,12 @@ def compare_models(
         data_is_random=bool(getattr(inputs, "is_random", False)),
         tolerances={"atol": settings.atol, "rtol": settings.rtol, "min_top1_agreement": settings.min_top1_agreement,
                     "default_min_top1_agreement": DEFAULT_MIN_TOP1_AGREEMENT, "default_min_cosine": DEFAULT_MIN_COSINE},
+        task=task,
     )
+    if boxes is not None:
+        result.detection = boxes.result()
+        result.checks.extend(detection_checks(result.detection, settings))
+    boxes_checked = any(check.output == "detections" for check in result.checks)
     for role, engine in ((REFERENCE_RUNNER, ref_engine), (CANDIDATE_RUNNER, cand_engine)):
         result.engines[role] = {
             "artifact": str(engine.artifact) if engine.artifact else None,
@@ -387,11 +452,38 @@ def compare_models(
     for name in ref_engine.output_names:
         if name not in cand_outputs:
             raise InputError(f"{Path(candidate).name} has no output '{name}' (its outputs: {', '.join(cand_outputs)})")
-        metrics = output_metrics(name, ref_outputs[name], cand_outputs[name], labels=labels, atol=settings.atol, rtol=settings.rtol)
+        metrics = output_metrics(name, ref_outputs[name], cand_outputs[name], labels=labels, atol=settings.atol,
+                                 rtol=settings.rtol, classify=task in ("auto", "classification"))
         metrics.polygraphy_passed = verdicts.get(name) if tolerance_set else None
         result.outputs.append(metrics)
-        result.checks.extend(checks_for(metrics, settings))
+        result.checks.extend(checks_for(metrics, settings, boxes_checked=boxes_checked))
     return result
+
+
+def detection_checks(section: dict[str, Any], settings: CompareSpec) -> list[Check]:
+    """The default detection check (see the module docstring); none where mAP is undefined (FP32 finds
+    nothing to compare against), and then the raw outputs keep their cosine checks."""
+    from tao_qc.detection import DEFAULT_MAX_MAP_DROP, DEFAULT_MIN_MAP50_VS_FP32
+
+    if settings.atol is not None or settings.rtol is not None:
+        return []
+    if section.get("against") == "annotations":
+        fp32 = (section.get("fp32") or {}).get("map")
+        if fp32 is None or section.get("map") is None:
+            return []
+        floor = fp32 - DEFAULT_MAX_MAP_DROP
+        return [Check("detections", "map", section["map"], floor, section["map"] >= floor,
+                      f"default for detection: at most {DEFAULT_MAX_MAP_DROP:g} below FP32's {fp32:.4f}")]
+    value = (section.get("vs_fp32") or {}).get("map50")
+    if value is None:
+        return []
+    return [Check("detections", "map50_vs_fp32", value, DEFAULT_MIN_MAP50_VS_FP32, value >= DEFAULT_MIN_MAP50_VS_FP32,
+                  "default for detection")]
+
+
+def _arrays(iteration: Any) -> dict[str, np.ndarray]:
+    return {name: np.asarray(value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value)
+            for name, value in iteration.items()}
 
 
 def _polygraphy_verdicts(run_results: Any, settings: CompareSpec) -> dict[str, bool]:
@@ -490,7 +582,7 @@ def evaluate_quantized(
     backend = get_runtime(runtime)
     engines = (backend.build(Path(fp32_path), settings), backend.build(Path(quant_path), settings))
     comparison = compare_models(fp32_path, quant_path, inputs, runtime=runtime, labels=labels, settings=spec.compare,
-                                runtime_settings=settings, engines=engines)
+                                runtime_settings=settings, engines=engines, image_color=spec.calibration.color)
     sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
     if measure_latency:
         from tao_qc.shapes import shapes_of

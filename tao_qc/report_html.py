@@ -51,6 +51,9 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monosp
 .grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; }
 .figure { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; }
 .figure .cap { color: var(--muted); font-size: 12px; margin-top: 4px; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
+.pair svg { width: 100%; height: auto; display: block; border-radius: 4px; }
+.key-fp32 { color: #2f6fde; font-weight: 600; } .key-quant { color: #d9480f; font-weight: 600; }
 details summary { cursor: pointer; color: var(--accent); margin: 8px 0; }
 pre { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px; overflow: auto; font-size: 12px; }
 """
@@ -76,6 +79,7 @@ def render_html(report: dict[str, Any]) -> str:
         _summary_cards(report, comparison, latency),
         "<h2>Accuracy: quantized against FP32</h2>",
         _comparison_section(comparison),
+        _detection_section((comparison or {}).get("detection")),
         "<h2>Latency</h2>",
         _latency_section(latency),
         "<h2>Quantization decisions</h2>",
@@ -220,6 +224,71 @@ def _comparison_section(comparison: dict[str, Any] | None) -> str:
     if figures:
         parts.append("<h3>Error distribution</h3>" + f'<div class="grid2">{"".join(figures)}</div>')
     return "\n".join(parts)
+
+
+def _detection_section(section: dict[str, Any] | None) -> str:
+    """mAP, AP per class, and both models' boxes drawn on a few samples side by side."""
+    if not section:
+        return ""
+    threshold = section.get("score_threshold")
+    against = ("the annotations" + (f" (<code>{escape(Path(str(section['annotations'])).name)}</code>)" if section.get("annotations") else "")
+               if section.get("against") == "annotations" else f"FP32's detections at score &ge; {threshold:g}")
+    parts = ["<h2>Detections: quantized against FP32</h2>",
+             f'<p class="note">Decoder <code>{escape(str(section.get("decoder")))}</code>; COCO mAP of the quantized model '
+             f'against {against}, on {section.get("images")} images with {section.get("truth_boxes")} boxes to find.</p>']
+    versus = section.get("vs_fp32") or {}
+    if section.get("against") == "annotations":
+        fp32 = section.get("fp32") or {}
+        rows = [f"<tr><td>{name}</td><td class=\"num\">{_fixed(fp32.get(key), 4)}</td><td class=\"num\">"
+                f"{_fixed(section.get(key), 4)}</td><td class=\"num\">{_fixed(versus.get(key), 4)}</td></tr>"
+                for name, key in (("mAP@[.5:.95]", "map"), ("mAP@.5", "map50"))]
+        parts.append(_table(["metric", "FP32", "quantized", "quantized against FP32's boxes"], rows, numeric_from=1))
+    else:
+        rows = [f"<tr><td>{name}</td><td class=\"num\">{_fixed(section.get(key), 4)}</td></tr>"
+                for name, key in (("mAP@[.5:.95]", "map"), ("mAP@.5", "map50"))]
+        parts.append(_table(["metric", "quantized against FP32's boxes (1.0: the same boxes)"], rows, numeric_from=1))
+    if section.get("note"):
+        parts.append(f'<p><span class="badge warn">note</span> {escape(str(section["note"]))}</p>')
+    per_class = section.get("per_class") or []
+    if per_class:
+        with_fp32 = any("fp32_ap" in row for row in per_class)
+        rows = [f"<tr><td>{escape(str(row.get('name')))}</td><td class=\"num\">{_fixed(row.get('ap'), 4)}</td>"
+                f"<td class=\"num\">{_fixed(row.get('ap50'), 4)}</td>"
+                + (f"<td class=\"num\">{_fixed(row.get('fp32_ap'), 4)}</td>" if with_fp32 else "") + "</tr>"
+                for row in per_class]
+        parts.append("<h3>AP per class</h3>" + _table(["class", "AP@[.5:.95]", "AP@.5"] + (["FP32 AP@[.5:.95]"] if with_fp32 else []),
+                                                      rows, numeric_from=1))
+    samples = section.get("samples") or []
+    if samples:
+        figures = []
+        for sample in samples:
+            panels = "".join(_boxes_svg(sample, role) for role in ("fp32", "quantized"))
+            figures.append(
+                f'<div class="figure"><div class="pair">{panels}</div><div class="cap">sample {sample.get("index")}: '
+                f'<span class="key-fp32">FP32 {len(sample.get("fp32") or [])} boxes</span>, '
+                f'<span class="key-quant">quantized {len(sample.get("quantized") or [])} boxes</span>; '
+                f'agreement F1 at IoU 0.5: {_fixed(sample.get("f1"), 2)}</div></div>')
+        parts.append(f"<h3>Boxes at score &ge; {threshold:g}</h3>"
+                     '<p class="note">The samples where the two models\' boxes differ most (lowest F1 first among them, '
+                     "shown in data order); left FP32, right quantized. Hover a box for its score and class.</p>"
+                     f'<div class="grid2">{"".join(figures)}</div>')
+    return "\n".join(parts)
+
+
+def _boxes_svg(sample: dict[str, Any], role: str) -> str:
+    width, height = (sample.get("size") or [1, 1])[:2]
+    color = "#2f6fde" if role == "fp32" else "#d9480f"
+    rects = []
+    for det in sample.get(role) or []:
+        x1, y1, x2, y2 = det["box"]
+        rects.append(f'<rect x="{x1}" y="{y1}" width="{max(x2 - x1, 0):.1f}" height="{max(y2 - y1, 0):.1f}" fill="none" '
+                     f'stroke="{color}" stroke-width="2" vector-effect="non-scaling-stroke">'
+                     f'<title>{"FP32" if role == "fp32" else "quantized"}: class {det.get("label")}, score {det.get("score")}</title></rect>')
+    label = "FP32" if role == "fp32" else "quantized"
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{label} boxes on sample {sample.get("index")}">'
+            f'<image href="{escape(str(sample.get("image") or ""))}" x="0" y="0" width="{width}" height="{height}" '
+            f'preserveAspectRatio="none"/>{"".join(rects)}</svg>')
 
 
 def _histogram_svg(hist: dict[str, Any], width: int = 480, height: int = 180) -> str:

@@ -25,6 +25,8 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -41,6 +43,7 @@ TARGETS = ("tensorrt", "onnxruntime")
 RUNTIMES = ("onnxruntime", "tensorrt")
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("auto", "rgb", "bgr", "gray")
+TASKS = ("auto", "classification", "detection", "dense")
 BACKEND_MODES = {"torchao": "weight_only_ptq", "modelopt.pytorch": "static_ptq", "modelopt.onnx": "static_ptq"}
 _DEVICE_RE = re.compile(r"^(cpu|cuda|auto|cuda:\d+)$")
 
@@ -106,6 +109,7 @@ Target = Annotated[str, _choice(TARGETS)]
 RuntimeName = Annotated[str, _choice(RUNTIMES)]
 Layout = Annotated[str, _choice(LAYOUTS)]
 Color = Annotated[str, _choice(COLORS)]
+Task = Annotated[str, _choice(TASKS)]
 Device = Annotated[str, BeforeValidator(_device)]
 PatternList = Annotated[list[str], BeforeValidator(_pattern_list)]
 
@@ -151,6 +155,44 @@ class CompareSpec(_Strict):
     rtol: float | None = Field(default=None, ge=0)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     fail_on_mismatch: bool = True
+    # What the outputs are: `auto` is detection when a decoder is given, else classification for
+    # [N, C] outputs and dense for the rest; `dense` never reads a 2-D output as class scores.
+    task: Task = "auto"
+    decoder: str | None = None  # detection: rtdetr, boxes_scores, or module:function
+    annotations: str | None = None  # detection: a COCO json, one image per sample in order
+    score_threshold: float | None = Field(default=None, ge=0, le=1)  # detection: default 0.5
+
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoder(cls, value: str | None) -> str | None:
+        from tao_qc.detection import BUILTIN_DECODERS, USER_DECODER_RE
+
+        if value is None or value in BUILTIN_DECODERS or USER_DECODER_RE.match(value):
+            return value
+        raise PydanticCustomError(
+            "tao_choice", "{shown} is not a decoder (valid: rtdetr, boxes_scores, or module:function){hint}",
+            {"shown": repr(value), "hint": did_you_mean(value, BUILTIN_DECODERS)},
+        )
+
+    @model_validator(mode="after")
+    def _detection_fields(self) -> CompareSpec:
+        if self.task == "detection" and self.decoder is None:
+            raise PydanticCustomError(
+                "tao_missing", "task 'detection' needs a decoder (valid: rtdetr, boxes_scores, or module:function)", {})
+        if self.task in ("classification", "dense"):
+            given = [name for name in ("decoder", "annotations", "score_threshold") if getattr(self, name) is not None]
+            if given:
+                raise PydanticCustomError(
+                    "tao_conflict", "{fields}: only for task 'detection' (task is '{task}')",
+                    {"fields": ", ".join(given), "task": self.task})
+        return self
+
+    @property
+    def resolved_task(self) -> str:
+        """`auto` made concrete where it can be without the outputs: detection when a decoder is set."""
+        if self.task == "auto" and self.decoder is not None:
+            return "detection"
+        return self.task
 
 
 FALLBACK_MODES = ("auto", "off")
@@ -312,8 +354,8 @@ class ExperimentSpec(BaseModel):
 
 
 _PATH_FIELDS = ("model_path", "results_dir")
-_NESTED_PATH_FIELDS = {"calibration": ("data",), "compare": ("data", "labels"), "accuracy": ("data", "labels"),
-                       "tensorrt": ("timing_cache",)}
+_NESTED_PATH_FIELDS = {"calibration": ("data",), "compare": ("data", "labels", "annotations"),
+                       "accuracy": ("data", "labels"), "tensorrt": ("timing_cache",)}
 
 
 def _resolve_paths(section: dict[str, Any], base: Path) -> None:

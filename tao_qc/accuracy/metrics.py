@@ -10,8 +10,9 @@ to arrays stacked over samples (FP32's and the quantized model's). The FP32 valu
 - `top1_agreement`: the lowest, over classifier outputs (`[N, C]`), of how often the argmax agrees
   with FP32's (default floor: `compare.min_top1_agreement`, else 0.99).
 - `top1_accuracy`: the argmax against integer labels (default: at most 1 point below FP32).
-- `map`: COCO mAP@[.5:.95] of the detections (`compare.task: detection`), FP32's detections or the
-  annotations as ground truth (default: at most 1 point below FP32).
+- `map`: the detections (`compare.decoder`): COCO mAP@[.5:.95] against `compare.annotations`
+  (default: at most 1 point below FP32), or mAP@.5 against FP32's own detections (default floor
+  0.9, the comparison's detection check). A detector's default metric.
 - `module:function`: the user's own, same signature (default: at most 0.01 below FP32).
 - none given: the comparison's own checks (`tao_qc.compare.checks_for`); the value is the smallest
   margin of any check over its threshold, so the target is "every check passes" (value >= 0).
@@ -83,9 +84,30 @@ def top1_accuracy(reference: Outputs, candidate: Outputs, labels: Any = None) ->
     return float(np.mean(predicted == labels))
 
 
-def mean_average_precision(reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
-    raise InputError("quantize.accuracy.metric: map needs detection support (compare.task: detection), "
-                     "which this installation does not have")
+@dataclass
+class MeanAveragePrecision:
+    """COCO mAP of the decoded detections (`compare.decoder`): mAP@[.5:.95] against `compare.annotations`,
+    or, without them, mAP@.5 against FP32's own detections (as the comparison's detection check)."""
+
+    settings: Any  # CompareSpec
+    needs_inputs = True
+
+    def __call__(self, reference: Outputs, candidate: Outputs, labels: Any = None,
+                 inputs: Mapping[str, np.ndarray] | None = None) -> float:
+        from tao_qc import detection
+
+        if self.settings.decoder is None:
+            raise InputError("quantize.accuracy.metric: map needs quantize.compare.decoder (rtdetr, boxes_scores, "
+                             "or module:function) to turn outputs into boxes")
+        decoder = detection.load_decoder(self.settings.decoder)
+        cand = detection.decode(decoder, candidate, inputs, self.settings.decoder)
+        sizes = [detection.input_size(inputs)] * len(cand)
+        if self.settings.annotations:
+            result = detection.map_against_annotations(detection.load_annotations(self.settings.annotations), cand, sizes)
+            return float(result.map or 0.0)
+        ref = detection.decode(decoder, reference, inputs, self.settings.decoder)
+        result = detection.map_against_reference(ref, cand, sizes, detection._threshold(self.settings))
+        return float(result.map50 or 0.0)
 
 
 @dataclass
@@ -109,7 +131,6 @@ BUILTIN: dict[str, MetricFunction] = {
     "cosine": cosine,
     "top1_agreement": top1_agreement,
     "top1_accuracy": top1_accuracy,
-    "map": mean_average_precision,
 }
 
 
@@ -156,8 +177,19 @@ def target_for(spec: Any, search_path: str | Path | None = None) -> Target:
     """The target `spec.accuracy` asks for, with the defaults of this module's docstring."""
     accuracy = spec.accuracy
     name = accuracy.metric
-    if name is None:
+    detecting = spec.compare.resolved_task == "detection"
+    if name is None and not detecting:
         return Target("checks", ComparisonChecks(spec.compare), min=DEFAULT_MIN["checks"])
+    if name is None or name == "map":
+        # Boxes are the measure of a detector; the comparison's own detection check is the default.
+        from tao_qc.detection import DEFAULT_MIN_MAP50_VS_FP32
+
+        function = MeanAveragePrecision(spec.compare)
+        if accuracy.min is not None or accuracy.max_drop is not None:
+            return Target("map", function, min=accuracy.min, max_drop=accuracy.max_drop)
+        if spec.compare.annotations:
+            return Target("map", function, max_drop=DEFAULT_MAX_DROP)
+        return Target("map50 vs FP32", function, min=DEFAULT_MIN_MAP50_VS_FP32)
     function = BUILTIN[name] if name in BUILTIN else load_user_metric(name, search_path)
     if accuracy.min is not None or accuracy.max_drop is not None:
         return Target(name, function, min=accuracy.min, max_drop=accuracy.max_drop)

@@ -90,6 +90,9 @@ class TrialRunner:
 
     def metric(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], samples: np.ndarray) -> float:
         labels = self.labels[samples] if self.labels is not None else None
+        if getattr(self.target.function, "needs_inputs", False):  # detections are decoded against the images
+            inputs = {name: array[samples] for name, array in self.inputs.items()}
+            return float(self.target.function(reference, candidate, labels, inputs=inputs))
         return float(self.target.function(reference, candidate, labels))
 
     def build(self, keep_float: dict[str, str]) -> Any:

@@ -94,6 +94,9 @@ def comparison_lines(report: dict) -> list[str]:
             if output.get("reference_top1") is not None:
                 parts.append(f"top-1 accuracy {output['reference_top1']:.2%} FP32 -> {output['candidate_top1']:.2%} quantized")
             lines.append(f"  output {output['name']}: " + ", ".join(parts))
+        detection = comparison.get("detection")
+        if detection:
+            lines.append("  " + detection_line(detection))
         verdict = "passed" if comparison.get("passed") else "FAILED: " + "; ".join(comparison.get("failures") or [])
         lines.append(f"  comparison on {comparison.get('runtime')} ({comparison.get('num_samples')} samples): {verdict}")
     latency = report.get("latency")
@@ -105,3 +108,18 @@ def comparison_lines(report: dict) -> list[str]:
     if comparison:
         lines.append(f"  report: {Path(report['output']).parent / 'report.html'}")
     return lines
+
+
+def detection_line(section: dict) -> str:
+    """mAP of the quantized model, against what, on how much."""
+    def show(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    if section.get("against") == "annotations":
+        fp32 = section.get("fp32") or {}
+        return (f"detections: mAP@[.5:.95] {show(fp32.get('map'))} FP32 -> {show(section.get('map'))} quantized, "
+                f"mAP@.5 {show(fp32.get('map50'))} -> {show(section.get('map50'))} ({section.get('truth_boxes')} "
+                f"annotated boxes on {section.get('images')} images)")
+    return (f"detections: mAP@[.5:.95] {show(section.get('map'))}, mAP@.5 {show(section.get('map50'))} of the quantized "
+            f"model against FP32's {section.get('truth_boxes')} boxes on {section.get('images')} images "
+            f"(score >= {section.get('score_threshold'):g})")
