@@ -4,12 +4,13 @@ Calibration happens once (quantize-modelopt); keeping a node float afterwards is
 the calibrated graph, never a new calibration. For each node named in `ctx.facts["keep_float"]`
 (`{node name: reason}`):
 
-- its weight input reads the float weight again (the weight's Q/DQ goes where nothing else reads it);
-- its activation input reads the float tensor again, unless the Q/DQ pair it reads also serves a
-  quantized node (a neighbour reading the same tensor, or the output unit of the quantized op that
-  produced it: ONNX Runtime fuses `DQ -> op -> Q` only when the op's output feeds the Q alone);
-- the Q/DQ pairs on its output that no quantized node reads go (modelopt measures the outputs of
-  quantized ops for ONNX Runtime's integer units; a float op has no such unit).
+- its weight and activation inputs read the float tensors again; a Q/DQ pair goes where nothing else
+  reads it. That includes the output unit of a quantized op feeding it (modelopt measures the
+  outputs of quantized ops for ONNX Runtime's `DQ -> op -> Q` units): the rounding to that op's
+  output grid is often the very loss (one outlier channel flattening the rest), so a float node
+  never reads it, and the op before it then runs with a float output where nothing else needs its Q;
+- the Q/DQ pairs on its output go where no quantized compute node reads their grid (a float op has
+  no integer unit); a pair is read by the compute ops its values reach before another Q.
 
 Later passes (place-for-onnxruntime, verify-quantization) see an ordinary graph with fewer
 quantized nodes: the decisions in `ctx.facts["decisions"]` are updated to say which nodes stay float
@@ -26,8 +27,6 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from tao_qc.pipeline import PassContext, PassResult
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
-# Ops that only move a quantized tensor's values around: a Q/DQ pair seen through them still serves its readers.
-LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
 @dataclass
@@ -49,9 +48,9 @@ class KeepFloat:
         for name, reason in chosen.items():
             node = nodes[name]
             for index in range(min(2, len(node.inputs))):
-                rewired += _read_float_input(node, index, quantized)
-            _drop_output_quantization(node, quantized)
+                rewired += _read_float_input(node, index)
             notes.append(f"{name}: kept in float ({reason})")
+        bypassed = _drop_unneeded_pairs(graph, set(chosen), quantized)
         removed = len(graph)
         RemoveUnusedNodesPass()(model)
         removed -= len(graph)
@@ -64,7 +63,8 @@ class KeepFloat:
         if quantized_inputs is not None:
             ctx.facts["quantized_inputs"] = {k: v for k, v in quantized_inputs.items() if k not in chosen}
         return PassResult(model, changed=True, stats={"kept_float": len(chosen), "inputs_rewired": rewired,
-                                                      "qdq_nodes_removed": removed}, notes=notes)
+                                                      "pairs_bypassed": bypassed, "qdq_nodes_removed": removed},
+                          notes=notes)
 
 
 def _pair_of(value: ir.Value | None) -> tuple[ir.Node, ir.Node] | None:
@@ -76,44 +76,47 @@ def _pair_of(value: ir.Value | None) -> tuple[ir.Node, ir.Node] | None:
     return (q, dq) if q is not None and q.op_type == "QuantizeLinear" else None
 
 
-def _readers(value: ir.Value) -> list[ir.Node]:
-    """The nodes reading `value`, looking through layout ops."""
-    found = []
-    for use in value.uses():
-        node = use.node
-        found.extend(_readers(node.outputs[0]) if node.op_type in LAYOUT_OPS and node.outputs else [node])
-    return found
-
-
-def _serves_quantized(q: ir.Node, dq: ir.Node, node: ir.Node, quantized: set[str]) -> bool:
-    if any(reader is not node and reader.name in quantized for reader in _readers(dq.outputs[0])):
-        return True
-    producer = q.inputs[0].producer() if q.inputs[0] is not None else None
-    return producer is not None and producer.op_type in COMPUTE_OPS and producer.name in quantized
-
-
-def _read_float_input(node: ir.Node, index: int, quantized: set[str]) -> int:
+def _read_float_input(node: ir.Node, index: int) -> int:
+    """Point `node`'s input at the float tensor its Q/DQ pair reads (the pair stays for other readers)."""
     pair = _pair_of(node.inputs[index])
     if pair is None:
         return 0
-    q, dq = pair
-    weight = q.inputs[0] is not None and (q.inputs[0].is_initializer() or q.inputs[0].const_value is not None)
-    if not weight and _serves_quantized(q, dq, node, quantized):
-        return 0  # the pair stays for its quantized users; this node reads its dequantized values
-    node.replace_input_with(index, q.inputs[0])
+    node.replace_input_with(index, pair[0].inputs[0])
     return 1
 
 
-def _drop_output_quantization(node: ir.Node, quantized: set[str]) -> None:
-    output = node.outputs[0]
-    for use in list(output.uses()):
-        q = use.node
-        if q.op_type != "QuantizeLinear":
+def _drop_unneeded_pairs(graph: ir.Graph, chosen: set[str], quantized: set[str]) -> int:
+    """Bypass every activation Q/DQ pair whose values reach a node kept float and no quantized compute
+    node: a pair only matters to the compute ops that read its grid before another Q re-grids it."""
+    bypassed = 0
+    for dq in [n for n in graph if n.op_type == "DequantizeLinear"]:
+        pair = _pair_of(dq.outputs[0])
+        if pair is None or _is_constant(pair[0].inputs[0]) or dq.outputs[0].is_graph_output():
             continue
-        for dq_use in list(q.outputs[0].uses()):
-            dq = dq_use.node
-            if dq.op_type != "DequantizeLinear" or dq.outputs[0].is_graph_output():
+        reached = _computes_reached(dq.outputs[0])
+        if reached & chosen and not reached & quantized:
+            dq.outputs[0].replace_all_uses_with(pair[0].inputs[0])
+            bypassed += 1
+    return bypassed
+
+
+def _is_constant(value: ir.Value | None) -> bool:
+    return value is not None and (value.is_initializer() or value.const_value is not None)
+
+
+def _computes_reached(value: ir.Value) -> set[str]:
+    """Names of the compute nodes `value` reaches through ops that are neither compute nor a new Q."""
+    reached: set[str] = set()
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        for use in stack.pop().uses():
+            node = use.node
+            if id(node) in seen:
                 continue
-            if any(reader.name in quantized for reader in _readers(dq.outputs[0])):
-                continue
-            dq.outputs[0].replace_all_uses_with(output)
+            seen.add(id(node))
+            if node.op_type in COMPUTE_OPS:
+                reached.add(node.name)
+            elif node.op_type != "QuantizeLinear":
+                stack.extend(node.outputs)
+    return reached

@@ -201,6 +201,11 @@ BUILTIN_METRICS = ("cosine", "top1_agreement", "top1_accuracy", "map")
 _USER_METRIC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
+def _fallback_mode(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted `off` as false (and `on` as true): `fallback: off` means what it says."""
+    return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
+
 def _metric(value: Any) -> Any:
     if value is None or (isinstance(value, str) and (value in BUILTIN_METRICS or _USER_METRIC_RE.match(value))):
         return value
@@ -219,7 +224,7 @@ class AccuracySpec(_Strict):
     metric: Annotated[str | None, BeforeValidator(_metric)] = None  # default: the comparison's own checks
     min: float | None = None
     max_drop: float | None = Field(default=None, ge=0)
-    fallback: Annotated[str, _choice(FALLBACK_MODES)] = "auto"
+    fallback: Annotated[str, _choice(FALLBACK_MODES), BeforeValidator(_fallback_mode)] = "auto"
     max_float_fraction: float = Field(default=0.25, ge=0, le=1)
     executor: Annotated[str, _choice(EXECUTORS)] = "local"
     ray_address: str = "auto"

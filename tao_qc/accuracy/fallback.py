@@ -144,6 +144,28 @@ def _speed(sections: dict[str, Any]) -> float | None:
     return rows[-1]["ratio"] if len(rows) >= 2 else None
 
 
+class TrialSetups:
+    """Trial setups for several calibrated graphs over one accuracy data set, written to disk once."""
+
+    def __init__(self, spec: Any, source: Path, data: AccuracyData, folder: Path):
+        self.spec, self.source, self.data, self.folder = spec, source, data, folder
+        self.search_path = str(Path(spec.source).parent) if spec.source else None
+        self.arrays: dict[str, Path | None] = {}
+
+    def __call__(self, graph: CalibratedGraph) -> TrialSetup:
+        if not self.arrays:
+            self.arrays["data"] = write_arrays(self.data.batches, self.folder / "accuracy.npz")
+            self.arrays["labels"] = write_labels(self.data.labels, self.folder / "labels.npy") if self.data.labels else None
+        return TrialSetup(graph.path, graph.facts, self.spec, self.source, self.arrays["data"],
+                          self.data.batches.batch_size, self.arrays["labels"], self.search_path)
+
+
+def quantized_candidates(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, op type) of every node the calibrated graph quantizes, in graph order."""
+    declined = facts.get("declined") or {}
+    return [(d.unit.name, d.unit.type) for d in facts.get("decisions") or [] if d.quantized and d.unit.name not in declined]
+
+
 def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGraph, sections: dict[str, Any]) -> AccuracyOutcome:
     """Check the quantized model against `spec.accuracy`'s target; where it misses with `fallback:
     auto`, first clip the activation ranges (one pass over the calibration data), then search the
@@ -157,15 +179,7 @@ def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGrap
     data = accuracy_data(spec, source, ctx.calibration)
     accuracy = spec.accuracy
     comparison = sections.get("comparison") or {}
-    folder = calibrated.folder
-    arrays: dict[str, Path | None] = {}
-
-    def setup(graph: CalibratedGraph) -> TrialSetup:
-        if not arrays:  # written once, shared by every setup
-            arrays["data"] = write_arrays(data.batches, folder / "accuracy.npz")
-            arrays["labels"] = write_labels(data.labels, folder / "labels.npy") if data.labels else None
-        return TrialSetup(graph.path, graph.facts, spec, source, arrays["data"], data.batches.batch_size,
-                          arrays["labels"], search_path)
+    setup = TrialSetups(spec, source, data, calibrated.folder)
 
     quantized: TrialResult | None = None
     # The comparison that just ran is the check when the target is its own checks on the same data.
@@ -203,10 +217,7 @@ def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGrap
             outcome.rebuild = clipped
             return outcome
 
-    decisions = base.facts.get("decisions") or []
-    declined = base.facts.get("declined") or {}
-    candidates = [(d.unit.name, d.unit.type) for d in decisions if d.quantized and d.unit.name not in declined]
-    outcome.result = run_fallback(setup(base), spec, candidates, folder, quantized=quantized)
+    outcome.result = run_fallback(setup(base), spec, quantized_candidates(base.facts), calibrated.folder, quantized=quantized)
     if outcome.fp32_value is None:
         outcome.fp32_value = outcome.result.fp32_value
     if outcome.result.sensitivity is not None:
