@@ -80,6 +80,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<h2>Accuracy: quantized against FP32</h2>",
         _comparison_section(comparison),
         _detection_section((comparison or {}).get("detection")),
+        _accuracy_section(report.get("accuracy")),
         "<h2>Latency</h2>",
         _latency_section(latency),
         "<h2>Quantization decisions</h2>",
@@ -223,6 +224,56 @@ def _comparison_section(comparison: dict[str, Any] | None) -> str:
     ]
     if figures:
         parts.append("<h3>Error distribution</h3>" + f'<div class="grid2">{"".join(figures)}</div>')
+    return "\n".join(parts)
+
+
+def _accuracy_section(section: dict[str, Any] | None) -> str:
+    """What the accuracy target was, whether plain quantization met it, and what fallback did:
+    clipped ranges, every node's sensitivity in graph order, the nodes kept float, the steps taken."""
+    if not section:
+        return ""
+    from tao_qc.accuracy.plot import sensitivity_svg
+
+    badge = '<span class="badge pass">reached</span>' if section.get("reached") else '<span class="badge fail">missed</span>'
+    parts = [f"<h3>Accuracy target {badge}</h3>",
+             f'<p class="note">{escape(str(section.get("target")))} on {escape(str(section.get("data")))}; '
+             f'FP32 {_num(section.get("fp32"))}, every selected node quantized {_num(section.get("quantized"))}. '
+             f'Fallback: {escape(str(section.get("fallback")))}.</p>']
+    if section.get("judged_on_calibration_data"):
+        parts.append('<p><span class="badge warn">warning</span> judged on the calibration data: give '
+                     'quantize.accuracy.data (held out) for figures you can trust.</p>')
+    clipping = section.get("clipping")
+    if clipping:
+        parts.append(f"<p>Activation ranges clipped at the {_num(clipping['percentile'])}th percentile of |x| "
+                     f"({clipping['ranges_clipped']} ranges): {_num(clipping['value'])}, target "
+                     f"{'met' if clipping['met'] else 'missed'}.</p>")
+    search = section.get("search") or {}
+    if search.get("sensitivity"):
+        kept = {k["name"] for k in search.get("kept_float") or []}
+        parts.append(f"<p>{len(kept)} of {search.get('candidates')} nodes kept in float (at most {search.get('limit')} "
+                     f"allowed); {search['evaluations']['full']} evaluations of the accuracy data and "
+                     f"{search['evaluations']['ranking_trials']} ranking trials on {search['sensitivity']['samples']} samples, "
+                     f"{_num(search.get('seconds'))} s. Speed against FP32: {_ratio(section.get('speed_before'))} before, "
+                     f"{_ratio(section.get('speed_after'))} after.</p>")
+        nodes = search["sensitivity"]["nodes"]
+        parts.append(f'<div class="figure">{sensitivity_svg(nodes, kept)}<div class="cap">Sensitivity per node in graph '
+                     "order: up, what keeping it alone in float gives back; down, what quantizing it alone costs; "
+                     "red: kept in float.</div></div>")
+        rows = [f"<tr><td><code>{escape(k['name'])}</code></td><td class=\"num\">{k.get('rank', '-')}</td>"
+                f"<td class=\"num\">{_num(k.get('gain'))}</td><td class=\"num\">{_num(k.get('damage'))}</td></tr>"
+                for k in search.get("kept_float") or []]
+        if rows:
+            parts.append(_table(["kept in float", "rank", "gain (float alone)", "damage (quantized alone)"], rows, numeric_from=1))
+        steps = [f"<tr><td>{escape(st['phase'])}</td><td class=\"num\">{st['float_nodes']}</td>"
+                 f"<td class=\"num\">{_num(st['value'])}</td><td>{'met' if st['met'] else 'missed'}</td></tr>"
+                 for st in search.get("steps") or []]
+        parts.append("<h3>Search steps (full evaluations)</h3>" + _table(["phase", "float nodes", "value", "target"], steps, numeric_from=1))
+    final = section.get("final")
+    if final:
+        shown = (f"{escape(str(final['metric']))} {_num(final.get('value'))} (FP32 {_num(final.get('fp32'))}) on "
+                 f"{escape(str(final.get('data')))}: {'met' if final.get('met') else 'missed'}" if "value" in final
+                 else f"not measured on the comparison data: {escape(str(final.get('error')))}")
+        parts.append(f"<p>The saved model: {shown}.</p>")
     return "\n".join(parts)
 
 
