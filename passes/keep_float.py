@@ -86,15 +86,18 @@ def _read_float_input(node: ir.Node, index: int) -> int:
 
 
 def _drop_unneeded_pairs(graph: ir.Graph, chosen: set[str], quantized: set[str]) -> int:
-    """Bypass every activation Q/DQ pair whose values reach a node kept float and no quantized compute
-    node: a pair only matters to the compute ops that read its grid before another Q re-grids it."""
+    """Bypass every activation Q/DQ pair that touches a node kept float (it reads the node's output,
+    or its values reach the node) and reaches no quantized compute node: a pair only matters to the
+    compute ops that read its grid before another Q re-grids it."""
     bypassed = 0
     for dq in [n for n in graph if n.op_type == "DequantizeLinear"]:
         pair = _pair_of(dq.outputs[0])
         if pair is None or _is_constant(pair[0].inputs[0]) or dq.outputs[0].is_graph_output():
             continue
+        producer = pair[0].inputs[0].producer()
         reached = _computes_reached(dq.outputs[0])
-        if reached & chosen and not reached & quantized:
+        touches = bool(reached & chosen) or (producer is not None and producer.name in chosen)
+        if touches and not reached & quantized:
             dq.outputs[0].replace_all_uses_with(pair[0].inputs[0])
             bypassed += 1
     return bypassed

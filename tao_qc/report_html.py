@@ -246,7 +246,8 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
     if clipping:
         parts.append(f"<p>Activation ranges clipped at the {_num(clipping['percentile'])}th percentile of |x| "
                      f"({clipping['ranges_clipped']} ranges): {_num(clipping['value'])}, target "
-                     f"{'met' if clipping['met'] else 'missed'}.</p>")
+                     f"{'met' if clipping['met'] else 'missed'}; "
+                     f"{'kept' if clipping.get('kept') else 'not kept (max ranges measured better)'}.</p>")
     search = section.get("search") or {}
     if search.get("sensitivity"):
         kept = {k["name"] for k in search.get("kept_float") or []}

@@ -202,20 +202,27 @@ def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGrap
 
     base = calibrated
     if "clipped_percentile" not in calibrated.facts:
+        if quantized is None:  # the comparison was the check: the same target in the metric's own terms
+            quantized = TrialRunner(setup(calibrated)).run({})
         percentile = spec.calibration.percentile
         clipped, narrowed = calibrated.clipped(ctx, percentile)
         runner = TrialRunner(setup(clipped))
-        quantized = runner.run({})
+        clipped_result = runner.run({})
         if outcome.fp32_value is None:
             outcome.fp32_value = runner.fp32_value
-        met = target.met(quantized.value, runner.fp32_value)
-        outcome.clipping = {"percentile": percentile, "ranges_clipped": narrowed, "value": quantized.value, "met": met}
-        log.info("accuracy fallback: activation ranges clipped at the %gth percentile: %s %.5g (%s)", percentile,
-                 target.name, quantized.value, "target met" if met else "target missed")
-        base = clipped
+            outcome.quantized_value = quantized.value
+        met = target.met(clipped_result.value, runner.fp32_value)
+        better = clipped_result.value > quantized.value
+        outcome.clipping = {"percentile": percentile, "ranges_clipped": narrowed, "value": clipped_result.value,
+                            "met": met, "kept": met or better}
+        log.info("accuracy fallback: activation ranges clipped at the %gth percentile: %s %.5g (%s%s)", percentile,
+                 target.name, clipped_result.value, "target met" if met else "target missed",
+                 "" if met else ", better than max ranges: kept" if better else ", worse than max ranges: not kept")
         if met:
             outcome.rebuild = clipped
             return outcome
+        if better:  # the node search starts from whichever ranges measure better
+            base, quantized = clipped, clipped_result
 
     outcome.result = run_fallback(setup(base), spec, quantized_candidates(base.facts), calibrated.folder, quantized=quantized)
     if outcome.fp32_value is None:
