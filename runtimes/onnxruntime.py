@@ -22,6 +22,33 @@ log = logging.getLogger("tao_qc.runtimes.onnxruntime")
 
 OPTIMIZED_SUFFIX = ".ort-optimized.onnx"
 
+# ONNX Runtime 1.24's CPU graph optimizers read FP8 Q/DQ as integer ones: ReluQuantRewrite drops a
+# Relu before a float8 QuantizeLinear whose zero point is 0 (a clamp at 0 only for unsigned integer
+# types: the FP8 graph then passes negative values), and the QDQ selectors fuse a float8
+# `DQ -> Conv -> Q` unit into a QLinearConv, which takes no float8 (ORT rejects the graph). The CPU
+# provider has no FP8 kernels: it runs FP8 Q/DQ around float ops, which is what these two left off give.
+FP8_MISREAD_OPTIMIZERS = ("ReluQuantRewrite", "QDQSelectorActionTransformer")
+_FLOAT8_TYPES = frozenset({17, 18, 19, 20})  # TensorProto FLOAT8E4M3FN, FLOAT8E4M3FNUZ, FLOAT8E5M2, FLOAT8E5M2FNUZ
+
+
+def has_float8_qdq(model: Any) -> bool:
+    """Whether an ONNX model (a ModelProto, serialized bytes or a path) quantizes to a float8 type."""
+    import onnx
+
+    if isinstance(model, (bytes, bytearray)):
+        model = onnx.load_from_string(bytes(model))
+    elif not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    if any(t.data_type in _FLOAT8_TYPES for t in model.graph.initializer):
+        return True
+    return any(attr.name == "output_dtype" and attr.i in _FLOAT8_TYPES
+               for node in model.graph.node if node.op_type == "QuantizeLinear" for attr in node.attribute)
+
+
+def disabled_optimizers(model: Any) -> list[str]:
+    """ONNX Runtime optimizers to leave off for `model` (InferenceSession's `disabled_optimizers`)."""
+    return list(FP8_MISREAD_OPTIMIZERS) if has_float8_qdq(model) else []
+
 
 def session_options(settings: RuntimeSettings, optimized_path: Path | None = None) -> Any:
     """`onnxruntime.SessionOptions` from our settings (a pure translation, tested)."""
@@ -131,7 +158,8 @@ class OnnxRuntime:
         optimized = artifact_path(model_path, settings, OPTIMIZED_SUFFIX) if settings.save_artifact else None
         options = session_options(settings, optimized)
         try:
-            session = ort.InferenceSession(str(model_path), options, providers=providers_for(settings.device))
+            session = ort.InferenceSession(str(model_path), options, providers=providers_for(settings.device),
+                                           disabled_optimizers=disabled_optimizers(proto))
         except Exception as exc:  # noqa: BLE001 - ORT reports model faults as generic exceptions
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{model_path.name}: onnxruntime cannot load it: {message}") from None

@@ -140,7 +140,10 @@ class TrialRunner:
         options.intra_op_num_threads = self.setup.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        from tao_qc.runtimes.onnxruntime import disabled_optimizers
+
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled_optimizers(model))
 
     def _run(self, session: Any, samples: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in session.get_outputs()]
