@@ -60,12 +60,13 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
         k: v for k, v in {"atol": atol, "rtol": rtol, "min_top1_agreement": min_top1_agreement}.items() if v is not None
     })
     runtime = runtime or settings.runtime
-    runtime_settings = RuntimeSettings(threads=threads, tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline)
     for path in (reference, candidate):
         if not path.is_file():
             raise InputError(f"{path} does not exist")
 
     inputs, key = open_compare_inputs(reference, data, spec, max_samples=max_samples, batch_size=batch_size)
+    runtime_settings = RuntimeSettings(threads=threads, tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline,
+                                       batch_sizes=(inputs.batch_size,))
     label_array = None
     labels_path = labels or (Path(settings.labels) if settings.labels else None)
     if labels_path is not None:
