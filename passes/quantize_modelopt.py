@@ -206,7 +206,7 @@ def collect_ranges(model: ir.Model) -> dict[str, Any]:
     quantized_inputs: dict[str, list[str]] = {}
     for node in model.graph:
         if node.op_type == "QuantizeLinear":
-            source = node.inputs[0]
+            source = _before_casts(node.inputs[0])  # an fp16 graph quantizes `x_cast_to_fp16`: the range is x's
             scale = constant_array(node.inputs[1])
             zero = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
             if scale is None:
@@ -230,6 +230,14 @@ def collect_ranges(model: ir.Model) -> dict[str, Any]:
         if inputs:
             quantized_inputs[node.name] = inputs
     return {"ranges": ranges, "quantized_inputs": quantized_inputs}
+
+
+def _before_casts(value: ir.Value) -> ir.Value:
+    producer = value.producer()
+    while producer is not None and producer.op_type == "Cast" and producer.inputs[0] is not None:
+        value = producer.inputs[0]
+        producer = value.producer()
+    return value
 
 
 def _through_dq(value: ir.Value) -> bool:
