@@ -44,11 +44,12 @@ def session_options(settings: RuntimeSettings, optimized_path: Path | None = Non
     return options
 
 
-# ORT's WeightBiasQuantization (BiasQuantization before 1.20) quantizes a Q/DQ Conv's float bias to int32
-# at scale input_scale * weight_scale, computed in the scales' type. With fp16 scales (the float part
-# of a graph made for TensorRT) that product falls into fp16's subnormals, and the bias comes out
-# wrong: on UltraFace a face score moves by up to 0.9 against the same graph run unoptimized.
-# TensorRT adds the bias in its float epilogue instead; these passes stay off for such graphs.
+# ORT's WeightBiasQuantization (BiasQuantization in older releases; onnxruntime/core/optimizer/
+# qdq_transformer) quantizes a Q/DQ Conv's float bias to int32 at scale input_scale * weight_scale,
+# computed in the scales' type. With fp16 scales (the float part of a graph made for TensorRT) that
+# product falls into fp16's subnormals and the bias comes out wrong: measured on UltraFace, a face
+# score moved by up to 0.9 against the same graph run unoptimized. TensorRT keeps such a bias in
+# float; these passes stay off for such graphs.
 _FP16_SCALE_UNSAFE = ["WeightBiasQuantization", "BiasQuantization"]
 
 

@@ -354,7 +354,7 @@ def inspect_layers(trt: Any, engine: Any, profiles: dict[str, dict[str, list[int
     if not context:
         raise TaoQcError("TensorRT could not create an execution context to inspect the engine")
     for name, shapes in profiles.items():
-        if not context.set_input_shape(name, shapes["opt"]):
+        if not context.set_input_shape(name, tuple(shapes["opt"])):
             raise TaoQcError(f"TensorRT refused input '{name}' at its profile's opt shape {shapes['opt']}")
     inspector = engine.create_engine_inspector()
     inspector.execution_context = context
