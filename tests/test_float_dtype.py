@@ -121,3 +121,18 @@ def test_fp32_float_part_where_the_target_or_the_spec_says_so(tmp_path, shared_m
     assert not any(node.op_type == "Cast" for node in model.graph.node)
     assert result.report["float_dtype"] == "fp32"
     assert result.report["comparison"]["num_samples"] == 32
+
+
+def test_target_changed_on_the_command_line_is_checked_too(tmp_path, shared_models, capsys):
+    from _compile_helpers import run_cli
+
+    data = tmp_path / "digits.npz"
+    np.savez(data, **{MNIST_INPUT: digits()[0][:8]})
+    spec = tmp_path / "q.yaml"
+    spec.write_text(f"quantize:\n  device: cpu\n  float_dtype: fp16\n  calibration: {{data: {data}}}\n")
+    code, _, err = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--spec", spec, "--target", "onnxruntime",
+                            "-o", tmp_path / "out"], capsys)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"tao-qc: error: {spec}: quantize.float_dtype: 'fp16' is not supported with target onnxruntime")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.failed").exists()
