@@ -94,7 +94,7 @@ def test_compile_for_tensorrt_runs_float_layers_in_fp16(assets, shared_models, t
     from tao_qc.compile import compile_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
-    spec = {"quantize": {"backend": "modelopt.onnx", "target": "tensorrt", "compare": {"runtime": "tensorrt"},
+    spec = {"quantize": {"backend": "modelopt.onnx", "device": "cpu", "target": "tensorrt", "compare": {"runtime": "tensorrt"},
                          "calibration": {"data": str(assets.digits), "max_samples": 64}}}
     result = compile_model(assets.mnist_fp32, spec, results_dir=tmp_path / "out")
     assert result.report["float_dtype"] == "fp16"
