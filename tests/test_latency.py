@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from _runtimes_helpers import build_assets, run_cli
+from _runtimes_helpers import build_assets, run_cli, without_tensorrt
 from tao_qc.data import InputInfo
 from tao_qc.errors import InputError
 from tao_qc.latency import BatchNotSupported, LatencyResult, measure_latency, summarize, synthetic_feeds
@@ -87,7 +87,8 @@ def test_bench_json_and_fixed_batch_rows_are_skipped(shared_models, capsys):
     [
         (lambda s: [s / "mnist_cntk.onnx", s / "cnn_mnist_pytorch.onnx"], "models must share inputs"),
         (lambda s: [s / "mnist_cntk.onnx", "--batch", "1,x"], "--batch"),
-        (lambda s: [s / "mnist_cntk.onnx", "--runtime", "tensorrt"], "TensorRT is not installed"),
+        pytest.param(lambda s: [s / "mnist_cntk.onnx", "--runtime", "tensorrt"], "TensorRT is not installed",
+                     marks=without_tensorrt),
         (lambda s: [s / "nothing.onnx"], "does not exist"),
     ],
     ids=["inputs-differ", "bad-batch", "tensorrt-absent", "missing"],

@@ -37,7 +37,9 @@ def optimized_ops(path: Path, tmp_path: Path) -> Counter:
 
 
 def compile_for(model: Path, data: Path, target: str, out: Path):
-    spec = {"quantize": {"backend": "modelopt.onnx", "target": target, "device": "cpu",
+    # fp32 float part for both targets: modelopt's own (tensorrt) placement is compared with ours
+    # and fed to place-for-onnxruntime, which works on fp32 graphs.
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": target, "device": "cpu", "float_dtype": "fp32",
                          "calibration": {"data": str(data), "max_samples": 48}}}
     return compile_model(model, spec, results_dir=out, compare=False)
 
