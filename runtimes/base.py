@@ -68,6 +68,9 @@ class RuntimeSettings:
     tensorrt: TensorRTSpec = field(default_factory=TensorRTSpec)
     # The batch sizes the engine will run at: a TensorRT engine's default optimization profile covers them.
     batch_sizes: tuple[int, ...] = ()
+    # Full shapes of the data it will run (`tao_qc.shapes`): sizes the model leaves open besides the
+    # batch come from here (a TensorRT optimization profile needs them).
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:

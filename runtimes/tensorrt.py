@@ -74,13 +74,15 @@ def tensorrt_available() -> bool:
 
 
 def default_profiles(inputs: list[Any], explicit: dict[str, ShapeProfile] | None = None,
-                     batch_sizes: Sequence[int] = ()) -> dict[str, dict[str, list[int]]]:
+                     batch_sizes: Sequence[int] = (),
+                     shapes: dict[str, Sequence[int]] | None = None) -> dict[str, dict[str, list[int]]]:
     """Optimization profiles `{input: {min, opt, max}}` for the inputs (`tao_qc.data.InputInfo`).
 
     Explicit profiles (`spec.tensorrt.profiles`) win and are checked against the input; an input
     whose only dynamic dimension is the batch gets `DEFAULT_BATCH_PROFILE`, widened to cover
-    `batch_sizes`; other dynamic dimensions cannot be guessed and are an error asking for a
-    profile. Fully static inputs need none.
+    `batch_sizes`; other dynamic dimensions take the sizes of the data the engine runs (`shapes`,
+    full shapes: the data's or `--input-shapes`), else they are an error asking for them. Fully
+    static inputs need none.
     """
     explicit = explicit or {}
     names = [info.name for info in inputs]
@@ -115,10 +117,14 @@ def default_profiles(inputs: list[Any], explicit: dict[str, ShapeProfile] | None
         if not dynamic:
             continue
         if dynamic != [0]:
-            raise InputError(
-                f"input {info.describe()} has dynamic dimensions besides the batch: give "
-                f"quantize.tensorrt.profiles.{info.name}: {{min: [...], opt: [...], max: [...]}}"
-            )
+            if not (shapes or {}).get(info.name):
+                raise InputError(
+                    f"input {info.describe()} has dynamic dimensions besides the batch: give data, --input-shapes, or "
+                    f"quantize.tensorrt.profiles.{info.name}: {{min: [...], opt: [...], max: [...]}}"
+                )
+            from tao_qc.shapes import resolve_shape
+
+            dims = list(resolve_shape(info, shapes, key=key))
         rest = [int(d) for d in dims[1:]]
         profiles[info.name] = {"min": [smallest, *rest], "opt": [tuned, *rest], "max": [largest, *rest]}
     return profiles
@@ -152,7 +158,7 @@ def build_settings(settings: RuntimeSettings, inputs: list[Any], *, model_path: 
         "workspace_bytes": int(trt_spec.workspace_gib * (1 << 30)),
         "device": device,
         "timing_cache": str(timing_cache) if timing_cache else None,
-        "profiles": default_profiles(inputs, trt_spec.profiles, settings.batch_sizes),
+        "profiles": default_profiles(inputs, trt_spec.profiles, settings.batch_sizes, settings.input_shapes),
         "profiling_verbosity": "DETAILED",
     }
 

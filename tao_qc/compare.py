@@ -578,6 +578,7 @@ def evaluate_quantized(
     """
     from tao_qc.latency import bench_models
     from tao_qc.runtimes.base import RuntimeSettings, get_runtime
+    from tao_qc.shapes import shapes_of
 
     runtime = spec.compare.runtime
     compared_batch = getattr(inputs, "batch_size", None)
@@ -587,6 +588,7 @@ def evaluate_quantized(
         tensorrt=spec.tensorrt,
         fp16_baseline=spec.tensorrt.fp16_baseline,
         batch_sizes=tuple(batch_sizes) + ((compared_batch,) if compared_batch else ()),
+        input_shapes=shapes_of(inputs.first()),
     )
     backend = get_runtime(runtime)
     built = [backend.build(Path(fp32_path), settings)]
@@ -597,8 +599,6 @@ def evaluate_quantized(
                                     runtime_settings=settings, engines=engines, image_color=spec.calibration.color)
         sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
         if measure_latency:
-            from tao_qc.shapes import shapes_of
-
             # Timed at the shape of the data compared: a model with open height/width has no other.
             sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=settings,
                                                warmup=warmup, runs=runs, engines=list(engines),

@@ -157,11 +157,23 @@ def test_default_profiles_from_onnx_shapes(assets):
     assert default_profiles(dynamic, batch_sizes=(2, 4))["input"]["max"] == [mx, 3, 224, 224]
 
 
+def test_open_sizes_in_a_profile_come_from_the_data():
+    detector = [_info("x", "n", 3, "h", "w")]
+    mn, opt, mx = DEFAULT_BATCH_PROFILE
+    profiles = default_profiles(detector, shapes={"x": (1, 3, 640, 480)})
+    assert profiles == {"x": {"min": [mn, 3, 640, 480], "opt": [opt, 3, 640, 480], "max": [mx, 3, 640, 480]}}
+    with pytest.raises(InputError, match=r"input x float32\[\?,3,\?,\?\] has dynamic dimensions besides the batch: "
+                                         r"give data, --input-shapes, or quantize.tensorrt.profiles.x"):
+        default_profiles(detector)
+    with pytest.raises(InputError, match=r"does not fit the model's input x float32\[\?,3,\?,\?\] \(axis 1\)"):
+        default_profiles(detector, shapes={"x": (1, 4, 640, 480)})
+
+
 def test_explicit_profiles_win_and_are_checked():
     inputs = [_info("x", "N", 3, "H", "W")]
     profile = ShapeProfile(min=[1, 3, 64, 64], opt=[4, 3, 224, 224], max=[8, 3, 512, 512])
     assert default_profiles(inputs, {"x": profile}, batch_sizes=(64,))["x"]["max"] == [8, 3, 512, 512]
-    with pytest.raises(InputError, match=r"quantize.tensorrt.profiles.x: .*dynamic dimensions besides the batch|give quantize.tensorrt.profiles.x"):
+    with pytest.raises(InputError, match=r"dynamic dimensions besides the batch: give data, --input-shapes, or quantize.tensorrt.profiles.x"):
         default_profiles(inputs)
     with pytest.raises(InputError, match="is not an input of the model"):
         default_profiles(inputs, {"y": profile})
