@@ -1,5 +1,6 @@
 """Models and data shared by the pipeline, passes, compile and golden tests.
 
+- MNIST_CNTK, CNN_MNIST_PYTORCH: the two small third-party models vendored in tests/assets/.
 - digits: scikit-learn's labelled 8x8 digits upscaled to 20x20 and padded to 28x28 (MNIST framing),
   pixels 0-255 (mnist_cntk's scale); cnn_mnist_pytorch takes them divided by 255.
 - zoo exports: small_cnn (BatchNorm + residual Add), transformer_block (MatMul/Softmax/LayerNorm),
@@ -14,8 +15,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+ASSETS = Path(__file__).resolve().parent / "assets"
+MNIST_CNTK = ASSETS / "mnist_cntk.onnx"  # vendored copies (tests/assets/MANIFEST.tsv)
+CNN_MNIST_PYTORCH = ASSETS / "cnn_mnist_pytorch.onnx"
 MNIST_INPUT = "Input3"
 PYTORCH_MNIST_INPUT = "0"
+
+
+def third_party_model(file_name: str, request) -> Path:
+    """A third-party model: the vendored copy where there is one, else from ../shared/models (the
+    test skips where that folder is absent)."""
+    vendored = ASSETS / file_name
+    if vendored.is_file():
+        return vendored
+    return request.getfixturevalue("shared_models") / file_name
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,6 +49,10 @@ def session(model: str | Path | onnx.ModelProto):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # One thread: ONNX Runtime 1.24's QLinearConv gives run-to-run different uint8 outputs with 2+
+    # threads for some channel counts (cnn_mnist_pytorch's 10 -> 20 Conv among them); a test's
+    # reference predictions must not depend on that race.
+    options.intra_op_num_threads = 1
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 

@@ -16,7 +16,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from _compile_helpers import MNIST_INPUT, PYTORCH_MNIST_INPUT, digits, predict, run_cli, session
+from _compile_helpers import (ASSETS, CNN_MNIST_PYTORCH, MNIST_CNTK, MNIST_INPUT, PYTORCH_MNIST_INPUT, digits, predict,
+                              run_cli, session)
 from tao_qc.compile import compile_model
 from tao_qc.pipeline import PROVENANCE_KEY
 
@@ -39,8 +40,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mnist_cntk_run(tmp_path_factory, shared_models, data_dir):
-    source = shared_models / "mnist_cntk.onnx"
+def mnist_cntk_run(tmp_path_factory, data_dir):
+    source = MNIST_CNTK
     before = sha(source)
     out = tmp_path_factory.mktemp("mnist-cntk") / "results"
     spec = {"quantize": {"device": "cpu", "calibration": {"data": str(data_dir / "digits.npz")}}}
@@ -50,19 +51,19 @@ def mnist_cntk_run(tmp_path_factory, shared_models, data_dir):
 
 
 @pytest.mark.slow
-def test_mnist_cntk_fp32_matches_its_shipped_reference(shared_models):
-    folder = shared_models / "mnist_cntk" / "test_data_set_0"
+def test_mnist_cntk_fp32_matches_its_shipped_reference():
+    folder = ASSETS / "mnist_cntk" / "test_data_set_0"
     x = numpy_helper.to_array(onnx.load_tensor(str(folder / "input_0.pb")))
     y = numpy_helper.to_array(onnx.load_tensor(str(folder / "output_0.pb")))
-    got = session(shared_models / "mnist_cntk.onnx").run(None, {MNIST_INPUT: x})[0]
+    got = session(MNIST_CNTK).run(None, {MNIST_INPUT: x})[0]
     np.testing.assert_allclose(got, y, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.slow
-def test_mnist_cntk_int8_agrees_with_fp32_on_real_digits(mnist_cntk_run, shared_models):
+def test_mnist_cntk_int8_agrees_with_fp32_on_real_digits(mnist_cntk_run):
     result = mnist_cntk_run
     images, labels = digits()
-    fp32 = predict(shared_models / "mnist_cntk.onnx", MNIST_INPUT, images[EVALUATION]).argmax(1)
+    fp32 = predict(MNIST_CNTK, MNIST_INPUT, images[EVALUATION]).argmax(1)
     int8 = predict(result.model_path, MNIST_INPUT, images[EVALUATION]).argmax(1)
     assert np.mean(fp32 == labels[EVALUATION]) > 0.85  # the FP32 model is what we think it is
     assert np.mean(int8 == fp32) >= 0.99
@@ -105,7 +106,7 @@ def test_mnist_cntk_results_folder_and_report(mnist_cntk_run):
 
 
 @pytest.mark.slow
-def test_cnn_mnist_pytorch_through_the_cli(tmp_path, shared_models, data_dir, capsys):
+def test_cnn_mnist_pytorch_through_the_cli(tmp_path, data_dir, capsys):
     spec = tmp_path / "q.yaml"
     spec.write_text(
         "quantize:\n"
@@ -117,7 +118,7 @@ def test_cnn_mnist_pytorch_through_the_cli(tmp_path, shared_models, data_dir, ca
         f"  calibration:\n    data: {data_dir / 'digits01.npz'}\n"
     )
     out = tmp_path / "results"
-    code, stdout, stderr = run_cli(["compile", shared_models / "cnn_mnist_pytorch.onnx", "--spec", spec, "-o", out,
+    code, stdout, stderr = run_cli(["compile", CNN_MNIST_PYTORCH, "--spec", spec, "-o", out,
                                     "--print-after", "fold-constants", "--json", "--no-compare"], capsys)
     assert code == 0, stderr
     assert "pattern layers[1] '*no_such_layer*' matches nothing" in stderr
@@ -129,7 +130,7 @@ def test_cnn_mnist_pytorch_through_the_cli(tmp_path, shared_models, data_dir, ca
     assert kinds == {"Conv": True, "Gemm": False}
     images, _ = digits()
     evaluation = images[EVALUATION] / np.float32(255)
-    fp32 = predict(shared_models / "cnn_mnist_pytorch.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
+    fp32 = predict(CNN_MNIST_PYTORCH, PYTORCH_MNIST_INPUT, evaluation).argmax(1)
     int8 = predict(out / "cnn_mnist_pytorch.int8.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
     assert np.mean(int8 == fp32) >= 0.99
     model = onnx.load(str(out / "cnn_mnist_pytorch.int8.onnx"))
@@ -168,11 +169,11 @@ def test_ultraface_detector_from_an_image_folder(tmp_path, shared_models):
 # Bad input: one line on stderr, exit code 2, nothing that looks like a result
 
 
-def _bad_models(root: Path, shared: Path) -> dict[str, Path]:
+def _bad_models(root: Path) -> dict[str, Path]:
     from onnx import helper
 
     truncated = root / "truncated.onnx"
-    truncated.write_bytes((shared / "mnist_cntk.onnx").read_bytes()[:5000])
+    truncated.write_bytes(MNIST_CNTK.read_bytes()[:5000])
     text = root / "notes.onnx"
     text.write_text("this is not a model\n" * 20)
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
@@ -227,9 +228,9 @@ BAD_CASES = [
 
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory, shared_models, data_dir):
+def bad_inputs(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("bad")
-    models = _bad_models(root, shared_models) | {"mnist": shared_models / "mnist_cntk.onnx"}
+    models = _bad_models(root) | {"mnist": MNIST_CNTK}
     calibration = _calibration_files(root) | {"good": data_dir / "digits.npz"}
     return root, models, calibration
 
@@ -250,16 +251,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, bad_inputs, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.yaml"]  # no results, no partial folder, no reproducer
 
 
-def test_results_dir_that_is_a_file_is_refused(tmp_path, shared_models, data_dir, capsys):
+def test_results_dir_that_is_a_file_is_refused(tmp_path, data_dir, capsys):
     target = tmp_path / "results"
     target.write_text("keep me")
-    code, _, stderr = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--device", "cpu",
+    code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu",
                                "--calibration-data", data_dir / "digits.npz", "-o", target], capsys)
     assert code == 2 and "is a file, not a folder" in stderr
     assert target.read_text() == "keep me"
 
 
-def test_a_failed_run_keeps_the_previous_results(mnist_cntk_run, shared_models, tmp_path, capsys):
+def test_a_failed_run_keeps_the_previous_results(mnist_cntk_run, tmp_path, capsys):
     results = mnist_cntk_run.results_dir
     before = {p.name: sha(p) for p in results.iterdir() if p.is_file()}
     bad = tmp_path / "nan.npz"
@@ -267,45 +268,45 @@ def test_a_failed_run_keeps_the_previous_results(mnist_cntk_run, shared_models, 
     images = images[:3].copy()
     images[0, 0, 0, 0] = np.nan
     np.savez(bad, **{MNIST_INPUT: images})
-    code, _, stderr = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--device", "cpu",
+    code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu",
                                "--calibration-data", bad, "-o", results], capsys)
     assert code == 2 and "NaN or Inf" in stderr
     assert {p.name: sha(p) for p in results.iterdir() if p.is_file()} == before
     assert not list(results.parent.glob(".results*partial"))
 
 
-def test_results_dir_holding_other_files_or_the_model_is_refused(tmp_path, shared_models, data_dir, capsys):
+def test_results_dir_holding_other_files_or_the_model_is_refused(tmp_path, data_dir, capsys):
     folder = tmp_path / "work"
     folder.mkdir()
     (folder / "thesis.tex").write_text("precious")
-    code, _, stderr = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--device", "cpu",
+    code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu",
                                "--calibration-data", data_dir / "digits.npz", "-o", folder], capsys)
     assert code == 2 and "holds no tao-qc results" in stderr
     assert (folder / "thesis.tex").read_text() == "precious"
     model = folder / "m.onnx"
-    model.write_bytes((shared_models / "mnist_cntk.onnx").read_bytes())
+    model.write_bytes(MNIST_CNTK.read_bytes())
     code, _, stderr = run_cli(["compile", model, "--device", "cpu", "--calibration-data", data_dir / "digits.npz",
                                "-o", folder], capsys)
     assert code == 2 and "holds the input model" in stderr
 
 
-def test_default_results_dir_is_beside_the_working_directory(tmp_path, shared_models, data_dir, monkeypatch):
+def test_default_results_dir_is_beside_the_working_directory(tmp_path, data_dir, monkeypatch):
     from tao_qc.compile import default_results_dir
 
     monkeypatch.chdir(tmp_path)
-    assert default_results_dir(shared_models / "mnist_cntk.onnx") == tmp_path / "mnist_cntk.tao-qc"
+    assert default_results_dir(MNIST_CNTK) == tmp_path / "mnist_cntk.tao-qc"
 
 
-def test_unknown_print_after_pass_is_refused(tmp_path, shared_models, data_dir, capsys):
-    code, _, stderr = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--device", "cpu", "--calibration-data",
+def test_unknown_print_after_pass_is_refused(tmp_path, data_dir, capsys):
+    code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu", "--calibration-data",
                                data_dir / "digits.npz", "-o", tmp_path / "r", "--print-after", "fold-everything"], capsys)
     assert code == 2 and "no pass named fold-everything" in stderr and "fold-batchnorm" in stderr
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
-def test_a_model_with_external_weights_compiles(tmp_path, shared_models, data_dir, capsys):
-    model = onnx.load(str(shared_models / "cnn_mnist_pytorch.onnx"))
+def test_a_model_with_external_weights_compiles(tmp_path, data_dir, capsys):
+    model = onnx.load(str(CNN_MNIST_PYTORCH))
     folder = tmp_path / "model"
     folder.mkdir()
     onnx.save_model(model, str(folder / "net.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -319,7 +320,7 @@ def test_a_model_with_external_weights_compiles(tmp_path, shared_models, data_di
     assert str(out / "net.int8.onnx") in stdout
     images, _ = digits()
     evaluation = images[EVALUATION][:100] / np.float32(255)
-    fp32 = predict(shared_models / "cnn_mnist_pytorch.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
+    fp32 = predict(CNN_MNIST_PYTORCH, PYTORCH_MNIST_INPUT, evaluation).argmax(1)
     int8 = predict(out / "net.int8.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
     assert np.mean(int8 == fp32) >= 0.99
     # --dump-passes alone means after-all: every pass has its graph, text and (after the first) diff

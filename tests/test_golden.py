@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from _compile_helpers import MNIST_INPUT, digits, export_zoo
+from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits, export_zoo
 from tao_qc.compile import compile_model
 from tao_qc.pipeline import format_summary
 
@@ -23,14 +23,14 @@ MODELS = ["small_cnn", "transformer_block", "mnist_cntk"]
 CASES = MODELS + [f"{model}-onnxruntime" for model in MODELS]
 
 
-def _model_and_data(case: str, work: Path, shared_models: Path):
+def _model_and_data(case: str, work: Path):
     from tao_qc.data import model_inputs, open_inputs
     from tao_qc.spec import load_spec
 
     spec = load_spec(GOLDEN / case / "spec.yaml")
     case = case.removesuffix("-onnxruntime")
     if case == "mnist_cntk":
-        model = shared_models / "mnist_cntk.onnx"
+        model = MNIST_CNTK
         arrays = {MNIST_INPUT: digits()[0][: spec.calibration.max_samples]}
     else:
         model = export_zoo(case, work)
@@ -47,8 +47,8 @@ def _model_and_data(case: str, work: Path, shared_models: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
-def test_golden_pass_dumps(case, tmp_path, shared_models, update_golden):
-    model, spec, batches = _model_and_data(case, tmp_path, shared_models)
+def test_golden_pass_dumps(case, tmp_path, update_golden):
+    model, spec, batches = _model_and_data(case, tmp_path)
     dumps = tmp_path / "dumps"
     result = compile_model(model, spec, results_dir=tmp_path / "results", dump="after-change", dump_dir=dumps,
                            calibration=batches, compare=False)

@@ -68,8 +68,8 @@ def parse(html: str) -> _Structure:
 
 
 @pytest.fixture(scope="module")
-def full_report(tmp_path_factory, shared_models):
-    assets = build_assets(tmp_path_factory.getbasetemp(), shared_models)
+def full_report(tmp_path_factory):
+    assets = build_assets(tmp_path_factory.getbasetemp())
     model = onnx.load(str(assets.mnist_fp32))
     inputs = open_inputs(assets.digits, model_inputs(model), max_samples=200, key="--data")
     spec = QuantizeSpec(backend="modelopt.onnx", mode="static_ptq", target="onnxruntime", model_path=str(assets.mnist_fp32),
