@@ -231,3 +231,27 @@ def test_a_compute_node_a_pass_added_says_which_pass(models, tmp_path, capsys):
     assert facts["/head/Gemm"]["reason"].startswith("added by some-pass; graph shows: ")
     assert facts["/head/Gemm"]["reason_source"] == "graph"
     assert not any(fact["reason"].startswith("added by") for name, fact in facts.items() if name != "/head/Gemm")
+
+
+def test_a_compiled_results_folder_gives_the_backends_reason_for_a_node_it_declined(mnist_cntk_compiled, capsys):
+    # A report as `compile` writes it: modelopt declined Times212 (GEMV), which the spec selected.
+    results = mnist_cntk_compiled.results_dir
+    report = json.loads((results / "report.json").read_text())
+    declined = {row["name"]: row["declined_by_backend"] for row in report["decisions"] if row.get("declined_by_backend")}
+    assert set(declined) == {"Times212"}
+
+    code, out, err = run(capsys, results, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["model"] == str(results / "mnist_cntk.int8.onnx") and data["decisions_in_report"] == 3
+    facts = {fact["name"]: fact for fact in data["compute_nodes"]}
+    assert {name: fact["status"] for name, fact in facts.items()} == {
+        "Convolution28": "quantized", "Convolution110": "quantized", "Times212": "float"}
+    assert facts["Times212"]["reason"].startswith(declined["Times212"])
+    assert facts["Times212"]["reason_source"] == "report"
+    assert "layers is empty" in facts["Convolution28"]["reason"]
+    assert not [name for name, fact in facts.items() if "disagrees" in fact]
+
+    code, out, _ = run(capsys, results)
+    assert code == 0
+    assert "mismatch" not in out and "modelopt.onnx left it in float" in out
