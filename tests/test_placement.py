@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import _compile_helpers as compile_helpers
 from _compile_helpers import CNN_MNIST_PYTORCH, MNIST_CNTK
 from _compile_helpers import digits as all_digits
 from tao_qc import zoo
@@ -25,13 +26,22 @@ def digits(count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images[offset : offset + count] / 255.0, labels[offset : offset + count]
 
 
-def run(path: Path, name: str, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    # One thread: ONNX Runtime 1.24's QLinearConv gives run-to-run different uint8 outputs with 2+
-    # threads for some channel counts (cnn_mnist_pytorch's 10 -> 20 Conv among them).
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def run(path: Path, name: str, x: np.ndarray, *, unfused: bool = False) -> np.ndarray:
+    """Outputs per sample, on one ORT thread; `unfused`: the graph's own arithmetic, without ORT's
+    integer kernels (see tests/_compile_helpers.session for the kernel that needs it)."""
+    session = compile_helpers.session(path, unfused=unfused)
     return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def worst_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Per sample, |candidate - reference| over the spread of the reference's outputs around their
+    mean (both as norms); the worst sample. A cosine over whole outputs lets random nets pass with
+    errors a hundred times too large: their outputs share a large common part the quantization
+    keeps, and every sample is pooled into one vector."""
+    reference = reference.reshape(len(reference), -1).astype(np.float64)
+    candidate = candidate.reshape(len(candidate), -1).astype(np.float64)
+    spread = np.linalg.norm(reference - reference.mean(axis=1, keepdims=True), axis=1)
+    return float((np.linalg.norm(candidate - reference, axis=1) / spread).max())
 
 
 def optimized_ops(path: Path, tmp_path: Path) -> Counter:
@@ -113,7 +123,8 @@ def test_tensorrt_target_keeps_modelopts_placement(small_cnn):
 def test_agreement_with_fp32_on_real_digits(mnist):
     x, labels = digits(400, offset=600)
     reference = run(mnist["fp32"], "0", x)
-    placed = run(mnist["ort"].model_path, "0", x)
+    # what the placed graph computes; that ORT runs it on integer kernels is the first test's concern
+    placed = run(mnist["ort"].model_path, "0", x, unfused=True)
     agreement = (reference.argmax(1) == placed.argmax(1)).mean()
     assert agreement >= 0.99
     assert (placed.argmax(1) == labels).mean() >= (reference.argmax(1) == labels).mean() - 0.01
@@ -155,11 +166,10 @@ def test_relu_before_maxpool_is_absorbed_with_a_derived_range(tmp_path):
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] == 8 and ops["QLinearGlobalAveragePool"] == 1
     assert ops["Conv"] + ops["Add"] + ops["GlobalAveragePool"] + ops["Relu"] == 0  # no float kernel left
+    # Held-out inputs (another seed than calibration's). Measured 0.019 here; relu ranges half as wide
+    # give 0.11, weights 5% off 0.079, int32 biases 5% off 0.051.
     x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    reference = run(tmp_path / "r.onnx", "input", x)
-    placed = run(result.model_path, "input", x)
-    cosine = (reference * placed).sum() / np.linalg.norm(reference) / np.linalg.norm(placed)
-    assert cosine > 0.99
+    assert worst_relative_error(run(tmp_path / "r.onnx", "input", x), run(result.model_path, "input", x)) < 0.03
 
 
 def test_pass_on_plain_modelopt_output(small_cnn, tmp_path):
@@ -205,11 +215,9 @@ def test_transformer_matmuls_feeding_float_ops_run_integer_to_float(tmp_path):
     assert placement["stats"]["matmul_outputs_float"] == 4 and placement["stats"]["float_compute_left"] == 2
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["MatMulIntegerToFloat"] == 4 and ops["QLinearMatMul"] == 0 and ops["Gemm"] == 0
-    x = np.random.default_rng(1).standard_normal((4, 16, 128)).astype(np.float32)  # 4 samples of [1, 16, 128]
-    reference = run(tmp_path / "t.onnx", "input", x)
-    placed = run(result.model_path, "input", x)
-    cosine = (reference * placed).sum() / np.linalg.norm(reference) / np.linalg.norm(placed)
-    assert cosine > 0.99
+    # 4 held-out samples of [1, 16, 128]. Measured 0.0041 here; weights 5% off give 0.023.
+    x = np.random.default_rng(1).standard_normal((4, 16, 128)).astype(np.float32)
+    assert worst_relative_error(run(tmp_path / "t.onnx", "input", x), run(result.model_path, "input", x)) < 0.01
 
 
 def test_relu6_before_the_average_pool_takes_the_convs_measured_range(tmp_path):
@@ -227,6 +235,6 @@ def test_relu6_before_the_average_pool_takes_the_convs_measured_range(tmp_path):
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["QLinearGlobalAveragePool"] == 1 and ops["QLinearConv"] == 23
     assert ops["GlobalAveragePool"] + ops["Clip"] + ops["Conv"] == 0
+    # Held-out inputs. Measured 0.012 here; relu ranges half as wide give 0.035, int32 biases 5% off 0.051.
     x = np.random.default_rng(1).standard_normal((8, 3, 64, 64)).astype(np.float32)
-    reference, quantized = run(tmp_path / "m.onnx", "input", x), run(result.model_path, "input", x)
-    assert (reference * quantized).sum() / np.linalg.norm(reference) / np.linalg.norm(quantized) > 0.99
+    assert worst_relative_error(run(tmp_path / "m.onnx", "input", x), run(result.model_path, "input", x)) < 0.025
