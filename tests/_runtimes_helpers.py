@@ -20,7 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 from _compile_helpers import MNIST_CNTK, digits
+
+from tao_qc.runtimes.base import cuda_device_present
+from tao_qc.runtimes.tensorrt import tensorrt_available
+
+# Tests of the message a user without TensorRT gets mean nothing where TensorRT is installed.
+without_tensorrt = pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
+# Tests that build engines: wherever TensorRT and an NVIDIA GPU are present.
+with_tensorrt_gpu = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not (tensorrt_available() and cuda_device_present()), reason="needs TensorRT and an NVIDIA GPU"),
+]
 
 MNIST_INPUT = "Input3"
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from _compile_helpers import ASSETS
-from _runtimes_helpers import build_assets, run_cli
+from _runtimes_helpers import build_assets, run_cli, without_tensorrt
 from tao_qc.compare import (
     DEFAULT_MIN_COSINE,
     checks_for,
@@ -116,7 +116,8 @@ def test_cli_json_passes_on_int8(assets, capsys):
     [
         (lambda a, s: [a.mnist_fp32, s / "cnn_mnist_pytorch.onnx", "--data", a.digits], "the models' inputs differ"),
         (lambda a, s: [a.mnist_fp32, a.mnist_int8, "--data", a.labels], "needs float32"),
-        (lambda a, s: [a.mnist_fp32, a.mnist_int8, "--data", a.digits, "--runtime", "tensorrt"], "TensorRT is not installed"),
+        pytest.param(lambda a, s: [a.mnist_fp32, a.mnist_int8, "--data", a.digits, "--runtime", "tensorrt"],
+                     "TensorRT is not installed", marks=without_tensorrt),
         (lambda a, s: [a.mnist_fp32, a.root / "missing.onnx"], "does not exist"),
     ],
     ids=["inputs-differ", "data-fits-neither", "tensorrt-absent", "missing-file"],
@@ -195,6 +196,7 @@ def test_evaluate_quantized_gives_report_sections(assets, digits, labels, tmp_pa
         raise_if_failed(failed, spec)
 
 
+@without_tensorrt
 def test_tensorrt_runtime_absent_is_missing_dependency(assets, digits):
     with pytest.raises(MissingDependencyError, match=r"^TensorRT is not installed: pip install tao-qc\[tensorrt\]"):
         compare_models(assets.mnist_fp32, assets.mnist_int8, digits, runtime="tensorrt")

@@ -84,7 +84,7 @@ def test_mnist_cntk_results_folder_and_report(mnist_cntk_run):
     canonicalize = ["fold-constants", "fold-batchnorm", "remove-identity"]  # a round that changes, one that confirms
     assert [p["pass"] for p in report["passes"]] == [
         "load-and-check", *canonicalize, *canonicalize, "match-layers", "check-calibration", "quantize-modelopt",
-        "verify-quantization"]
+        "clip-ranges", "keep-float", "verify-quantization"]
     assert report["timings"]["quantize-modelopt"] > 0 and report["timings"]["total_s"] >= report["timings"]["quantize-modelopt"]
     assert {"onnx", "onnx-ir", "nvidia-modelopt"} <= set(report["versions"])
     assert report["calibration"]["samples"] == CALIBRATION and report["calibration"]["random"] is False
@@ -97,7 +97,8 @@ def test_mnist_cntk_results_folder_and_report(mnist_cntk_run):
     names = sorted(p.name for p in (result.results_dir / "passes").iterdir())
     assert "09-quantize-modelopt.diff" in names and "02-fold-batchnorm.txt" not in names
     diff = (result.results_dir / "passes" / "09-quantize-modelopt.diff").read_text()
-    assert diff.startswith("# ops: +DequantizeLinear")
+    # target tensorrt: the float part is fp16, behind a Cast at the input and one at the output
+    assert diff.startswith("# ops: +Cast 2, +DequantizeLinear")
 
 
 @pytest.mark.slow
@@ -139,7 +140,9 @@ def test_cnn_mnist_pytorch_through_the_cli(tmp_path, data_dir, capsys):
 def test_ultraface_detector_from_an_image_folder(tmp_path, shared_models):
     photos = shared_models / "ultraface_rfb320"  # face_1, face_13, face_19, face_2 (sorted)
     preprocessing = {"size": [240, 320], "mean": [127.0], "std": [128.0]}
-    spec = {"quantize": {"device": "cpu", "skip_names": ["*headers*"],
+    # fp32 float part: this test measures what INT8 costs; the fp16 float part (target tensorrt's
+    # default) is tests/test_float_dtype.py's subject.
+    spec = {"quantize": {"device": "cpu", "skip_names": ["*headers*"], "float_dtype": "fp32",
                          "calibration": {"data": str(photos), **preprocessing, "max_samples": 2}}}
     result = compile_model(shared_models / "ultraface_rfb320.onnx", spec, results_dir=tmp_path / "out", compare=False)
     report = result.report
@@ -374,29 +377,32 @@ class BypassWeightQdq:
 def test_a_pass_that_breaks_the_quantization_exits_3_with_a_reproducer(tmp_path, data_dir, capsys, monkeypatch):
     import tao_qc.passes
 
-    real_passes = tao_qc.passes.default_passes
+    real_passes = tao_qc.passes.finishing_passes
 
     def with_a_faulty_pass(spec, **kwargs):
         passes = real_passes(spec, **kwargs)
-        return [*passes[:-1], BypassWeightQdq(), passes[-1]]  # just before verify-quantization
+        assert passes[-1].name == "verify-quantization"
+        return [*passes[:-1], BypassWeightQdq(), passes[-1]]
 
-    monkeypatch.setattr(tao_qc.passes, "default_passes", with_a_faulty_pass)
+    monkeypatch.setattr(tao_qc.passes, "finishing_passes", with_a_faulty_pass)
     out = tmp_path / "results"
     code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu", "--calibration-data", data_dir / "digits.npz",
                                "-o", out, "--no-compare"], capsys)
     assert code == 3, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    reproducer = tmp_path / "results.failed" / "11-verify-quantization.failed-input.onnx"
+    [reproducer] = (tmp_path / "results.failed").glob("[0-9][0-9]-verify-quantization.failed-input.onnx")
     assert last.startswith("tao-qc: error: pass 'verify-quantization' failed (passes run before it: load-and-check, "
                            "fold-constants, ")
-    assert "quantize-modelopt, bypass-weight-qdq): VerificationError: quantized graph check failed: Convolution110: " in last
+    assert "quantize-modelopt, " in last
+    assert ", bypass-weight-qdq): VerificationError: quantized graph check failed: Convolution110: " in last
     assert "but its weight input has no Q/DQ" in last
     assert last.endswith(f"; its input graph is saved at {reproducer}")
     assert [line.startswith("tao-qc: error:") for line in stderr.strip().splitlines()].count(True) == 1
     # the reproducer is the graph the verifier rejected; no results, no staging folder
     received = onnx.load(str(reproducer))
-    weights = {init.name for init in received.graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    weights = {init.name for init in received.graph.initializer if init.data_type in floats}
     assert next(n for n in received.graph.node if n.name == "Convolution110").input[1] in weights
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.failed"]
 
@@ -428,8 +434,8 @@ def test_a_failed_comparison_keeps_its_results_and_exits_1_or_0_as_the_spec_says
     code, stdout, stderr = run_cli(["compile", MNIST_CNTK, "--spec", spec("true"), "-o", out, "--dump-passes"], capsys)
     assert code == 1, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("tao-qc: error: mnist_cntk.int8.onnx failed the comparison with mnist_cntk.onnx: output "
-                           "'Plus214_Output_0': ")
+    assert last.startswith("tao-qc: error: mnist_cntk.int8.onnx failed the comparison with mnist_cntk.onnx: ")
+    assert "output 'Plus214_Output_0': " in last
     assert sorted(p.name for p in out.iterdir()) == ["mnist_cntk.int8.onnx", "passes", "report.html", "report.json"]
     assert (out / "passes" / "09-quantize-modelopt.onnx").is_file()
     report = json.loads((out / "report.json").read_text())

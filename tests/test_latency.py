@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from _compile_helpers import ASSETS, MNIST_CNTK
-from _runtimes_helpers import build_assets, run_cli
+from _runtimes_helpers import build_assets, run_cli, without_tensorrt
 from tao_qc.data import InputInfo
 from tao_qc.errors import InputError
 from tao_qc.latency import BatchNotSupported, LatencyResult, measure_latency, summarize, synthetic_feeds
@@ -36,8 +36,16 @@ def test_synthetic_feeds_follow_the_model_inputs():
     assert feeds["ids"].shape == (5, 4) and feeds["ids"].dtype == np.int64
     with pytest.raises(BatchNotSupported, match="fixed batch 1"):
         synthetic_feeds([InputInfo("x", (1, 3, 8, 8), np.dtype("float32"))], 8)
-    with pytest.raises(InputError, match="dynamic dimension besides the batch"):
-        synthetic_feeds([InputInfo("x", ("n", 3, "h", "w"), np.dtype("float32"))], 1)
+    open_sizes = [InputInfo("x", ("n", 3, "h", "w"), np.dtype("float32"))]
+    with pytest.raises(InputError, match=r"x float32\[\?,3,\?,\?\] has dynamic dimensions besides the batch "
+                                         r"\(axis 2, 3\): give data, or --input-shapes x:1x3xNxN"):
+        synthetic_feeds(open_sizes, 1)
+    # the open sizes from the data's (or --input-shapes') shape; the batch is the one asked for
+    assert synthetic_feeds(open_sizes, 8, shapes={"x": (1, 3, 64, 96)})["x"].shape == (8, 3, 64, 96)
+    with pytest.raises(InputError, match=r"--input-shapes: x 1x4x64x96 does not fit the model's input x float32\[\?,3,\?,\?\] \(axis 1\)"):
+        synthetic_feeds(open_sizes, 1, shapes={"x": (1, 4, 64, 96)})
+    with pytest.raises(InputError, match="x has 3 dimensions"):
+        synthetic_feeds(open_sizes, 1, shapes={"x": (1, 64, 96)})
 
 
 def test_measure_latency_on_a_real_model():
@@ -80,7 +88,8 @@ def test_bench_json_and_fixed_batch_rows_are_skipped(capsys):
     [
         (lambda s: [s / "mnist_cntk.onnx", s / "cnn_mnist_pytorch.onnx"], "models must share inputs"),
         (lambda s: [s / "mnist_cntk.onnx", "--batch", "1,x"], "--batch"),
-        (lambda s: [s / "mnist_cntk.onnx", "--runtime", "tensorrt"], "TensorRT is not installed"),
+        pytest.param(lambda s: [s / "mnist_cntk.onnx", "--runtime", "tensorrt"], "TensorRT is not installed",
+                     marks=without_tensorrt),
         (lambda s: [s / "nothing.onnx"], "does not exist"),
     ],
     ids=["inputs-differ", "bad-batch", "tensorrt-absent", "missing"],

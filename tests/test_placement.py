@@ -52,7 +52,9 @@ def optimized_ops(path: Path, tmp_path: Path) -> Counter:
 
 
 def compile_for(model: Path, data: Path, target: str, out: Path):
-    spec = {"quantize": {"backend": "modelopt.onnx", "target": target, "device": "cpu",
+    # fp32 float part for both targets: modelopt's own (tensorrt) placement is compared with ours
+    # and fed to place-for-onnxruntime, which works on fp32 graphs.
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": target, "device": "cpu", "float_dtype": "fp32",
                          "calibration": {"data": str(data), "max_samples": 48}}}
     return compile_model(model, spec, results_dir=out, compare=False)
 
@@ -107,8 +109,8 @@ def test_weights_int8_initializers_and_activations_uint8(mnist):
     assert weights_int8 == 4 and activations_uint8 == 4
     used = {name for node in model.graph.node for name in node.input}
     assert not [i.name for i in model.graph.initializer if i.name not in used]  # replaced float weights/biases are gone
-    assert [p["pass"] for p in mnist["ort"].report["passes"]][-4:] == [
-        "quantize-modelopt", "place-for-onnxruntime", "space-to-depth-stem", "verify-quantization"]
+    assert [p["pass"] for p in mnist["ort"].report["passes"]][-6:] == [
+        "quantize-modelopt", "clip-ranges", "keep-float", "place-for-onnxruntime", "space-to-depth-stem", "verify-quantization"]
 
 
 def test_tensorrt_target_keeps_modelopts_placement(small_cnn):

@@ -142,7 +142,8 @@ def test_a_selected_node_that_is_gone(model, mnist_cntk_compiled):
 def test_a_graph_that_computes_nan(model, mnist_cntk_compiled, calibration):
     weight_dq = node(model, "Parameter87_DequantizeLinear")
     scale = weight_dq.inputs[1]
-    broken = np.full(scale.const_value.numpy().shape, np.nan, np.float32)
+    original = scale.const_value.numpy()
+    broken = np.full(original.shape, np.nan, original.dtype)
     weight_dq.replace_input_with(1, _initializer(model, "nan_scale", broken))
     message = rejection(model, context(mnist_cntk_compiled, calibration=calibration))
     assert message == "the quantized graph gives NaN/Inf in Plus214_Output_0 on the first calibration batch"
