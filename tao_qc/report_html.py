@@ -477,7 +477,6 @@ def _warnings_section(warnings: list[Any] | None) -> str:
     return f'<h2>Warnings</h2><ul class="warnings">{items}</ul>'
 
 
-
 def _engine_section(comparison: dict[str, Any] | None) -> str:
     engines = (comparison or {}).get("engines") or {}
     blocks = []

@@ -12,8 +12,8 @@ them. So the text is a function of the graph alone, never of how it happens to b
   `SMALL_TENSOR` elements (scalars, Q/DQ scales and zero points) with their values. Large values are
   never printed; `digests=True` adds a short content checksum so weight rewrites show in a diff.
 - Attributes are sorted by name; floats use `%.6g` (small initializers' values too, unless asked
-  for fewer digits). Each node line ends with its result type and,
-  after `#`, the node name and the pass that created it (`tao_qc.pass` metadata).
+  for fewer digits). Each node line ends with its result type and, after `#`, the node name and
+  the pass that created it (`tao_qc.pass` metadata).
 
     %7 = QuantizeLinear(%6, 0.0235 f32[], 0 i8[]) {axis=1} : i8[1,64,56,56]  # /layer1/Relu_q
 

@@ -45,12 +45,12 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 # ONNX Runtime 1.24's fused integer Conv (QLinearConv, which its optimizer makes of DQ -> Conv -> Q)
-# gives wrong values in the last 4 of 20 or 24 output channels at the last output column, which differ
-# from process to process even on one thread (measured: memory it reads depends on the process), and
-# also from run to run on 2+ threads. cnn_mnist_pytorch's 10 -> 20 Conv is such a Conv: its INT8
-# top-1 agreement with FP32 on the same 400 digits comes out 90% or 99% depending on the process.
-# Tests of what the quantized graph computes run it unfused there: DequantizeLinear, float Conv,
-# QuantizeLinear, exactly the arithmetic the graph states, the same in every process.
+# gives wrong values at a few positions of the tail channels (16-19) of a Conv with 10 inputs and 20
+# outputs, values that differ from process to process even on one thread (the memory it reads beyond
+# its data differs), and from run to run on 2+ threads. cnn_mnist_pytorch's second Conv is such a
+# Conv: its INT8 top-1 agreement with FP32 on the same 400 digits came out 90-93% or 99% depending on
+# the process. Tests of what the quantized graph computes run it unfused there: DequantizeLinear,
+# float Conv, QuantizeLinear, exactly the arithmetic the graph states, the same in every process.
 def session(model: str | Path | onnx.ModelProto, *, unfused: bool = False):
     import onnxruntime as ort
 
