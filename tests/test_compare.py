@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
+from _compile_helpers import ASSETS
 from _runtimes_helpers import build_assets, run_cli, without_tensorrt
 from tao_qc.compare import (
     DEFAULT_MIN_COSINE,
@@ -25,8 +26,8 @@ SAMPLES = 600  # of 1797 digits: enough for a 0.99 agreement check to mean somet
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory, shared_models):
-    return build_assets(tmp_path_factory.getbasetemp(), shared_models)
+def assets(tmp_path_factory):
+    return build_assets(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +122,15 @@ def test_cli_json_passes_on_int8(assets, capsys):
     ],
     ids=["inputs-differ", "data-fits-neither", "tensorrt-absent", "missing-file"],
 )
-def test_bad_input_is_one_line_exit_2(assets, shared_models, capsys, make_args, message):
-    code, _, err = run_cli(["compare", *make_args(assets, shared_models)], capsys)
+def test_bad_input_is_one_line_exit_2(assets, capsys, make_args, message):
+    code, _, err = run_cli(["compare", *make_args(assets, ASSETS)], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert lines[-1].startswith("tao-qc: error: ") and message in lines[-1]
     assert "Traceback" not in err
 
 
-def test_data_for_a_different_model_is_rejected(assets, shared_models, tmp_path):
+def test_data_for_a_different_model_is_rejected(assets, tmp_path):
     # Right shape, wrong input name: fits neither model's input.
     np.savez(tmp_path / "other.npz", x=np.zeros((4, 1, 28, 28), np.float32), y=np.zeros((4, 1, 28, 28), np.float32))
     inputs = model_inputs(onnx.load(str(assets.mnist_fp32)))

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from _compile_helpers import MNIST_INPUT, digits
+from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits
 from tao_qc.compile import compile_model
 from tao_qc.errors import SpecError
 from tao_qc.spec import load_spec
@@ -107,14 +107,14 @@ def _onnxruntime_runs_the_fp16_graph_as_written(path, shared_models):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target, float_dtype", [("onnxruntime", "auto"), ("tensorrt", "fp32")])
-def test_fp32_float_part_where_the_target_or_the_spec_says_so(tmp_path, shared_models, target, float_dtype):
+def test_fp32_float_part_where_the_target_or_the_spec_says_so(tmp_path, target, float_dtype):
     data = tmp_path / "digits.npz"
     np.savez(data, **{MNIST_INPUT: digits()[0][:32]})
     spec = {"quantize": {"device": "cpu", "target": target, "float_dtype": float_dtype,
                          "calibration": {"data": str(data), "max_samples": 32},
                          # The comparison must run; whether INT8 passes it is not this test's subject.
                          "compare": {"fail_on_mismatch": False}}}
-    result = compile_model(shared_models / "mnist_cntk.onnx", spec, results_dir=tmp_path / "out")
+    result = compile_model(MNIST_CNTK, spec, results_dir=tmp_path / "out")
     model = onnx.load(str(result.model_path))
     stored, inner = _float_types(model)
     assert stored == {TensorProto.FLOAT} and inner == {TensorProto.FLOAT}
@@ -123,14 +123,14 @@ def test_fp32_float_part_where_the_target_or_the_spec_says_so(tmp_path, shared_m
     assert result.report["comparison"]["num_samples"] == 32
 
 
-def test_target_changed_on_the_command_line_is_checked_too(tmp_path, shared_models, capsys):
+def test_target_changed_on_the_command_line_is_checked_too(tmp_path, capsys):
     from _compile_helpers import run_cli
 
     data = tmp_path / "digits.npz"
     np.savez(data, **{MNIST_INPUT: digits()[0][:8]})
     spec = tmp_path / "q.yaml"
     spec.write_text(f"quantize:\n  device: cpu\n  float_dtype: fp16\n  calibration: {{data: {data}}}\n")
-    code, _, err = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--spec", spec, "--target", "onnxruntime",
+    code, _, err = run_cli(["compile", MNIST_CNTK, "--spec", spec, "--target", "onnxruntime",
                             "-o", tmp_path / "out"], capsys)
     assert code == 2
     last = err.strip().splitlines()[-1]

@@ -21,6 +21,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
+from _compile_helpers import ASSETS, MNIST_CNTK
 from _runtimes_helpers import build_assets, without_tensorrt
 from tao_qc.data import InputInfo, model_inputs
 from tao_qc.errors import InputError, MissingDependencyError, TaoQcError
@@ -50,19 +51,19 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory, shared_models):
-    return build_assets(tmp_path_factory.getbasetemp(), shared_models)
+def assets(tmp_path_factory):
+    return build_assets(tmp_path_factory.getbasetemp())
 
 
 # ---------------------------------------------------------------------------------------------
 # ONNX Runtime
 
 
-def test_fp32_matches_the_shipped_reference_outputs(shared_models):
-    folder = shared_models / "mnist_cntk" / "test_data_set_0"
+def test_fp32_matches_the_shipped_reference_outputs():
+    folder = ASSETS / "mnist_cntk" / "test_data_set_0"
     x = numpy_helper.to_array(onnx.load_tensor(str(folder / "input_0.pb")))
     expected = numpy_helper.to_array(onnx.load_tensor(str(folder / "output_0.pb")))
-    engine = OnnxRuntime().build(shared_models / "mnist_cntk.onnx", RuntimeSettings(threads=1, device="cpu"))
+    engine = OnnxRuntime().build(MNIST_CNTK, RuntimeSettings(threads=1, device="cpu"))
     assert isinstance(engine, Engine)
     assert [i.describe() for i in engine.input_specs] == ["Input3 float32[1,1,28,28]"]
     (name,) = engine.output_names

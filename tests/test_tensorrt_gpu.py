@@ -27,8 +27,8 @@ pytestmark = with_tensorrt_gpu
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory, shared_models):
-    return build_assets(tmp_path_factory.getbasetemp(), shared_models)
+def assets(tmp_path_factory):
+    return build_assets(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_fp32_against_int8_on_tensorrt(assets, settings):
     assert result.engines["candidate"]["device"] == "cuda"
 
 
-def test_compile_for_tensorrt_runs_float_layers_in_fp16(assets, shared_models, tmp_path, cache_home, monkeypatch):
+def test_compile_for_tensorrt_runs_float_layers_in_fp16(assets, tmp_path, cache_home, monkeypatch):
     from tao_qc.compile import compile_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
