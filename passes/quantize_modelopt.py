@@ -12,8 +12,11 @@ Settings, in order (the user's `backend_kwargs` are merged last and win):
 quantize_mode int8 whatever the nodes' dtypes (one calibration of every tensor a quantized node
 reads; assign-dtypes then gives each node Q/DQ of its own dtype from those ranges), calibration_method from
 `spec.calibration_algorithm` (minmax -> "max", entropy -> "entropy"), calibration_eps (CPU, plus
-CUDA when `device` resolves to it), high_precision_dtype fp32 for CPU or ONNX Runtime targets
-(modelopt's fp16 default inserts Casts meant for TensorRT).
+CUDA when `device` resolves to it), high_precision_dtype from `quantize.float_dtype` (auto: fp16
+for target tensorrt, wherever quantization runs, so a strongly typed engine's float layers run
+FP16 like the FP16 engine it is compared with; fp32 for target onnxruntime). modelopt's fp16
+graph keeps FP32 inputs and outputs behind Casts, and ONNX Runtime's CPU provider still runs it
+(it casts around the fp16 nodes it has no kernels for), so the comparison after compile runs.
 
 modelopt applies TensorRT-driven exclusions of its own (GEMV/small MatMuls, some Convs); a node we
 asked for that comes back without Q/DQ is reported (warning, note, `ctx.facts["declined"]`), never
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from tao_qc.errors import InputError, TaoQcError
+from tao_qc.errors import InputError, SpecError, TaoQcError
 from tao_qc.pipeline import (PROTOBUF_LIMIT_BYTES, PROVENANCE_KEY, PassContext, PassResult, constant_array, mark_created,
                              save_model, weight_bytes)
 
@@ -100,6 +103,7 @@ class QuantizeModelOpt:
         ctx.facts["ranges"] = facts["ranges"]
         ctx.facts["quantized_inputs"] = facts["quantized_inputs"]
         ctx.facts["quantize_mode"] = mode
+        ctx.facts["float_dtype"] = kwargs["high_precision_dtype"]  # backend_kwargs may have overridden the spec
         ctx.facts["modelopt_settings"] = {k: v for k, v in kwargs.items() if k not in ("nodes_to_quantize", "nodes_to_exclude")}
 
         asked = ", ".join(f"{dtype} {count}" for dtype, count in sorted(Counter(d.activations for d in selected).items()))
@@ -199,17 +203,19 @@ def resolve_device(device: str) -> str:
 
 
 def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, device: str) -> dict[str, Any]:
+    problem = spec.float_dtype_problem()  # again here: --target can change the target after the spec was read
+    if problem:
+        raise SpecError(problem, key="quantize.float_dtype", location=spec.source)
     eps = ["cpu"]
     if device.startswith("cuda"):
         index = device.split(":")[1] if ":" in device else "0"
         eps = [f"cuda:{index}", "cpu"]
-    cpu_like = spec.target == "onnxruntime" or not device.startswith("cuda")
     chosen = {d.unit.name for d in selected}
     settings: dict[str, Any] = {
         "quantize_mode": mode,
         "calibration_method": CALIBRATION_METHODS[spec.calibration_algorithm],
         "calibration_eps": eps,
-        "high_precision_dtype": "fp32" if cpu_like else "fp16",
+        "high_precision_dtype": spec.resolved_float_dtype,
         # modelopt reads these as regular expressions (re.match): anchor and escape the exact names.
         "nodes_to_quantize": [f"^{re.escape(name)}$" for name in sorted(chosen)],
         "nodes_to_exclude": [f"^{re.escape(d.unit.name)}$" for d in decisions if d.unit.name not in chosen],
@@ -231,7 +237,7 @@ def collect_ranges(model: ir.Model) -> dict[str, Any]:
     quantized_inputs: dict[str, list[str]] = {}
     for node in model.graph:
         if node.op_type == "QuantizeLinear":
-            source = node.inputs[0]
+            source = _before_casts(node.inputs[0])  # an fp16 graph quantizes `x_cast_to_fp16`: the range is x's
             scale = constant_array(node.inputs[1])
             zero = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
             if scale is None:
@@ -255,6 +261,14 @@ def collect_ranges(model: ir.Model) -> dict[str, Any]:
         if inputs:
             quantized_inputs[node.name] = inputs
     return {"ranges": ranges, "quantized_inputs": quantized_inputs}
+
+
+def _before_casts(value: ir.Value) -> ir.Value:
+    producer = value.producer()
+    while producer is not None and producer.op_type == "Cast" and producer.inputs[0] is not None:
+        value = producer.inputs[0]
+        producer = value.producer()
+    return value
 
 
 def _through_dq(value: ir.Value) -> bool:

@@ -390,7 +390,14 @@ def compare_models(
     runtime_settings = runtime_settings or RuntimeSettings()
     if engines is None:
         backend = get_runtime(runtime)
-        engines = (backend.build(Path(reference), runtime_settings), backend.build(Path(candidate), runtime_settings))
+        built = [backend.build(Path(reference), runtime_settings)]
+        try:
+            built.append(backend.build(Path(candidate), runtime_settings))
+            return compare_models(reference, candidate, inputs, runtime=runtime, labels=labels, settings=settings,
+                                  runtime_settings=runtime_settings, engines=(built[0], built[1]))
+        finally:
+            for engine in built:
+                engine.close()
     ref_engine, cand_engine = engines
     check_same_inputs(ref_engine, cand_engine)
     _check_feeds(inputs, ref_engine)
@@ -571,26 +578,34 @@ def evaluate_quantized(
     """
     from tao_qc.latency import bench_models
     from tao_qc.runtimes.base import RuntimeSettings, get_runtime
+    from tao_qc.shapes import shapes_of
 
     runtime = spec.compare.runtime
+    compared_batch = getattr(inputs, "batch_size", None)
     settings = RuntimeSettings(
         artifact_dir=Path(artifact_dir) if artifact_dir else None,
         save_artifact=artifact_dir is not None,
         tensorrt=spec.tensorrt,
         fp16_baseline=spec.tensorrt.fp16_baseline,
+        batch_sizes=tuple(batch_sizes) + ((compared_batch,) if compared_batch else ()),
+        input_shapes=shapes_of(inputs.first()),
     )
     backend = get_runtime(runtime)
-    engines = (backend.build(Path(fp32_path), settings), backend.build(Path(quant_path), settings))
-    comparison = compare_models(fp32_path, quant_path, inputs, runtime=runtime, labels=labels, settings=spec.compare,
-                                runtime_settings=settings, engines=engines, image_color=spec.calibration.color)
-    sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
-    if measure_latency:
-        from tao_qc.shapes import shapes_of
-
-        # Timed at the shape of the data compared: a model with open height/width has no other.
-        sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=settings,
-                                           warmup=warmup, runs=runs, engines=list(engines),
-                                           shapes=shapes_of(inputs.first())).to_dict()
+    built = [backend.build(Path(fp32_path), settings)]
+    try:
+        built.append(backend.build(Path(quant_path), settings))
+        engines = (built[0], built[1])
+        comparison = compare_models(fp32_path, quant_path, inputs, runtime=runtime, labels=labels, settings=spec.compare,
+                                    runtime_settings=settings, engines=engines, image_color=spec.calibration.color)
+        sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
+        if measure_latency:
+            # Timed at the shape of the data compared: a model with open height/width has no other.
+            sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=settings,
+                                               warmup=warmup, runs=runs, engines=list(engines),
+                                               shapes=shapes_of(inputs.first())).to_dict()
+    finally:
+        for engine in built:
+            engine.close()
     return sections
 
 

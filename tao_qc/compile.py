@@ -321,6 +321,7 @@ def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord
         "spec": spec.normalized(),
         "spec_file": spec.source,
         "quantize_mode": ctx.facts.get("quantize_mode"),
+        "float_dtype": ctx.facts.get("float_dtype"),  # what everything not quantized is stored in
         "opset": ctx.facts.get("opset"),
         "calibration": {
             "data": calibration.describe() if calibration is not None else None,

@@ -171,8 +171,11 @@ def measure_latency(
 
     settings = settings or RuntimeSettings(threads=threads, save_artifact=False)
     engine = get_runtime(runtime).build(Path(model_path), settings)
-    feeds = _feeds_from(engine, feeds_or_shapes, batch_size)
-    return engine.latency(feeds, warmup=warmup, runs=runs)
+    try:
+        feeds = _feeds_from(engine, feeds_or_shapes, batch_size)
+        return engine.latency(feeds, warmup=warmup, runs=runs)
+    finally:
+        engine.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +245,15 @@ def bench_models(
     settings = settings or RuntimeSettings(threads=2)
     if engines is None:
         backend = get_runtime(runtime)
-        engines = [backend.build(Path(path), settings) for path in model_paths]
+        built: list[Any] = []
+        try:
+            for path in model_paths:
+                built.append(backend.build(Path(path), settings))
+            return bench_models(model_paths, batch_sizes, runtime=runtime, settings=settings, warmup=warmup, runs=runs,
+                                on_progress=on_progress, engines=built)
+        finally:
+            for engine in built:
+                engine.close()
     _check_same_inputs(engines)
     table = BenchTable(runtime, {**settings.to_dict(), "device": engines[0].device if engines else settings.device})
     for batch in batch_sizes:

@@ -2,7 +2,7 @@
 how the error is spread, and how fast each model runs. Inline CSS and SVG only, no scripts and no
 external assets, so it opens anywhere (a mail attachment, a CI artifact) exactly as written.
 
-Input: the compile `report.json` dict (`spec`, `decisions`, `passes`, `counts`, `versions`) plus the
+Input: the compile `report.json` dict (`spec`, `decisions`, `warnings`, `passes`, `counts`, `versions`) plus the
 `comparison` (`ComparisonResult.to_dict()`) and `latency` (`BenchTable.to_dict()`) sections. Every
 section is optional; a missing one is said to be missing, never an exception.
 """
@@ -48,6 +48,7 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monosp
 .note { color: var(--muted); font-size: 13px; }
 .missing { color: var(--muted); font-style: italic; }
 .failures { color: var(--bad); margin: 8px 0 0 18px; padding: 0; }
+.warnings { color: var(--warn); margin: 8px 0 0 18px; padding: 0; }
 .grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; }
 .figure { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; }
 .figure .cap { color: var(--muted); font-size: 12px; margin-top: 4px; }
@@ -77,6 +78,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<h1>{escape(title)}</h1>",
         f'<p class="sub">{_subtitle(report)}</p>',
         _summary_cards(report, comparison, latency),
+        _warnings_section(report.get("warnings")),
         "<h2>Accuracy: quantized against FP32</h2>",
         _comparison_section(comparison),
         _detection_section((comparison or {}).get("detection")),
@@ -148,8 +150,10 @@ def _summary_cards(report: dict[str, Any], comparison: dict[str, Any] | None, la
         cards.append(_card("accuracy check", '<span class="badge none">not run</span>'))
     decisions = report.get("decisions") or []
     if decisions:
-        quantized = sum(1 for d in decisions if d.get("quantized"))
-        cards.append(_card("nodes quantized", f"{quantized} / {len(decisions)}", "compute nodes the spec selected"))
+        quantized = sum(1 for d in decisions if _runs_quantized(d))
+        declined = sum(1 for d in decisions if d.get("declined_by_backend"))
+        detail = "of the compute nodes" + (f"; {declined} the backend left in float" if declined else "")
+        cards.append(_card("nodes quantized", f"{quantized} / {len(decisions)}", escape(detail)))
     elif isinstance(report.get("counts"), dict) and report["counts"]:
         counts = report["counts"]
         first = next(iter(counts.items()))
@@ -436,21 +440,41 @@ def _dtype(value: Any) -> str:
     return f'<span class="dt dt-{escape(text)}">{escape(text)}</span>'
 
 
+def _runs_quantized(decision: dict[str, Any]) -> bool:
+    """Selected by the spec and not left in float by the backend."""
+    return bool(decision.get("quantized")) and not decision.get("declined_by_backend")
+
+
 def _decisions_section(decisions: list[dict[str, Any]] | None) -> str:
     if not decisions:
         return '<p class="missing">No per-node decisions recorded.</p>'
-    quantized = sum(1 for d in decisions if d.get("quantized"))
+    quantized = sum(1 for d in decisions if _runs_quantized(d))
+    declined = sum(1 for d in decisions if d.get("declined_by_backend"))
     rows = []
     for d in decisions:
         rule_w, rule_a = d.get("weights_rule"), d.get("activations_rule")
-        why = d.get("skipped_by") and f"skipped by {d['skipped_by']}" or d.get("reason") or ""
+        if d.get("declined_by_backend"):
+            # The spec's dtypes were asked for, but the graph runs the node in float: say so first.
+            weights = activations = '<span class="badge warn">float</span>'
+            why = f"selected, but {d['declined_by_backend']}"
+        else:
+            weights, activations = _dtype(d.get("weights")), _dtype(d.get("activations"))
+            why = d.get("skipped_by") and f"skipped by {d['skipped_by']}" or d.get("reason") or ""
         rows.append(
-            f'<tr class="{"q" if d.get("quantized") else ""}"><td><code>{escape(str(d.get("name")))}</code></td>'
-            f"<td>{escape(str(d.get('type')))}</td><td>{_dtype(d.get('weights'))}</td><td>{_dtype(d.get('activations'))}</td>"
+            f'<tr class="{"q" if _runs_quantized(d) else ""}"><td><code>{escape(str(d.get("name")))}</code></td>'
+            f"<td>{escape(str(d.get('type')))}</td><td>{weights}</td><td>{activations}</td>"
             f"<td>{escape(str(rule_w or '-'))}</td><td>{escape(str(rule_a or '-'))}</td><td>{escape(str(why))}</td></tr>")
-    return (f'<p class="note">{quantized} of {len(decisions)} compute nodes quantized (highlighted). The rule is the spec '
-            "entry that set each dtype; later entries override earlier ones, skip_names wins.</p>"
+    left = f", {declined} selected but left in float by the backend" if declined else ""
+    return (f'<p class="note">{quantized} of {len(decisions)} compute nodes quantized (highlighted){left}. The rule is '
+            "the spec entry that set each dtype; later entries override earlier ones, skip_names wins.</p>"
             + _table(["node", "op", "weights", "activations", "weights rule", "activations rule", "note"], rows, numeric_from=None))
+
+
+def _warnings_section(warnings: list[Any] | None) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{escape(str(w))}</li>" for w in warnings)
+    return f'<h2>Warnings</h2><ul class="warnings">{items}</ul>'
 
 
 def _engine_section(comparison: dict[str, Any] | None) -> str:

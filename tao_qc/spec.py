@@ -40,6 +40,7 @@ BACKENDS = ("torchao", "modelopt.pytorch", "modelopt.onnx", "modelopt")
 MODES = ("weight_only_ptq", "static_ptq")
 ALGORITHMS = ("minmax", "entropy", "max", "percentile")
 TARGETS = ("tensorrt", "onnxruntime")
+FLOAT_DTYPES = ("auto", "fp32", "fp16")
 RUNTIMES = ("onnxruntime", "tensorrt")
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("auto", "rgb", "bgr", "gray")
@@ -106,6 +107,7 @@ Backend = Annotated[str, _choice(BACKENDS)]
 Mode = Annotated[str, _choice(MODES)]
 Algorithm = Annotated[str, _choice(ALGORITHMS)]
 Target = Annotated[str, _choice(TARGETS)]
+FloatDtype = Annotated[str, _choice(FLOAT_DTYPES)]
 RuntimeName = Annotated[str, _choice(RUNTIMES)]
 Layout = Annotated[str, _choice(LAYOUTS)]
 Color = Annotated[str, _choice(COLORS)]
@@ -243,6 +245,8 @@ class TensorRTSpec(_Strict):
 
     workspace_gib: float = Field(default=4.0, gt=0)
     timing_cache: str | None = None
+    # TensorRT's own default (BuilderFlag.TF32 is on unless cleared); polygraphy's CreateConfig clears it unless asked.
+    tf32: bool = True
     fp16_baseline: bool = True
     profiles: dict[str, ShapeProfile] = Field(default_factory=dict)
 
@@ -262,6 +266,7 @@ class QuantizeSpec(_Strict):
     device: Device = "auto"
     # Extensions
     target: Target = "tensorrt"
+    float_dtype: FloatDtype = "auto"  # everything not quantized; see resolved_float_dtype
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     compare: CompareSpec = Field(default_factory=CompareSpec)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
@@ -273,6 +278,22 @@ class QuantizeSpec(_Strict):
     def source(self) -> str | None:
         """The file this spec was loaded from, if any."""
         return self._source
+
+    @property
+    def resolved_float_dtype(self) -> str:
+        """`fp16` or `fp32`: `float_dtype`, with `auto` meaning fp16 for target tensorrt (its users
+        compare INT8 against an FP16 engine, so the quantized engine's float layers must not run
+        FP32) and fp32 for target onnxruntime (its CPU provider lacks most fp16 kernels)."""
+        if self.float_dtype != "auto":
+            return self.float_dtype
+        return "fp16" if self.target == "tensorrt" else "fp32"
+
+    def float_dtype_problem(self) -> str | None:
+        """Why `float_dtype` cannot be honoured for this target, or None."""
+        if self.float_dtype == "fp16" and self.target == "onnxruntime":
+            return ("'fp16' is not supported with target onnxruntime (its placement builds ONNX Runtime's integer "
+                    "kernels around fp32 scales, and its CPU provider lacks most fp16 kernels; valid: auto, fp32)")
+        return None
 
     @property
     def calibration_algorithm(self) -> str:
@@ -509,6 +530,10 @@ def _cross_check(spec: QuantizeSpec, marks: _Marks, prefix: tuple) -> None:
         supported = "weight_only_ptq" if spec.backend == "torchao" else "static_ptq"
         if spec.mode != supported:
             fail("mode", f"backend '{spec.backend}' does not support mode '{spec.mode}' (it supports only '{supported}')")
+
+    problem = spec.float_dtype_problem()
+    if problem:
+        fail("float_dtype", problem)
 
     for field, where in (("default_layer_dtype", "weights"), ("default_activation_dtype", "activations")):
         if field in spec.model_fields_set:

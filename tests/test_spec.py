@@ -291,6 +291,9 @@ def test_dict_errors_have_key_but_no_location():
 
 
 def test_assignment_is_validated_too():
+    from pydantic import ValidationError
+
     spec = QuantizeSpec()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match=r"target\n  'cpu' is not supported \(valid: tensorrt, onnxruntime\)"):
         spec.target = "cpu"
+    assert spec.target == "tensorrt"  # the refused value is not kept

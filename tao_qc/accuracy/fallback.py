@@ -252,6 +252,6 @@ def measure_model(spec: Any, source: Path, model: Path, calibration: Any, folder
     setup = TrialSetup(model, {}, spec, source, write_arrays(batches, folder / "comparison.npz"), batches.batch_size, labels,
                        str(Path(spec.source).parent) if spec.source else None)
     runner = TrialRunner(setup)
-    value = runner.measure(str(model))
+    value = runner.measure(model)
     return {"data": batches.describe(), "metric": target.name, "fp32": runner.fp32_value, "value": value,
             "target": target.describe(runner.fp32_value), "met": target.met(value, runner.fp32_value)}

@@ -85,7 +85,9 @@ class TrialRunner:
             self.inputs = {name: npz[name] for name in npz.files}
         self.labels = np.load(setup.labels, allow_pickle=False) if setup.labels else None
         self.count = next(iter(self.inputs.values())).shape[0]
-        self.reference = self._run(self._session(str(setup.reference_model)), np.arange(self.count))
+        import onnx
+
+        self.reference = self._run(self._session(onnx.load(str(setup.reference_model))), np.arange(self.count))
         self.fp32_value = self.metric(self.reference, self.reference, np.arange(self.count))
 
     def metric(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], samples: np.ndarray) -> float:
@@ -116,7 +118,7 @@ class TrialRunner:
         started = time.perf_counter()
         chosen = np.arange(self.count) if samples is None else np.asarray(samples, dtype=np.int64)
         model = self.build(keep_float)
-        candidate = self._run(self._session(ir.to_proto(model).SerializeToString()), chosen)
+        candidate = self._run(self._session(ir.to_proto(model)), chosen)
         reference = {name: array[chosen] for name, array in self.reference.items()}
         from tao_qc.accuracy.metrics import worst_sample_cosine
 
@@ -128,22 +130,25 @@ class TrialRunner:
             worst_cosine=[float(v) for v in worst_sample_cosine(reference, candidate)],
         )
 
-    def measure(self, model: str | bytes) -> float:
-        """The metric of a finished model (a path or serialized bytes) on every sample."""
-        everything = np.arange(self.count)
-        return self.metric(self.reference, self._run(self._session(model), everything), everything)
+    def measure(self, model: str | Path) -> float:
+        """The metric of a finished model file on every sample."""
+        import onnx
 
-    def _session(self, model: str | bytes) -> Any:
+        everything = np.arange(self.count)
+        return self.metric(self.reference, self._run(self._session(onnx.load(str(model))), everything), everything)
+
+    def _session(self, proto: Any) -> Any:
+        """A CPU session with the optimizations the comparison's sessions get (runtimes/onnxruntime.py)."""
         import onnxruntime as ort
+
+        from tao_qc.runtimes.onnxruntime import disabled_optimizers_for
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.setup.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        from tao_qc.runtimes.onnxruntime import disabled_optimizers
-
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=disabled_optimizers(model))
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled_optimizers_for(proto))
 
     def _run(self, session: Any, samples: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in session.get_outputs()]

@@ -60,7 +60,7 @@ def bench_command(models: tuple[Path, ...], batch: str, threads: int, runtime: s
     for path in models:
         if not path.is_file():
             raise InputError(f"{path} does not exist")
-    settings = RuntimeSettings(threads=threads, device=device)
+    settings = RuntimeSettings(threads=threads, device=device, batch_sizes=tuple(sizes), input_shapes=shapes)
     with progress("timing", total=len(models) * len(sizes)) as bar:
         table = bench_models(list(models), sizes, runtime=runtime, settings=settings, warmup=warmup, runs=runs,
                              on_progress=bar.advance, shapes=shapes)

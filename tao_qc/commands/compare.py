@@ -78,7 +78,6 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
                                         "decoder": decoder, "score_threshold": score_threshold,
                                         "annotations": str(annotations.resolve()) if annotations else None})
     runtime = runtime or settings.runtime
-    runtime_settings = RuntimeSettings(threads=threads, tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline)
     for path in (reference, candidate):
         if not path.is_file():
             raise InputError(f"{path} does not exist")
@@ -87,6 +86,10 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
 
     inputs, key = open_compare_inputs(reference, data, spec, max_samples=max_samples, batch_size=batch_size,
                                       shapes=parse_input_shapes(input_shapes))
+    from tao_qc.shapes import shapes_of
+
+    runtime_settings = RuntimeSettings(threads=threads, tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline,
+                                       batch_sizes=(inputs.batch_size,), input_shapes=shapes_of(inputs.first()))
     label_array = None
     labels_path = labels or (Path(settings.labels) if settings.labels else None)
     if labels_path is not None:
