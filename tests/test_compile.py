@@ -84,7 +84,7 @@ def test_mnist_cntk_results_folder_and_report(mnist_cntk_run):
     canonicalize = ["fold-constants", "fold-batchnorm", "remove-identity"]  # a round that changes, one that confirms
     assert [p["pass"] for p in report["passes"]] == [
         "load-and-check", *canonicalize, *canonicalize, "match-layers", "check-calibration", "quantize-modelopt",
-        "clip-ranges", "keep-float", "verify-quantization"]
+        "clip-ranges", "keep-float", "assign-dtypes", "verify-quantization"]
     assert report["timings"]["quantize-modelopt"] > 0 and report["timings"]["total_s"] >= report["timings"]["quantize-modelopt"]
     assert {"onnx", "onnx-ir", "nvidia-modelopt"} <= set(report["versions"])
     assert report["calibration"]["samples"] == CALIBRATION and report["calibration"]["random"] is False
