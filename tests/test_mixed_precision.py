@@ -9,7 +9,9 @@ FP8 layers bring back.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +212,21 @@ def test_inspect_shows_each_nodes_dtype_and_the_entry_that_set_it(mixed_tensorrt
     code, out, _ = run_cli(["inspect", copy, "--json"], capsys)
     flagged = {fact["name"]: fact.get("disagrees") for fact in json.loads(out)["compute_nodes"]}
     assert flagged["/c2/Conv"] == "report says activations int8, graph shows float8e4m3fn"
+
+
+def test_the_report_shows_each_nodes_dtype_and_the_entry_that_set_it(mixed_tensorrt):
+    rows = {row["name"]: (row["weights"], row["activations"], row["weights_rule"]) for row in mixed_tensorrt.report["decisions"]}
+    assert rows["/c2/Conv"] == ("fp8_e4m3fn", "fp8_e4m3fn", "layers[1] '/c2/*' (by name)")
+    assert rows["/skip/Conv"] == ("int8", "int8", "layers[0] '*' (by name)")
+    assert rows["/fc2/Gemm"] == ("native", "native", "layers[3] '/fc2/*' (by name)")
+    html = (mixed_tensorrt.results_dir / "report.html").read_text()
+    shown = {}
+    for row in re.findall(r"<tr[^>]*><td><code>([^<]+)</code></td>(.*?)</tr>", html, flags=re.S):
+        cells = [unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td>(.*?)</td>", row[1], flags=re.S)]
+        shown.setdefault(row[0], cells[1:4])  # weights, activations, the entry behind the weights
+    assert shown["/c2/Conv"] == ["fp8_e4m3fn", "fp8_e4m3fn", "layers[1] '/c2/*' (by name)"]
+    assert shown["/fc1/Gemm"] == ["fp8_e4m3fn", "fp8_e4m3fn", "layers[2] '/fc1/*' (by name)"]
+    assert shown["/c1/Conv"] == ["int8", "int8", "layers[0] '*' (by name)"]
 
 
 def test_the_pass_dumps_show_the_mixed_qdq(mixed_tensorrt):
