@@ -77,24 +77,28 @@ def test_tensorrt_target_stores_the_float_part_in_fp16_and_still_compares(tmp_pa
 
 def _onnxruntime_runs_the_fp16_graph_as_written(path, shared_models):
     """The engine the comparison used computes what the graph says: as close to ORT with no graph
-    optimizations as to its other fusions, far closer than ORT's defaults, whose bias quantization
+    optimizations (and ONNX's rounding) as its other fusions allow, far closer than ORT's defaults, whose bias quantization
     rounds input_scale * weight_scale to fp16 subnormals (see runtimes/onnxruntime.py)."""
     import onnxruntime as ort
 
     from tao_qc.data import model_inputs, open_inputs
     from tao_qc.runtimes.base import RuntimeSettings
-    from tao_qc.runtimes.onnxruntime import OnnxRuntime, has_low_precision_qdq_scales
+    from tao_qc.runtimes.onnxruntime import OnnxRuntime, has_low_precision_qdq_scales, with_exact_fp16_quantize
     from tao_qc.spec import CalibrationSpec
 
     assert has_low_precision_qdq_scales(onnx.load(str(path)))
     assert not has_low_precision_qdq_scales(onnx.load(str(shared_models / "ultraface_rfb320.onnx")))
 
-    def session(level):
+    def session(model, level):
         options = ort.SessionOptions()
         options.graph_optimization_level, options.intra_op_num_threads, options.log_severity_level = level, 1, 3
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
-    as_written, defaults = session(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), session(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    # As written: no graph optimizations, and fp16 QuantizeLinear rounding as ONNX defines it (ORT's
+    # CPU kernel truncates; see runtimes/onnxruntime.py).
+    exact = with_exact_fp16_quantize(onnx.load(str(path))).SerializeToString()
+    as_written = session(exact, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    defaults = session(str(path), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     engine = OnnxRuntime().build(path, RuntimeSettings(threads=1, device="cpu"))
     batches = open_inputs(str(shared_models / "ultraface_rfb320"), model_inputs(onnx.load(str(path))), max_samples=4,
                           calibration=CalibrationSpec(size=[240, 320], mean=[127.0], std=[128.0]))
@@ -103,7 +107,9 @@ def _onnxruntime_runs_the_fp16_graph_as_written(path, shared_models):
         expected = as_written.run(["scores"], feeds)[0]
         ours.append(float(np.abs(engine.run(feeds)["scores"] - expected).max()))
         theirs.append(float(np.abs(defaults.run(["scores"], feeds)[0] - expected).max()))
-    assert max(ours) < 0.15 and max(theirs) > 3 * max(ours), (ours, theirs)
+    # ORT's integer fusions requantize between layers where the graph as written does not: measured
+    # 0.07-0.18 on a score here, against 0.5-0.93 with ORT's defaults.
+    assert max(ours) < 0.2 and max(theirs) > 3 * max(ours), (ours, theirs)
 
 
 @pytest.mark.slow
