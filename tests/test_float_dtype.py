@@ -14,6 +14,7 @@ from onnx import TensorProto
 
 from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits
 from tao_qc.compile import compile_model
+from tao_qc.passes.check_calibration import HELD_BACK_FRACTION
 from tao_qc.errors import SpecError
 from tao_qc.spec import load_spec
 
@@ -76,24 +77,28 @@ def test_tensorrt_target_stores_the_float_part_in_fp16_and_still_compares(tmp_pa
 
 def _onnxruntime_runs_the_fp16_graph_as_written(path, shared_models):
     """The engine the comparison used computes what the graph says: as close to ORT with no graph
-    optimizations as to its other fusions, far closer than ORT's defaults, whose bias quantization
+    optimizations (and ONNX's rounding) as its other fusions allow, far closer than ORT's defaults, whose bias quantization
     rounds input_scale * weight_scale to fp16 subnormals (see runtimes/onnxruntime.py)."""
     import onnxruntime as ort
 
     from tao_qc.data import model_inputs, open_inputs
     from tao_qc.runtimes.base import RuntimeSettings
-    from tao_qc.runtimes.onnxruntime import OnnxRuntime, has_low_precision_qdq_scales
+    from tao_qc.runtimes.onnxruntime import OnnxRuntime, has_low_precision_qdq_scales, with_exact_fp16_quantize
     from tao_qc.spec import CalibrationSpec
 
     assert has_low_precision_qdq_scales(onnx.load(str(path)))
     assert not has_low_precision_qdq_scales(onnx.load(str(shared_models / "ultraface_rfb320.onnx")))
 
-    def session(level):
+    def session(model, level):
         options = ort.SessionOptions()
         options.graph_optimization_level, options.intra_op_num_threads, options.log_severity_level = level, 1, 3
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
-    as_written, defaults = session(ort.GraphOptimizationLevel.ORT_DISABLE_ALL), session(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    # As written: no graph optimizations, and fp16 QuantizeLinear rounding as ONNX defines it (ORT's
+    # CPU kernel truncates; see runtimes/onnxruntime.py).
+    exact = with_exact_fp16_quantize(onnx.load(str(path))).SerializeToString()
+    as_written = session(exact, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    defaults = session(str(path), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     engine = OnnxRuntime().build(path, RuntimeSettings(threads=1, device="cpu"))
     batches = open_inputs(str(shared_models / "ultraface_rfb320"), model_inputs(onnx.load(str(path))), max_samples=4,
                           calibration=CalibrationSpec(size=[240, 320], mean=[127.0], std=[128.0]))
@@ -102,7 +107,9 @@ def _onnxruntime_runs_the_fp16_graph_as_written(path, shared_models):
         expected = as_written.run(["scores"], feeds)[0]
         ours.append(float(np.abs(engine.run(feeds)["scores"] - expected).max()))
         theirs.append(float(np.abs(defaults.run(["scores"], feeds)[0] - expected).max()))
-    assert max(ours) < 0.15 and max(theirs) > 3 * max(ours), (ours, theirs)
+    # ORT's integer fusions requantize between layers where the graph as written does not: measured
+    # 0.07-0.18 on a score here, against 0.5-0.93 with ORT's defaults.
+    assert max(ours) < 0.2 and max(theirs) > 3 * max(ours), (ours, theirs)
 
 
 @pytest.mark.slow
@@ -120,7 +127,7 @@ def test_fp32_float_part_where_the_target_or_the_spec_says_so(tmp_path, target, 
     assert stored == {TensorProto.FLOAT} and inner == {TensorProto.FLOAT}
     assert not any(node.op_type == "Cast" for node in model.graph.node)
     assert result.report["float_dtype"] == "fp32"
-    assert result.report["comparison"]["num_samples"] == 32
+    assert result.report["comparison"]["num_samples"] == round(32 * HELD_BACK_FRACTION)  # held back from calibration
 
 
 def test_target_changed_on_the_command_line_is_checked_too(tmp_path, capsys):
