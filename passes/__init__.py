@@ -6,7 +6,7 @@
     -> canonicalize: fold-constants -> fold-batchnorm -> remove-identity, repeated until a round
        changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt -> clip-ranges   (`calibrating_passes`)
-    -> keep-float
+    -> keep-float -> assign-dtypes
     [-> place-for-onnxruntime -> space-to-depth-stem]  (target: onnxruntime)
     -> verify-quantization                                         (`finishing_passes`)
 
@@ -48,14 +48,18 @@ def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
 
 
 def finishing_passes(spec: Any, *, verify: bool = True) -> list:
-    """From the calibrated graph to the model that is saved: nodes kept in float, placement for the
-    target, verification (left out of fallback's trials, which the final build verifies)."""
+    """From the calibrated graph to the model that is saved: nodes kept in float, each node's own
+    dtype, placement for the target, verification (left out of fallback's trials, which the final
+    build verifies)."""
+    from tao_qc.passes.assign_dtypes import AssignDtypes
     from tao_qc.passes.keep_float import KeepFloat
     from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
     from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
     from tao_qc.passes.verify_quantization import VerifyQuantization
 
-    passes: list = [KeepFloat()]
+    # Each node's dtype from the one int8 calibration, after fallback's float nodes and before
+    # placement, which builds ONNX Runtime's integer units around the int8 nodes only.
+    passes: list = [KeepFloat(), AssignDtypes()]
     if spec.target == "onnxruntime":
         # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), then run a
         # few-channel strided stem as a Conv ORT's kernels are efficient at.

@@ -44,16 +44,8 @@ class KeepFloat:
             raise ValueError(f"keep-float: no node named {', '.join(unknown)} in the graph")
         decisions = ctx.facts.get("decisions") or []
         quantized = {d.unit.name for d in decisions if d.quantized} - set(chosen)
-        notes, rewired = [], 0
-        for name, reason in chosen.items():
-            node = nodes[name]
-            for index in range(min(2, len(node.inputs))):
-                rewired += _read_float_input(node, index)
-            notes.append(f"{name}: kept in float ({reason})")
-        bypassed = _drop_unneeded_pairs(graph, set(chosen), quantized)
-        removed = len(graph)
-        RemoveUnusedNodesPass()(model)
-        removed -= len(graph)
+        counts = run_in_float(model, [nodes[name] for name in chosen], quantized)
+        notes = [f"{name}: kept in float ({reason})" for name, reason in chosen.items()]
         ctx.facts["decisions"] = [
             replace(d, weights="native", activations="native", weights_rule=f"accuracy fallback: {chosen[d.unit.name]}",
                     activations_rule=f"accuracy fallback: {chosen[d.unit.name]}") if d.unit.name in chosen else d
@@ -62,9 +54,23 @@ class KeepFloat:
         quantized_inputs = ctx.facts.get("quantized_inputs")
         if quantized_inputs is not None:
             ctx.facts["quantized_inputs"] = {k: v for k, v in quantized_inputs.items() if k not in chosen}
-        return PassResult(model, changed=True, stats={"kept_float": len(chosen), "inputs_rewired": rewired,
-                                                      "pairs_bypassed": bypassed, "qdq_nodes_removed": removed},
-                          notes=notes)
+        return PassResult(model, changed=True, stats={"kept_float": len(chosen), **counts}, notes=notes)
+
+
+def run_in_float(model: ir.Model, nodes: list[ir.Node], quantized: set[str]) -> dict[str, int]:
+    """Make `nodes` float nodes of the calibrated graph (their inputs float, the Q/DQ only they
+    needed gone); `quantized` names the compute nodes that stay quantized. Shared with the spec's
+    `native` nodes (assign-dtypes), so a node is float the same way whoever chose it."""
+    graph = model.graph
+    rewired = 0
+    for node in nodes:
+        for index in range(min(2, len(node.inputs))):
+            rewired += _read_float_input(node, index)
+    bypassed = drop_unneeded_pairs(graph, {node.name for node in nodes}, quantized)
+    removed = len(graph)
+    RemoveUnusedNodesPass()(model)
+    removed -= len(graph)
+    return {"inputs_rewired": rewired, "pairs_bypassed": bypassed, "qdq_nodes_removed": removed}
 
 
 def _pair_of(value: ir.Value | None) -> tuple[ir.Node, ir.Node] | None:
@@ -85,7 +91,7 @@ def _read_float_input(node: ir.Node, index: int) -> int:
     return 1
 
 
-def _drop_unneeded_pairs(graph: ir.Graph, chosen: set[str], quantized: set[str]) -> int:
+def drop_unneeded_pairs(graph: ir.Graph, chosen: set[str], quantized: set[str]) -> int:
     """Bypass every activation Q/DQ pair that touches a node kept float (it reads the node's output,
     or its values reach the node) and reaches no quantized compute node: a pair only matters to the
     compute ops that read its grid before another Q re-grids it."""

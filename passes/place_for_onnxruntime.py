@@ -58,6 +58,13 @@ def qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
     return scale, zero
 
 
+def integer_qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """`qparams` of an integer Q/DQ; None for FP8 ones, which ORT's integer kernels never take
+    (an FP8 node runs as a float kernel on its dequantized inputs)."""
+    params = qparams(node)
+    return params if params is not None and np.issubdtype(params[1].dtype, np.integer) else None
+
+
 class QdqBuilder:
     """Creates initializers and Q/DQ nodes with unique names, marked as this pass's."""
 
@@ -127,7 +134,7 @@ class PlaceForOnnxRuntime:
         count = 0
         for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
             weight = constant_array(q.inputs[0])
-            params = qparams(q)
+            params = integer_qparams(q)
             if weight is None or params is None:
                 continue
             scale, zero = params
@@ -159,7 +166,7 @@ class PlaceForOnnxRuntime:
                 continue
             if x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
                 continue
-            x_params, w_params = qparams(x_dq), qparams(w_dq)
+            x_params, w_params = integer_qparams(x_dq), integer_qparams(w_dq)
             if x_params is None or w_params is None or x_params[0].size != 1 or bias.ndim != 1:
                 continue
             scale = (x_params[0].reshape(()) * w_params[0].reshape(-1)).astype(np.float32)
@@ -239,7 +246,7 @@ class PlaceForOnnxRuntime:
             quantizers = [t for t in targets if t.op_type == "QuantizeLinear"]
             if not quantizers or len(quantizers) != len(targets):
                 continue
-            params = [qparams(q) for q in quantizers]
+            params = [integer_qparams(q) for q in quantizers]
             if any(p is None or p[0].size != 1 for p in params):
                 continue
             amax = max(float(p[0].reshape(())) * (127 if p[1].dtype == np.int8 else 255) for p in params)
@@ -384,7 +391,7 @@ def _measured_amax(value: ir.Value | None) -> float | None:
     dq = value.producer() if value is not None else None
     if dq is None or dq.op_type != "DequantizeLinear":
         return None
-    params = qparams(dq)
+    params = integer_qparams(dq)
     if params is None or params[0].size != 1:
         return None
     scale, zero = params

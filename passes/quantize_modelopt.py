@@ -9,7 +9,8 @@ batches are streamed to the child over a pipe on demand, so the data is read onc
 sweep and never copied whole.
 
 Settings, in order (the user's `backend_kwargs` are merged last and win):
-quantize_mode from the nodes' dtypes (int8; fp8 for fp8_e4m3fn), calibration_method from
+quantize_mode int8 whatever the nodes' dtypes (one calibration of every tensor a quantized node
+reads; assign-dtypes then gives each node Q/DQ of its own dtype from those ranges), calibration_method from
 `spec.calibration_algorithm` (minmax -> "max", entropy -> "entropy"), calibration_eps (CPU, plus
 CUDA when `device` resolves to it), high_precision_dtype from `quantize.float_dtype` (auto: fp16
 for target tensorrt, wherever quantization runs, so a strongly typed engine's float layers run
@@ -30,6 +31,7 @@ import re
 import tempfile
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,6 @@ log = logging.getLogger("tao_qc.quantize")
 
 # percentile: modelopt's max, then clip-ranges narrows the activation ranges.
 CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "max"}
-MODES = {"int8": "int8", "fp8_e4m3fn": "fp8"}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -67,7 +68,7 @@ class QuantizeModelOpt:
         if any(node.op_type in QDQ_OPS for node in model.graph):
             raise InputError(f"{_model_name(ctx)} already has QuantizeLinear/DequantizeLinear nodes: give the float model")
         selected = [d for d in decisions if d.quantized]
-        mode = quantize_mode_for(selected)
+        mode = quantize_mode_for(selected, spec.target)
         batches = ctx.calibration
         if batches is None:
             raise InputError("quantize.calibration.data: no calibration data given (valid: a .npz named by input, "
@@ -105,7 +106,8 @@ class QuantizeModelOpt:
         ctx.facts["float_dtype"] = kwargs["high_precision_dtype"]  # backend_kwargs may have overridden the spec
         ctx.facts["modelopt_settings"] = {k: v for k, v in kwargs.items() if k not in ("nodes_to_quantize", "nodes_to_exclude")}
 
-        notes = [f"modelopt.onnx {mode}: {len(selected)} nodes asked for, calibration "
+        asked = ", ".join(f"{dtype} {count}" for dtype, count in sorted(Counter(d.activations for d in selected).items()))
+        notes = [f"modelopt.onnx {mode}: {len(selected)} nodes asked for ({asked}), calibration "
                  f"{kwargs['calibration_method']} on {batches.describe()}, eps {kwargs['calibration_eps']}, "
                  f"high precision {kwargs['high_precision_dtype']}"]
         declined = {}
@@ -114,7 +116,7 @@ class QuantizeModelOpt:
             if name not in facts["quantized_inputs"]:
                 declined[name] = ("modelopt.onnx left it in float (its TensorRT heuristics exclude GEMV/small "
                                   "MatMuls and some Convs; see backend_kwargs to change them)")
-                log.warning("%s: asked for %s but %s", name, mode, declined[name])
+                log.warning("%s: asked for %s but %s", name, decision.activations, declined[name])
                 notes.append(f"warning: {name}: {declined[name]}")
         ctx.facts["declined"] = declined
         if selected and len(declined) == len(selected):
@@ -149,13 +151,18 @@ def _quantized_any(model: ir.Model, selected: list) -> bool:
     return bool(set(collect_ranges(model)["quantized_inputs"]) & {d.unit.name for d in selected})
 
 
-def quantize_mode_for(selected: list) -> str:
-    """modelopt's quantize_mode for the selected nodes, or an InputError saying what it cannot do."""
-    unsupported = [d for d in selected if "fp8_e5m2" in (d.weights, d.activations)]
-    if unsupported:
+def quantize_mode_for(selected: list, target: str) -> str:
+    """modelopt's quantize_mode for the selected nodes, or an InputError saying what cannot be done.
+
+    Always int8: modelopt's own FP8 mode is this same int8 max calibration with the scales rescaled
+    afterwards, and one int8 call measures every tensor a quantized node reads, whatever dtype each
+    node asks for; assign-dtypes turns each node's Q/DQ into its own dtype from those ranges.
+    """
+    e5m2 = [d for d in selected if "fp8_e5m2" in (d.weights, d.activations)]
+    if e5m2 and target == "tensorrt":
         raise InputError(
-            "modelopt.onnx quantizes FP8 only as E4M3 (float8_e4m3fn); fp8_e5m2 was asked for "
-            f"{_names(unsupported)} (use fp8_e4m3fn, or the PyTorch path for E5M2)"
+            f"quantize.layers: fp8_e5m2 was asked for {_names(e5m2)}, but TensorRT runs FP8 only as E4M3 "
+            "(target: tensorrt); use fp8_e4m3fn there, or target: onnxruntime, whose CPU provider runs E5M2 Q/DQ"
         )
     partial = [d for d in selected if d.weights != d.activations]
     if partial:
@@ -165,15 +172,7 @@ def quantize_mode_for(selected: list) -> str:
             f"{_names(partial)} ask for weights {d.weights} and activations {d.activations} "
             "(give both the same dtype, or 'native' to both)"
         )
-    dtypes = sorted({d.weights for d in selected})
-    if len(dtypes) > 1:
-        groups = "; ".join(f"{dtype}: {_names([d for d in selected if d.weights == dtype])}" for dtype in dtypes)
-        raise InputError(
-            "modelopt.onnx quantizes one dtype per call (quantize_mode int8 or fp8), and calibrating a graph "
-            f"that already holds the other dtype's Q/DQ is not supported; this spec mixes {groups} "
-            "(give the nodes one dtype, or keep one group native)"
-        )
-    return MODES[dtypes[0]]
+    return "int8"
 
 
 def _names(decisions: list, limit: int = 4) -> str:

@@ -1,7 +1,8 @@
 """Check the quantized graph against the decisions, and run it once in ONNX Runtime.
 
 - every node match-layers selected (and modelopt did not decline, see quantize-modelopt) reads its
-  activation input, and its weight input, through a DequantizeLinear (Casts in between allowed);
+  activation input, and its weight input, through a DequantizeLinear (Casts in between allowed), of
+  the dtype its decision names (int8: int8 or uint8; fp8_e4m3fn: float8e4m3fn; fp8_e5m2: float8e5m2);
 - no node kept in float reads a quantized weight; it may read a quantized activation only where
   that activation is shared with a quantized node or is a quantized node's output (modelopt and
   ONNX Runtime quantize a tensor once for all its readers; TensorRT and ORT still run the float
@@ -39,6 +40,7 @@ class VerifyQuantization:
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         decisions = ctx.facts.get("decisions") or []
         declined = ctx.facts.get("declined") or {}
+        conflicts = ctx.facts.get("dtype_conflicts") or {}
         nodes = {node.name: node for node in model.graph}
         problems: list[str] = []
         checked = shared = 0
@@ -56,6 +58,11 @@ class VerifyQuantization:
                 missing = [label for label, ok in zip(("activation", "weight"), through) if not ok]
                 if missing:
                     problems.append(f"{name}: selected ({decision.reason}) but its {' and '.join(missing)} input has no Q/DQ")
+                elif name not in conflicts:
+                    for label, value, dtype in zip(("activation", "weight"), inputs, (decision.activations, decision.weights)):
+                        found = _dq_type(value)
+                        if found is not None and found not in QDQ_TYPES_OF[dtype]:
+                            problems.append(f"{name}: asked for {dtype} ({decision.reason}) but its {label} Q/DQ is {found.name.lower()}")
             elif not decision.quantized and any(through):
                 if len(through) > 1 and through[1]:
                     problems.append(f"{name}: kept in float ({decision.reason}) but its weight input has Q/DQ")
@@ -82,7 +89,7 @@ class VerifyQuantization:
                 try:
                     outputs = run_once(model, ctx.calibration.first())
                 except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-                    if ctx.facts.get("quantize_mode") != "fp8" or "float8" not in str(exc):
+                    if ctx.facts.get("quantize_mode") not in ("fp8", "mixed") or "float8" not in str(exc):
                         raise
                     # FP8 Q/DQ graphs are made for TensorRT; ORT's CPU provider lacks float8 kernels
                     # for ops modelopt moves Q/DQ across (Transpose, Reshape in attention).
@@ -104,6 +111,25 @@ def _through_dq(value: ir.Value) -> bool:
     while producer is not None and producer.op_type == "Cast" and producer.inputs[0] is not None:
         producer = producer.inputs[0].producer()
     return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+# What a decision's dtype may look like in the graph (placement shifts int8 activations to uint8).
+QDQ_TYPES_OF = {
+    "int8": (ir.DataType.INT8, ir.DataType.UINT8),
+    "fp8_e4m3fn": (ir.DataType.FLOAT8E4M3FN,),
+    "fp8_e5m2": (ir.DataType.FLOAT8E5M2,),
+}
+
+
+def _dq_type(value: ir.Value) -> ir.DataType | None:
+    """The quantized type the DequantizeLinear feeding `value` (through Casts) reads."""
+    producer = value.producer()
+    while producer is not None and producer.op_type == "Cast" and producer.inputs[0] is not None:
+        producer = producer.inputs[0].producer()
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    source = producer.inputs[2] if len(producer.inputs) > 2 and producer.inputs[2] is not None else producer.inputs[0]
+    return source.const_value.dtype if source.const_value is not None else source.dtype
 
 
 def _shared_with_quantized(value: ir.Value, quantized: set[str]) -> bool:

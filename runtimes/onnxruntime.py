@@ -22,6 +22,28 @@ log = logging.getLogger("tao_qc.runtimes.onnxruntime")
 
 OPTIMIZED_SUFFIX = ".ort-optimized.onnx"
 
+# ONNX Runtime 1.24's CPU graph optimizers read FP8 Q/DQ as integer ones: ReluQuantRewrite drops a
+# Relu before a float8 QuantizeLinear whose zero point is 0 (a clamp at 0 only for unsigned integer
+# types: the FP8 graph then passes negative values), and the QDQ selectors fuse a float8
+# `DQ -> Conv -> Q` unit into a QLinearConv, which takes no float8 (ORT rejects the graph). The CPU
+# provider has no FP8 kernels: it runs FP8 Q/DQ around float ops, which is what these two left off give.
+FP8_MISREAD_OPTIMIZERS = ("ReluQuantRewrite", "QDQSelectorActionTransformer")
+_FLOAT8_TYPES = frozenset({17, 18, 19, 20})  # TensorProto FLOAT8E4M3FN, FLOAT8E4M3FNUZ, FLOAT8E5M2, FLOAT8E5M2FNUZ
+
+
+def has_float8_qdq(model: Any) -> bool:
+    """Whether an ONNX model (a ModelProto, serialized bytes or a path) quantizes to a float8 type."""
+    import onnx
+
+    if isinstance(model, (bytes, bytearray)):
+        model = onnx.load_from_string(bytes(model))
+    elif not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    if any(t.data_type in _FLOAT8_TYPES for t in model.graph.initializer):
+        return True
+    return any(attr.name == "output_dtype" and attr.i in _FLOAT8_TYPES
+               for node in model.graph.node if node.op_type == "QuantizeLinear" for attr in node.attribute)
+
 
 def session_options(settings: RuntimeSettings, optimized_path: Path | None = None) -> Any:
     """`onnxruntime.SessionOptions` from our settings (a pure translation, tested)."""
@@ -64,8 +86,10 @@ def has_low_precision_qdq_scales(proto: Any) -> bool:
 
 
 def disabled_optimizers_for(proto: Any) -> list[str]:
-    """ORT graph optimizers to turn off for this graph (see _FP16_SCALE_UNSAFE)."""
-    return list(_FP16_SCALE_UNSAFE) if has_low_precision_qdq_scales(proto) else []
+    """ORT graph optimizers to turn off for this graph, a ModelProto (InferenceSession's `disabled_optimizers`;
+    see FP8_MISREAD_OPTIMIZERS and _FP16_SCALE_UNSAFE)."""
+    disabled = list(FP8_MISREAD_OPTIMIZERS) if has_float8_qdq(proto) else []
+    return disabled + (list(_FP16_SCALE_UNSAFE) if has_low_precision_qdq_scales(proto) else [])
 
 
 # ORT's CPU QuantizeLinear for float16 input (1.24 here; microsoft/onnxruntime#18576, fixed upstream

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -335,6 +336,9 @@ def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord
             "quantized": len(quantized),
             "kept_float": len(decisions) - len(quantized),
             "declined_by_backend": len(declined),
+            # What each compute node runs in: its dtype where quantized, else native.
+            "dtypes": dict(sorted(Counter(d.activations if d.quantized and d.unit.name not in declined else "native"
+                                          for d in decisions).items())),
             "nodes": records[-1].nodes if records else 0,
             "ops": records[-1].op_counts if records else {},
         },

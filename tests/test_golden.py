@@ -28,7 +28,9 @@ from tao_qc.pipeline import format_summary
 from tao_qc.textform import format_model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
-MODELS = ["small_cnn", "transformer_block", "mnist_cntk"]
+MODELS = ["small_cnn", "transformer_block", "mnist_cntk", "small_cnn_mixed"]
+# Cases that compile another case's model with a spec of their own.
+MODEL_OF = {"small_cnn_mixed": "small_cnn"}
 CASES = MODELS + [f"{model}-onnxruntime" for model in MODELS]
 GOLDEN_VALUE_DIGITS = 3
 
@@ -39,6 +41,7 @@ def _model_and_data(case: str, work: Path):
 
     spec = load_spec(GOLDEN / case / "spec.yaml")
     case = case.removesuffix("-onnxruntime")
+    case = MODEL_OF.get(case, case)
     if case == "mnist_cntk":
         model = MNIST_CNTK
         arrays = {MNIST_INPUT: digits()[0][: spec.calibration.max_samples]}
@@ -73,7 +76,8 @@ def test_golden_pass_dumps(case, tmp_path, update_golden):
         assert any(name.endswith("-place-for-onnxruntime.txt") for name in produced), "the placement pass changed nothing"
         before_quantization = _last_dump_before(dumps, result.records, "quantize-modelopt")
         checked = check_stored_weights_and_biases(onnx.load(str(result.model_path)), before_quantization)
-        assert checked["weights"] == result.report["counts"]["quantized"]
+        # int8 weights are stored quantized; FP8 ones stay float behind their Q/DQ (TensorRT's form)
+        assert checked["weights"] == result.report["counts"]["dtypes"].get("int8", 0)
         assert checked["biases"] == EXPECTED_INT32_BIASES[case]
     folder = GOLDEN / case
     expected = {p.name: p.read_text() for p in sorted(folder.glob("*.txt"))}
@@ -96,8 +100,10 @@ def test_golden_pass_dumps(case, tmp_path, update_golden):
 
 
 # Conv/Gemm biases each case's placement stores as int32 (mnist_cntk adds its biases in separate Adds,
-# the transformer's MatMuls have none; small_cnn's head Gemm stays float).
-EXPECTED_INT32_BIASES = {"small_cnn-onnxruntime": 3, "transformer_block-onnxruntime": 0, "mnist_cntk-onnxruntime": 0}
+# the transformer's MatMuls have none; small_cnn's head Gemm stays float; the mixed case's FP8 Convs keep
+# float biases).
+EXPECTED_INT32_BIASES = {"small_cnn-onnxruntime": 3, "transformer_block-onnxruntime": 0, "mnist_cntk-onnxruntime": 0,
+                         "small_cnn_mixed-onnxruntime": 2}
 
 
 def _last_dump_before(dumps: Path, records, pass_name: str) -> onnx.ModelProto:

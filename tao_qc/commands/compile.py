@@ -73,8 +73,12 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
         click.echo(json.dumps(result.report, indent=2, default=str))
     else:
         counts = result.report["counts"]
+        mode = result.report["quantize_mode"]
+        if mode == "mixed":
+            mode = ", ".join(f"{dtype} {n}" for dtype, n in counts.get("dtypes", {}).items() if dtype != "native")
+            mode = f"quantized ({mode})"
         click.echo(f"{result.model_path}  ({counts['quantized']} of {counts['candidates']} Conv/Gemm/MatMul nodes "
-                   f"{result.report['quantize_mode']}, {counts['kept_float']} in float)", err=bool(print_after))
+                   f"{mode}, {counts['kept_float']} in float)", err=bool(print_after))
         for line in comparison_lines(result.report):
             click.echo(line, err=bool(print_after))
     from tao_qc.compare import raise_if_failed

@@ -19,6 +19,8 @@ import click
 from tao_qc.errors import InputError
 
 REPORT_NAME = "report.json"
+# A spec dtype as the graph shows it (ONNX's names; ONNX Runtime placement runs int8 activations as uint8).
+GRAPH_DTYPES = {"int8": ("int8", "uint8"), "fp8_e4m3fn": ("float8e4m3fn",), "fp8_e5m2": ("float8e5m2",)}
 # Keys a per-node decision record carries (see `tao_qc.patterns.Decision.as_dict`).
 _DECISION_KEYS = ("quantized", "reason", "weights_rule", "skipped_by", "declined_by_backend")
 
@@ -58,7 +60,7 @@ def _model_in_folder(folder: Path, report_path: Path | None) -> Path:
             candidates = sorted(set(named))
     if len(candidates) == 1:
         return candidates[0]
-    quantized = [p for p in candidates if any(tag in p.name.lower() for tag in ("int8", "fp8", "quant", "qdq"))]
+    quantized = [p for p in candidates if any(tag in p.name.lower() for tag in ("int8", "fp8", "mixed", "quant", "qdq"))]
     if len(quantized) == 1:
         return quantized[0]
     if not candidates:
@@ -214,6 +216,11 @@ def summarize(target: Target, *, with_text: bool = False, digests: bool = False)
         planned = planned_quantized(record)
         if planned is not None and planned != (fact["status"] == "quantized"):
             fact["disagrees"] = f"report says {'quantized' if planned else 'float'}, graph shows {fact['status']}"
+        elif planned is True and fact["status"] == "quantized":
+            wrong = [f"{key} {record[key]}, graph shows {fact[side]}" for key, side in (("activations", "activation"), ("weights", "weights"))
+                     if record.get(key) in GRAPH_DTYPES and fact[side] not in GRAPH_DTYPES[record[key]]]
+            if wrong:
+                fact["disagrees"] = "report says " + "; ".join(wrong)
     result: dict[str, Any] = {
         "model": str(target.model_path),
         "report": str(target.report_path) if target.report_path else None,
