@@ -6,7 +6,7 @@
     -> canonicalize: fold-constants -> fold-batchnorm -> remove-identity, repeated until a round
        changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt
-    [-> place-for-onnxruntime -> space-to-depth-stem]  (target: onnxruntime)
+    [-> place-for-onnxruntime -> space-to-depth-stem -> fit-ort-integer-kernels]  (target: onnxruntime)
     -> verify-quantization
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 def default_passes(spec: Any, *, source_path: Any = None) -> list:
     from tao_qc.passes.check_calibration import CheckCalibration
+    from tao_qc.passes.fit_ort_integer_kernels import FitOrtIntegerKernels
     from tao_qc.passes.fold_batchnorm import FoldBatchNorm
     from tao_qc.passes.fold_constants import FoldConstants
     from tao_qc.passes.load_and_check import LoadAndCheck
@@ -39,7 +40,9 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
     ]
     if spec.target == "onnxruntime":
         # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), then run a
-        # few-channel strided stem as a Conv ORT's kernels are efficient at.
-        passes += [PlaceForOnnxRuntime(), SpaceToDepthStem()]
+        # few-channel strided stem as a Conv ORT's kernels are efficient at, then give every
+        # integer unit shapes ORT's kernels compute right and fast (last: it sees the units the
+        # passes before it shaped).
+        passes += [PlaceForOnnxRuntime(), SpaceToDepthStem(), FitOrtIntegerKernels()]
     passes.append(VerifyQuantization())
     return passes

@@ -7,8 +7,9 @@
   ONNX Runtime quantize a tensor once for all its readers; TensorRT and ORT still run the float
   node in float, on the rounded values);
 - no orphan Q/DQ: a QuantizeLinear feeds only DequantizeLinear nodes, a DequantizeLinear is used
-  (or is a graph output) and reads a QuantizeLinear or a constant; Transposes and Reshapes may sit
-  between the two (they move integers without changing them; space-to-depth-stem places them);
+  (or is a graph output) and reads a QuantizeLinear or a constant; ops that move integers without
+  computing on them may sit between the two (Transpose, Reshape: space-to-depth-stem; Pad with the
+  zero point, Split, Slice, Concat: fit-ort-integer-kernels);
 - the graph runs in ONNX Runtime (CPU) on the first calibration batch, with finite outputs.
 """
 
@@ -133,13 +134,17 @@ def _shared_with_quantized(value: ir.Value, quantized: set[str]) -> bool:
 
 
 # Ops that only move a quantized tensor's integers around (no arithmetic), allowed between Q and DQ.
-LAYOUT_OPS = ("Transpose", "Reshape")
+LAYOUT_OPS = ("Transpose", "Reshape", "Pad", "Split", "Slice", "Concat")
 
 
 def _readers_through_layout(value: ir.Value) -> list[ir.Node]:
     readers = []
     for user, _ in value.uses():
-        readers.extend(_readers_through_layout(user.outputs[0]) if user.op_type in LAYOUT_OPS else [user])
+        if user.op_type in LAYOUT_OPS:
+            for output in user.outputs:
+                readers.extend(_readers_through_layout(output))
+        else:
+            readers.append(user)
     return readers
 
 
