@@ -1,30 +1,34 @@
 """Shape integer Conv/Gemm/MatMul units so ONNX Runtime's CPU kernels compute them right, and fast.
 
-ONNX Runtime 1.24's CPU integer GEMM (MLAS, U8S8) gives wrong int32 sums, up to the whole uint8
-range off, when a call covers 32 or more rows and the matrix has 17 to 31 columns (output channels
-per group of a Conv, output features of a Gemm/MatMul). Measured on this machine (a Xeon with AMX
-and AVX-512 VNNI; the threshold matches the 32x32 tile blocks of MLAS's AMX U8S8 kernel, whose
-partial-column path is the one taken): the results are wrong with one thread too, and because
-each thread's slice of rows ends elsewhere, they differ from run to run with two or more threads.
-A sweep (Conv: 1-258 input channels, 1-96 outputs, kernels 1/3/5, strides 1-2, groups 1-3,
-per-channel and per-tensor weights; QLinearMatMul/QGemm: 1-512 rows, K 10-1280) found no other
-shape affected: 16 or 32 columns, fewer than 32 rows, and depthwise Convs are exact.
+ONNX Runtime 1.24's CPU integer GEMM (MLAS, U8S8) returns wrong int32 sums, up to the whole uint8
+range off, when one call covers 32 or more rows and its column count modulo 32 is 17 to 31
+(output channels per group of a Conv; output features of a Gemm/MatMul, which MLAS may split
+between threads at multiples of 16). Measured on this machine, a Xeon with AMX and AVX-512 VNNI;
+32 rows and 32 columns are the block of MLAS's AMX U8S8 kernel, whose partial-column path is the
+one that fails. The results are wrong with one thread too, and because each thread's slice of
+rows ends elsewhere they differ from run to run with two or more threads. Sweeps here (Conv: 1-258
+input channels, 1-131 outputs, kernels 1/3/5, strides 1-2, groups 1-3, per-channel and per-tensor
+weights; QGemm/QLinearMatMul: 1-512 rows, depth 10-1280, 16-1008 features, 1-4 threads) found
+exactly those shapes wrong, and every feature count that is a multiple of 16 right.
 
-A QLinearConv reaches that GEMM unless MLAS's direct symmetric convolution takes it (group 1,
-input channels a multiple of 4, zero-point-0 int8 weights; depthwise Convs have their own kernel).
-The direct kernel is also faster: one Conv at 2 threads ran 1.2-1.7x faster with its input
-channels padded to a multiple of 4 (3->16 3x3 over 112x112 1.4x, 6->40 1x1 1.7x, 10->20 5x5 at
-batch 8 1.6x, 18->64 3x3 1.3x); below 16 outputs padding gained nothing (~5% slower).
+A QLinearConv takes that GEMM unless MLAS's direct symmetric convolution takes it: group 1, input
+and output channels multiples of 4, at least 16 outputs, zero-point-0 int8 weights (depthwise
+Convs have a kernel of their own). The direct kernel is also faster: one Conv at 2 threads ran
+1.2-1.7x faster with its input channels padded to a multiple of 4 (3->16 3x3 over 112x112 1.4x,
+6->40 1x1 1.7x, 10->20 5x5 at batch 8 1.6x, 18->64 3x3 1.3x).
 
 For `target: onnxruntime`, after the passes that shape Convs, this pass rewrites `DQ -> op -> Q`
-units with int8 zero-point-0 weights, each rewrite exact (the added terms are zeros):
-- Conv, group 1, input channels not a multiple of 4, at least 16 outputs: the uint8 input goes
-  through a Pad of the channel axis with its zero point (a real 0), the weights get zero columns;
-- Conv, group > 1 and not depthwise, 17-31 outputs per group: one Conv per group over a Split of
-  the uint8 input, joined by a Concat of their uint8 outputs (same output scale), each padded as
-  above where that applies;
-- Gemm/MatMul with constant weights and 17-31 output features: zero weight columns up to 32, and
-  a Slice of the output (after its QuantizeLinear where it has one) back to the real features.
+units with int8 zero-point-0 weights; every rewrite adds only zeros, so the integers are exact:
+- Conv, group 1, at least 16 outputs, not direct: the uint8 input goes through a Pad of the
+  channel axis with its zero point (a real 0) to a multiple of 4, the weights get zero columns;
+  where the output count is not a multiple of 4 and falls in the wrong range, zero filters pad it
+  too and a Slice of the quantized output takes the real channels back;
+- Conv, group > 1 and not depthwise, wrong outputs per group: one Conv per group over a Split of
+  the uint8 input, joined by a Concat of their uint8 outputs (one output scale), each fitted as
+  above;
+- Gemm/MatMul with constant weights and more than 16 output features not a multiple of 16: zero
+  weight columns up to the next multiple of 16, and a Slice of the output (after its
+  QuantizeLinear where it has one) back to the real features.
 """
 
 from __future__ import annotations
@@ -40,8 +44,21 @@ from tao_qc.pipeline import PassContext, PassResult, constant_array, mark_create
 CHANNEL_ALIGNMENT = 4
 # The direct symmetric convolution takes Convs with at least this many output channels.
 MIN_DIRECT_OUTPUTS = 16
-WRONG_COLUMNS = range(17, 32)
-SAFE_COLUMNS = 32
+# MLAS's integer GEMM block; a call's columns modulo it in this range come out wrong.
+GEMM_BLOCK = 32
+WRONG_REMAINDERS = range(17, 32)
+# MLAS splits a GEMM's columns between threads at multiples of this.
+THREAD_COLUMNS = 16
+
+
+def wrong_in_gemm(columns: int) -> bool:
+    return columns % GEMM_BLOCK in WRONG_REMAINDERS
+
+
+def takes_direct_conv(input_channels: int, output_channels: int) -> bool:
+    """Whether a group-1 QLinearConv runs MLAS's direct symmetric convolution (no GEMM)."""
+    return (input_channels % CHANNEL_ALIGNMENT == 0 and output_channels % CHANNEL_ALIGNMENT == 0
+            and output_channels >= MIN_DIRECT_OUTPUTS)
 
 
 @dataclass
@@ -63,38 +80,39 @@ class FitOrtIntegerKernels:
                 group = node.attributes.get_int("group", 1)
                 cout, group_inputs = weights.shape[:2]
                 per_group = cout // group
-                if group == 1 and group_inputs % CHANNEL_ALIGNMENT and cout >= MIN_DIRECT_OUTPUTS:
-                    extra = -group_inputs % CHANNEL_ALIGNMENT
-                    _pad_input_channels(graph, build, node, x_dq, w_dq, weights, extra, opset)
-                    stats["convs_padded"] += 1
-                    why = "; avoids MLAS's wrong results at 17-31 outputs" if per_group in WRONG_COLUMNS else ""
-                    notes.append(f"{node.name}: input channels padded {group_inputs} -> {group_inputs + extra} with zero "
-                                 f"weights (ONNX Runtime's direct integer convolution{why})")
-                elif group > 1 and group_inputs * per_group > 1 and per_group in WRONG_COLUMNS:
-                    if opset < 13 or not _split_by_group(graph, build, node, x_dq, w_dq, weights, group, opset):
+                if group == 1:
+                    note = _fit_conv(graph, build, node, x_dq, w_dq, weights, opset)
+                    if note:
+                        stats["convs_padded"] += 1
+                        notes.append(note)
+                elif group_inputs * per_group > 1 and wrong_in_gemm(per_group):
+                    parts = _split_by_group(graph, build, node, x_dq, w_dq, weights, group) if opset >= 13 else None
+                    if parts is None:
                         notes.append(f"warning: {node.name}: a grouped Conv with {per_group} outputs per group, which "
-                                     "ONNX Runtime 1.24 may compute wrongly, could not be split (opset below 13 or its "
+                                     "ONNX Runtime 1.24 computes wrongly, could not be split (opset below 13 or its "
                                      "output not read by one per-tensor QuantizeLinear)")
                         continue
                     stats["grouped_convs_split"] += 1
-                    notes.append(f"{node.name}: split into {group} Convs, one per group ({per_group} outputs each, "
-                                 "which ONNX Runtime 1.24's grouped integer GEMM computes wrongly), joined on uint8")
+                    notes.append(f"{node.name}: split into {group} Convs, one per group ({per_group} outputs each, which "
+                                 "ONNX Runtime 1.24's integer GEMM computes wrongly), joined on uint8")
+                    for part in parts:
+                        note = _fit_conv(graph, build, part, *_integer_unit(part), opset)
+                        if note:
+                            stats["convs_padded"] += 1
+                            notes.append(note)
             elif node.op_type in ("Gemm", "MatMul") and weights.ndim == 2:
                 features_axis = 0 if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else 1
                 features = weights.shape[features_axis]
-                if features not in WRONG_COLUMNS:
+                if features <= THREAD_COLUMNS or features % THREAD_COLUMNS == 0:
                     continue
-                if opset < 13:
-                    notes.append(f"warning: {node.name}: {features} output features, which ONNX Runtime 1.24 computes "
-                                 "wrongly at 32 or more rows, left as is (opset below 13)")
-                    continue
-                if not _widen_features(graph, build, node, w_dq, weights, features_axis):
-                    notes.append(f"warning: {node.name}: {features} output features, which ONNX Runtime 1.24 computes "
-                                 "wrongly at 32 or more rows, left as is (its quantized output is a graph output)")
+                if opset < 13 or not _widen_features(graph, build, node, w_dq, weights, features_axis):
+                    notes.append(f"warning: {node.name}: {features} output features, which ONNX Runtime 1.24 may compute "
+                                 "wrongly at 32 or more rows, left as is (opset below 13, or its quantized output is a "
+                                 "graph output)")
                     continue
                 stats["matmuls_widened"] += 1
-                notes.append(f"{node.name}: {features} output features computed as {SAFE_COLUMNS} (zero weights) and "
-                             f"sliced back: ONNX Runtime 1.24's integer GEMM is wrong at 17-31 columns and 32+ rows")
+                notes.append(f"{node.name}: {features} output features computed as {_round_up(features, THREAD_COLUMNS)} "
+                             "(zero weights) and sliced back: ONNX Runtime 1.24's integer GEMM can be wrong otherwise")
         if not notes:
             notes.append("every integer Conv/Gemm/MatMul already fits ONNX Runtime's kernels")
         return PassResult(model, changed=any(stats.values()), stats=stats, notes=notes)
@@ -147,56 +165,127 @@ def _pad_channels(build: QdqBuilder, quantized: ir.Value, zero: ir.Value, extra:
     return pad
 
 
-def _pad_input_channels(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, x_dq: ir.Node, w_dq: ir.Node,
-                        weights: np.ndarray, extra: int, opset: int) -> None:
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _fit_conv(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, x_dq: ir.Node, w_dq: ir.Node,
+              weights: np.ndarray, opset: int) -> str | None:
+    """Give a group-1 integer Conv the shapes of MLAS's direct convolution where that is exact and
+    worth it; the note saying what changed, or None."""
     cout, cin, kh, kw = weights.shape
-    widened = np.concatenate([weights, np.zeros((cout, extra, kh, kw), np.int8)], axis=1)
-    weight_dq = _weight_dq(build, w_dq, widened, f"{conv.name}_padded_weight")
-    quantized, scale, zero = x_dq.inputs[0], x_dq.inputs[1], x_dq.inputs[2]
-    pad = _pad_channels(build, quantized, zero, extra, f"{conv.name}_pad_channels", opset)
-    input_dq = build.node("DequantizeLinear", [pad.outputs[0], scale, zero], f"{conv.name}_padded_input_DequantizeLinear")
-    graph.insert_before(conv, [pad, input_dq, weight_dq])
-    conv.replace_input_with(0, input_dq.outputs[0])
+    if cout < MIN_DIRECT_OUTPUTS or takes_direct_conv(cin, cout):
+        return None  # too few outputs for the direct kernel (and the GEMM is right below 17)
+    wrong = wrong_in_gemm(cout)
+    extra_out = 0
+    if cout % CHANNEL_ALIGNMENT:
+        if not wrong or opset < 10 or not _sliceable(conv):
+            return None  # the GEMM computes it right (or the output cannot be sliced); padding outputs costs a Slice
+        extra_out = -cout % CHANNEL_ALIGNMENT
+    extra_in = -cin % CHANNEL_ALIGNMENT
+    widened = np.pad(weights, [(0, extra_out), (0, extra_in), (0, 0), (0, 0)])
+    per_channel = _padded_per_channel(w_dq, cout, extra_out)
+    weight_dq = _weight_dq(build, w_dq, widened, f"{conv.name}_padded_weight", per_channel)
+    new_nodes = [weight_dq]
+    if extra_in:
+        quantized, scale, zero = x_dq.inputs[0], x_dq.inputs[1], x_dq.inputs[2]
+        pad = _pad_channels(build, quantized, zero, extra_in, f"{conv.name}_pad_channels", opset)
+        input_dq = build.node("DequantizeLinear", [pad.outputs[0], scale, zero], f"{conv.name}_padded_input_DequantizeLinear")
+        new_nodes += [pad, input_dq]
+        conv.replace_input_with(0, input_dq.outputs[0])
     conv.replace_input_with(1, weight_dq.outputs[0])
-    for old in (x_dq, w_dq):
-        _remove_if_unread(graph, old)
+    bias = conv.inputs[2] if len(conv.inputs) > 2 else None
+    old_bias_dq = None
+    if extra_out and bias is not None:
+        old_bias_dq = bias.producer()
+        if old_bias_dq is not None and old_bias_dq.op_type == "DequantizeLinear":
+            values = constant_array(old_bias_dq.inputs[0])
+            bias_dq = _weight_dq(build, old_bias_dq, np.pad(values, (0, extra_out)), f"{conv.name}_padded_bias",
+                                 _padded_per_channel(old_bias_dq, cout, extra_out))
+            new_nodes.append(bias_dq)
+            conv.replace_input_with(2, bias_dq.outputs[0])
+        else:
+            conv.replace_input_with(2, build.initializer(f"{conv.name}_padded_bias", np.pad(constant_array(bias), (0, extra_out))))
+            old_bias_dq = None
+    graph.insert_before(conv, new_nodes)
+    if extra_out:
+        _slice_outputs(graph, build, conv, axis=1, count=cout)
+    for old in (x_dq, w_dq, old_bias_dq):
+        if old is not None:
+            _remove_if_unread(graph, old)
+    changes = []
+    if extra_in:
+        changes.append(f"input channels padded {cin} -> {cin + extra_in}")
+    if extra_out:
+        changes.append(f"output channels computed as {cout + extra_out} and sliced back to {cout}")
+    why = "; without it ONNX Runtime 1.24's integer GEMM computes this Conv wrongly" if wrong else ""
+    return f"{conv.name}: {' and '.join(changes)} with zero weights (ONNX Runtime's direct integer convolution{why})"
+
+
+def _padded_per_channel(dq: ir.Node, channels: int, extra: int) -> dict[int, np.ndarray]:
+    """A DequantizeLinear's per-channel scale (padded with 1) and zero point (padded with 0) for
+    `extra` more channels; empty when nothing is added or they are per-tensor."""
+    padded = {}
+    for index, fill in ((1, 1.0), (2, 0)):
+        array = constant_array(dq.inputs[index]) if extra and len(dq.inputs) > index and dq.inputs[index] is not None else None
+        if array is not None and array.ndim == 1 and array.shape[0] == channels:
+            padded[index] = np.concatenate([array, np.full(extra, fill, array.dtype)])
+    return padded
+
+
+def _slice_outputs(graph: ir.Graph, build: QdqBuilder, node: ir.Node, axis: int, count: int) -> None:
+    """Readers of `node`'s output see its first `count` entries along `axis`: after each
+    QuantizeLinear reading it (on uint8, so ORT still fuses the unit), before any float reader."""
+    starts, ends = _int64(build, f"{node.name}_slice_starts", [0]), _int64(build, f"{node.name}_slice_ends", [count])
+    axes = _int64(build, f"{node.name}_slice_axes", [axis])
+    output = node.outputs[0]
+    float_slice = None
+    for use in list(output.uses()):
+        reader = use.node
+        if reader.op_type == "QuantizeLinear":
+            sliced = build.node("Slice", [reader.outputs[0], starts, ends, axes], f"{reader.name}_slice")
+            graph.insert_after(reader, sliced)
+            for later in list(reader.outputs[0].uses()):
+                if later.node is not sliced:
+                    later.node.replace_input_with(later.idx, sliced.outputs[0])
+            reader.outputs[0].shape = None
+        else:
+            if float_slice is None:
+                float_slice = build.node("Slice", [output, starts, ends, axes], f"{node.name}_slice")
+                graph.insert_after(node, float_slice)
+            reader.replace_input_with(use.idx, float_slice.outputs[0])
+    output.shape = None
 
 
 def _split_by_group(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, x_dq: ir.Node, w_dq: ir.Node,
-                    weights: np.ndarray, group: int, opset: int) -> bool:
+                    weights: np.ndarray, group: int) -> list[ir.Node] | None:
+    """One group-1 Conv per group over a Split of the uint8 input, their uint8 outputs joined by a
+    Concat; the new Convs, or None where the unit's form does not allow it."""
     uses = list(conv.outputs[0].uses())
     quantize = uses[0].node if len(uses) == 1 else None
     if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.outputs[0].is_graph_output():
-        return False
+        return None
     out_params = qparams(quantize)
     if out_params is None or out_params[0].size != 1:
-        return False
+        return None
     cout, group_inputs = weights.shape[:2]
     per_group = cout // group
     bias = conv.inputs[2] if len(conv.inputs) > 2 else None
     bias_dq = bias.producer() if bias is not None else None
     if bias is not None and (bias_dq is None or bias_dq.op_type != "DequantizeLinear" or constant_array(bias_dq.inputs[0]) is None):
-        return False  # place-for-onnxruntime stores every bias of an integer Conv as int32 behind a DQ
+        return None  # place-for-onnxruntime stores every bias of an integer Conv as int32 behind a DQ
     quantized, scale, zero = x_dq.inputs[0], x_dq.inputs[1], x_dq.inputs[2]
     split = mark_created(ir.Node("", "Split", [quantized, _int64(build, f"{conv.name}_group_sizes", [group_inputs] * group)],
                                  attributes=[ir.AttrInt64("axis", 1)], name=f"{conv.name}_split_groups", num_outputs=group),
                          build.pass_name)
     new_nodes: list[ir.Node] = [split]
-    outputs = []
-    attributes = {k: v for k, v in conv.attributes.items() if k != "group"}
+    parts, outputs = [], []
+    attributes = [value for key, value in conv.attributes.items() if key != "group"]
     for g in range(group):
-        part = split.outputs[g]
-        part.name = f"{conv.name}_group{g}_input"
+        split.outputs[g].name = f"{conv.name}_group{g}_input"
         rows = slice(g * per_group, (g + 1) * per_group)
-        group_weights = weights[rows]
-        extra = -group_inputs % CHANNEL_ALIGNMENT if per_group >= MIN_DIRECT_OUTPUTS else 0
-        if extra:
-            pad = _pad_channels(build, part, zero, extra, f"{conv.name}_group{g}_pad_channels", opset)
-            new_nodes.append(pad)
-            part = pad.outputs[0]
-            group_weights = np.concatenate([group_weights, np.zeros((per_group, extra, *weights.shape[2:]), np.int8)], axis=1)
-        x = build.node("DequantizeLinear", [part, scale, zero], f"{conv.name}_group{g}_input_DequantizeLinear")
-        w = _weight_dq(build, w_dq, group_weights, f"{conv.name}_group{g}_weight", _per_channel_rows(w_dq, rows, cout))
+        x = build.node("DequantizeLinear", [split.outputs[g], scale, zero], f"{conv.name}_group{g}_input_DequantizeLinear")
+        w = _weight_dq(build, w_dq, weights[rows], f"{conv.name}_group{g}_weight", _per_channel_rows(w_dq, rows, cout))
         inputs = [x.outputs[0], w.outputs[0]]
         new_nodes += [x, w]
         if bias_dq is not None:
@@ -204,10 +293,11 @@ def _split_by_group(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, x_dq: ir.
                            _per_channel_rows(bias_dq, rows, cout))
             new_nodes.append(b)
             inputs.append(b.outputs[0])
-        part_conv = ir.Node("", "Conv", inputs, attributes=list(attributes.values()), name=f"{conv.name}_group{g}", num_outputs=1)
-        part_conv.metadata_props.update(conv.metadata_props)
-        q = build.node("QuantizeLinear", [part_conv.outputs[0], *quantize.inputs[1:]], f"{conv.name}_group{g}_QuantizeLinear")
-        new_nodes += [part_conv, q]
+        part = mark_created(ir.Node("", "Conv", inputs, attributes=attributes, name=f"{conv.name}_group{g}", num_outputs=1),
+                            build.pass_name)
+        q = build.node("QuantizeLinear", [part.outputs[0], *quantize.inputs[1:]], f"{conv.name}_group{g}_QuantizeLinear")
+        new_nodes += [part, q]
+        parts.append(part)
         outputs.append(q.outputs[0])
     concat = build.node("Concat", outputs, f"{conv.name}_concat_groups", {"axis": 1})
     new_nodes.append(concat)
@@ -218,7 +308,7 @@ def _split_by_group(graph: ir.Graph, build: QdqBuilder, conv: ir.Node, x_dq: ir.
     for old in (x_dq, w_dq, bias_dq):
         if old is not None:
             _remove_if_unread(graph, old)
-    return True
+    return parts
 
 
 def _per_channel_rows(dq: ir.Node, rows: slice, channels: int) -> dict[int, np.ndarray]:
@@ -232,61 +322,41 @@ def _per_channel_rows(dq: ir.Node, rows: slice, channels: int) -> dict[int, np.n
 
 
 def _widen_features(graph: ir.Graph, build: QdqBuilder, node: ir.Node, w_dq: ir.Node, weights: np.ndarray, axis: int) -> bool:
-    output = node.outputs[0]
-    if any(use.node.op_type == "QuantizeLinear" and use.node.outputs[0].is_graph_output() for use in output.uses()):
+    if not _sliceable(node):
         return False
     features = weights.shape[axis]
-    extra = SAFE_COLUMNS - features
+    extra = _round_up(features, THREAD_COLUMNS) - features
     widths = [(0, 0), (0, 0)]
     widths[axis] = (0, extra)
-    per_channel = {}
-    for index, fill in ((1, 1.0), (2, 0)):
-        array = constant_array(w_dq.inputs[index]) if len(w_dq.inputs) > index and w_dq.inputs[index] is not None else None
-        if array is not None and array.ndim == 1 and array.shape[0] == features:
-            per_channel[index] = np.concatenate([array, np.full(extra, fill, array.dtype)])
-    weight_dq = _weight_dq(build, w_dq, np.pad(weights, widths), f"{node.name}_widened_weight", per_channel)
+    weight_dq = _weight_dq(build, w_dq, np.pad(weights, widths), f"{node.name}_widened_weight",
+                           _padded_per_channel(w_dq, features, extra))
     new_nodes = [weight_dq]
     node.replace_input_with(1, weight_dq.outputs[0])
     bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
     bias_dq = bias.producer() if bias is not None else None
     if bias_dq is not None and bias_dq.op_type == "DequantizeLinear" and constant_array(bias_dq.inputs[0]) is not None:
-        bias = constant_array(bias_dq.inputs[0])
-        padded = {index: np.concatenate([array, np.full(extra, fill, array.dtype)])
-                  for index, fill in ((1, 1.0), (2, 0))
-                  for array in [constant_array(bias_dq.inputs[index]) if len(bias_dq.inputs) > index else None]
-                  if array is not None and array.ndim == 1 and array.shape[0] == features}
-        widened_bias = _weight_dq(build, bias_dq, np.concatenate([bias, np.zeros(extra, bias.dtype)]),
-                                  f"{node.name}_widened_bias", padded)
+        values = constant_array(bias_dq.inputs[0])
+        widened_bias = _weight_dq(build, bias_dq, np.pad(values, (0, extra)), f"{node.name}_widened_bias",
+                                  _padded_per_channel(bias_dq, features, extra))
         new_nodes.append(widened_bias)
         node.replace_input_with(2, widened_bias.outputs[0])
-        _remove_if_unread(graph, bias_dq)
     elif bias is not None and constant_array(bias) is not None and constant_array(bias).shape[-1:] == (features,):
         float_bias = constant_array(bias)
         node.replace_input_with(2, build.initializer(f"{node.name}_widened_bias",
-                                                     np.concatenate([float_bias, np.zeros((*float_bias.shape[:-1], extra),
-                                                                                          float_bias.dtype)], axis=-1)))
+                                                     np.pad(float_bias, [(0, 0)] * (float_bias.ndim - 1) + [(0, extra)])))
     graph.insert_before(node, new_nodes)
-    _remove_if_unread(graph, w_dq)
-
-    starts, ends = _int64(build, f"{node.name}_slice_starts", [0]), _int64(build, f"{node.name}_slice_ends", [features])
-    axes = _int64(build, f"{node.name}_slice_axes", [-1])
-    float_slice = None
-    for use in list(output.uses()):
-        reader = use.node
-        if reader.op_type == "QuantizeLinear":
-            sliced = build.node("Slice", [reader.outputs[0], starts, ends, axes], f"{reader.name}_slice_features")
-            graph.insert_after(reader, sliced)
-            for later in list(reader.outputs[0].uses()):
-                if later.node is not sliced:
-                    later.node.replace_input_with(later.idx, sliced.outputs[0])
-            reader.outputs[0].shape = None
-        else:
-            if float_slice is None:
-                float_slice = build.node("Slice", [output, starts, ends, axes], f"{node.name}_slice_features")
-                graph.insert_after(node, float_slice)
-            reader.replace_input_with(use.idx, float_slice.outputs[0])
-    output.shape = None
+    for old in (w_dq, bias_dq):
+        if old is not None and old.op_type == "DequantizeLinear":
+            _remove_if_unread(graph, old)
+    _slice_outputs(graph, build, node, axis=-1, count=features)
     return True
+
+
+def _sliceable(node: ir.Node) -> bool:
+    """Whether slicing `node`'s output (after its QuantizeLinear readers) leaves the graph outputs alone."""
+    output = node.outputs[0]
+    return not output.is_graph_output() and not any(
+        use.node.op_type == "QuantizeLinear" and use.node.outputs[0].is_graph_output() for use in output.uses())
 
 
 def _remove_if_unread(graph: ir.Graph, dq: ir.Node) -> None:
