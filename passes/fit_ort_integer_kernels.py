@@ -26,9 +26,9 @@ units with int8 zero-point-0 weights; every rewrite adds only zeros, so the inte
 - Conv, group > 1 and not depthwise, wrong outputs per group: one Conv per group over a Split of
   the uint8 input, joined by a Concat of their uint8 outputs (one output scale), each fitted as
   above;
-- Gemm/MatMul with constant weights and more than 16 output features not a multiple of 16: zero
-  weight columns up to the next multiple of 16, and a Slice of the output (after its
-  QuantizeLinear where it has one) back to the real features.
+- Gemm/MatMul with constant weights and more than 16 output features not a multiple of 16 (unless
+  its row count is static and below 32): zero weight columns up to the next multiple of 16, and a
+  Slice of the output (after its QuantizeLinear where it has one) back to the real features.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from tao_qc.passes.place_for_onnxruntime import QdqBuilder, qparams
+from tao_qc.passes.place_for_onnxruntime import QdqBuilder, dims_through_qdq, qparams
 from tao_qc.pipeline import PassContext, PassResult, constant_array, mark_created
 
 CHANNEL_ALIGNMENT = 4
@@ -103,7 +103,7 @@ class FitOrtIntegerKernels:
             elif node.op_type in ("Gemm", "MatMul") and weights.ndim == 2:
                 features_axis = 0 if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else 1
                 features = weights.shape[features_axis]
-                if features <= THREAD_COLUMNS or features % THREAD_COLUMNS == 0:
+                if features <= THREAD_COLUMNS or features % THREAD_COLUMNS == 0 or _fewer_rows_than_a_block(node):
                     continue
                 if opset < 13 or not _widen_features(graph, build, node, w_dq, weights, features_axis):
                     notes.append(f"warning: {node.name}: {features} output features, which ONNX Runtime 1.24 may compute "
@@ -352,6 +352,15 @@ def _widen_features(graph: ir.Graph, build: QdqBuilder, node: ir.Node, w_dq: ir.
     return True
 
 
+def _fewer_rows_than_a_block(node: ir.Node) -> bool:
+    """Whether the GEMM's row count (every input dim but the last) is static and below 32, where
+    MLAS's kernel is right whatever the columns (a batch-1 classifier)."""
+    dims = dims_through_qdq(node.inputs[0])
+    if dims is None or not dims or not all(isinstance(d, int) for d in dims):
+        return False
+    return int(np.prod(dims[:-1])) < GEMM_BLOCK
+
+
 def _sliceable(node: ir.Node) -> bool:
     """Whether slicing `node`'s output (after its QuantizeLinear readers) leaves the graph outputs alone."""
     output = node.outputs[0]
@@ -360,10 +369,11 @@ def _sliceable(node: ir.Node) -> bool:
 
 
 def _remove_if_unread(graph: ir.Graph, dq: ir.Node) -> None:
-    """Remove a DequantizeLinear nothing reads any more, and its constant data input if it was the only reader."""
+    """Remove a DequantizeLinear nothing reads any more, and the initializers only it read."""
     if list(dq.outputs[0].uses()) or dq.outputs[0].is_graph_output():
         return
-    data = dq.inputs[0]
+    inputs = list(dq.inputs)
     graph.remove(dq, safe=True)
-    if data is not None and data.name in graph.initializers and not list(data.uses()):
-        del graph.initializers[data.name]
+    for value in inputs:
+        if value is not None and value.name in graph.initializers and not list(value.uses()) and not value.is_graph_output():
+            del graph.initializers[value.name]
