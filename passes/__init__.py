@@ -3,8 +3,8 @@
 `default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
 
     load-and-check
-    -> canonicalize: fold-constants -> fold-batchnorm -> remove-identity, repeated until a round
-       changes nothing
+    -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity, repeated
+       until a round changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt
     [-> place-for-onnxruntime -> space-to-depth-stem -> fit-ort-integer-kernels]  (target: onnxruntime)
     -> verify-quantization
@@ -20,6 +20,7 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
     from tao_qc.passes.fit_ort_integer_kernels import FitOrtIntegerKernels
     from tao_qc.passes.fold_batchnorm import FoldBatchNorm
     from tao_qc.passes.fold_constants import FoldConstants
+    from tao_qc.passes.fold_conv_affine import FoldConvAffine
     from tao_qc.passes.load_and_check import LoadAndCheck
     from tao_qc.passes.match_layers import MatchLayers
     from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
@@ -33,7 +34,7 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
         LoadAndCheck(source_path),
         # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
         # Identity is gone); repeating until a round changes nothing makes their order not matter.
-        FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), RemoveIdentity()]),
+        FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), FoldConvAffine(), RemoveIdentity()]),
         MatchLayers(),
         CheckCalibration(),
         QuantizeModelOpt(),

@@ -308,3 +308,56 @@ def test_check_calibration_accepts_random_only_when_asked_and_says_so_loudly(tmp
     assert any("RANDOM" in note for note in result.notes) and "RANDOM" in caplog.text
     with pytest.raises(InputError, match="no data given"):
         CheckCalibration().run(model, ctx(tmp_path, source=source))
+
+
+def test_fold_conv_affine_takes_the_recognizers_scale_and_shift_steps_into_its_convs(tmp_path, shared_models):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import ocr
+
+    source = shared_models / "ppocrv5_rec.onnx"
+    lines = ocr.line_batch([path for path, _ in ocr.labelled_lines(shared_models / "ppocrv5" / "lines")[:4]])
+    expected = session(source).run(None, {"x": lines})[0]
+    model = canonicalized(source, tmp_path)
+    readers_of_conv = [n for n in model.graph if n.op_type in ("Add", "Mul") and any(
+        v.producer() is not None and v.producer().op_type == "Conv" for v in n.inputs if v is not None)
+        and any(v.const_value is not None for v in n.inputs if v is not None)]
+    assert not readers_of_conv  # no Conv -> constant Add/Mul left
+    assert sum(n.op_type in ("Add", "Mul") for n in model.graph) < 80  # 184 in the export
+    got = outputs(model, {"x": lines})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
+
+
+def affine_around_conv(pads: list[int], before: list[tuple[str, float]], after: list[tuple[str, float]]) -> onnx.ModelProto:
+    """input -> steps `before` -> Conv(pads) -> steps `after` -> output, each step (op, constant)."""
+    rng = np.random.default_rng(7)
+    tensors = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    nodes, current = [], "input"
+    steps = [(op, value, 3) for op, value in before] + [("Conv", 0.0, 4)] + [(op, value, 4) for op, value in after]
+    for index, (op, value, channels) in enumerate(steps):
+        out = f"t{index}"
+        if op == "Conv":
+            nodes.append(helper.make_node("Conv", [current, "w"], [out], name="conv", kernel_shape=[3, 3], pads=pads))
+        else:
+            tensors[f"c{index}"] = np.full((1, channels, 1, 1), value, np.float32)
+            nodes.append(helper.make_node(op, [current, f"c{index}"], [out], name=f"step{index}"))
+        current = out
+    nodes.append(helper.make_node("Identity", [current], ["output"], name="out"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("pads,before_folded", [([0, 0, 0, 0], 2), ([1, 1, 1, 1], 0)])
+def test_fold_conv_affine_folds_steps_before_a_conv_only_without_padding(pads, before_folded, tmp_path):
+    from tao_qc.passes.fold_conv_affine import FoldConvAffine
+
+    proto = affine_around_conv(pads, [("Mul", 1.5), ("Add", 0.25)], [("Sub", 0.5), ("Div", 4.0), ("Add", -1.0)])
+    feeds = {"input": np.random.default_rng(8).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    expected = outputs(proto, feeds)[0]
+    result = FoldConvAffine().run(ir.from_proto(proto), ctx(tmp_path))
+    assert result.stats == {"folded_after_conv": 3, "folded_before_conv": before_folded}
+    np.testing.assert_allclose(outputs(result.model, feeds)[0], expected, rtol=1e-5, atol=1e-5)
