@@ -6,7 +6,8 @@
     -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity, repeated
        until a round changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt
-    [-> place-for-onnxruntime -> space-to-depth-stem -> fit-ort-integer-kernels]  (target: onnxruntime)
+    [-> place-for-onnxruntime -> integer-elementwise -> space-to-depth-stem -> fit-ort-integer-kernels]
+       (target: onnxruntime)
     -> verify-quantization
 """
 
@@ -21,6 +22,7 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
     from tao_qc.passes.fold_batchnorm import FoldBatchNorm
     from tao_qc.passes.fold_constants import FoldConstants
     from tao_qc.passes.fold_conv_affine import FoldConvAffine
+    from tao_qc.passes.integer_elementwise import IntegerElementwise
     from tao_qc.passes.load_and_check import LoadAndCheck
     from tao_qc.passes.match_layers import MatchLayers
     from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
@@ -40,10 +42,10 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
         QuantizeModelOpt(),
     ]
     if spec.target == "onnxruntime":
-        # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), then run a
-        # few-channel strided stem as a Conv ORT's kernels are efficient at, then give every
-        # integer unit shapes ORT's kernels compute right and fast (last: it sees the units the
-        # passes before it shaped).
-        passes += [PlaceForOnnxRuntime(), SpaceToDepthStem(), FitOrtIntegerKernels()]
+        # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), keep HardSwish
+        # and gates on uint8, run a few-channel strided stem as a Conv ORT's kernels are efficient
+        # at, then give every integer unit shapes ORT's kernels compute right and fast (last: it
+        # sees the units the passes before it shaped).
+        passes += [PlaceForOnnxRuntime(), IntegerElementwise(), SpaceToDepthStem(), FitOrtIntegerKernels()]
     passes.append(VerifyQuantization())
     return passes

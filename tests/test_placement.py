@@ -92,8 +92,9 @@ def test_weights_int8_initializers_and_activations_uint8(mnist):
     assert weights_int8 == 4 and activations_uint8 == 4
     used = {name for node in model.graph.node for name in node.input}
     assert not [i.name for i in model.graph.initializer if i.name not in used]  # replaced float weights/biases are gone
-    assert [p["pass"] for p in mnist["ort"].report["passes"]][-5:] == [
-        "quantize-modelopt", "place-for-onnxruntime", "space-to-depth-stem", "fit-ort-integer-kernels", "verify-quantization"]
+    assert [p["pass"] for p in mnist["ort"].report["passes"]][-6:] == [
+        "quantize-modelopt", "place-for-onnxruntime", "integer-elementwise", "space-to-depth-stem", "fit-ort-integer-kernels",
+        "verify-quantization"]
 
 
 def test_tensorrt_target_keeps_modelopts_placement(small_cnn):
