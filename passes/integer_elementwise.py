@@ -112,7 +112,8 @@ def _scalar_operand(step: ir.Node, value: ir.Value) -> float | None:
     constant = constant_array(step.inputs[other_index])
     if constant is None or constant.size != 1 or not np.issubdtype(constant.dtype, np.floating):
         return None
-    return float(constant.reshape(()))
+    value = float(constant.reshape(()))
+    return None if step.op_type == "Div" and value == 0 else value
 
 
 def _compose(chain: list[ir.Node], value: ir.Value) -> tuple[float, float]:

@@ -44,6 +44,8 @@ class VerifyQuantization:
         problems: list[str] = []
         checked = shared = 0
         quantized_names = {d.unit.name for d in decisions if d.quantized and d.unit.name not in declined}
+        # Elementwise nodes modelopt measured for an ONNX Runtime target quantize their tensors too.
+        quantized_names |= set(ctx.facts.get("measured_elementwise") or ())
         for decision in decisions:
             name = decision.unit.name
             node = nodes.get(name)
