@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from tao_qc.errors import InputError
+
+log = logging.getLogger("tao_qc.device")
 
 
 def resolve_device(device: str) -> str:
@@ -10,7 +14,10 @@ def resolve_device(device: str) -> str:
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            log.info("quantize.device: auto: no CUDA device here, quantizing on CPU")
+            return "cpu"
+        return "cuda"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError(

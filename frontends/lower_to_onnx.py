@@ -123,4 +123,7 @@ def lower_pytorch_file(
 
     model = load_pytorch_model(model_path, factory, factory_kwargs)
     names, examples = example_inputs_from_data(data, calibration=calibration, input_shape=input_shape)
-    return lower_to_onnx(model, examples, output, input_names=names, dynamic_batch=dynamic_batch)
+    # A model that names its outputs (RT-DETR's labels, boxes, scores) keeps those names in the graph,
+    # where detection decoders look for them.
+    return lower_to_onnx(model, examples, output, input_names=names, dynamic_batch=dynamic_batch,
+                         output_names=getattr(model, "output_names", None))

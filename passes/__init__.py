@@ -3,12 +3,16 @@
 `default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
 
     load-and-check
-    -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity, repeated
-       until a round changes nothing
-    -> match-layers -> check-calibration -> quantize-modelopt
+    -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity,
+       repeated until a round changes nothing
+    -> match-layers -> check-calibration -> quantize-modelopt -> clip-ranges   (`calibrating_passes`)
+    -> keep-float
     [-> place-for-onnxruntime -> integer-elementwise -> space-to-depth-stem -> fit-ort-integer-kernels]
        (target: onnxruntime)
-    -> verify-quantization
+    -> verify-quantization                                         (`finishing_passes`)
+
+Accuracy-driven fallback calibrates once and repeats only the finishing passes, with the nodes it
+keeps in float (`ctx.facts["keep_float"]`), on copies of the calibrated graph.
 """
 
 from __future__ import annotations
@@ -17,22 +21,23 @@ from typing import Any
 
 
 def default_passes(spec: Any, *, source_path: Any = None) -> list:
+    return calibrating_passes(spec, source_path=source_path) + finishing_passes(spec)
+
+
+def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
+    """From the user's file to modelopt's calibrated Q/DQ graph."""
     from tao_qc.passes.check_calibration import CheckCalibration
-    from tao_qc.passes.fit_ort_integer_kernels import FitOrtIntegerKernels
+    from tao_qc.passes.clip_ranges import ClipRanges
     from tao_qc.passes.fold_batchnorm import FoldBatchNorm
     from tao_qc.passes.fold_constants import FoldConstants
     from tao_qc.passes.fold_conv_affine import FoldConvAffine
-    from tao_qc.passes.integer_elementwise import IntegerElementwise
     from tao_qc.passes.load_and_check import LoadAndCheck
     from tao_qc.passes.match_layers import MatchLayers
-    from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
     from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
     from tao_qc.passes.remove_identity import RemoveIdentity
-    from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
-    from tao_qc.passes.verify_quantization import VerifyQuantization
     from tao_qc.pipeline import FixedPoint
 
-    passes: list = [
+    return [
         LoadAndCheck(source_path),
         # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
         # Identity is gone); repeating until a round changes nothing makes their order not matter.
@@ -40,12 +45,27 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
         MatchLayers(),
         CheckCalibration(),
         QuantizeModelOpt(),
+        ClipRanges(),
     ]
+
+
+def finishing_passes(spec: Any, *, verify: bool = True) -> list:
+    """From the calibrated graph to the model that is saved: nodes kept in float, placement for the
+    target, verification (left out of fallback's trials, which the final build verifies)."""
+    from tao_qc.passes.fit_ort_integer_kernels import FitOrtIntegerKernels
+    from tao_qc.passes.integer_elementwise import IntegerElementwise
+    from tao_qc.passes.keep_float import KeepFloat
+    from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
+    from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
+    from tao_qc.passes.verify_quantization import VerifyQuantization
+
+    passes: list = [KeepFloat()]
     if spec.target == "onnxruntime":
         # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), keep HardSwish
         # and gates on uint8, run a few-channel strided stem as a Conv ORT's kernels are efficient
         # at, then give every integer unit shapes ORT's kernels compute right and fast (last: it
         # sees the units the passes before it shaped).
         passes += [PlaceForOnnxRuntime(), IntegerElementwise(), SpaceToDepthStem(), FitOrtIntegerKernels()]
-    passes.append(VerifyQuantization())
+    if verify:
+        passes.append(VerifyQuantization())
     return passes

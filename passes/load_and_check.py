@@ -19,6 +19,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass, RemoveInitializersFromInputsPass
 
 from tao_qc.errors import InputError
+from tao_qc.model_fields import ModelFields
 from tao_qc.pipeline import PassContext, PassResult, light_proto
 
 
@@ -93,6 +94,8 @@ class LoadAndCheck:
             raise InputError(f"model {path}: ONNX shape inference fails: {_first_line(exc)}") from None
         _take_types(loaded, ir.from_proto(inferred))
         stats["nodes"] = len(loaded.graph)
+        # What the model carries besides its computation; every later pass must keep it.
+        ctx.facts["model_fields"] = ModelFields.of(loaded)
         return PassResult(loaded, changed=True, stats=stats, notes=notes)
 
 

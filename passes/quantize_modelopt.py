@@ -11,8 +11,11 @@ sweep and never copied whole.
 Settings, in order (the user's `backend_kwargs` are merged last and win):
 quantize_mode from the nodes' dtypes (int8; fp8 for fp8_e4m3fn), calibration_method from
 `spec.calibration_algorithm` (minmax -> "max", entropy -> "entropy"), calibration_eps (CPU, plus
-CUDA when `device` resolves to it), high_precision_dtype fp32 for CPU or ONNX Runtime targets
-(modelopt's fp16 default inserts Casts meant for TensorRT).
+CUDA when `device` resolves to it), high_precision_dtype from `quantize.float_dtype` (auto: fp16
+for target tensorrt, wherever quantization runs, so a strongly typed engine's float layers run
+FP16 like the FP16 engine it is compared with; fp32 for target onnxruntime). modelopt's fp16
+graph keeps FP32 inputs and outputs behind Casts, and ONNX Runtime's CPU provider still runs it
+(it casts around the fp16 nodes it has no kernels for), so the comparison after compile runs.
 
 modelopt applies TensorRT-driven exclusions of its own (GEMV/small MatMuls, some Convs); a node we
 asked for that comes back without Q/DQ is reported (warning, note, `ctx.facts["declined"]`), never
@@ -34,13 +37,14 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from tao_qc.errors import InputError, TaoQcError
+from tao_qc.errors import InputError, SpecError, TaoQcError
 from tao_qc.pipeline import (PROTOBUF_LIMIT_BYTES, PROVENANCE_KEY, PassContext, PassResult, constant_array, mark_created,
                              save_model, weight_bytes)
 
 log = logging.getLogger("tao_qc.quantize")
 
-CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy"}
+# percentile: modelopt's max, then clip-ranges narrows the activation ranges.
+CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "max"}
 MODES = {"int8": "int8", "fp8_e4m3fn": "fp8"}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
@@ -78,17 +82,18 @@ class QuantizeModelOpt:
         kwargs = modelopt_settings(spec, selected, decisions, mode, device, measured=measured)
         names_before = {node.name: dict(node.metadata_props) for node in model.graph}
 
-        with tempfile.TemporaryDirectory(prefix="modelopt-", dir=ctx.work_dir) as tmp:
-            source, target = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
-            # modelopt's copy is written with its weights beside it: raw tensor bytes instead of one
-            # large protobuf to serialize (about half the cost of handing the graph over).
-            save_model(model, source, external_data=True)
-            if weight_bytes(model) >= PROTOBUF_LIMIT_BYTES:
-                kwargs.setdefault("use_external_data_format", True)
-            ctx.facts["modelopt_timing"] = run_modelopt_in_child(
-                source, target, kwargs, batches, timeout_s=self.timeout_s, child=ctx.facts.pop("modelopt_process", None))
-            quantized = ir.load(target)
-            ir.external_data.load_to_model(quantized)  # read external weights before the folder goes
+        quantized = self._quantize(model, ctx, kwargs, batches)
+        if spec.target == "tensorrt" and selected and not _quantized_any(quantized, selected):
+            # modelopt's TensorRT heuristics (few-channel Convs, GEMV-shaped MatMuls) are about speed;
+            # where they would leave nothing of the user's selection quantized, the selection wins.
+            log.warning("modelopt.onnx's TensorRT heuristics exclude every selected node (%s); quantizing them anyway",
+                        _names(selected))
+            kwargs = {**kwargs, "enable_gemv_detection_for_trt": False, _KEEP_SMALL_CONVS: True, **spec.backend_kwargs}
+            quantized = self._quantize(model, ctx, kwargs, batches)
+        # modelopt writes a model of its own (its producer, no metadata or docs): the user's fields go back.
+        fields = ctx.facts.get("model_fields")
+        if fields is not None:
+            fields.restore(quantized, functions_from=model)
 
         created = 0
         for node in quantized.graph:
@@ -103,6 +108,7 @@ class QuantizeModelOpt:
         ctx.facts["ranges"] = facts["ranges"]
         ctx.facts["quantized_inputs"] = facts["quantized_inputs"]
         ctx.facts["quantize_mode"] = mode
+        ctx.facts["float_dtype"] = kwargs["high_precision_dtype"]  # backend_kwargs may have overridden the spec
         ctx.facts["modelopt_settings"] = {k: v for k, v in kwargs.items() if k not in ("nodes_to_quantize", "nodes_to_exclude")}
 
         notes = [f"modelopt.onnx {mode}: {len(selected)} nodes asked for, calibration "
@@ -131,6 +137,25 @@ class QuantizeModelOpt:
                  "quantize_linear": counts["QuantizeLinear"], "dequantize_linear": counts["DequantizeLinear"],
                  "nodes_created": created}
         return PassResult(quantized, changed=True, stats=stats, notes=notes)
+
+
+    def _quantize(self, model: ir.Model, ctx: PassContext, kwargs: dict[str, Any], batches: Any) -> ir.Model:
+        with tempfile.TemporaryDirectory(prefix="modelopt-", dir=ctx.work_dir) as tmp:
+            source, target = Path(tmp) / "input.onnx", Path(tmp) / "quantized.onnx"
+            # modelopt's copy is written with its weights beside it: raw tensor bytes instead of one
+            # large protobuf to serialize (about half the cost of handing the graph over).
+            save_model(model, source, external_data=True)
+            if weight_bytes(model) >= PROTOBUF_LIMIT_BYTES:
+                kwargs.setdefault("use_external_data_format", True)
+            ctx.facts["modelopt_timing"] = run_modelopt_in_child(
+                source, target, kwargs, batches, timeout_s=self.timeout_s, child=ctx.facts.pop("modelopt_process", None))
+            quantized = ir.load(target)
+            ir.external_data.load_to_model(quantized)  # read external weights before the folder goes
+        return quantized
+
+
+def _quantized_any(model: ir.Model, selected: list) -> bool:
+    return bool(set(collect_ranges(model)["quantized_inputs"]) & {d.unit.name for d in selected})
 
 
 def quantize_mode_for(selected: list) -> str:
@@ -167,30 +192,43 @@ def _names(decisions: list, limit: int = 4) -> str:
 
 
 def resolve_device(device: str) -> str:
-    """`cpu` as is; `cuda`/`auto` are checked the way the PyTorch path checks them (which needs
-    torch: seconds of import, so not paid for `cpu`)."""
+    """Where modelopt calibrates: its ONNX Runtime session runs on CUDA only where the CUDA provider
+    and a device are both present. `auto` takes CUDA there and says so when it falls back to CPU;
+    an explicit `cuda` without CUDA is an error."""
     if device == "cpu":
         return device
-    from tao_qc.frontends.device import resolve_device as resolve
+    import onnxruntime as ort
 
-    return resolve(device)
+    from tao_qc.runtimes.base import cuda_device_present
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers() and cuda_device_present()
+    if device == "auto":
+        if not cuda:
+            log.info("quantize.device: auto: no CUDA device here, calibrating on CPU")
+        return "cuda" if cuda else "cpu"
+    if not cuda:
+        raise InputError(f"quantize.device: '{device}' asked for, but no CUDA device with ONNX Runtime's CUDA "
+                         "provider is available here (valid here: cpu, or auto to use CUDA only where present)")
+    return device
 
 
 def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, device: str,
                       measured: dict[str, str] | None = None) -> dict[str, Any]:
     """modelopt.onnx.quantization.quantize's keyword arguments. `measured`: elementwise nodes (name ->
     op type) whose output ranges an ONNX Runtime target needs too (see integer_elementwise)."""
+    problem = spec.float_dtype_problem()  # again here: --target can change the target after the spec was read
+    if problem:
+        raise SpecError(problem, key="quantize.float_dtype", location=spec.source)
     eps = ["cpu"]
     if device.startswith("cuda"):
         index = device.split(":")[1] if ":" in device else "0"
         eps = [f"cuda:{index}", "cpu"]
-    cpu_like = spec.target == "onnxruntime" or not device.startswith("cuda")
     chosen = {d.unit.name for d in selected}
     settings: dict[str, Any] = {
         "quantize_mode": mode,
         "calibration_method": CALIBRATION_METHODS[spec.calibration_algorithm],
         "calibration_eps": eps,
-        "high_precision_dtype": "fp32" if cpu_like else "fp16",
+        "high_precision_dtype": spec.resolved_float_dtype,
         # modelopt reads these as regular expressions (re.match): anchor and escape the exact names.
         "nodes_to_quantize": [f"^{re.escape(name)}$" for name in sorted(chosen | set(measured or {}))],
         "nodes_to_exclude": [f"^{re.escape(d.unit.name)}$" for d in decisions if d.unit.name not in chosen],
@@ -213,7 +251,7 @@ def collect_ranges(model: ir.Model) -> dict[str, Any]:
     quantized_inputs: dict[str, list[str]] = {}
     for node in model.graph:
         if node.op_type == "QuantizeLinear":
-            source = node.inputs[0]
+            source = _before_casts(node.inputs[0])  # an fp16 graph quantizes `x_cast_to_fp16`: the range is x's
             scale = constant_array(node.inputs[1])
             zero = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
             if scale is None:
@@ -237,6 +275,14 @@ def collect_ranges(model: ir.Model) -> dict[str, Any]:
         if inputs:
             quantized_inputs[node.name] = inputs
     return {"ranges": ranges, "quantized_inputs": quantized_inputs}
+
+
+def _before_casts(value: ir.Value) -> ir.Value:
+    producer = value.producer()
+    while producer is not None and producer.op_type == "Cast" and producer.inputs[0] is not None:
+        value = producer.inputs[0]
+        producer = value.producer()
+    return value
 
 
 def _through_dq(value: ir.Value) -> bool:

@@ -194,7 +194,7 @@ def run_once(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndar
     from tao_qc.pipeline import light_proto_and_weights
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # a failure is raised as an exception and reported once, by the caller
     # Whether the graph runs and what it computes do not depend on ORT's fusions; the optimized
     # session is built once, by the comparison that ends compile.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

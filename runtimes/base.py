@@ -66,10 +66,17 @@ class RuntimeSettings:
     # TensorRT only: FP32 models are converted to an FP16 graph first (the GPU baseline), see tensorrt.py.
     fp16_baseline: bool = True
     tensorrt: TensorRTSpec = field(default_factory=TensorRTSpec)
+    # The batch sizes the engine will run at: a TensorRT engine's default optimization profile covers them.
+    batch_sizes: tuple[int, ...] = ()
+    # Full shapes of the data it will run (`tao_qc.shapes`): sizes the model leaves open besides the
+    # batch come from here (a TensorRT optimization profile needs them).
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads: {self.threads} is not a thread count (valid: 1 or more)")
+        if any(size < 1 for size in self.batch_sizes):
+            raise InputError(f"batch sizes {list(self.batch_sizes)}: each must be 1 or more")
         if self.device not in DEVICES:
             raise InputError(f"device: {self.device!r} is not supported (valid: {', '.join(DEVICES)})")
         if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
@@ -108,6 +115,10 @@ class Engine(Protocol):
         ...
 
     def latency(self, feeds: dict[str, np.ndarray], *, warmup: int, runs: int) -> LatencyResult: ...
+
+    def close(self) -> None:
+        """Release what the engine holds (device memory, contexts); it cannot run afterwards."""
+        ...
 
 
 @runtime_checkable

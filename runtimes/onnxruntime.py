@@ -44,6 +44,30 @@ def session_options(settings: RuntimeSettings, optimized_path: Path | None = Non
     return options
 
 
+# ORT's WeightBiasQuantization (BiasQuantization in older releases; onnxruntime/core/optimizer/
+# qdq_transformer) quantizes a Q/DQ Conv's float bias to int32 at scale input_scale * weight_scale,
+# computed in the scales' type. With fp16 scales (the float part of a graph made for TensorRT) that
+# product falls into fp16's subnormals and the bias comes out wrong: measured on UltraFace, a face
+# score moved by up to 0.9 against the same graph run unoptimized. TensorRT keeps such a bias in
+# float; these passes stay off for such graphs.
+_FP16_SCALE_UNSAFE = ["WeightBiasQuantization", "BiasQuantization"]
+
+
+def has_low_precision_qdq_scales(proto: Any) -> bool:
+    """Whether a QuantizeLinear/DequantizeLinear of the graph takes an fp16/bf16 scale initializer."""
+    import onnx
+
+    low = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    types = {init.name: init.data_type for init in proto.graph.initializer}
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1
+               and types.get(node.input[1]) in low for node in proto.graph.node)
+
+
+def disabled_optimizers_for(proto: Any) -> list[str]:
+    """ORT graph optimizers to turn off for this graph (see _FP16_SCALE_UNSAFE)."""
+    return list(_FP16_SCALE_UNSAFE) if has_low_precision_qdq_scales(proto) else []
+
+
 def providers_for(device: str) -> list[str]:
     """Execution providers in priority order for `device` (cpu, cuda, auto)."""
     import onnxruntime as ort
@@ -80,6 +104,10 @@ class OrtEngine:
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
         return OnnxrtRunner(self.session, name=name)
+
+    def close(self) -> None:
+        # The session's memory goes when the session is collected; dropping it is all there is to do.
+        self.session = None
 
     def latency(self, feeds: dict[str, np.ndarray], *, warmup: int, runs: int):
         from tao_qc.latency import summarize, time_calls
@@ -130,8 +158,10 @@ class OnnxRuntime:
             raise InputError(f"{model_path} is not a readable ONNX model: {exc}") from None
         optimized = artifact_path(model_path, settings, OPTIMIZED_SUFFIX) if settings.save_artifact else None
         options = session_options(settings, optimized)
+        disabled = disabled_optimizers_for(proto)
         try:
-            session = ort.InferenceSession(str(model_path), options, providers=providers_for(settings.device))
+            session = ort.InferenceSession(str(model_path), options, providers=providers_for(settings.device),
+                                           disabled_optimizers=disabled)
         except Exception as exc:  # noqa: BLE001 - ORT reports model faults as generic exceptions
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{model_path.name}: onnxruntime cannot load it: {message}") from None

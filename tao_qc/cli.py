@@ -20,6 +20,7 @@ from tao_qc.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, TaoQcError
 COMMANDS = {
     "compile": ("tao_qc.commands.compile:compile_command", "Quantize an ONNX (or PyTorch) model through the pass pipeline."),
     "quantize": ("tao_qc.commands.quantize:quantize_command", "Quantize a PyTorch model in-framework (torchao, modelopt.pytorch)."),
+    "sensitivity": ("tao_qc.commands.sensitivity:sensitivity_command", "Rank nodes by what quantizing them costs the accuracy metric."),
     "compare": ("tao_qc.commands.compare:compare_command", "Compare an FP32 and a quantized model on the same inputs."),
     "inspect": ("tao_qc.commands.inspect:inspect_command", "Summarize one model or dump, or diff two."),
     "bench": ("tao_qc.commands.bench:bench_command", "Measure latency and throughput of one or more models."),

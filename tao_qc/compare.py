@@ -14,6 +14,10 @@ What must hold (`CompareSpec`, CLI flags override):
 - Nothing set: classifier outputs need top-1 agreement >= 0.99 (`DEFAULT_MIN_TOP1_AGREEMENT`); other
   outputs need a mean per-sample cosine similarity >= 0.99 (`DEFAULT_MIN_COSINE`). Quantization
   never meets element-wise FP32 tolerances, so the default checks what users care about.
+- `task: detection` (or a `decoder`): boxes are the measure (`tao_qc.detection`). Raw outputs are
+  reported but not checked by cosine or top-1; instead the quantized model's mAP@.5 against FP32's
+  detections must be >= 0.9, or, with `annotations`, its mAP@[.5:.95] at most 0.01 below FP32's.
+  `task: dense` never reads a 2-D output as class scores.
 - Always: the candidate's outputs are finite wherever the reference's are.
 """
 
@@ -81,6 +85,10 @@ class Check:
             return f"{where}: {100 * self.value:.2f}% of elements within {self.why} (needs 100%)"
         if self.metric == "top1_agreement":
             return f"{where}: top-1 agreement {100 * self.value:.2f}% (needs >= {100 * self.threshold:.2f}%, {self.why})"
+        if self.metric == "map50_vs_fp32":
+            return f"detections: mAP@.5 against FP32's boxes {self.value:.4f} (needs >= {self.threshold:g}, {self.why})"
+        if self.metric == "map":
+            return f"detections: mAP@[.5:.95] {self.value:.4f} (needs >= {self.threshold:.4f}, {self.why})"
         return f"{where}: {self.metric} {self.value:.5f} (needs >= {self.threshold:g}, {self.why})"
 
 
@@ -96,6 +104,8 @@ class ComparisonResult:
     outputs: list[OutputMetrics] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     engines: dict[str, Any] = field(default_factory=dict)  # per role: artifact, build settings, layer precisions
+    task: str = "auto"
+    detection: dict[str, Any] | None = None  # `tao_qc.detection.DetectionComparison.result()`
 
     @property
     def passed(self) -> bool:
@@ -122,6 +132,8 @@ class ComparisonResult:
             "outputs": [o.to_dict() for o in self.outputs],
             "checks": [asdict(c) for c in self.checks],
             "engines": self.engines,
+            "task": self.task,
+            "detection": self.detection,
         }
 
     def render(self) -> Any:
@@ -148,6 +160,8 @@ class ComparisonResult:
         parts: list[Any] = [self._table(title, errors)]
         if len(agreement) > 1:
             parts.append(self._table(None, agreement))
+        if self.detection:
+            parts.extend(_detection_renderables(self.detection))
         if self.data_is_random:
             parts.append(Text("warning: compared on RANDOM inputs; give --data for figures that mean something", style="bold yellow"))
         if self.passed:
@@ -167,6 +181,39 @@ class ComparisonResult:
         for o in self.outputs:
             table.add_row(*(cell(o) for _, cell in columns))
         return table
+
+
+def _detection_renderables(section: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+    from rich.text import Text
+
+    against = ("the annotations" if section.get("against") == "annotations" else
+               f"FP32's detections at score >= {section.get('score_threshold'):g}")
+    lines = [Text(f"detection ({section.get('decoder')}): mAP@[.5:.95] {_map(section.get('map'))}, mAP@.5 "
+                  f"{_map(section.get('map50'))} of the quantized model against {against} "
+                  f"({section.get('images')} images, {section.get('truth_boxes')} boxes to find)")]
+    if section.get("against") == "annotations":
+        fp32, versus = section.get("fp32") or {}, section.get("vs_fp32") or {}
+        lines.append(Text(f"  FP32: mAP@[.5:.95] {_map(fp32.get('map'))}, mAP@.5 {_map(fp32.get('map50'))}; quantized "
+                          f"against FP32's detections: mAP@.5 {_map(versus.get('map50'))}"))
+    if section.get("note"):
+        lines.append(Text("note: " + section["note"], style="yellow"))
+    rows = section.get("per_class") or []
+    if rows:
+        table = Table(title="AP per class")
+        for header in ("class", "AP@[.5:.95]", "AP@.5") + (("FP32 AP",) if any("fp32_ap" in r for r in rows) else ()):
+            table.add_column(header, justify="left" if header == "class" else "right")
+        for row in rows:
+            cells = [str(row.get("name")), _map(row.get("ap")), _map(row.get("ap50"))]
+            if "fp32_ap" in row:
+                cells.append(_map(row.get("fp32_ap")))
+            table.add_row(*cells)
+        lines.append(table)
+    return lines
+
+
+def _map(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _fmt(value: float | None) -> str:
@@ -200,8 +247,9 @@ def error_histogram(abs_error: np.ndarray, bins: int = _HISTOGRAM_BINS) -> dict[
 
 
 def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, labels: np.ndarray | None = None,
-                   atol: float | None = None, rtol: float | None = None) -> OutputMetrics:
-    """Error figures of `candidate` against `reference` (all samples stacked on axis 0)."""
+                   atol: float | None = None, rtol: float | None = None, classify: bool = True) -> OutputMetrics:
+    """Error figures of `candidate` against `reference` (all samples stacked on axis 0); `classify`
+    False: a 2-D output is not read as class scores (detection and dense tasks)."""
     if reference.shape != candidate.shape:
         raise InputError(f"output '{name}' has shape {list(candidate.shape)} in the candidate but {list(reference.shape)} in the reference")
     ref = reference.astype(np.float64)
@@ -238,7 +286,7 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
     if atol is not None or rtol is not None:
         ok = (abs_error <= (atol or 0.0)) | (rel_error <= (rtol or 0.0))
         metrics.within_tolerance = float(ok.mean()) if ok.size else 1.0
-    if is_classifier_output(reference):
+    if classify and is_classifier_output(reference):
         metrics.is_classifier = True
         ref_top = reference.argmax(axis=1)
         cand_top = np.nan_to_num(candidate, nan=-np.inf).argmax(axis=1)
@@ -264,8 +312,10 @@ def is_classifier_output(array: np.ndarray) -> bool:
     return array.ndim == 2 and array.shape[1] > 1
 
 
-def checks_for(metrics: OutputMetrics, settings: CompareSpec) -> list[Check]:
-    """What `settings` asks of one output (see the module docstring for the defaults)."""
+def checks_for(metrics: OutputMetrics, settings: CompareSpec, *, boxes_checked: bool = False) -> list[Check]:
+    """What `settings` asks of one output (see the module docstring for the defaults).
+
+    `boxes_checked`: a detection check stands for the outputs, so no default cosine check."""
     checks = []
     tolerance_set = settings.atol is not None or settings.rtol is not None
     if metrics.nonfinite:
@@ -279,7 +329,7 @@ def checks_for(metrics: OutputMetrics, settings: CompareSpec) -> list[Check]:
         why = "min_top1_agreement" if settings.min_top1_agreement is not None else "default for classifier outputs"
         agreement = metrics.top1_agreement or 0.0
         checks.append(Check(metrics.name, "top1_agreement", agreement, threshold, agreement >= threshold, why))
-    if not metrics.is_classifier and not tolerance_set:
+    if not metrics.is_classifier and not tolerance_set and not boxes_checked:
         checks.append(Check(metrics.name, "cosine", metrics.cosine, DEFAULT_MIN_COSINE, metrics.cosine >= DEFAULT_MIN_COSINE,
                             "default for non-classifier outputs"))
     return checks
@@ -324,11 +374,13 @@ def compare_models(
     settings: CompareSpec | None = None,
     runtime_settings: Any = None,
     engines: tuple[Any, Any] | None = None,
+    image_color: str = "rgb",
 ) -> ComparisonResult:
     """Run both models on `inputs` (a `tao_qc.data.InputBatches` or any re-iterable of feed dicts)
     under polygraphy and measure the candidate against the reference.
 
     `engines`: already built (reference, candidate) engines to reuse (a TensorRT build is minutes).
+    `image_color`: the channel order of an image input (`rgb`, `bgr`), for the detection picture.
     """
     from polygraphy.comparator import Comparator
 
@@ -338,19 +390,37 @@ def compare_models(
     runtime_settings = runtime_settings or RuntimeSettings()
     if engines is None:
         backend = get_runtime(runtime)
-        engines = (backend.build(Path(reference), runtime_settings), backend.build(Path(candidate), runtime_settings))
+        built = [backend.build(Path(reference), runtime_settings)]
+        try:
+            built.append(backend.build(Path(candidate), runtime_settings))
+            return compare_models(reference, candidate, inputs, runtime=runtime, labels=labels, settings=settings,
+                                  runtime_settings=runtime_settings, engines=(built[0], built[1]))
+        finally:
+            for engine in built:
+                engine.close()
     ref_engine, cand_engine = engines
     check_same_inputs(ref_engine, cand_engine)
     _check_feeds(inputs, ref_engine)
+    task = settings.resolved_task
+    boxes = None
+    if task == "detection":
+        from tao_qc.detection import DetectionComparison
+
+        boxes = DetectionComparison(settings, color=image_color)  # a bad decoder or json fails before the run
 
     runners = [ref_engine.runner(REFERENCE_RUNNER), cand_engine.runner(CANDIDATE_RUNNER)]
     tolerance_set = settings.atol is not None or settings.rtol is not None
     verdicts: dict[str, bool] = {}
     with _quiet_polygraphy():
-        run_results = Comparator.run(runners, data_loader=inputs)
+        try:
+            run_results = Comparator.run(runners, data_loader=inputs)
+        except Exception as exc:  # noqa: BLE001 - runtimes raise their own types
+            raise _rejected_data_error(ref_engine, inputs, exc) or exc
         if tolerance_set:
             verdicts = _polygraphy_verdicts(run_results, settings)
-
+    if boxes is not None:
+        for ref_iteration, cand_iteration, feeds in zip(run_results[REFERENCE_RUNNER], run_results[CANDIDATE_RUNNER], inputs):
+            boxes.add(_arrays(ref_iteration), _arrays(cand_iteration), feeds)
 
     ref_outputs = _stack(run_results[REFERENCE_RUNNER])
     cand_outputs = _stack(run_results[CANDIDATE_RUNNER])
@@ -373,7 +443,12 @@ def compare_models(
         data_is_random=bool(getattr(inputs, "is_random", False)),
         tolerances={"atol": settings.atol, "rtol": settings.rtol, "min_top1_agreement": settings.min_top1_agreement,
                     "default_min_top1_agreement": DEFAULT_MIN_TOP1_AGREEMENT, "default_min_cosine": DEFAULT_MIN_COSINE},
+        task=task,
     )
+    if boxes is not None:
+        result.detection = boxes.result()
+        result.checks.extend(detection_checks(result.detection, settings))
+    boxes_checked = any(check.output == "detections" for check in result.checks)
     for role, engine in ((REFERENCE_RUNNER, ref_engine), (CANDIDATE_RUNNER, cand_engine)):
         result.engines[role] = {
             "artifact": str(engine.artifact) if engine.artifact else None,
@@ -384,11 +459,38 @@ def compare_models(
     for name in ref_engine.output_names:
         if name not in cand_outputs:
             raise InputError(f"{Path(candidate).name} has no output '{name}' (its outputs: {', '.join(cand_outputs)})")
-        metrics = output_metrics(name, ref_outputs[name], cand_outputs[name], labels=labels, atol=settings.atol, rtol=settings.rtol)
+        metrics = output_metrics(name, ref_outputs[name], cand_outputs[name], labels=labels, atol=settings.atol,
+                                 rtol=settings.rtol, classify=task in ("auto", "classification"))
         metrics.polygraphy_passed = verdicts.get(name) if tolerance_set else None
         result.outputs.append(metrics)
-        result.checks.extend(checks_for(metrics, settings))
+        result.checks.extend(checks_for(metrics, settings, boxes_checked=boxes_checked))
     return result
+
+
+def detection_checks(section: dict[str, Any], settings: CompareSpec) -> list[Check]:
+    """The default detection check (see the module docstring); none where mAP is undefined (FP32 finds
+    nothing to compare against), and then the raw outputs keep their cosine checks."""
+    from tao_qc.detection import DEFAULT_MAX_MAP_DROP, DEFAULT_MIN_MAP50_VS_FP32
+
+    if settings.atol is not None or settings.rtol is not None:
+        return []
+    if section.get("against") == "annotations":
+        fp32 = (section.get("fp32") or {}).get("map")
+        if fp32 is None or section.get("map") is None:
+            return []
+        floor = fp32 - DEFAULT_MAX_MAP_DROP
+        return [Check("detections", "map", section["map"], floor, section["map"] >= floor,
+                      f"default for detection: at most {DEFAULT_MAX_MAP_DROP:g} below FP32's {fp32:.4f}")]
+    value = (section.get("vs_fp32") or {}).get("map50")
+    if value is None:
+        return []
+    return [Check("detections", "map50_vs_fp32", value, DEFAULT_MIN_MAP50_VS_FP32, value >= DEFAULT_MIN_MAP50_VS_FP32,
+                  "default for detection")]
+
+
+def _arrays(iteration: Any) -> dict[str, np.ndarray]:
+    return {name: np.asarray(value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value)
+            for name, value in iteration.items()}
 
 
 def _polygraphy_verdicts(run_results: Any, settings: CompareSpec) -> dict[str, bool]:
@@ -418,6 +520,20 @@ def _stack(iterations: Any) -> dict[str, np.ndarray]:
             array = np.asarray(value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else value)
             per_output.setdefault(name, []).append(array if array.ndim else array.reshape(1))
     return {name: np.concatenate(arrays, axis=0) for name, arrays in per_output.items()}
+
+
+def _rejected_data_error(engine: Any, inputs: Any, error: BaseException) -> InputError | None:
+    """An InputError when the reference model itself cannot run the data (a size it does not take),
+    None when the failure lies elsewhere."""
+    from tao_qc.shapes import dynamic_axes, explain_rejected_shape
+
+    first = inputs.first() if hasattr(inputs, "first") else next(iter(inputs))
+    try:
+        engine.run(first)
+    except Exception:  # noqa: BLE001 - the data is what fails
+        return explain_rejected_shape(engine.run, first, dynamic_axes(engine.input_specs), error,
+                                      getattr(inputs, "key", "the data"))
+    return None
 
 
 def _check_feeds(inputs: Any, engine: Any) -> None:
@@ -462,32 +578,69 @@ def evaluate_quantized(
     """
     from tao_qc.latency import bench_models
     from tao_qc.runtimes.base import RuntimeSettings, get_runtime
+    from tao_qc.shapes import shapes_of
 
     runtime = spec.compare.runtime
+    compared_batch = getattr(inputs, "batch_size", None)
     settings = RuntimeSettings(
         artifact_dir=Path(artifact_dir) if artifact_dir else None,
         save_artifact=artifact_dir is not None,
         tensorrt=spec.tensorrt,
         fp16_baseline=spec.tensorrt.fp16_baseline,
+        batch_sizes=tuple(batch_sizes) + ((compared_batch,) if compared_batch else ()),
+        input_shapes=shapes_of(inputs.first()),
     )
     backend = get_runtime(runtime)
-    engines = (backend.build(Path(fp32_path), settings), backend.build(Path(quant_path), settings))
-    comparison = compare_models(fp32_path, quant_path, inputs, runtime=runtime, labels=labels, settings=spec.compare,
-                                runtime_settings=settings, engines=engines)
-    sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
-    if measure_latency:
-        sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=settings,
-                                           warmup=warmup, runs=runs, engines=list(engines)).to_dict()
+    built = [backend.build(Path(fp32_path), settings)]
+    try:
+        built.append(backend.build(Path(quant_path), settings))
+        engines = (built[0], built[1])
+        comparison = compare_models(fp32_path, quant_path, inputs, runtime=runtime, labels=labels, settings=spec.compare,
+                                    runtime_settings=settings, engines=engines, image_color=spec.calibration.color)
+        sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
+        if measure_latency:
+            # Timed at the shape of the data compared: a model with open height/width has no other.
+            sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=settings,
+                                               warmup=warmup, runs=runs, engines=list(engines),
+                                               shapes=shapes_of(inputs.first())).to_dict()
+    finally:
+        for engine in built:
+            engine.close()
     return sections
 
 
 def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
-    """AccuracyError (exit 1) when the comparison failed and `spec.compare.fail_on_mismatch` is set."""
+    """AccuracyError (exit 1) when the result misses what the spec asks and `compare.fail_on_mismatch` is set.
+
+    Without an accuracy metric the comparison's checks decide. With one (`accuracy.metric`), that
+    metric on the comparison data decides, with only the comparison checks the user set explicitly
+    (tolerances, `min_top1_agreement`) and NaN/Inf on top; fallback that ran out of
+    `max_float_fraction` fails too."""
     from tao_qc.errors import AccuracyError
 
     comparison = sections.get("comparison") or {}
-    if comparison and not comparison.get("passed", True) and spec.compare.fail_on_mismatch:
+    accuracy = sections.get("accuracy") or {}
+    failures = []
+    search = accuracy.get("search") or {}
+    if accuracy.get("ran") and not accuracy.get("reached") and search.get("sensitivity"):
+        failures.append(f"accuracy fallback kept {len(search.get('kept_float') or [])} nodes in float (at most "
+                        f"{search.get('limit')} allowed by max_float_fraction) and still misses {accuracy.get('target')}; "
+                        "the best model found is kept")
+    final = accuracy.get("final")
+    if final and final.get("met") is False:
+        failures.append(f"{final['metric']} {final['value']:.5g} on the comparison data misses {final['target']}")
+    if comparison and not comparison.get("passed", True):
+        checks = comparison.get("checks") or []
+        if final is not None:  # the metric decides; only the checks the user set count besides it
+            failures += [_describe_check(c) for c in checks if not c["passed"] and not c["why"].startswith("default")]
+        else:
+            failures += comparison.get("failures") or []
+    if failures and spec.compare.fail_on_mismatch:
         raise AccuracyError(
             f"{Path(str(comparison.get('candidate'))).name} failed the comparison with "
-            f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(comparison.get("failures") or [])
+            f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(failures)
         )
+
+
+def _describe_check(check: dict[str, Any]) -> str:
+    return Check(**{k: check[k] for k in ("output", "metric", "value", "threshold", "passed", "why")}).describe()

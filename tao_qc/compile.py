@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tao_qc.accuracy.calibrated import CalibratedGraph
 from tao_qc.errors import InputError
 from tao_qc.pipeline import DUMP_MODES, DumpInstrument, PassContext, PassRecord, Pipeline, format_summary
 
@@ -70,6 +71,7 @@ def compile_model(
     model_factory: str | None = None,
     factory_kwargs: dict[str, Any] | None = None,
     input_shape: tuple[int, ...] | None = None,
+    raise_on_mismatch: bool = True,
 ) -> CompileResult:
     """Quantize the ONNX model at `model_path` (default: the spec's `model_path`) as `spec` says.
 
@@ -80,13 +82,14 @@ def compile_model(
     print_after: pass names whose canonical text is printed (through `echo`, default print).
     calibration: an `InputBatches` to use instead of the spec's `calibration.data`.
     compare: run the FP32-vs-quantized comparison at the end (report sections, report.html; a failed
-    check raises AccuracyError after the results are in place).
+    check raises AccuracyError after the results are in place, unless `raise_on_mismatch` is False:
+    then `raise_if_failed(result.report, result.spec)` does it once the caller has shown the result).
     A model that is not `.onnx` is a PyTorch model (a checkpoint with `model_factory`, TorchScript or
     a `.pt2` program): it is lowered to `<stem>.fp32.onnx` in the results first, with input names and
     shapes from the calibration data (or `input_shape`), and that graph enters the pipeline.
     """
     from tao_qc.fileio import atomic_write_text, staged_dir
-    from tao_qc.passes import default_passes
+    from tao_qc.passes import calibrating_passes, finishing_passes
     from tao_qc.spec import load_spec
 
     spec = load_spec(spec if spec is not None else {}).for_onnx_pipeline()
@@ -114,20 +117,45 @@ def compile_model(
         if source.suffix.lower() != ".onnx":
             source = _lower_pytorch(source, stage, spec, model_factory, factory_kwargs, input_shape)
         ctx = PassContext(spec=spec, work_dir=stage, source_path=source, calibration=calibration)
-        pipeline = Pipeline(default_passes(spec, source_path=source), [dumps])
-        ctx.facts["modelopt_process"] = _prestart_modelopt(pipeline)
+        calibrating = Pipeline(calibrating_passes(spec, source_path=source), [dumps])
+        finishing = Pipeline(finishing_passes(spec), [dumps])
+        ctx.facts["modelopt_process"] = _prestart_modelopt(calibrating)
         try:
-            result = pipeline.run(None, ctx)
+            calibrated = calibrating.run(None, ctx)
         finally:
             process = ctx.facts.pop("modelopt_process", None)
             if process is not None:
                 process.close()
+        # Accuracy trials start again from the calibrated graph: kept before the finishing passes change it.
+        snapshot = CalibratedGraph.take(calibrated.model, ctx, stage) if compare and _may_need_trials(spec) else None
+        dump_state = (dumps.previous_text, dumps.previous_name)
+        finished = finishing.run(calibrated.model, ctx, after=calibrated.records)
+        records = calibrated.records + finished.records
 
         mode = ctx.facts.get("quantize_mode", "int8")
         quantized = stage / f"{stem}.{_SUFFIX.get(mode, mode)}.onnx"
-        _save(result.model, quantized)
-        report = build_report(spec, source, final / quantized.name, result.records, ctx, time.perf_counter() - started)
-        sections = _relocated(_compare(spec, source, quantized, ctx), str(stage), str(final)) if compare else {}
+        _save(finished.model, quantized, spec)
+        sections: dict[str, Any] = {}
+        if compare:
+            sections = _compare(spec, source, quantized, ctx)
+            if snapshot is not None:
+                outcome = _accuracy(spec, source, ctx, snapshot, sections)
+                if outcome.rebuild is not None:
+                    # The finishing passes again, from the graph the search settled on; their dumps
+                    # diff against the calibrated graph as the first run's did.
+                    ctx.facts = outcome.rebuild.facts_with(outcome.keep_float or {})
+                    dumps.previous_text, dumps.previous_name = dump_state
+                    finished = finishing.run(outcome.rebuild.model(), ctx, after=calibrated.records)
+                    records = calibrated.records + finished.records
+                    _save(finished.model, quantized, spec)
+                    before = sections
+                    sections = _compare(spec, source, quantized, ctx)
+                    outcome.after_rebuild(before, sections)
+                outcome.final = _final_metric(spec, source, quantized, ctx, snapshot.folder, outcome)
+                sections["accuracy"] = outcome.section()
+                snapshot.discard()
+            sections = _relocated(sections, str(stage), str(final))
+        report = build_report(spec, source, final / quantized.name, records, ctx, time.perf_counter() - started)
         report.update(sections)
         atomic_write_text(stage / REPORT_NAME, json.dumps(report, indent=2, default=str) + "\n")
         if compare:
@@ -136,17 +164,17 @@ def compile_model(
             write_html_report(report, stage / HTML_REPORT_NAME)
 
     log.info("quantized model: %s", final / quantized.name)
-    if sections:
+    if sections and raise_on_mismatch:
         from tao_qc.compare import raise_if_failed
 
         # Results stay on disk either way: a failed check is what the report is for.
-        raise_if_failed(sections, spec)
+        raise_if_failed(report, spec)
     return CompileResult(
         results_dir=final,
         model_path=final / quantized.name,
         report_path=final / REPORT_NAME,
         report=report,
-        records=result.records,
+        records=records,
         decisions=list(ctx.facts.get("decisions") or []),
         spec=spec,
         dump_dir=(Path(dump_dir) if dump_dir else final / PASSES_DIR),
@@ -174,9 +202,35 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
         batches.validate()
     else:
         batches = ctx.calibration
-    labels = load_labels(spec.compare.labels, key="quantize.compare.labels") if spec.compare.labels else None
+    user_metric = spec.accuracy.metric is not None and ":" in spec.accuracy.metric
+    labels = load_labels(spec.compare.labels, key="quantize.compare.labels", others=user_metric) if spec.compare.labels else None
     log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
     return evaluate_quantized(source, quantized, batches, spec, labels)
+
+
+def _may_need_trials(spec: Any) -> bool:
+    """Whether the accuracy check can need the calibrated graph again (a trial, or fallback)."""
+    return spec.accuracy.fallback == "auto" or spec.accuracy.metric is not None
+
+
+def _accuracy(spec: Any, source: Path, ctx: PassContext, snapshot: Any, sections: dict[str, Any]) -> Any:
+    from tao_qc.accuracy.fallback import check_accuracy
+
+    return check_accuracy(spec, source, ctx, snapshot, sections)
+
+
+def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, folder: Path, outcome: Any) -> dict | None:
+    """The accuracy metric of the saved model on the comparison data (where a metric is set)."""
+    if spec.accuracy.metric is None:
+        return None
+    from tao_qc.accuracy.fallback import measure_model
+
+    try:
+        return measure_model(spec, source, quantized, ctx.calibration, folder, outcome.target)
+    except Exception as exc:  # noqa: BLE001 - a user metric may need labels the comparison data lacks
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("accuracy metric %s not measured on the comparison data: %s", outcome.target.name, reason)
+        return {"metric": outcome.target.name, "error": f"{type(exc).__name__}: {reason}", "met": None}
 
 
 def _lower_pytorch(source: Path, stage: Path, spec: Any, factory: str | None,
@@ -228,9 +282,12 @@ def _check_results_dir(final: Path, source: Path) -> None:
         )
 
 
-def _save(model: Any, path: Path) -> None:
+def _save(model: Any, path: Path, spec: Any) -> None:
+    from tao_qc import __version__
+    from tao_qc.model_fields import stamp
     from tao_qc.pipeline import save_model
 
+    stamp(model, spec, __version__)
     save_model(model, path)
 
 
@@ -263,6 +320,7 @@ def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord
         "spec": spec.normalized(),
         "spec_file": spec.source,
         "quantize_mode": ctx.facts.get("quantize_mode"),
+        "float_dtype": ctx.facts.get("float_dtype"),  # what everything not quantized is stored in
         "opset": ctx.facts.get("opset"),
         "calibration": {
             "data": calibration.describe() if calibration is not None else None,

@@ -312,8 +312,12 @@ def open_inputs(
     max_samples: int | None = None,
     batch_size: int | None = None,
     key: str = "quantize.calibration.data",
+    shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> InputBatches:
-    """Open `data` as batches fitting `inputs`; every mismatch is an `InputError` naming `key`."""
+    """Open `data` as batches fitting `inputs`; every mismatch is an `InputError` naming `key`.
+
+    `shapes` (`{input: full shape}`, e.g. from `--input-shapes`) sizes `random` data where the model
+    leaves dimensions open."""
     calibration = calibration or CalibrationSpec()
     max_samples = max_samples if max_samples is not None else calibration.max_samples
     batch_size = batch_size if batch_size is not None else calibration.batch_size
@@ -336,9 +340,9 @@ def open_inputs(
         for seed, info in enumerate(inputs):
             if info.dtype.kind != "f":
                 raise InputError(f"{key}: random data can only feed float inputs, not {info.describe()}")
-            dims = info.shape[1:]
-            if not all(isinstance(d, int) and d > 0 for d in dims):
-                raise InputError(f"{key}: input {info.describe()} has a dynamic dimension; random data needs a fixed shape (give real data)")
+            from tao_qc.shapes import resolve_shape
+
+            dims = resolve_shape(info, shapes)[1:]
             sources[info.name] = _RandomArray((max_samples, *dims), info.dtype, seed)
         return InputBatches(sources, max_samples, batch_size, "random data", True, key)
 
@@ -377,8 +381,11 @@ def open_inputs(
     return InputBatches(sources, count, batch_size, str(path), False, key)
 
 
-def load_labels(path: str | Path, key: str = "quantize.compare.labels") -> np.ndarray:
-    """Integer class labels from a `.npy` (or a `.npz` with one array, or one named `labels`)."""
+def load_labels(path: str | Path, key: str = "quantize.compare.labels", *, others: bool = False) -> np.ndarray | None:
+    """Integer class labels from a `.npy` (or a `.npz` with one array, or one named `labels`).
+
+    `others`: labels of another kind (texts, boxes) are allowed, for a user's accuracy metric: then
+    None is returned for them (they are no classes to count top-1 against)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{key}: {path} does not exist")
@@ -399,5 +406,9 @@ def load_labels(path: str | Path, key: str = "quantize.compare.labels") -> np.nd
         labels = labels.argmax(axis=1)  # one-hot
     labels = labels.reshape(-1)
     if labels.dtype.kind not in "iu":
+        if others:
+            log.info("%s: %s labels are not class indices: no top-1 accuracy (the accuracy metric reads them)",
+                     key, labels.dtype.name)
+            return None
         raise InputError(f"{key}: labels must be integer class indices, got {labels.dtype.name}")
     return labels

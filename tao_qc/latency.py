@@ -91,26 +91,28 @@ class BatchNotSupported(InputError):
     """The model's batch dimension is fixed at another size than the one asked for."""
 
 
-def synthetic_feeds(inputs: Sequence[Any], batch_size: int, *, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_feeds(inputs: Sequence[Any], batch_size: int, *, seed: int = 0,
+                    shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, np.ndarray]:
     """Random feeds for `inputs` (`tao_qc.data.InputInfo`) at `batch_size`.
 
+    Dimensions the model leaves open besides the batch come from `shapes` (`{input: full shape}`, the
+    data's or `--input-shapes`; its batch dimension is replaced by `batch_size`).
     A fixed batch dimension that differs from `batch_size` raises `BatchNotSupported`: rewriting it
     on a copy is unsound for graphs that bake the batch into Reshape shapes (mnist_cntk does), so
     bench reports the row as skipped instead.
     """
+    from tao_qc.shapes import resolve_shape
+
     rng = np.random.default_rng(seed)
     feeds = {}
     for info in inputs:
-        shape = list(info.shape)
-        if not shape:
+        if not info.shape:
             raise InputError(f"input {info.describe()} is a scalar; latency needs batched inputs")
-        first = shape[0]
+        first = info.shape[0]
         if isinstance(first, int) and first > 0 and first != batch_size:
             raise BatchNotSupported(f"fixed batch {first} ({info.describe()})")
-        shape[0] = batch_size
-        if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-            raise InputError(f"input {info.describe()} has a dynamic dimension besides the batch; give feeds or shapes")
-        feeds[info.name] = _random(rng, tuple(shape), info.dtype)
+        shape = resolve_shape(info, shapes)
+        feeds[info.name] = _random(rng, (batch_size, *shape[1:]), info.dtype)
     return feeds
 
 
@@ -169,8 +171,11 @@ def measure_latency(
 
     settings = settings or RuntimeSettings(threads=threads, save_artifact=False)
     engine = get_runtime(runtime).build(Path(model_path), settings)
-    feeds = _feeds_from(engine, feeds_or_shapes, batch_size)
-    return engine.latency(feeds, warmup=warmup, runs=runs)
+    try:
+        feeds = _feeds_from(engine, feeds_or_shapes, batch_size)
+        return engine.latency(feeds, warmup=warmup, runs=runs)
+    finally:
+        engine.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,17 +233,27 @@ def bench_models(
     runs: int = DEFAULT_RUNS,
     on_progress: Callable[[], None] | None = None,
     engines: Sequence[Any] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> BenchTable:
     """Time every model at every batch size with the same settings; ratios are against the first model.
 
     `engines`: already built engines for `model_paths` (same order) to reuse instead of building.
+    `shapes`: `{input: full shape}` for dimensions the models leave open besides the batch.
     """
     from tao_qc.runtimes.base import RuntimeSettings, get_runtime
 
     settings = settings or RuntimeSettings(threads=2)
     if engines is None:
         backend = get_runtime(runtime)
-        engines = [backend.build(Path(path), settings) for path in model_paths]
+        built: list[Any] = []
+        try:
+            for path in model_paths:
+                built.append(backend.build(Path(path), settings))
+            return bench_models(model_paths, batch_sizes, runtime=runtime, settings=settings, warmup=warmup, runs=runs,
+                                on_progress=on_progress, engines=built)
+        finally:
+            for engine in built:
+                engine.close()
     _check_same_inputs(engines)
     table = BenchTable(runtime, {**settings.to_dict(), "device": engines[0].device if engines else settings.device})
     for batch in batch_sizes:
@@ -246,7 +261,7 @@ def bench_models(
         for index, engine in enumerate(engines):
             row = BenchRow(str(model_paths[index]), batch)
             try:
-                feeds = synthetic_feeds(engine.input_specs, batch)
+                feeds = synthetic_feeds(engine.input_specs, batch, shapes=shapes)
             except BatchNotSupported as exc:
                 row.note = str(exc)
                 log.warning("%s: batch %d skipped: %s", model_paths[index], batch, exc)

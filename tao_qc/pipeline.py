@@ -330,8 +330,10 @@ class TimingInstrument(Instrument):
 
 
 class InvariantInstrument(Instrument):
-    """Between passes: the model passes onnx.checker and strict shape inference, and its inputs and
-    outputs keep their names and types (compared with the first pass's result)."""
+    """Between passes: the model passes onnx.checker and strict shape inference, its inputs and
+    outputs keep their names and types (compared with the first pass's result), and it keeps what the
+    user's model carries besides its computation (`ctx.facts["model_fields"]`: metadata, doc strings,
+    opsets, local functions)."""
 
     def __init__(self) -> None:
         self.interface: dict | None = None
@@ -350,6 +352,10 @@ class InvariantInstrument(Instrument):
         problem = _same_interface(self.interface, interface)
         if problem:
             raise InvariantError(problem)
+        fields = ctx.facts.get("model_fields")
+        lost = fields.lost_in(result.model) if fields is not None else []
+        if lost:
+            raise InvariantError(f"the model lost what the source carried: {'; '.join(lost)}")
 
 
 class DumpInstrument(Instrument):
@@ -472,10 +478,13 @@ class Pipeline:
         """The pass names, groups' passes in place (each once)."""
         return [q.name for p in self.passes for q in (p.passes if isinstance(p, FixedPoint) else [p])]
 
-    def run(self, model: ir.Model | None, ctx: PassContext) -> PipelineResult:
+    def run(self, model: ir.Model | None, ctx: PassContext, *, after: Sequence[PassRecord] = ()) -> PipelineResult:
+        """`after`: the records of the passes that ran before, where this pipeline continues another
+        (compile runs the calibrating and the finishing passes as two): numbering and failure
+        reports go on from them."""
         from tao_qc.textform import op_counts
 
-        state = _RunState(model, op_counts(model) if model is not None else {})
+        state = _RunState(model, op_counts(model) if model is not None else {}, before=[r.name for r in after])
         try:
             for entry in self.passes:
                 if not isinstance(entry, FixedPoint):
@@ -502,7 +511,7 @@ class Pipeline:
         from tao_qc.textform import op_counts, op_delta
 
         model, records = state.model, state.records
-        index = len(records)
+        index = len(state.before) + len(records)
         record = PassRecord(index, pass_.name)
         records.append(record)
         received = _Received(model) if model is not None else None
@@ -527,7 +536,8 @@ class Pipeline:
             record.failed = True
             error: BaseException = exc
             if not isinstance(exc, (InputError, KeyboardInterrupt, SystemExit)):
-                error = PassFailure(pass_.name, index, [r.name for r in records[:-1]], exc)
+                before = [*state.before, *(r.name for r in records[:-1])]
+                error = PassFailure(pass_.name, index, before, exc)
             for instrument in self.instruments:
                 try:
                     instrument.after_failure(record, pass_, received.proto() if received else None, error, ctx)
@@ -548,3 +558,4 @@ class _RunState:
     model: ir.Model | None
     counts: dict[str, int]
     records: list[PassRecord] = field(default_factory=list)
+    before: list[str] = field(default_factory=list)  # names of the passes an earlier pipeline ran

@@ -2,7 +2,7 @@
 how the error is spread, and how fast each model runs. Inline CSS and SVG only, no scripts and no
 external assets, so it opens anywhere (a mail attachment, a CI artifact) exactly as written.
 
-Input: the compile `report.json` dict (`spec`, `decisions`, `passes`, `counts`, `versions`) plus the
+Input: the compile `report.json` dict (`spec`, `decisions`, `warnings`, `passes`, `counts`, `versions`) plus the
 `comparison` (`ComparisonResult.to_dict()`) and `latency` (`BenchTable.to_dict()`) sections. Every
 section is optional; a missing one is said to be missing, never an exception.
 """
@@ -48,9 +48,13 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monosp
 .note { color: var(--muted); font-size: 13px; }
 .missing { color: var(--muted); font-style: italic; }
 .failures { color: var(--bad); margin: 8px 0 0 18px; padding: 0; }
+.warnings { color: var(--warn); margin: 8px 0 0 18px; padding: 0; }
 .grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px; }
 .figure { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; }
 .figure .cap { color: var(--muted); font-size: 12px; margin-top: 4px; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
+.pair svg { width: 100%; height: auto; display: block; border-radius: 4px; }
+.key-fp32 { color: #2f6fde; font-weight: 600; } .key-quant { color: #d9480f; font-weight: 600; }
 details summary { cursor: pointer; color: var(--accent); margin: 8px 0; }
 pre { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px; overflow: auto; font-size: 12px; }
 """
@@ -74,8 +78,11 @@ def render_html(report: dict[str, Any]) -> str:
         f"<h1>{escape(title)}</h1>",
         f'<p class="sub">{_subtitle(report)}</p>',
         _summary_cards(report, comparison, latency),
+        _warnings_section(report.get("warnings")),
         "<h2>Accuracy: quantized against FP32</h2>",
         _comparison_section(comparison),
+        _detection_section((comparison or {}).get("detection")),
+        _accuracy_section(report.get("accuracy")),
         "<h2>Latency</h2>",
         _latency_section(latency),
         "<h2>Quantization decisions</h2>",
@@ -143,8 +150,10 @@ def _summary_cards(report: dict[str, Any], comparison: dict[str, Any] | None, la
         cards.append(_card("accuracy check", '<span class="badge none">not run</span>'))
     decisions = report.get("decisions") or []
     if decisions:
-        quantized = sum(1 for d in decisions if d.get("quantized"))
-        cards.append(_card("nodes quantized", f"{quantized} / {len(decisions)}", "compute nodes the spec selected"))
+        quantized = sum(1 for d in decisions if _runs_quantized(d))
+        declined = sum(1 for d in decisions if d.get("declined_by_backend"))
+        detail = "of the compute nodes" + (f"; {declined} the backend left in float" if declined else "")
+        cards.append(_card("nodes quantized", f"{quantized} / {len(decisions)}", escape(detail)))
     elif isinstance(report.get("counts"), dict) and report["counts"]:
         counts = report["counts"]
         first = next(iter(counts.items()))
@@ -220,6 +229,122 @@ def _comparison_section(comparison: dict[str, Any] | None) -> str:
     if figures:
         parts.append("<h3>Error distribution</h3>" + f'<div class="grid2">{"".join(figures)}</div>')
     return "\n".join(parts)
+
+
+def _accuracy_section(section: dict[str, Any] | None) -> str:
+    """What the accuracy target was, whether plain quantization met it, and what fallback did:
+    clipped ranges, every node's sensitivity in graph order, the nodes kept float, the steps taken."""
+    if not section:
+        return ""
+    from tao_qc.accuracy.plot import sensitivity_svg
+
+    badge = '<span class="badge pass">reached</span>' if section.get("reached") else '<span class="badge fail">missed</span>'
+    parts = [f"<h3>Accuracy target {badge}</h3>",
+             f'<p class="note">{escape(str(section.get("target")))} on {escape(str(section.get("data")))}; '
+             f'FP32 {_num(section.get("fp32"))}, every selected node quantized {_num(section.get("quantized"))}. '
+             f'Fallback: {escape(str(section.get("fallback")))}.</p>']
+    if section.get("judged_on_calibration_data"):
+        parts.append('<p><span class="badge warn">warning</span> judged on the calibration data: give '
+                     'quantize.accuracy.data (held out) for figures you can trust.</p>')
+    clipping = section.get("clipping")
+    if clipping:
+        parts.append(f"<p>Activation ranges clipped at the {_num(clipping['percentile'])}th percentile of |x| "
+                     f"({clipping['ranges_clipped']} ranges): {_num(clipping['value'])}, target "
+                     f"{'met' if clipping['met'] else 'missed'}; "
+                     f"{'kept' if clipping.get('kept') else 'not kept (max ranges measured better)'}.</p>")
+    search = section.get("search") or {}
+    if search.get("sensitivity"):
+        kept = {k["name"] for k in search.get("kept_float") or []}
+        parts.append(f"<p>{len(kept)} of {search.get('candidates')} nodes kept in float (at most {search.get('limit')} "
+                     f"allowed); {search['evaluations']['full']} evaluations of the accuracy data and "
+                     f"{search['evaluations']['ranking_trials']} ranking trials on {search['sensitivity']['samples']} samples, "
+                     f"{_num(search.get('seconds'))} s. Speed against FP32: {_ratio(section.get('speed_before'))} before, "
+                     f"{_ratio(section.get('speed_after'))} after.</p>")
+        nodes = search["sensitivity"]["nodes"]
+        parts.append(f'<div class="figure">{sensitivity_svg(nodes, kept)}<div class="cap">Sensitivity per node in graph '
+                     "order: up, what keeping it alone in float gives back; down, what quantizing it alone costs; "
+                     "red: kept in float.</div></div>")
+        rows = [f"<tr><td><code>{escape(k['name'])}</code></td><td class=\"num\">{k.get('rank', '-')}</td>"
+                f"<td class=\"num\">{_num(k.get('gain'))}</td><td class=\"num\">{_num(k.get('damage'))}</td></tr>"
+                for k in search.get("kept_float") or []]
+        if rows:
+            parts.append(_table(["kept in float", "rank", "gain (float alone)", "damage (quantized alone)"], rows, numeric_from=1))
+        steps = [f"<tr><td>{escape(st['phase'])}</td><td class=\"num\">{st['float_nodes']}</td>"
+                 f"<td class=\"num\">{_num(st['value'])}</td><td>{'met' if st['met'] else 'missed'}</td></tr>"
+                 for st in search.get("steps") or []]
+        parts.append("<h3>Search steps (full evaluations)</h3>" + _table(["phase", "float nodes", "value", "target"], steps, numeric_from=1))
+    final = section.get("final")
+    if final:
+        shown = (f"{escape(str(final['metric']))} {_num(final.get('value'))} (FP32 {_num(final.get('fp32'))}) on "
+                 f"{escape(str(final.get('data')))}: {'met' if final.get('met') else 'missed'}" if "value" in final
+                 else f"not measured on the comparison data: {escape(str(final.get('error')))}")
+        parts.append(f"<p>The saved model: {shown}.</p>")
+    return "\n".join(parts)
+
+
+def _detection_section(section: dict[str, Any] | None) -> str:
+    """mAP, AP per class, and both models' boxes drawn on a few samples side by side."""
+    if not section:
+        return ""
+    threshold = section.get("score_threshold")
+    against = ("the annotations" + (f" (<code>{escape(Path(str(section['annotations'])).name)}</code>)" if section.get("annotations") else "")
+               if section.get("against") == "annotations" else f"FP32's detections at score &ge; {threshold:g}")
+    parts = ["<h2>Detections: quantized against FP32</h2>",
+             f'<p class="note">Decoder <code>{escape(str(section.get("decoder")))}</code>; COCO mAP of the quantized model '
+             f'against {against}, on {section.get("images")} images with {section.get("truth_boxes")} boxes to find.</p>']
+    versus = section.get("vs_fp32") or {}
+    if section.get("against") == "annotations":
+        fp32 = section.get("fp32") or {}
+        rows = [f"<tr><td>{name}</td><td class=\"num\">{_fixed(fp32.get(key), 4)}</td><td class=\"num\">"
+                f"{_fixed(section.get(key), 4)}</td><td class=\"num\">{_fixed(versus.get(key), 4)}</td></tr>"
+                for name, key in (("mAP@[.5:.95]", "map"), ("mAP@.5", "map50"))]
+        parts.append(_table(["metric", "FP32", "quantized", "quantized against FP32's boxes"], rows, numeric_from=1))
+    else:
+        rows = [f"<tr><td>{name}</td><td class=\"num\">{_fixed(section.get(key), 4)}</td></tr>"
+                for name, key in (("mAP@[.5:.95]", "map"), ("mAP@.5", "map50"))]
+        parts.append(_table(["metric", "quantized against FP32's boxes (1.0: the same boxes)"], rows, numeric_from=1))
+    if section.get("note"):
+        parts.append(f'<p><span class="badge warn">note</span> {escape(str(section["note"]))}</p>')
+    per_class = section.get("per_class") or []
+    if per_class:
+        with_fp32 = any("fp32_ap" in row for row in per_class)
+        rows = [f"<tr><td>{escape(str(row.get('name')))}</td><td class=\"num\">{_fixed(row.get('ap'), 4)}</td>"
+                f"<td class=\"num\">{_fixed(row.get('ap50'), 4)}</td>"
+                + (f"<td class=\"num\">{_fixed(row.get('fp32_ap'), 4)}</td>" if with_fp32 else "") + "</tr>"
+                for row in per_class]
+        parts.append("<h3>AP per class</h3>" + _table(["class", "AP@[.5:.95]", "AP@.5"] + (["FP32 AP@[.5:.95]"] if with_fp32 else []),
+                                                      rows, numeric_from=1))
+    samples = section.get("samples") or []
+    if samples:
+        figures = []
+        for sample in samples:
+            panels = "".join(_boxes_svg(sample, role) for role in ("fp32", "quantized"))
+            figures.append(
+                f'<div class="figure"><div class="pair">{panels}</div><div class="cap">sample {sample.get("index")}: '
+                f'<span class="key-fp32">FP32 {len(sample.get("fp32") or [])} boxes</span>, '
+                f'<span class="key-quant">quantized {len(sample.get("quantized") or [])} boxes</span>; '
+                f'agreement F1 at IoU 0.5: {_fixed(sample.get("f1"), 2)}</div></div>')
+        parts.append(f"<h3>Boxes at score &ge; {threshold:g}</h3>"
+                     '<p class="note">The samples where the two models\' boxes differ most (lowest F1 first among them, '
+                     "shown in data order); left FP32, right quantized. Hover a box for its score and class.</p>"
+                     f'<div class="grid2">{"".join(figures)}</div>')
+    return "\n".join(parts)
+
+
+def _boxes_svg(sample: dict[str, Any], role: str) -> str:
+    width, height = (sample.get("size") or [1, 1])[:2]
+    color = "#2f6fde" if role == "fp32" else "#d9480f"
+    rects = []
+    for det in sample.get(role) or []:
+        x1, y1, x2, y2 = det["box"]
+        rects.append(f'<rect x="{x1}" y="{y1}" width="{max(x2 - x1, 0):.1f}" height="{max(y2 - y1, 0):.1f}" fill="none" '
+                     f'stroke="{color}" stroke-width="2" vector-effect="non-scaling-stroke">'
+                     f'<title>{"FP32" if role == "fp32" else "quantized"}: class {det.get("label")}, score {det.get("score")}</title></rect>')
+    label = "FP32" if role == "fp32" else "quantized"
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{label} boxes on sample {sample.get("index")}">'
+            f'<image href="{escape(str(sample.get("image") or ""))}" x="0" y="0" width="{width}" height="{height}" '
+            f'preserveAspectRatio="none"/>{"".join(rects)}</svg>')
 
 
 def _histogram_svg(hist: dict[str, Any], width: int = 480, height: int = 180) -> str:
@@ -315,21 +440,41 @@ def _dtype(value: Any) -> str:
     return f'<span class="dt dt-{escape(text)}">{escape(text)}</span>'
 
 
+def _runs_quantized(decision: dict[str, Any]) -> bool:
+    """Selected by the spec and not left in float by the backend."""
+    return bool(decision.get("quantized")) and not decision.get("declined_by_backend")
+
+
 def _decisions_section(decisions: list[dict[str, Any]] | None) -> str:
     if not decisions:
         return '<p class="missing">No per-node decisions recorded.</p>'
-    quantized = sum(1 for d in decisions if d.get("quantized"))
+    quantized = sum(1 for d in decisions if _runs_quantized(d))
+    declined = sum(1 for d in decisions if d.get("declined_by_backend"))
     rows = []
     for d in decisions:
         rule_w, rule_a = d.get("weights_rule"), d.get("activations_rule")
-        why = d.get("skipped_by") and f"skipped by {d['skipped_by']}" or d.get("reason") or ""
+        if d.get("declined_by_backend"):
+            # The spec's dtypes were asked for, but the graph runs the node in float: say so first.
+            weights = activations = '<span class="badge warn">float</span>'
+            why = f"selected, but {d['declined_by_backend']}"
+        else:
+            weights, activations = _dtype(d.get("weights")), _dtype(d.get("activations"))
+            why = d.get("skipped_by") and f"skipped by {d['skipped_by']}" or d.get("reason") or ""
         rows.append(
-            f'<tr class="{"q" if d.get("quantized") else ""}"><td><code>{escape(str(d.get("name")))}</code></td>'
-            f"<td>{escape(str(d.get('type')))}</td><td>{_dtype(d.get('weights'))}</td><td>{_dtype(d.get('activations'))}</td>"
+            f'<tr class="{"q" if _runs_quantized(d) else ""}"><td><code>{escape(str(d.get("name")))}</code></td>'
+            f"<td>{escape(str(d.get('type')))}</td><td>{weights}</td><td>{activations}</td>"
             f"<td>{escape(str(rule_w or '-'))}</td><td>{escape(str(rule_a or '-'))}</td><td>{escape(str(why))}</td></tr>")
-    return (f'<p class="note">{quantized} of {len(decisions)} compute nodes quantized (highlighted). The rule is the spec '
-            "entry that set each dtype; later entries override earlier ones, skip_names wins.</p>"
+    left = f", {declined} selected but left in float by the backend" if declined else ""
+    return (f'<p class="note">{quantized} of {len(decisions)} compute nodes quantized (highlighted){left}. The rule is '
+            "the spec entry that set each dtype; later entries override earlier ones, skip_names wins.</p>"
             + _table(["node", "op", "weights", "activations", "weights rule", "activations rule", "note"], rows, numeric_from=None))
+
+
+def _warnings_section(warnings: list[Any] | None) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{escape(str(w))}</li>" for w in warnings)
+    return f'<h2>Warnings</h2><ul class="warnings">{items}</ul>'
 
 
 def _engine_section(comparison: dict[str, Any] | None) -> str:

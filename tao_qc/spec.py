@@ -25,6 +25,8 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -36,11 +38,13 @@ DTYPES = ("int8", "fp8_e4m3fn", "fp8_e5m2", "native")
 DTYPE_ALIASES = {"float8_e4m3fn": "fp8_e4m3fn", "float8_e5m2": "fp8_e5m2"}
 BACKENDS = ("torchao", "modelopt.pytorch", "modelopt.onnx", "modelopt")
 MODES = ("weight_only_ptq", "static_ptq")
-ALGORITHMS = ("minmax", "entropy", "max")
+ALGORITHMS = ("minmax", "entropy", "max", "percentile")
 TARGETS = ("tensorrt", "onnxruntime")
+FLOAT_DTYPES = ("auto", "fp32", "fp16")
 RUNTIMES = ("onnxruntime", "tensorrt")
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("auto", "rgb", "bgr", "gray")
+TASKS = ("auto", "classification", "detection", "dense")
 BACKEND_MODES = {"torchao": "weight_only_ptq", "modelopt.pytorch": "static_ptq", "modelopt.onnx": "static_ptq"}
 _DEVICE_RE = re.compile(r"^(cpu|cuda|auto|cuda:\d+)$")
 
@@ -103,9 +107,11 @@ Backend = Annotated[str, _choice(BACKENDS)]
 Mode = Annotated[str, _choice(MODES)]
 Algorithm = Annotated[str, _choice(ALGORITHMS)]
 Target = Annotated[str, _choice(TARGETS)]
+FloatDtype = Annotated[str, _choice(FLOAT_DTYPES)]
 RuntimeName = Annotated[str, _choice(RUNTIMES)]
 Layout = Annotated[str, _choice(LAYOUTS)]
 Color = Annotated[str, _choice(COLORS)]
+Task = Annotated[str, _choice(TASKS)]
 Device = Annotated[str, BeforeValidator(_device)]
 PatternList = Annotated[list[str], BeforeValidator(_pattern_list)]
 
@@ -136,6 +142,9 @@ class CalibrationSpec(_Strict):
     std: list[float] = Field(default_factory=lambda: [255.0])
     layout: Layout = "NCHW"
     color: Color = "auto"
+    # algorithm: percentile (ours): activation ranges clipped at this percentile of |x| (also the
+    # first step accuracy fallback tries).
+    percentile: float = Field(default=99.9, gt=50, le=100)
 
 
 class CompareSpec(_Strict):
@@ -148,6 +157,81 @@ class CompareSpec(_Strict):
     rtol: float | None = Field(default=None, ge=0)
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1)
     fail_on_mismatch: bool = True
+    # What the outputs are: `auto` is detection when a decoder is given, else classification for
+    # [N, C] outputs and dense for the rest; `dense` never reads a 2-D output as class scores.
+    task: Task = "auto"
+    decoder: str | None = None  # detection: rtdetr, boxes_scores, or module:function
+    annotations: str | None = None  # detection: a COCO json, one image per sample in order
+    score_threshold: float | None = Field(default=None, ge=0, le=1)  # detection: default 0.5
+
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoder(cls, value: str | None) -> str | None:
+        from tao_qc.detection import BUILTIN_DECODERS, USER_DECODER_RE
+
+        if value is None or value in BUILTIN_DECODERS or USER_DECODER_RE.match(value):
+            return value
+        raise PydanticCustomError(
+            "tao_choice", "{shown} is not a decoder (valid: rtdetr, boxes_scores, or module:function){hint}",
+            {"shown": repr(value), "hint": did_you_mean(value, BUILTIN_DECODERS)},
+        )
+
+    @model_validator(mode="after")
+    def _detection_fields(self) -> CompareSpec:
+        if self.task == "detection" and self.decoder is None:
+            raise PydanticCustomError(
+                "tao_missing", "task 'detection' needs a decoder (valid: rtdetr, boxes_scores, or module:function)", {})
+        if self.task in ("classification", "dense"):
+            given = [name for name in ("decoder", "annotations", "score_threshold") if getattr(self, name) is not None]
+            if given:
+                raise PydanticCustomError(
+                    "tao_conflict", "{fields}: only for task 'detection' (task is '{task}')",
+                    {"fields": ", ".join(given), "task": self.task})
+        return self
+
+    @property
+    def resolved_task(self) -> str:
+        """`auto` made concrete where it can be without the outputs: detection when a decoder is set."""
+        if self.task == "auto" and self.decoder is not None:
+            return "detection"
+        return self.task
+
+
+FALLBACK_MODES = ("auto", "off")
+EXECUTORS = ("local", "ray")
+BUILTIN_METRICS = ("cosine", "top1_agreement", "top1_accuracy", "map")
+_USER_METRIC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _fallback_mode(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted `off` as false (and `on` as true): `fallback: off` means what it says."""
+    return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
+
+def _metric(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and (value in BUILTIN_METRICS or _USER_METRIC_RE.match(value))):
+        return value
+    raise PydanticCustomError(
+        "tao_choice",
+        "{shown} is not a metric (valid: {valid}, or module:function for your own){hint}",
+        {"shown": repr(value), "valid": ", ".join(BUILTIN_METRICS), "hint": did_you_mean(str(value), BUILTIN_METRICS)},
+    )
+
+
+class AccuracySpec(_Strict):
+    """Extension: what "accurate enough" means, and what compile does when the quantized model is not."""
+
+    data: str | None = None  # default: compare.data, else a part of the calibration data held back
+    labels: str | None = None
+    metric: Annotated[str | None, BeforeValidator(_metric)] = None  # default: the comparison's own checks
+    min: float | None = None
+    max_drop: float | None = Field(default=None, ge=0)
+    fallback: Annotated[str, _choice(FALLBACK_MODES), BeforeValidator(_fallback_mode)] = "auto"
+    max_float_fraction: float = Field(default=0.25, ge=0, le=1)
+    executor: Annotated[str, _choice(EXECUTORS)] = "local"
+    ray_address: str = "auto"
+    workers: int | None = Field(default=None, ge=1)  # local executor: processes (default: physical cores)
+    ranking_samples: int = Field(default=32, ge=1)  # the worst-error samples sensitivity is ranked on
 
 
 class ShapeProfile(_Strict):
@@ -161,6 +245,8 @@ class TensorRTSpec(_Strict):
 
     workspace_gib: float = Field(default=4.0, gt=0)
     timing_cache: str | None = None
+    # TensorRT's own default (BuilderFlag.TF32 is on unless cleared); polygraphy's CreateConfig clears it unless asked.
+    tf32: bool = True
     fp16_baseline: bool = True
     profiles: dict[str, ShapeProfile] = Field(default_factory=dict)
 
@@ -176,11 +262,14 @@ class QuantizeSpec(_Strict):
     model_path: str | None = None
     results_dir: str | None = None
     backend_kwargs: dict[str, Any] = Field(default_factory=dict)
-    device: Device = "cuda"
+    # The reference defaults to cuda; auto behaves the same on a GPU machine and still works on a CPU one.
+    device: Device = "auto"
     # Extensions
     target: Target = "tensorrt"
+    float_dtype: FloatDtype = "auto"  # everything not quantized; see resolved_float_dtype
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     compare: CompareSpec = Field(default_factory=CompareSpec)
+    accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
 
     _source: str | None = PrivateAttr(default=None)
@@ -191,8 +280,25 @@ class QuantizeSpec(_Strict):
         return self._source
 
     @property
+    def resolved_float_dtype(self) -> str:
+        """`fp16` or `fp32`: `float_dtype`, with `auto` meaning fp16 for target tensorrt (its users
+        compare INT8 against an FP16 engine, so the quantized engine's float layers must not run
+        FP32) and fp32 for target onnxruntime (its CPU provider lacks most fp16 kernels)."""
+        if self.float_dtype != "auto":
+            return self.float_dtype
+        return "fp16" if self.target == "tensorrt" else "fp32"
+
+    def float_dtype_problem(self) -> str | None:
+        """Why `float_dtype` cannot be honoured for this target, or None."""
+        if self.float_dtype == "fp16" and self.target == "onnxruntime":
+            return ("'fp16' is not supported with target onnxruntime (its placement builds ONNX Runtime's integer "
+                    "kernels around fp32 scales, and its CPU provider lacks most fp16 kernels; valid: auto, fp32)")
+        return None
+
+    @property
     def calibration_algorithm(self) -> str:
-        """`max` and `minmax` are the same max-abs calibration; this is the one spelling used inward."""
+        """`max` and `minmax` are the same max-abs calibration; this is the one spelling used inward.
+        `percentile` calibrates with max, then clips activation ranges (passes/clip_ranges.py)."""
         return "minmax" if self.algorithm in ("max", "minmax") else self.algorithm
 
     def resolve_backend(self, model_path: str | Path | None = None) -> QuantizeSpec:
@@ -274,7 +380,8 @@ class ExperimentSpec(BaseModel):
 
 
 _PATH_FIELDS = ("model_path", "results_dir")
-_NESTED_PATH_FIELDS = {"calibration": ("data",), "compare": ("data", "labels"), "tensorrt": ("timing_cache",)}
+_NESTED_PATH_FIELDS = {"calibration": ("data",), "compare": ("data", "labels", "annotations"),
+                       "accuracy": ("data", "labels"), "tensorrt": ("timing_cache",)}
 
 
 def _resolve_paths(section: dict[str, Any], base: Path) -> None:
@@ -424,9 +531,25 @@ def _cross_check(spec: QuantizeSpec, marks: _Marks, prefix: tuple) -> None:
         if spec.mode != supported:
             fail("mode", f"backend '{spec.backend}' does not support mode '{spec.mode}' (it supports only '{supported}')")
 
+    problem = spec.float_dtype_problem()
+    if problem:
+        fail("float_dtype", problem)
+
     for field, where in (("default_layer_dtype", "weights"), ("default_activation_dtype", "activations")):
         if field in spec.model_fields_set:
             warn_once(f"quantize.{field} is deprecated and ignored: set quantize.layers[*].{where}.dtype instead")
+
+    accuracy = spec.accuracy
+    if accuracy.min is not None and accuracy.max_drop is not None:
+        raise SpecError("give min or max_drop, not both (min: the metric's floor; max_drop: the largest drop from FP32)",
+                        key="quantize.accuracy.max_drop", location=marks.at(prefix + ("accuracy", "max_drop")))
+    if accuracy.metric == "top1_accuracy" and not (accuracy.labels or spec.compare.labels):
+        raise SpecError("metric top1_accuracy needs labels (set quantize.accuracy.labels or quantize.compare.labels)",
+                        key="quantize.accuracy.metric", location=marks.at(prefix + ("accuracy", "metric")))
+    if accuracy.metric is None and (accuracy.min is not None or accuracy.max_drop is not None):
+        raise SpecError("min/max_drop need a metric to apply to (valid: cosine, top1_agreement, top1_accuracy, map, "
+                        "or module:function); without one the comparison's own checks decide",
+                        key="quantize.accuracy.metric", location=marks.at(prefix + ("accuracy",)))
 
     if spec.backend == "torchao" and any(entry.activations is not None for entry in spec.layers):
         warn_once("backend torchao quantizes weights only: quantize.layers[*].activations is ignored")

@@ -201,6 +201,7 @@ ZOO = {
     "lcnet": (lambda: LCNetStyle(), (1, 3, 224, 224)),
     "transformer_block": (lambda: TransformerBlock(), (1, 16, 128)),
     "tiny_vit": (lambda: TinyViT(), (1, 3, 32, 32)),
+    "rtdetr": (lambda: RTDETRStyle(), (1, 3, 64, 64)),
 }
 
 
@@ -259,6 +260,177 @@ def export_zoo(name: str, path: str | Path, *, batch: int = 1, dynamic_batch: bo
     model = build(name, seed)
     example = torch.randn(*input_shape(name, batch))
     return export_onnx(model, example, path, dynamic_batch=dynamic_batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# RT-DETR's shape, small: CNN backbone -> hybrid encoder (AIFI + CCFM) -> query selection ->
+# transformer decoder with iterative box refinement -> labels / boxes / scores, as RT-DETR's deploy
+# model exports them. _Attention is plain multi-head (explicit Linear + MatMul, so every projection
+# is a quantizable Linear/MatMul), where RT-DETR's decoder uses deformable attention.
+
+
+def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, query, key, value):
+        b, nq, d = query.shape
+        nk, h = key.shape[1], self.heads
+        q = self.q_proj(query).reshape(b, nq, h, d // h).transpose(1, 2)
+        k = self.k_proj(key).reshape(b, nk, h, d // h).transpose(1, 2)
+        v = self.v_proj(value).reshape(b, nk, h, d // h).transpose(1, 2)
+        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (d // h) ** -0.5, dim=-1)
+        return self.out_proj(torch.matmul(attn, v).transpose(1, 2).reshape(b, nq, d))
+
+
+class _MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int, layers: int):
+        super().__init__()
+        sizes = [dim] + [hidden] * (layers - 1) + [out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x):
+        for index, layer in enumerate(self.layers):
+            x = layer(x) if index == len(self.layers) - 1 else torch.relu(layer(x))
+        return x
+
+
+class _EncoderLayer(nn.Module):
+    """AIFI: self-attention over the coarsest level's tokens, with fixed 2-D sine positions."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.attn = _Attention(dim, heads)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = _MLP(dim, dim * 2, dim, 2)
+
+    def forward(self, x, pos):
+        x = self.norm1(x + self.attn(x + pos, x + pos, x))
+        return self.norm2(x + self.ffn(x))
+
+
+class _DecoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.self_attn, self.cross_attn = _Attention(dim, heads), _Attention(dim, heads)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = _MLP(dim, dim * 2, dim, 2)
+
+    def forward(self, target, query_pos, memory, memory_pos):
+        q = target + query_pos
+        target = self.norm1(target + self.self_attn(q, q, target))
+        target = self.norm2(target + self.cross_attn(target + query_pos, memory + memory_pos, memory))
+        return self.norm3(target + self.ffn(target))
+
+
+def _sine_positions(height: int, width: int, dim: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    out_x, out_y = xs.reshape(-1, 1) * omega, ys.reshape(-1, 1) * omega
+    return torch.cat([out_x.sin(), out_x.cos(), out_y.sin(), out_y.cos()], dim=1)[None]
+
+
+def _inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
+
+
+class RTDETRStyle(nn.Module):
+    """A small RT-DETR: outputs `labels` [N, Q] (int64), `boxes` [N, Q, 4] (xyxy, normalized to the
+    image) and `scores` [N, Q], the top Q (class, query) pairs by sigmoid score.
+
+    `forward_train` returns what the losses need: per decoder layer and for the selected encoder
+    proposals, class logits [N, Q, C] and boxes [N, Q, 4] (cxcywh, normalized).
+    """
+
+    output_names = ("labels", "boxes", "scores")
+
+    def __init__(self, num_classes: int = 3, image: int = 64, dim: int = 64, queries: int = 10, decoder_layers: int = 2,
+                 heads: int = 4):
+        super().__init__()
+        self.num_classes, self.queries = num_classes, queries
+        self.stem = nn.Sequential(_conv_bn(3, 16, 3, 2), _conv_bn(16, 32, 3, 2))
+        self.stage3, self.stage4, self.stage5 = _conv_bn(32, 64, 3, 2), _conv_bn(64, 96, 3, 2), _conv_bn(96, 128, 3, 2)
+        self.input_proj = nn.ModuleList(_conv_bn(c, dim, 1) for c in (64, 96, 128))
+        self.aifi = _EncoderLayer(dim, heads)
+        self.lateral = nn.ModuleList(_conv_bn(dim, dim, 1) for _ in range(2))
+        self.fpn = nn.ModuleList(_conv_bn(2 * dim, dim) for _ in range(2))
+        self.downsample = nn.ModuleList(_conv_bn(dim, dim, 3, 2) for _ in range(2))
+        self.pan = nn.ModuleList(_conv_bn(2 * dim, dim) for _ in range(2))
+        self.enc_output = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+        self.enc_score_head = nn.Linear(dim, num_classes)
+        self.enc_bbox_head = _MLP(dim, dim, 4, 3)
+        self.query_pos_head = _MLP(4, dim * 2, dim, 2)
+        self.decoder = nn.ModuleList(_DecoderLayer(dim, heads) for _ in range(decoder_layers))
+        self.dec_score_head = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(decoder_layers))
+        self.dec_bbox_head = nn.ModuleList(_MLP(dim, dim, 4, 3) for _ in range(decoder_layers))
+        sizes = [image // 8, image // 16, image // 32]
+        self.register_buffer("aifi_pos", _sine_positions(sizes[2], sizes[2], dim), persistent=False)
+        self.register_buffer("memory_pos", torch.cat([_sine_positions(s, s, dim) for s in sizes], dim=1), persistent=False)
+        anchors = []
+        for level, size in enumerate(sizes):
+            ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+            centers = torch.stack([(xs.reshape(-1) + 0.5) / size, (ys.reshape(-1) + 0.5) / size], dim=1)
+            anchors.append(torch.cat([centers, torch.full_like(centers, 0.1 * 2.0**level)], dim=1))
+        self.register_buffer("anchors", _inverse_sigmoid(torch.cat(anchors)), persistent=False)
+        nn.init.constant_(self.enc_score_head.bias, -4.0)  # a prior of few objects, as RT-DETR initializes
+        for head in self.dec_score_head:
+            nn.init.constant_(head.bias, -4.0)
+
+    def _encode(self, x):
+        c3 = self.stage3(self.stem(x))
+        c4 = self.stage4(c3)
+        c5 = self.stage5(c4)
+        s3, s4, s5 = (proj(c) for proj, c in zip(self.input_proj, (c3, c4, c5)))
+        b, d, h, w = s5.shape
+        s5 = self.aifi(s5.flatten(2).transpose(1, 2), self.aifi_pos).transpose(1, 2).reshape(b, d, h, w)
+        # CCFM: top-down, then bottom-up fusion across the three scales.
+        l5 = self.lateral[0](s5)
+        f4 = self.fpn[0](torch.cat([nn.functional.interpolate(l5, scale_factor=2.0, mode="nearest"), s4], dim=1))
+        l4 = self.lateral[1](f4)
+        p3 = self.fpn[1](torch.cat([nn.functional.interpolate(l4, scale_factor=2.0, mode="nearest"), s3], dim=1))
+        p4 = self.pan[0](torch.cat([self.downsample[0](p3), l4], dim=1))
+        p5 = self.pan[1](torch.cat([self.downsample[1](p4), l5], dim=1))
+        return torch.cat([p.flatten(2).transpose(1, 2) for p in (p3, p4, p5)], dim=1)
+
+    def forward_train(self, x):
+        memory = self._encode(x)
+        output_memory = self.enc_output(memory)
+        enc_logits = self.enc_score_head(output_memory)
+        enc_boxes_unact = self.enc_bbox_head(output_memory) + self.anchors
+        # Query selection: the Q tokens the encoder scores highest seed the decoder.
+        top = torch.topk(enc_logits.max(dim=-1).values, self.queries, dim=1).indices
+        enc_top_logits = torch.gather(enc_logits, 1, top[..., None].expand(-1, -1, self.num_classes))
+        ref_unact = torch.gather(enc_boxes_unact, 1, top[..., None].expand(-1, -1, 4))
+        target = torch.gather(output_memory, 1, top[..., None].expand(-1, -1, output_memory.shape[-1])).detach()
+        reference = ref_unact.sigmoid().detach()
+        logits, boxes = [], []
+        for layer, score_head, bbox_head in zip(self.decoder, self.dec_score_head, self.dec_bbox_head):
+            target = layer(target, self.query_pos_head(reference), memory, self.memory_pos)
+            refined = (bbox_head(target) + _inverse_sigmoid(reference)).sigmoid()
+            logits.append(score_head(target))
+            boxes.append(refined)
+            reference = refined.detach()
+        return {"logits": logits, "boxes": boxes, "enc_logits": enc_top_logits, "enc_boxes": ref_unact.sigmoid()}
+
+    def forward(self, x):
+        out = self.forward_train(x)
+        logits, boxes = out["logits"][-1], out["boxes"][-1]
+        scores = logits.sigmoid().flatten(1)
+        top_scores, index = torch.topk(scores, self.queries, dim=1)
+        labels = index % self.num_classes
+        query = torch.div(index, self.num_classes, rounding_mode="floor")
+        cxcywh = torch.gather(boxes, 1, query[..., None].expand(-1, -1, 4))
+        cx, cy, w, h = cxcywh.unbind(-1)
+        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+        return labels, xyxy, top_scores
 
 
 def with_constant_node_weights(source: str | Path, path: str | Path) -> Path:

@@ -2,7 +2,7 @@
 
 - digits: scikit-learn's labelled 8x8 digits, upscaled to 20x20 and padded to 28x28 (MNIST framing),
   pixels 0-255 as mnist_cntk expects; saved as an .npz named by mnist_cntk's input, labels as .npy.
-- mnist_fp32: the shared mnist_cntk model moved to opset 13 with initializers no longer listed as
+- mnist_fp32: the vendored mnist_cntk model moved to opset 13 with initializers no longer listed as
   inputs (modelopt's checker rejects the old-IR form), numerically the same model.
 - mnist_int8 / resnet18_int8: modelopt.onnx INT8 (max calibration, CPU, fp32 high precision).
   Quantization runs in a child process: importing modelopt.onnx patches onnxruntime.quantization,
@@ -20,7 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _compile_helpers import digits
+import pytest
+from _compile_helpers import MNIST_CNTK, digits
+
+from tao_qc.runtimes.base import cuda_device_present
+from tao_qc.runtimes.tensorrt import tensorrt_available
+
+# Tests of the message a user without TensorRT gets mean nothing where TensorRT is installed.
+without_tensorrt = pytest.mark.skipif(tensorrt_available(), reason="TensorRT is installed here")
+# Tests that build engines: wherever TensorRT and an NVIDIA GPU are present.
+with_tensorrt_gpu = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not (tensorrt_available() and cuda_device_present()), reason="needs TensorRT and an NVIDIA GPU"),
+]
 
 MNIST_INPUT = "Input3"
 
@@ -94,12 +106,12 @@ _CHILD = textwrap.dedent(
 
 
 @functools.lru_cache(maxsize=None)
-def build_assets(base: Path, shared_models: Path) -> Assets:
+def build_assets(base: Path) -> Assets:
     root = Path(tempfile.mkdtemp(prefix="runtimes-", dir=base))
     images, labels = digits()
     np.savez(root / "digits.npz", **{MNIST_INPUT: images})
     np.save(root / "labels.npy", labels)
-    mnist = modernize_mnist(shared_models / "mnist_cntk.onnx", root / "mnist_fp32.onnx")
+    mnist = modernize_mnist(MNIST_CNTK, root / "mnist_fp32.onnx")
     corrupt_weights(mnist, root / "mnist_corrupted.onnx")
     child = subprocess.run([sys.executable, "-c", _CHILD, str(root)], capture_output=True, text=True)
     if child.returncode:

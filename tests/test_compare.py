@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from _runtimes_helpers import build_assets, run_cli
+from _compile_helpers import ASSETS
+from _runtimes_helpers import build_assets, run_cli, without_tensorrt
 from tao_qc.compare import (
     DEFAULT_MIN_COSINE,
     checks_for,
@@ -25,8 +26,8 @@ SAMPLES = 600  # of 1797 digits: enough for a 0.99 agreement check to mean somet
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory, shared_models):
-    return build_assets(tmp_path_factory.getbasetemp(), shared_models)
+def assets(tmp_path_factory):
+    return build_assets(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
@@ -115,20 +116,21 @@ def test_cli_json_passes_on_int8(assets, capsys):
     [
         (lambda a, s: [a.mnist_fp32, s / "cnn_mnist_pytorch.onnx", "--data", a.digits], "the models' inputs differ"),
         (lambda a, s: [a.mnist_fp32, a.mnist_int8, "--data", a.labels], "needs float32"),
-        (lambda a, s: [a.mnist_fp32, a.mnist_int8, "--data", a.digits, "--runtime", "tensorrt"], "TensorRT is not installed"),
+        pytest.param(lambda a, s: [a.mnist_fp32, a.mnist_int8, "--data", a.digits, "--runtime", "tensorrt"],
+                     "TensorRT is not installed", marks=without_tensorrt),
         (lambda a, s: [a.mnist_fp32, a.root / "missing.onnx"], "does not exist"),
     ],
     ids=["inputs-differ", "data-fits-neither", "tensorrt-absent", "missing-file"],
 )
-def test_bad_input_is_one_line_exit_2(assets, shared_models, capsys, make_args, message):
-    code, _, err = run_cli(["compare", *make_args(assets, shared_models)], capsys)
+def test_bad_input_is_one_line_exit_2(assets, capsys, make_args, message):
+    code, _, err = run_cli(["compare", *make_args(assets, ASSETS)], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert lines[-1].startswith("tao-qc: error: ") and message in lines[-1]
     assert "Traceback" not in err
 
 
-def test_data_for_a_different_model_is_rejected(assets, shared_models, tmp_path):
+def test_data_for_a_different_model_is_rejected(assets, tmp_path):
     # Right shape, wrong input name: fits neither model's input.
     np.savez(tmp_path / "other.npz", x=np.zeros((4, 1, 28, 28), np.float32), y=np.zeros((4, 1, 28, 28), np.float32))
     inputs = model_inputs(onnx.load(str(assets.mnist_fp32)))
@@ -194,6 +196,7 @@ def test_evaluate_quantized_gives_report_sections(assets, digits, labels, tmp_pa
         raise_if_failed(failed, spec)
 
 
+@without_tensorrt
 def test_tensorrt_runtime_absent_is_missing_dependency(assets, digits):
     with pytest.raises(MissingDependencyError, match=r"^TensorRT is not installed: pip install tao-qc\[tensorrt\]"):
         compare_models(assets.mnist_fp32, assets.mnist_int8, digits, runtime="tensorrt")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from _compile_helpers import MNIST_INPUT, PYTORCH_MNIST_INPUT, digits, predict, run_cli, session
+from _compile_helpers import (ASSETS, CNN_MNIST_PYTORCH, MNIST_CNTK, MNIST_INPUT, PYTORCH_MNIST_INPUT, digits, predict,
+                              run_cli, session)
 from tao_qc.compile import compile_model
-from tao_qc.pipeline import PROVENANCE_KEY
+from tao_qc.pipeline import PROVENANCE_KEY, PassResult
 
 CALIBRATION = 48  # digits used for calibration
 EVALUATION = slice(100, 400)  # 300 other digits for the agreement check
@@ -39,30 +41,24 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mnist_cntk_run(tmp_path_factory, shared_models, data_dir):
-    source = shared_models / "mnist_cntk.onnx"
-    before = sha(source)
-    out = tmp_path_factory.mktemp("mnist-cntk") / "results"
-    spec = {"quantize": {"device": "cpu", "calibration": {"data": str(data_dir / "digits.npz")}}}
-    result = compile_model(source, spec, results_dir=out, dump="after-change", compare=False)
-    assert sha(source) == before  # the input model is only read
-    return result
+def mnist_cntk_run(mnist_cntk_compiled):
+    return mnist_cntk_compiled  # see conftest.py: compiled once per session, comparison included
 
 
 @pytest.mark.slow
-def test_mnist_cntk_fp32_matches_its_shipped_reference(shared_models):
-    folder = shared_models / "mnist_cntk" / "test_data_set_0"
+def test_mnist_cntk_fp32_matches_its_shipped_reference():
+    folder = ASSETS / "mnist_cntk" / "test_data_set_0"
     x = numpy_helper.to_array(onnx.load_tensor(str(folder / "input_0.pb")))
     y = numpy_helper.to_array(onnx.load_tensor(str(folder / "output_0.pb")))
-    got = session(shared_models / "mnist_cntk.onnx").run(None, {MNIST_INPUT: x})[0]
+    got = session(MNIST_CNTK).run(None, {MNIST_INPUT: x})[0]
     np.testing.assert_allclose(got, y, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.slow
-def test_mnist_cntk_int8_agrees_with_fp32_on_real_digits(mnist_cntk_run, shared_models):
+def test_mnist_cntk_int8_agrees_with_fp32_on_real_digits(mnist_cntk_run):
     result = mnist_cntk_run
     images, labels = digits()
-    fp32 = predict(shared_models / "mnist_cntk.onnx", MNIST_INPUT, images[EVALUATION]).argmax(1)
+    fp32 = predict(MNIST_CNTK, MNIST_INPUT, images[EVALUATION]).argmax(1)
     int8 = predict(result.model_path, MNIST_INPUT, images[EVALUATION]).argmax(1)
     assert np.mean(fp32 == labels[EVALUATION]) > 0.85  # the FP32 model is what we think it is
     assert np.mean(int8 == fp32) >= 0.99
@@ -73,7 +69,7 @@ def test_mnist_cntk_int8_agrees_with_fp32_on_real_digits(mnist_cntk_run, shared_
 def test_mnist_cntk_results_folder_and_report(mnist_cntk_run):
     result = mnist_cntk_run
     assert result.model_path == result.results_dir / "mnist_cntk.int8.onnx"
-    assert sorted(p.name for p in result.results_dir.iterdir()) == ["mnist_cntk.int8.onnx", "passes", "report.json"]
+    assert sorted(p.name for p in result.results_dir.iterdir()) == ["mnist_cntk.int8.onnx", "passes", "report.html", "report.json"]
     assert not list(result.results_dir.parent.glob(".*partial*"))
     report = json.loads(result.report_path.read_text())
     assert report["quantize_mode"] == "int8" and report["opset"] == 8
@@ -88,7 +84,7 @@ def test_mnist_cntk_results_folder_and_report(mnist_cntk_run):
     canonicalize = ["fold-constants", "fold-batchnorm", "remove-identity"]  # a round that changes, one that confirms
     assert [p["pass"] for p in report["passes"]] == [
         "load-and-check", *canonicalize, *canonicalize, "match-layers", "check-calibration", "quantize-modelopt",
-        "verify-quantization"]
+        "clip-ranges", "keep-float", "verify-quantization"]
     assert report["timings"]["quantize-modelopt"] > 0 and report["timings"]["total_s"] >= report["timings"]["quantize-modelopt"]
     assert {"onnx", "onnx-ir", "nvidia-modelopt"} <= set(report["versions"])
     assert report["calibration"]["samples"] == CALIBRATION and report["calibration"]["random"] is False
@@ -101,11 +97,12 @@ def test_mnist_cntk_results_folder_and_report(mnist_cntk_run):
     names = sorted(p.name for p in (result.results_dir / "passes").iterdir())
     assert "09-quantize-modelopt.diff" in names and "02-fold-batchnorm.txt" not in names
     diff = (result.results_dir / "passes" / "09-quantize-modelopt.diff").read_text()
-    assert diff.startswith("# ops: +DequantizeLinear")
+    # target tensorrt: the float part is fp16, behind a Cast at the input and one at the output
+    assert diff.startswith("# ops: +Cast 2, +DequantizeLinear")
 
 
 @pytest.mark.slow
-def test_cnn_mnist_pytorch_through_the_cli(tmp_path, shared_models, data_dir, capsys):
+def test_cnn_mnist_pytorch_through_the_cli(tmp_path, data_dir, capsys):
     spec = tmp_path / "q.yaml"
     spec.write_text(
         "quantize:\n"
@@ -117,7 +114,7 @@ def test_cnn_mnist_pytorch_through_the_cli(tmp_path, shared_models, data_dir, ca
         f"  calibration:\n    data: {data_dir / 'digits01.npz'}\n"
     )
     out = tmp_path / "results"
-    code, stdout, stderr = run_cli(["compile", shared_models / "cnn_mnist_pytorch.onnx", "--spec", spec, "-o", out,
+    code, stdout, stderr = run_cli(["compile", CNN_MNIST_PYTORCH, "--spec", spec, "-o", out,
                                     "--print-after", "fold-constants", "--json", "--no-compare"], capsys)
     assert code == 0, stderr
     assert "pattern layers[1] '*no_such_layer*' matches nothing" in stderr
@@ -129,8 +126,9 @@ def test_cnn_mnist_pytorch_through_the_cli(tmp_path, shared_models, data_dir, ca
     assert kinds == {"Conv": True, "Gemm": False}
     images, _ = digits()
     evaluation = images[EVALUATION] / np.float32(255)
-    fp32 = predict(shared_models / "cnn_mnist_pytorch.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
-    int8 = predict(out / "cnn_mnist_pytorch.int8.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
+    fp32 = predict(CNN_MNIST_PYTORCH, PYTORCH_MNIST_INPUT, evaluation).argmax(1)
+    # unfused: see _compile_helpers.session (ORT's fused kernel for its 10 -> 20 Conv)
+    int8 = predict(out / "cnn_mnist_pytorch.int8.onnx", PYTORCH_MNIST_INPUT, evaluation, unfused=True).argmax(1)
     assert np.mean(int8 == fp32) >= 0.99
     model = onnx.load(str(out / "cnn_mnist_pytorch.int8.onnx"))
     gemm_inputs = {i for n in model.graph.node if n.op_type == "Gemm" for i in n.input}
@@ -140,39 +138,48 @@ def test_cnn_mnist_pytorch_through_the_cli(tmp_path, shared_models, data_dir, ca
 
 @pytest.mark.slow
 def test_ultraface_detector_from_an_image_folder(tmp_path, shared_models):
-    spec = {"quantize": {"device": "cpu", "skip_names": ["*headers*"],
-                         "calibration": {"data": str(shared_models / "ultraface_rfb320"), "size": [240, 320],
-                                         "mean": [127.0], "std": [128.0], "max_samples": 4}}}
+    photos = shared_models / "ultraface_rfb320"  # face_1, face_13, face_19, face_2 (sorted)
+    preprocessing = {"size": [240, 320], "mean": [127.0], "std": [128.0]}
+    # fp32 float part: this test measures what INT8 costs; the fp16 float part (target tensorrt's
+    # default) is tests/test_float_dtype.py's subject.
+    spec = {"quantize": {"device": "cpu", "skip_names": ["*headers*"], "float_dtype": "fp32",
+                         "calibration": {"data": str(photos), **preprocessing, "max_samples": 2}}}
     result = compile_model(shared_models / "ultraface_rfb320.onnx", spec, results_dir=tmp_path / "out", compare=False)
     report = result.report
     assert report["counts"]["quantized"] > 10
     assert all(not row["quantized"] for row in report["decisions"] if "headers" in row["name"])
     # BatchNorm folded even though its parameters were graph inputs (old IR)
     assert report["passes"][2]["stats"]["batchnorm_folded"] >= 1
+    assert report["calibration"]["samples"] == 2
     from tao_qc.data import model_inputs, open_inputs
     from tao_qc.spec import CalibrationSpec
 
-    batches = open_inputs(str(shared_models / "ultraface_rfb320"), model_inputs(onnx.load(str(shared_models / "ultraface_rfb320.onnx"))),
-                          calibration=CalibrationSpec(size=[240, 320], mean=[127.0], std=[128.0]))
-    feeds = batches.first()
-    ref = session(shared_models / "ultraface_rfb320.onnx").run(None, feeds)
-    got = session(result.model_path).run(None, feeds)
-    for a, b in zip(ref, got):
-        cosine = float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b)))
-        assert cosine > 0.99
-    # the face the model finds in FP32 is still its best-scoring anchor in INT8
-    assert ref[0][0, :, 1].argmax() == got[0][0, :, 1].argmax()
+    inputs = model_inputs(onnx.load(str(shared_models / "ultraface_rfb320.onnx")))
+    held_out = list(open_inputs(str(photos), inputs, calibration=CalibrationSpec(**preprocessing)).samples())[2:]
+    assert len(held_out) == 2
+    fp32, int8 = session(shared_models / "ultraface_rfb320.onnx"), session(result.model_path)
+    for feeds in held_out:
+        (ref_scores, ref_boxes), (scores, boxes) = fp32.run(None, feeds), int8.run(None, feeds)
+        # The face column, not the 4420 x 2 scores whose background half is ~1 nearly everywhere.
+        # Measured 0.9986 on these photos; calibrating on inputs scaled by half (a preprocessing bug)
+        # gives 0.979-0.983, which a cosine over whole outputs (0.9997) never notices.
+        ref_face, face = ref_scores[0, :, 1], scores[0, :, 1]
+        assert np.corrcoef(ref_face, face)[0, 1] > 0.995
+        found = ref_face > 0.7  # the anchors FP32 calls faces
+        assert found.sum() >= 10
+        assert np.mean(face[found] > 0.5) >= 0.95  # still faces in INT8
+        assert np.abs(boxes[0, found] - ref_boxes[0, found]).max() < 0.01  # and in the same place (measured 0.005)
 
 
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line on stderr, exit code 2, nothing that looks like a result
 
 
-def _bad_models(root: Path, shared: Path) -> dict[str, Path]:
+def _bad_models(root: Path) -> dict[str, Path]:
     from onnx import helper
 
     truncated = root / "truncated.onnx"
-    truncated.write_bytes((shared / "mnist_cntk.onnx").read_bytes()[:5000])
+    truncated.write_bytes(MNIST_CNTK.read_bytes()[:5000])
     text = root / "notes.onnx"
     text.write_text("this is not a model\n" * 20)
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
@@ -227,9 +234,9 @@ BAD_CASES = [
 
 
 @pytest.fixture(scope="module")
-def bad_inputs(tmp_path_factory, shared_models, data_dir):
+def bad_inputs(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("bad")
-    models = _bad_models(root, shared_models) | {"mnist": shared_models / "mnist_cntk.onnx"}
+    models = _bad_models(root) | {"mnist": MNIST_CNTK}
     calibration = _calibration_files(root) | {"good": data_dir / "digits.npz"}
     return root, models, calibration
 
@@ -250,16 +257,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, bad_inputs, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.yaml"]  # no results, no partial folder, no reproducer
 
 
-def test_results_dir_that_is_a_file_is_refused(tmp_path, shared_models, data_dir, capsys):
+def test_results_dir_that_is_a_file_is_refused(tmp_path, data_dir, capsys):
     target = tmp_path / "results"
     target.write_text("keep me")
-    code, _, stderr = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--device", "cpu",
+    code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu",
                                "--calibration-data", data_dir / "digits.npz", "-o", target], capsys)
     assert code == 2 and "is a file, not a folder" in stderr
     assert target.read_text() == "keep me"
 
 
-def test_a_failed_run_keeps_the_previous_results(mnist_cntk_run, shared_models, tmp_path, capsys):
+def test_a_failed_run_keeps_the_previous_results(mnist_cntk_run, tmp_path, capsys):
     results = mnist_cntk_run.results_dir
     before = {p.name: sha(p) for p in results.iterdir() if p.is_file()}
     bad = tmp_path / "nan.npz"
@@ -267,45 +274,45 @@ def test_a_failed_run_keeps_the_previous_results(mnist_cntk_run, shared_models, 
     images = images[:3].copy()
     images[0, 0, 0, 0] = np.nan
     np.savez(bad, **{MNIST_INPUT: images})
-    code, _, stderr = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--device", "cpu",
+    code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu",
                                "--calibration-data", bad, "-o", results], capsys)
     assert code == 2 and "NaN or Inf" in stderr
     assert {p.name: sha(p) for p in results.iterdir() if p.is_file()} == before
     assert not list(results.parent.glob(".results*partial"))
 
 
-def test_results_dir_holding_other_files_or_the_model_is_refused(tmp_path, shared_models, data_dir, capsys):
+def test_results_dir_holding_other_files_or_the_model_is_refused(tmp_path, data_dir, capsys):
     folder = tmp_path / "work"
     folder.mkdir()
     (folder / "thesis.tex").write_text("precious")
-    code, _, stderr = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--device", "cpu",
+    code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu",
                                "--calibration-data", data_dir / "digits.npz", "-o", folder], capsys)
     assert code == 2 and "holds no tao-qc results" in stderr
     assert (folder / "thesis.tex").read_text() == "precious"
     model = folder / "m.onnx"
-    model.write_bytes((shared_models / "mnist_cntk.onnx").read_bytes())
+    model.write_bytes(MNIST_CNTK.read_bytes())
     code, _, stderr = run_cli(["compile", model, "--device", "cpu", "--calibration-data", data_dir / "digits.npz",
                                "-o", folder], capsys)
     assert code == 2 and "holds the input model" in stderr
 
 
-def test_default_results_dir_is_beside_the_working_directory(tmp_path, shared_models, data_dir, monkeypatch):
+def test_default_results_dir_is_beside_the_working_directory(tmp_path, data_dir, monkeypatch):
     from tao_qc.compile import default_results_dir
 
     monkeypatch.chdir(tmp_path)
-    assert default_results_dir(shared_models / "mnist_cntk.onnx") == tmp_path / "mnist_cntk.tao-qc"
+    assert default_results_dir(MNIST_CNTK) == tmp_path / "mnist_cntk.tao-qc"
 
 
-def test_unknown_print_after_pass_is_refused(tmp_path, shared_models, data_dir, capsys):
-    code, _, stderr = run_cli(["compile", shared_models / "mnist_cntk.onnx", "--device", "cpu", "--calibration-data",
+def test_unknown_print_after_pass_is_refused(tmp_path, data_dir, capsys):
+    code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu", "--calibration-data",
                                data_dir / "digits.npz", "-o", tmp_path / "r", "--print-after", "fold-everything"], capsys)
     assert code == 2 and "no pass named fold-everything" in stderr and "fold-batchnorm" in stderr
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow
-def test_a_model_with_external_weights_compiles(tmp_path, shared_models, data_dir, capsys):
-    model = onnx.load(str(shared_models / "cnn_mnist_pytorch.onnx"))
+def test_a_model_with_external_weights_compiles(tmp_path, data_dir, capsys):
+    model = onnx.load(str(CNN_MNIST_PYTORCH))
     folder = tmp_path / "model"
     folder.mkdir()
     onnx.save_model(model, str(folder / "net.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -319,8 +326,8 @@ def test_a_model_with_external_weights_compiles(tmp_path, shared_models, data_di
     assert str(out / "net.int8.onnx") in stdout
     images, _ = digits()
     evaluation = images[EVALUATION][:100] / np.float32(255)
-    fp32 = predict(shared_models / "cnn_mnist_pytorch.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
-    int8 = predict(out / "net.int8.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
+    fp32 = predict(CNN_MNIST_PYTORCH, PYTORCH_MNIST_INPUT, evaluation).argmax(1)
+    int8 = predict(out / "net.int8.onnx", PYTORCH_MNIST_INPUT, evaluation, unfused=True).argmax(1)  # see session()
     assert np.mean(int8 == fp32) >= 0.99
     # --dump-passes alone means after-all: every pass has its graph, text and (after the first) diff
     passes = json.loads((out / "passes" / "summary.json").read_text())
@@ -347,3 +354,103 @@ def test_fp8_e4m3fn_layers_give_an_fp8_graph(tmp_path):
     types = {t.data_type for t in proto.graph.initializer if t.name in zero_points}
     assert types == {onnx.TensorProto.FLOAT8E4M3FN}
     assert all(r["dtype"].startswith("float8") for r in result.facts["ranges"].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Exit paths: 3 for a bug (with the reproducer), 1 for a failed comparison (results kept), and the
+# results folder replaced as a whole
+
+
+@dataclass
+class BypassWeightQdq:
+    """A faulty pass: hands Convolution110 its float weight, leaving the weight's Q/DQ unread."""
+
+    name: str = "bypass-weight-qdq"
+
+    def run(self, model, ctx):
+        conv = next(node for node in model.graph if node.name == "Convolution110")
+        weight_q = conv.inputs[1].producer().inputs[0].producer()
+        conv.replace_input_with(1, weight_q.inputs[0])
+        return PassResult(model, changed=True)
+
+
+def test_a_pass_that_breaks_the_quantization_exits_3_with_a_reproducer(tmp_path, data_dir, capsys, monkeypatch):
+    import tao_qc.passes
+
+    real_passes = tao_qc.passes.finishing_passes
+
+    def with_a_faulty_pass(spec, **kwargs):
+        passes = real_passes(spec, **kwargs)
+        assert passes[-1].name == "verify-quantization"
+        return [*passes[:-1], BypassWeightQdq(), passes[-1]]
+
+    monkeypatch.setattr(tao_qc.passes, "finishing_passes", with_a_faulty_pass)
+    out = tmp_path / "results"
+    code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu", "--calibration-data", data_dir / "digits.npz",
+                               "-o", out, "--no-compare"], capsys)
+    assert code == 3, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    [reproducer] = (tmp_path / "results.failed").glob("[0-9][0-9]-verify-quantization.failed-input.onnx")
+    assert last.startswith("tao-qc: error: pass 'verify-quantization' failed (passes run before it: load-and-check, "
+                           "fold-constants, ")
+    assert "quantize-modelopt, " in last
+    assert ", bypass-weight-qdq): VerificationError: quantized graph check failed: Convolution110: " in last
+    assert "but its weight input has no Q/DQ" in last
+    assert last.endswith(f"; its input graph is saved at {reproducer}")
+    assert [line.startswith("tao-qc: error:") for line in stderr.strip().splitlines()].count(True) == 1
+    # the reproducer is the graph the verifier rejected; no results, no staging folder
+    received = onnx.load(str(reproducer))
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    weights = {init.name for init in received.graph.initializer if init.data_type in floats}
+    assert next(n for n in received.graph.node if n.name == "Convolution110").input[1] in weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.failed"]
+
+
+def test_an_unexpected_exception_exits_3_in_one_line_and_writes_no_results(tmp_path, data_dir, capsys, monkeypatch):
+    import tao_qc.compare
+
+    def comparison_with_a_bug(*args, **kwargs):
+        raise KeyError("outputs")
+
+    monkeypatch.setattr(tao_qc.compare, "evaluate_quantized", comparison_with_a_bug)
+    args = ["compile", MNIST_CNTK, "--device", "cpu", "--calibration-data", data_dir / "digits.npz", "-o", tmp_path / "results"]
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 3
+    assert stderr.strip().splitlines()[-1] == ("tao-qc: internal error: KeyError: 'outputs' "
+                                               "(run with --debug for the traceback)")
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []  # nothing that looks finished, no staging folder
+
+
+def test_a_failed_comparison_keeps_its_results_and_exits_1_or_0_as_the_spec_says(tmp_path, data_dir, capsys):
+    def spec(fail_on_mismatch: str) -> Path:
+        path = tmp_path / f"q-{fail_on_mismatch}.yaml"
+        path.write_text(f"quantize:\n  device: cpu\n  calibration: {{data: {data_dir / 'digits.npz'}}}\n"
+                        f"  compare: {{atol: 1.0e-6, fail_on_mismatch: {fail_on_mismatch}}}\n")  # INT8 cannot meet it
+        return path
+
+    out = tmp_path / "results"
+    code, stdout, stderr = run_cli(["compile", MNIST_CNTK, "--spec", spec("true"), "-o", out, "--dump-passes"], capsys)
+    assert code == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("tao-qc: error: mnist_cntk.int8.onnx failed the comparison with mnist_cntk.onnx: ")
+    assert "output 'Plus214_Output_0': " in last
+    assert sorted(p.name for p in out.iterdir()) == ["mnist_cntk.int8.onnx", "passes", "report.html", "report.json"]
+    assert (out / "passes" / "09-quantize-modelopt.onnx").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["comparison"]["passed"] is False and report["comparison"]["failures"]
+    assert '<span class="badge fail">FAILED</span>' in (out / "report.html").read_text()
+    onnx.checker.check_model(str(out / "mnist_cntk.int8.onnx"))
+
+    # The same failure with fail_on_mismatch: false is reported, not fatal; the run succeeds and its
+    # results replace the previous ones as a whole (the pass dumps of the first run are gone, only
+    # this run's pass summary is there).
+    code, stdout, stderr = run_cli(["compile", MNIST_CNTK, "--spec", spec("false"), "-o", out], capsys)
+    assert code == 0, stderr
+    assert f"comparison on onnxruntime ({CALIBRATION} samples): FAILED: output 'Plus214_Output_0': " in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["mnist_cntk.int8.onnx", "passes", "report.html", "report.json"]
+    assert sorted(p.name for p in (out / "passes").iterdir()) == ["summary.json", "summary.txt"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["spec"]["compare"]["fail_on_mismatch"] is False and report["comparison"]["passed"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q-false.yaml", "q-true.yaml", "results"]

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+from _compile_helpers import MNIST_CNTK
 from tao_qc.data import InputInfo, load_labels, model_inputs, open_inputs
 from tao_qc.errors import InputError
 from tao_qc.spec import CalibrationSpec
@@ -14,9 +15,9 @@ MNIST = [InputInfo("Input3", (1, 1, 28, 28), np.dtype(np.float32))]
 DYNAMIC = [InputInfo("x", ("batch", 3, 8, 8), np.dtype(np.float32))]
 
 
-def test_model_inputs_skip_initializers_listed_as_inputs(shared_models):
+def test_model_inputs_skip_initializers_listed_as_inputs():
     # mnist_cntk (old IR) lists its weights as graph inputs too
-    model = onnx.load(shared_models / "mnist_cntk.onnx")
+    model = onnx.load(MNIST_CNTK)
     assert len(model.graph.input) > 1
     assert model_inputs(model) == MNIST
 

@@ -216,10 +216,12 @@ def test_calibrate_is_a_no_op_for_torchao(trained):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no CUDA device exists")
-def test_cuda_without_a_gpu_is_an_error_unless_auto():
+def test_cuda_without_a_gpu_is_an_error_and_the_default_is_cpu_with_a_note(caplog):
     with pytest.raises(InputError, match=r"quantize.device: 'cuda' asked for, but no CUDA device is available here \(valid here: cpu, or auto"):
-        ModelQuantizer({"backend": "torchao"})  # the spec's default device is cuda
-    assert ModelQuantizer({"backend": "torchao", "device": "auto"}).device == "cpu"
+        ModelQuantizer({"backend": "torchao", "device": "cuda"})
+    with caplog.at_level(logging.INFO, logger="tao_qc"):
+        assert ModelQuantizer({"backend": "torchao"}).device == "cpu"  # the default: auto
+    assert "quantize.device: auto: no CUDA device here, quantizing on CPU" in caplog.text
 
 
 def test_onnx_backend_is_refused_by_the_pytorch_api():

@@ -4,6 +4,12 @@ golden/<case>/ holds them for each fixed model with its spec; golden/<case>-onnx
 model and calibration data compiled with `target: onnxruntime` (place-for-onnxruntime included).
 Any difference fails; `pytest --update-golden` rewrites the files (then review `git diff golden/`).
 See golden/README.md.
+
+The texts pin structure and scales to 3 significant digits; the numbers the text does not show
+(int8 weights, int32 biases, per-channel scales) are held to the invariants that make them right:
+each int8 weight dequantizes to the float weight it replaced within half a quantization step, and
+each int32 bias has the scale input scale x weight scale, channel by channel, and dequantizes to
+the float bias within half a step.
 """
 
 from __future__ import annotations
@@ -14,23 +20,27 @@ import numpy as np
 import onnx
 import pytest
 
-from _compile_helpers import MNIST_INPUT, digits, export_zoo
+from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits, export_zoo
+from onnx import numpy_helper
+
 from tao_qc.compile import compile_model
 from tao_qc.pipeline import format_summary
+from tao_qc.textform import format_model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 MODELS = ["small_cnn", "transformer_block", "mnist_cntk"]
 CASES = MODELS + [f"{model}-onnxruntime" for model in MODELS]
+GOLDEN_VALUE_DIGITS = 3
 
 
-def _model_and_data(case: str, work: Path, shared_models: Path):
+def _model_and_data(case: str, work: Path):
     from tao_qc.data import model_inputs, open_inputs
     from tao_qc.spec import load_spec
 
     spec = load_spec(GOLDEN / case / "spec.yaml")
     case = case.removesuffix("-onnxruntime")
     if case == "mnist_cntk":
-        model = shared_models / "mnist_cntk.onnx"
+        model = MNIST_CNTK
         arrays = {MNIST_INPUT: digits()[0][: spec.calibration.max_samples]}
     else:
         model = export_zoo(case, work)
@@ -47,16 +57,24 @@ def _model_and_data(case: str, work: Path, shared_models: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
-def test_golden_pass_dumps(case, tmp_path, shared_models, update_golden):
-    model, spec, batches = _model_and_data(case, tmp_path, shared_models)
+def test_golden_pass_dumps(case, tmp_path, update_golden):
+    model, spec, batches = _model_and_data(case, tmp_path)
     dumps = tmp_path / "dumps"
     result = compile_model(model, spec, results_dir=tmp_path / "results", dump="after-change", dump_dir=dumps,
                            calibration=batches, compare=False)
-    produced = {p.name: p.read_text() for p in sorted(dumps.glob("[0-9][0-9]-*.txt"))}
+    produced = {}
+    for text_path in sorted(dumps.glob("[0-9][0-9]-*.txt")):
+        graph = onnx.load(str(text_path.with_suffix(".onnx")))
+        assert format_model(graph) == text_path.read_text()  # the saved graph is the one the dump printed
+        produced[text_path.name] = format_model(graph, value_digits=GOLDEN_VALUE_DIGITS)
     produced["summary.txt"] = format_summary(result.records, timings=False)
     if case.endswith("-onnxruntime"):
         assert spec.target == "onnxruntime"
         assert any(name.endswith("-place-for-onnxruntime.txt") for name in produced), "the placement pass changed nothing"
+        before_quantization = _last_dump_before(dumps, result.records, "quantize-modelopt")
+        checked = check_stored_weights_and_biases(onnx.load(str(result.model_path)), before_quantization)
+        assert checked["weights"] == result.report["counts"]["quantized"]
+        assert checked["biases"] == EXPECTED_INT32_BIASES[case]
     folder = GOLDEN / case
     expected = {p.name: p.read_text() for p in sorted(folder.glob("*.txt"))}
 
@@ -75,3 +93,67 @@ def test_golden_pass_dumps(case, tmp_path, shared_models, update_golden):
         assert text == expected[name], (
             f"golden/{case}/{name} differs from this run's output (if intended: pytest --update-golden, then review git diff golden/)"
         )
+
+
+# Conv/Gemm biases each case's placement stores as int32 (mnist_cntk adds its biases in separate Adds,
+# the transformer's MatMuls have none; small_cnn's head Gemm stays float).
+EXPECTED_INT32_BIASES = {"small_cnn-onnxruntime": 3, "transformer_block-onnxruntime": 0, "mnist_cntk-onnxruntime": 2}
+
+
+def _last_dump_before(dumps: Path, records, pass_name: str) -> onnx.ModelProto:
+    """The graph as the named pass received it: the last dump of a pass that ran before it."""
+    index = next(r.index for r in records if r.name == pass_name)
+    earlier = [p for p in sorted(dumps.glob("[0-9][0-9]-*.onnx")) if int(p.name[:2]) < index]
+    return onnx.load(str(earlier[-1]))
+
+
+def check_stored_weights_and_biases(quantized: onnx.ModelProto, float_model: onnx.ModelProto) -> dict[str, int]:
+    """Assert the invariants of every stored int8 weight and int32 bias of `quantized` against the
+    float tensors the same-named node read in `float_model`; return how many of each were checked."""
+    values = {init.name: numpy_helper.to_array(init) for init in quantized.graph.initializer}
+    floats = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer}
+    float_nodes = {node.name: node for node in float_model.graph.node}
+    producer = {name: node for node in quantized.graph.node for name in node.output}
+    checked = {"weights": 0, "biases": 0}
+    for node in quantized.graph.node:
+        weight_dq = producer.get(node.input[1]) if node.op_type in ("Conv", "Gemm", "MatMul") else None
+        if weight_dq is None or weight_dq.op_type != "DequantizeLinear" or weight_dq.input[0] not in values:
+            continue  # a float node, or a weight quantized at run time (modelopt's own placement)
+        original = float_nodes[node.name]
+        weight, weight_scale = _stored(weight_dq, values, np.int8)
+        _assert_within_half_a_step(f"{node.name} weight", weight, weight_scale, floats[original.input[1]])
+        checked["weights"] += 1
+        if len(node.input) < 3 or not node.input[2]:
+            continue
+        bias_dq = producer[node.input[2]]
+        bias, bias_scale = _stored(bias_dq, values, np.int32)
+        input_scale = values[producer[node.input[0]].input[1]]
+        assert input_scale.size == 1, f"{node.name}: per-tensor input scale expected"
+        np.testing.assert_allclose(bias_scale.reshape(-1), (input_scale * weight_scale).reshape(-1), rtol=1e-6,
+                                   err_msg=f"{node.name}: bias scale is not input scale x weight scale")
+        _assert_within_half_a_step(f"{node.name} bias", bias, bias_scale, floats[original.input[2]])
+        checked["biases"] += 1
+    return checked
+
+
+def _stored(dq: onnx.NodeProto, values: dict[str, np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(integers, scale broadcastable to them) of a DequantizeLinear of a stored tensor with zero point 0."""
+    integers, scale = values[dq.input[0]], values[dq.input[1]]
+    zero = values[dq.input[2]] if len(dq.input) > 2 and dq.input[2] else np.zeros((), dtype)
+    assert integers.dtype == dtype and zero.dtype == dtype, f"{dq.name}: {integers.dtype}, expected {np.dtype(dtype)}"
+    assert not zero.any(), f"{dq.name}: symmetric quantization expected (zero point 0)"
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    shape = [1] * integers.ndim
+    if scale.size > 1:
+        shape[axis] = -1
+    return integers, scale.reshape(shape)
+
+
+def _assert_within_half_a_step(what: str, integers: np.ndarray, scale: np.ndarray, original: np.ndarray) -> None:
+    dequantized = integers.astype(np.float64) * scale.astype(np.float64)
+    error = np.abs(dequantized - original.astype(np.float64))
+    # half a step, plus the float32 rounding of the division that chose each integer
+    allowed = scale.astype(np.float64) / 2 + 1e-6 * np.abs(original.astype(np.float64))
+    worst = np.unravel_index(np.argmax(error - allowed), error.shape)
+    assert (error <= allowed).all(), (
+        f"{what}: dequantizes {error[worst]:.3g} away from the float value at {worst} (half a step: {allowed[worst]:.3g})")

@@ -17,6 +17,7 @@ from tao_qc.pipeline import PROVENANCE_KEY
 from tao_qc.spec import load_spec
 from tao_qc.textform import format_model
 
+from _compile_helpers import ASSETS, third_party_model
 from _textform_helpers import small_cnn_models
 
 COMPUTE = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
@@ -66,19 +67,20 @@ def test_summary_counts_exactly_the_qdq_and_quantized_nodes_of_the_modelopt_grap
     assert "input_DequantizeLinear" in conv["evidence"]
 
 
-def test_fp8_qdq_dtype_and_unquantized_graphs(models, shared_models):
+@pytest.mark.parametrize("name", ["mnist_cntk.onnx", "cnn_mnist_pytorch.onnx", "yunet_n_320.onnx"])
+def test_unquantized_third_party_graphs_have_no_qdq_and_only_float_compute(name, request):
+    plain = onnx.load(third_party_model(name, request))
+    facts = quantization_summary(plain)
+    assert facts["qdq"] == {"QuantizeLinear": 0, "DequantizeLinear": 0}
+    assert facts["compute"]["float"] == facts["compute"]["total"] == sum(1 for node in plain.graph.node if node.op_type in COMPUTE) > 0
+
+
+def test_fp8_qdq_dtype(models):
     model = onnx.load(models["fp8"])
     summary = quantization_summary(model)
     ops = Counter(node.op_type for node in model.graph.node)
     assert summary["qdq_dtypes"] == {"float8e4m3fn": ops["QuantizeLinear"] + ops["DequantizeLinear"]}
     assert summary["compute"]["quantized"] == len(dq_fed(model))
-    for name in ("mnist_cntk.onnx", "yunet_n_320.onnx"):
-        plain = onnx.load(shared_models / name)
-        facts = quantization_summary(plain)
-        assert facts["qdq"] == {"QuantizeLinear": 0, "DequantizeLinear": 0}
-        assert facts["compute"]["float"] == facts["compute"]["total"] == sum(
-            1 for node in plain.graph.node if node.op_type in COMPUTE
-        )
 
 
 def test_integer_ops_count_as_quantized():
@@ -173,11 +175,11 @@ def test_truncated_model_is_a_one_line_input_error(models, tmp_path, capsys, cut
     assert "truncated" in err
 
 
-def test_bad_inputs_are_one_line_errors_with_exit_2(shared_models, tmp_path, capsys, models):
+def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, capsys, models):
     (tmp_path / "empty").mkdir()
     cases = {
         tmp_path / "missing.onnx": "does not exist",
-        shared_models / "README.md": "is not a readable ONNX model",
+        ASSETS / "MANIFEST.tsv": "is not a readable ONNX model",
         tmp_path / "empty": "holds no .onnx model",
     }
     for path, message in cases.items():
@@ -229,3 +231,27 @@ def test_a_compute_node_a_pass_added_says_which_pass(models, tmp_path, capsys):
     assert facts["/head/Gemm"]["reason"].startswith("added by some-pass; graph shows: ")
     assert facts["/head/Gemm"]["reason_source"] == "graph"
     assert not any(fact["reason"].startswith("added by") for name, fact in facts.items() if name != "/head/Gemm")
+
+
+def test_a_compiled_results_folder_gives_the_backends_reason_for_a_node_it_declined(mnist_cntk_compiled, capsys):
+    # A report as `compile` writes it: modelopt declined Times212 (GEMV), which the spec selected.
+    results = mnist_cntk_compiled.results_dir
+    report = json.loads((results / "report.json").read_text())
+    declined = {row["name"]: row["declined_by_backend"] for row in report["decisions"] if row.get("declined_by_backend")}
+    assert set(declined) == {"Times212"}
+
+    code, out, err = run(capsys, results, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["model"] == str(results / "mnist_cntk.int8.onnx") and data["decisions_in_report"] == 3
+    facts = {fact["name"]: fact for fact in data["compute_nodes"]}
+    assert {name: fact["status"] for name, fact in facts.items()} == {
+        "Convolution28": "quantized", "Convolution110": "quantized", "Times212": "float"}
+    assert facts["Times212"]["reason"].startswith(declined["Times212"])
+    assert facts["Times212"]["reason_source"] == "report"
+    assert "layers is empty" in facts["Convolution28"]["reason"]
+    assert not [name for name, fact in facts.items() if "disagrees" in fact]
+
+    code, out, _ = run(capsys, results)
+    assert code == 0
+    assert "mismatch" not in out and "modelopt.onnx left it in float" in out

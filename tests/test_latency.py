@@ -7,15 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from _runtimes_helpers import build_assets, run_cli
+from _compile_helpers import ASSETS, MNIST_CNTK
+from _runtimes_helpers import build_assets, run_cli, without_tensorrt
 from tao_qc.data import InputInfo
 from tao_qc.errors import InputError
 from tao_qc.latency import BatchNotSupported, LatencyResult, measure_latency, summarize, synthetic_feeds
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory, shared_models):
-    return build_assets(tmp_path_factory.getbasetemp(), shared_models)
+def assets(tmp_path_factory):
+    return build_assets(tmp_path_factory.getbasetemp())
 
 
 def test_summarize_statistics():
@@ -35,19 +36,27 @@ def test_synthetic_feeds_follow_the_model_inputs():
     assert feeds["ids"].shape == (5, 4) and feeds["ids"].dtype == np.int64
     with pytest.raises(BatchNotSupported, match="fixed batch 1"):
         synthetic_feeds([InputInfo("x", (1, 3, 8, 8), np.dtype("float32"))], 8)
-    with pytest.raises(InputError, match="dynamic dimension besides the batch"):
-        synthetic_feeds([InputInfo("x", ("n", 3, "h", "w"), np.dtype("float32"))], 1)
+    open_sizes = [InputInfo("x", ("n", 3, "h", "w"), np.dtype("float32"))]
+    with pytest.raises(InputError, match=r"x float32\[\?,3,\?,\?\] has dynamic dimensions besides the batch "
+                                         r"\(axis 2, 3\): give data, or --input-shapes x:1x3xNxN"):
+        synthetic_feeds(open_sizes, 1)
+    # the open sizes from the data's (or --input-shapes') shape; the batch is the one asked for
+    assert synthetic_feeds(open_sizes, 8, shapes={"x": (1, 3, 64, 96)})["x"].shape == (8, 3, 64, 96)
+    with pytest.raises(InputError, match=r"--input-shapes: x 1x4x64x96 does not fit the model's input x float32\[\?,3,\?,\?\] \(axis 1\)"):
+        synthetic_feeds(open_sizes, 1, shapes={"x": (1, 4, 64, 96)})
+    with pytest.raises(InputError, match="x has 3 dimensions"):
+        synthetic_feeds(open_sizes, 1, shapes={"x": (1, 64, 96)})
 
 
-def test_measure_latency_on_a_real_model(shared_models):
-    result = measure_latency(shared_models / "mnist_cntk.onnx", threads=1, warmup=2, runs=5)
+def test_measure_latency_on_a_real_model():
+    result = measure_latency(MNIST_CNTK, threads=1, warmup=2, runs=5)
     assert isinstance(result, LatencyResult)
     assert 0 < result.median_ms <= result.p90_ms and result.runs == 5 and result.threads == 1
     assert result.device == "cpu" and result.throughput > 0
-    shaped = measure_latency(shared_models / "mnist_cntk.onnx", {"Input3": (1, 1, 28, 28)}, threads=1, warmup=0, runs=2)
+    shaped = measure_latency(MNIST_CNTK, {"Input3": (1, 1, 28, 28)}, threads=1, warmup=0, runs=2)
     assert shaped.batch_size == 1
     with pytest.raises(InputError, match="not inputs of the model"):
-        measure_latency(shared_models / "mnist_cntk.onnx", {"image": (1, 1, 28, 28)}, runs=1)
+        measure_latency(MNIST_CNTK, {"image": (1, 1, 28, 28)}, runs=1)
 
 
 @pytest.mark.slow
@@ -62,8 +71,8 @@ def test_bench_prints_ratios_for_resnet18(assets, capsys):
     assert "1.00x" in lines[0] and "1.00x" in lines[2]
 
 
-def test_bench_json_and_fixed_batch_rows_are_skipped(shared_models, capsys):
-    model = shared_models / "mnist_cntk.onnx"
+def test_bench_json_and_fixed_batch_rows_are_skipped(capsys):
+    model = MNIST_CNTK
     code, out, err = run_cli(["bench", model, model, "--batch", "1,4", "--runs", 2, "--warmup", 0, "--json"], capsys)
     assert code == 0, err
     table = json.loads(out)
@@ -79,12 +88,13 @@ def test_bench_json_and_fixed_batch_rows_are_skipped(shared_models, capsys):
     [
         (lambda s: [s / "mnist_cntk.onnx", s / "cnn_mnist_pytorch.onnx"], "models must share inputs"),
         (lambda s: [s / "mnist_cntk.onnx", "--batch", "1,x"], "--batch"),
-        (lambda s: [s / "mnist_cntk.onnx", "--runtime", "tensorrt"], "TensorRT is not installed"),
+        pytest.param(lambda s: [s / "mnist_cntk.onnx", "--runtime", "tensorrt"], "TensorRT is not installed",
+                     marks=without_tensorrt),
         (lambda s: [s / "nothing.onnx"], "does not exist"),
     ],
     ids=["inputs-differ", "bad-batch", "tensorrt-absent", "missing"],
 )
-def test_bench_bad_input_exit_2(shared_models, capsys, args, message):
-    code, _, err = run_cli(["bench", *args(shared_models), "--runs", 1], capsys)
+def test_bench_bad_input_exit_2(capsys, args, message):
+    code, _, err = run_cli(["bench", *args(ASSETS), "--runs", 1], capsys)
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("tao-qc: error: ") and message in err

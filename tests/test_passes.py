@@ -11,7 +11,7 @@ import onnx_ir as ir
 import pytest
 from onnx import helper
 
-from _compile_helpers import export_zoo, session
+from _compile_helpers import CNN_MNIST_PYTORCH, MNIST_CNTK, export_zoo, session, third_party_model
 from tao_qc.errors import InputError
 from tao_qc.passes.fold_batchnorm import FoldBatchNorm
 from tao_qc.passes.fold_constants import SHAPE_VALUE_OPS, SYMBOLIC_FOLD_OPS, FoldConstants, could_fold
@@ -96,8 +96,8 @@ def test_fold_constants_precheck_skips_only_graphs_the_folder_leaves_alone(name,
 
 
 @pytest.mark.parametrize("name", ["cnn_mnist_pytorch", "mnist_cntk", "ultraface_rfb320"])
-def test_fold_constants_precheck_lets_the_folder_see_real_exported_graphs(name, shared_models):
-    assert could_fold(ir.load(shared_models / f"{name}.onnx"))
+def test_fold_constants_precheck_lets_the_folder_see_real_exported_graphs(name, request):
+    assert could_fold(ir.load(third_party_model(f"{name}.onnx", request)))
 
 
 def test_identity_removal_on_an_exported_transformer(tmp_path, zoo_dir):
@@ -111,8 +111,8 @@ def test_identity_removal_on_an_exported_transformer(tmp_path, zoo_dir):
     np.testing.assert_allclose(outputs(result.model, feeds)[0], before[0], rtol=1e-6)
 
 
-def test_inference_dropout_and_identities_are_removed_and_output_names_kept(tmp_path, shared_models):
-    proto = onnx.load(str(shared_models / "cnn_mnist_pytorch.onnx"))
+def test_inference_dropout_and_identities_are_removed_and_output_names_kept(tmp_path):
+    proto = onnx.load(str(CNN_MNIST_PYTORCH))
     graph = proto.graph
     # Put a Dropout (opset 9: a no-op at inference) after the first node and an Identity before the output.
     first = graph.node[0]
@@ -261,8 +261,8 @@ def test_a_model_without_conv_gemm_or_matmul_is_an_input_error(tmp_path):
         MatchLayers().run(model, context)
 
 
-def test_load_and_check_records_opset_names_nodes_and_drops_initializer_inputs(tmp_path, shared_models):
-    source = shared_models / "mnist_cntk.onnx"
+def test_load_and_check_records_opset_names_nodes_and_drops_initializer_inputs(tmp_path):
+    source = MNIST_CNTK
     original = source.read_bytes()
     context = ctx(tmp_path, source=source)
     result = LoadAndCheck().run(None, context)
@@ -275,10 +275,10 @@ def test_load_and_check_records_opset_names_nodes_and_drops_initializer_inputs(t
 
 
 @pytest.mark.parametrize("content", [b"", b"not an onnx model at all\n" * 3, None])
-def test_load_and_check_refuses_unreadable_files_in_one_line(tmp_path, shared_models, content):
+def test_load_and_check_refuses_unreadable_files_in_one_line(tmp_path, content):
     path = tmp_path / "bad.onnx"
     if content is None:  # truncated real model
-        path.write_bytes((shared_models / "mnist_cntk.onnx").read_bytes()[:3000])
+        path.write_bytes(MNIST_CNTK.read_bytes()[:3000])
     else:
         path.write_bytes(content)
     with pytest.raises(InputError) as caught:
@@ -296,10 +296,10 @@ def test_folded_convs_keep_their_names(tmp_path, zoo_dir):
     assert {d.unit.name for d in context.facts["decisions"] if not d.quantized} == {"/stem/stem.0/Conv"}
 
 
-def test_check_calibration_accepts_random_only_when_asked_and_says_so_loudly(tmp_path, shared_models, caplog):
+def test_check_calibration_accepts_random_only_when_asked_and_says_so_loudly(tmp_path, caplog):
     from tao_qc.passes.check_calibration import CheckCalibration
 
-    source = shared_models / "mnist_cntk.onnx"
+    source = MNIST_CNTK
     context = ctx(tmp_path, source=source, calibration={"data": "random", "max_samples": 4})
     model = LoadAndCheck().run(None, context).model
     with caplog.at_level("WARNING", logger="tao_qc"):

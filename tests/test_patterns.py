@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from fnmatch import fnmatchcase
 
 import onnx
 import pytest
@@ -158,47 +157,95 @@ def test_module_path_from_onnx_name(node_name, module):
     assert module_path_from_onnx_name(node_name) == module
 
 
-# --- properties
+# --- properties, against an oracle written from the rules (SPEC.md, README) and not from the matcher
 
-segment = st.text(alphabet="abcxyz._0123", min_size=1, max_size=6)
+
+def glob(pattern: str, text: str) -> bool:
+    """Whole-string shell wildcard, case-sensitive: `*` any run of characters, `?` exactly one.
+    Dynamic programming over prefixes, sharing no code with the matcher under test."""
+    ends = {0}  # lengths of the prefixes of `text` the pattern read so far can match
+    for symbol in pattern:
+        if symbol == "*":
+            ends = set(range(min(ends), len(text) + 1)) if ends else set()
+        else:
+            ends = {end + 1 for end in ends if end < len(text) and symbol in ("?", text[end])}
+    return len(text) in ends
+
+
+# A PyTorch class answers to the ONNX ops exported from it (Conv2d -> Conv, Linear -> Gemm/MatMul).
+EXPORTED_AS = {"Conv2d": ("Conv",), "Linear": ("Gemm", "MatMul"), "ReLU": (), "BatchNorm2d": ()}
+QUANTIZABLE = {"Conv2d", "Linear"}
+
+
+def selects(pattern: str, unit: Unit) -> bool:
+    return glob(pattern, unit.name) or any(glob(pattern, kind) for kind in (unit.type, *EXPORTED_AS[unit.type]))
+
+
+def test_the_oracle_itself():
+    assert glob("a*", "a") and glob("a*", "abc") and glob("*c", "abc") and glob("a?c", "abc") and glob("*", "")
+    assert not glob("a?c", "ac") and not glob("A*", "abc") and not glob("ab", "abc") and not glob("?", "")
+    assert glob("*.*", "a.b") and not glob("*.*", "ab") and glob("**a", "a") and glob("a*b*c", "axxbyyc")
+
+
+letters = "abcxyzABCXYZ"  # upper case too: matching is case-sensitive
+segment = st.text(alphabet=letters + "._0123", min_size=1, max_size=6)
 names = st.lists(st.builds(lambda parts: ".".join(parts), st.lists(segment, min_size=1, max_size=3)), min_size=1, max_size=8, unique=True)
-kinds = st.sampled_from(["Conv2d", "Linear", "ReLU", "BatchNorm2d"])
-patterns = st.text(alphabet="abcxyz.*?", min_size=1, max_size=6)
+kinds = st.sampled_from(sorted(EXPORTED_AS))
+# Free-form wildcards, and patterns near the type names (other case, ONNX op names, wildcards in them).
+type_patterns = st.sampled_from(["Conv2d", "conv2d", "CONV2D", "Conv", "conv", "Conv*", "?onv2d", "Linear", "linear",
+                                 "*near", "Gemm", "MatMul", "matmul", "ReLU", "Relu", "*Norm*", "*2d", "*"])
+patterns = st.one_of(st.text(alphabet=letters + ".*?", min_size=1, max_size=6), type_patterns)
+
+
+def near_miss(name: str, how: int, where: int) -> str:
+    """A pattern close to `name`: in the other case, with a wildcard for part of it, or both."""
+    at = where % len(name)
+    return [name.swapcase(), name[:at] + "?" + name[at + 1:], name[:at] + "*", "*" + name[at:].swapcase(),
+            name.upper(), name[:at] + "*" + name[at:]][how % 6]
 
 
 @settings(max_examples=150, deadline=None)
-@given(names=names, types=st.lists(kinds, min_size=8, max_size=8), pats=st.lists(patterns, max_size=3), skips=st.lists(patterns, max_size=2))
-def test_properties(names, types, pats, skips):
+@given(names=names, types=st.lists(kinds, min_size=8, max_size=8), free=st.lists(patterns, max_size=3),
+       near=st.lists(st.tuples(st.integers(0, 7), st.integers(0, 5), st.integers(0, 20)), max_size=2),
+       skips=st.lists(patterns, max_size=2))
+def test_properties(names, types, free, near, skips):
     units = [Unit(n, t) for n, t in zip(names, types)]
+    pats = free + [near_miss(names[i % len(names)], how, where) for i, how, where in near]
     s = spec(backend="modelopt.pytorch", layers=[{"module_name": p} for p in pats], skip_names=skips)
     result = decide(units, s.layers, s.skip_names, static=True, warn=False)
     by_name = result.by_name()
+    assert set(by_name) == {u.name for u in units if u.type in QUANTIZABLE}  # only compute layers get decisions
     for unit in units:
-        if unit.type not in ("Conv2d", "Linear"):
-            assert unit.name not in by_name  # never quantizable
+        if unit.type not in QUANTIZABLE:
             continue
         decision = by_name[unit.name]
-        skipped = any(fnmatchcase(unit.name, p) or fnmatchcase(unit.type, p) for p in skips)
-        chosen = not pats or any(unit.matched_by(p) for p in pats)
+        skipped = any(selects(p, unit) for p in skips)
+        chosen = not pats or any(selects(p, unit) for p in pats)
         # skip_names always wins; otherwise selected <=> some entry matches (or layers is empty)
         assert decision.quantized == (chosen and not skipped)
         assert (decision.skipped_by is not None) == skipped
-    # a pattern is reported unmatched iff it matches no unit at all
-    for index, p in enumerate(pats):
-        assert (f"layers[{index}] '{p}'" in result.unmatched) == (not any(u.matched_by(p) for u in units))
+        if decision.quantized:
+            assert (decision.weights, decision.activations) == ("int8", "int8")
+    # a pattern is unmatched iff it selects no unit at all, "only other types" iff only non-compute ones
+    labelled = [(f"layers[{i}] '{p}'", p) for i, p in enumerate(pats)] + [(f"skip_names[{i}] '{p}'", p) for i, p in enumerate(skips)]
+    for label, p in labelled:
+        hits = {u.type in QUANTIZABLE for u in units if selects(p, u)}
+        assert (label in result.unmatched) == (not hits)
+        assert (label in result.only_other_types) == (hits == {False})
 
 
 @settings(max_examples=100, deadline=None)
-@given(pats=st.lists(patterns, min_size=1, max_size=4))
-def test_order_of_entries_decides_weights_dtype(pats):
-    unit = Unit("a.b", "Conv2d")
+@given(pats=st.lists(patterns, min_size=1, max_size=4), name=segment, kind=st.sampled_from(sorted(QUANTIZABLE)))
+def test_order_of_entries_decides_weights_dtype(pats, name, kind):
+    unit = Unit(name, kind)
     dtypes = ["int8", "fp8_e4m3fn", "native", "fp8_e5m2"]
     layers = [{"module_name": p, "weights": {"dtype": dtypes[i % 4]}} for i, p in enumerate(pats)]
     s = spec(backend="modelopt.pytorch", layers=layers)
     decision = decide([unit], s.layers, [], static=True, warn=False).decisions[0]
-    matching = [i for i, p in enumerate(pats) if unit.matched_by(p)]
+    matching = [i for i, p in enumerate(pats) if selects(p, unit)]
     if matching:
         assert decision.weights == dtypes[matching[-1] % 4]
+        assert decision.weights_rule.startswith(f"layers[{matching[-1]}] '{pats[matching[-1]]}'")
     else:
         assert not decision.quantized
 

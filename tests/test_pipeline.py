@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+from _compile_helpers import MNIST_CNTK
 from tao_qc.errors import InputError
 from tao_qc.passes.fold_batchnorm import FoldBatchNorm
 from tao_qc.passes.fold_constants import FoldConstants
@@ -80,8 +81,8 @@ class AddUnmarkedIdentity:
 
 
 @pytest.fixture
-def mnist(shared_models) -> Path:
-    return shared_models / "mnist_cntk.onnx"
+def mnist() -> Path:
+    return MNIST_CNTK
 
 
 def context(tmp_path: Path, source: Path) -> PassContext:

@@ -11,6 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import _compile_helpers as compile_helpers
+from _compile_helpers import CNN_MNIST_PYTORCH, MNIST_CNTK
 from _compile_helpers import digits as all_digits
 from tao_qc import zoo
 from tao_qc.compile import compile_model
@@ -24,9 +26,22 @@ def digits(count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images[offset : offset + count] / 255.0, labels[offset : offset + count]
 
 
-def run(path: Path, name: str, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def run(path: Path, name: str, x: np.ndarray, *, unfused: bool = False) -> np.ndarray:
+    """Outputs per sample, on one ORT thread; `unfused`: the graph's own arithmetic, without ORT's
+    integer kernels (see tests/_compile_helpers.session for the kernel that needs it)."""
+    session = compile_helpers.session(path, unfused=unfused)
     return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def worst_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Per sample, |candidate - reference| over the spread of the reference's outputs around their
+    mean (both as norms); the worst sample. A cosine over whole outputs lets random nets pass with
+    errors a hundred times too large: their outputs share a large common part the quantization
+    keeps, and every sample is pooled into one vector."""
+    reference = reference.reshape(len(reference), -1).astype(np.float64)
+    candidate = candidate.reshape(len(candidate), -1).astype(np.float64)
+    spread = np.linalg.norm(reference - reference.mean(axis=1, keepdims=True), axis=1)
+    return float((np.linalg.norm(candidate - reference, axis=1) / spread).max())
 
 
 def optimized_ops(path: Path, tmp_path: Path) -> Counter:
@@ -37,17 +52,19 @@ def optimized_ops(path: Path, tmp_path: Path) -> Counter:
 
 
 def compile_for(model: Path, data: Path, target: str, out: Path):
-    spec = {"quantize": {"backend": "modelopt.onnx", "target": target, "device": "cpu",
+    # fp32 float part for both targets: modelopt's own (tensorrt) placement is compared with ours
+    # and fed to place-for-onnxruntime, which works on fp32 graphs.
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": target, "device": "cpu", "float_dtype": "fp32",
                          "calibration": {"data": str(data), "max_samples": 48}}}
     return compile_model(model, spec, results_dir=out, compare=False)
 
 
 @pytest.fixture(scope="module")
-def mnist(tmp_path_factory, shared_models):
+def mnist(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mnist")
     calib, _ = digits(48)
     np.savez(folder / "calib.npz", **{"0": calib})
-    model = shared_models / "cnn_mnist_pytorch.onnx"
+    model = CNN_MNIST_PYTORCH
     return {"fp32": model, "ort": compile_for(model, folder / "calib.npz", "onnxruntime", folder / "ort")}
 
 
@@ -92,9 +109,9 @@ def test_weights_int8_initializers_and_activations_uint8(mnist):
     assert weights_int8 == 4 and activations_uint8 == 4
     used = {name for node in model.graph.node for name in node.input}
     assert not [i.name for i in model.graph.initializer if i.name not in used]  # replaced float weights/biases are gone
-    assert [p["pass"] for p in mnist["ort"].report["passes"]][-6:] == [
-        "quantize-modelopt", "place-for-onnxruntime", "integer-elementwise", "space-to-depth-stem", "fit-ort-integer-kernels",
-        "verify-quantization"]
+    assert [p["pass"] for p in mnist["ort"].report["passes"]][-8:] == [
+        "quantize-modelopt", "clip-ranges", "keep-float", "place-for-onnxruntime", "integer-elementwise",
+        "space-to-depth-stem", "fit-ort-integer-kernels", "verify-quantization"]
 
 
 def test_tensorrt_target_keeps_modelopts_placement(small_cnn):
@@ -109,22 +126,23 @@ def test_tensorrt_target_keeps_modelopts_placement(small_cnn):
 def test_agreement_with_fp32_on_real_digits(mnist):
     x, labels = digits(400, offset=600)
     reference = run(mnist["fp32"], "0", x)
-    placed = run(mnist["ort"].model_path, "0", x)
+    # what the placed graph computes; that ORT runs it on integer kernels is the first test's concern
+    placed = run(mnist["ort"].model_path, "0", x, unfused=True)
     agreement = (reference.argmax(1) == placed.argmax(1)).mean()
     assert agreement >= 0.99
     assert (placed.argmax(1) == labels).mean() >= (reference.argmax(1) == labels).mean() - 0.01
 
 
-def test_old_ir_model_with_matmul(tmp_path, shared_models):
+def test_old_ir_model_with_matmul(tmp_path):
     calib, _ = digits(32)
     np.savez(tmp_path / "calib.npz", Input3=calib)
-    result = compile_for(shared_models / "mnist_cntk.onnx", tmp_path / "calib.npz", "onnxruntime", tmp_path / "out")
+    result = compile_for(MNIST_CNTK, tmp_path / "calib.npz", "onnxruntime", tmp_path / "out")
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["QLinearConv"] == 2 and ops["Conv"] == 0
     # a 2-D MatMul before a bias Add keeps its output Q (ORT would fuse MatMul + Add into a float Gemm first)
     assert ops["QLinearMatMul"] == 1 and ops["MatMul"] + ops["Gemm"] == 0
     x, _ = digits(300, offset=900)
-    agreement = (run(shared_models / "mnist_cntk.onnx", "Input3", x).argmax(1) == run(result.model_path, "Input3", x).argmax(1)).mean()
+    agreement = (run(MNIST_CNTK, "Input3", x).argmax(1) == run(result.model_path, "Input3", x).argmax(1)).mean()
     assert agreement >= 0.99
 
 
@@ -151,11 +169,10 @@ def test_relu_before_maxpool_is_absorbed_with_a_derived_range(tmp_path):
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] == 8 and ops["QLinearGlobalAveragePool"] == 1
     assert ops["Conv"] + ops["Add"] + ops["GlobalAveragePool"] + ops["Relu"] == 0  # no float kernel left
+    # Held-out inputs (another seed than calibration's). Measured 0.019 here; relu ranges half as wide
+    # give 0.11, weights 5% off 0.079, int32 biases 5% off 0.051.
     x = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
-    reference = run(tmp_path / "r.onnx", "input", x)
-    placed = run(result.model_path, "input", x)
-    cosine = (reference * placed).sum() / np.linalg.norm(reference) / np.linalg.norm(placed)
-    assert cosine > 0.99
+    assert worst_relative_error(run(tmp_path / "r.onnx", "input", x), run(result.model_path, "input", x)) < 0.03
 
 
 def test_pass_on_plain_modelopt_output(small_cnn, tmp_path):
@@ -201,11 +218,9 @@ def test_transformer_matmuls_feeding_float_ops_run_integer_to_float(tmp_path):
     assert placement["stats"]["matmul_outputs_float"] == 4 and placement["stats"]["float_compute_left"] == 2
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["MatMulIntegerToFloat"] == 4 and ops["QLinearMatMul"] == 0 and ops["Gemm"] == 0
-    x = np.random.default_rng(1).standard_normal((4, 16, 128)).astype(np.float32)  # 4 samples of [1, 16, 128]
-    reference = run(tmp_path / "t.onnx", "input", x)
-    placed = run(result.model_path, "input", x)
-    cosine = (reference * placed).sum() / np.linalg.norm(reference) / np.linalg.norm(placed)
-    assert cosine > 0.99
+    # 4 held-out samples of [1, 16, 128]. Measured 0.0041 here; weights 5% off give 0.023.
+    x = np.random.default_rng(1).standard_normal((4, 16, 128)).astype(np.float32)
+    assert worst_relative_error(run(tmp_path / "t.onnx", "input", x), run(result.model_path, "input", x)) < 0.01
 
 
 def test_relu6_before_the_average_pool_takes_the_convs_measured_range(tmp_path):
@@ -223,6 +238,6 @@ def test_relu6_before_the_average_pool_takes_the_convs_measured_range(tmp_path):
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["QLinearGlobalAveragePool"] == 1 and ops["QLinearConv"] == 23
     assert ops["GlobalAveragePool"] + ops["Clip"] + ops["Conv"] == 0
+    # Held-out inputs. Measured 0.012 here; relu ranges half as wide give 0.035, int32 biases 5% off 0.051.
     x = np.random.default_rng(1).standard_normal((8, 3, 64, 64)).astype(np.float32)
-    reference, quantized = run(tmp_path / "m.onnx", "input", x), run(result.model_path, "input", x)
-    assert (reference * quantized).sum() / np.linalg.norm(reference) / np.linalg.norm(quantized) > 0.99
+    assert worst_relative_error(run(tmp_path / "m.onnx", "input", x), run(result.model_path, "input", x)) < 0.025

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -68,8 +69,8 @@ def parse(html: str) -> _Structure:
 
 
 @pytest.fixture(scope="module")
-def full_report(tmp_path_factory, shared_models):
-    assets = build_assets(tmp_path_factory.getbasetemp(), shared_models)
+def full_report(tmp_path_factory):
+    assets = build_assets(tmp_path_factory.getbasetemp())
     model = onnx.load(str(assets.mnist_fp32))
     inputs = open_inputs(assets.digits, model_inputs(model), max_samples=200, key="--data")
     spec = QuantizeSpec(backend="modelopt.onnx", mode="static_ptq", target="onnxruntime", model_path=str(assets.mnist_fp32),
@@ -151,3 +152,40 @@ def test_tensorrt_layer_table_renders_from_engine_info():
                                        "engines": {"candidate": {"layers": layers}}}})
     parse(html)
     assert "TensorRT layers" in html and "CaskConvolution" in html and "<b>INT8</b>" in html
+
+
+def _row_of(html: str, node: str) -> str:
+    match = re.search(rf'<tr class="(q?)"><td><code>{re.escape(node)}</code></td>.*?</tr>', html)
+    assert match, f"no decisions row for {node}"
+    return match.group(0)
+
+
+def test_the_report_html_of_a_real_compile(mnist_cntk_compiled):
+    # compile's own report.html: written beside report.json from the staging folder, then moved.
+    results = mnist_cntk_compiled.results_dir
+    report = json.loads((results / "report.json").read_text())
+    html = (results / "report.html").read_text(encoding="utf-8")
+    structure = parse(html)
+    assert structure.urls == [] and "<script" not in html
+
+    # Times212 was selected, but modelopt left it in float: not counted, not highlighted, reason shown.
+    declined = next(row for row in report["decisions"] if row["name"] == "Times212")
+    assert declined["quantized"] and declined["declined_by_backend"]
+    assert re.search(r'<div class="k">nodes quantized</div><div class="v">2 / 3</div>', html)
+    assert "2 of 3 compute nodes quantized (highlighted), 1 selected but left in float by the backend" in html
+    assert _row_of(html, "Times212").startswith('<tr class="">')
+    assert escape(declined["declined_by_backend"]) in _row_of(html, "Times212")
+    assert _row_of(html, "Convolution28").startswith('<tr class="q">')
+
+    # Every warning of report.json is in the page.
+    assert report["warnings"] and "Warnings" in structure.headings
+    for warning in report["warnings"]:
+        assert f"<li>{escape(warning)}</li>" in html
+
+    # Paths point where the results are, never into the staging folder that was renamed into place.
+    model = str(results / "mnist_cntk.int8.onnx")
+    assert report["output"] == model and report["comparison"]["candidate"] == model
+    assert report["comparison"]["passed"] and report["comparison"]["num_samples"] == 300
+    assert f"<code>{escape(model)}</code>" in html
+    for text in ((results / "report.json").read_text(), html):
+        assert ".partial" not in text

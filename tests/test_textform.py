@@ -20,6 +20,7 @@ from tao_qc import zoo
 from tao_qc.pipeline import PROVENANCE_KEY, mark_created
 from tao_qc.textform import counts_from_text, diff_text, format_model, op_counts, op_delta
 
+from _compile_helpers import CNN_MNIST_PYTORCH, MNIST_CNTK, third_party_model
 from _textform_helpers import small_cnn_models
 
 SHARED = ["mnist_cntk.onnx", "cnn_mnist_pytorch.onnx", "ultraface_rfb320.onnx", "yunet_n_320.onnx", "fastestdet.onnx"]
@@ -177,8 +178,8 @@ def test_digests_show_a_weight_change_only_when_asked(models):
 
 
 @pytest.mark.parametrize("name", SHARED)
-def test_third_party_models_print_with_true_counts_and_known_types(shared_models, name):
-    model = onnx.load(shared_models / name)
+def test_third_party_models_print_with_true_counts_and_known_types(request, name):
+    model = onnx.load(third_party_model(name, request))
     text = format_model(model)
     real = Counter(node.op_type for node in model.graph.node)
     assert counts_from_text(text) == dict(real) == op_counts(model) == op_counts(ir.serde.deserialize_model(model))
@@ -189,12 +190,12 @@ def test_third_party_models_print_with_true_counts_and_known_types(shared_models
     assert f"# opsets: ai.onnx {opset}" in text
 
 
-def test_old_ir_initializers_listed_as_inputs_print_inline_and_odd_names_are_quoted(shared_models):
-    cntk = format_model(onnx.load(shared_models / "mnist_cntk.onnx"))
+def test_old_ir_initializers_listed_as_inputs_print_inline_and_odd_names_are_quoted():
+    cntk = format_model(onnx.load(MNIST_CNTK))
     assert [line for line in cntk.splitlines() if line.startswith("  in ")] == ["  in  %Input3: f32[1,1,28,28]"]
     assert "  initializers also listed as graph inputs: 8" in cntk
     assert "Conv(%Input3, f32[8,1,5,5])" in cntk
-    torch_v1 = format_model(onnx.load(shared_models / "cnn_mnist_pytorch.onnx"))
+    torch_v1 = format_model(onnx.load(CNN_MNIST_PYTORCH))
     assert '  in  %"0": f32[1,1,28,28]' in torch_v1
     assert 'Conv(%"0", f32[10,1,5,5], f32[10])' in torch_v1
     assert "return %\"21\"" in torch_v1

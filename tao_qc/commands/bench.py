@@ -29,9 +29,11 @@ def _batch_sizes(value: str) -> list[int]:
               help="onnxruntime: cpu, cuda, or cuda where present.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed runs first.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model and batch size.")
+@click.option("--input-shapes", metavar="NAME:DIMS[,...]",
+              help="Sizes the models leave open, e.g. x:1x3x640x640 (the batch dimension is replaced by each --batch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON on stdout.")
 def bench_command(models: tuple[Path, ...], batch: str, threads: int, runtime: str, device: str, warmup: int, runs: int,
-                  as_json: bool) -> None:
+                  input_shapes: str | None, as_json: bool) -> None:
     """Time MODELS with the same settings; the ratio column is the first model's median over each model's
     (above 1: faster than the first).
 
@@ -44,21 +46,24 @@ def bench_command(models: tuple[Path, ...], batch: str, threads: int, runtime: s
     Examples:
       tao-qc bench model.onnx model.int8.onnx
       tao-qc bench model.onnx model.int8.onnx --batch 1,8 --threads 2 --json
+      tao-qc bench det.onnx det.int8.onnx --input-shapes x:1x3x640x640 --batch 1,8
     """
     from rich.console import Console
 
     from tao_qc.console import progress
     from tao_qc.latency import bench_models
     from tao_qc.runtimes.base import RuntimeSettings
+    from tao_qc.shapes import parse_input_shapes
 
     sizes = _batch_sizes(batch)
+    shapes = parse_input_shapes(input_shapes)
     for path in models:
         if not path.is_file():
             raise InputError(f"{path} does not exist")
-    settings = RuntimeSettings(threads=threads, device=device)
+    settings = RuntimeSettings(threads=threads, device=device, batch_sizes=tuple(sizes), input_shapes=shapes)
     with progress("timing", total=len(models) * len(sizes)) as bar:
         table = bench_models(list(models), sizes, runtime=runtime, settings=settings, warmup=warmup, runs=runs,
-                             on_progress=bar.advance)
+                             on_progress=bar.advance, shapes=shapes)
     if as_json:
         click.echo(json.dumps(table.to_dict(), indent=2))
     else:

@@ -26,14 +26,27 @@ log = logging.getLogger("tao_qc.compare")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Relative tolerance (element-wise check).")
 @click.option("--min-top1-agreement", type=click.FloatRange(0, 1), default=None,
               help="Fraction of samples whose argmax must agree (classifier outputs).")
+@click.option("--task", type=click.Choice(["auto", "classification", "detection", "dense"]), default=None,
+              help="What the outputs are (default: the spec's compare.task, else auto: detection when a decoder is given).")
+@click.option("--decoder", metavar="NAME", default=None,
+              help="Detection: rtdetr, boxes_scores, or module:function (your post-processing: boxes per image).")
+@click.option("--annotations", type=click.Path(path_type=Path), default=None,
+              help="Detection: a COCO json, one image per sample in order (default: FP32's detections are the reference).")
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Detection: the confidence at which a box counts (FP32's reference boxes, the picture; default 0.5).")
 @click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Compare at most this many samples (default: the spec's calibration.max_samples for random data, else all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples per run (models with a fixed batch use theirs).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: physical cores).")
+@click.option("--input-shapes", metavar="NAME:DIMS[,...]",
+              help="Shapes of random inputs where no data is given and the model leaves sizes open, "
+                   "e.g. x:1x3x640x640 (the batch first).")
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None, help="A quantize spec whose compare/calibration sections give defaults.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def compare_command(reference: Path, candidate: Path, runtime: str | None, data: str | None, labels: Path | None,
-                    atol: float | None, rtol: float | None, min_top1_agreement: float | None, max_samples: int | None,
-                    batch_size: int | None, threads: int | None, spec_file: Path | None, as_json: bool) -> None:
+                    atol: float | None, rtol: float | None, min_top1_agreement: float | None, task: str | None,
+                    decoder: str | None, annotations: Path | None, score_threshold: float | None, max_samples: int | None,
+                    batch_size: int | None, threads: int | None, input_shapes: str | None, spec_file: Path | None,
+                    as_json: bool) -> None:
     """Run REFERENCE (FP32) and CANDIDATE (quantized) on the same inputs and check the candidate.
 
     \b
@@ -41,6 +54,8 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
       --atol/--rtol          every element: |cand-ref| <= atol OR |cand-ref|/|ref| <= rtol
       --min-top1-agreement   classifier outputs ([N, C]) agree on argmax this often
       none given             classifiers: top-1 agreement >= 0.99; other outputs: cosine >= 0.99
+      --task detection       boxes from --decoder: mAP@.5 against FP32's boxes >= 0.9, or with
+                             --annotations, mAP@[.5:.95] at most 0.01 below FP32's; AP per class
     Exit code 1 when a check fails, 2 on bad input.
 
     \b
@@ -48,6 +63,9 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
       tao-qc compare model.onnx model.int8.onnx --data val.npz --labels val_labels.npy
       tao-qc compare model.onnx model.int8.onnx --data images/ --spec q.yaml --json
       tao-qc compare model.onnx model.int8.onnx --atol 1e-2 --rtol 1e-2
+      tao-qc compare det.onnx det.int8.onnx --input-shapes x:1x3x640x640   # random data, open sizes
+      tao-qc compare face.onnx face.int8.onnx --data photos/ --task detection --decoder boxes_scores
+      tao-qc compare det.onnx det.int8.onnx --data val.npz --decoder mypkg.post:decode --annotations val.json
     """
     from rich.console import Console
 
@@ -56,16 +74,22 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
     from tao_qc.spec import QuantizeSpec, load_spec
 
     spec = load_spec(spec_file) if spec_file else QuantizeSpec()
-    settings = spec.compare.model_copy(update={
-        k: v for k, v in {"atol": atol, "rtol": rtol, "min_top1_agreement": min_top1_agreement}.items() if v is not None
-    })
+    settings = _compare_settings(spec, {"atol": atol, "rtol": rtol, "min_top1_agreement": min_top1_agreement, "task": task,
+                                        "decoder": decoder, "score_threshold": score_threshold,
+                                        "annotations": str(annotations.resolve()) if annotations else None})
     runtime = runtime or settings.runtime
-    runtime_settings = RuntimeSettings(threads=threads, tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline)
     for path in (reference, candidate):
         if not path.is_file():
             raise InputError(f"{path} does not exist")
 
-    inputs, key = open_compare_inputs(reference, data, spec, max_samples=max_samples, batch_size=batch_size)
+    from tao_qc.shapes import parse_input_shapes
+
+    inputs, key = open_compare_inputs(reference, data, spec, max_samples=max_samples, batch_size=batch_size,
+                                      shapes=parse_input_shapes(input_shapes))
+    from tao_qc.shapes import shapes_of
+
+    runtime_settings = RuntimeSettings(threads=threads, tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline,
+                                       batch_sizes=(inputs.batch_size,), input_shapes=shapes_of(inputs.first()))
     label_array = None
     labels_path = labels or (Path(settings.labels) if settings.labels else None)
     if labels_path is not None:
@@ -74,7 +98,7 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
         label_array = load_labels(labels_path, key="--labels" if labels else "quantize.compare.labels")
 
     result = compare_models(reference, candidate, inputs, runtime=runtime, labels=label_array, settings=settings,
-                            runtime_settings=runtime_settings)
+                            runtime_settings=runtime_settings, image_color=spec.calibration.color)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
@@ -83,9 +107,27 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
         raise AccuracyError(f"{candidate.name} failed the comparison with {reference.name}: " + "; ".join(result.failures))
 
 
+def _compare_settings(spec, flags: dict):
+    """The spec's compare section with the flags given on top, validated as one (a --decoder with
+    --task dense is the same error as in a spec)."""
+    from pydantic import ValidationError
+
+    from tao_qc.spec import CompareSpec
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return CompareSpec.model_validate({**spec.compare.model_dump(), **given})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        flag = f"--{where.replace('_', '-')}" if where in given else "--task/--decoder"
+        raise InputError(f"{flag}: {error['msg']}") from None
+
+
 def open_compare_inputs(model_path: Path, data: str | None, spec, *, max_samples: int | None = None,
-                        batch_size: int | None = None):
-    """The comparison's inputs: `data`, else the spec's compare.data, calibration.data, else random (warned)."""
+                        batch_size: int | None = None, shapes: dict | None = None):
+    """The comparison's inputs: `data`, else the spec's compare.data, calibration.data, else random
+    (warned; `shapes` size it where the model leaves dimensions open)."""
     import onnx
 
     from tao_qc.data import model_inputs, open_inputs
@@ -105,5 +147,5 @@ def open_compare_inputs(model_path: Path, data: str | None, spec, *, max_samples
         raise InputError(f"{model_path} is not a readable ONNX model: {exc}") from None
     limit = max_samples if max_samples is not None else (spec.calibration.max_samples if source == "random" else 1 << 62)
     inputs = open_inputs(source, model_inputs(proto), calibration=spec.calibration, max_samples=limit,
-                         batch_size=batch_size or spec.calibration.batch_size, key=key)
+                         batch_size=batch_size or spec.calibration.batch_size, key=key, shapes=shapes)
     return inputs, key

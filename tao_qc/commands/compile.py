@@ -69,7 +69,7 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
         pytorch = {"model_factory": model_factory, "factory_kwargs": parse_factory_kwargs(factory_kwargs),
                    "input_shape": parse_shape(input_shape)}
     result = compile_model(model, spec, results_dir=output, dump=dump, dump_dir=dump_dir, print_after=print_after,
-                           compare=not no_compare, echo=click.echo, **pytorch)
+                           compare=not no_compare, echo=click.echo, raise_on_mismatch=False, **pytorch)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
     else:
@@ -78,6 +78,9 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
                    f"{result.report['quantize_mode']}, {counts['kept_float']} in float)", err=bool(print_after))
         for line in comparison_lines(result.report):
             click.echo(line, err=bool(print_after))
+    from tao_qc.compare import raise_if_failed
+
+    raise_if_failed(result.report, result.spec)  # exit 1 for a failed check, after the result is shown
 
 
 def comparison_lines(report: dict) -> list[str]:
@@ -92,6 +95,9 @@ def comparison_lines(report: dict) -> list[str]:
             if output.get("reference_top1") is not None:
                 parts.append(f"top-1 accuracy {output['reference_top1']:.2%} FP32 -> {output['candidate_top1']:.2%} quantized")
             lines.append(f"  output {output['name']}: " + ", ".join(parts))
+        detection = comparison.get("detection")
+        if detection:
+            lines.append("  " + detection_line(detection))
         verdict = "passed" if comparison.get("passed") else "FAILED: " + "; ".join(comparison.get("failures") or [])
         lines.append(f"  comparison on {comparison.get('runtime')} ({comparison.get('num_samples')} samples): {verdict}")
     latency = report.get("latency")
@@ -103,3 +109,18 @@ def comparison_lines(report: dict) -> list[str]:
     if comparison:
         lines.append(f"  report: {Path(report['output']).parent / 'report.html'}")
     return lines
+
+
+def detection_line(section: dict) -> str:
+    """mAP of the quantized model, against what, on how much."""
+    def show(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    if section.get("against") == "annotations":
+        fp32 = section.get("fp32") or {}
+        return (f"detections: mAP@[.5:.95] {show(fp32.get('map'))} FP32 -> {show(section.get('map'))} quantized, "
+                f"mAP@.5 {show(fp32.get('map50'))} -> {show(section.get('map50'))} ({section.get('truth_boxes')} "
+                f"annotated boxes on {section.get('images')} images)")
+    return (f"detections: mAP@[.5:.95] {show(section.get('map'))}, mAP@.5 {show(section.get('map50'))} of the quantized "
+            f"model against FP32's {section.get('truth_boxes')} boxes on {section.get('images')} images "
+            f"(score >= {section.get('score_threshold'):g})")

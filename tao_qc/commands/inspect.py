@@ -20,7 +20,7 @@ from tao_qc.errors import InputError
 
 REPORT_NAME = "report.json"
 # Keys a per-node decision record carries (see `tao_qc.patterns.Decision.as_dict`).
-_DECISION_KEYS = ("quantized", "reason", "weights_rule", "skipped_by")
+_DECISION_KEYS = ("quantized", "reason", "weights_rule", "skipped_by", "declined_by_backend")
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,22 @@ def _find_decisions(data: Any, depth: int = 0) -> list[dict[str, Any]]:
 
 
 def decision_reason(record: dict[str, Any]) -> str:
+    declined = record.get("declined_by_backend")
+    if declined:
+        # The spec selected the node, the backend left it in float: its reason is the one that holds.
+        return f"{declined}; the spec asked for it ({_spec_reason(record)})"
+    return _spec_reason(record)
+
+
+def planned_quantized(record: dict[str, Any]) -> bool | None:
+    """Whether the report expects the graph to run the node quantized (None: it does not say)."""
+    if record.get("declined_by_backend"):
+        return False
+    planned = record.get("quantized")
+    return planned if isinstance(planned, bool) else None
+
+
+def _spec_reason(record: dict[str, Any]) -> str:
     if record.get("reason"):
         return str(record["reason"])
     if record.get("skipped_by"):
@@ -195,8 +211,8 @@ def summarize(target: Target, *, with_text: bool = False, digests: bool = False)
             continue
         fact["reason"] = decision_reason(record)
         fact["reason_source"] = "report"
-        planned = record.get("quantized")
-        if isinstance(planned, bool) and planned != (fact["status"] == "quantized"):
+        planned = planned_quantized(record)
+        if planned is not None and planned != (fact["status"] == "quantized"):
             fact["disagrees"] = f"report says {'quantized' if planned else 'float'}, graph shows {fact['status']}"
     result: dict[str, Any] = {
         "model": str(target.model_path),

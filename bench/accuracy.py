@@ -1,0 +1,197 @@
+"""Accuracy-driven fallback on real models: task metric, nodes kept float, speed, and what it costs.
+
+    .venv/bin/python bench/accuracy.py [--models ppocrv5_rec,yunet_n_320] [--targets onnxruntime,tensorrt]
+
+For each model of ../shared/models and each target, two compiles from the same spec: `fallback: off`
+(plain INT8) and `fallback: auto`. One table: the task metric of FP32, plain INT8 and fallback INT8
+on data neither calibration nor the search saw, nodes kept in float, speed against FP32 on ONNX
+Runtime's CPU provider (interleaved rounds in one process: 2 threads, at the batch given), and the
+fallback compile's wall time as a multiple of the plain one's.
+
+- PP-OCRv5 recognizer: the user's own lines as they would split them: 64 to calibrate, 64 held
+  back as accuracy data (`accuracy.metric: tao_qc.corpus:text_accuracy`, 1 - CER, at most 0.01 below
+  FP32: CER within 1 point), CER reported on the other 72. Speed at batch 8.
+- YuNet: calibrated on its 4 photos and the 3 other photos of ../shared/models/images; the target
+  is the default comparison (cosine >= 0.99 per output) on the 4 photos, which are also the accuracy
+  data (the default when no accuracy.data is given; 4 photos are all there is). Its batch is fixed at 1.
+
+TensorRT's speed cannot be measured on a CPU: its rows time the TensorRT-placed graph on ONNX Runtime
+only to show it runs; the accuracy columns are what the goal is about there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+THREADS = 2
+ROUNDS = 10
+TIMED_PER_ROUND = 2
+
+
+def session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def speeds(models: dict[str, Path], feed: np.ndarray) -> dict[str, float]:
+    """FP32 median / variant median, from interleaved rounds (machine drift hits every variant alike)."""
+    sessions = {label: session(path) for label, path in models.items()}
+    times: dict[str, list[float]] = {label: [] for label in sessions}
+    for s in sessions.values():
+        s.run(None, {s.get_inputs()[0].name: feed})
+    for _ in range(ROUNDS):
+        for label, s in sessions.items():
+            name = s.get_inputs()[0].name
+            s.run(None, {name: feed})
+            for _ in range(TIMED_PER_ROUND):
+                start = time.perf_counter()
+                s.run(None, {name: feed})
+                times[label].append(time.perf_counter() - start)
+    medians = {label: float(np.median(t)) for label, t in times.items()}
+    return {label: medians["fp32"] / median for label, median in medians.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def recognizer(work: Path) -> dict:
+    from tao_qc import corpus
+
+    lines = corpus.text_lines()
+    calibration, held, test = lines.split(64)[0], *lines.split(128)[0].split(64)[1:], lines.split(128)[1]
+    np.savez(work / "calibration.npz", x=corpus.recognizer_input(calibration.files))
+    np.savez(work / "held.npz", x=corpus.recognizer_input(held.files))
+    np.save(work / "held_texts.npy", np.array(held.texts))
+    test_x = corpus.recognizer_input(test.files)
+    np.savez(work / "test.npz", x=test_x)
+    np.save(work / "test_texts.npy", np.array(test.texts))
+    characters = corpus.characters_from_metadata(__import__("onnx").load(str(corpus.shared_models_dir() / "ppocrv5_rec.onnx"),
+                                                                         load_external_data=False))
+
+    def cer(path: Path) -> float:
+        s = session(path)
+        out = np.concatenate([s.run(None, {"x": test_x[i:i + 8]})[0] for i in range(0, len(test_x), 8)])
+        return corpus.character_error_rate(corpus.ctc_greedy_decode(out, characters), test.texts)
+
+    spec = {"calibration": {"data": "calibration.npz", "batch_size": 8},
+            "compare": {"data": "test.npz", "labels": "test_texts.npy"},
+            "accuracy": {"data": "held.npz", "labels": "held_texts.npy", "metric": "tao_qc.corpus:text_accuracy",
+                         "max_drop": 0.01, "max_float_fraction": 0.5}}
+    return {"name": "ppocrv5_rec", "spec": spec, "metric": ("CER", cer), "feed": test_x[:8], "batch": 8}
+
+
+def face_detector(work: Path) -> dict:
+    from tao_qc import corpus
+    from tao_qc.accuracy.metrics import worst_sample_cosine
+
+    photos = corpus.photos("yunet_n_320")
+    others = np.concatenate([_resized_photos(name) for name in ("kitten_224.png", "fish.png", "mushroom.png")])
+    np.savez(work / "calibration.npz", input=np.concatenate([photos, others]))
+    np.savez(work / "test.npz", input=photos)
+    fp32 = corpus.shared_models_dir() / "yunet_n_320.onnx"
+
+    def lowest_cosine(path: Path) -> float:
+        ref, got = session(fp32), session(path)
+        names = [o.name for o in ref.get_outputs()]
+        a = {n: np.concatenate([ref.run([n], {"input": p[None]})[0] for p in photos]) for n in names}
+        b = {n: np.concatenate([got.run([n], {"input": p[None]})[0] for p in photos]) for n in names}
+        return float(min(worst_sample_cosine({n: a[n]}, {n: b[n]}).mean() for n in names))
+
+    spec = {"calibration": {"data": "calibration.npz"}, "compare": {"data": "test.npz"}, "accuracy": {}}
+    return {"name": "yunet_n_320", "spec": spec, "metric": ("lowest output cosine", lowest_cosine), "feed": photos[:1],
+            "batch": 1}
+
+
+def _resized_photos(name: str) -> np.ndarray:
+    from PIL import Image
+
+    from tao_qc import corpus
+
+    with Image.open(corpus.shared_models_dir() / "images" / name) as image:
+        pixels = np.asarray(image.convert("RGB").resize((320, 320)), dtype=np.float32)[:, :, ::-1]
+    return pixels.transpose(2, 0, 1)[None].copy()
+
+
+MODELS = {"ppocrv5_rec": recognizer, "yunet_n_320": face_detector}
+
+
+def compile_once(source: Path, section: dict, work: Path, name: str) -> tuple[Path, dict, float]:
+    """`tao-qc compile` with `section` as the spec file's quantize section (relative paths: `work`)."""
+    import yaml
+
+    from tao_qc.compile import compile_model
+    from tao_qc.errors import AccuracyError
+
+    spec = work / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump({"quantize": section}))
+    started = time.perf_counter()
+    try:
+        result = compile_model(source, spec, results_dir=work / name)
+        path, report = result.model_path, result.report
+    except AccuracyError:
+        report = json.loads((work / name / "report.json").read_text())
+        path = Path(report["output"])
+    return path, report, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--targets", default="onnxruntime,tensorrt")
+    args = parser.parse_args()
+    from tao_qc import corpus
+
+    rows = []
+    for name in args.models.split(","):
+        for target in args.targets.split(","):
+            with tempfile.TemporaryDirectory(prefix=f"bench-accuracy-{name}-") as folder:
+                work = Path(folder)
+                case = MODELS[name](work)
+                source = corpus.shared_models_dir() / f"{name}.onnx"
+                section = {**case["spec"], "target": target}
+                plain_section = {**section, "accuracy": {**section["accuracy"], "fallback": "off"}}
+                plain, _, plain_s = compile_once(source, plain_section, work, "plain")
+                fallback, report, fallback_s = compile_once(source, section, work, "fallback")
+                label, measure = case["metric"]
+                speed = speeds({"fp32": source, "plain": plain, "fallback": fallback}, case["feed"])
+                accuracy = report.get("accuracy") or {}
+                kept = [k["name"] for k in (accuracy.get("search") or {}).get("kept_float") or []]
+                counts = report["counts"]
+                rows.append({
+                    "model": name, "target": target, "metric": label, "fp32": measure(source), "plain": measure(plain),
+                    "fallback": measure(fallback), "kept_float": len(kept), "quantized": counts["quantized"],
+                    "candidates": counts["candidates"], "clipped": bool(accuracy.get("clipping")),
+                    "speed_plain": speed["plain"], "speed_fallback": speed["fallback"], "batch": case["batch"],
+                    "cost": fallback_s / plain_s, "reached": accuracy.get("reached"),
+                })
+                print(json.dumps(rows[-1]), flush=True)
+    print()
+    print("| model | target | metric | FP32 | plain INT8 | fallback INT8 | nodes kept float | nodes INT8 | "
+          "speed vs FP32, plain | speed vs FP32, fallback | fallback compile time vs plain |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        fmt = (lambda v: f"{100 * v:.1f}%") if r["metric"] == "CER" else (lambda v: f"{v:.4f}")
+        print(f"| {r['model']} | {r['target']} | {r['metric']} | {fmt(r['fp32'])} | {fmt(r['plain'])} | {fmt(r['fallback'])} | "
+              f"{r['kept_float']} | {r['quantized']} of {r['candidates']} | {r['speed_plain']:.2f}x | "
+              f"{r['speed_fallback']:.2f}x | {r['cost']:.1f}x |")
+    print(f"\nSpeed: ONNX Runtime CPU, {THREADS} threads, median of {ROUNDS} interleaved rounds, batch 8 (YuNet: 1, its "
+          "fixed batch); the TensorRT rows run the TensorRT-placed graph on ONNX Runtime.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""The calibrated graph as quantize-modelopt (and clip-ranges) left it, kept for accuracy trials.
+
+Fallback never calibrates again: every trial, and the final rebuild, starts from this graph and
+the facts the finishing passes read. It lives in a folder of the staging directory and goes with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class CalibratedGraph:
+    folder: Path
+    path: Path
+    facts: dict[str, Any]
+
+    @classmethod
+    def take(cls, model: Any, ctx: Any, stage: Path) -> CalibratedGraph:
+        from tao_qc.accuracy.trials import picklable_facts
+
+        folder = Path(tempfile.mkdtemp(prefix=".accuracy-", dir=stage))
+        return cls._saved(model, copy.deepcopy(picklable_facts(ctx.facts)), folder, "calibrated.onnx")
+
+    @classmethod
+    def _saved(cls, model: Any, facts: dict[str, Any], folder: Path, name: str) -> CalibratedGraph:
+        from tao_qc.pipeline import save_model
+
+        path = folder / name
+        save_model(model, path)
+        return cls(folder, path, facts)
+
+    def model(self) -> Any:
+        import onnx_ir as ir
+
+        model = ir.load(self.path)
+        ir.external_data.load_to_model(model)
+        return model
+
+    def facts_with(self, keep_float: dict[str, str]) -> dict[str, Any]:
+        facts = copy.deepcopy(self.facts)
+        facts["keep_float"] = dict(keep_float)
+        return facts
+
+    def clipped(self, ctx: Any, percentile: float) -> tuple[CalibratedGraph, int]:
+        """A copy with activation ranges clipped at `percentile` (passes/clip_ranges.py, one pass of
+        the float graph over the calibration data), and how many ranges it narrowed."""
+        from tao_qc.passes.clip_ranges import ClipRanges
+        from tao_qc.pipeline import PassContext
+
+        facts = copy.deepcopy(self.facts)
+        facts["clip_percentile"] = percentile
+        work = PassContext(spec=ctx.spec, work_dir=self.folder, source_path=ctx.source_path,
+                           calibration=ctx.calibration, facts=facts)
+        result = ClipRanges().run(self.model(), work)
+        return self._saved(result.model, work.facts, self.folder, f"clipped-{percentile:g}.onnx"), result.stats["ranges_clipped"]
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,232 @@
+"""Where trials run: in this process, in local worker processes, or on a Ray cluster.
+
+Every executor loads a `TrialSetup` once per worker and then maps float sets to `TrialResult`s, in
+order. Workers are fresh `python -m tao_qc.accuracy.worker` interpreters over a socket pair (as the
+modelopt child is): multiprocessing's spawn would re-import the caller's `__main__`, re-running an
+unguarded user script. Each worker's ONNX Runtime session uses one intra-op thread, so N workers
+use N cores without oversubscribing them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from tao_qc.accuracy.trials import TrialResult, TrialRunner, TrialSetup
+from tao_qc.errors import InputError, TaoQcError
+
+log = logging.getLogger("tao_qc.accuracy")
+
+
+class TrialError(TaoQcError):
+    """A trial failed inside a worker."""
+
+
+class Executor(Protocol):
+    name: str
+    workers: int
+
+    def map(self, float_sets: Sequence[dict[str, str]], samples: Sequence[int] | None = None,
+            on_result: Any = None) -> list[TrialResult]: ...
+
+    def close(self) -> None: ...
+
+
+class InlineExecutor:
+    """Trials one after another in this process (one worker, or a single check)."""
+
+    name = "inline"
+    workers = 1
+
+    def __init__(self, setup: TrialSetup):
+        self.runner = TrialRunner(setup)
+
+    @property
+    def fp32_value(self) -> float:
+        return self.runner.fp32_value
+
+    def map(self, float_sets, samples=None, on_result=None):
+        results = []
+        for keep in float_sets:
+            results.append(self.runner.run(keep, samples))
+            if on_result:
+                on_result(results[-1])
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+class _Worker:
+    def __init__(self, setup_path: Path):
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen([sys.executable, "-m", "tao_qc.accuracy.worker", str(theirs.fileno())],
+                                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send(str(setup_path))
+
+    def ready(self) -> float:
+        return self._receive()
+
+    def send(self, keep: dict[str, str], samples: Sequence[int] | None) -> None:
+        self.conn.send((keep, None if samples is None else list(samples)))
+
+    def _receive(self) -> Any:
+        while not self.conn.poll(1.0):
+            if self.process.poll() is not None:
+                raise TrialError(f"an accuracy worker ended unexpectedly (exit code {self.process.returncode})")
+        kind, payload = self.conn.recv()
+        if kind == "error":
+            raise TrialError(f"a trial failed: {payload}")
+        return payload
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.conn.close()
+        try:
+            self.process.wait(10)
+        except Exception:  # noqa: BLE001 - a stuck worker is killed rather than waited on
+            self.process.kill()
+
+
+class LocalExecutor:
+    """Worker processes on this machine."""
+
+    name = "local"
+
+    def __init__(self, setup: TrialSetup, workers: int, folder: Path):
+        self.workers = workers
+        path = setup.save(folder)
+        self.pool = [_Worker(path) for _ in range(workers)]
+        values = [worker.ready() for worker in self.pool]  # each has computed FP32's outputs
+        self.fp32_value = values[0]
+
+    def map(self, float_sets, samples=None, on_result=None):
+        from multiprocessing.connection import wait
+
+        results: list[TrialResult | None] = [None] * len(float_sets)
+        pending = list(enumerate(float_sets))
+        busy: dict[Any, tuple[_Worker, int]] = {}
+        idle = list(self.pool)
+        while pending or busy:
+            while pending and idle:
+                worker = idle.pop()
+                index, keep = pending.pop(0)
+                worker.send(keep, samples)
+                busy[worker.conn] = (worker, index)
+            for conn in wait(list(busy), timeout=1.0):
+                worker, index = busy.pop(conn)
+                results[index] = worker._receive()
+                idle.append(worker)
+                if on_result:
+                    on_result(results[index])
+            for worker, _ in list(busy.values()):
+                if worker.process.poll() is not None:
+                    raise TrialError(f"an accuracy worker ended unexpectedly (exit code {worker.process.returncode})")
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for worker in self.pool:
+            worker.close()
+
+
+class RayExecutor:
+    """Actors on an existing Ray cluster (`ray_address`), each holding the setup once.
+
+    The setup's files travel through Ray's object store, so cluster nodes need tao-qc installed but
+    no shared filesystem.
+    """
+
+    name = "ray"
+
+    def __init__(self, setup: TrialSetup, workers: int | None, address: str):
+        try:
+            import ray
+        except ImportError:
+            raise InputError("quantize.accuracy.executor: ray is not installed (pip install tao-qc[ray])") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            started = time.perf_counter()
+            try:
+                ray.init(address=address, log_to_driver=False, include_dashboard=False)
+            except ConnectionError as exc:
+                raise InputError(f"quantize.accuracy.ray_address: no Ray cluster at {address!r} ({exc})") from None
+            log.info("connected to Ray at %s in %.1f s", address, time.perf_counter() - started)
+        from tao_qc.accuracy.worker import ray_actor_class
+
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = max(1, min(workers or cpus, cpus))
+        bundle = ray.put(_packed(setup))
+        actor = ray_actor_class(ray)
+        self.actors = [actor.remote(bundle) for _ in range(self.workers)]
+        self.fp32_value = ray.get([a.fp32_value.remote() for a in self.actors])[0]
+
+    def map(self, float_sets, samples=None, on_result=None):
+        ray = self.ray
+        results: list[TrialResult | None] = [None] * len(float_sets)
+        pending = list(enumerate(float_sets))
+        running: dict[Any, tuple[Any, int]] = {}
+        idle = list(self.actors)
+        while pending or running:
+            while pending and idle:
+                actor = idle.pop()
+                index, keep = pending.pop(0)
+                running[actor.run.remote(keep, None if samples is None else list(samples))] = (actor, index)
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                actor, index = running.pop(ref)
+                try:
+                    results[index] = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's exception
+                    raise TrialError(f"a trial failed on Ray: {str(exc).strip().splitlines()[-1]}") from None
+                idle.append(actor)
+                if on_result:
+                    on_result(results[index])
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+
+
+def _packed(setup: TrialSetup) -> dict[str, Any]:
+    """The setup with its files' bytes, for machines that cannot read this one's disk."""
+    files = {"calibrated_model": setup.calibrated_model, "reference_model": setup.reference_model, "data": setup.data}
+    if setup.labels:
+        files["labels"] = setup.labels
+    return {"setup": setup, "files": {key: Path(path).read_bytes() for key, path in files.items()}}
+
+
+def unpacked(bundle: dict[str, Any], folder: Path) -> TrialSetup:
+    from dataclasses import replace
+
+    paths = {}
+    for key, data in bundle["files"].items():
+        path = folder / f"{key}{Path(getattr(bundle['setup'], key)).suffix}"
+        path.write_bytes(data)
+        paths[key] = path
+    return replace(bundle["setup"], **paths)
+
+
+def make_executor(setup: TrialSetup, accuracy: Any, folder: Path, *, trials: int) -> Any:
+    """The executor `accuracy.executor` asks for, sized for `trials` trials."""
+    from tao_qc.runtimes.base import physical_cores
+
+    if accuracy.executor == "ray":
+        return RayExecutor(setup, accuracy.workers, accuracy.ray_address)
+    workers = min(accuracy.workers or physical_cores(), max(1, trials))
+    if workers <= 1:
+        return InlineExecutor(setup)
+    return LocalExecutor(setup, workers, folder)

@@ -1,0 +1,257 @@
+"""What `compile` does with the `accuracy` section: check the quantized model, and where it misses the
+target with `fallback: auto`, find the nodes to keep in float (`tao_qc.accuracy.search`).
+
+The accuracy data is `accuracy.data`, else `compare.data`, else the calibration data (with a warning:
+a model judged on the data it was calibrated on looks better than it is). It is written once to the
+work folder as one .npz, so every worker reads the same arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tao_qc.accuracy.calibrated import CalibratedGraph
+from tao_qc.accuracy.search import FallbackResult, search_fallback
+from tao_qc.accuracy.trials import TrialResult, TrialSetup
+
+log = logging.getLogger("tao_qc.accuracy")
+
+
+@dataclass
+class AccuracyData:
+    batches: Any  # InputBatches
+    key: str  # the spec key it came from
+    labels: Path | None
+    is_calibration_data: bool
+
+
+def accuracy_data(spec: Any, source: Path, calibration: Any) -> AccuracyData:
+    import onnx
+
+    from tao_qc.data import model_inputs, open_inputs
+
+    accuracy = spec.accuracy
+    labels = accuracy.labels or spec.compare.labels
+    for data, key in ((accuracy.data, "quantize.accuracy.data"), (spec.compare.data, "quantize.compare.data")):
+        if data is not None:
+            inputs = model_inputs(onnx.load(str(source), load_external_data=False))
+            limit = spec.calibration.max_samples if data == "random" else None
+            batches = open_inputs(data, inputs, calibration=spec.calibration, key=key,
+                                  max_samples=limit if limit is not None else 1 << 62)
+            return AccuracyData(batches, key, Path(labels) if labels else None, False)
+    return AccuracyData(calibration, "quantize.calibration.data", Path(labels) if labels else None, True)
+
+
+def write_arrays(batches: Any, path: Path) -> Path:
+    """Every sample of `batches` into one .npz (input name -> array, samples first)."""
+    arrays: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        for name, array in batch.items():
+            arrays.setdefault(name, []).append(np.asarray(array))
+    np.savez(path, **{name: np.concatenate(parts) for name, parts in arrays.items()})
+    return path
+
+
+def write_labels(labels: Path, path: Path) -> Path:
+    """Labels as a plain .npy (integer classes, or whatever a user metric reads: texts, boxes)."""
+    if labels.suffix == ".npz":
+        with np.load(labels, allow_pickle=False) as npz:
+            names = list(npz.files)
+            array = npz["labels"] if "labels" in names else npz[names[0]]
+    else:
+        array = np.load(labels, allow_pickle=False)
+    np.save(path, array)
+    return path
+
+
+def run_fallback(setup: TrialSetup, spec: Any, candidates: list[tuple[str, str]], folder: Path,
+                 quantized: TrialResult | None = None) -> FallbackResult:
+    """The search, on the executor `spec.accuracy` asks for, with progress on stderr."""
+    from tao_qc.accuracy.executors import make_executor
+    from tao_qc.accuracy.metrics import target_for
+    from tao_qc.console import progress
+
+    target = target_for(spec, setup.search_path)
+    executor = make_executor(setup, spec.accuracy, folder, trials=len(candidates) + 1)
+    log.info("accuracy fallback: ranking %d nodes on %s (%d worker%s)", len(candidates), executor.name,
+             executor.workers, "s" if executor.workers > 1 else "")
+    try:
+        return search_fallback(executor, target, candidates, max_float_fraction=spec.accuracy.max_float_fraction,
+                               ranking_samples=spec.accuracy.ranking_samples, progress=progress, quantized=quantized)
+    finally:
+        executor.close()
+
+
+@dataclass
+class AccuracyOutcome:
+    """The check of the quantized model, what fallback tried, and the figures the report shows."""
+
+    target: Any  # Target
+    data: AccuracyData
+    fp32_value: float | None
+    quantized_value: float | None  # every selected node quantized (None where the comparison was the check)
+    met: bool
+    via: str  # "comparison" (its own checks on the same data) or the metric's name
+    fallback: str  # auto | off
+    clipping: dict[str, Any] | None = None  # the first step: activation ranges clipped at a percentile
+    result: FallbackResult | None = None  # the second: nodes kept in float
+    rebuild: CalibratedGraph | None = None  # the graph the saved model is to be finished from
+    keep_float: dict[str, str] | None = None
+    speed_before: float | None = None
+    speed_after: float | None = None
+    final: dict[str, Any] | None = None  # the metric on the comparison data, for the saved model
+
+    def after_rebuild(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+        self.speed_before = _speed(before)
+        self.speed_after = _speed(after)
+
+    @property
+    def reached(self) -> bool:
+        return self.met or bool(self.clipping and self.clipping["met"]) or bool(self.result and self.result.reached)
+
+    def section(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "metric": self.target.name,
+            "target": self.target.describe(self.fp32_value) if self.fp32_value is not None else "the comparison's checks",
+            "data": self.data.batches.describe(),
+            "data_key": self.data.key,
+            "judged_on_calibration_data": self.data.is_calibration_data,
+            "fp32": self.fp32_value,
+            "quantized": self.quantized_value,
+            "met_before_fallback": self.met,
+            "checked_by": self.via,
+            "fallback": self.fallback,
+            "ran": self.clipping is not None or self.result is not None,
+            "reached": self.reached,
+            "clipping": self.clipping,
+            "speed_before": self.speed_before,
+            "speed_after": self.speed_after,
+            "final": self.final,
+        }
+        if self.result is not None:
+            out["search"] = self.result.to_dict()
+            out["kept_float"] = out["search"]["kept_float"]
+        return out
+
+
+def _speed(sections: dict[str, Any]) -> float | None:
+    rows = [row for row in ((sections.get("latency") or {}).get("rows") or []) if row.get("ratio")]
+    return rows[-1]["ratio"] if len(rows) >= 2 else None
+
+
+class TrialSetups:
+    """Trial setups for several calibrated graphs over one accuracy data set, written to disk once."""
+
+    def __init__(self, spec: Any, source: Path, data: AccuracyData, folder: Path):
+        self.spec, self.source, self.data, self.folder = spec, source, data, folder
+        self.search_path = str(Path(spec.source).parent) if spec.source else None
+        self.arrays: dict[str, Path | None] = {}
+
+    def __call__(self, graph: CalibratedGraph) -> TrialSetup:
+        if not self.arrays:
+            self.arrays["data"] = write_arrays(self.data.batches, self.folder / "accuracy.npz")
+            self.arrays["labels"] = write_labels(self.data.labels, self.folder / "labels.npy") if self.data.labels else None
+        return TrialSetup(graph.path, graph.facts, self.spec, self.source, self.arrays["data"],
+                          self.data.batches.batch_size, self.arrays["labels"], self.search_path)
+
+
+def quantized_candidates(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, op type) of every node the calibrated graph quantizes, in graph order."""
+    declined = facts.get("declined") or {}
+    return [(d.unit.name, d.unit.type) for d in facts.get("decisions") or [] if d.quantized and d.unit.name not in declined]
+
+
+def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGraph, sections: dict[str, Any]) -> AccuracyOutcome:
+    """Check the quantized model against `spec.accuracy`'s target; where it misses with `fallback:
+    auto`, first clip the activation ranges (one pass over the calibration data), then search the
+    nodes to keep in float. `sections`: the comparison of the fully quantized model."""
+    from tao_qc.accuracy.metrics import target_for
+    from tao_qc.accuracy.search import fallback_reason
+    from tao_qc.accuracy.trials import TrialRunner
+
+    search_path = str(Path(spec.source).parent) if spec.source else None
+    target = target_for(spec, search_path)
+    data = accuracy_data(spec, source, ctx.calibration)
+    accuracy = spec.accuracy
+    comparison = sections.get("comparison") or {}
+    setup = TrialSetups(spec, source, data, calibrated.folder)
+
+    quantized: TrialResult | None = None
+    # The comparison that just ran is the check when the target is its own checks on the same data.
+    if accuracy.metric is None and data.key != "quantize.accuracy.data":
+        outcome = AccuracyOutcome(target, data, None, None, bool(comparison.get("passed")), "comparison", accuracy.fallback)
+    else:
+        runner = TrialRunner(setup(calibrated))
+        quantized = runner.run({})
+        outcome = AccuracyOutcome(target, data, runner.fp32_value, quantized.value,
+                                  target.met(quantized.value, runner.fp32_value), target.name, accuracy.fallback)
+    if outcome.met:
+        log.info("accuracy: %s met by the quantized model (%s)", outcome.via if outcome.via != "comparison" else
+                 "the comparison's checks", data.batches.describe())
+        return outcome
+    if accuracy.fallback == "off":
+        return outcome
+    if data.is_calibration_data:
+        log.warning("accuracy fallback judges on the calibration data (no quantize.accuracy.data or compare.data): "
+                    "a model measured on the data it was calibrated on looks better than it is; give held-out data")
+
+    base = calibrated
+    if "clipped_percentile" not in calibrated.facts:
+        if quantized is None:  # the comparison was the check: the same target in the metric's own terms
+            quantized = TrialRunner(setup(calibrated)).run({})
+        percentile = spec.calibration.percentile
+        clipped, narrowed = calibrated.clipped(ctx, percentile)
+        runner = TrialRunner(setup(clipped))
+        clipped_result = runner.run({})
+        if outcome.fp32_value is None:
+            outcome.fp32_value = runner.fp32_value
+            outcome.quantized_value = quantized.value
+        met = target.met(clipped_result.value, runner.fp32_value)
+        better = clipped_result.value > quantized.value
+        outcome.clipping = {"percentile": percentile, "ranges_clipped": narrowed, "value": clipped_result.value,
+                            "met": met, "kept": met or better}
+        log.info("accuracy fallback: activation ranges clipped at the %gth percentile: %s %.5g (%s%s)", percentile,
+                 target.name, clipped_result.value, "target met" if met else "target missed",
+                 "" if met else ", better than max ranges: kept" if better else ", worse than max ranges: not kept")
+        if met:
+            outcome.rebuild = clipped
+            return outcome
+        if better:  # the node search starts from whichever ranges measure better
+            base, quantized = clipped, clipped_result
+
+    outcome.result = run_fallback(setup(base), spec, quantized_candidates(base.facts), calibrated.folder, quantized=quantized)
+    if outcome.fp32_value is None:
+        outcome.fp32_value = outcome.result.fp32_value
+    if outcome.result.sensitivity is not None:
+        outcome.keep_float = {name: fallback_reason(name, outcome.result.sensitivity, target.name)
+                              for name in outcome.result.kept_float}
+    outcome.rebuild = base if (outcome.keep_float or base is not calibrated) else None
+    return outcome
+
+
+def measure_model(spec: Any, source: Path, model: Path, calibration: Any, folder: Path, target: Any) -> dict[str, Any]:
+    """`target`'s metric for `model` against FP32 on the comparison data (`compare.data`, else the
+    calibration data, with `compare.labels`)."""
+    import onnx
+
+    from tao_qc.accuracy.trials import TrialRunner
+    from tao_qc.data import model_inputs, open_inputs
+
+    if spec.compare.data is not None:
+        inputs = model_inputs(onnx.load(str(source), load_external_data=False))
+        batches = open_inputs(spec.compare.data, inputs, calibration=spec.calibration, key="quantize.compare.data",
+                              max_samples=spec.calibration.max_samples if spec.compare.data == "random" else 1 << 62)
+    else:
+        batches = calibration
+    labels = write_labels(Path(spec.compare.labels), folder / "compare-labels.npy") if spec.compare.labels else None
+    setup = TrialSetup(model, {}, spec, source, write_arrays(batches, folder / "comparison.npz"), batches.batch_size, labels,
+                       str(Path(spec.source).parent) if spec.source else None)
+    runner = TrialRunner(setup)
+    value = runner.measure(model)
+    return {"data": batches.describe(), "metric": target.name, "fp32": runner.fp32_value, "value": value,
+            "target": target.describe(runner.fp32_value), "met": target.met(value, runner.fp32_value)}

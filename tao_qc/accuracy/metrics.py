@@ -1,0 +1,200 @@
+"""The measures accuracy-driven quantization steers by, and the target each must reach.
+
+Every metric is a function of the whole data set's outputs, higher is better:
+`metric(reference, candidate, labels) -> float`, where `reference` and `candidate` map output names
+to arrays stacked over samples (FP32's and the quantized model's). The FP32 value of the metric is
+`metric(reference, reference, labels)`, so a target can be a floor (`min`) or a largest drop from FP32
+(`max_drop`).
+
+- `cosine`: the lowest, over outputs, of the mean per-sample cosine similarity to FP32 (default floor 0.99).
+- `top1_agreement`: the lowest, over classifier outputs (`[N, C]`), of how often the argmax agrees
+  with FP32's (default floor: `compare.min_top1_agreement`, else 0.99).
+- `top1_accuracy`: the argmax against integer labels (default: at most 1 point below FP32).
+- `map`: the detections (`compare.decoder`): COCO mAP@[.5:.95] against `compare.annotations`
+  (default: at most 1 point below FP32), or mAP@.5 against FP32's own detections (default floor
+  0.9, the comparison's detection check). A detector's default metric.
+- `module:function`: the user's own, same signature (default: at most 0.01 below FP32).
+- none given: the comparison's own checks (`tao_qc.compare.checks_for`); the value is the smallest
+  margin of any check over its threshold, so the target is "every check passes" (value >= 0).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tao_qc.errors import InputError
+
+Outputs = Mapping[str, np.ndarray]
+MetricFunction = Callable[[Outputs, Outputs, Any], float]
+
+DEFAULT_MIN = {"cosine": 0.99, "top1_agreement": 0.99, "checks": 0.0}
+DEFAULT_MAX_DROP = 0.01
+
+
+def per_sample_cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each sample's flattened output (1 where both are all zero)."""
+    samples = reference.shape[0] if reference.ndim else 1
+    r = np.nan_to_num(reference.reshape(samples, -1).astype(np.float64))
+    c = np.nan_to_num(candidate.reshape(samples, -1).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+    dots = np.einsum("ij,ij->i", r, c)
+    both_zero = (np.linalg.norm(r, axis=1) == 0) & (np.linalg.norm(c, axis=1) == 0)
+    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
+
+
+def worst_sample_cosine(reference: Outputs, candidate: Outputs) -> np.ndarray:
+    """Per sample, the lowest cosine over outputs: how far the candidate strays on each sample."""
+    return np.min(np.stack([per_sample_cosine(reference[name], candidate[name]) for name in reference]), axis=0)
+
+
+def cosine(reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
+    return float(min(per_sample_cosine(reference[name], candidate[name]).mean() for name in reference))
+
+
+def _classifier_outputs(reference: Outputs) -> list[str]:
+    from tao_qc.compare import is_classifier_output
+
+    names = [name for name, array in reference.items() if is_classifier_output(array)]
+    if not names:
+        raise InputError("quantize.accuracy.metric: top-1 metrics need a classifier output ([N, C], C > 1); "
+                         f"this model's outputs are {', '.join(f'{n} {list(a.shape[1:])}' for n, a in reference.items())}")
+    return names
+
+
+def top1_agreement(reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
+    return float(min(np.mean(reference[name].argmax(axis=1) == np.nan_to_num(candidate[name], nan=-np.inf).argmax(axis=1))
+                     for name in _classifier_outputs(reference)))
+
+
+def top1_accuracy(reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
+    if labels is None:
+        raise InputError("quantize.accuracy.metric: top1_accuracy needs labels (quantize.accuracy.labels)")
+    labels = np.asarray(labels).reshape(-1)
+    name = _classifier_outputs(reference)[0]
+    predicted = np.nan_to_num(candidate[name], nan=-np.inf).argmax(axis=1)
+    if len(labels) != len(predicted):
+        raise InputError(f"quantize.accuracy.labels: {len(labels)} labels for {len(predicted)} samples (give one per sample)")
+    return float(np.mean(predicted == labels))
+
+
+@dataclass
+class MeanAveragePrecision:
+    """COCO mAP of the decoded detections (`compare.decoder`): mAP@[.5:.95] against `compare.annotations`,
+    or, without them, mAP@.5 against FP32's own detections (as the comparison's detection check)."""
+
+    settings: Any  # CompareSpec
+    needs_inputs = True
+
+    def __call__(self, reference: Outputs, candidate: Outputs, labels: Any = None,
+                 inputs: Mapping[str, np.ndarray] | None = None) -> float:
+        from tao_qc import detection
+
+        if self.settings.decoder is None:
+            raise InputError("quantize.accuracy.metric: map needs quantize.compare.decoder (rtdetr, boxes_scores, "
+                             "or module:function) to turn outputs into boxes")
+        decoder = detection.load_decoder(self.settings.decoder)
+        cand = detection.decode(decoder, candidate, inputs, self.settings.decoder)
+        sizes = [detection.input_size(inputs)] * len(cand)
+        if self.settings.annotations:
+            result = detection.map_against_annotations(detection.load_annotations(self.settings.annotations), cand, sizes)
+            return float(result.map or 0.0)
+        ref = detection.decode(decoder, reference, inputs, self.settings.decoder)
+        result = detection.map_against_reference(ref, cand, sizes, detection._threshold(self.settings))
+        return float(result.map50 or 0.0)
+
+
+@dataclass
+class ComparisonChecks:
+    """The comparison's own checks (`compare` settings) as one number: the smallest margin over a threshold."""
+
+    settings: Any  # CompareSpec
+
+    def __call__(self, reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
+        from tao_qc.compare import checks_for, output_metrics
+
+        margins = []
+        for name in reference:
+            metrics = output_metrics(name, reference[name], candidate[name], atol=self.settings.atol, rtol=self.settings.rtol)
+            for check in checks_for(metrics, self.settings):
+                margins.append(check.value - check.threshold if check.metric != "nonfinite" else -float(check.value))
+        return float(min(margins)) if margins else 0.0
+
+
+BUILTIN: dict[str, MetricFunction] = {
+    "cosine": cosine,
+    "top1_agreement": top1_agreement,
+    "top1_accuracy": top1_accuracy,
+}
+
+
+def load_user_metric(reference: str, search_path: str | Path | None = None) -> MetricFunction:
+    """`module:function`, imported with `search_path` (the spec file's folder) first on sys.path."""
+    module_name, _, function_name = reference.partition(":")
+    if search_path is not None and str(search_path) not in sys.path:
+        sys.path.insert(0, str(search_path))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InputError(f"quantize.accuracy.metric: cannot import {module_name!r} ({exc}); put it on PYTHONPATH "
+                         "or beside the spec file") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise InputError(f"quantize.accuracy.metric: {module_name} has no function {function_name!r}")
+    return function
+
+
+@dataclass
+class Target:
+    """A metric and what it must reach: `min` (a floor) or `max_drop` (the largest drop from FP32)."""
+
+    name: str  # cosine, top1_agreement, ..., module:function, or "checks"
+    function: MetricFunction
+    min: float | None = None
+    max_drop: float | None = None
+
+    def threshold(self, fp32_value: float) -> float:
+        if self.min is not None:
+            return self.min
+        return fp32_value - (self.max_drop if self.max_drop is not None else 0.0)
+
+    def met(self, value: float, fp32_value: float) -> bool:
+        return bool(np.isfinite(value)) and value >= self.threshold(fp32_value) - 1e-12
+
+    def describe(self, fp32_value: float) -> str:
+        if self.min is not None:
+            return f"{self.name} >= {self.min:g}"
+        return f"{self.name} >= {self.threshold(fp32_value):.4g} (FP32 {fp32_value:.4g} - {self.max_drop:g})"
+
+
+def target_for(spec: Any, search_path: str | Path | None = None) -> Target:
+    """The target `spec.accuracy` asks for, with the defaults of this module's docstring."""
+    accuracy = spec.accuracy
+    name = accuracy.metric
+    detecting = spec.compare.resolved_task == "detection"
+    if name is None and not detecting:
+        return Target("checks", ComparisonChecks(spec.compare), min=DEFAULT_MIN["checks"])
+    if name is None or name == "map":
+        # Boxes are the measure of a detector; the comparison's own detection check is the default.
+        from tao_qc.detection import DEFAULT_MIN_MAP50_VS_FP32
+
+        function = MeanAveragePrecision(spec.compare)
+        if accuracy.min is not None or accuracy.max_drop is not None:
+            return Target("map", function, min=accuracy.min, max_drop=accuracy.max_drop)
+        if spec.compare.annotations:
+            return Target("map", function, max_drop=DEFAULT_MAX_DROP)
+        return Target("map50 vs FP32", function, min=DEFAULT_MIN_MAP50_VS_FP32)
+    function = BUILTIN[name] if name in BUILTIN else load_user_metric(name, search_path)
+    if accuracy.min is not None or accuracy.max_drop is not None:
+        return Target(name, function, min=accuracy.min, max_drop=accuracy.max_drop)
+    if name == "top1_agreement" and spec.compare.min_top1_agreement is not None:
+        return Target(name, function, min=spec.compare.min_top1_agreement)
+    if name in DEFAULT_MIN:
+        return Target(name, function, min=DEFAULT_MIN[name])
+    return Target(name, function, max_drop=DEFAULT_MAX_DROP)

@@ -1,0 +1,162 @@
+"""One trial of accuracy-driven quantization: the calibrated graph with some nodes kept in float,
+finished for the target and measured on the accuracy data.
+
+`TrialSetup` is everything a trial needs, written once to a work folder (the calibrated graph, the
+facts the finishing passes read, the accuracy data as one .npz, the spec) so that worker processes,
+or Ray actors on other machines, load it once and then run any number of trials. `TrialRunner`
+holds it in memory: FP32's outputs on the accuracy data are computed once, every trial builds a
+fresh copy of the calibrated graph (never a new calibration), runs the finishing passes with
+`keep_float`, and runs the result in ONNX Runtime on the CPU with the deployment's graph
+optimizations, so what is measured is what ships.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import pickle
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("tao_qc.accuracy")
+
+SETUP_FILE = "trial-setup.pkl"
+
+
+@dataclass
+class TrialSetup:
+    calibrated_model: Path  # the graph quantize-modelopt wrote, as the finishing passes receive it
+    facts: dict[str, Any]  # ctx.facts the finishing passes read (decisions, ranges, model fields...)
+    spec: Any  # QuantizeSpec
+    reference_model: Path  # the user's FP32 model
+    data: Path  # the accuracy data: a .npz with one array per model input, samples first
+    batch_size: int
+    labels: Path | None = None  # .npy, samples first (any dtype the metric understands)
+    search_path: str | None = None  # where a user metric module is looked for (the spec's folder)
+    threads: int = 1  # intra-op threads per trial session
+
+    def save(self, folder: Path) -> Path:
+        path = folder / SETUP_FILE
+        with open(path, "wb") as stream:
+            pickle.dump(self, stream)
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> TrialSetup:
+        with open(path, "rb") as stream:
+            return pickle.load(stream)
+
+
+@dataclass
+class TrialResult:
+    keep_float: dict[str, str]
+    value: float  # the metric on the samples measured
+    samples: int
+    seconds: float
+    worst_cosine: list[float] = field(default_factory=list)  # per sample: lowest output cosine to FP32
+
+
+def picklable_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts a trial's finishing passes need (live objects such as the modelopt child are left out)."""
+    out = {}
+    for key, value in facts.items():
+        try:
+            pickle.dumps(value)
+        except Exception:  # noqa: BLE001 - anything unpicklable is not something a pass reads
+            continue
+        out[key] = value
+    return out
+
+
+class TrialRunner:
+    """A setup loaded once; `run(keep_float, samples)` measures one candidate."""
+
+    def __init__(self, setup: TrialSetup):
+        from tao_qc.accuracy.metrics import target_for
+
+        self.setup = setup
+        self.target = target_for(setup.spec, setup.search_path)
+        with np.load(setup.data, allow_pickle=False) as npz:
+            self.inputs = {name: npz[name] for name in npz.files}
+        self.labels = np.load(setup.labels, allow_pickle=False) if setup.labels else None
+        self.count = next(iter(self.inputs.values())).shape[0]
+        import onnx
+
+        self.reference = self._run(self._session(onnx.load(str(setup.reference_model))), np.arange(self.count))
+        self.fp32_value = self.metric(self.reference, self.reference, np.arange(self.count))
+
+    def metric(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], samples: np.ndarray) -> float:
+        labels = self.labels[samples] if self.labels is not None else None
+        if getattr(self.target.function, "needs_inputs", False):  # detections are decoded against the images
+            inputs = {name: array[samples] for name, array in self.inputs.items()}
+            return float(self.target.function(reference, candidate, labels, inputs=inputs))
+        return float(self.target.function(reference, candidate, labels))
+
+    def build(self, keep_float: dict[str, str]) -> Any:
+        """The finished model (onnx_ir) for this float set, built from a fresh copy of the calibrated graph."""
+        import onnx_ir as ir
+
+        from tao_qc.passes import finishing_passes
+        from tao_qc.pipeline import PassContext, Pipeline
+
+        model = ir.load(self.setup.calibrated_model)
+        ir.external_data.load_to_model(model)
+        with tempfile.TemporaryDirectory(prefix="tao-qc-trial-") as work:
+            ctx = PassContext(spec=self.setup.spec, work_dir=Path(work), facts=copy.deepcopy(self.setup.facts))
+            ctx.facts["keep_float"] = dict(keep_float)
+            passes = finishing_passes(self.setup.spec, verify=False)
+            return Pipeline(passes, check_invariants=False).run(model, ctx).model
+
+    def run(self, keep_float: dict[str, str], samples: list[int] | np.ndarray | None = None) -> TrialResult:
+        import onnx_ir as ir
+
+        started = time.perf_counter()
+        chosen = np.arange(self.count) if samples is None else np.asarray(samples, dtype=np.int64)
+        model = self.build(keep_float)
+        candidate = self._run(self._session(ir.to_proto(model)), chosen)
+        reference = {name: array[chosen] for name, array in self.reference.items()}
+        from tao_qc.accuracy.metrics import worst_sample_cosine
+
+        return TrialResult(
+            keep_float=dict(keep_float),
+            value=self.metric(reference, candidate, chosen),
+            samples=len(chosen),
+            seconds=time.perf_counter() - started,
+            worst_cosine=[float(v) for v in worst_sample_cosine(reference, candidate)],
+        )
+
+    def measure(self, model: str | Path) -> float:
+        """The metric of a finished model file on every sample."""
+        import onnx
+
+        everything = np.arange(self.count)
+        return self.metric(self.reference, self._run(self._session(onnx.load(str(model))), everything), everything)
+
+    def _session(self, proto: Any) -> Any:
+        """A CPU session with the optimizations the comparison's sessions get (runtimes/onnxruntime.py)."""
+        import onnxruntime as ort
+
+        from tao_qc.runtimes.onnxruntime import disabled_optimizers_for
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.setup.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled_optimizers_for(proto))
+
+    def _run(self, session: Any, samples: np.ndarray) -> dict[str, np.ndarray]:
+        names = [o.name for o in session.get_outputs()]
+        chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        batch = self.setup.batch_size
+        for start in range(0, len(samples), batch):
+            index = samples[start:start + batch]
+            outputs = session.run(names, {name: array[index] for name, array in self.inputs.items()})
+            for name, value in zip(names, outputs):
+                chunks[name].append(value)
+        return {name: np.concatenate(values) for name, values in chunks.items()}
