@@ -127,8 +127,7 @@ def test_cnn_mnist_pytorch_through_the_cli(tmp_path, data_dir, capsys):
     images, _ = digits()
     evaluation = images[EVALUATION] / np.float32(255)
     fp32 = predict(CNN_MNIST_PYTORCH, PYTORCH_MNIST_INPUT, evaluation).argmax(1)
-    # unfused: see _compile_helpers.session (ORT's fused kernel for its 10 -> 20 Conv)
-    int8 = predict(out / "cnn_mnist_pytorch.int8.onnx", PYTORCH_MNIST_INPUT, evaluation, unfused=True).argmax(1)
+    int8 = predict(out / "cnn_mnist_pytorch.int8.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
     assert np.mean(int8 == fp32) >= 0.99
     model = onnx.load(str(out / "cnn_mnist_pytorch.int8.onnx"))
     gemm_inputs = {i for n in model.graph.node if n.op_type == "Gemm" for i in n.input}
@@ -327,7 +326,7 @@ def test_a_model_with_external_weights_compiles(tmp_path, data_dir, capsys):
     images, _ = digits()
     evaluation = images[EVALUATION][:100] / np.float32(255)
     fp32 = predict(CNN_MNIST_PYTORCH, PYTORCH_MNIST_INPUT, evaluation).argmax(1)
-    int8 = predict(out / "net.int8.onnx", PYTORCH_MNIST_INPUT, evaluation, unfused=True).argmax(1)  # see session()
+    int8 = predict(out / "net.int8.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
     assert np.mean(int8 == fp32) >= 0.99
     # --dump-passes alone means after-all: every pass has its graph, text and (after the first) diff
     passes = json.loads((out / "passes" / "summary.json").read_text())
