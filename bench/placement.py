@@ -114,8 +114,10 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
         result = compile_model(fp32, spec, results_dir=work / target, compare=False)
         variants[f"tao-qc {target}"] = result.model_path
     target = work / f"{name}.ort-quantizer.onnx"
+    # cwd: ORT's symbolic shape inference leaves sym_shape_infer_temp.onnx and its weights in the
+    # current folder.
     subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, cwd=work)
     variants["ort quantize_static"] = target
     return variants
 
@@ -152,7 +154,7 @@ def build_real_variants(name: str, work: Path) -> tuple[dict[str, Path], dict[st
     failed = {}
     target = work / f"{name}.ort-quantizer.onnx"
     run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=work)  # cwd: see build_variants
     try:
         if run.returncode:
             raise RuntimeError(run.stderr.strip().splitlines()[-1])
@@ -224,7 +226,7 @@ def build_ocr_variants(name: str, work: Path, calibration: np.ndarray) -> tuple[
     failed = {}
     target = work / f"{name}.ort-quantizer.onnx"
     run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=work)  # cwd: see build_variants
     try:
         if run.returncode:
             raise RuntimeError(run.stderr.strip().splitlines()[-1])
