@@ -4,7 +4,9 @@ Names, shapes and dtypes are checked when the data is opened (`tao_qc.data.open_
 then streams it once (`validate()`: NaN/Inf) and runs the float model on the first batch, so bad
 data is a one-line error before calibration starts: a model with open height and width can still
 reject a size (DBNet wants multiples of 32), which only a run shows. `random` data is accepted only
-when the spec says so, with a loud warning. The graph is not changed.
+when the spec says so, with a loud warning. Where the run judges accuracy and has no data of its own
+for it, the last fifth of the calibration data is held back from calibration for that
+(`ctx.held_back`). The graph is not changed.
 """
 
 from __future__ import annotations
@@ -33,11 +35,31 @@ class CheckCalibration:
         if not batches.is_random:  # generated data is finite by construction
             batches.validate()
         _check_the_model_runs_on(model, batches)
-        notes = [f"calibration data: {batches.describe()}"]
+        notes = []
+        if ctx.facts.get("hold_back_for_accuracy") and _can_hold_back(batches, proto_inputs(model)):
+            ctx.calibration, ctx.held_back = batches.hold_back(HELD_BACK_FRACTION)
+            batches = ctx.calibration
+            notes.append(f"held back to judge accuracy on: {ctx.held_back.describe()}")
+        notes.insert(0, f"calibration data: {batches.describe()}")
         if batches.is_random:
             notes.append("warning: calibrating on RANDOM data (quantize.calibration.data: random): ranges mean nothing for real inputs")
-        return PassResult(model, changed=False, stats={"samples": batches.num_samples, "random": int(batches.is_random)},
-                          notes=notes)
+        stats = {"samples": batches.num_samples, "random": int(batches.is_random)}
+        if ctx.held_back is not None:
+            stats["held_back"] = ctx.held_back.num_samples
+        return PassResult(model, changed=False, stats=stats, notes=notes)
+
+
+# Without accuracy or comparison data of its own, a run judges accuracy on the last fifth of the
+# calibration data, kept out of calibration: ranges measured on the very samples they are judged on
+# look better than they are. Below MIN_SAMPLES_TO_HOLD_BACK the few samples are worth more to
+# calibration, and accuracy is judged on them with a warning.
+HELD_BACK_FRACTION = 0.2
+MIN_SAMPLES_TO_HOLD_BACK = 20
+
+
+def _can_hold_back(batches, inputs: list) -> bool:
+    fixed = {info.fixed_batch for info in inputs} - {None, 1}
+    return not batches.is_random and not fixed and batches.num_samples >= MIN_SAMPLES_TO_HOLD_BACK
 
 
 def proto_inputs(model: ir.Model) -> list:

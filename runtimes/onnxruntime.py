@@ -68,6 +68,53 @@ def disabled_optimizers_for(proto: Any) -> list[str]:
     return list(_FP16_SCALE_UNSAFE) if has_low_precision_qdq_scales(proto) else []
 
 
+# ORT's CPU QuantizeLinear for float16 input (1.24 here; microsoft/onnxruntime#18576, fixed upstream
+# by #32452) converts x / scale to an integer by truncation, not ONNX's round-half-to-even: about
+# half of all values land one step toward zero. A graph whose float part is fp16 (made for
+# TensorRT, which rounds correctly) then looks far worse on CPU than it is: YuNet's plain INT8
+# TensorRT graph measured a lowest output cosine of 0.70 here, 0.97 with correct rounding (its fp32
+# twin: 0.98). The CPU sessions run such Q nodes on float32 copies of x and scale instead: both hold
+# every fp16 value exactly, so the result is the one ONNX defines. The saved model is not changed.
+def _low_precision_types() -> set[int]:
+    import onnx
+
+    return {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def fp16_quantize_nodes(proto: Any) -> list[int]:
+    """Positions of the graph's QuantizeLinear nodes whose scale (and so input) is fp16 or bf16."""
+    low = _low_precision_types()
+    types = {init.name: init.data_type for init in proto.graph.initializer}
+    types.update({node.output[0]: node.attribute[0].t.data_type for node in proto.graph.node
+                  if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
+    return [index for index, node in enumerate(proto.graph.node)
+            if node.op_type == "QuantizeLinear" and len(node.input) > 1 and types.get(node.input[1]) in low]
+
+
+def with_exact_fp16_quantize(proto: Any) -> Any:
+    """`proto`, or a copy whose fp16 QuantizeLinear nodes read float32 casts of their input and scale."""
+    import onnx
+    from onnx import helper
+
+    if not fp16_quantize_nodes(proto):
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    targets = set(fp16_quantize_nodes(copy))
+    nodes = []
+    for index, node in enumerate(copy.graph.node):
+        if index in targets:
+            for position in (0, 1):
+                wide = f"{node.input[position]}__float32_for_{node.name or node.output[0]}"
+                nodes.append(helper.make_node("Cast", [node.input[position]], [wide], to=onnx.TensorProto.FLOAT,
+                                              name=wide))
+                node.input[position] = wide
+        nodes.append(node)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy
+
+
 def providers_for(device: str) -> list[str]:
     """Execution providers in priority order for `device` (cpu, cuda, auto)."""
     import onnxruntime as ort
@@ -80,6 +127,19 @@ def providers_for(device: str) -> list[str]:
     if device == "auto" and cuda_built and cuda_device_present():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def _exact_fp16_quantize_bytes(model_path: Path) -> str | bytes:
+    """The serialized rewrite (with_exact_fp16_quantize), or the path itself where it cannot be
+    serialized (past protobuf's 2 GB), with a warning."""
+    import onnx
+
+    try:
+        return with_exact_fp16_quantize(onnx.load(str(model_path))).SerializeToString()
+    except ValueError as exc:
+        log.warning("%s: its fp16 QuantizeLinear nodes run as ONNX Runtime's CPU kernel computes them "
+                    "(truncating, one step off for about half the values): %s", model_path.name, exc)
+        return str(model_path)
 
 
 @dataclass
@@ -159,9 +219,12 @@ class OnnxRuntime:
         optimized = artifact_path(model_path, settings, OPTIMIZED_SUFFIX) if settings.save_artifact else None
         options = session_options(settings, optimized)
         disabled = disabled_optimizers_for(proto)
+        providers = providers_for(settings.device)
+        model: str | bytes = str(model_path)
+        if providers[0] == "CPUExecutionProvider" and fp16_quantize_nodes(proto):
+            model = _exact_fp16_quantize_bytes(model_path)
         try:
-            session = ort.InferenceSession(str(model_path), options, providers=providers_for(settings.device),
-                                           disabled_optimizers=disabled)
+            session = ort.InferenceSession(model, options, providers=providers, disabled_optimizers=disabled)
         except Exception as exc:  # noqa: BLE001 - ORT reports model faults as generic exceptions
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{model_path.name}: onnxruntime cannot load it: {message}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tao_qc.accuracy.calibrated import CalibratedGraph
+from tao_qc.accuracy.fallback import needs_held_back_data
 from tao_qc.errors import InputError
 from tao_qc.pipeline import DUMP_MODES, DumpInstrument, PassContext, PassRecord, Pipeline, format_summary
 
@@ -117,6 +118,7 @@ def compile_model(
         if source.suffix.lower() != ".onnx":
             source = _lower_pytorch(source, stage, spec, model_factory, factory_kwargs, input_shape)
         ctx = PassContext(spec=spec, work_dir=stage, source_path=source, calibration=calibration)
+        ctx.facts["hold_back_for_accuracy"] = compare and _may_need_trials(spec) and needs_held_back_data(spec)
         calibrating = Pipeline(calibrating_passes(spec, source_path=source), [dumps])
         finishing = Pipeline(finishing_passes(spec), [dumps])
         ctx.facts["modelopt_process"] = _prestart_modelopt(calibrating)
@@ -201,7 +203,7 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
                               key="quantize.compare.data")
         batches.validate()
     else:
-        batches = ctx.calibration
+        batches = ctx.held_back or ctx.calibration
     user_metric = spec.accuracy.metric is not None and ":" in spec.accuracy.metric
     labels = load_labels(spec.compare.labels, key="quantize.compare.labels", others=user_metric) if spec.compare.labels else None
     log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
@@ -226,7 +228,7 @@ def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, fo
     from tao_qc.accuracy.fallback import measure_model
 
     try:
-        return measure_model(spec, source, quantized, ctx.calibration, folder, outcome.target)
+        return measure_model(spec, source, quantized, ctx.held_back or ctx.calibration, folder, outcome.target)
     except Exception as exc:  # noqa: BLE001 - a user metric may need labels the comparison data lacks
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("accuracy metric %s not measured on the comparison data: %s", outcome.target.name, reason)

@@ -190,6 +190,30 @@ class _ImageFolder(_ArraySource):
             yield np.stack([self.load(p) for p in self.files[start : min(start + batch, limit)]])
 
 
+class _Window(_ArraySource):
+    """Samples `start` onwards of another source, re-chunked to the batch asked for."""
+
+    def __init__(self, source: _ArraySource, start: int):
+        self.source, self.start = source, start
+        self.shape, self.dtype = (source.shape[0] - start, *source.shape[1:]), source.dtype
+
+    def chunks(self, batch: int, limit: int) -> Iterator[np.ndarray]:
+        pending: list[np.ndarray] = []
+        seen = waiting = 0
+        for chunk in self.source.chunks(batch, self.start + limit):
+            skip = max(0, self.start - seen)
+            seen += len(chunk)
+            if skip < len(chunk):
+                pending.append(chunk[skip:])
+                waiting += len(chunk) - skip
+            while waiting >= batch:
+                joined = np.concatenate(pending)
+                yield joined[:batch]
+                pending, waiting = [joined[batch:]], waiting - batch
+        if waiting:
+            yield np.concatenate(pending)
+
+
 class _RandomArray(_ArraySource):
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, seed: int):
         self.shape, self.dtype, self.seed = shape, dtype, seed
@@ -240,6 +264,16 @@ class InputBatches:
             count = next(iter(batch.values())).shape[0]
             for index in range(count):
                 yield {name: array[index : index + 1] for name, array in batch.items()}
+
+    def hold_back(self, fraction: float) -> tuple["InputBatches", "InputBatches"]:
+        """(the first samples, the last `fraction` of them): data to calibrate on and data to judge on."""
+        held = max(1, int(round(self.num_samples * fraction)))
+        kept = self.num_samples - held
+        head = InputBatches(self.sources, kept, self.batch_size, self._description, self.is_random, self.key)
+        tail = InputBatches({name: _Window(source, kept) for name, source in self.sources.items()}, held,
+                            self.batch_size, f"{self._description} (last {held}, held back from calibration)",
+                            self.is_random, self.key)
+        return head, tail
 
     def validate(self) -> None:
         """Stream through the data once; NaN or Inf anywhere is an error naming the sample."""

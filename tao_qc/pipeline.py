@@ -40,6 +40,8 @@ class PassContext:
     source_path: Path | None = None
     # Calibration input batches (each a dict input name -> array), set up before the quantize pass.
     calibration: Any = None
+    # Calibration samples kept out of calibration to judge accuracy on (where no other data is given).
+    held_back: Any = None
     # Facts passes record for later passes and the report, e.g. "decisions" from match-layers.
     facts: dict[str, Any] = field(default_factory=dict)
 

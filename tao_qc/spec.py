@@ -645,24 +645,23 @@ def load_spec(source: Union[str, Path, Mapping[str, Any], QuantizeSpec, Any]) ->
     `quantize` key), an OmegaConf config, or an existing `QuantizeSpec` (returned as is)."""
     if isinstance(source, QuantizeSpec):
         return source
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        document, marks = _read_yaml(path)
-        base = path.resolve().parent
-    else:
-        document, marks, base = _to_plain(source), _Marks(None), Path.cwd()
+    document, marks, base = _read_document(source)
     section, prefix = _find_section(document, marks)
     return _validate_section(section, marks, prefix, base)
 
 
-def load_experiment(source: Union[str, Path, Mapping[str, Any]]) -> ExperimentSpec:
-    """Load a whole experiment file: `quantize` plus optional `evaluate` / `inference` sections."""
+def _read_document(source: Union[str, Path, Mapping[str, Any], Any]) -> tuple[Any, "_Marks", Path]:
+    """(plain document, YAML positions, the folder relative paths start from)."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         document, marks = _read_yaml(path)
-        base = path.resolve().parent
-    else:
-        document, marks, base = _to_plain(source), _Marks(None), Path.cwd()
+        return document, marks, path.resolve().parent
+    return _to_plain(source), _Marks(None), Path.cwd()
+
+
+def load_experiment(source: Union[str, Path, Mapping[str, Any]]) -> ExperimentSpec:
+    """Load a whole experiment file: `quantize` plus optional `evaluate` / `inference` sections."""
+    document, marks, base = _read_document(source)
     section, prefix = _find_section(document, marks)
     quantize = _validate_section(section, marks, prefix, base)
     tasks: dict[str, TaskSpec | None] = {}

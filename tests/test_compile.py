@@ -20,6 +20,7 @@ from onnx import numpy_helper
 from _compile_helpers import (ASSETS, CNN_MNIST_PYTORCH, MNIST_CNTK, MNIST_INPUT, PYTORCH_MNIST_INPUT, digits, predict,
                               run_cli, session)
 from tao_qc.compile import compile_model
+from tao_qc.passes.check_calibration import HELD_BACK_FRACTION
 from tao_qc.pipeline import PROVENANCE_KEY, PassResult
 
 CALIBRATION = 48  # digits used for calibration
@@ -447,7 +448,7 @@ def test_a_failed_comparison_keeps_its_results_and_exits_1_or_0_as_the_spec_says
     # this run's pass summary is there).
     code, stdout, stderr = run_cli(["compile", MNIST_CNTK, "--spec", spec("false"), "-o", out], capsys)
     assert code == 0, stderr
-    assert f"comparison on onnxruntime ({CALIBRATION} samples): FAILED: output 'Plus214_Output_0': " in stdout
+    assert f"comparison on onnxruntime ({round(CALIBRATION * HELD_BACK_FRACTION)} samples): FAILED: output 'Plus214_Output_0': " in stdout
     assert sorted(p.name for p in out.iterdir()) == ["mnist_cntk.int8.onnx", "passes", "report.html", "report.json"]
     assert sorted(p.name for p in (out / "passes").iterdir()) == ["summary.json", "summary.txt"]
     report = json.loads((out / "report.json").read_text())

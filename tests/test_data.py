@@ -34,6 +34,18 @@ def test_npz_streams_batches_with_exact_values(tmp_path):
     np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), data)
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_held_back_samples_are_the_last_fifth_in_whole_batches(tmp_path, suffix):
+    data = np.random.default_rng(1).standard_normal((23, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=data) if suffix == ".npz" else np.save(tmp_path / "c.npy", data)
+    kept, held = open_inputs(tmp_path / f"c{suffix}", DYNAMIC, batch_size=4).hold_back(0.2)
+    assert (kept.num_samples, held.num_samples) == (18, 5)
+    assert [b["x"].shape[0] for b in held] == [4, 1]
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in kept]), data[:18])
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in held]), data[18:])
+    assert "held back" in held.describe()
+
+
 def test_max_samples_and_fixed_batch(tmp_path):
     np.save(tmp_path / "c.npy", np.zeros((7, 1, 28, 28), np.float32))
     batches = open_inputs(tmp_path / "c.npy", MNIST, max_samples=5, batch_size=4)

@@ -14,6 +14,7 @@ from onnx import TensorProto
 
 from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits
 from tao_qc.compile import compile_model
+from tao_qc.passes.check_calibration import HELD_BACK_FRACTION
 from tao_qc.errors import SpecError
 from tao_qc.spec import load_spec
 
@@ -120,7 +121,7 @@ def test_fp32_float_part_where_the_target_or_the_spec_says_so(tmp_path, target, 
     assert stored == {TensorProto.FLOAT} and inner == {TensorProto.FLOAT}
     assert not any(node.op_type == "Cast" for node in model.graph.node)
     assert result.report["float_dtype"] == "fp32"
-    assert result.report["comparison"]["num_samples"] == 32
+    assert result.report["comparison"]["num_samples"] == round(32 * HELD_BACK_FRACTION)  # held back from calibration
 
 
 def test_target_changed_on_the_command_line_is_checked_too(tmp_path, capsys):

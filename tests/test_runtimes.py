@@ -470,3 +470,33 @@ def test_a_failed_build_without_logged_errors_names_polygraphys_message():
             G_LOGGER.critical("Invalid Engine. Please ensure the engine was built correctly")
     with tensorrt_failures("m.onnx: cannot build"):
         pass  # nothing failed: nothing raised
+
+
+@pytest.mark.parametrize("scale_as", ["initializer", "constant"])
+def test_fp16_quantize_linear_rounds_half_to_even_on_cpu(tmp_path, scale_as):
+    """ONNX's QuantizeLinear rounds x / scale to nearest, ties to even, in every input type. ORT's
+    CPU kernel for fp16 input truncates; the sessions tao-qc builds must give the ONNX result."""
+    from onnx import TensorProto, helper
+
+    scale = np.float16(0.0999755859375)
+    scale_tensor = numpy_helper.from_array(np.array(scale), "scale")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"], name="quantize"),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"], name="dequantize")]
+    initializers = [numpy_helper.from_array(np.array(0, np.int8), "zero")]
+    if scale_as == "constant":
+        nodes.insert(0, helper.make_node("Constant", [], ["scale"], value=scale_tensor))
+    else:
+        initializers.append(scale_tensor)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [None]),
+                               helper.make_tensor_value_info("q", TensorProto.INT8, [None])], initializers)
+    path = tmp_path / "q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), path)
+    x = (np.random.default_rng(0).standard_normal(4096) * 4).astype(np.float16)
+    expected = np.clip(np.rint(x.astype(np.float64) / np.float64(scale)), -128, 127).astype(np.int8)
+
+    engine = OnnxRuntime().build(path, RuntimeSettings(threads=1))
+    got = engine.run({"x": x})
+    np.testing.assert_array_equal(got["q"], expected)
+    np.testing.assert_array_equal(got["y"], (expected.astype(np.float16) * scale).astype(np.float16))
+    assert onnx.load(str(path)).graph.node[-1].op_type == "DequantizeLinear"  # the file is untouched

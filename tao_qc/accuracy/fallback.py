@@ -30,7 +30,16 @@ class AccuracyData:
     is_calibration_data: bool
 
 
-def accuracy_data(spec: Any, source: Path, calibration: Any) -> AccuracyData:
+def needs_held_back_data(spec: Any) -> bool:
+    """Whether accuracy would be judged on the calibration data unless some of it is held back.
+    Labels given without data of their own follow the calibration samples one to one: then nothing
+    is held back."""
+    accuracy = spec.accuracy
+    return (accuracy.data is None and spec.compare.data is None
+            and accuracy.labels is None and spec.compare.labels is None)
+
+
+def accuracy_data(spec: Any, source: Path, calibration: Any, held_back: Any = None) -> AccuracyData:
     import onnx
 
     from tao_qc.data import model_inputs, open_inputs
@@ -44,6 +53,8 @@ def accuracy_data(spec: Any, source: Path, calibration: Any) -> AccuracyData:
             batches = open_inputs(data, inputs, calibration=spec.calibration, key=key,
                                   max_samples=limit if limit is not None else 1 << 62)
             return AccuracyData(batches, key, Path(labels) if labels else None, False)
+    if held_back is not None:
+        return AccuracyData(held_back, "quantize.calibration.data", None, False)
     return AccuracyData(calibration, "quantize.calibration.data", Path(labels) if labels else None, True)
 
 
@@ -176,7 +187,7 @@ def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGrap
 
     search_path = str(Path(spec.source).parent) if spec.source else None
     target = target_for(spec, search_path)
-    data = accuracy_data(spec, source, ctx.calibration)
+    data = accuracy_data(spec, source, ctx.calibration, ctx.held_back)
     accuracy = spec.accuracy
     comparison = sections.get("comparison") or {}
     setup = TrialSetups(spec, source, data, calibrated.folder)

@@ -13,7 +13,7 @@ from tao_qc.errors import InputError
 def measure_sensitivity(model_path: str | Path, spec: Any, results_dir: str | Path | None = None) -> tuple[dict[str, Any], Path]:
     from tao_qc.accuracy.calibrated import CalibratedGraph
     from tao_qc.accuracy.executors import make_executor
-    from tao_qc.accuracy.fallback import TrialSetups, accuracy_data, quantized_candidates
+    from tao_qc.accuracy.fallback import TrialSetups, accuracy_data, needs_held_back_data, quantized_candidates
     from tao_qc.accuracy.metrics import target_for
     from tao_qc.accuracy.plot import sensitivity_html
     from tao_qc.accuracy.search import rank_nodes
@@ -32,9 +32,10 @@ def measure_sensitivity(model_path: str | Path, spec: Any, results_dir: str | Pa
         raise InputError(f"{final} is not an empty folder or an earlier sensitivity result (give another with -o)")
     with staged_dir(final) as stage:
         ctx = PassContext(spec=spec, work_dir=stage, source_path=source)
+        ctx.facts["hold_back_for_accuracy"] = needs_held_back_data(spec)
         calibrated = Pipeline(calibrating_passes(spec, source_path=source)).run(None, ctx)
         graph = CalibratedGraph.take(calibrated.model, ctx, stage)
-        data = accuracy_data(spec, source, ctx.calibration)
+        data = accuracy_data(spec, source, ctx.calibration, ctx.held_back)
         setup = TrialSetups(spec, source, data, graph.folder)(graph)
         candidates = quantized_candidates(graph.facts)
         target = target_for(spec, setup.search_path)

@@ -141,14 +141,14 @@ class TrialRunner:
         """A CPU session with the optimizations the comparison's sessions get (runtimes/onnxruntime.py)."""
         import onnxruntime as ort
 
-        from tao_qc.runtimes.onnxruntime import disabled_optimizers_for
+        from tao_qc.runtimes.onnxruntime import disabled_optimizers_for, with_exact_fp16_quantize
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.setup.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=disabled_optimizers_for(proto))
+        return ort.InferenceSession(with_exact_fp16_quantize(proto).SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers_for(proto))
 
     def _run(self, session: Any, samples: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in session.get_outputs()]
