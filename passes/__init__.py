@@ -3,11 +3,12 @@
 `default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
 
     load-and-check
-    -> canonicalize: fold-constants -> fold-batchnorm -> remove-identity, repeated until a round
-       changes nothing
+    -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity,
+       repeated until a round changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt -> clip-ranges   (`calibrating_passes`)
     -> keep-float -> assign-dtypes
-    [-> place-for-onnxruntime -> space-to-depth-stem]  (target: onnxruntime)
+    [-> place-for-onnxruntime -> integer-elementwise -> space-to-depth-stem -> fit-ort-integer-kernels]
+       (target: onnxruntime)
     -> verify-quantization                                         (`finishing_passes`)
 
 Accuracy-driven fallback calibrates once and repeats only the finishing passes, with the nodes it
@@ -29,6 +30,7 @@ def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
     from tao_qc.passes.clip_ranges import ClipRanges
     from tao_qc.passes.fold_batchnorm import FoldBatchNorm
     from tao_qc.passes.fold_constants import FoldConstants
+    from tao_qc.passes.fold_conv_affine import FoldConvAffine
     from tao_qc.passes.load_and_check import LoadAndCheck
     from tao_qc.passes.match_layers import MatchLayers
     from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
@@ -39,7 +41,7 @@ def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
         LoadAndCheck(source_path),
         # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
         # Identity is gone); repeating until a round changes nothing makes their order not matter.
-        FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), RemoveIdentity()]),
+        FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), FoldConvAffine(), RemoveIdentity()]),
         MatchLayers(),
         CheckCalibration(),
         QuantizeModelOpt(),
@@ -52,6 +54,8 @@ def finishing_passes(spec: Any, *, verify: bool = True) -> list:
     dtype, placement for the target, verification (left out of fallback's trials, which the final
     build verifies)."""
     from tao_qc.passes.assign_dtypes import AssignDtypes
+    from tao_qc.passes.fit_ort_integer_kernels import FitOrtIntegerKernels
+    from tao_qc.passes.integer_elementwise import IntegerElementwise
     from tao_qc.passes.keep_float import KeepFloat
     from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
     from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
@@ -61,9 +65,11 @@ def finishing_passes(spec: Any, *, verify: bool = True) -> list:
     # placement, which builds ONNX Runtime's integer units around the int8 nodes only.
     passes: list = [KeepFloat(), AssignDtypes()]
     if spec.target == "onnxruntime":
-        # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), then run a
-        # few-channel strided stem as a Conv ORT's kernels are efficient at.
-        passes += [PlaceForOnnxRuntime(), SpaceToDepthStem()]
+        # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), keep HardSwish
+        # and gates on uint8, run a few-channel strided stem as a Conv ORT's kernels are efficient
+        # at, then give every integer unit shapes ORT's kernels compute right and fast (last: it
+        # sees the units the passes before it shaped).
+        passes += [PlaceForOnnxRuntime(), IntegerElementwise(), SpaceToDepthStem(), FitOrtIntegerKernels()]
     if verify:
         passes.append(VerifyQuantization())
     return passes

@@ -4,7 +4,8 @@ After folding, the Conv's weights carry the BatchNorm scale, so quantization see
 graph really multiplies by, and one Q/DQ pair fewer sits between layers. Old-IR models list their
 initializers as graph inputs too; the rule refuses such "overridable" values, so BatchNorm and Conv
 parameters listed that way are first taken off the input list (every runtime treats them as
-constants when not fed).
+constants when not fed). Parameters stored as Constant nodes (older paddle2onnx) are made
+initializers first, for the same reason.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.pipeline import PassContext, PassResult, mark_created
+from tao_qc.pipeline import PassContext, PassResult, lift_constant_node, mark_created
 
 
 @dataclass
@@ -30,6 +31,7 @@ class FoldBatchNorm:
         if not batchnorms:
             return PassResult(model, changed=False, stats={"batchnorm_folded": 0}, notes=["no BatchNormalization"])
         unshadowed = self._constants_from_inputs(graph, batchnorms)
+        lifted = sum(lift_constant_node(graph, value) for value in _pair_parameters(batchnorms))
         before = {n.name for n in batchnorms}
         convs_before = {id(n) for n in graph}
         sites = self._fusion_sites(graph, batchnorms)
@@ -42,11 +44,13 @@ class FoldBatchNorm:
             if id(node) not in convs_before and node.op_type != "Conv":
                 mark_created(node, self.name)
         notes = [f"folded {len(folded)} of {len(before)} BatchNormalization nodes into the preceding Conv"]
+        if lifted:
+            notes.append(f"{lifted} Conv/BatchNorm parameters were Constant nodes: made initializers")
         if unshadowed:
             notes.append(f"{unshadowed} Conv/BatchNorm parameters were also graph inputs (old IR): treated as constants")
         for name in sorted(after):
             notes.append(f"{name}: BatchNormalization kept (not right after a Conv with constant weights used only there)")
-        return PassResult(model, changed=bool(count or unshadowed),
+        return PassResult(model, changed=bool(count or unshadowed or lifted),
                           stats={"batchnorm_folded": len(folded), "batchnorm_kept": len(after)}, notes=notes)
 
     @staticmethod
@@ -85,12 +89,7 @@ class FoldBatchNorm:
     @staticmethod
     def _constants_from_inputs(graph: ir.Graph, batchnorms: list[ir.Node]) -> int:
         """Remove initializer-backed graph inputs feeding a Conv -> BatchNorm pair; return how many."""
-        params: list[ir.Value] = []
-        for bn in batchnorms:
-            producer = bn.inputs[0].producer() if bn.inputs[0] is not None else None
-            if producer is None or producer.op_type != "Conv":
-                continue
-            params.extend(v for v in (*bn.inputs[1:], *producer.inputs[1:]) if v is not None)
+        params = _pair_parameters(batchnorms)
         shadowed = {v.name for v in params if v.is_graph_input() and v.name in graph.initializers}
         if not shadowed:
             return 0
@@ -98,3 +97,14 @@ class FoldBatchNorm:
         graph.inputs.clear()
         graph.inputs.extend(keep)
         return len(shadowed)
+
+
+def _pair_parameters(batchnorms: list[ir.Node]) -> list[ir.Value]:
+    """The Conv weights/bias and BatchNorm parameters of every Conv -> BatchNorm pair."""
+    params: list[ir.Value] = []
+    for bn in batchnorms:
+        producer = bn.inputs[0].producer() if bn.inputs[0] is not None else None
+        if producer is None or producer.op_type != "Conv":
+            continue
+        params.extend(v for v in (*bn.inputs[1:], *producer.inputs[1:]) if v is not None)
+    return params

@@ -4,6 +4,9 @@ External data (and so models over protobuf's 2 GB limit) load through onnx_ir, w
 files lazily. Old-IR models that list their initializers as graph inputs get them removed from the
 inputs (modelopt's checker rejects that form, and constant folding cannot see such values as
 constants); unnamed nodes get names, because layer patterns and modelopt's node lists need them.
+Tensors stored as Constant nodes (older paddle2onnx writes every weight that way) become
+initializers, so a graph canonicalizes the same whichever form its exporter chose: BatchNorm folding
+and the weight checks after it read initializers.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import NameFixPass, RemoveInitializersFromInputsPass
+from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass, RemoveInitializersFromInputsPass
 
 from tao_qc.errors import InputError
 from tao_qc.model_fields import ModelFields
@@ -66,6 +69,15 @@ class LoadAndCheck:
             stats["initializer_inputs_removed"] = len(shadowed)
             notes.append(f"{len(shadowed)} initializers were also listed as graph inputs (old IR): "
                          "they are constants now")
+        constants = sum(1 for node in loaded.graph if node.op_type == "Constant")
+        if constants:
+            # Every size: a 10-class bias or a 16-channel BatchNorm is as much a weight as a kernel.
+            LiftConstantsToInitializersPass(size_limit=0)(loaded)
+            lifted = constants - sum(1 for node in loaded.graph if node.op_type == "Constant")
+            if lifted:
+                stats["constants_lifted"] = lifted
+                notes.append(f"{lifted} Constant-node tensors are initializers now (the same graph whichever form "
+                             "the exporter chose)")
         unnamed = sum(1 for node in loaded.graph if not node.name)
         if unnamed:
             NameFixPass()(loaded)

@@ -173,7 +173,9 @@ class PlaceForOnnxRuntime:
             scale = np.broadcast_to(scale, bias.shape).copy()
             if np.any(scale == 0):
                 continue
-            quantized = np.clip(np.rint(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+            # In float64: float32 cannot hold 2**31 - 1, so a bias saturating the int32 range (a channel
+            # whose weights all but vanish) would round past it and wrap.
+            quantized = np.clip(np.rint(bias.astype(np.float64) / scale), -(2**31), 2**31 - 1).astype(np.int32)
             base = node.inputs[2].name or f"{node.name}_bias"
             dq = build.node(
                 "DequantizeLinear",

@@ -74,7 +74,13 @@ class QuantizeModelOpt:
             raise InputError("quantize.calibration.data: no calibration data given (valid: a .npz named by input, "
                              "a .npy, an image folder, or 'random')")
         device = resolve_device(spec.device)
-        kwargs = modelopt_settings(spec, selected, decisions, mode, device)
+        measured: dict[str, str] = {}
+        if spec.target == "onnxruntime" and mode == "int8":
+            from tao_qc.passes.integer_elementwise import elementwise_to_measure
+
+            measured = {n.name: n.op_type for n in elementwise_to_measure(model, {d.unit.name for d in selected})}
+        ctx.facts["measured_elementwise"] = sorted(measured)
+        kwargs = modelopt_settings(spec, selected, decisions, mode, device, measured=measured)
         names_before = {node.name: dict(node.metadata_props) for node in model.graph}
 
         quantized = self._quantize(model, ctx, kwargs, batches)
@@ -110,6 +116,9 @@ class QuantizeModelOpt:
         notes = [f"modelopt.onnx {mode}: {len(selected)} nodes asked for ({asked}), calibration "
                  f"{kwargs['calibration_method']} on {batches.describe()}, eps {kwargs['calibration_eps']}, "
                  f"high precision {kwargs['high_precision_dtype']}"]
+        if measured:
+            notes.append(f"{len(measured)} elementwise nodes between quantized ones measured too (their output "
+                         "ranges keep them on uint8 in ONNX Runtime)")
         declined = {}
         for decision in selected:
             name = decision.unit.name
@@ -202,7 +211,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, device: str) -> dict[str, Any]:
+def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, device: str,
+                      measured: dict[str, str] | None = None) -> dict[str, Any]:
+    """modelopt.onnx.quantization.quantize's keyword arguments. `measured`: elementwise nodes (name ->
+    op type) whose output ranges an ONNX Runtime target needs too (see integer_elementwise)."""
     problem = spec.float_dtype_problem()  # again here: --target can change the target after the spec was read
     if problem:
         raise SpecError(problem, key="quantize.float_dtype", location=spec.source)
@@ -217,7 +229,7 @@ def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, dev
         "calibration_eps": eps,
         "high_precision_dtype": spec.resolved_float_dtype,
         # modelopt reads these as regular expressions (re.match): anchor and escape the exact names.
-        "nodes_to_quantize": [f"^{re.escape(name)}$" for name in sorted(chosen)],
+        "nodes_to_quantize": [f"^{re.escape(name)}$" for name in sorted(chosen | set(measured or {}))],
         "nodes_to_exclude": [f"^{re.escape(d.unit.name)}$" for d in decisions if d.unit.name not in chosen],
         "log_level": "WARNING",
     }
@@ -225,7 +237,8 @@ def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, dev
         settings["enable_gemv_detection_for_trt"] = False  # a TensorRT-only heuristic
         # ORT fuses whole DQ -> op -> Q units: have modelopt measure each quantized op's output
         # range too, so place-for-onnxruntime reuses measured ranges instead of guessing them.
-        settings["op_types_needing_output_quant"] = ["Conv", "Gemm", "MatMul"]
+        # Elementwise ops between quantized ones are measured the same way, so they can run on uint8.
+        settings["op_types_needing_output_quant"] = ["Conv", "Gemm", "MatMul", *sorted(set((measured or {}).values()))]
         settings[_KEEP_SMALL_CONVS] = True
     settings.update(spec.backend_kwargs)
     return settings

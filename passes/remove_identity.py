@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
-from tao_qc.pipeline import PassContext, PassResult, mark_created
+from tao_qc.pipeline import PassContext, PassResult, constant_array, mark_created
 
 
 @dataclass
@@ -60,8 +60,8 @@ def _inference_dropout(node: ir.Node) -> bool:
     if len(node.outputs) > 1 and node.outputs[1].is_graph_output():
         return False
     if len(node.inputs) > 2 and node.inputs[2] is not None:
-        mode = node.inputs[2].const_value
-        if mode is None or bool(mode.numpy().reshape(-1)[0]):
+        mode = constant_array(node.inputs[2])
+        if mode is None or bool(mode.reshape(-1)[0]):
             return False
     is_test = node.attributes.get("is_test")  # opset < 7: Dropout drops unless is_test=1
     if is_test is not None and not is_test.as_int():

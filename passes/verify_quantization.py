@@ -8,8 +8,9 @@
   ONNX Runtime quantize a tensor once for all its readers; TensorRT and ORT still run the float
   node in float, on the rounded values);
 - no orphan Q/DQ: a QuantizeLinear feeds only DequantizeLinear nodes, a DequantizeLinear is used
-  (or is a graph output) and reads a QuantizeLinear or a constant; Transposes and Reshapes may sit
-  between the two (they move integers without changing them; space-to-depth-stem places them);
+  (or is a graph output) and reads a QuantizeLinear or a constant; ops that move integers without
+  computing on them may sit between the two (Transpose, Reshape: space-to-depth-stem; Pad with the
+  zero point, Split, Slice, Concat: fit-ort-integer-kernels);
 - the graph runs in ONNX Runtime (CPU) on the first calibration batch, with finite outputs.
 """
 
@@ -45,6 +46,8 @@ class VerifyQuantization:
         problems: list[str] = []
         checked = shared = 0
         quantized_names = {d.unit.name for d in decisions if d.quantized and d.unit.name not in declined}
+        # Elementwise nodes modelopt measured for an ONNX Runtime target quantize their tensors too.
+        quantized_names |= set(ctx.facts.get("measured_elementwise") or ())
         for decision in decisions:
             name = decision.unit.name
             node = nodes.get(name)
@@ -159,13 +162,17 @@ def _shared_with_quantized(value: ir.Value, quantized: set[str]) -> bool:
 
 
 # Ops that only move a quantized tensor's integers around (no arithmetic), allowed between Q and DQ.
-LAYOUT_OPS = ("Transpose", "Reshape")
+LAYOUT_OPS = ("Transpose", "Reshape", "Pad", "Split", "Slice", "Concat")
 
 
 def _readers_through_layout(value: ir.Value) -> list[ir.Node]:
     readers = []
     for user, _ in value.uses():
-        readers.extend(_readers_through_layout(user.outputs[0]) if user.op_type in LAYOUT_OPS else [user])
+        if user.op_type in LAYOUT_OPS:
+            for output in user.outputs:
+                readers.extend(_readers_through_layout(output))
+        else:
+            readers.append(user)
     return readers
 
 

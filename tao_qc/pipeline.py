@@ -73,16 +73,38 @@ class FixedPoint:
 
 
 def constant_array(value: ir.Value | None):
-    """The numpy value of an initializer or a Constant node's output; None for anything computed."""
+    """The numpy value of an initializer or a Constant node's output (any of its attribute forms:
+    `value`, `value_float(s)`, `value_int(s)`); None for anything computed."""
     if value is None:
         return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
+    try:
+        tensor = ir.convenience.get_const_tensor(value)
+    except ValueError:  # a malformed Constant (several attributes or outputs): not a constant to rely on
+        return None
+    return tensor.numpy() if tensor is not None else None
+
+
+def lift_constant_node(graph: ir.Graph, value: ir.Value) -> bool:
+    """Make a Constant node's output `value` an initializer of `graph` (same name, same readers);
+    True when it did. Rewrites written against initializers (onnxscript's BatchNorm fusion) then see
+    weights that exporters such as older paddle2onnx store as Constant nodes."""
     producer = value.producer()
-    if producer is not None and producer.op_type == "Constant":
-        attribute = producer.attributes.get("value")
-        return attribute.as_tensor().numpy() if attribute is not None else None
-    return None
+    if producer is None or producer.op_type != "Constant" or producer.domain not in ("", "ai.onnx"):
+        return False
+    if value.is_graph_output() or producer.graph is not graph:
+        return False
+    array = constant_array(value)
+    if array is None:
+        return False
+    name = value.name
+    while name in graph.initializers:
+        name = f"{name}_lifted"
+    initializer = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                           shape=ir.Shape(array.shape), const_value=ir.tensor(array, name=name))
+    graph.register_initializer(initializer)
+    value.replace_all_uses_with(initializer)
+    graph.remove(producer, safe=True)
+    return True
 
 
 def mark_created(node: ir.Node, pass_name: str) -> ir.Node:

@@ -102,6 +102,57 @@ class MobileNetStyle(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(self.stem(x))), 1))
 
 
+class SqueezeExcite(nn.Module):
+    """Channel attention: the pooled tensor through a 1x1 bottleneck gates its own channels."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, channels // reduction, 1)
+        self.relu = nn.ReLU()
+        self.expand = nn.Conv2d(channels // reduction, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
+
+
+class LCNetBlock(nn.Module):
+    """PP-LCNet's block: depthwise kxk (BatchNorm, HardSwish), optional squeeze-excite, pointwise 1x1."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, squeeze_excite: bool):
+        super().__init__()
+        self.depthwise = nn.Sequential(nn.Conv2d(cin, cin, kernel, stride, kernel // 2, groups=cin, bias=False),
+                                       nn.BatchNorm2d(cin), nn.Hardswish())
+        self.se = SqueezeExcite(cin) if squeeze_excite else nn.Identity()
+        self.pointwise = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.Hardswish())
+
+    def forward(self, x):
+        return self.pointwise(self.se(self.depthwise(x)))
+
+
+class LCNetStyle(nn.Module):
+    """PP-LCNet x1.0's shape (the backbone family of PaddleOCR's and PaddleClas' mobile models):
+    HardSwish everywhere, 5x5 depthwise Convs late, squeeze-excite in the last two blocks, a 1x1
+    Conv to 1280 features after the pooling."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        plan = [(16, 32, 3, 1, False), (32, 64, 3, 2, False), (64, 64, 3, 1, False), (64, 128, 3, 2, False),
+                (128, 128, 3, 1, False), (128, 256, 3, 2, False)]
+        plan += [(256, 256, 5, 1, False)] * 5 + [(256, 512, 5, 2, True), (512, 512, 5, 1, True)]
+        self.blocks = nn.Sequential(*(LCNetBlock(*args) for args in plan))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.last_conv = nn.Conv2d(512, 1280, 1)
+        self.act = nn.Hardswish()
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        x = self.act(self.last_conv(self.pool(self.blocks(self.stem(x)))))
+        return self.classifier(torch.flatten(x, 1))
+
+
 class TransformerBlock(nn.Module):
     """One pre-norm encoder block written with explicit MatMul/Softmax/LayerNorm."""
 
@@ -147,6 +198,7 @@ ZOO = {
     "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
     "small_cnn": (lambda: SmallResidualCNN(), (1, 3, 32, 32)),
     "mobilenet": (lambda: MobileNetStyle(), (1, 3, 224, 224)),
+    "lcnet": (lambda: LCNetStyle(), (1, 3, 224, 224)),
     "transformer_block": (lambda: TransformerBlock(), (1, 16, 128)),
     "tiny_vit": (lambda: TinyViT(), (1, 3, 32, 32)),
     "rtdetr": (lambda: RTDETRStyle(), (1, 3, 64, 64)),
@@ -379,3 +431,23 @@ class RTDETRStyle(nn.Module):
         cx, cy, w, h = cxcywh.unbind(-1)
         xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
         return labels, xyxy, top_scores
+
+
+def with_constant_node_weights(source: str | Path, path: str | Path) -> Path:
+    """A copy of an ONNX model with every initializer stored as a Constant node instead, the form
+    some exporters (older paddle2onnx) write: the same graph and numbers, no initializers."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    constants = [helper.make_node("Constant", [], [tensor.name], name=f"{tensor.name}_Constant", value=tensor)
+                 for tensor in graph.initializer]
+    weights = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in weights]
+    nodes = constants + list(graph.node)
+    del graph.initializer[:], graph.node[:], graph.input[:]
+    graph.node.extend(nodes)
+    graph.input.extend(inputs)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -44,29 +44,25 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images)[:, None].astype(np.float32), data.target.astype(np.int64)
 
 
-# ONNX Runtime 1.24's fused integer Conv (QLinearConv, which its optimizer makes of DQ -> Conv -> Q)
-# gives wrong values at a few positions of the tail channels (16-19) of a Conv with 10 inputs and 20
-# outputs, values that differ from process to process even on one thread (the memory it reads beyond
-# its data differs), and from run to run on 2+ threads. cnn_mnist_pytorch's second Conv is such a
-# Conv: its INT8 top-1 agreement with FP32 on the same 400 digits came out 90-93% or 99% depending on
-# the process. Tests of what the quantized graph computes run it unfused there: DequantizeLinear,
-# float Conv, QuantizeLinear, exactly the arithmetic the graph states, the same in every process.
-def session(model: str | Path | onnx.ModelProto, *, unfused: bool = False):
+# ONNX Runtime 1.24's integer GEMM gives wrong sums for some shapes (a Conv with 10 inputs and 20
+# outputs, like cnn_mnist_pytorch's second, among them), values that differ from process to process
+# and from run to run on 2+ threads. For target onnxruntime, fit-ort-integer-kernels reshapes such
+# Convs so the fused QLinearConv is right; the tests run the fused graph ORT really runs, and check
+# it. Graphs placed for TensorRT get no such rewrite, so sessions keep to one thread: the same
+# outputs on every run of a session.
+def session(model: str | Path | onnx.ModelProto):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    # One thread: the same outputs on every run of a session (see above).
     options.intra_op_num_threads = 1
-    if unfused:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def predict(model, input_name: str, images: np.ndarray, *, unfused: bool = False) -> np.ndarray:
+def predict(model, input_name: str, images: np.ndarray) -> np.ndarray:
     """Logits for each image, run one at a time (the MNIST models have a fixed batch of 1)."""
-    runner = session(model, unfused=unfused)
+    runner = session(model)
     return np.concatenate([runner.run(None, {input_name: images[i : i + 1]})[0] for i in range(len(images))])
 
 

@@ -82,7 +82,7 @@ def test_mnist_cntk_results_folder_and_report(mnist_cntk_run):
     assert "declined_by_backend" in decisions["Times212"]
     assert report["counts"]["quantized"] == 2 and report["counts"]["declined_by_backend"] == 1
     assert any(w.startswith("Times212:") for w in report["warnings"])
-    canonicalize = ["fold-constants", "fold-batchnorm", "remove-identity"]  # a round that changes, one that confirms
+    canonicalize = ["fold-constants", "fold-batchnorm", "fold-conv-affine", "remove-identity"]  # a round that changes, one that confirms
     assert [p["pass"] for p in report["passes"]] == [
         "load-and-check", *canonicalize, *canonicalize, "match-layers", "check-calibration", "quantize-modelopt",
         "clip-ranges", "keep-float", "assign-dtypes", "verify-quantization"]
@@ -96,8 +96,8 @@ def test_mnist_cntk_results_folder_and_report(mnist_cntk_run):
     assert "Input3" in ranges and ranges["Input3"]["amax"][0] == pytest.approx(255, rel=0.05)
     # dumps of the passes that changed the graph
     names = sorted(p.name for p in (result.results_dir / "passes").iterdir())
-    assert "09-quantize-modelopt.diff" in names and "02-fold-batchnorm.txt" not in names
-    diff = (result.results_dir / "passes" / "09-quantize-modelopt.diff").read_text()
+    assert "11-quantize-modelopt.diff" in names and "02-fold-batchnorm.txt" not in names
+    diff = (result.results_dir / "passes" / "11-quantize-modelopt.diff").read_text()
     # target tensorrt: the float part is fp16, behind a Cast at the input and one at the output
     assert diff.startswith("# ops: +Cast 2, +DequantizeLinear")
 
@@ -128,8 +128,7 @@ def test_cnn_mnist_pytorch_through_the_cli(tmp_path, data_dir, capsys):
     images, _ = digits()
     evaluation = images[EVALUATION] / np.float32(255)
     fp32 = predict(CNN_MNIST_PYTORCH, PYTORCH_MNIST_INPUT, evaluation).argmax(1)
-    # unfused: see _compile_helpers.session (ORT's fused kernel for its 10 -> 20 Conv)
-    int8 = predict(out / "cnn_mnist_pytorch.int8.onnx", PYTORCH_MNIST_INPUT, evaluation, unfused=True).argmax(1)
+    int8 = predict(out / "cnn_mnist_pytorch.int8.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
     assert np.mean(int8 == fp32) >= 0.99
     model = onnx.load(str(out / "cnn_mnist_pytorch.int8.onnx"))
     gemm_inputs = {i for n in model.graph.node if n.op_type == "Gemm" for i in n.input}
@@ -325,7 +324,7 @@ def test_a_model_with_external_weights_compiles(tmp_path, data_dir, capsys):
     images, _ = digits()
     evaluation = images[EVALUATION][:100] / np.float32(255)
     fp32 = predict(CNN_MNIST_PYTORCH, PYTORCH_MNIST_INPUT, evaluation).argmax(1)
-    int8 = predict(out / "net.int8.onnx", PYTORCH_MNIST_INPUT, evaluation, unfused=True).argmax(1)  # see session()
+    int8 = predict(out / "net.int8.onnx", PYTORCH_MNIST_INPUT, evaluation).argmax(1)
     assert np.mean(int8 == fp32) >= 0.99
     # --dump-passes alone means after-all: every pass has its graph, text and (after the first) diff
     passes = json.loads((out / "passes" / "summary.json").read_text())
@@ -435,7 +434,7 @@ def test_a_failed_comparison_keeps_its_results_and_exits_1_or_0_as_the_spec_says
     assert last.startswith("tao-qc: error: mnist_cntk.int8.onnx failed the comparison with mnist_cntk.onnx: ")
     assert "output 'Plus214_Output_0': " in last
     assert sorted(p.name for p in out.iterdir()) == ["mnist_cntk.int8.onnx", "passes", "report.html", "report.json"]
-    assert (out / "passes" / "09-quantize-modelopt.onnx").is_file()
+    assert (out / "passes" / "11-quantize-modelopt.onnx").is_file()
     report = json.loads((out / "report.json").read_text())
     assert report["comparison"]["passed"] is False and report["comparison"]["failures"]
     assert '<span class="badge fail">FAILED</span>' in (out / "report.html").read_text()

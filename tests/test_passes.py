@@ -18,8 +18,11 @@ from tao_qc.passes.fold_constants import SHAPE_VALUE_OPS, SYMBOLIC_FOLD_OPS, Fol
 from tao_qc.passes.load_and_check import LoadAndCheck
 from tao_qc.passes.match_layers import ATTENTION_DEFAULT_RULE, MatchLayers
 from tao_qc.passes.remove_identity import RemoveIdentity
-from tao_qc.pipeline import PassContext
+from tao_qc import zoo
+from tao_qc.passes import default_passes
+from tao_qc.pipeline import PassContext, Pipeline
 from tao_qc.spec import load_spec
+from tao_qc.textform import format_model
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +133,68 @@ def test_inference_dropout_and_identities_are_removed_and_output_names_kept(tmp_
     assert result.stats == {"dropout_removed": 1, "identity_removed": 1}
     assert [v.name for v in result.model.graph.outputs] == [final]
     np.testing.assert_allclose(outputs(result.model, feeds)[0], before[0], rtol=1e-6)
+
+
+def canonicalized(path: Path, tmp_path: Path) -> ir.Model:
+    """The graph after load-and-check and the canonicalize group, as `tao-qc compile` runs them."""
+    context = ctx(tmp_path, path)
+    return Pipeline(default_passes(context.spec)[:2]).run(None, context).model
+
+
+def test_constant_node_weights_canonicalize_like_their_initializer_twin(tmp_path, zoo_dir):
+    twin = export_zoo("lcnet", zoo_dir)
+    constants = zoo.with_constant_node_weights(twin, tmp_path / "lcnet_constants.onnx")
+    raw = onnx.load(str(constants))
+    assert not raw.graph.initializer and sum(n.op_type == "Constant" for n in raw.graph.node) > 100
+    feeds = {"input": np.random.default_rng(5).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    expected = outputs(raw, feeds)[0]
+
+    from_twin, from_constants = canonicalized(twin, tmp_path), canonicalized(constants, tmp_path)
+    ops = [n.op_type for n in from_constants.graph]
+    assert "BatchNormalization" not in ops and "Constant" not in ops
+    # The same folded graph, weights included (the text form's digests are CRCs of the tensor bytes).
+    assert format_model(from_constants, digests=True) == format_model(from_twin, digests=True)
+    got = outputs(from_constants, feeds)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-6)
+    assert np.abs(expected).max() > 1e-2
+
+
+def test_fold_batchnorm_alone_reads_constant_node_parameters(tmp_path, zoo_dir):
+    constants = zoo.with_constant_node_weights(export_zoo("small_cnn", zoo_dir), tmp_path / "small_cnn_constants.onnx")
+    model = ir.load(constants)
+    feeds = {"input": np.random.default_rng(6).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    before = outputs(model, feeds)[0]
+    result = FoldBatchNorm().run(model, ctx(tmp_path))
+    assert result.stats == {"batchnorm_folded": 3, "batchnorm_kept": 0}
+    assert any("were Constant nodes" in note for note in result.notes)
+    np.testing.assert_allclose(outputs(result.model, feeds)[0], before, rtol=1e-4, atol=1e-5)
+
+
+def test_fold_constants_alone_folds_transposes_of_constant_node_weights(tmp_path, zoo_dir):
+    twin = export_zoo("transformer_block", zoo_dir)
+    constants = zoo.with_constant_node_weights(twin, tmp_path / "transformer_constants.onnx")
+    folded = {}
+    for label, path in (("twin", twin), ("constants", constants)):
+        result = FoldConstants().run(ir.load(path), ctx(tmp_path))
+        folded[label] = [n.op_type for n in result.model.graph if n.op_type != "Constant"]
+    assert folded["constants"] == folded["twin"] and folded["twin"].count("Transpose") == 3
+
+
+def test_dropout_with_a_constant_node_training_mode_is_removed(tmp_path, shared_models):
+    proto = onnx.load(str(shared_models / "cnn_mnist_pytorch.onnx"))
+    graph = proto.graph
+    first = graph.node[0]
+    out = first.output[0]
+    first.output[0] = out + "_pre"
+    mode = helper.make_node("Constant", [], ["training_mode"], name="mode",
+                            value=helper.make_tensor("training_mode", onnx.TensorProto.BOOL, [], [False]))
+    graph.node.insert(1, mode)
+    graph.node.insert(2, helper.make_node("Dropout", [out + "_pre", "", "training_mode"], [out], name="drop"))
+    proto.opset_import[0].version = 13
+    onnx.checker.check_model(proto)
+    result = RemoveIdentity().run(ir.from_proto(proto), ctx(tmp_path))
+    assert result.stats["dropout_removed"] == 1
+    assert "Dropout" not in [n.op_type for n in result.model.graph]
 
 
 def test_match_layers_records_each_decision_and_its_rule(tmp_path, zoo_dir):
@@ -243,3 +308,56 @@ def test_check_calibration_accepts_random_only_when_asked_and_says_so_loudly(tmp
     assert any("RANDOM" in note for note in result.notes) and "RANDOM" in caplog.text
     with pytest.raises(InputError, match="no data given"):
         CheckCalibration().run(model, ctx(tmp_path, source=source))
+
+
+def test_fold_conv_affine_takes_the_recognizers_scale_and_shift_steps_into_its_convs(tmp_path, shared_models):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import ocr
+
+    source = shared_models / "ppocrv5_rec.onnx"
+    lines = ocr.line_batch([path for path, _ in ocr.labelled_lines(shared_models / "ppocrv5" / "lines")[:4]])
+    expected = session(source).run(None, {"x": lines})[0]
+    model = canonicalized(source, tmp_path)
+    readers_of_conv = [n for n in model.graph if n.op_type in ("Add", "Mul") and any(
+        v.producer() is not None and v.producer().op_type == "Conv" for v in n.inputs if v is not None)
+        and any(v.const_value is not None for v in n.inputs if v is not None)]
+    assert not readers_of_conv  # no Conv -> constant Add/Mul left
+    assert sum(n.op_type in ("Add", "Mul") for n in model.graph) < 80  # 184 in the export
+    got = outputs(model, {"x": lines})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
+
+
+def affine_around_conv(pads: list[int], before: list[tuple[str, float]], after: list[tuple[str, float]]) -> onnx.ModelProto:
+    """input -> steps `before` -> Conv(pads) -> steps `after` -> output, each step (op, constant)."""
+    rng = np.random.default_rng(7)
+    tensors = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    nodes, current = [], "input"
+    steps = [(op, value, 3) for op, value in before] + [("Conv", 0.0, 4)] + [(op, value, 4) for op, value in after]
+    for index, (op, value, channels) in enumerate(steps):
+        out = f"t{index}"
+        if op == "Conv":
+            nodes.append(helper.make_node("Conv", [current, "w"], [out], name="conv", kernel_shape=[3, 3], pads=pads))
+        else:
+            tensors[f"c{index}"] = np.full((1, channels, 1, 1), value, np.float32)
+            nodes.append(helper.make_node(op, [current, f"c{index}"], [out], name=f"step{index}"))
+        current = out
+    nodes.append(helper.make_node("Identity", [current], ["output"], name="out"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("pads,before_folded", [([0, 0, 0, 0], 2), ([1, 1, 1, 1], 0)])
+def test_fold_conv_affine_folds_steps_before_a_conv_only_without_padding(pads, before_folded, tmp_path):
+    from tao_qc.passes.fold_conv_affine import FoldConvAffine
+
+    proto = affine_around_conv(pads, [("Mul", 1.5), ("Add", 0.25)], [("Sub", 0.5), ("Div", 4.0), ("Add", -1.0)])
+    feeds = {"input": np.random.default_rng(8).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    expected = outputs(proto, feeds)[0]
+    result = FoldConvAffine().run(ir.from_proto(proto), ctx(tmp_path))
+    assert result.stats == {"folded_after_conv": 3, "folded_before_conv": before_folded}
+    np.testing.assert_allclose(outputs(result.model, feeds)[0], expected, rtol=1e-5, atol=1e-5)

@@ -26,10 +26,9 @@ def digits(count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images[offset : offset + count] / 255.0, labels[offset : offset + count]
 
 
-def run(path: Path, name: str, x: np.ndarray, *, unfused: bool = False) -> np.ndarray:
-    """Outputs per sample, on one ORT thread; `unfused`: the graph's own arithmetic, without ORT's
-    integer kernels (see tests/_compile_helpers.session for the kernel that needs it)."""
-    session = compile_helpers.session(path, unfused=unfused)
+def run(path: Path, name: str, x: np.ndarray) -> np.ndarray:
+    """Outputs per sample, on one ORT thread, through ORT's fused integer kernels."""
+    session = compile_helpers.session(path)
     return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
 
 
@@ -109,9 +108,9 @@ def test_weights_int8_initializers_and_activations_uint8(mnist):
     assert weights_int8 == 4 and activations_uint8 == 4
     used = {name for node in model.graph.node for name in node.input}
     assert not [i.name for i in model.graph.initializer if i.name not in used]  # replaced float weights/biases are gone
-    assert [p["pass"] for p in mnist["ort"].report["passes"]][-7:] == [
-        "quantize-modelopt", "clip-ranges", "keep-float", "assign-dtypes", "place-for-onnxruntime", "space-to-depth-stem",
-        "verify-quantization"]
+    assert [p["pass"] for p in mnist["ort"].report["passes"]][-9:] == [
+        "quantize-modelopt", "clip-ranges", "keep-float", "assign-dtypes", "place-for-onnxruntime", "integer-elementwise",
+        "space-to-depth-stem", "fit-ort-integer-kernels", "verify-quantization"]
 
 
 def test_tensorrt_target_keeps_modelopts_placement(small_cnn):
@@ -126,8 +125,8 @@ def test_tensorrt_target_keeps_modelopts_placement(small_cnn):
 def test_agreement_with_fp32_on_real_digits(mnist):
     x, labels = digits(400, offset=600)
     reference = run(mnist["fp32"], "0", x)
-    # what the placed graph computes; that ORT runs it on integer kernels is the first test's concern
-    placed = run(mnist["ort"].model_path, "0", x, unfused=True)
+    # what ORT computes with its integer kernels (its 10 -> 20 Conv reshaped by fit-ort-integer-kernels)
+    placed = run(mnist["ort"].model_path, "0", x)
     agreement = (reference.argmax(1) == placed.argmax(1)).mean()
     assert agreement >= 0.99
     assert (placed.argmax(1) == labels).mean() >= (reference.argmax(1) == labels).mean() - 0.01

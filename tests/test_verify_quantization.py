@@ -69,7 +69,8 @@ def test_the_graph_compile_produced_passes(model, mnist_cntk_compiled, calibrati
 
 def test_a_selected_node_whose_weight_bypasses_its_qdq(model, mnist_cntk_compiled):
     conv = node(model, "Convolution110")
-    conv.replace_input_with(1, node(model, "Parameter87_QuantizeLinear").inputs[0])  # the float weight
+    weight_q = conv.inputs[1].producer().inputs[0].producer()  # weight -> Q -> DQ -> Conv
+    conv.replace_input_with(1, weight_q.inputs[0])  # the float weight
     message = rejection(model, context(mnist_cntk_compiled))
     assert message.startswith("quantized graph check failed: Convolution110: selected (weights int8, activations int8: "
                               "default: layers is empty")
@@ -140,7 +141,7 @@ def test_a_selected_node_that_is_gone(model, mnist_cntk_compiled):
 
 
 def test_a_graph_that_computes_nan(model, mnist_cntk_compiled, calibration):
-    weight_dq = node(model, "Parameter87_DequantizeLinear")
+    weight_dq = node(model, "Convolution110").inputs[1].producer()
     scale = weight_dq.inputs[1]
     original = scale.const_value.numpy()
     broken = np.full(original.shape, np.nan, original.dtype)

@@ -36,8 +36,9 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
     """Quantize the ONNX MODEL (default: the spec's model_path) with modelopt.onnx through the pass pipeline.
 
     \b
-    Passes: load-and-check, fold-constants, fold-batchnorm, remove-identity, match-layers,
-    check-calibration, quantize-modelopt, [place-for-onnxruntime, space-to-depth-stem], verify-quantization.
+    Passes: load-and-check, fold-constants, fold-batchnorm, fold-conv-affine, remove-identity,
+    match-layers, check-calibration, quantize-modelopt, [place-for-onnxruntime, integer-elementwise,
+    space-to-depth-stem, fit-ort-integer-kernels], verify-quantization.
     Writes RESULTS/<stem>.int8.onnx (or .fp8.onnx), RESULTS/report.json and RESULTS/passes/.
     Exit code 0 on success, 1 when the FP32-vs-quantized comparison fails its checks, 2 on bad
     input (one-line error, nothing written).

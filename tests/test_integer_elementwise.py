@@ -1,0 +1,206 @@
+"""integer-elementwise: HardSwish, HardSigmoid and Sigmoid kept on uint8 for ONNX Runtime, checked
+against exact arithmetic and in ORT's optimized graphs; the elementwise nodes modelopt is asked to measure."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from _compile_helpers import export_zoo
+from tao_qc.passes.integer_elementwise import IntegerElementwise, elementwise_to_measure
+from tao_qc.pipeline import PassContext
+from tao_qc.spec import load_spec
+
+X_SCALE = 0.08  # the input grid: uint8, zero point 128, about [-10, 10]
+
+
+def context(tmp_path: Path) -> PassContext:
+    return PassContext(spec=load_spec({"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime"}}), work_dir=tmp_path)
+
+
+def run(model: ir.Model | onnx.ModelProto, x: np.ndarray, optimized: Path | None = None) -> np.ndarray:
+    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if optimized is not None:
+        options.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def unit(op: str, steps: list[tuple[str, float]], out_scale: float, attributes: dict | None = None,
+         conv_bias: bool = False) -> onnx.ModelProto:
+    """x -> Q(u8) -> DQ -> op -> scalar steps -> Q(u8, zero point 128: modelopt's symmetric grid) -> DQ
+    [-> depthwise Conv 1x1 with an int32 bias as place-for-onnxruntime writes it -> Q -> DQ] -> Identity."""
+    tensors = {"xs": np.array(X_SCALE, np.float32), "z128": np.array(128, np.uint8), "os": np.array(out_scale, np.float32)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "z128"], ["xq"], name="x_q"),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "z128"], ["xd"], name="x_dq"),
+             helper.make_node(op, ["xd"], ["h0"], name="act", **(attributes or {}))]
+    current = "h0"
+    for index, (step, value) in enumerate(steps):
+        tensors[f"c{index}"] = np.array([value], np.float32)
+        nodes.append(helper.make_node(step, [current, f"c{index}"], [f"h{index + 1}"], name=f"step{index}"))
+        current = f"h{index + 1}"
+    nodes += [helper.make_node("QuantizeLinear", [current, "os", "z128"], ["yq"], name="y_q"),
+              helper.make_node("DequantizeLinear", ["yq", "os", "z128"], ["yd"], name="y_dq")]
+    current = "yd"
+    if conv_bias:
+        weight_scale = np.full(4, 0.01, np.float32)
+        tensors.update(w=np.array([[[[50]]], [[[-80]]], [[[127]]], [[[20]]]], np.int8), ws=weight_scale, wz=np.zeros(4, np.int8),
+                       b=np.rint(np.array([0.3, -0.2, 0.05, 1.0]) / (out_scale * weight_scale)).astype(np.int32),
+                       bs=(out_scale * weight_scale).astype(np.float32), bz=np.zeros(4, np.int32), cs=np.array(0.05, np.float32))
+        nodes += [helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="w_dq", axis=0),
+                  helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], name="b_dq", axis=0),
+                  helper.make_node("Conv", ["yd", "wd", "bd"], ["c"], name="conv", kernel_shape=[1, 1], group=4),
+                  helper.make_node("QuantizeLinear", ["c", "cs", "z128"], ["cq"], name="c_q"),
+                  helper.make_node("DequantizeLinear", ["cq", "cs", "z128"], ["cd"], name="c_dq")]
+        current = "cd"
+    nodes.append(helper.make_node("Identity", [current], ["out"], name="out"))
+    channels = 4 if conv_bias else 1
+    graph = helper.make_graph(nodes, "unit", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 64, 64])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def input_grid(channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Every point of the input grid (and a little beyond it), and the same values dequantized."""
+    x = np.tile(np.linspace(-11, 11, 64 * 64, dtype=np.float32), channels).reshape(1, channels, 64, 64)
+    return x, (np.clip(np.rint(x / X_SCALE) + 128, 0, 255) - 128) * X_SCALE
+
+
+def hardswish(x: np.ndarray) -> np.ndarray:
+    return x * np.clip(x / 6 + 0.5, 0, 1)
+
+
+@pytest.mark.parametrize("steps,out_scale,whole_shift", [
+    ([], 0.08, True),  # HardSwish straight into the next Conv's input grid
+    ([("Mul", 0.6333), ("Add", 0.1472)], 0.0752, True),  # PP-LCNetV3's scale and shift before a padded Conv: 2 steps
+    ([("Mul", 0.1979), ("Add", -0.1917)], 0.0462, True),  # a negative shift of about 4 steps
+    ([("Mul", 0.5), ("Sub", 0.01)], 0.04, False),  # a shift under one step: rounded to the nearest
+])
+def test_hardswish_on_uint8_is_closer_to_exact_than_the_float_one_between_qdq(steps, out_scale, whole_shift, tmp_path):
+    proto = unit("HardSwish", steps, out_scale)
+    x, dequantized = input_grid()
+    exact = hardswish(dequantized)
+    for op, value in steps:
+        exact = {"Mul": exact * value, "Add": exact + value, "Sub": exact - value}[op]
+    before = run(proto, x)
+    model = ir.from_proto(proto)
+    result = IntegerElementwise().run(model, context(tmp_path))
+    assert result.stats["hardswish_integer"] == 1 and result.stats["affine_absorbed"] == len(steps)
+    after = run(model, x, optimized=tmp_path / "optimized.onnx")
+    # The float HardSwish is within half a step of modelopt's symmetric grid; the rewrite redraws
+    # the grid over HardSwish's real range, so it is finer, and unbiased.
+    assert np.abs(before - exact).max() <= out_scale / 2 + 1e-5
+    assert np.abs(after - exact).max() <= 0.6 * out_scale
+    if whole_shift:
+        assert np.abs(after - exact).mean() < np.abs(before - exact).mean()
+        assert abs(float((after - exact).mean())) < out_scale / 20
+    else:
+        assert np.abs(after - exact).mean() < np.abs(before - exact).mean() + out_scale / 20
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    assert ops["QLinearAdd"] == 1 and ops["QLinearMul"] == 1  # the gate, and x times the gate
+    assert not {"HardSwish", "HardSigmoid", "Mul", "Add", "Sub"} & set(ops)
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.2, 0.5), (1 / 6, 0.5), (0.25, 0.3)])
+def test_hardsigmoid_is_one_requantization_onto_the_1_255_grid(alpha, beta, tmp_path):
+    proto = unit("HardSigmoid", [], 1 / 127, {"alpha": alpha, "beta": beta})
+    x, dequantized = input_grid()
+    exact = np.clip(alpha * dequantized + beta, 0, 1)
+    model = ir.from_proto(proto)
+    result = IntegerElementwise().run(model, context(tmp_path))
+    assert result.stats["hardsigmoid_integer"] == 1
+    after = run(model, x, optimized=tmp_path / "optimized.onnx")
+    assert np.abs(after - exact).max() <= 0.5 / 255 + 1e-6  # rounded to 1/255, not to modelopt's grid
+    assert after.min() == 0 and after.max() == 1  # both ends exact
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    assert "HardSigmoid" not in ops and ops["QLinearAdd"] + ops["QLinearMul"] == 1
+
+
+def test_a_redrawn_grid_takes_the_biases_of_the_convs_reading_it_along(tmp_path):
+    proto = unit("HardSwish", [], 0.08, conv_bias=True)
+    x, dequantized = input_grid(4)
+    weights = np.array([50, -80, 127, 20], np.float64) * 0.01
+    exact = hardswish(dequantized)[0, 0] * weights.reshape(4, 1, 1) + np.array([0.3, -0.2, 0.05, 1.0]).reshape(4, 1, 1)
+    before = run(proto, x)[0]
+    model = ir.from_proto(proto)
+    IntegerElementwise().run(model, context(tmp_path))
+    after = run(model, x)[0]
+    # An int32 bias left in units of the old input scale would be off by the ratio of the two grids.
+    assert np.abs(after - exact).max() <= np.abs(before - exact).max() + 0.05
+
+
+def test_sigmoid_takes_its_bounds_as_its_range(tmp_path):
+    proto = unit("Sigmoid", [], 1 / 127)
+    x, dequantized = input_grid()
+    model = ir.from_proto(proto)
+    assert IntegerElementwise().run(model, context(tmp_path)).stats["sigmoid_integer"] == 1
+    after = run(model, x, optimized=tmp_path / "optimized.onnx")
+    assert np.abs(after - 1 / (1 + np.exp(-dequantized))).max() <= 0.5 / 255 + 1e-3
+    assert Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)["QLinearSigmoid"] == 1
+
+
+def test_nodes_to_measure_are_the_elementwise_ones_between_quantized_convs(tmp_path):
+    from tao_qc.passes import default_passes
+    from tao_qc.pipeline import Pipeline
+
+    ctx = PassContext(spec=load_spec({"quantize": {"backend": "modelopt.onnx"}}), work_dir=tmp_path,
+                      source_path=export_zoo("lcnet", tmp_path))
+    model = Pipeline(default_passes(ctx.spec)[:2]).run(None, ctx).model  # canonicalized: BatchNorm folded
+    convs = {n.name for n in model.graph if n.op_type in ("Conv", "Gemm")}
+    measured = elementwise_to_measure(model, convs)
+    kinds = Counter(n.op_type for n in measured)
+    # Each squeeze-excite block: the HardSwish the pool and the Mul read, the pool, the gate, the Mul;
+    # and the head's pool, which the last 1x1 Conv reads.
+    se_blocks = sum(1 for n in model.graph if n.op_type == "HardSigmoid")
+    assert kinds["GlobalAveragePool"] == se_blocks + 1 and kinds["HardSigmoid"] == se_blocks and kinds["Mul"] == se_blocks
+    assert kinds["HardSwish"] >= 26  # every one whose output a quantized Conv reads
+    # The last HardSwish goes through a Flatten to the classifier: no elementwise reader, not measured here.
+    last = [n for n in model.graph if n.op_type == "HardSwish"][-1]
+    assert last.name not in {n.name for n in measured}
+    # Without the squeeze-excite Convs quantized, their pools, gates and Muls have nothing to feed
+    # (the head's pool still has).
+    without_se = Counter(n.op_type for n in elementwise_to_measure(model, {name for name in convs if "/se/" not in name}))
+    assert without_se["GlobalAveragePool"] == 1 and without_se["HardSigmoid"] == 0 and without_se["Mul"] == 0
+
+
+@pytest.fixture(scope="module")
+def lcnet_int8(tmp_path_factory):
+    from tao_qc.compile import compile_model
+
+    folder = tmp_path_factory.mktemp("lcnet")
+    fp32 = export_zoo("lcnet", folder)
+    np.savez(folder / "calib.npz", input=np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32))
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "calibration": {"data": str(folder / "calib.npz")}}}
+    return fp32, compile_model(fp32, spec, results_dir=folder / "out", compare=False)
+
+
+def test_lcnet_runs_on_uint8_from_its_first_conv_to_its_last_with_the_same_answers(lcnet_int8, tmp_path):
+    fp32, result = lcnet_int8
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    quantized = ort.InferenceSession(str(result.model_path), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    # One float HardSwish is left (the last, read through a Flatten by the classifier), so one
+    # HardSigmoid and one Mul; every other activation stays uint8 between integer kernels.
+    assert ops["QLinearConv"] == 32 and ops["HardSigmoid"] <= 1 and ops["Mul"] <= 1
+    assert ops["QuantizeLinear"] <= 2 and ops["DequantizeLinear"] <= 2
+    assert ops["QLinearGlobalAveragePool"] >= 2 and ops["QLinearMul"] >= 28
+    x = np.random.default_rng(3).standard_normal((16, 3, 224, 224)).astype(np.float32)
+    reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    expected = np.concatenate([reference.run(None, {"input": x[i:i + 1]})[0] for i in range(16)])
+    got = np.concatenate([quantized.run(None, {"input": x[i:i + 1]})[0] for i in range(16)])
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9 and cosine.min() > 0.98
+    record = next(r for r in result.report["passes"] if r["pass"] == "integer-elementwise")
+    assert record["stats"]["hardswish_integer"] >= 26 and record["stats"]["hardsigmoid_integer"] == 2
