@@ -48,6 +48,16 @@ def session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def measuring_session(path: Path):
+    """The session tao-qc's own comparison builds (runtimes/onnxruntime.py): for a graph made for
+    TensorRT it leaves off the ORT optimizers that misread fp16 scales and rounds fp16
+    QuantizeLinear as ONNX defines it, so the task metric is the graph's, not ORT's CPU quirks'."""
+    from tao_qc.runtimes.base import RuntimeSettings
+    from tao_qc.runtimes.onnxruntime import OnnxRuntime
+
+    return OnnxRuntime().build(Path(path), RuntimeSettings(threads=THREADS, device="cpu")).session
+
+
 def speeds(models: dict[str, Path], feed: np.ndarray) -> dict[str, float]:
     """FP32 median / variant median, from interleaved rounds (machine drift hits every variant alike)."""
     sessions = {label: session(path) for label, path in models.items()}
@@ -84,7 +94,7 @@ def recognizer(work: Path) -> dict:
                                                                          load_external_data=False))
 
     def cer(path: Path) -> float:
-        s = session(path)
+        s = measuring_session(path)
         out = np.concatenate([s.run(None, {"x": test_x[i:i + 8]})[0] for i in range(0, len(test_x), 8)])
         return corpus.character_error_rate(corpus.ctc_greedy_decode(out, characters), test.texts)
 
@@ -106,7 +116,7 @@ def face_detector(work: Path) -> dict:
     fp32 = corpus.shared_models_dir() / "yunet_n_320.onnx"
 
     def lowest_cosine(path: Path) -> float:
-        ref, got = session(fp32), session(path)
+        ref, got = measuring_session(fp32), measuring_session(path)
         names = [o.name for o in ref.get_outputs()]
         a = {n: np.concatenate([ref.run([n], {"input": p[None]})[0] for p in photos]) for n in names}
         b = {n: np.concatenate([got.run([n], {"input": p[None]})[0] for p in photos]) for n in names}

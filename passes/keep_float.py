@@ -51,6 +51,8 @@ class KeepFloat:
                     activations_rule=f"accuracy fallback: {chosen[d.unit.name]}") if d.unit.name in chosen else d
             for d in decisions
         ]
+        if ctx.facts.get("measured_elementwise"):
+            ctx.facts["measured_elementwise"] = [n for n in ctx.facts["measured_elementwise"] if n not in chosen]
         quantized_inputs = ctx.facts.get("quantized_inputs")
         if quantized_inputs is not None:
             ctx.facts["quantized_inputs"] = {k: v for k, v in quantized_inputs.items() if k not in chosen}

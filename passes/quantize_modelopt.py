@@ -80,6 +80,9 @@ class QuantizeModelOpt:
 
             measured = {n.name: n.op_type for n in elementwise_to_measure(model, {d.unit.name for d in selected})}
         ctx.facts["measured_elementwise"] = sorted(measured)
+        # Accuracy fallback may keep these in float too (their requantizations can be the loss): it
+        # ranks them with the compute nodes, in graph order.
+        ctx.facts["elementwise_quantized"] = [(node.name, node.op_type) for node in model.graph if node.name in measured]
         kwargs = modelopt_settings(spec, selected, decisions, mode, device, measured=measured)
         names_before = {node.name: dict(node.metadata_props) for node in model.graph}
 

@@ -204,3 +204,45 @@ def test_lcnet_runs_on_uint8_from_its_first_conv_to_its_last_with_the_same_answe
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9 and cosine.min() > 0.98
     record = next(r for r in result.report["passes"] if r["pass"] == "integer-elementwise")
     assert record["stats"]["hardswish_integer"] >= 26 and record["stats"]["hardsigmoid_integer"] == 2
+
+
+def test_fallback_may_keep_a_requantizing_elementwise_node_in_float(lcnet_int8, tmp_path):
+    """A QLinearMul requantizes its product; accuracy fallback ranks the measured elementwise nodes
+    with the Convs, and keeping one float leaves every Conv integer around it."""
+    from tao_qc.accuracy.fallback import quantized_candidates
+    from tao_qc.passes import calibrating_passes, finishing_passes
+    from tao_qc.pipeline import Pipeline
+
+    fp32, result = lcnet_int8
+    elementwise = result.facts["elementwise_quantized"]
+    candidates = quantized_candidates(result.facts)
+    compute = [c for c in candidates if c[1] in ("Conv", "Gemm")]
+    assert candidates == compute + [tuple(e) for e in elementwise]
+    assert {kind for _, kind in elementwise} >= {"HardSwish", "HardSigmoid", "Mul", "GlobalAveragePool"}
+    gate = next(name for name, kind in elementwise if kind == "Mul")
+
+    spec = result.spec
+    ctx = PassContext(spec=spec, work_dir=tmp_path, source_path=fp32)
+    calibrated = Pipeline(calibrating_passes(spec, source_path=fp32)).run(None, ctx)
+    ctx.facts["keep_float"] = {gate: "chosen by this test"}
+    finished = Pipeline(finishing_passes(spec)).run(calibrated.model, ctx)  # verify-quantization included
+    ir.save(finished.model, tmp_path / "gate-float.onnx")
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(tmp_path / "gate-float.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    kept = [n for n in onnx.load(tmp_path / "gate-float.onnx").graph.node if n.name == gate]
+    assert kept and kept[0].op_type == "Mul"
+    options.optimized_model_filepath = str(tmp_path / "optimized-all-int8.onnx")
+    ort.InferenceSession(str(result.model_path), options, providers=["CPUExecutionProvider"])
+    before = Counter(n.op_type for n in onnx.load(tmp_path / "optimized-all-int8.onnx").graph.node)
+    assert ops["QLinearConv"] == before["QLinearConv"] == 32
+    # The gate's Mul runs float, and at most one neighbour that read its grid with it (measured: 29 -> 27).
+    assert before["QLinearMul"] - 2 <= ops["QLinearMul"] < before["QLinearMul"] and ops["Mul"] > before["Mul"]
+    x = np.random.default_rng(3).standard_normal((4, 3, 224, 224)).astype(np.float32)
+    reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    expected = np.concatenate([reference.run(None, {"input": x[i:i + 1]})[0] for i in range(4)])
+    got = np.concatenate([session.run(None, {"input": x[i:i + 1]})[0] for i in range(4)])
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.75

@@ -172,9 +172,12 @@ class TrialSetups:
 
 
 def quantized_candidates(facts: dict[str, Any]) -> list[tuple[str, str]]:
-    """(name, op type) of every node the calibrated graph quantizes, in graph order."""
+    """(name, op type) of every node the calibrated graph quantizes: the compute nodes in graph
+    order, then the elementwise nodes quantized between them for ONNX Runtime's integer kernels
+    (Add, Mul, pools: a requantization there can be what costs the accuracy)."""
     declined = facts.get("declined") or {}
-    return [(d.unit.name, d.unit.type) for d in facts.get("decisions") or [] if d.quantized and d.unit.name not in declined]
+    compute = [(d.unit.name, d.unit.type) for d in facts.get("decisions") or [] if d.quantized and d.unit.name not in declined]
+    return compute + [tuple(pair) for pair in facts.get("elementwise_quantized") or []]
 
 
 def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGraph, sections: dict[str, Any]) -> AccuracyOutcome:
