@@ -77,9 +77,7 @@ _FP16_SCALE_UNSAFE = ["WeightBiasQuantization", "BiasQuantization"]
 
 def has_low_precision_qdq_scales(proto: Any) -> bool:
     """Whether a QuantizeLinear/DequantizeLinear of the graph takes an fp16/bf16 scale initializer."""
-    import onnx
-
-    low = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    low = _low_precision_types()
     types = {init.name: init.data_type for init in proto.graph.initializer}
     return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 1
                and types.get(node.input[1]) in low for node in proto.graph.node)
