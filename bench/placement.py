@@ -48,7 +48,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 CALIBRATION_SAMPLES = 32
-AGREEMENT_SAMPLES = 64
+# Random nets on random inputs put many samples near a tie between their top two classes: at 64
+# samples one flip is 1.6 points (tiny_vit: 95.3% vs 96.9% on 64, 97.2% vs 97.1% on 1024).
+AGREEMENT_SAMPLES = 512
 THREADS = 2
 TIMED_PER_ROUND = 2
 
