@@ -241,3 +241,33 @@ def test_relu6_before_the_average_pool_takes_the_convs_measured_range(tmp_path):
     x = np.random.default_rng(1).standard_normal((8, 3, 64, 64)).astype(np.float32)
     assert worst_relative_error(run(tmp_path / "m.onnx", "input", x), run(result.model_path, "input", x)) < 0.025
 
+
+
+def test_a_bias_past_the_int32_range_saturates_with_its_sign():
+    """A channel whose weights all but vanish gets a tiny weight scale, so its bias in input x weight
+    steps passes 2**31 - 1. Computed in float32 that rounds up to 2**31 and wraps to -2**31 in the cast."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime, QdqBuilder
+
+    weights = np.zeros((2, 1, 1, 1), np.float32)
+    weights[1] = 0.5
+    initializers = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"), numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
+        numpy_helper.from_array(np.array([[[[0]]], [[[64]]]], np.int8), "w_q"),
+        numpy_helper.from_array(np.array([1e-12, 0.5 / 64], np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(2, np.int8), "w_zero"),
+        numpy_helper.from_array(np.array([0.75, -0.25], np.float32), "bias"),
+    ]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"], axis=0),
+             helper.make_node("Conv", ["x_dq", "w_dq", "bias"], ["y"], name="conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], initializers)
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+    assert PlaceForOnnxRuntime._quantize_biases(model.graph, QdqBuilder(model.graph, "test")) == 1
+    stored = model.graph.initializers["bias_quantized"].const_value.numpy()
+    assert stored[0] == 2**31 - 1  # 0.75 / (0.02 * 1e-12) saturates, keeping its sign
+    assert stored[1] == round(-0.25 / (0.02 * 0.5 / 64))
