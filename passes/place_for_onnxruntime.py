@@ -65,6 +65,35 @@ def integer_qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
     return params if params is not None and np.issubdtype(params[1].dtype, np.integer) else None
 
 
+INT32_LIMIT = 2**31 - 1
+
+
+def _widen_weight_scales_for(bias: np.ndarray, input_scale: np.ndarray, w_dq: ir.Node, build: "QdqBuilder") -> bool:
+    """Where a channel's bias, in steps of input scale x weight scale, passes the int32 range (its
+    weights all but vanish, so its weight scale is tiny), widen that channel's weight scale until the
+    bias fits and requantize its int8 weights to it: the channel's output is then its bias, right,
+    instead of a bias clipped at 2**31 - 1 steps. True when the weights changed."""
+    weights, scales = constant_array(w_dq.inputs[0]), constant_array(w_dq.inputs[1])
+    zero = constant_array(w_dq.inputs[2]) if len(w_dq.inputs) > 2 and w_dq.inputs[2] is not None else None
+    if weights is None or scales is None or scales.size != bias.size or (zero is not None and zero.any()):
+        return False
+    if len(w_dq.inputs[0].uses()) + len(w_dq.inputs[1].uses()) > 2 or len(w_dq.outputs[0].uses()) > 1:
+        return False  # shared weights: another node reads the same grid
+    needed = np.abs(bias.astype(np.float64)) / (float(input_scale) * INT32_LIMIT)
+    wider = needed > scales.reshape(-1).astype(np.float64)
+    if not wider.any():
+        return False
+    new_scales = scales.reshape(-1).astype(np.float32).copy()
+    # float32 rounding of the new scale must not leave the bias one step past the range: round up.
+    new_scales[wider] = np.nextafter(needed[wider].astype(np.float32), np.float32(np.inf))
+    ratio = (scales.reshape(-1).astype(np.float64) / new_scales.astype(np.float64)).reshape((-1,) + (1,) * (weights.ndim - 1))
+    requantized = np.where(wider.reshape(ratio.shape), np.clip(np.rint(weights * ratio), -127, 127), weights).astype(weights.dtype)
+    base = w_dq.inputs[0].name or "weight"
+    w_dq.replace_input_with(0, build.initializer(f"{base}_widened", requantized))
+    w_dq.replace_input_with(1, build.initializer(f"{w_dq.inputs[1].name or base}_widened", new_scales.reshape(scales.shape)))
+    return True
+
+
 class QdqBuilder:
     """Creates initializers and Q/DQ nodes with unique names, marked as this pass's."""
 
@@ -173,9 +202,12 @@ class PlaceForOnnxRuntime:
             scale = np.broadcast_to(scale, bias.shape).copy()
             if np.any(scale == 0):
                 continue
+            if _widen_weight_scales_for(bias, x_params[0].reshape(()), w_dq, build):
+                w_params = integer_qparams(w_dq)
+                scale = np.broadcast_to((x_params[0].reshape(()) * w_params[0].reshape(-1)).astype(np.float32), bias.shape).copy()
             # In float64: float32 cannot hold 2**31 - 1, so a bias saturating the int32 range (a channel
             # whose weights all but vanish) would round past it and wrap.
-            quantized = np.clip(np.rint(bias.astype(np.float64) / scale), -(2**31), 2**31 - 1).astype(np.int32)
+            quantized = np.clip(np.rint(bias.astype(np.float64) / scale), -(2**31), INT32_LIMIT).astype(np.int32)
             base = node.inputs[2].name or f"{node.name}_bias"
             dq = build.node(
                 "DequantizeLinear",

@@ -243,13 +243,14 @@ def test_relu6_before_the_average_pool_takes_the_convs_measured_range(tmp_path):
 
 
 
-def test_a_bias_past_the_int32_range_saturates_with_its_sign():
+def test_a_bias_past_the_int32_range_widens_its_channels_weight_scale():
     """A channel whose weights all but vanish gets a tiny weight scale, so its bias in input x weight
-    steps passes 2**31 - 1. Computed in float32 that rounds up to 2**31 and wraps to -2**31 in the cast."""
+    steps passes 2**31 - 1 (float32 even rounded it to 2**31, which wrapped to -2**31). The channel's
+    weight scale widens until the bias fits: its output, the bias, stays right."""
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
 
-    from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime, QdqBuilder
+    from tao_qc.passes.place_for_onnxruntime import INT32_LIMIT, PlaceForOnnxRuntime, QdqBuilder
 
     weights = np.zeros((2, 1, 1, 1), np.float32)
     weights[1] = 0.5
@@ -268,6 +269,12 @@ def test_a_bias_past_the_int32_range_saturates_with_its_sign():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])], initializers)
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
     assert PlaceForOnnxRuntime._quantize_biases(model.graph, QdqBuilder(model.graph, "test")) == 1
-    stored = model.graph.initializers["bias_quantized"].const_value.numpy()
-    assert stored[0] == 2**31 - 1  # 0.75 / (0.02 * 1e-12) saturates, keeping its sign
-    assert stored[1] == round(-0.25 / (0.02 * 0.5 / 64))
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    w_dq, b_dq = conv.inputs[1].producer(), conv.inputs[2].producer()
+    stored, bias_scale = (v.const_value.numpy() for v in b_dq.inputs[:2])
+    w_q, w_scale = (v.const_value.numpy() for v in w_dq.inputs[:2])
+    assert np.abs(stored.astype(np.int64)).max() <= INT32_LIMIT
+    np.testing.assert_allclose(stored * bias_scale.astype(np.float64), [0.75, -0.25], atol=bias_scale.max())
+    np.testing.assert_array_equal(bias_scale, (np.float32(0.02) * w_scale).astype(np.float32))
+    assert w_scale[0] > 1e-12 and w_q[0].item() == 0  # widened; its weights were ~0 and stay 0
+    assert w_scale[1] == np.float32(0.5 / 64) and w_q[1].item() == 64  # the other channel is untouched
