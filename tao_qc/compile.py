@@ -204,7 +204,7 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
                               key="quantize.compare.data")
         batches.validate()
     else:
-        batches = ctx.held_back or ctx.calibration
+        batches = ctx.held_back if ctx.held_back is not None else ctx.calibration
     user_metric = spec.accuracy.metric is not None and ":" in spec.accuracy.metric
     labels = load_labels(spec.compare.labels, key="quantize.compare.labels", others=user_metric) if spec.compare.labels else None
     log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
@@ -229,7 +229,7 @@ def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, fo
     from tao_qc.accuracy.fallback import measure_model
 
     try:
-        return measure_model(spec, source, quantized, ctx.held_back or ctx.calibration, folder, outcome.target)
+        return measure_model(spec, source, quantized, ctx.held_back if ctx.held_back is not None else ctx.calibration, folder, outcome.target)
     except Exception as exc:  # noqa: BLE001 - a user metric may need labels the comparison data lacks
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("accuracy metric %s not measured on the comparison data: %s", outcome.target.name, reason)
