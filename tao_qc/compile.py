@@ -229,7 +229,8 @@ def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, fo
     from tao_qc.accuracy.fallback import measure_model
 
     try:
-        return measure_model(spec, source, quantized, ctx.held_back if ctx.held_back is not None else ctx.calibration, folder, outcome.target)
+        data = ctx.held_back if ctx.held_back is not None else ctx.calibration
+        return measure_model(spec, source, quantized, data, folder, outcome.target)
     except Exception as exc:  # noqa: BLE001 - a user metric may need labels the comparison data lacks
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("accuracy metric %s not measured on the comparison data: %s", outcome.target.name, reason)
