@@ -124,6 +124,27 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
     return variants
 
 
+def quantize_both_ways(name: str, fp32: Path, work: Path) -> tuple[dict[str, Path], Exception | None]:
+    """fp32, tao-qc onnxruntime and, where it loads, ORT's quantizer, all from work/calib.npz; the
+    peer's failure is a result (its row says why), returned rather than raised."""
+    from tao_qc.compile import compile_model
+
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "calibration": {"data": str(work / "calib.npz")}}}
+    variants = {"fp32": fp32, "tao-qc onnxruntime": compile_model(fp32, spec, results_dir=work / "onnxruntime", compare=False).model_path}
+    target = work / f"{name}.ort-quantizer.onnx"
+    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
+                         capture_output=True, text=True, cwd=work)  # cwd: see build_variants
+    try:
+        if run.returncode:
+            raise RuntimeError(run.stderr.strip().splitlines()[-1])
+        session(target)
+    except Exception as error:  # noqa: BLE001 - whatever ORT's quantizer or loader raises
+        return variants, error
+    variants["ort quantize_static"] = target
+    return variants, None
+
+
 # Preprocessing each detector was trained with (../shared/models/README.md), in tao-qc's terms.
 REAL_MODELS = {
     "ultraface_rfb320": {"color": "rgb", "mean": [127.0], "std": [128.0]},
@@ -141,7 +162,6 @@ def build_real_variants(name: str, work: Path) -> tuple[dict[str, Path], dict[st
     preprocessed photos. Returns the variants, the ones that failed (why), and the photos."""
     import onnx
 
-    from tao_qc.compile import compile_model
     from tao_qc.data import model_inputs, open_inputs
     from tao_qc.spec import CalibrationSpec
 
@@ -150,19 +170,9 @@ def build_real_variants(name: str, work: Path) -> tuple[dict[str, Path], dict[st
     [info] = model_inputs(onnx.load(fp32, load_external_data=False))
     photos = np.concatenate([batch[info.name] for batch in open_inputs(calibration.data, [info], calibration=calibration)])
     np.savez(work / "calib.npz", **{info.name: photos})
-    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
-                         "calibration": {"data": str(work / "calib.npz")}}}
-    variants = {"fp32": fp32, "tao-qc onnxruntime": compile_model(fp32, spec, results_dir=work / "onnxruntime", compare=False).model_path}
+    variants, error = quantize_both_ways(name, fp32, work)
     failed = {}
-    target = work / f"{name}.ort-quantizer.onnx"
-    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
-                         capture_output=True, text=True, cwd=work)  # cwd: see build_variants
-    try:
-        if run.returncode:
-            raise RuntimeError(run.stderr.strip().splitlines()[-1])
-        session(target)
-        variants["ort quantize_static"] = target
-    except Exception as error:  # the peer's failure is a result, reported in its row
+    if error is not None:
         why = str(error).split("\n")[0]
         why = why.rsplit("Error ", 1)[-1] if "Error " in why else why  # ORT's reason, without the temp path
         opset = next((o.version for o in onnx.load(fp32, load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), "?")
@@ -218,23 +228,11 @@ def ocr_data(name: str) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
 
 def build_ocr_variants(name: str, work: Path, calibration: np.ndarray) -> tuple[dict[str, Path], dict[str, str]]:
     """fp32, tao-qc onnxruntime and ORT's quantizer of a PP-OCRv5 model, calibrated on the same arrays."""
-    from tao_qc.compile import compile_model
-
     fp32 = shared_models() / f"{name}.onnx"
     np.savez(work / "calib.npz", x=calibration)
-    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
-                         "calibration": {"data": str(work / "calib.npz")}}}
-    variants = {"fp32": fp32, "tao-qc onnxruntime": compile_model(fp32, spec, results_dir=work / "onnxruntime", compare=False).model_path}
+    variants, error = quantize_both_ways(name, fp32, work)
     failed = {}
-    target = work / f"{name}.ort-quantizer.onnx"
-    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
-                         capture_output=True, text=True, cwd=work)  # cwd: see build_variants
-    try:
-        if run.returncode:
-            raise RuntimeError(run.stderr.strip().splitlines()[-1])
-        session(target)
-        variants["ort quantize_static"] = target
-    except Exception as error:  # the peer's failure is a result, reported in its row
+    if error is not None:
         failed["ort quantize_static"] = str(error).split("\n")[0][:120]
     return variants, failed
 
