@@ -118,11 +118,11 @@ def with_exact_fp16_quantize(proto: Any) -> Any:
     import onnx
     from onnx import helper
 
-    if not fp16_quantize_nodes(proto):
+    targets = set(fp16_quantize_nodes(proto))
+    if not targets:
         return proto
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    targets = set(fp16_quantize_nodes(copy))
     nodes = []
     for index, node in enumerate(copy.graph.node):
         if index in targets:
@@ -151,13 +151,15 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _exact_fp16_quantize_bytes(model_path: Path) -> str | bytes:
-    """The serialized rewrite (with_exact_fp16_quantize), or the path itself where it cannot be
-    serialized (past protobuf's 2 GB), with a warning."""
-    import onnx
+def _exact_fp16_quantize_bytes(proto: Any, model_path: Path) -> str | bytes:
+    """The serialized rewrite (with_exact_fp16_quantize) of `proto`, the graph read from
+    `model_path` without its external weights, or the path itself where it cannot be serialized
+    (past protobuf's 2 GB), with a warning."""
+    from onnx.external_data_helper import load_external_data_for_model
 
     try:
-        return with_exact_fp16_quantize(onnx.load(str(model_path))).SerializeToString()
+        load_external_data_for_model(proto, str(model_path.parent))  # nothing to do for inline weights
+        return with_exact_fp16_quantize(proto).SerializeToString()
     except ValueError as exc:
         log.warning("%s: its fp16 QuantizeLinear nodes run as ONNX Runtime's CPU kernel computes them "
                     "(truncating, one step off for about half the values): %s", model_path.name, exc)
@@ -244,7 +246,7 @@ class OnnxRuntime:
         providers = providers_for(settings.device)
         model: str | bytes = str(model_path)
         if providers[0] == "CPUExecutionProvider" and fp16_quantize_nodes(proto):
-            model = _exact_fp16_quantize_bytes(model_path)
+            model = _exact_fp16_quantize_bytes(proto, model_path)
         try:
             session = ort.InferenceSession(model, options, providers=providers, disabled_optimizers=disabled)
         except Exception as exc:  # noqa: BLE001 - ORT reports model faults as generic exceptions
