@@ -192,7 +192,8 @@ def _comparison_section(comparison: dict[str, Any] | None) -> str:
         parts.append('<p><span class="badge warn">warning</span> compared on random inputs: these figures say little about real accuracy.</p>')
     outputs = comparison.get("outputs") or []
     has_tol = any(o.get("within_tolerance") is not None for o in outputs)
-    header = ["output", "max abs", "mean abs", "p99 abs", "mean rel", "cosine", "top-1 agree", "top-1 FP32", "top-1 quant"]
+    header = ["output", "max abs", "mean abs", "p99 abs", "mean rel", "cosine", "lowest sample cosine", "top-1 agree",
+              "top-1 FP32", "top-1 quant"]
     if has_tol:
         header.append("within tol")
     rows = []
@@ -200,7 +201,8 @@ def _comparison_section(comparison: dict[str, Any] | None) -> str:
         cells = [f"<td><code>{escape(str(o.get('name')))}</code></td>"] + [
             f'<td class="num">{value}</td>' for value in (
                 _num(o.get("max_abs_error")), _num(o.get("mean_abs_error")), _num(o.get("p99_abs_error")),
-                _num(o.get("mean_rel_error")), _fixed(o.get("cosine"), 5), _pct(o.get("top1_agreement")),
+                _num(o.get("mean_rel_error")), _fixed(o.get("cosine"), 5), _fixed(o.get("min_cosine"), 5),
+                _pct(o.get("top1_agreement")),
                 _pct(o.get("reference_top1")), _pct(o.get("candidate_top1")),
                 *([_pct(o.get("within_tolerance"))] if has_tol else []),
             )

@@ -155,7 +155,9 @@ def test_metrics_on_known_arrays():
     assert m.within_tolerance == pytest.approx(4 / 6)
     cos0 = (1 + 5 + 9) / (np.linalg.norm([1, 2, 3]) * np.linalg.norm([1, 2.5, 3]))
     cos1 = (3 + 3) / (np.linalg.norm([3, 1, 0]) * np.linalg.norm([1, 3, 0]))
-    assert m.cosine == pytest.approx((cos0 + cos1) / 2)
+    whole = (1 + 5 + 9 + 3 + 3) / (np.linalg.norm([1, 2, 3, 3, 1, 0]) * np.linalg.norm([1, 2.5, 3, 1, 3, 0]))
+    assert m.cosine == pytest.approx(whole)  # over the data set, not the mean of the two
+    assert m.min_cosine == pytest.approx(min(cos0, cos1))
 
 
 def test_default_checks_for_non_classifier_outputs():
@@ -167,6 +169,40 @@ def test_default_checks_for_non_classifier_outputs():
     assert check.metric == "cosine" and check.threshold == DEFAULT_MIN_COSINE and check.passed
     (check,) = checks_for(bad, CompareSpec())
     assert not check.passed and "cosine -1.00000" in check.describe()
+
+
+def test_default_cosine_weighs_samples_by_their_signal():
+    """A detector's objectness: one photo with faces, one with none (probabilities of 1e-5). INT8's
+    relative error on the empty photo's tiny values (exp of a logit off by 0.3) fails a per-sample
+    cosine although no face changes; the same error on the photo with faces must still fail."""
+    rng = np.random.default_rng(0)
+    logits = np.stack([rng.normal(-4, 3, 400), rng.normal(-11.5, 0.5, 400)])[..., None]  # [N, cells, 1]
+    ref = 1 / (1 + np.exp(-logits))
+    near = 1 / (1 + np.exp(-(logits + rng.normal(0, 0.05, logits.shape))))
+    empty_noisy = near.copy()
+    empty_noisy[1] = 1 / (1 + np.exp(-(logits[1] + rng.normal(0, 0.3, (400, 1)))))
+    metrics = output_metrics("obj", ref, empty_noisy)
+    assert metrics.min_cosine < 0.99  # what a per-sample check would have failed on
+    (check,) = checks_for(metrics, CompareSpec())
+    assert check.passed and metrics.cosine > 0.999
+
+    faces_wrong = near.copy()
+    faces_wrong[0] = 1 / (1 + np.exp(-(logits[0] + rng.normal(0, 1.0, (400, 1)))))
+    (check,) = checks_for(output_metrics("obj", ref, faces_wrong), CompareSpec())
+    assert not check.passed
+
+
+def test_samples_that_pull_the_cosine_down_rank_first():
+    """Fallback's ranking subset: the sample whose error carries the most of the output's energy, not
+    the one whose tiny output has the worst cosine."""
+    from tao_qc.accuracy.metrics import per_sample_cosine, sample_errors
+
+    ref = np.stack([np.full(50, 1.0), np.full(50, 1e-4), np.full(50, 1.0)])[..., None]
+    cand = ref * np.array([1.0, 1.0, 0.9])[:, None, None]
+    cand[1, ::2] = 3e-4  # the empty sample, way off relatively
+    assert np.argmin(per_sample_cosine(ref, cand)) == 1
+    errors = sample_errors({"y": ref}, {"y": cand})
+    assert list(np.argsort(-errors)) == [2, 1, 0]
 
 
 def test_nan_in_candidate_fails():

@@ -3,8 +3,9 @@
 From the fully quantized model (the direction of deployment):
 
 1. One evaluation on the whole accuracy data. Target met: nothing else runs.
-2. The ranking subset: the samples on which the quantized model strays furthest from FP32 (lowest
-   per-sample output cosine), `accuracy.ranking_samples` of them.
+2. The ranking subset: the samples on which the quantized model strays furthest from FP32 (the
+   largest error energy relative to the output's, `metrics.sample_errors`), `accuracy.ranking_samples`
+   of them.
 3. Sensitivity, two passes over the ranking subset (every trial in parallel): each node kept alone
    in float (its gain: how much that raises the metric from the fully quantized model) and each
    node quantized alone (its damage: how much that lowers it from the all-float model). Nodes are
@@ -141,7 +142,7 @@ def rank_nodes(executor: Any, candidates: Sequence[tuple[str, str]], quantized: 
     where `quantized` (the fully quantized model's full evaluation) strays furthest from FP32: two
     passes over the ranking subset, every trial of both in parallel."""
     started = time.perf_counter()
-    worst = np.argsort(np.asarray(quantized.worst_cosine), kind="stable")[:samples]
+    worst = np.argsort(-np.asarray(quantized.sample_error), kind="stable")[:samples]
     subset = sorted(int(i) for i in worst)
     names = [name for name, _ in candidates]
     every = {name: "sensitivity trial" for name in names}
@@ -152,15 +153,11 @@ def rank_nodes(executor: Any, candidates: Sequence[tuple[str, str]], quantized: 
     alone_float, alone_quantized = results[2:2 + len(names)], results[2 + len(names):]
     nodes = []
     for order, ((name, kind), up, down) in enumerate(zip(candidates, alone_float, alone_quantized)):
-        cosine = (_mean_cosine(up) - _mean_cosine(all_quantized)) + (_mean_cosine(all_float) - _mean_cosine(down))
+        cosine = (up.cosine - all_quantized.cosine) + (all_float.cosine - down.cosine)
         nodes.append(NodeSensitivity(name, kind, order, up.value, up.value - all_quantized.value, down.value,
                                      all_float.value - down.value, cosine))
     return Sensitivity(metric, len(subset), subset, all_quantized.value, all_float.value, nodes,
                        time.perf_counter() - started)
-
-
-def _mean_cosine(result: TrialResult) -> float:
-    return float(np.mean(result.worst_cosine)) if result.worst_cosine else 0.0
 
 
 def search_fallback(executor: Any, target: Target, candidates: Sequence[tuple[str, str]], *, max_float_fraction: float,

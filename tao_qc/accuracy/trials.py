@@ -58,7 +58,8 @@ class TrialResult:
     value: float  # the metric on the samples measured
     samples: int
     seconds: float
-    worst_cosine: list[float] = field(default_factory=list)  # per sample: lowest output cosine to FP32
+    cosine: float = 0.0  # the lowest output cosine to FP32 over the samples measured (metrics.cosine)
+    sample_error: list[float] = field(default_factory=list)  # per sample: metrics.sample_errors
 
 
 def picklable_facts(facts: dict[str, Any]) -> dict[str, Any]:
@@ -120,14 +121,15 @@ class TrialRunner:
         model = self.build(keep_float)
         candidate = self._run(self._session(ir.to_proto(model)), chosen)
         reference = {name: array[chosen] for name, array in self.reference.items()}
-        from tao_qc.accuracy.metrics import worst_sample_cosine
+        from tao_qc.accuracy.metrics import cosine, sample_errors
 
         return TrialResult(
             keep_float=dict(keep_float),
             value=self.metric(reference, candidate, chosen),
             samples=len(chosen),
             seconds=time.perf_counter() - started,
-            worst_cosine=[float(v) for v in worst_sample_cosine(reference, candidate)],
+            cosine=cosine(reference, candidate),
+            sample_error=[float(v) for v in sample_errors(reference, candidate)],
         )
 
     def measure(self, model: str | Path) -> float:

@@ -54,6 +54,7 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
       --atol/--rtol          every element: |cand-ref| <= atol OR |cand-ref|/|ref| <= rtol
       --min-top1-agreement   classifier outputs ([N, C]) agree on argmax this often
       none given             classifiers: top-1 agreement >= 0.99; other outputs: cosine >= 0.99
+                             over the whole data set
       --task detection       boxes from --decoder: mAP@.5 against FP32's boxes >= 0.9, or with
                              --annotations, mAP@[.5:.95] at most 0.01 below FP32's; AP per class
     Exit code 1 when a check fails, 2 on bad input.
