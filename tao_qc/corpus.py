@@ -196,6 +196,40 @@ def photos(model: str) -> np.ndarray:
     return np.concatenate([batch[info.name] for batch in batches])
 
 
+YUNET_STRIDES = (8, 16, 32)
+YUNET_NMS_IOU = 0.3  # YuNet's own post-processing (OpenCV's FaceDetectorYN default)
+
+
+def decode_yunet(outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> list[Any]:
+    """YuNet's faces (`compare.decoder: tao_qc.corpus:decode_yunet`), as its own post-processing
+    reads its 12 outputs: per stride s, one prior per cell of the input's s-grid; score
+    sqrt(cls x obj) (both already sigmoid), box centre (cell + offset) x s, size exp(log-size) x s;
+    NMS at IoU 0.3. Boxes in input pixels, label 0 (face)."""
+    from tao_qc.detection import RANK_FLOOR, Detections, batched_nms, image_input
+
+    _, images = image_input(inputs)
+    batch, _, height, width = images.shape
+    faces = []
+    for index in range(batch):
+        boxes, scores = [], []
+        for stride in YUNET_STRIDES:
+            columns = width // stride
+            cls, obj = (np.clip(outputs[f"{kind}_{stride}"][index, :, 0], 0, 1) for kind in ("cls", "obj"))
+            offsets = outputs[f"bbox_{stride}"][index]
+            rows, cols = np.divmod(np.arange(len(cls)), columns)
+            cx, cy = (cols + offsets[:, 0]) * stride, (rows + offsets[:, 1]) * stride
+            w, h = np.exp(offsets[:, 2]) * stride, np.exp(offsets[:, 3]) * stride
+            boxes.append(np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1))
+            scores.append(np.sqrt(cls * obj))
+        box, score = np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32)
+        kept = score >= RANK_FLOOR
+        box, score = box[kept], score[kept]
+        labels = np.zeros(len(score), np.int64)
+        order = batched_nms(box, score, labels, YUNET_NMS_IOU)
+        faces.append(Detections(box[order], score[order], labels[order]))
+    return faces
+
+
 # ---------------------------------------------------------------------------------------------
 # A task metric for accuracy-driven quantization (`accuracy.metric: tao_qc.corpus:text_accuracy`)
 

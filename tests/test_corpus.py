@@ -165,3 +165,50 @@ def test_data_the_detector_cannot_take_is_one_line_naming_its_constraint(tmp_pat
     assert error.startswith("tao-qc: error: quantize.calibration.data: the model fails on x float32[1, 3, 300, 320]")
     assert error.endswith("multiples of 32")
     assert not (tmp_path / "out").exists()
+
+
+def _faces(outputs: dict[str, np.ndarray], photos: np.ndarray) -> list:
+    from tao_qc.detection import DEFAULT_SCORE_THRESHOLD
+
+    return [d.above(DEFAULT_SCORE_THRESHOLD) for d in corpus.decode_yunet(outputs, {"input": photos})]
+
+
+def _yunet_outputs(path: Path, photos: np.ndarray) -> dict[str, np.ndarray]:
+    s = session(path)
+    names = [o.name for o in s.get_outputs()]
+    runs = [s.run(names, {"input": photo[None]}) for photo in photos]
+    return {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(names)}
+
+
+def test_yunet_decoder_finds_the_faces_of_each_photo(shared_models):
+    photos = corpus.photos("yunet_n_320")
+    faces = _faces(_yunet_outputs(shared_models / "yunet_n_320.onnx", photos), photos)
+    assert len(faces) == len(photos) and all(len(f) >= 2 for f in faces)  # every photo shows people
+    for found in faces:
+        assert (found.boxes[:, 2:] > found.boxes[:, :2]).all()
+        assert found.boxes.min() > -16 and found.boxes.max() < 320 + 16  # in the input's pixels
+        sides = found.boxes[:, 2:] - found.boxes[:, :2]
+        # face-shaped: upright, as tall as wide or taller (photos squeezed to 320 x 320 stretch them)
+        assert np.all((sides[:, 1] / sides[:, 0] > 0.8) & (sides[:, 1] / sides[:, 0] < 3.0))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_yunet_passes_the_default_comparison_with_fallback_and_finds_fp32s_faces(tmp_path, shared_models, target, capsys):
+    """Issue 13's goal for YuNet, through the command line: the default comparison (cosine per
+    output over the photos) met with fallback auto within its float bound, FP32's faces still found."""
+    from tao_qc.detection import match_f1
+
+    photos = corpus.photos("yunet_n_320")
+    np.savez(tmp_path / "photos.npz", input=photos)
+    spec = tmp_path / "q.yaml"
+    spec.write_text(f"quantize:\n  target: {target}\n  calibration: {{data: photos.npz}}\n  compare: {{data: photos.npz}}\n")
+    code, _, stderr = run_cli(["compile", shared_models / "yunet_n_320.onnx", "--spec", spec, "-o", tmp_path / "out"], capsys)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["comparison"]["passed"] and report["accuracy"]["reached"]
+    assert all(check["passed"] for check in report["comparison"]["checks"] if check["metric"] == "cosine")
+    kept = report["accuracy"].get("kept_float") or []
+    assert len(kept) <= 0.25 * report["counts"]["candidates"]
+    fp32 = _faces(_yunet_outputs(shared_models / "yunet_n_320.onnx", photos), photos)
+    int8 = _faces(_yunet_outputs(Path(report["output"]), photos), photos)
+    assert np.mean([match_f1(want, got) for want, got in zip(fp32, int8)]) >= 0.95
