@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -202,8 +203,11 @@ def test_yunet_passes_the_default_comparison_with_fallback_and_finds_fp32s_faces
     np.savez(tmp_path / "photos.npz", input=photos)
     spec = tmp_path / "q.yaml"
     spec.write_text(f"quantize:\n  target: {target}\n  calibration: {{data: photos.npz}}\n  compare: {{data: photos.npz}}\n")
-    code, _, stderr = run_cli(["compile", shared_models / "yunet_n_320.onnx", "--spec", spec, "-o", tmp_path / "out"], capsys)
+    code, stdout, stderr = run_cli(["compile", shared_models / "yunet_n_320.onnx", "--spec", spec, "-o", tmp_path / "out"], capsys)
     assert code == 0, stderr
+    # The photos without a face at stride 32 read lower alone, and the user is shown so.
+    shown = re.search(r"output obj_32: cosine (0\.99\d+), lowest sample (0\.\d+)", stdout)
+    assert shown and float(shown[2]) < 0.99, stdout
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["comparison"]["passed"] and report["accuracy"]["reached"]
     assert all(check["passed"] for check in report["comparison"]["checks"] if check["metric"] == "cosine")

@@ -89,11 +89,16 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
 
 def comparison_lines(report: dict) -> list[str]:
     """A few lines a person reads first: agreement, accuracy, error, speed, where the report is."""
+    from tao_qc.compare import DEFAULT_MIN_COSINE
+
     lines = []
     comparison = report.get("comparison")
     if comparison:
         for output in comparison.get("outputs", []):
             parts = [f"cosine {output['cosine']:.5f}", f"max |err| {output['max_abs_error']:.3g}"]
+            if output.get("min_cosine") is not None and output["min_cosine"] < DEFAULT_MIN_COSINE <= output["cosine"]:
+                # Shown where one sample alone would read differently from the whole data set.
+                parts.insert(1, f"lowest sample {output['min_cosine']:.5f}")
             if output.get("top1_agreement") is not None:
                 parts.insert(0, f"top-1 agreement {output['top1_agreement']:.2%}")
             if output.get("reference_top1") is not None:
