@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -116,26 +116,18 @@ class LocalExecutor:
     def map(self, float_sets, samples=None, on_result=None):
         from multiprocessing.connection import wait
 
-        results: list[TrialResult | None] = [None] * len(float_sets)
-        pending = list(enumerate(float_sets))
-        busy: dict[Any, tuple[_Worker, int]] = {}
-        idle = list(self.pool)
-        while pending or busy:
-            while pending and idle:
-                worker = idle.pop()
-                index, keep = pending.pop(0)
-                worker.send(keep, samples)
-                busy[worker.conn] = (worker, index)
-            for conn in wait(list(busy), timeout=1.0):
-                worker, index = busy.pop(conn)
-                results[index] = worker._receive()
-                idle.append(worker)
-                if on_result:
-                    on_result(results[index])
-            for worker, _ in list(busy.values()):
+        def start(worker: _Worker, keep: dict[str, str]) -> Any:
+            worker.send(keep, samples)
+            return worker.conn
+
+        def finished(running: dict[Any, _Worker]) -> Iterator[tuple[Any, TrialResult]]:
+            for conn in wait(list(running), timeout=1.0):
+                yield conn, running[conn]._receive()
+            for worker in running.values():
                 if worker.process.poll() is not None:
                     raise TrialError(f"an accuracy worker ended unexpectedly (exit code {worker.process.returncode})")
-        return results  # type: ignore[return-value]
+
+        return _dispatch(float_sets, self.pool, start, finished, on_result)
 
     def close(self) -> None:
         for worker in self.pool:
@@ -175,30 +167,49 @@ class RayExecutor:
 
     def map(self, float_sets, samples=None, on_result=None):
         ray = self.ray
-        results: list[TrialResult | None] = [None] * len(float_sets)
-        pending = list(enumerate(float_sets))
-        running: dict[Any, tuple[Any, int]] = {}
-        idle = list(self.actors)
-        while pending or running:
-            while pending and idle:
-                actor = idle.pop()
-                index, keep = pending.pop(0)
-                running[actor.run.remote(keep, None if samples is None else list(samples))] = (actor, index)
+
+        def start(actor: Any, keep: dict[str, str]) -> Any:
+            return actor.run.remote(keep, None if samples is None else list(samples))
+
+        def finished(running: dict[Any, Any]) -> Iterator[tuple[Any, TrialResult]]:
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
-                actor, index = running.pop(ref)
                 try:
-                    results[index] = ray.get(ref)
+                    yield ref, ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's exception
                     raise TrialError(f"a trial failed on Ray: {str(exc).strip().splitlines()[-1]}") from None
-                idle.append(actor)
-                if on_result:
-                    on_result(results[index])
-        return results  # type: ignore[return-value]
+
+        return _dispatch(float_sets, self.actors, start, finished, on_result)
 
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor)
+
+
+def _dispatch(float_sets: Sequence[dict[str, str]], workers: Sequence[Any],
+              start: Callable[[Any, dict[str, str]], Any],
+              finished: Callable[[dict[Any, Any]], Iterator[tuple[Any, TrialResult]]],
+              on_result: Callable[[TrialResult], None] | None) -> list[TrialResult]:
+    """Hand the float sets to idle workers in order and collect the results in that order.
+
+    `start(worker, keep)` sends one trial and returns a handle to wait on; `finished(running)` (handle
+    -> worker) waits for some of them and yields (handle, result) for each one done."""
+    results: list[TrialResult | None] = [None] * len(float_sets)
+    pending = list(enumerate(float_sets))
+    running: dict[Any, tuple[Any, int]] = {}
+    idle = list(workers)
+    while pending or running:
+        while pending and idle:
+            worker = idle.pop()
+            index, keep = pending.pop(0)
+            running[start(worker, keep)] = (worker, index)
+        for handle, result in finished({handle: worker for handle, (worker, _) in running.items()}):
+            worker, index = running.pop(handle)
+            results[index] = result
+            idle.append(worker)
+            if on_result:
+                on_result(result)
+    return results  # type: ignore[return-value]
 
 
 def _packed(setup: TrialSetup) -> dict[str, Any]:
