@@ -160,6 +160,10 @@ def compile_model(
             sections = _relocated(sections, str(stage), str(final))
         report = build_report(spec, source, final / quantized.name, records, ctx, time.perf_counter() - started)
         report.update(sections)
+        slower = slower_than_fp32(sections.get("latency"), spec)
+        if slower:
+            log.warning(slower)
+            report["warnings"].append(slower)
         atomic_write_text(stage / REPORT_NAME, json.dumps(report, indent=2, default=str) + "\n")
         if compare:
             from tao_qc.report_html import write_html_report
@@ -209,6 +213,23 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
     labels = load_labels(spec.compare.labels, key="quantize.compare.labels", others=user_metric) if spec.compare.labels else None
     log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
     return evaluate_quantized(source, quantized, batches, spec, labels)
+
+
+# Below this, a batch-1 timing of a few-millisecond model is not run-to-run noise.
+SLOWER_THAN_FP32 = 0.9
+
+
+def slower_than_fp32(latency: dict[str, Any] | None, spec: Any) -> str | None:
+    """A warning when the quantized model runs slower than FP32 on the runtime it was placed for (a
+    TensorRT graph timed on ONNX Runtime's CPU provider says nothing about its speed); else None."""
+    if not latency or spec.target != latency.get("runtime"):
+        return None
+    for row in latency.get("rows", [])[1:]:
+        if row.get("ratio") is not None and row["ratio"] < SLOWER_THAN_FP32:
+            return (f"the quantized model runs slower than FP32 on {latency['runtime']}: {row['ratio']:.2f}x FP32's "
+                    f"speed at batch {row['batch_size']} (its integer kernels gain nothing on this model here; see "
+                    "the latency in report.html)")
+    return None
 
 
 def _may_need_trials(spec: Any) -> bool:
