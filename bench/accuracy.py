@@ -134,6 +134,7 @@ def face_detector(work: Path) -> dict:
         threshold = detection.DEFAULT_SCORE_THRESHOLD
         want = [d.above(threshold) for d in corpus.decode_yunet(ref, inputs)]
         found = [d.above(threshold) for d in corpus.decode_yunet(got, inputs)]
+        # match_f1 is 2 x matched / (FP32's boxes + the boxes found): the count of matched faces back from it.
         matched = sum(round(detection.match_f1(w, f) * (len(w) + len(f)) / 2) for w, f in zip(want, found))
         worst = min(float(per_sample_cosine(ref[n], got[n]).min()) for n in ref)
         return (f"{matched} of FP32's {sum(len(w) for w in want)} faces found ({sum(len(f) for f in found)} boxes), "

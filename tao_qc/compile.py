@@ -215,8 +215,9 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
     return evaluate_quantized(source, quantized, batches, spec, labels)
 
 
-# Below this, a batch-1 timing of a few-millisecond model is not run-to-run noise.
-SLOWER_THAN_FP32 = 0.9
+# Well below 1: batch-1 timings of a few-millisecond model vary by a fifth from run to run on a busy
+# machine (YuNet's INT8 model read 0.63x and 0.82x FP32 in two runs of the same benchmark).
+SLOWER_THAN_FP32 = 0.8
 
 
 def slower_than_fp32(latency: dict[str, Any] | None, spec: Any) -> str | None:
@@ -227,8 +228,8 @@ def slower_than_fp32(latency: dict[str, Any] | None, spec: Any) -> str | None:
     for row in latency.get("rows", [])[1:]:
         if row.get("ratio") is not None and row["ratio"] < SLOWER_THAN_FP32:
             return (f"the quantized model runs slower than FP32 on {latency['runtime']}: {row['ratio']:.2f}x FP32's "
-                    f"speed at batch {row['batch_size']} (its integer kernels gain nothing on this model here; see "
-                    "the latency in report.html)")
+                    f"speed at batch {row['batch_size']} (quantization buys no speed for this model on this runtime; "
+                    "see the latency in report.html)")
     return None
 
 

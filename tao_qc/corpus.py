@@ -208,7 +208,7 @@ def decode_yunet(outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) 
     from tao_qc.detection import RANK_FLOOR, Detections, batched_nms, image_input
 
     _, images = image_input(inputs)
-    batch, _, height, width = images.shape
+    batch, width = images.shape[0], images.shape[-1]
     faces = []
     for index in range(batch):
         boxes, scores = [], []

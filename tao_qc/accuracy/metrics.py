@@ -63,8 +63,8 @@ def output_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     carries next to nothing (a detector's objectness map on a photo with no object at that stride:
     probabilities of 1e-5, logits near -11) would be held to the same relative precision as one with
     the signal. There INT8's ~2-3% relative error on deep features becomes a 25-30% relative error
-    of the probabilities (exp amplifies it), and the sample's cosine drops to 0.97 while every box is
-    found as in FP32. Over the data set each sample weighs in by its share of the output's energy,
+    of the probabilities (exp amplifies it), and the sample's cosine drops to 0.97 while the boxes
+    found are FP32's. Over the data set each sample weighs in by its share of the output's energy,
     as signal-to-quantization-noise ratios are measured; `per_sample_cosine` is still reported."""
     r, c = _flat(reference, candidate)
     return float(_cosine_rows(r.reshape(-1), c.reshape(-1)))
