@@ -24,6 +24,7 @@ only to show it runs; the accuracy columns are what the goal is about there.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -117,6 +118,7 @@ def face_detector(work: Path) -> dict:
     np.savez(work / "test.npz", input=photos)
     fp32 = corpus.shared_models_dir() / "yunet_n_320.onnx"
 
+    @functools.cache  # FP32's outputs serve every variant's cosine and faces; each variant's, both
     def outputs(path: Path) -> dict[str, np.ndarray]:
         s = measuring_session(path)
         names = [o.name for o in s.get_outputs()]
