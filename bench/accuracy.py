@@ -83,7 +83,7 @@ def speeds(models: dict[str, Path], feed: np.ndarray) -> dict[str, float]:
 
 
 def recognizer(work: Path) -> dict:
-    from tao_qc import corpus
+    from tao_qc.testing import corpus
 
     lines = corpus.text_lines()
     calibration, held, test = lines.split(64)[0], *lines.split(128)[0].split(64)[1:], lines.split(128)[1]
@@ -109,7 +109,8 @@ def recognizer(work: Path) -> dict:
 
 
 def face_detector(work: Path) -> dict:
-    from tao_qc import corpus, detection
+    from tao_qc.testing import corpus
+    from tao_qc.evaluate import detection
     from tao_qc.accuracy.metrics import cosine, per_sample_cosine
 
     photos = corpus.photos("yunet_n_320")
@@ -150,7 +151,7 @@ def face_detector(work: Path) -> dict:
 def _resized_photos(name: str) -> np.ndarray:
     from PIL import Image
 
-    from tao_qc import corpus
+    from tao_qc.testing import corpus
 
     with Image.open(corpus.shared_models_dir() / "images" / name) as image:
         pixels = np.asarray(image.convert("RGB").resize((320, 320)), dtype=np.float32)[:, :, ::-1]
@@ -164,7 +165,7 @@ def compile_once(source: Path, section: dict, work: Path, name: str) -> tuple[Pa
     """`tao-qc compile` with `section` as the spec file's quantize section (relative paths: `work`)."""
     import yaml
 
-    from tao_qc.compile import compile_model
+    from tao_qc.driver import compile_model
     from tao_qc.errors import AccuracyError
 
     spec = work / f"{name}.yaml"
@@ -184,7 +185,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--targets", default="onnxruntime,tensorrt")
     args = parser.parse_args()
-    from tao_qc import corpus
+    from tao_qc.testing import corpus
 
     rows = []
     for name in args.models.split(","):

@@ -24,8 +24,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32)
     args = parser.parse_args()
 
-    from tao_qc import zoo
-    from tao_qc.compile import compile_model
+    from tao_qc.testing import zoo
+    from tao_qc.driver import compile_model
     from tao_qc.console import setup_logging
 
     setup_logging(-1)

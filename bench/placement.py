@@ -102,8 +102,8 @@ def session(path: Path):
 
 
 def build_variants(name: str, work: Path) -> dict[str, Path]:
-    from tao_qc import zoo
-    from tao_qc.compile import compile_model
+    from tao_qc.testing import zoo
+    from tao_qc.driver import compile_model
 
     fp32 = zoo.export_zoo(name, work / f"{name}.onnx", dynamic_batch=True)
     shape = zoo.input_shape(name)
@@ -127,7 +127,7 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
 def quantize_both_ways(name: str, fp32: Path, work: Path) -> tuple[dict[str, Path], Exception | None]:
     """fp32, tao-qc onnxruntime and, where it loads, ORT's quantizer, all from work/calib.npz; the
     peer's failure is a result (its row says why), returned rather than raised."""
-    from tao_qc.compile import compile_model
+    from tao_qc.driver import compile_model
 
     spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
                          "calibration": {"data": str(work / "calib.npz")}}}
@@ -182,7 +182,7 @@ def build_real_variants(name: str, work: Path) -> tuple[dict[str, Path], dict[st
 
 def measure_real(variants: dict[str, Path], photos: np.ndarray, rounds: int) -> dict[str, dict]:
     """Median batch-1 latency (interleaved rounds, as measure()) and the lowest output cosine to FP32."""
-    from tao_qc.latency import summarize
+    from tao_qc.evaluate.latency import summarize
 
     sessions = {label: session(path) for label, path in variants.items()}
 
@@ -240,7 +240,7 @@ def build_ocr_variants(name: str, work: Path, calibration: np.ndarray) -> tuple[
 def measure_ocr(name: str, variants: dict[str, Path], inputs: np.ndarray, texts: list[str] | None, rounds: int) -> dict[str, dict]:
     """Median latency at the model's batch (interleaved rounds, as measure()) and its task metric."""
     import ocr
-    from tao_qc.latency import summarize
+    from tao_qc.evaluate.latency import summarize
 
     batch = OCR_BATCH[name]
     sessions = {label: session(path) for label, path in variants.items()}
@@ -283,10 +283,10 @@ def measure(variants: dict[str, Path], shape: tuple[int, ...], rounds: int) -> d
     """Median latency per variant at batch 1 and 8, timed in interleaved rounds (drift hits all alike).
 
     Each round gives every session one untimed run (caches, the previous session's threads winding
-    down), then TIMED_PER_ROUND timed runs. tao_qc.latency's measure_latency times one model at a
+    down), then TIMED_PER_ROUND timed runs. tao_qc.evaluate.latency's measure_latency times one model at a
     time, so it cannot interleave; its statistics are reused.
     """
-    from tao_qc.latency import summarize
+    from tao_qc.evaluate.latency import summarize
 
     sessions = {label: session(path) for label, path in variants.items()}
     rng = np.random.default_rng(1)
@@ -394,7 +394,7 @@ def main() -> None:
     if (real or ocr_models) and not shared_models().is_dir():
         parser.error(f"--real/--ocr: shared models not found at {shared_models()} (set TAO_QC_SHARED_MODELS, or --real '' --ocr '')")
 
-    from tao_qc import zoo
+    from tao_qc.testing import zoo
     from tao_qc.console import setup_logging
 
     setup_logging(-1)

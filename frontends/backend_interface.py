@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tao_qc.patterns import MatchResult
+from tao_qc.spec.selection import MatchResult
 from tao_qc.spec import QuantizeSpec
 
 

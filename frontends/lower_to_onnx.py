@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tao_qc.errors import InputError
 
@@ -44,7 +45,6 @@ def lower_to_onnx(
     import torch
 
     from tao_qc.fileio import atomic_path
-    from tao_qc.zoo import export_onnx
 
     if _has_tensor_subclass_weights(model):
         raise InputError(
@@ -127,3 +127,36 @@ def lower_pytorch_file(
     # where detection decoders look for them.
     return lower_to_onnx(model, examples, output, input_names=names, dynamic_batch=dynamic_batch,
                          output_names=getattr(model, "output_names", None))
+
+
+def export_onnx(
+    model: Any,
+    example: Any,
+    path: str | Path,
+    *,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    dynamic_batch: bool = False,
+    opset: int = 17,
+) -> Path:
+    """Export with the TorchScript exporter (module-path node names), BatchNorm left unfolded."""
+    import torch
+
+    path = Path(path)
+    examples = example if isinstance(example, tuple) else (example,)
+    input_names = input_names or (["input"] if len(examples) == 1 else [f"input{i}" for i in range(len(examples))])
+    output_names = output_names or ["output"]
+    dynamic_axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
+    torch.onnx.export(
+        model.eval(),
+        examples,
+        str(path),
+        input_names=input_names,
+        output_names=output_names,
+        opset_version=opset,
+        dynamic_axes=dynamic_axes,
+        do_constant_folding=False,
+        training=torch.onnx.TrainingMode.PRESERVE,
+        dynamo=False,
+    )
+    return path

@@ -13,7 +13,7 @@ from typing import Any
 
 from tao_qc.errors import InputError
 from tao_qc.frontends.backend_interface import QuantBackend
-from tao_qc.patterns import MatchResult
+from tao_qc.spec.selection import MatchResult
 
 log = logging.getLogger("tao_qc.frontends.modelopt")
 

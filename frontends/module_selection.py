@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tao_qc.patterns import MatchResult, Unit, decide
+from tao_qc.spec.selection import MatchResult, Unit, decide
 from tao_qc.spec import QuantizeSpec
 
 

@@ -19,7 +19,7 @@ from tao_qc.fileio import atomic_path
 from tao_qc.frontends.backend_interface import QuantBackend
 from tao_qc.frontends.device import resolve_device
 from tao_qc.frontends.module_selection import select_modules
-from tao_qc.patterns import MatchResult
+from tao_qc.spec.selection import MatchResult
 from tao_qc.spec import QuantizeSpec, load_spec
 
 log = logging.getLogger("tao_qc.frontends")

@@ -74,7 +74,7 @@ def _check_the_model_runs_on(model: ir.Model, batches) -> None:
     """Only where the model leaves dimensions besides the batch open: fixed shapes were checked
     when the data was opened, and a run costs time."""
     from tao_qc.passes.verify_quantization import run_once
-    from tao_qc.shapes import dynamic_axes, explain_rejected_shape
+    from tao_qc.ir.shapes import dynamic_axes, explain_rejected_shape
 
     axes = dynamic_axes(proto_inputs(model))
     if not any(a > 0 for per_input in axes.values() for a in per_input):

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass, RemoveInitializersFromInputsPass
 
 from tao_qc.errors import InputError
-from tao_qc.model_fields import ModelFields
+from tao_qc.ir.model_fields import ModelFields
 from tao_qc.pipeline import PassContext, PassResult, light_proto
 
 

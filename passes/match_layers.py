@@ -1,6 +1,6 @@
 """Match the spec's `layers` and `skip_names` patterns to the graph's Conv/Gemm/MatMul nodes.
 
-The matching itself is `tao_qc.patterns.decide` (one matcher for PyTorch and ONNX). This pass adds
+The matching itself is `tao_qc.spec.selection.decide` (one matcher for PyTorch and ONNX). This pass adds
 what is particular to the ONNX graph:
 
 - A MatMul whose inputs are both activations (attention's Q x K^T, scores x V) has no weight and
@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import onnx_ir as ir
 
 from tao_qc.errors import InputError
-from tao_qc.patterns import Decision, decide, onnx_units
+from tao_qc.spec.selection import Decision, decide, onnx_units
 from tao_qc.pipeline import PassContext, PassResult
 
 QUANTIZABLE_TYPES = ("Conv", "Gemm", "MatMul")

@@ -2,7 +2,7 @@
 
 A `Runtime` turns an ONNX path and `RuntimeSettings` into an `Engine`. Engines run numpy feeds, expose
 a polygraphy runner (so comparison goes through polygraphy's `Comparator`), and time themselves the
-way their runtime is best measured (`tao_qc.latency` holds the shared statistics).
+way their runtime is best measured (`tao_qc.evaluate.latency` holds the shared statistics).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tao_qc.spec import TensorRTSpec
 
 if TYPE_CHECKING:
     from tao_qc.data import InputInfo
-    from tao_qc.latency import LatencyResult
+    from tao_qc.evaluate.latency import LatencyResult
 
 RUNTIME_NAMES = ("onnxruntime", "tensorrt")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -68,7 +68,7 @@ class RuntimeSettings:
     tensorrt: TensorRTSpec = field(default_factory=TensorRTSpec)
     # The batch sizes the engine will run at: a TensorRT engine's default optimization profile covers them.
     batch_sizes: tuple[int, ...] = ()
-    # Full shapes of the data it will run (`tao_qc.shapes`): sizes the model leaves open besides the
+    # Full shapes of the data it will run (`tao_qc.ir.shapes`): sizes the model leaves open besides the
     # batch come from here (a TensorRT optimization profile needs them).
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 

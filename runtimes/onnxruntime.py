@@ -194,7 +194,7 @@ class OrtEngine:
         self.session = None
 
     def latency(self, feeds: dict[str, np.ndarray], *, warmup: int, runs: int):
-        from tao_qc.latency import summarize, time_calls
+        from tao_qc.evaluate.latency import summarize, time_calls
 
         batch = next(iter(feeds.values())).shape[0] if feeds else 1
         if self.device == "cuda":

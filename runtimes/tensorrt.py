@@ -122,7 +122,7 @@ def default_profiles(inputs: list[Any], explicit: dict[str, ShapeProfile] | None
                     f"input {info.describe()} has dynamic dimensions besides the batch: give data, --input-shapes, or "
                     f"quantize.tensorrt.profiles.{info.name}: {{min: [...], opt: [...], max: [...]}}"
                 )
-            from tao_qc.shapes import resolve_shape
+            from tao_qc.ir.shapes import resolve_shape
 
             dims = list(resolve_shape(info, shapes, key=key))
         rest = [int(d) for d in dims[1:]]
@@ -467,7 +467,7 @@ class TrtEngine:
         from polygraphy import cuda
         from polygraphy.datatype import DataType
 
-        from tao_qc.latency import summarize, time_calls
+        from tao_qc.evaluate.latency import summarize, time_calls
 
         check_feeds_fit(feeds, self.profiles, self.model_path.name)
         runner = self._active()

@@ -374,7 +374,7 @@ def open_inputs(
         for seed, info in enumerate(inputs):
             if info.dtype.kind != "f":
                 raise InputError(f"{key}: random data can only feed float inputs, not {info.describe()}")
-            from tao_qc.shapes import resolve_shape
+            from tao_qc.ir.shapes import resolve_shape
 
             dims = resolve_shape(info, shapes)[1:]
             sources[info.name] = _RandomArray((max_samples, *dims), info.dtype, seed)

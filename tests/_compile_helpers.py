@@ -67,7 +67,7 @@ def predict(model, input_name: str, images: np.ndarray) -> np.ndarray:
 
 
 def export_zoo(name: str, directory: Path) -> Path:
-    from tao_qc import zoo
+    from tao_qc.testing import zoo
 
     path = directory / f"{name}.onnx"
     if not path.exists():

@@ -87,7 +87,7 @@ _CHILD = textwrap.dedent(
     import numpy as np
     import torch
     from modelopt.onnx.quantization import quantize
-    from tao_qc import zoo
+    from tao_qc.testing import zoo
 
     root = sys.argv[1]
     def int8(source, target, data):

@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tao_qc import zoo
+from tao_qc.testing import zoo
 
 _BUILT: dict[str, Path] = {}
 

@@ -46,7 +46,7 @@ def shared_models() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_cntk_compiled(tmp_path_factory):
-    """The vendored mnist_cntk compiled as a user would (`tao_qc.compile.compile_model`, default
+    """The vendored mnist_cntk compiled as a user would (`tao_qc.driver.compile_model`, default
     target tensorrt, comparison on): INT8, compared with FP32 on 300 held-out labelled digits, pass
     dumps after every change. modelopt declines its GEMV MatMul Times212, so the report has a node
     the spec selected and the backend left in float. Read-only for the tests that share it."""
@@ -55,7 +55,7 @@ def mnist_cntk_compiled(tmp_path_factory):
     import numpy as np
 
     from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits
-    from tao_qc.compile import compile_model
+    from tao_qc.driver import compile_model
 
     root = tmp_path_factory.mktemp("mnist-cntk-compiled")
     images, labels = digits()

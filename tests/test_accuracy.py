@@ -20,7 +20,7 @@ import torch
 
 from _compile_helpers import run_cli, session
 from _frontends_helpers import DigitsCNN, digits_split, train
-from tao_qc import zoo
+from tao_qc.testing import zoo
 
 pytestmark = pytest.mark.slow
 

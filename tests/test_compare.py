@@ -10,7 +10,7 @@ import pytest
 
 from _compile_helpers import ASSETS
 from _runtimes_helpers import build_assets, run_cli, without_tensorrt
-from tao_qc.compare import (
+from tao_qc.evaluate.compare import (
     DEFAULT_MIN_COSINE,
     checks_for,
     compare_models,

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from _compile_helpers import (ASSETS, CNN_MNIST_PYTORCH, MNIST_CNTK, MNIST_INPUT, PYTORCH_MNIST_INPUT, digits, predict,
                               run_cli, session)
-from tao_qc.compile import compile_model
+from tao_qc.driver import compile_model
 from tao_qc.passes.check_calibration import HELD_BACK_FRACTION
 from tao_qc.pipeline import PROVENANCE_KEY, PassResult
 
@@ -294,7 +294,7 @@ def test_results_dir_holding_other_files_or_the_model_is_refused(tmp_path, data_
 
 
 def test_default_results_dir_is_beside_the_working_directory(tmp_path, data_dir, monkeypatch):
-    from tao_qc.compile import default_results_dir
+    from tao_qc.driver import default_results_dir
 
     monkeypatch.chdir(tmp_path)
     assert default_results_dir(MNIST_CNTK) == tmp_path / "mnist_cntk.tao-qc"
@@ -405,12 +405,12 @@ def test_a_pass_that_breaks_the_quantization_exits_3_with_a_reproducer(tmp_path,
 
 
 def test_an_unexpected_exception_exits_3_in_one_line_and_writes_no_results(tmp_path, data_dir, capsys, monkeypatch):
-    import tao_qc.compare
+    import tao_qc.evaluate.compare
 
     def comparison_with_a_bug(*args, **kwargs):
         raise KeyError("outputs")
 
-    monkeypatch.setattr(tao_qc.compare, "evaluate_quantized", comparison_with_a_bug)
+    monkeypatch.setattr(tao_qc.evaluate.compare, "evaluate_quantized", comparison_with_a_bug)
     args = ["compile", MNIST_CNTK, "--device", "cpu", "--calibration-data", data_dir / "digits.npz", "-o", tmp_path / "results"]
     code, _, stderr = run_cli(args, capsys)
     assert code == 3
@@ -454,7 +454,7 @@ def test_a_failed_comparison_keeps_its_results_and_exits_1_or_0_as_the_spec_says
 
 
 def test_a_quantized_model_slower_than_fp32_is_said_for_the_runtime_it_was_placed_for():
-    from tao_qc.compile import slower_than_fp32
+    from tao_qc.driver import slower_than_fp32
     from tao_qc.spec import load_spec
 
     latency = {"runtime": "onnxruntime", "rows": [{"batch_size": 1, "ratio": 1.0}, {"batch_size": 1, "ratio": 0.55}]}

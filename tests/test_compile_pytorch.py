@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import torch
 
-from tao_qc import zoo
+from tao_qc.testing import zoo
 from tao_qc.cli import main
 
 

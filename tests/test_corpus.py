@@ -19,10 +19,10 @@ import onnx
 import pytest
 
 from _compile_helpers import digits, run_cli, session
-from tao_qc import corpus
-from tao_qc.compile import compile_model
+from tao_qc.testing import corpus
+from tao_qc.driver import compile_model
 from tao_qc.errors import AccuracyError
-from tao_qc.model_fields import SOURCE_PRODUCER_KEY, SPEC_HASH_KEY, VERSION_KEY
+from tao_qc.ir.model_fields import SOURCE_PRODUCER_KEY, SPEC_HASH_KEY, VERSION_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +169,7 @@ def test_data_the_detector_cannot_take_is_one_line_naming_its_constraint(tmp_pat
 
 
 def _faces(outputs: dict[str, np.ndarray], photos: np.ndarray) -> list:
-    from tao_qc.detection import DEFAULT_SCORE_THRESHOLD
+    from tao_qc.evaluate.detection import DEFAULT_SCORE_THRESHOLD
 
     return [d.above(DEFAULT_SCORE_THRESHOLD) for d in corpus.decode_yunet(outputs, {"input": photos})]
 
@@ -197,7 +197,7 @@ def test_yunet_decoder_finds_the_faces_of_each_photo(shared_models):
 def test_yunet_passes_the_default_comparison_with_fallback_and_finds_fp32s_faces(tmp_path, shared_models, target, capsys):
     """Issue 13's goal for YuNet, through the command line: the default comparison (cosine per
     output over the photos) met with fallback auto within its float bound, FP32's faces still found."""
-    from tao_qc.detection import match_f1
+    from tao_qc.evaluate.detection import match_f1
 
     photos = corpus.photos("yunet_n_320")
     np.savez(tmp_path / "photos.npz", input=photos)

@@ -14,9 +14,9 @@ import onnx
 import pytest
 
 from _compile_helpers import run_cli, session
-from tao_qc.compare import compare_models
+from tao_qc.evaluate.compare import compare_models
 from tao_qc.data import model_inputs, open_inputs
-from tao_qc.detection import (
+from tao_qc.evaluate.detection import (
     Detections,
     batched_nms,
     coco_map,
@@ -185,7 +185,7 @@ def ultraface_photos(spec) -> object:
 
 @pytest.fixture(scope="module")
 def ultraface_int8(tmp_path_factory):
-    from tao_qc.compile import compile_model
+    from tao_qc.driver import compile_model
 
     return compile_model(ULTRAFACE / "model.onnx", ULTRAFACE / "q.yaml", results_dir=tmp_path_factory.mktemp("uf") / "out")
 
@@ -298,7 +298,7 @@ def test_annotations_in_original_photo_pixels_are_scaled_to_the_model_input(ultr
 
 @pytest.mark.slow
 def test_user_decoder_on_fastestdet(shared_models, tmp_path, capsys):
-    from tao_qc.compile import compile_model
+    from tao_qc.driver import compile_model
 
     photos = tmp_path / "photos"
     photos.mkdir()

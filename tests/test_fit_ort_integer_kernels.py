@@ -231,7 +231,7 @@ def test_gemm_and_matmul_features_are_computed_on_a_multiple_of_16(op, features,
 
 @pytest.fixture(scope="module")
 def mnist_int8(tmp_path_factory, shared_models):
-    from tao_qc.compile import compile_model
+    from tao_qc.driver import compile_model
 
     folder = tmp_path_factory.mktemp("mnist_race")
     images, _ = digits()

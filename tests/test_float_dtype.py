@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto
 
 from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits
-from tao_qc.compile import compile_model
+from tao_qc.driver import compile_model
 from tao_qc.passes.check_calibration import HELD_BACK_FRACTION
 from tao_qc.errors import SpecError
 from tao_qc.spec import load_spec

@@ -13,10 +13,10 @@ import torch
 from tao_qc.errors import InputError
 from tao_qc.frontends.lower_to_onnx import lower_to_onnx
 from tao_qc.frontends.module_selection import module_units
-from tao_qc.patterns import decide, module_path_from_onnx_name, onnx_units
+from tao_qc.spec.selection import decide, module_path_from_onnx_name, onnx_units
 from tao_qc.spec import load_spec
 from _frontends_helpers import CalledThroughContainers
-from tao_qc.zoo import ResNet18, SmallResidualCNN, build
+from tao_qc.testing.zoo import ResNet18, SmallResidualCNN, build
 
 ONNX_COMPUTE = ("Conv", "Gemm", "MatMul")
 

@@ -23,9 +23,9 @@ import pytest
 from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits, export_zoo
 from onnx import numpy_helper
 
-from tao_qc.compile import compile_model
+from tao_qc.driver import compile_model
 from tao_qc.pipeline import format_summary
-from tao_qc.textform import format_model
+from tao_qc.ir.textform import format_model
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 MODELS = ["small_cnn", "transformer_block", "mnist_cntk", "small_cnn_mixed"]

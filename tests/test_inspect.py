@@ -11,11 +11,11 @@ import onnx
 import pytest
 
 from tao_qc.cli import main
-from tao_qc.graph_facts import quantization_summary, quantized_node_names
-from tao_qc.patterns import decide, onnx_unit
+from tao_qc.ir.graph_facts import quantization_summary, quantized_node_names
+from tao_qc.spec.selection import decide, onnx_unit
 from tao_qc.pipeline import PROVENANCE_KEY
 from tao_qc.spec import load_spec
-from tao_qc.textform import format_model
+from tao_qc.ir.textform import format_model
 
 from _compile_helpers import ASSETS, third_party_model
 from _textform_helpers import small_cnn_models

@@ -174,7 +174,7 @@ def test_nodes_to_measure_are_the_elementwise_ones_between_quantized_convs(tmp_p
 
 @pytest.fixture(scope="module")
 def lcnet_int8(tmp_path_factory):
-    from tao_qc.compile import compile_model
+    from tao_qc.driver import compile_model
 
     folder = tmp_path_factory.mktemp("lcnet")
     fp32 = export_zoo("lcnet", folder)

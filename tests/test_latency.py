@@ -11,7 +11,7 @@ from _compile_helpers import ASSETS, MNIST_CNTK
 from _runtimes_helpers import build_assets, run_cli, without_tensorrt
 from tao_qc.data import InputInfo
 from tao_qc.errors import InputError
-from tao_qc.latency import BatchNotSupported, LatencyResult, measure_latency, summarize, synthetic_feeds
+from tao_qc.evaluate.latency import BatchNotSupported, LatencyResult, measure_latency, summarize, synthetic_feeds
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from torch import nn
 
 from _compile_helpers import run_cli
 from _frontends_helpers import digits_split, train
-from tao_qc.compile import compile_model
-from tao_qc.graph_facts import quantization_summary
+from tao_qc.driver import compile_model
+from tao_qc.ir.graph_facts import quantization_summary
 from tao_qc.runtimes.onnxruntime import disabled_optimizers_for, with_exact_fp16_quantize
 
 pytestmark = pytest.mark.slow
@@ -283,7 +283,7 @@ def test_a_few_fp8_layers_make_the_ocr_recognizer_read_where_int8_cannot(tmp_pat
     PP-LCNet convolutions of its last stage) and the rest INT8 read almost as FP32 does.
 
     Measured on these 64 lines with TensorRT's fp16 float part: FP32 CER 2.7%, this mix 4.5%."""
-    from tao_qc import corpus
+    from tao_qc.testing import corpus
 
     lines = corpus.text_lines()
     np.savez(tmp_path / "calib.npz", x=corpus.recognizer_input(lines.files[:16]))

@@ -17,8 +17,8 @@ from onnx import helper
 
 from _compile_helpers import export_zoo
 from tao_qc import __version__
-from tao_qc.compile import compile_model
-from tao_qc.model_fields import SOURCE_PRODUCER_KEY, SPEC_HASH_KEY, VERSION_KEY
+from tao_qc.driver import compile_model
+from tao_qc.ir.model_fields import SOURCE_PRODUCER_KEY, SPEC_HASH_KEY, VERSION_KEY
 from tao_qc.passes.load_and_check import LoadAndCheck
 from tao_qc.pipeline import PassContext, PassFailure, PassResult, Pipeline
 from tao_qc.spec import QuantizeSpec

@@ -18,11 +18,11 @@ from tao_qc.passes.fold_constants import SHAPE_VALUE_OPS, SYMBOLIC_FOLD_OPS, Fol
 from tao_qc.passes.load_and_check import LoadAndCheck
 from tao_qc.passes.match_layers import ATTENTION_DEFAULT_RULE, MatchLayers
 from tao_qc.passes.remove_identity import RemoveIdentity
-from tao_qc import zoo
+from tao_qc.testing import zoo
 from tao_qc.passes import default_passes
 from tao_qc.pipeline import PassContext, Pipeline
 from tao_qc.spec import load_spec
-from tao_qc.textform import format_model
+from tao_qc.ir.textform import format_model
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _frontends_helpers import CalledThroughContainers
-from tao_qc import zoo
-from tao_qc.patterns import Unit, decide, module_path_from_onnx_name, onnx_unit
+from tao_qc.testing import zoo
+from tao_qc.spec.selection import Unit, decide, module_path_from_onnx_name, onnx_unit
 from tao_qc.spec import load_spec
 
 
@@ -251,7 +251,7 @@ def test_order_of_entries_decides_weights_dtype(pats, name, kind):
 
 
 def test_weight_names_recover_module_paths_the_scope_name_lost(tmp_path):
-    from tao_qc.patterns import onnx_units
+    from tao_qc.spec.selection import onnx_units
 
     model = CalledThroughContainers().eval()
     zoo.export_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "c.onnx")
@@ -266,7 +266,7 @@ def test_weight_names_recover_module_paths_the_scope_name_lost(tmp_path):
 
 
 def test_linear_selects_weight_matmuls_but_not_attention(tmp_path):
-    from tao_qc.patterns import onnx_units
+    from tao_qc.spec.selection import onnx_units
 
     model = zoo.build("tiny_vit")
     zoo.export_onnx(model, torch.randn(1, 3, 32, 32), tmp_path / "vit.onnx")

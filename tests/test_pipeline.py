@@ -201,7 +201,7 @@ def test_a_fixed_point_group_repeats_until_a_round_changes_nothing(tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from tao_qc import zoo
+    from tao_qc.testing import zoo
 
     proto = onnx.load(str(zoo.export_zoo("small_cnn", tmp_path / "m.onnx")))
     bn = next(n for n in proto.graph.node if n.op_type == "BatchNormalization")

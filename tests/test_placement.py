@@ -14,8 +14,8 @@ import torch
 import _compile_helpers as compile_helpers
 from _compile_helpers import CNN_MNIST_PYTORCH, MNIST_CNTK
 from _compile_helpers import digits as all_digits
-from tao_qc import zoo
-from tao_qc.compile import compile_model
+from tao_qc.testing import zoo
+from tao_qc.driver import compile_model
 
 INTEGER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "MatMulInteger", "ConvInteger"}
 

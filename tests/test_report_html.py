@@ -13,10 +13,10 @@ import onnx
 import pytest
 
 from _runtimes_helpers import build_assets
-from tao_qc.compare import evaluate_quantized
+from tao_qc.evaluate.compare import evaluate_quantized
 from tao_qc.data import model_inputs, open_inputs
-from tao_qc.patterns import decide, onnx_unit
-from tao_qc.report_html import render_html, write_html_report
+from tao_qc.spec.selection import decide, onnx_unit
+from tao_qc.report.html import render_html, write_html_report
 from tao_qc.spec import QuantizeSpec
 
 DATA = Path(__file__).parent / "data"

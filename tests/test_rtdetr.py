@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from _compile_helpers import run_cli
-from tao_qc.detection import decode_rtdetr, load_annotations, map_against_annotations
-from tao_qc.zoo_shapes import CLASSES, shapes_dataset, train_rtdetr
+from tao_qc.evaluate.detection import decode_rtdetr, load_annotations, map_against_annotations
+from tao_qc.testing.zoo_shapes import CLASSES, shapes_dataset, train_rtdetr
 
 pytestmark = pytest.mark.slow
 FACTORY = "tao_qc.zoo:RTDETRStyle"

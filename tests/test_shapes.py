@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from _compile_helpers import session
 from tao_qc.errors import InputError
-from tao_qc.shapes import explain_rejected_shape, parse_input_shapes, runtime_reason
+from tao_qc.ir.shapes import explain_rejected_shape, parse_input_shapes, runtime_reason
 
 
 def test_input_shapes_follow_the_trtexec_convention():

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tao_qc.compile import compile_model
+from tao_qc.driver import compile_model
 from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
 
 
@@ -98,7 +98,7 @@ def test_odd_output_width_is_left_alone():
 def test_resnet_stem_through_the_pipeline_is_exact_and_fused(tmp_path):
     import torch
 
-    from tao_qc import zoo
+    from tao_qc.testing import zoo
 
     torch.manual_seed(0)
     model = zoo.export_onnx(zoo.ResNet18(num_classes=10, width=8).eval(), torch.randn(1, 3, 32, 32), tmp_path / "r.onnx")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tao_qc import spec as spec_module
+from tao_qc.spec import schema as spec_module
 from tao_qc.errors import SpecError
 from tao_qc.spec import QuantizeSpec, load_experiment, load_spec
 

@@ -80,7 +80,7 @@ def test_engine_runs_batches_apart_and_matches_onnxruntime(assets, settings):
 
 
 def test_fp32_against_int8_on_tensorrt(assets, settings):
-    from tao_qc.compare import compare_models
+    from tao_qc.evaluate.compare import compare_models
     from tao_qc.data import model_inputs, open_inputs
 
     inputs = open_inputs(str(assets.digits), model_inputs(onnx.load(str(assets.mnist_fp32))), max_samples=64)
@@ -91,7 +91,7 @@ def test_fp32_against_int8_on_tensorrt(assets, settings):
 
 
 def test_compile_for_tensorrt_runs_float_layers_in_fp16(assets, tmp_path, cache_home, monkeypatch):
-    from tao_qc.compile import compile_model
+    from tao_qc.driver import compile_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     spec = {"quantize": {"backend": "modelopt.onnx", "device": "cpu", "target": "tensorrt", "compare": {"runtime": "tensorrt"},
@@ -108,7 +108,7 @@ def test_compile_for_tensorrt_runs_float_layers_in_fp16(assets, tmp_path, cache_
 
 
 def test_bench_times_both_engines_and_releases_them(assets):
-    from tao_qc.latency import bench_models
+    from tao_qc.evaluate.latency import bench_models
 
     table = bench_models([assets.resnet18_fp32, assets.resnet18_int8], (1, 8), runtime="tensorrt",
                          settings=RuntimeSettings(batch_sizes=(1, 8)), warmup=3, runs=10)

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from tao_qc import zoo
+from tao_qc.testing import zoo
 from tao_qc.pipeline import PROVENANCE_KEY, mark_created
-from tao_qc.textform import counts_from_text, diff_text, format_model, op_counts, op_delta
+from tao_qc.ir.textform import counts_from_text, diff_text, format_model, op_counts, op_delta
 
 from _compile_helpers import CNN_MNIST_PYTORCH, MNIST_CNTK, third_party_model
 from _textform_helpers import small_cnn_models

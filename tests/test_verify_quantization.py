@@ -14,7 +14,7 @@ import pytest
 
 from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits
 from tao_qc.data import model_inputs, open_inputs
-from tao_qc.patterns import decide, onnx_units
+from tao_qc.spec.selection import decide, onnx_units
 from tao_qc.pipeline import PassContext
 from tao_qc.passes.verify_quantization import VerificationError, VerifyQuantization
 from tao_qc.spec import load_spec

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tao_qc.zoo_shapes import shapes_dataset, train_rtdetr
+from tao_qc.testing.zoo_shapes import shapes_dataset, train_rtdetr
 
 here = Path(__file__).resolve().parent
 torch.save(train_rtdetr(seed=0).state_dict(), here / "rtdetr.pth")

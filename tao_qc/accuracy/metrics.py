@@ -15,7 +15,7 @@ to arrays stacked over samples (FP32's and the quantized model's). The FP32 valu
   (default: at most 1 point below FP32), or mAP@.5 against FP32's own detections (default floor
   0.9, the comparison's detection check). A detector's default metric.
 - `module:function`: the user's own, same signature (default: at most 0.01 below FP32).
-- none given: the comparison's own checks (`tao_qc.compare.checks_for`); the value is the smallest
+- none given: the comparison's own checks (`tao_qc.evaluate.compare.checks_for`); the value is the smallest
   margin of any check over its threshold, so the target is "every check passes" (value >= 0).
 """
 
@@ -92,7 +92,7 @@ def cosine(reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
 
 
 def _classifier_outputs(reference: Outputs) -> list[str]:
-    from tao_qc.compare import is_classifier_output
+    from tao_qc.evaluate.compare import is_classifier_output
 
     names = [name for name, array in reference.items() if is_classifier_output(array)]
     if not names:
@@ -127,7 +127,7 @@ class MeanAveragePrecision:
 
     def __call__(self, reference: Outputs, candidate: Outputs, labels: Any = None,
                  inputs: Mapping[str, np.ndarray] | None = None) -> float:
-        from tao_qc import detection
+        from tao_qc.evaluate import detection
 
         if self.settings.decoder is None:
             raise InputError("quantize.accuracy.metric: map needs quantize.compare.decoder (rtdetr, boxes_scores, "
@@ -150,7 +150,7 @@ class ComparisonChecks:
     settings: Any  # CompareSpec
 
     def __call__(self, reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
-        from tao_qc.compare import checks_for, output_metrics
+        from tao_qc.evaluate.compare import checks_for, output_metrics
 
         margins = []
         for name in reference:
@@ -215,7 +215,7 @@ def target_for(spec: Any, search_path: str | Path | None = None) -> Target:
         return Target("checks", ComparisonChecks(spec.compare), min=DEFAULT_MIN["checks"])
     if name is None or name == "map":
         # Boxes are the measure of a detector; the comparison's own detection check is the default.
-        from tao_qc.detection import DEFAULT_MIN_MAP50_VS_FP32
+        from tao_qc.evaluate.detection import DEFAULT_MIN_MAP50_VS_FP32
 
         function = MeanAveragePrecision(spec.compare)
         if accuracy.min is not None or accuracy.max_drop is not None:

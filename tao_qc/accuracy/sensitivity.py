@@ -15,7 +15,7 @@ def measure_sensitivity(model_path: str | Path, spec: Any, results_dir: str | Pa
     from tao_qc.accuracy.executors import make_executor
     from tao_qc.accuracy.fallback import TrialSetups, accuracy_data, needs_held_back_data, quantized_candidates
     from tao_qc.accuracy.metrics import target_for
-    from tao_qc.accuracy.plot import sensitivity_html
+    from tao_qc.report.pictures import sensitivity_html
     from tao_qc.accuracy.search import rank_nodes
     from tao_qc.console import progress
     from tao_qc.fileio import atomic_write_text, staged_dir

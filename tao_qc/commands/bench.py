@@ -51,9 +51,9 @@ def bench_command(models: tuple[Path, ...], batch: str, threads: int, runtime: s
     from rich.console import Console
 
     from tao_qc.console import progress
-    from tao_qc.latency import bench_models
+    from tao_qc.evaluate.latency import bench_models
     from tao_qc.runtimes.base import RuntimeSettings
-    from tao_qc.shapes import parse_input_shapes
+    from tao_qc.ir.shapes import parse_input_shapes
 
     sizes = _batch_sizes(batch)
     shapes = parse_input_shapes(input_shapes)

@@ -70,7 +70,7 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
     """
     from rich.console import Console
 
-    from tao_qc.compare import compare_models
+    from tao_qc.evaluate.compare import compare_models
     from tao_qc.runtimes.base import RuntimeSettings
     from tao_qc.spec import QuantizeSpec, load_spec
 
@@ -83,11 +83,11 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
         if not path.is_file():
             raise InputError(f"{path} does not exist")
 
-    from tao_qc.shapes import parse_input_shapes
+    from tao_qc.ir.shapes import parse_input_shapes
 
     inputs, key = open_compare_inputs(reference, data, spec, max_samples=max_samples, batch_size=batch_size,
                                       shapes=parse_input_shapes(input_shapes))
-    from tao_qc.shapes import shapes_of
+    from tao_qc.ir.shapes import shapes_of
 
     runtime_settings = RuntimeSettings(threads=threads, tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline,
                                        batch_sizes=(inputs.batch_size,), input_shapes=shapes_of(inputs.first()))

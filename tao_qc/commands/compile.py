@@ -51,7 +51,7 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
       tao-qc compile model.onnx --spec q.yaml --print-after fold-batchnorm
       tao-qc compile model.pth --spec q.yaml --model-factory mypkg.models:build  # PyTorch, lowered to ONNX
     """
-    from tao_qc.compile import compile_model
+    from tao_qc.driver import compile_model
     from tao_qc.spec import QuantizeSpec, load_spec
 
     spec = load_spec(spec_file) if spec_file else QuantizeSpec()
@@ -82,14 +82,14 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
                    f"{mode}, {counts['kept_float']} in float)", err=bool(print_after))
         for line in comparison_lines(result.report):
             click.echo(line, err=bool(print_after))
-    from tao_qc.compare import raise_if_failed
+    from tao_qc.evaluate.compare import raise_if_failed
 
     raise_if_failed(result.report, result.spec)  # exit 1 for a failed check, after the result is shown
 
 
 def comparison_lines(report: dict) -> list[str]:
     """A few lines a person reads first: agreement, accuracy, error, speed, where the report is."""
-    from tao_qc.compare import DEFAULT_MIN_COSINE
+    from tao_qc.evaluate.compare import DEFAULT_MIN_COSINE
 
     lines = []
     comparison = report.get("comparison")

@@ -67,7 +67,7 @@ def evaluate_command(experiment_file, factory, factory_kwargs, as_json):
 
 
 def _evaluate_detection(experiment, task, annotations, factory, factory_kwargs, as_json) -> None:
-    from tao_qc.detection import decode, input_size, load_annotations, load_decoder, map_against_annotations
+    from tao_qc.evaluate.detection import decode, input_size, load_annotations, load_decoder, map_against_annotations
 
     if not annotations:
         raise InputError("evaluate.labels: detection needs a COCO json (here or in quantize.compare.annotations)")

@@ -21,7 +21,7 @@ from tao_qc.errors import InputError
 REPORT_NAME = "report.json"
 # A spec dtype as the graph shows it (ONNX's names; ONNX Runtime placement runs int8 activations as uint8).
 GRAPH_DTYPES = {"int8": ("int8", "uint8"), "fp8_e4m3fn": ("float8e4m3fn",), "fp8_e5m2": ("float8e5m2",)}
-# Keys a per-node decision record carries (see `tao_qc.patterns.Decision.as_dict`).
+# Keys a per-node decision record carries (see `tao_qc.spec.selection.Decision.as_dict`).
 _DECISION_KEYS = ("quantized", "reason", "weights_rule", "skipped_by", "declined_by_backend")
 
 
@@ -195,9 +195,9 @@ def _spec_reason(record: dict[str, Any]) -> str:
 
 def summarize(target: Target, *, with_text: bool = False, digests: bool = False) -> dict[str, Any]:
     """JSON-ready summary of one model: graph facts plus, per compute node, the reason shown."""
-    from tao_qc.graph_facts import quantization_summary
+    from tao_qc.ir.graph_facts import quantization_summary
     from tao_qc.pipeline import PROVENANCE_KEY
-    from tao_qc.textform import format_model
+    from tao_qc.ir.textform import format_model
 
     model = load_model(target.model_path)
     summary = quantization_summary(model)
@@ -235,7 +235,7 @@ def summarize(target: Target, *, with_text: bool = False, digests: bool = False)
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """How the quantization of two summarized models differs, node by node (matched by name)."""
-    from tao_qc.textform import op_delta
+    from tao_qc.ir.textform import op_delta
 
     delta = {
         op: after["op_counts"].get(op, 0) - before["op_counts"].get(op, 0)
@@ -389,7 +389,7 @@ def inspect_command(models: tuple[Path, ...], report: Path | None, show_text: bo
             print_summary(summary)
         return
 
-    from tao_qc.textform import diff_text
+    from tao_qc.ir.textform import diff_text
 
     before, after = (summarize(t, with_text=show_text, digests=digests) for t in targets)
     result = compare(before, after)

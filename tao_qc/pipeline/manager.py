@@ -388,7 +388,7 @@ class DumpInstrument(Instrument):
         return self.mode == "after-all" or (self.mode == "after-change" and record.changed)
 
     def after_pass(self, record, pass_, result, ctx):
-        from tao_qc.textform import diff_text, format_model
+        from tao_qc.ir.textform import diff_text, format_model
 
         wanted = self._wants(record)
         printing = record.name in self.print_after
@@ -484,7 +484,7 @@ class Pipeline:
         """`after`: the records of the passes that ran before, where this pipeline continues another
         (compile runs the calibrating and the finishing passes as two): numbering and failure
         reports go on from them."""
-        from tao_qc.textform import op_counts
+        from tao_qc.ir.textform import op_counts
 
         state = _RunState(model, op_counts(model) if model is not None else {}, before=[r.name for r in after])
         try:
@@ -510,7 +510,7 @@ class Pipeline:
         return PipelineResult(state.model, state.records)
 
     def _run_pass(self, pass_: Pass, state: _RunState, ctx: PassContext) -> PassRecord:
-        from tao_qc.textform import op_counts, op_delta
+        from tao_qc.ir.textform import op_counts, op_delta
 
         model, records = state.model, state.records
         index = len(state.before) + len(records)

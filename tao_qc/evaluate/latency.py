@@ -101,7 +101,7 @@ def synthetic_feeds(inputs: Sequence[Any], batch_size: int, *, seed: int = 0,
     on a copy is unsound for graphs that bake the batch into Reshape shapes (mnist_cntk does), so
     bench reports the row as skipped instead.
     """
-    from tao_qc.shapes import resolve_shape
+    from tao_qc.ir.shapes import resolve_shape
 
     rng = np.random.default_rng(seed)
     feeds = {}

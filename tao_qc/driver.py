@@ -40,7 +40,7 @@ class CompileResult:
     report_path: Path
     report: dict[str, Any]
     records: list[PassRecord]
-    decisions: list[Any]  # tao_qc.patterns.Decision, graph order
+    decisions: list[Any]  # tao_qc.spec.selection.Decision, graph order
     spec: Any  # the QuantizeSpec as the pipeline read it
     dump_dir: Path | None = None
     compare: bool = True  # whether the FP32-vs-quantized comparison step is asked for
@@ -166,13 +166,13 @@ def compile_model(
             report["warnings"].append(slower)
         atomic_write_text(stage / REPORT_NAME, json.dumps(report, indent=2, default=str) + "\n")
         if compare:
-            from tao_qc.report_html import write_html_report
+            from tao_qc.report.html import write_html_report
 
             write_html_report(report, stage / HTML_REPORT_NAME)
 
     log.info("quantized model: %s", final / quantized.name)
     if sections and raise_on_mismatch:
-        from tao_qc.compare import raise_if_failed
+        from tao_qc.evaluate.compare import raise_if_failed
 
         # Results stay on disk either way: a failed check is what the report is for.
         raise_if_failed(report, spec)
@@ -197,7 +197,7 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
 
     import onnx
 
-    from tao_qc.compare import evaluate_quantized
+    from tao_qc.evaluate.compare import evaluate_quantized
     from tao_qc.data import load_labels, model_inputs, open_inputs
 
     data = spec.compare.data
@@ -310,7 +310,7 @@ def _check_results_dir(final: Path, source: Path) -> None:
 
 def _save(model: Any, path: Path, spec: Any) -> None:
     from tao_qc import __version__
-    from tao_qc.model_fields import stamp
+    from tao_qc.ir.model_fields import stamp
     from tao_qc.pipeline import save_model
 
     stamp(model, spec, __version__)

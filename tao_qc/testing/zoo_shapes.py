@@ -131,7 +131,7 @@ def _set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list) -> torch
 def train_rtdetr(seed: int = 0, samples: int = 1536, steps: int = 300, batch: int = 16, lr: float = 2e-3,
                  model: torch.nn.Module | None = None) -> torch.nn.Module:
     """The zoo's RTDETRStyle, trained from seeded weights on `samples` seeded shapes images."""
-    from tao_qc.zoo import RTDETRStyle
+    from tao_qc.testing.zoo import RTDETRStyle
 
     torch.manual_seed(seed)
     model = model or RTDETRStyle(num_classes=len(CLASSES))

@@ -167,7 +167,7 @@ class CompareSpec(_Strict):
     @field_validator("decoder")
     @classmethod
     def _known_decoder(cls, value: str | None) -> str | None:
-        from tao_qc.detection import BUILTIN_DECODERS, USER_DECODER_RE
+        from tao_qc.evaluate.detection import BUILTIN_DECODERS, USER_DECODER_RE
 
         if value is None or value in BUILTIN_DECODERS or USER_DECODER_RE.match(value):
             return value
@@ -555,7 +555,7 @@ def _cross_check(spec: QuantizeSpec, marks: _Marks, prefix: tuple) -> None:
         warn_once("backend torchao quantizes weights only: quantize.layers[*].activations is ignored")
 
     if spec.backend_kwargs and spec.backend != "modelopt":
-        from tao_qc.backend_params import backend_parameters
+        from tao_qc.spec.backend_params import backend_parameters
 
         valid = backend_parameters(spec.backend)
         if valid is not None:

@@ -14,7 +14,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
-from tao_qc.textform import op_counts, op_key, value_types
+from tao_qc.ir.textform import op_counts, op_key, value_types
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 INTEGER_OPS = frozenset(

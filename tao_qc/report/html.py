@@ -238,7 +238,7 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
     clipped ranges, every node's sensitivity in graph order, the nodes kept float, the steps taken."""
     if not section:
         return ""
-    from tao_qc.accuracy.plot import sensitivity_svg
+    from tao_qc.report.pictures import sensitivity_svg
 
     badge = '<span class="badge pass">reached</span>' if section.get("reached") else '<span class="badge fail">missed</span>'
     parts = [f"<h3>Accuracy target {badge}</h3>",

@@ -16,7 +16,7 @@ What must hold (`CompareSpec`, CLI flags override):
   sample weighs in by its share of the output's energy: `tao_qc.accuracy.metrics.output_cosine` says
   why not per sample); the lowest per-sample cosine is reported beside it. Quantization never meets
   element-wise FP32 tolerances, so the default checks what users care about.
-- `task: detection` (or a `decoder`): boxes are the measure (`tao_qc.detection`). Raw outputs are
+- `task: detection` (or a `decoder`): boxes are the measure (`tao_qc.evaluate.detection`). Raw outputs are
   reported but not checked by cosine or top-1; instead the quantized model's mAP@.5 against FP32's
   detections must be >= 0.9, or, with `annotations`, its mAP@[.5:.95] at most 0.01 below FP32's.
   `task: dense` never reads a 2-D output as class scores.
@@ -108,7 +108,7 @@ class ComparisonResult:
     checks: list[Check] = field(default_factory=list)
     engines: dict[str, Any] = field(default_factory=dict)  # per role: artifact, build settings, layer precisions
     task: str = "auto"
-    detection: dict[str, Any] | None = None  # `tao_qc.detection.DetectionComparison.result()`
+    detection: dict[str, Any] | None = None  # `tao_qc.evaluate.detection.DetectionComparison.result()`
 
     @property
     def passed(self) -> bool:
@@ -402,7 +402,7 @@ def compare_models(
     task = settings.resolved_task
     boxes = None
     if task == "detection":
-        from tao_qc.detection import DetectionComparison
+        from tao_qc.evaluate.detection import DetectionComparison
 
         boxes = DetectionComparison(settings, color=image_color)  # a bad decoder or json fails before the run
 
@@ -468,7 +468,7 @@ def compare_models(
 def detection_checks(section: dict[str, Any], settings: CompareSpec) -> list[Check]:
     """The default detection check (see the module docstring); none where mAP is undefined (FP32 finds
     nothing to compare against), and then the raw outputs keep their cosine checks."""
-    from tao_qc.detection import DEFAULT_MAX_MAP_DROP, DEFAULT_MIN_MAP50_VS_FP32
+    from tao_qc.evaluate.detection import DEFAULT_MAX_MAP_DROP, DEFAULT_MIN_MAP50_VS_FP32
 
     if settings.atol is not None or settings.rtol is not None:
         return []
@@ -523,7 +523,7 @@ def _stack(iterations: Any) -> dict[str, np.ndarray]:
 def _rejected_data_error(engine: Any, inputs: Any, error: BaseException) -> InputError | None:
     """An InputError when the reference model itself cannot run the data (a size it does not take),
     None when the failure lies elsewhere."""
-    from tao_qc.shapes import dynamic_axes, explain_rejected_shape
+    from tao_qc.ir.shapes import dynamic_axes, explain_rejected_shape
 
     first = inputs.first() if hasattr(inputs, "first") else next(iter(inputs))
     try:
@@ -574,9 +574,9 @@ def evaluate_quantized(
     `spec` is a `QuantizeSpec`: `spec.compare` gives runtime and tolerances, `spec.tensorrt` the
     engine settings; engines (ORT's optimized graph, TensorRT .engine) are saved in `artifact_dir`.
     """
-    from tao_qc.latency import bench_models
+    from tao_qc.evaluate.latency import bench_models
     from tao_qc.runtimes.base import RuntimeSettings, get_runtime
-    from tao_qc.shapes import shapes_of
+    from tao_qc.ir.shapes import shapes_of
 
     runtime = spec.compare.runtime
     compared_batch = getattr(inputs, "batch_size", None)

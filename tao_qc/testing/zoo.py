@@ -1,0 +1,424 @@
+"""Reference architectures built in the repo: the fixed models of tests, golden dumps, benchmarks
+and the demo. No downloads: weights are seeded random unless a test trains them.
+
+`export_onnx` lowers any of them with `torch.onnx.export` (TorchScript exporter), whose node names
+keep the module path (`/layer1/layer1.0/conv1/Conv`), so spec patterns select the same layers in
+PyTorch and ONNX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tao_qc.frontends.lower_to_onnx import export_onnx
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18's shape (BasicBlock x [2, 2, 2, 2], 64-512 channels) at any input size."""
+
+    def __init__(self, num_classes: int = 1000, width: int = 64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths = [width, width * 2, width * 4, width * 8]
+        layers, cin = [], width
+        for index, cout in enumerate(widths):
+            stride = 1 if index == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class SmallResidualCNN(nn.Module):
+    """A small CNN with BatchNorm and a residual Add: the smallest graph that exercises folding."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = BasicBlock(16, 16)
+        self.down = nn.Sequential(nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = self.down(self.block(self.stem(x)))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+class DepthwiseSeparable(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6()
+        )
+        self.pointwise = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))
+
+
+class MobileNetStyle(nn.Module):
+    """MobileNet-v1-style depthwise-separable stack."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+        plan = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2)]
+        plan += [(512, 512, 1)] * 3 + [(512, 1024, 2), (1024, 1024, 1)]
+        self.features = nn.Sequential(*(DepthwiseSeparable(cin, cout, s) for cin, cout, s in plan))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(1024, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(self.stem(x))), 1))
+
+
+class SqueezeExcite(nn.Module):
+    """Channel attention: the pooled tensor through a 1x1 bottleneck gates its own channels."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, channels // reduction, 1)
+        self.relu = nn.ReLU()
+        self.expand = nn.Conv2d(channels // reduction, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
+
+
+class LCNetBlock(nn.Module):
+    """PP-LCNet's block: depthwise kxk (BatchNorm, HardSwish), optional squeeze-excite, pointwise 1x1."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, squeeze_excite: bool):
+        super().__init__()
+        self.depthwise = nn.Sequential(nn.Conv2d(cin, cin, kernel, stride, kernel // 2, groups=cin, bias=False),
+                                       nn.BatchNorm2d(cin), nn.Hardswish())
+        self.se = SqueezeExcite(cin) if squeeze_excite else nn.Identity()
+        self.pointwise = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.Hardswish())
+
+    def forward(self, x):
+        return self.pointwise(self.se(self.depthwise(x)))
+
+
+class LCNetStyle(nn.Module):
+    """PP-LCNet x1.0's shape (the backbone family of PaddleOCR's and PaddleClas' mobile models):
+    HardSwish everywhere, 5x5 depthwise Convs late, squeeze-excite in the last two blocks, a 1x1
+    Conv to 1280 features after the pooling."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        plan = [(16, 32, 3, 1, False), (32, 64, 3, 2, False), (64, 64, 3, 1, False), (64, 128, 3, 2, False),
+                (128, 128, 3, 1, False), (128, 256, 3, 2, False)]
+        plan += [(256, 256, 5, 1, False)] * 5 + [(256, 512, 5, 2, True), (512, 512, 5, 1, True)]
+        self.blocks = nn.Sequential(*(LCNetBlock(*args) for args in plan))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.last_conv = nn.Conv2d(512, 1280, 1)
+        self.act = nn.Hardswish()
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        x = self.act(self.last_conv(self.pool(self.blocks(self.stem(x)))))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class TransformerBlock(nn.Module):
+    """One pre-norm encoder block written with explicit MatMul/Softmax/LayerNorm."""
+
+    def __init__(self, dim: int = 128, heads: int = 4, mlp_ratio: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim * mlp_ratio)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(dim * mlp_ratio, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (d // h) ** -0.5, dim=-1)
+        x = x + self.proj(torch.matmul(attn, v).transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class TinyViT(nn.Module):
+    """A small transformer classifier over patch tokens (conv patch embedding + 2 blocks)."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 128, depth: int = 2, patch: int = 8, image: int = 32):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2, dim) * 0.02)
+        self.blocks = nn.Sequential(*(TransformerBlock(dim) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos
+        x = self.norm(self.blocks(x))
+        return self.head(x.mean(dim=1))
+
+
+# name -> (constructor, input shape at batch 1)
+ZOO = {
+    "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
+    "small_cnn": (lambda: SmallResidualCNN(), (1, 3, 32, 32)),
+    "mobilenet": (lambda: MobileNetStyle(), (1, 3, 224, 224)),
+    "lcnet": (lambda: LCNetStyle(), (1, 3, 224, 224)),
+    "transformer_block": (lambda: TransformerBlock(), (1, 16, 128)),
+    "tiny_vit": (lambda: TinyViT(), (1, 3, 32, 32)),
+    "rtdetr": (lambda: RTDETRStyle(), (1, 3, 64, 64)),
+}
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    """A zoo model in eval mode with deterministic weights and non-trivial BatchNorm statistics."""
+    constructor, shape = ZOO[name]
+    torch.manual_seed(seed)
+    model = constructor()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def input_shape(name: str, batch: int = 1) -> tuple[int, ...]:
+    shape = ZOO[name][1]
+    return (batch, *shape[1:])
+
+
+def export_zoo(name: str, path: str | Path, *, batch: int = 1, dynamic_batch: bool = False, seed: int = 0) -> Path:
+    model = build(name, seed)
+    example = torch.randn(*input_shape(name, batch))
+    return export_onnx(model, example, path, dynamic_batch=dynamic_batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# RT-DETR's shape, small: CNN backbone -> hybrid encoder (AIFI + CCFM) -> query selection ->
+# transformer decoder with iterative box refinement -> labels / boxes / scores, as RT-DETR's deploy
+# model exports them. _Attention is plain multi-head (explicit Linear + MatMul, so every projection
+# is a quantizable Linear/MatMul), where RT-DETR's decoder uses deformable attention.
+
+
+def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, query, key, value):
+        b, nq, d = query.shape
+        nk, h = key.shape[1], self.heads
+        q = self.q_proj(query).reshape(b, nq, h, d // h).transpose(1, 2)
+        k = self.k_proj(key).reshape(b, nk, h, d // h).transpose(1, 2)
+        v = self.v_proj(value).reshape(b, nk, h, d // h).transpose(1, 2)
+        attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * (d // h) ** -0.5, dim=-1)
+        return self.out_proj(torch.matmul(attn, v).transpose(1, 2).reshape(b, nq, d))
+
+
+class _MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int, layers: int):
+        super().__init__()
+        sizes = [dim] + [hidden] * (layers - 1) + [out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x):
+        for index, layer in enumerate(self.layers):
+            x = layer(x) if index == len(self.layers) - 1 else torch.relu(layer(x))
+        return x
+
+
+class _EncoderLayer(nn.Module):
+    """AIFI: self-attention over the coarsest level's tokens, with fixed 2-D sine positions."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.attn = _Attention(dim, heads)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = _MLP(dim, dim * 2, dim, 2)
+
+    def forward(self, x, pos):
+        x = self.norm1(x + self.attn(x + pos, x + pos, x))
+        return self.norm2(x + self.ffn(x))
+
+
+class _DecoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.self_attn, self.cross_attn = _Attention(dim, heads), _Attention(dim, heads)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = _MLP(dim, dim * 2, dim, 2)
+
+    def forward(self, target, query_pos, memory, memory_pos):
+        q = target + query_pos
+        target = self.norm1(target + self.self_attn(q, q, target))
+        target = self.norm2(target + self.cross_attn(target + query_pos, memory + memory_pos, memory))
+        return self.norm3(target + self.ffn(target))
+
+
+def _sine_positions(height: int, width: int, dim: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    out_x, out_y = xs.reshape(-1, 1) * omega, ys.reshape(-1, 1) * omega
+    return torch.cat([out_x.sin(), out_x.cos(), out_y.sin(), out_y.cos()], dim=1)[None]
+
+
+def _inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
+
+
+class RTDETRStyle(nn.Module):
+    """A small RT-DETR: outputs `labels` [N, Q] (int64), `boxes` [N, Q, 4] (xyxy, normalized to the
+    image) and `scores` [N, Q], the top Q (class, query) pairs by sigmoid score.
+
+    `forward_train` returns what the losses need: per decoder layer and for the selected encoder
+    proposals, class logits [N, Q, C] and boxes [N, Q, 4] (cxcywh, normalized).
+    """
+
+    output_names = ("labels", "boxes", "scores")
+
+    def __init__(self, num_classes: int = 3, image: int = 64, dim: int = 64, queries: int = 10, decoder_layers: int = 2,
+                 heads: int = 4):
+        super().__init__()
+        self.num_classes, self.queries = num_classes, queries
+        self.stem = nn.Sequential(_conv_bn(3, 16, 3, 2), _conv_bn(16, 32, 3, 2))
+        self.stage3, self.stage4, self.stage5 = _conv_bn(32, 64, 3, 2), _conv_bn(64, 96, 3, 2), _conv_bn(96, 128, 3, 2)
+        self.input_proj = nn.ModuleList(_conv_bn(c, dim, 1) for c in (64, 96, 128))
+        self.aifi = _EncoderLayer(dim, heads)
+        self.lateral = nn.ModuleList(_conv_bn(dim, dim, 1) for _ in range(2))
+        self.fpn = nn.ModuleList(_conv_bn(2 * dim, dim) for _ in range(2))
+        self.downsample = nn.ModuleList(_conv_bn(dim, dim, 3, 2) for _ in range(2))
+        self.pan = nn.ModuleList(_conv_bn(2 * dim, dim) for _ in range(2))
+        self.enc_output = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
+        self.enc_score_head = nn.Linear(dim, num_classes)
+        self.enc_bbox_head = _MLP(dim, dim, 4, 3)
+        self.query_pos_head = _MLP(4, dim * 2, dim, 2)
+        self.decoder = nn.ModuleList(_DecoderLayer(dim, heads) for _ in range(decoder_layers))
+        self.dec_score_head = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(decoder_layers))
+        self.dec_bbox_head = nn.ModuleList(_MLP(dim, dim, 4, 3) for _ in range(decoder_layers))
+        sizes = [image // 8, image // 16, image // 32]
+        self.register_buffer("aifi_pos", _sine_positions(sizes[2], sizes[2], dim), persistent=False)
+        self.register_buffer("memory_pos", torch.cat([_sine_positions(s, s, dim) for s in sizes], dim=1), persistent=False)
+        anchors = []
+        for level, size in enumerate(sizes):
+            ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+            centers = torch.stack([(xs.reshape(-1) + 0.5) / size, (ys.reshape(-1) + 0.5) / size], dim=1)
+            anchors.append(torch.cat([centers, torch.full_like(centers, 0.1 * 2.0**level)], dim=1))
+        self.register_buffer("anchors", _inverse_sigmoid(torch.cat(anchors)), persistent=False)
+        nn.init.constant_(self.enc_score_head.bias, -4.0)  # a prior of few objects, as RT-DETR initializes
+        for head in self.dec_score_head:
+            nn.init.constant_(head.bias, -4.0)
+
+    def _encode(self, x):
+        c3 = self.stage3(self.stem(x))
+        c4 = self.stage4(c3)
+        c5 = self.stage5(c4)
+        s3, s4, s5 = (proj(c) for proj, c in zip(self.input_proj, (c3, c4, c5)))
+        b, d, h, w = s5.shape
+        s5 = self.aifi(s5.flatten(2).transpose(1, 2), self.aifi_pos).transpose(1, 2).reshape(b, d, h, w)
+        # CCFM: top-down, then bottom-up fusion across the three scales.
+        l5 = self.lateral[0](s5)
+        f4 = self.fpn[0](torch.cat([nn.functional.interpolate(l5, scale_factor=2.0, mode="nearest"), s4], dim=1))
+        l4 = self.lateral[1](f4)
+        p3 = self.fpn[1](torch.cat([nn.functional.interpolate(l4, scale_factor=2.0, mode="nearest"), s3], dim=1))
+        p4 = self.pan[0](torch.cat([self.downsample[0](p3), l4], dim=1))
+        p5 = self.pan[1](torch.cat([self.downsample[1](p4), l5], dim=1))
+        return torch.cat([p.flatten(2).transpose(1, 2) for p in (p3, p4, p5)], dim=1)
+
+    def forward_train(self, x):
+        memory = self._encode(x)
+        output_memory = self.enc_output(memory)
+        enc_logits = self.enc_score_head(output_memory)
+        enc_boxes_unact = self.enc_bbox_head(output_memory) + self.anchors
+        # Query selection: the Q tokens the encoder scores highest seed the decoder.
+        top = torch.topk(enc_logits.max(dim=-1).values, self.queries, dim=1).indices
+        enc_top_logits = torch.gather(enc_logits, 1, top[..., None].expand(-1, -1, self.num_classes))
+        ref_unact = torch.gather(enc_boxes_unact, 1, top[..., None].expand(-1, -1, 4))
+        target = torch.gather(output_memory, 1, top[..., None].expand(-1, -1, output_memory.shape[-1])).detach()
+        reference = ref_unact.sigmoid().detach()
+        logits, boxes = [], []
+        for layer, score_head, bbox_head in zip(self.decoder, self.dec_score_head, self.dec_bbox_head):
+            target = layer(target, self.query_pos_head(reference), memory, self.memory_pos)
+            refined = (bbox_head(target) + _inverse_sigmoid(reference)).sigmoid()
+            logits.append(score_head(target))
+            boxes.append(refined)
+            reference = refined.detach()
+        return {"logits": logits, "boxes": boxes, "enc_logits": enc_top_logits, "enc_boxes": ref_unact.sigmoid()}
+
+    def forward(self, x):
+        out = self.forward_train(x)
+        logits, boxes = out["logits"][-1], out["boxes"][-1]
+        scores = logits.sigmoid().flatten(1)
+        top_scores, index = torch.topk(scores, self.queries, dim=1)
+        labels = index % self.num_classes
+        query = torch.div(index, self.num_classes, rounding_mode="floor")
+        cxcywh = torch.gather(boxes, 1, query[..., None].expand(-1, -1, 4))
+        cx, cy, w, h = cxcywh.unbind(-1)
+        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+        return labels, xyxy, top_scores
+
+
+def with_constant_node_weights(source: str | Path, path: str | Path) -> Path:
+    """A copy of an ONNX model with every initializer stored as a Constant node instead, the form
+    some exporters (older paddle2onnx) write: the same graph and numbers, no initializers."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    constants = [helper.make_node("Constant", [], [tensor.name], name=f"{tensor.name}_Constant", value=tensor)
+                 for tensor in graph.initializer]
+    weights = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in weights]
+    nodes = constants + list(graph.node)
+    del graph.initializer[:], graph.node[:], graph.input[:]
+    graph.node.extend(nodes)
+    graph.input.extend(inputs)
+    onnx.save(model, str(path))
+    return Path(path)
