@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tao_qc.spec.selection import MatchResult
 from tao_qc.spec import QuantizeSpec
+from tao_qc.spec.selection import MatchResult
 
 
 class QuantBackend(ABC):

@@ -6,8 +6,10 @@ Every failure is a one-line `InputError` naming the file or flag and the forms t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import io
 import json
 import logging
 import pickle
@@ -217,8 +219,6 @@ def load_pytorch_model(
     if isinstance(obj, nn.Module):
         return obj.eval()
     if isinstance(obj, Mapping) and "modelopt_state" in obj:
-        from tao_qc.frontends.modelopt_backend import restore_modelopt_artifact
-
         if factory is None:
             raise InputError(f"model: {path} is a ModelOpt artifact; it needs --model-factory {FACTORY_FORM}")
         return restore_modelopt_artifact(build_model(factory, factory_kwargs), obj, str(path))
@@ -230,4 +230,37 @@ def load_pytorch_model(
     model = build_model(factory, factory_kwargs)
     subclassed = any(type(v) is not torch.Tensor and not isinstance(v, nn.Parameter) for v in state_dict.values())
     load_state_dict_checked(model, state_dict, f"model: {path}", assign=subclassed)
+    return model.eval()
+
+
+# ModelOpt's artifacts: restored here, where every model file is loaded (modelopt_backend saves them).
+_modelopt_log = logging.getLogger("tao_qc.frontends.modelopt")
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """ModelOpt prints progress ("Inserted 12 quantizers") to stdout, which belongs to our results
+    (`--json`); send it to the debug log instead."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            if line.strip():
+                _modelopt_log.debug("modelopt: %s", line.strip())
+
+
+def restore_modelopt_artifact(model, artifact: dict[str, Any], source: str):
+    """Rebuild the quantizers from ModelOpt's state, then load the weights and calibrated ranges."""
+    import modelopt.torch.opt as mto
+
+    if not isinstance(artifact, dict) or "modelopt_state" not in artifact or "model_state_dict" not in artifact:
+        raise InputError(f"{source}: not a modelopt.pytorch artifact (expected a dict with model_state_dict and modelopt_state)")
+    try:
+        with _quiet_stdout():
+            model = mto.restore_from_modelopt_state(model, artifact["modelopt_state"])
+    except Exception as exc:  # noqa: BLE001 - ModelOpt raises assorted types for a state that does not fit
+        raise InputError(f"{source}: ModelOpt state does not fit the model from the factory: {type(exc).__name__}: {exc}") from None
+    load_state_dict_checked(model, artifact["model_state_dict"], source)
     return model.eval()

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tao_qc.errors import InputError
+from tao_qc.fileio import atomic_path
+from tao_qc.frontends.input_data import infer_inputs
+from tao_qc.frontends.loading import load_pytorch_model
 
 log = logging.getLogger("tao_qc.frontends.lower")
 
@@ -43,8 +46,6 @@ def lower_to_onnx(
     Returns the path; the file is written atomically.
     """
     import torch
-
-    from tao_qc.fileio import atomic_path
 
     if _has_tensor_subclass_weights(model):
         raise InputError(
@@ -96,8 +97,6 @@ def example_inputs_from_data(
     import numpy as np
     import torch
 
-    from tao_qc.frontends.input_data import infer_inputs
-
     if data is None:
         if not input_shape:
             raise InputError(f"{key}: lowering a PyTorch model needs its input shape: give calibration data or --input-shape N,C,H,W")
@@ -119,8 +118,6 @@ def lower_pytorch_file(
     dynamic_batch: bool = True,
 ) -> Path:
     """Load a user's PyTorch model and lower its FP32 graph to `output` for the ONNX pipeline."""
-    from tao_qc.frontends.loading import load_pytorch_model
-
     model = load_pytorch_model(model_path, factory, factory_kwargs)
     names, examples = example_inputs_from_data(data, calibration=calibration, input_shape=input_shape)
     # A model that names its outputs (RT-DETR's labels, boxes, scores) keeps those names in the graph,

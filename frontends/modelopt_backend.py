@@ -3,16 +3,20 @@ max or entropy calibration, and an artifact that restores the quantizers on a fr
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tao_qc.console import track
 from tao_qc.errors import InputError
 from tao_qc.frontends.backend_interface import QuantBackend
+from tao_qc.frontends.loading import (  # noqa: F401
+    _quiet_stdout,
+    load_state_dict_checked,
+    restore_modelopt_artifact,
+)
 from tao_qc.spec.selection import MatchResult
 
 log = logging.getLogger("tao_qc.frontends.modelopt")
@@ -22,20 +26,6 @@ _FORMATS = {"int8": 8, "fp8_e4m3fn": (4, 3), "fp8_e5m2": (5, 2)}
 _CALIBRATION = {"minmax": "max", "entropy": "entropy"}
 
 
-@contextlib.contextmanager
-def _quiet_stdout():
-    """ModelOpt prints progress ("Inserted 12 quantizers") to stdout, which belongs to our results
-    (`--json`); send it to the debug log instead."""
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer):
-            yield
-    finally:
-        for line in buffer.getvalue().splitlines():
-            if line.strip():
-                log.debug("modelopt: %s", line.strip())
-
-
 def _escape(name: str) -> str:
     """A module name as a literal ModelOpt wildcard (it matches with fnmatch)."""
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
@@ -43,9 +33,8 @@ def _escape(name: str) -> str:
 
 def _check_format(dtype: str, role: str, modules: list[str]) -> None:
     """Ask ModelOpt's own config validator whether it can do static per-tensor `dtype`."""
-    from pydantic import ValidationError
-
     from modelopt.torch.quantization.config import QuantizerAttributeConfig
+    from pydantic import ValidationError
 
     where = f"{role} of {', '.join(modules[:4])}{' and more' if len(modules) > 4 else ''}"
     if dtype not in _FORMATS:
@@ -110,23 +99,6 @@ def build_config(selection: MatchResult, algorithm: str, backend_kwargs: dict[st
     return config
 
 
-def restore_modelopt_artifact(model, artifact: dict[str, Any], source: str):
-    """Rebuild the quantizers from ModelOpt's state, then load the weights and calibrated ranges."""
-    import modelopt.torch.opt as mto
-
-    from tao_qc.frontends.loading import load_state_dict_checked
-
-    if not isinstance(artifact, dict) or "modelopt_state" not in artifact or "model_state_dict" not in artifact:
-        raise InputError(f"{source}: not a modelopt.pytorch artifact (expected a dict with model_state_dict and modelopt_state)")
-    try:
-        with _quiet_stdout():
-            model = mto.restore_from_modelopt_state(model, artifact["modelopt_state"])
-    except Exception as exc:  # noqa: BLE001 - ModelOpt raises assorted types for a state that does not fit
-        raise InputError(f"{source}: ModelOpt state does not fit the model from the factory: {type(exc).__name__}: {exc}") from None
-    load_state_dict_checked(model, artifact["model_state_dict"], source)
-    return model.eval()
-
-
 class ModeloptBackend(QuantBackend):
     name = "modelopt.pytorch"
     artifact_name = "quantized_model_modelopt.pth"
@@ -153,8 +125,6 @@ class ModeloptBackend(QuantBackend):
 
     def calibrate(self, model, batches: Iterable[tuple[Any, ...]]) -> None:
         import torch
-
-        from tao_qc.console import track
 
         def forward_loop(module) -> None:
             with torch.no_grad():

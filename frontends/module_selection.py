@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tao_qc.spec.selection import MatchResult, Unit, decide
 from tao_qc.spec import QuantizeSpec
+from tao_qc.spec.selection import MatchResult, Unit, decide
 
 
 def module_units(model) -> list[Unit]:

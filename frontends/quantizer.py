@@ -18,9 +18,12 @@ from tao_qc.errors import InputError
 from tao_qc.fileio import atomic_path
 from tao_qc.frontends.backend_interface import QuantBackend
 from tao_qc.frontends.device import resolve_device
+from tao_qc.frontends.loading import build_model, torch_load
+from tao_qc.frontends.modelopt_backend import ModeloptBackend
 from tao_qc.frontends.module_selection import select_modules
-from tao_qc.spec.selection import MatchResult
+from tao_qc.frontends.torchao_backend import TorchaoBackend
 from tao_qc.spec import QuantizeSpec, load_spec
+from tao_qc.spec.selection import MatchResult
 
 log = logging.getLogger("tao_qc.frontends")
 
@@ -29,12 +32,8 @@ PYTORCH_BACKENDS = ("torchao", "modelopt.pytorch")
 
 def backend_class(name: str) -> type[QuantBackend]:
     if name == "torchao":
-        from tao_qc.frontends.torchao_backend import TorchaoBackend
-
         return TorchaoBackend
     if name == "modelopt.pytorch":
-        from tao_qc.frontends.modelopt_backend import ModeloptBackend
-
         return ModeloptBackend
     raise InputError(
         f"quantize.backend: '{name}' does not quantize PyTorch models in-framework "
@@ -196,8 +195,6 @@ def load_quantized(
     backend: str | None = None,
 ):
     """A quantized model from an artifact: a fresh model from the factory with the artifact applied."""
-    from tao_qc.frontends.loading import build_model, torch_load
-
     path = Path(path)
     artifact = torch_load(path, what="quantized artifact")
     backend = backend or backend_of_artifact(artifact, path)

@@ -14,6 +14,7 @@ from typing import Any
 
 from tao_qc.errors import InputError
 from tao_qc.frontends.backend_interface import QuantBackend
+from tao_qc.frontends.loading import extract_state_dict, load_state_dict_checked
 from tao_qc.spec.selection import MatchResult
 
 log = logging.getLogger("tao_qc.frontends.torchao")
@@ -96,8 +97,6 @@ class TorchaoBackend(QuantBackend):
         torch.save(model.state_dict(), path)
 
     def restore(self, model, artifact: Any, source: str):
-        from tao_qc.frontends.loading import extract_state_dict, load_state_dict_checked
-
         state_dict = extract_state_dict(artifact, source)
         if state_dict is None:
             raise InputError(f"{source}: not a torchao artifact (expected the quantized state_dict)")

@@ -19,6 +19,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from tao_qc.passes.assign_dtypes import AssignDtypes
+from tao_qc.passes.check_calibration import CheckCalibration
+from tao_qc.passes.clip_ranges import ClipRanges
+from tao_qc.passes.fit_ort_integer_kernels import FitOrtIntegerKernels
+from tao_qc.passes.fold_batchnorm import FoldBatchNorm
+from tao_qc.passes.fold_constants import FoldConstants
+from tao_qc.passes.fold_conv_affine import FoldConvAffine
+from tao_qc.passes.integer_elementwise import IntegerElementwise
+from tao_qc.passes.keep_float import KeepFloat
+from tao_qc.passes.load_and_check import LoadAndCheck
+from tao_qc.passes.match_layers import MatchLayers
+from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
+from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
+from tao_qc.passes.remove_identity import RemoveIdentity
+from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
+from tao_qc.passes.verify_quantization import VerifyQuantization
+from tao_qc.pipeline import FixedPoint
+
 
 def default_passes(spec: Any, *, source_path: Any = None) -> list:
     return calibrating_passes(spec, source_path=source_path) + finishing_passes(spec)
@@ -26,17 +44,6 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
 
 def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
     """From the user's file to modelopt's calibrated Q/DQ graph."""
-    from tao_qc.passes.check_calibration import CheckCalibration
-    from tao_qc.passes.clip_ranges import ClipRanges
-    from tao_qc.passes.fold_batchnorm import FoldBatchNorm
-    from tao_qc.passes.fold_constants import FoldConstants
-    from tao_qc.passes.fold_conv_affine import FoldConvAffine
-    from tao_qc.passes.load_and_check import LoadAndCheck
-    from tao_qc.passes.match_layers import MatchLayers
-    from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
-    from tao_qc.passes.remove_identity import RemoveIdentity
-    from tao_qc.pipeline import FixedPoint
-
     return [
         LoadAndCheck(source_path),
         # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
@@ -53,14 +60,6 @@ def finishing_passes(spec: Any, *, verify: bool = True) -> list:
     """From the calibrated graph to the model that is saved: nodes kept in float, each node's own
     dtype, placement for the target, verification (left out of fallback's trials, which the final
     build verifies)."""
-    from tao_qc.passes.assign_dtypes import AssignDtypes
-    from tao_qc.passes.fit_ort_integer_kernels import FitOrtIntegerKernels
-    from tao_qc.passes.integer_elementwise import IntegerElementwise
-    from tao_qc.passes.keep_float import KeepFloat
-    from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
-    from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
-    from tao_qc.passes.verify_quantization import VerifyQuantization
-
     # Each node's dtype from the one int8 calibration, after fallback's float nodes and before
     # placement, which builds ONNX Runtime's integer units around the int8 nodes only.
     passes: list = [KeepFloat(), AssignDtypes()]

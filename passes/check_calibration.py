@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from tao_qc.data import model_inputs, open_inputs
+from tao_qc.ir.shapes import dynamic_axes, explain_rejected_shape
+from tao_qc.passes.verify_quantization import run_once
 from tao_qc.pipeline import PassContext, PassResult, weightless_proto
 
 log = logging.getLogger("tao_qc.data")
@@ -26,8 +29,6 @@ class CheckCalibration:
     name: str = "check-calibration"
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        from tao_qc.data import open_inputs
-
         spec = ctx.spec
         if ctx.calibration is None:
             ctx.calibration = open_inputs(spec.calibration.data, proto_inputs(model), calibration=spec.calibration)
@@ -64,8 +65,6 @@ def _can_hold_back(batches, inputs: list) -> bool:
 
 def proto_inputs(model: ir.Model) -> list:
     """The model's real inputs (`InputInfo`), read without serializing its weights."""
-    from tao_qc.data import model_inputs
-
     proto, weights = weightless_proto(model, 1024)
     return model_inputs(proto, constants=weights)
 
@@ -73,9 +72,6 @@ def proto_inputs(model: ir.Model) -> list:
 def _check_the_model_runs_on(model: ir.Model, batches) -> None:
     """Only where the model leaves dimensions besides the batch open: fixed shapes were checked
     when the data was opened, and a run costs time."""
-    from tao_qc.passes.verify_quantization import run_once
-    from tao_qc.ir.shapes import dynamic_axes, explain_rejected_shape
-
     axes = dynamic_axes(proto_inputs(model))
     if not any(a > 0 for per_input in axes.values() for a in per_input):
         return

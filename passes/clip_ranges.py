@@ -23,7 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from tao_qc.pipeline import PassContext, PassResult, constant_array
+from tao_qc.passes.verify_quantization import FEEDABLE_WEIGHTS
+from tao_qc.pipeline import (
+    PassContext,
+    PassResult,
+    constant_array,
+    light_proto_and_weights,
+)
 
 log = logging.getLogger("tao_qc.quantize")
 
@@ -115,9 +121,6 @@ def _unique(graph: ir.Graph, base: str) -> str:
 def _histograms(model: ir.Model, amax: dict[str, float], batches) -> dict[str, np.ndarray]:
     """|x| histograms over [0, amax] per tensor, from the float graph run over the calibration data."""
     import onnxruntime as ort
-
-    from tao_qc.passes.verify_quantization import FEEDABLE_WEIGHTS
-    from tao_qc.pipeline import light_proto_and_weights
 
     proto, weights = light_proto_and_weights(model, 1024, FEEDABLE_WEIGHTS)
     _look_through_qdq(proto)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from tao_qc.passes.place_for_onnxruntime import QdqBuilder, dims_through_qdq, qparams
+from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, qparams
 from tao_qc.pipeline import PassContext, PassResult, constant_array, mark_created
 
 CHANNEL_ALIGNMENT = 4

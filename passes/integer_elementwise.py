@@ -41,7 +41,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.place_for_onnxruntime import QdqBuilder, qparams
+from tao_qc.passes.qdq import QdqBuilder, qparams
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 # Ops ORT runs on uint8 once their inputs and output are quantized (directly, or as rewritten here).

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass, RemoveInitializersFromInputsPass
+from onnx_ir.passes.common import (
+    LiftConstantsToInitializersPass,
+    NameFixPass,
+    RemoveInitializersFromInputsPass,
+)
 
 from tao_qc.errors import InputError
 from tao_qc.ir.model_fields import ModelFields

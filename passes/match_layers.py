@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 import onnx_ir as ir
 
 from tao_qc.errors import InputError
-from tao_qc.spec.selection import Decision, decide, onnx_units
 from tao_qc.pipeline import PassContext, PassResult
+from tao_qc.spec.selection import Decision, decide, onnx_units
 
 QUANTIZABLE_TYPES = ("Conv", "Gemm", "MatMul")
 

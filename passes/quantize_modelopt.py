@@ -39,9 +39,21 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from tao_qc.console import progress
 from tao_qc.errors import InputError, SpecError, TaoQcError
-from tao_qc.pipeline import (PROTOBUF_LIMIT_BYTES, PROVENANCE_KEY, PassContext, PassResult, constant_array, mark_created,
-                             save_model, weight_bytes)
+from tao_qc.passes.integer_elementwise import elementwise_to_measure
+from tao_qc.pipeline import (
+    PROTOBUF_LIMIT_BYTES,
+    PROVENANCE_KEY,
+    PassContext,
+    PassResult,
+    constant_array,
+    mark_created,
+    save_model,
+    weight_bytes,
+)
+from tao_qc.pipeline.child import start_child
+from tao_qc.runtimes.base import cuda_device_present
 
 log = logging.getLogger("tao_qc.quantize")
 
@@ -76,8 +88,6 @@ class QuantizeModelOpt:
         device = resolve_device(spec.device)
         measured: dict[str, str] = {}
         if spec.target == "onnxruntime" and mode == "int8":
-            from tao_qc.passes.integer_elementwise import elementwise_to_measure
-
             measured = {n.name: n.op_type for n in elementwise_to_measure(model, {d.unit.name for d in selected})}
         ctx.facts["measured_elementwise"] = sorted(measured)
         # Accuracy fallback may keep these in float too (their requantizations can be the loss): it
@@ -201,8 +211,6 @@ def resolve_device(device: str) -> str:
         return device
     import onnxruntime as ort
 
-    from tao_qc.runtimes.base import cuda_device_present
-
     cuda = "CUDAExecutionProvider" in ort.get_available_providers() and cuda_device_present()
     if device == "auto":
         if not cuda:
@@ -306,19 +314,10 @@ class ModelOptProcess:
     """
 
     def __init__(self) -> None:
-        import socket
-        import subprocess
-        import sys
-        from multiprocessing.connection import Connection
-
         self.started = time.perf_counter()
-        ours, theirs = socket.socketpair()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tao_qc.passes.quantize_modelopt", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
-        self.conn = Connection(ours.detach())
+        # Its own entry module: this one is imported with the package, and `python -m` of a module
+        # the package already imported warns.
+        self.process, self.conn = start_child("tao_qc.passes.modelopt_child")
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -338,12 +337,10 @@ def run_modelopt_in_child(source: Path, target: Path, kwargs: dict[str, Any], ba
     `child_s` (start to finish), `import_s` (starting Python and importing modelopt in the child),
     `quantize_s` (the quantize() call itself).
 
-    A fresh `python -m tao_qc.passes.quantize_modelopt` over a socket pair rather than
+    A fresh `python -m tao_qc.passes.modelopt_child` over a socket pair rather than
     multiprocessing's spawn: spawn re-imports the parent's `__main__`, which re-runs a user's
     unguarded script (or fails for `python -` and notebooks).
     """
-    from tao_qc.console import progress
-
     started = time.perf_counter()
     child = child or ModelOptProcess()
     process, conn = child.process, child.conn
@@ -412,7 +409,7 @@ def _keep_small_convs() -> None:
     int8.find_nodes_from_convs_to_exclude = lambda graph, quantize_mode="int8": []
 
 
-def _child_main(fd: int) -> None:
+def child_main(fd: int) -> None:
     from multiprocessing.connection import Connection
 
     started = time.perf_counter()
@@ -420,9 +417,8 @@ def _child_main(fd: int) -> None:
     # modelopt and ORT print to stdout; stdout belongs to the parent's results (--json).
     os.dup2(2, 1)
     try:
-        from onnxruntime.quantization import CalibrationDataReader
-
         from modelopt.onnx.quantization import quantize
+        from onnxruntime.quantization import CalibrationDataReader
 
         imported = time.perf_counter()
         source, target, kwargs, num_batches = conn.recv()
@@ -458,9 +454,3 @@ def _child_main(fd: int) -> None:
 
 def _model_name(ctx: PassContext) -> str:
     return f"model {ctx.source_path.name}" if ctx.source_path else "the model"
-
-
-if __name__ == "__main__":
-    import sys
-
-    _child_main(int(sys.argv[1]))

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from tao_qc.passes.place_for_onnxruntime import QdqBuilder, dims_through_qdq, qparams
+from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, qparams
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 # Above this the integer kernel's per-position overhead is already small against the channel work.

@@ -23,8 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tao_qc.errors import TaoQcError
-from tao_qc.pipeline import PassContext, PassResult
-
+from tao_qc.pipeline import PassContext, PassResult, light_proto_and_weights
 
 log = logging.getLogger("tao_qc.verify")
 
@@ -216,8 +215,6 @@ def run_once(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndar
     computes. The saved model runs whole in the comparison that ends compile.
     """
     import onnxruntime as ort
-
-    from tao_qc.pipeline import light_proto_and_weights
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # a failure is raised as an exception and reported once, by the caller

@@ -5,6 +5,7 @@ gives an `Engine` that runs feeds, exposes a polygraphy runner and times itself.
 their heavy libraries only when used; TensorRT's absence is a one-line error.
 """
 
-from tao_qc.runtimes.base import Engine, Runtime, RuntimeSettings, get_runtime
+from tao_qc.runtimes.base import Engine, Runtime, RuntimeSettings
+from tao_qc.runtimes.registry import get_runtime
 
 __all__ = ["Engine", "Runtime", "RuntimeSettings", "get_runtime"]

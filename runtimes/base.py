@@ -2,7 +2,7 @@
 
 A `Runtime` turns an ONNX path and `RuntimeSettings` into an `Engine`. Engines run numpy feeds, expose
 a polygraphy runner (so comparison goes through polygraphy's `Comparator`), and time themselves the
-way their runtime is best measured (`tao_qc.evaluate.latency` holds the shared statistics).
+way their runtime is best measured (`tao_qc.runtimes.timing` holds the shared statistics).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tao_qc.errors import InputError, MissingDependencyError
+from tao_qc.errors import InputError
 from tao_qc.spec import TensorRTSpec
 
 if TYPE_CHECKING:
     from tao_qc.data import InputInfo
-    from tao_qc.evaluate.latency import LatencyResult
+    from tao_qc.runtimes.timing import LatencyResult
 
 RUNTIME_NAMES = ("onnxruntime", "tensorrt")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -128,27 +128,6 @@ class Runtime(Protocol):
     def available(self) -> bool: ...
 
     def build(self, model_path: Path, settings: RuntimeSettings) -> Engine: ...
-
-
-def get_runtime(name: str) -> Runtime:
-    """The runtime adapter called `name`; an unknown or uninstalled one is a one-line error."""
-    if name == "onnxruntime":
-        from tao_qc.runtimes.onnxruntime import OnnxRuntime
-
-        runtime: Runtime = OnnxRuntime()
-    elif name == "tensorrt":
-        from tao_qc.runtimes.tensorrt import TensorRT
-
-        runtime = TensorRT()
-    else:
-        raise InputError(f"--runtime: {name!r} is not a runtime (valid: {', '.join(RUNTIME_NAMES)})")
-    if not runtime.available():
-        if name == "tensorrt":
-            from tao_qc.runtimes.tensorrt import TENSORRT_MISSING
-
-            raise MissingDependencyError(TENSORRT_MISSING)
-        raise MissingDependencyError(f"{name} is not installed (pip install tao-qc)")
-    return runtime
 
 
 def artifact_path(model_path: Path, settings: RuntimeSettings, suffix: str) -> Path:

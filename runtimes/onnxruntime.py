@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from tao_qc.data import model_inputs
 from tao_qc.errors import InputError
 from tao_qc.runtimes.base import RuntimeSettings, artifact_path, cuda_device_present
+from tao_qc.runtimes.timing import summarize, time_calls
 
 log = logging.getLogger("tao_qc.runtimes.onnxruntime")
 
@@ -194,8 +196,6 @@ class OrtEngine:
         self.session = None
 
     def latency(self, feeds: dict[str, np.ndarray], *, warmup: int, runs: int):
-        from tao_qc.evaluate.latency import summarize, time_calls
-
         batch = next(iter(feeds.values())).shape[0] if feeds else 1
         if self.device == "cuda":
             # Inputs and outputs stay on the device: the timed loop holds no host transfers.
@@ -230,8 +230,6 @@ class OnnxRuntime:
     def build(self, model_path: Path, settings: RuntimeSettings) -> OrtEngine:
         import onnx
         import onnxruntime as ort
-
-        from tao_qc.data import model_inputs
 
         model_path = Path(model_path)
         if not model_path.is_file():

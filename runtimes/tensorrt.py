@@ -33,8 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from tao_qc.data import model_inputs
 from tao_qc.errors import InputError, MissingDependencyError, TaoQcError
+from tao_qc.fileio import atomic_write_bytes, atomic_write_text
+from tao_qc.ir.shapes import resolve_shape
+from tao_qc.pipeline import PROTOBUF_LIMIT_BYTES, weight_bytes
 from tao_qc.runtimes.base import RuntimeSettings, artifact_path
+from tao_qc.runtimes.timing import summarize, time_calls
 from tao_qc.spec import ShapeProfile
 
 log = logging.getLogger("tao_qc.runtimes.tensorrt")
@@ -122,8 +127,6 @@ def default_profiles(inputs: list[Any], explicit: dict[str, ShapeProfile] | None
                     f"input {info.describe()} has dynamic dimensions besides the batch: give data, --input-shapes, or "
                     f"quantize.tensorrt.profiles.{info.name}: {{min: [...], opt: [...], max: [...]}}"
                 )
-            from tao_qc.ir.shapes import resolve_shape
-
             dims = list(resolve_shape(info, shapes, key=key))
         rest = [int(d) for d in dims[1:]]
         profiles[info.name] = {"min": [smallest, *rest], "opt": [tuned, *rest], "max": [largest, *rest]}
@@ -224,8 +227,6 @@ def fp16_graph(model_path: Path, out_path: Path, *, external_data_above: int | N
     """
     import onnx_ir as ir
     from modelopt.onnx.autocast import convert_to_mixed_precision
-
-    from tao_qc.pipeline import PROTOBUF_LIMIT_BYTES, weight_bytes
 
     limit = PROTOBUF_LIMIT_BYTES if external_data_above is None else external_data_above
     converted = ir.from_proto(convert_to_mixed_precision(onnx_path=str(model_path), low_precision_type="fp16",
@@ -467,8 +468,6 @@ class TrtEngine:
         from polygraphy import cuda
         from polygraphy.datatype import DataType
 
-        from tao_qc.evaluate.latency import summarize, time_calls
-
         check_feeds_fit(feeds, self.profiles, self.model_path.name)
         runner = self._active()
         device_feeds = {}
@@ -511,8 +510,6 @@ class TensorRT:
     def build(self, model_path: Path, settings: RuntimeSettings) -> TrtEngine:
         import onnx
 
-        from tao_qc.data import model_inputs
-
         trt = import_tensorrt()
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -540,9 +537,12 @@ class TensorRT:
 
     def _build(self, trt: Any, model_path: Path, proto: Any, inputs: list, network_path: Path, precision: str,
                settings: RuntimeSettings) -> TrtEngine:
-        from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile
-
-        from tao_qc.fileio import atomic_write_bytes, atomic_write_text
+        from polygraphy.backend.trt import (
+            CreateConfig,
+            EngineFromNetwork,
+            NetworkFromOnnxPath,
+            Profile,
+        )
 
         device = cuda_device_name()
         cache = timing_cache_path(settings, device=device, tensorrt_version=trt.__version__)

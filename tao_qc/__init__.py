@@ -1,14 +1,8 @@
 """tao-qc: compiler-style post-training quantization for vision models."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("tao-qc")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
-from tao_qc.errors import InputError, SpecError, TaoQcError  # noqa: E402
-from tao_qc.spec import QuantizeSpec, load_spec  # noqa: E402
+from tao_qc.errors import InputError, SpecError, TaoQcError
+from tao_qc.spec import QuantizeSpec, load_spec
+from tao_qc.version import __version__
 
 __all__ = ["__version__", "InputError", "QuantizeSpec", "SpecError", "TaoQcError", "load_spec"]
 

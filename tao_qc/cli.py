@@ -13,8 +13,8 @@ import sys
 
 import click
 
-from tao_qc import __version__
 from tao_qc.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, TaoQcError
+from tao_qc.version import __version__
 
 # verb -> "module:attribute"; modules are imported on first use.
 COMMANDS = {

@@ -35,9 +35,14 @@ def setup_logging(verbosity: int) -> None:
 @contextmanager
 def progress(description: str, total: int | None = None) -> Iterator:
     """A progress bar on stderr; `advance(n)` on the yielded object. Silent under -q."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     bar = Progress(
         TextColumn("{task.description}"),

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from tao_qc.errors import InputError
+from tao_qc.ir.shapes import resolve_shape
 from tao_qc.spec import CalibrationSpec
 
 log = logging.getLogger("tao_qc.data")
@@ -374,8 +375,6 @@ def open_inputs(
         for seed, info in enumerate(inputs):
             if info.dtype.kind != "f":
                 raise InputError(f"{key}: random data can only feed float inputs, not {info.describe()}")
-            from tao_qc.ir.shapes import resolve_shape
-
             dims = resolve_shape(info, shapes)[1:]
             sources[info.name] = _RandomArray((max_samples, *dims), info.dtype, seed)
         return InputBatches(sources, max_samples, batch_size, "random data", True, key)

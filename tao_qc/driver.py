@@ -20,9 +20,28 @@ from pathlib import Path
 from typing import Any
 
 from tao_qc.accuracy.calibrated import CalibratedGraph
-from tao_qc.accuracy.fallback import needs_held_back_data
-from tao_qc.errors import InputError
-from tao_qc.pipeline import DUMP_MODES, DumpInstrument, PassContext, PassRecord, Pipeline, format_summary
+from tao_qc.accuracy.fallback import check_accuracy, measure_model, needs_held_back_data
+from tao_qc.data import load_labels, model_inputs, open_inputs
+from tao_qc.errors import AccuracyError, InputError
+from tao_qc.evaluate.compare import evaluate_quantized
+from tao_qc.evaluate.results import Check
+from tao_qc.fileio import atomic_write_text, staged_dir
+from tao_qc.frontends.lower_to_onnx import lower_pytorch_file
+from tao_qc.ir.model_fields import stamp
+from tao_qc.passes import calibrating_passes, default_passes, finishing_passes
+from tao_qc.passes.quantize_modelopt import ModelOptProcess
+from tao_qc.pipeline import (
+    DUMP_MODES,
+    DumpInstrument,
+    PassContext,
+    PassRecord,
+    Pipeline,
+    format_summary,
+    save_model,
+)
+from tao_qc.report.html import write_html_report
+from tao_qc.spec import load_spec
+from tao_qc.version import __version__
 
 log = logging.getLogger("tao_qc.compile")
 
@@ -90,10 +109,6 @@ def compile_model(
     a `.pt2` program): it is lowered to `<stem>.fp32.onnx` in the results first, with input names and
     shapes from the calibration data (or `input_shape`), and that graph enters the pipeline.
     """
-    from tao_qc.fileio import atomic_write_text, staged_dir
-    from tao_qc.passes import calibrating_passes, finishing_passes
-    from tao_qc.spec import load_spec
-
     spec = load_spec(spec if spec is not None else {}).for_onnx_pipeline()
     source = Path(model_path or spec.model_path or "")
     if not str(source) or str(source) == ".":
@@ -166,14 +181,10 @@ def compile_model(
             report["warnings"].append(slower)
         atomic_write_text(stage / REPORT_NAME, json.dumps(report, indent=2, default=str) + "\n")
         if compare:
-            from tao_qc.report.html import write_html_report
-
             write_html_report(report, stage / HTML_REPORT_NAME)
 
     log.info("quantized model: %s", final / quantized.name)
     if sections and raise_on_mismatch:
-        from tao_qc.evaluate.compare import raise_if_failed
-
         # Results stay on disk either way: a failed check is what the report is for.
         raise_if_failed(report, spec)
     return CompileResult(
@@ -196,9 +207,6 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
     import sys
 
     import onnx
-
-    from tao_qc.evaluate.compare import evaluate_quantized
-    from tao_qc.data import load_labels, model_inputs, open_inputs
 
     data = spec.compare.data
     if data is not None:
@@ -239,8 +247,6 @@ def _may_need_trials(spec: Any) -> bool:
 
 
 def _accuracy(spec: Any, source: Path, ctx: PassContext, snapshot: Any, sections: dict[str, Any]) -> Any:
-    from tao_qc.accuracy.fallback import check_accuracy
-
     return check_accuracy(spec, source, ctx, snapshot, sections)
 
 
@@ -248,8 +254,6 @@ def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, fo
     """The accuracy metric of the saved model on the comparison data (where a metric is set)."""
     if spec.accuracy.metric is None:
         return None
-    from tao_qc.accuracy.fallback import measure_model
-
     try:
         data = ctx.held_back if ctx.held_back is not None else ctx.calibration
         return measure_model(spec, source, quantized, data, folder, outcome.target)
@@ -261,8 +265,6 @@ def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, fo
 
 def _lower_pytorch(source: Path, stage: Path, spec: Any, factory: str | None,
                    factory_kwargs: dict[str, Any] | None, input_shape: tuple[int, ...] | None) -> Path:
-    from tao_qc.frontends.lower_to_onnx import lower_pytorch_file
-
     target = stage / f"{source.stem}.fp32.onnx"
     log.info("lowering the PyTorch model %s to ONNX (%s)", source.name, target.name)
     return lower_pytorch_file(source, target, factory=factory, factory_kwargs=factory_kwargs,
@@ -285,14 +287,10 @@ def _prestart_modelopt(pipeline: Pipeline) -> Any:
     """Start modelopt's child process now, so its import overlaps the passes before quantization."""
     if "quantize-modelopt" not in pipeline.names:
         return None
-    from tao_qc.passes.quantize_modelopt import ModelOptProcess
-
     return ModelOptProcess()
 
 
 def _pass_names(spec: Any) -> list[str]:
-    from tao_qc.passes import default_passes
-
     return Pipeline(default_passes(spec)).names
 
 
@@ -309,10 +307,6 @@ def _check_results_dir(final: Path, source: Path) -> None:
 
 
 def _save(model: Any, path: Path, spec: Any) -> None:
-    from tao_qc import __version__
-    from tao_qc.ir.model_fields import stamp
-    from tao_qc.pipeline import save_model
-
     stamp(model, spec, __version__)
     save_model(model, path)
 
@@ -376,3 +370,34 @@ def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord
         "summary": format_summary(records, timings=False),
         "versions": library_versions(),
     }
+
+
+def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
+    """AccuracyError (exit 1) when the result misses what the spec asks and `compare.fail_on_mismatch` is set.
+
+    Without an accuracy metric the comparison's checks decide. With one (`accuracy.metric`), that
+    metric on the comparison data decides, with only the comparison checks the user set explicitly
+    (tolerances, `min_top1_agreement`) and NaN/Inf on top; fallback that ran out of
+    `max_float_fraction` fails too."""
+    comparison = sections.get("comparison") or {}
+    accuracy = sections.get("accuracy") or {}
+    failures = []
+    search = accuracy.get("search") or {}
+    if accuracy.get("ran") and not accuracy.get("reached") and search.get("sensitivity"):
+        failures.append(f"accuracy fallback kept {len(search.get('kept_float') or [])} nodes in float (at most "
+                        f"{search.get('limit')} allowed by max_float_fraction) and still misses {accuracy.get('target')}; "
+                        "the best model found is kept")
+    final = accuracy.get("final")
+    if final and final.get("met") is False:
+        failures.append(f"{final['metric']} {final['value']:.5g} on the comparison data misses {final['target']}")
+    if comparison and not comparison.get("passed", True):
+        checks = comparison.get("checks") or []
+        if final is not None:  # the metric decides; only the checks the user set count besides it
+            failures += [c.describe() for c in map(Check.from_dict, checks) if not c.passed and not c.why.startswith("default")]
+        else:
+            failures += comparison.get("failures") or []
+    if failures and spec.compare.fail_on_mismatch:
+        raise AccuracyError(
+            f"{Path(str(comparison.get('candidate'))).name} failed the comparison with "
+            f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(failures)
+        )

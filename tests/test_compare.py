@@ -10,14 +10,10 @@ import pytest
 
 from _compile_helpers import ASSETS
 from _runtimes_helpers import build_assets, run_cli, without_tensorrt
-from tao_qc.evaluate.compare import (
-    DEFAULT_MIN_COSINE,
-    checks_for,
-    compare_models,
-    evaluate_quantized,
-    output_metrics,
-    raise_if_failed,
-)
+from tao_qc.driver import raise_if_failed
+from tao_qc.evaluate.checks import DEFAULT_MIN_COSINE, checks_for
+from tao_qc.evaluate.compare import compare_models, evaluate_quantized
+from tao_qc.evaluate.measures import output_metrics
 from tao_qc.data import model_inputs, open_inputs
 from tao_qc.errors import AccuracyError, InputError, MissingDependencyError
 from tao_qc.spec import CompareSpec, QuantizeSpec

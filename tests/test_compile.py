@@ -372,16 +372,16 @@ class BypassWeightQdq:
 
 
 def test_a_pass_that_breaks_the_quantization_exits_3_with_a_reproducer(tmp_path, data_dir, capsys, monkeypatch):
-    import tao_qc.passes
+    import tao_qc.driver
 
-    real_passes = tao_qc.passes.finishing_passes
+    real_passes = tao_qc.driver.finishing_passes
 
     def with_a_faulty_pass(spec, **kwargs):
         passes = real_passes(spec, **kwargs)
         assert passes[-1].name == "verify-quantization"
         return [*passes[:-1], BypassWeightQdq(), passes[-1]]
 
-    monkeypatch.setattr(tao_qc.passes, "finishing_passes", with_a_faulty_pass)
+    monkeypatch.setattr(tao_qc.driver, "finishing_passes", with_a_faulty_pass)
     out = tmp_path / "results"
     code, _, stderr = run_cli(["compile", MNIST_CNTK, "--device", "cpu", "--calibration-data", data_dir / "digits.npz",
                                "-o", out, "--no-compare"], capsys)
@@ -405,12 +405,12 @@ def test_a_pass_that_breaks_the_quantization_exits_3_with_a_reproducer(tmp_path,
 
 
 def test_an_unexpected_exception_exits_3_in_one_line_and_writes_no_results(tmp_path, data_dir, capsys, monkeypatch):
-    import tao_qc.evaluate.compare
+    import tao_qc.driver
 
     def comparison_with_a_bug(*args, **kwargs):
         raise KeyError("outputs")
 
-    monkeypatch.setattr(tao_qc.evaluate.compare, "evaluate_quantized", comparison_with_a_bug)
+    monkeypatch.setattr(tao_qc.driver, "evaluate_quantized", comparison_with_a_bug)
     args = ["compile", MNIST_CNTK, "--device", "cpu", "--calibration-data", data_dir / "digits.npz", "-o", tmp_path / "results"]
     code, _, stderr = run_cli(args, capsys)
     assert code == 3

@@ -16,7 +16,7 @@ import pytest
 from onnx import helper
 
 from _compile_helpers import export_zoo
-from tao_qc import __version__
+from tao_qc.version import __version__
 from tao_qc.driver import compile_model
 from tao_qc.ir.model_fields import SOURCE_PRODUCER_KEY, SPEC_HASH_KEY, VERSION_KEY
 from tao_qc.passes.load_and_check import LoadAndCheck

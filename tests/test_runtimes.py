@@ -25,7 +25,8 @@ from _compile_helpers import ASSETS, MNIST_CNTK
 from _runtimes_helpers import build_assets, without_tensorrt
 from tao_qc.data import InputInfo, model_inputs
 from tao_qc.errors import InputError, MissingDependencyError, TaoQcError
-from tao_qc.runtimes.base import Engine, RuntimeSettings, get_runtime, physical_cores
+from tao_qc.runtimes.base import Engine, RuntimeSettings, physical_cores
+from tao_qc.runtimes.registry import get_runtime
 from tao_qc.runtimes.onnxruntime import OPTIMIZED_SUFFIX, OnnxRuntime, providers_for, session_options
 from tao_qc.runtimes.tensorrt import (
     DEFAULT_BATCH_PROFILE,

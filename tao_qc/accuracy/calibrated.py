@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tao_qc.accuracy.trials import picklable_facts
+from tao_qc.passes.clip_ranges import ClipRanges
+from tao_qc.pipeline import PassContext, save_model
+
 
 @dataclass
 class CalibratedGraph:
@@ -22,15 +26,11 @@ class CalibratedGraph:
 
     @classmethod
     def take(cls, model: Any, ctx: Any, stage: Path) -> CalibratedGraph:
-        from tao_qc.accuracy.trials import picklable_facts
-
         folder = Path(tempfile.mkdtemp(prefix=".accuracy-", dir=stage))
         return cls._saved(model, copy.deepcopy(picklable_facts(ctx.facts)), folder, "calibrated.onnx")
 
     @classmethod
     def _saved(cls, model: Any, facts: dict[str, Any], folder: Path, name: str) -> CalibratedGraph:
-        from tao_qc.pipeline import save_model
-
         path = folder / name
         save_model(model, path)
         return cls(folder, path, facts)
@@ -50,9 +50,6 @@ class CalibratedGraph:
     def clipped(self, ctx: Any, percentile: float) -> tuple[CalibratedGraph, int]:
         """A copy with activation ranges clipped at `percentile` (passes/clip_ranges.py, one pass of
         the float graph over the calibration data), and how many ranges it narrowed."""
-        from tao_qc.passes.clip_ranges import ClipRanges
-        from tao_qc.pipeline import PassContext
-
         facts = copy.deepcopy(self.facts)
         facts["clip_percentile"] = percentile
         work = PassContext(spec=ctx.spec, work_dir=self.folder, source_path=ctx.source_path,

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tao_qc.accuracy.trials import TrialResult, TrialRunner, TrialSetup
+from tao_qc.accuracy.worker import packed, ray_actor_class
 from tao_qc.errors import InputError, TaoQcError
+from tao_qc.pipeline.child import start_child
+from tao_qc.runtimes.base import physical_cores
 
 log = logging.getLogger("tao_qc.accuracy")
 
@@ -62,16 +65,7 @@ class InlineExecutor:
 
 class _Worker:
     def __init__(self, setup_path: Path):
-        import socket
-        import subprocess
-        import sys
-        from multiprocessing.connection import Connection
-
-        ours, theirs = socket.socketpair()
-        self.process = subprocess.Popen([sys.executable, "-m", "tao_qc.accuracy.worker", str(theirs.fileno())],
-                                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
-        theirs.close()
-        self.conn = Connection(ours.detach())
+        self.process, self.conn = start_child("tao_qc.accuracy.worker")
         self.conn.send(str(setup_path))
 
     def ready(self) -> float:
@@ -156,11 +150,9 @@ class RayExecutor:
             except ConnectionError as exc:
                 raise InputError(f"quantize.accuracy.ray_address: no Ray cluster at {address!r} ({exc})") from None
             log.info("connected to Ray at %s in %.1f s", address, time.perf_counter() - started)
-        from tao_qc.accuracy.worker import ray_actor_class
-
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = max(1, min(workers or cpus, cpus))
-        bundle = ray.put(_packed(setup))
+        bundle = ray.put(packed(setup))
         actor = ray_actor_class(ray)
         self.actors = [actor.remote(bundle) for _ in range(self.workers)]
         self.fp32_value = ray.get([a.fp32_value.remote() for a in self.actors])[0]
@@ -212,29 +204,8 @@ def _dispatch(float_sets: Sequence[dict[str, str]], workers: Sequence[Any],
     return results  # type: ignore[return-value]
 
 
-def _packed(setup: TrialSetup) -> dict[str, Any]:
-    """The setup with its files' bytes, for machines that cannot read this one's disk."""
-    files = {"calibrated_model": setup.calibrated_model, "reference_model": setup.reference_model, "data": setup.data}
-    if setup.labels:
-        files["labels"] = setup.labels
-    return {"setup": setup, "files": {key: Path(path).read_bytes() for key, path in files.items()}}
-
-
-def unpacked(bundle: dict[str, Any], folder: Path) -> TrialSetup:
-    from dataclasses import replace
-
-    paths = {}
-    for key, data in bundle["files"].items():
-        path = folder / f"{key}{Path(getattr(bundle['setup'], key)).suffix}"
-        path.write_bytes(data)
-        paths[key] = path
-    return replace(bundle["setup"], **paths)
-
-
 def make_executor(setup: TrialSetup, accuracy: Any, folder: Path, *, trials: int) -> Any:
     """The executor `accuracy.executor` asks for, sized for `trials` trials."""
-    from tao_qc.runtimes.base import physical_cores
-
     if accuracy.executor == "ray":
         return RayExecutor(setup, accuracy.workers, accuracy.ray_address)
     workers = min(accuracy.workers or physical_cores(), max(1, trials))

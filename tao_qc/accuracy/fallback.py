@@ -16,8 +16,12 @@ from typing import Any
 import numpy as np
 
 from tao_qc.accuracy.calibrated import CalibratedGraph
-from tao_qc.accuracy.search import FallbackResult, search_fallback
-from tao_qc.accuracy.trials import TrialResult, TrialSetup
+from tao_qc.accuracy.executors import make_executor
+from tao_qc.accuracy.metrics import target_for
+from tao_qc.accuracy.search import FallbackResult, fallback_reason, search_fallback
+from tao_qc.accuracy.trials import TrialResult, TrialRunner, TrialSetup
+from tao_qc.console import progress
+from tao_qc.data import model_inputs, open_inputs
 
 log = logging.getLogger("tao_qc.accuracy")
 
@@ -41,8 +45,6 @@ def needs_held_back_data(spec: Any) -> bool:
 
 def accuracy_data(spec: Any, source: Path, calibration: Any, held_back: Any = None) -> AccuracyData:
     import onnx
-
-    from tao_qc.data import model_inputs, open_inputs
 
     accuracy = spec.accuracy
     labels = accuracy.labels or spec.compare.labels
@@ -83,10 +85,6 @@ def write_labels(labels: Path, path: Path) -> Path:
 def run_fallback(setup: TrialSetup, spec: Any, candidates: list[tuple[str, str]], folder: Path,
                  quantized: TrialResult | None = None) -> FallbackResult:
     """The search, on the executor `spec.accuracy` asks for, with progress on stderr."""
-    from tao_qc.accuracy.executors import make_executor
-    from tao_qc.accuracy.metrics import target_for
-    from tao_qc.console import progress
-
     target = target_for(spec, setup.search_path)
     executor = make_executor(setup, spec.accuracy, folder, trials=len(candidates) + 1)
     log.info("accuracy fallback: ranking %d nodes on %s (%d worker%s)", len(candidates), executor.name,
@@ -184,10 +182,6 @@ def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGrap
     """Check the quantized model against `spec.accuracy`'s target; where it misses with `fallback:
     auto`, first clip the activation ranges (one pass over the calibration data), then search the
     nodes to keep in float. `sections`: the comparison of the fully quantized model."""
-    from tao_qc.accuracy.metrics import target_for
-    from tao_qc.accuracy.search import fallback_reason
-    from tao_qc.accuracy.trials import TrialRunner
-
     search_path = str(Path(spec.source).parent) if spec.source else None
     target = target_for(spec, search_path)
     data = accuracy_data(spec, source, ctx.calibration, ctx.held_back)
@@ -252,9 +246,6 @@ def measure_model(spec: Any, source: Path, model: Path, calibration: Any, folder
     """`target`'s metric for `model` against FP32 on the comparison data (`compare.data`, else the
     calibration data, with `compare.labels`)."""
     import onnx
-
-    from tao_qc.accuracy.trials import TrialRunner
-    from tao_qc.data import model_inputs, open_inputs
 
     if spec.compare.data is not None:
         inputs = model_inputs(onnx.load(str(source), load_external_data=False))

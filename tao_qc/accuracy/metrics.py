@@ -31,48 +31,22 @@ from typing import Any
 import numpy as np
 
 from tao_qc.errors import InputError
+from tao_qc.evaluate import detection
+from tao_qc.evaluate.checks import checks_for
+from tao_qc.evaluate.detection import DEFAULT_MIN_MAP50_VS_FP32
+from tao_qc.evaluate.measures import (  # noqa: F401
+    _flat,
+    is_classifier_output,
+    output_cosine,
+    output_metrics,
+    per_sample_cosine,
+)
 
 Outputs = Mapping[str, np.ndarray]
 MetricFunction = Callable[[Outputs, Outputs, Any], float]
 
 DEFAULT_MIN = {"cosine": 0.99, "top1_agreement": 0.99, "checks": 0.0}
 DEFAULT_MAX_DROP = 0.01
-
-
-def _flat(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both arrays as float64 [samples, elements]; non-finite candidate values count as 0 (a NaN
-    output is then far from a non-zero reference instead of poisoning the sum)."""
-    samples = reference.shape[0] if reference.ndim else 1
-    r = np.nan_to_num(reference.reshape(samples, -1).astype(np.float64))
-    c = np.nan_to_num(candidate.reshape(samples, -1).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    return r, c
-
-
-def _cosine_rows(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    r_norm, c_norm = np.linalg.norm(r, axis=-1), np.linalg.norm(c, axis=-1)
-    norms, dots = r_norm * c_norm, np.einsum("...i,...i->...", r, c)
-    both_zero = (r_norm == 0) & (c_norm == 0)
-    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
-
-
-def output_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Cosine similarity of the output over the whole data set (all samples as one vector; 1 where
-    both are all zero).
-
-    Why not the mean of per-sample cosines: a cosine is blind to scale, so a sample whose output
-    carries next to nothing (a detector's objectness map on a photo with no object at that stride:
-    probabilities of 1e-5, logits near -11) would be held to the same relative precision as one with
-    the signal. There INT8's ~2-3% relative error on deep features becomes a 25-30% relative error
-    of the probabilities (exp amplifies it), and the sample's cosine drops to 0.97 while the boxes
-    found are FP32's. Over the data set each sample weighs in by its share of the output's energy,
-    as signal-to-quantization-noise ratios are measured; `per_sample_cosine` is still reported."""
-    r, c = _flat(reference, candidate)
-    return float(_cosine_rows(r.reshape(-1), c.reshape(-1)))
-
-
-def per_sample_cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each sample's flattened output (1 where both are all zero)."""
-    return _cosine_rows(*_flat(reference, candidate))
 
 
 def sample_errors(reference: Outputs, candidate: Outputs) -> np.ndarray:
@@ -92,8 +66,6 @@ def cosine(reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
 
 
 def _classifier_outputs(reference: Outputs) -> list[str]:
-    from tao_qc.evaluate.compare import is_classifier_output
-
     names = [name for name, array in reference.items() if is_classifier_output(array)]
     if not names:
         raise InputError("quantize.accuracy.metric: top-1 metrics need a classifier output ([N, C], C > 1); "
@@ -127,8 +99,6 @@ class MeanAveragePrecision:
 
     def __call__(self, reference: Outputs, candidate: Outputs, labels: Any = None,
                  inputs: Mapping[str, np.ndarray] | None = None) -> float:
-        from tao_qc.evaluate import detection
-
         if self.settings.decoder is None:
             raise InputError("quantize.accuracy.metric: map needs quantize.compare.decoder (rtdetr, boxes_scores, "
                              "or module:function) to turn outputs into boxes")
@@ -150,8 +120,6 @@ class ComparisonChecks:
     settings: Any  # CompareSpec
 
     def __call__(self, reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
-        from tao_qc.evaluate.compare import checks_for, output_metrics
-
         margins = []
         for name in reference:
             metrics = output_metrics(name, reference[name], candidate[name], atol=self.settings.atol, rtol=self.settings.rtol)
@@ -215,8 +183,6 @@ def target_for(spec: Any, search_path: str | Path | None = None) -> Target:
         return Target("checks", ComparisonChecks(spec.compare), min=DEFAULT_MIN["checks"])
     if name is None or name == "map":
         # Boxes are the measure of a detector; the comparison's own detection check is the default.
-        from tao_qc.evaluate.detection import DEFAULT_MIN_MAP50_VS_FP32
-
         function = MeanAveragePrecision(spec.compare)
         if accuracy.min is not None or accuracy.max_drop is not None:
             return Target("map", function, min=accuracy.min, max_drop=accuracy.max_drop)

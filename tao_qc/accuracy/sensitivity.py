@@ -7,22 +7,26 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tao_qc.accuracy.calibrated import CalibratedGraph
+from tao_qc.accuracy.executors import make_executor
+from tao_qc.accuracy.fallback import (
+    TrialSetups,
+    accuracy_data,
+    needs_held_back_data,
+    quantized_candidates,
+)
+from tao_qc.accuracy.metrics import target_for
+from tao_qc.accuracy.search import rank_nodes
+from tao_qc.console import progress
 from tao_qc.errors import InputError
+from tao_qc.fileio import atomic_write_text, staged_dir
+from tao_qc.passes import calibrating_passes
+from tao_qc.pipeline import PassContext, Pipeline
+from tao_qc.report.pictures import sensitivity_html
+from tao_qc.spec import load_spec
 
 
 def measure_sensitivity(model_path: str | Path, spec: Any, results_dir: str | Path | None = None) -> tuple[dict[str, Any], Path]:
-    from tao_qc.accuracy.calibrated import CalibratedGraph
-    from tao_qc.accuracy.executors import make_executor
-    from tao_qc.accuracy.fallback import TrialSetups, accuracy_data, needs_held_back_data, quantized_candidates
-    from tao_qc.accuracy.metrics import target_for
-    from tao_qc.report.pictures import sensitivity_html
-    from tao_qc.accuracy.search import rank_nodes
-    from tao_qc.console import progress
-    from tao_qc.fileio import atomic_write_text, staged_dir
-    from tao_qc.passes import calibrating_passes
-    from tao_qc.pipeline import PassContext, Pipeline
-    from tao_qc.spec import load_spec
-
     spec = load_spec(spec).for_onnx_pipeline()
     source = Path(model_path).expanduser().resolve()
     if not source.is_file():

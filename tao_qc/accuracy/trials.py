@@ -23,6 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from tao_qc.accuracy.metrics import cosine, sample_errors, target_for
+from tao_qc.passes import finishing_passes
+from tao_qc.pipeline import PassContext, Pipeline
+from tao_qc.runtimes.onnxruntime import (
+    disabled_optimizers_for,
+    with_exact_fp16_quantize,
+)
+
 log = logging.getLogger("tao_qc.accuracy")
 
 SETUP_FILE = "trial-setup.pkl"
@@ -78,8 +86,6 @@ class TrialRunner:
     """A setup loaded once; `run(keep_float, samples)` measures one candidate."""
 
     def __init__(self, setup: TrialSetup):
-        from tao_qc.accuracy.metrics import target_for
-
         self.setup = setup
         self.target = target_for(setup.spec, setup.search_path)
         with np.load(setup.data, allow_pickle=False) as npz:
@@ -102,9 +108,6 @@ class TrialRunner:
         """The finished model (onnx_ir) for this float set, built from a fresh copy of the calibrated graph."""
         import onnx_ir as ir
 
-        from tao_qc.passes import finishing_passes
-        from tao_qc.pipeline import PassContext, Pipeline
-
         model = ir.load(self.setup.calibrated_model)
         ir.external_data.load_to_model(model)
         with tempfile.TemporaryDirectory(prefix="tao-qc-trial-") as work:
@@ -121,8 +124,6 @@ class TrialRunner:
         model = self.build(keep_float)
         candidate = self._run(self._session(ir.to_proto(model)), chosen)
         reference = {name: array[chosen] for name, array in self.reference.items()}
-        from tao_qc.accuracy.metrics import cosine, sample_errors
-
         return TrialResult(
             keep_float=dict(keep_float),
             value=self.metric(reference, candidate, chosen),
@@ -142,8 +143,6 @@ class TrialRunner:
     def _session(self, proto: Any) -> Any:
         """A CPU session with the optimizations the comparison's sessions get (runtimes/onnxruntime.py)."""
         import onnxruntime as ort
-
-        from tao_qc.runtimes.onnxruntime import disabled_optimizers_for, with_exact_fp16_quantize
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.setup.threads

@@ -11,8 +11,11 @@ import os
 import sys
 import tempfile
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from tao_qc.accuracy.trials import TrialRunner, TrialSetup
 
 
 def _main(fd: int) -> None:
@@ -21,8 +24,6 @@ def _main(fd: int) -> None:
     conn = Connection(fd)
     os.dup2(2, 1)  # stdout belongs to the parent's results (--json)
     try:
-        from tao_qc.accuracy.trials import TrialRunner, TrialSetup
-
         runner = TrialRunner(TrialSetup.load(conn.recv()))
         conn.send(("ready", runner.fp32_value))
         while True:
@@ -47,15 +48,29 @@ def _main(fd: int) -> None:
         conn.close()
 
 
+def packed(setup: TrialSetup) -> dict[str, Any]:
+    """The setup with its files' bytes, for machines that cannot read this one's disk."""
+    files = {"calibrated_model": setup.calibrated_model, "reference_model": setup.reference_model, "data": setup.data}
+    if setup.labels:
+        files["labels"] = setup.labels
+    return {"setup": setup, "files": {key: Path(path).read_bytes() for key, path in files.items()}}
+
+
+def unpacked(bundle: dict[str, Any], folder: Path) -> TrialSetup:
+    paths = {}
+    for key, data in bundle["files"].items():
+        path = folder / f"{key}{Path(getattr(bundle['setup'], key)).suffix}"
+        path.write_bytes(data)
+        paths[key] = path
+    return replace(bundle["setup"], **paths)
+
+
 def ray_actor_class(ray: Any) -> Any:
     """The Ray actor that holds one `TrialRunner` (defined on demand: Ray is an optional extra)."""
 
     @ray.remote(num_cpus=1)
     class TrialActor:
         def __init__(self, bundle: dict[str, Any]):
-            from tao_qc.accuracy.executors import unpacked
-            from tao_qc.accuracy.trials import TrialRunner
-
             self.folder = tempfile.mkdtemp(prefix="tao-qc-ray-trial-")
             self.runner = TrialRunner(unpacked(bundle, Path(self.folder)))
 

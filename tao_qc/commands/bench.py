@@ -7,7 +7,11 @@ from pathlib import Path
 
 import click
 
+from tao_qc.console import progress
 from tao_qc.errors import InputError
+from tao_qc.evaluate.latency import bench_models
+from tao_qc.ir.shapes import parse_input_shapes
+from tao_qc.runtimes.base import RuntimeSettings
 
 
 def _batch_sizes(value: str) -> list[int]:
@@ -49,11 +53,6 @@ def bench_command(models: tuple[Path, ...], batch: str, threads: int, runtime: s
       tao-qc bench det.onnx det.int8.onnx --input-shapes x:1x3x640x640 --batch 1,8
     """
     from rich.console import Console
-
-    from tao_qc.console import progress
-    from tao_qc.evaluate.latency import bench_models
-    from tao_qc.runtimes.base import RuntimeSettings
-    from tao_qc.ir.shapes import parse_input_shapes
 
     sizes = _batch_sizes(batch)
     shapes = parse_input_shapes(input_shapes)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
+from tao_qc.data import load_labels, model_inputs, open_inputs
 from tao_qc.errors import AccuracyError, InputError
+from tao_qc.evaluate.compare import compare_models
+from tao_qc.ir.shapes import parse_input_shapes, shapes_of
+from tao_qc.report.console import render_comparison
+from tao_qc.runtimes.base import RuntimeSettings
+from tao_qc.spec import CompareSpec, QuantizeSpec, load_spec
 
 log = logging.getLogger("tao_qc.compare")
 
@@ -70,10 +76,6 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
     """
     from rich.console import Console
 
-    from tao_qc.evaluate.compare import compare_models
-    from tao_qc.runtimes.base import RuntimeSettings
-    from tao_qc.spec import QuantizeSpec, load_spec
-
     spec = load_spec(spec_file) if spec_file else QuantizeSpec()
     settings = _compare_settings(spec, {"atol": atol, "rtol": rtol, "min_top1_agreement": min_top1_agreement, "task": task,
                                         "decoder": decoder, "score_threshold": score_threshold,
@@ -83,19 +85,13 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
         if not path.is_file():
             raise InputError(f"{path} does not exist")
 
-    from tao_qc.ir.shapes import parse_input_shapes
-
     inputs, key = open_compare_inputs(reference, data, spec, max_samples=max_samples, batch_size=batch_size,
                                       shapes=parse_input_shapes(input_shapes))
-    from tao_qc.ir.shapes import shapes_of
-
     runtime_settings = RuntimeSettings(threads=threads, tensorrt=spec.tensorrt, fp16_baseline=spec.tensorrt.fp16_baseline,
                                        batch_sizes=(inputs.batch_size,), input_shapes=shapes_of(inputs.first()))
     label_array = None
     labels_path = labels or (Path(settings.labels) if settings.labels else None)
     if labels_path is not None:
-        from tao_qc.data import load_labels
-
         label_array = load_labels(labels_path, key="--labels" if labels else "quantize.compare.labels")
 
     result = compare_models(reference, candidate, inputs, runtime=runtime, labels=label_array, settings=settings,
@@ -103,7 +99,7 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        Console().print(result.render())
+        Console().print(render_comparison(result))
     if not result.passed and settings.fail_on_mismatch:
         raise AccuracyError(f"{candidate.name} failed the comparison with {reference.name}: " + "; ".join(result.failures))
 
@@ -112,8 +108,6 @@ def _compare_settings(spec, flags: dict):
     """The spec's compare section with the flags given on top, validated as one (a --decoder with
     --task dense is the same error as in a spec)."""
     from pydantic import ValidationError
-
-    from tao_qc.spec import CompareSpec
 
     given = {k: v for k, v in flags.items() if v is not None}
     try:
@@ -130,8 +124,6 @@ def open_compare_inputs(model_path: Path, data: str | None, spec, *, max_samples
     """The comparison's inputs: `data`, else the spec's compare.data, calibration.data, else random
     (warned; `shapes` size it where the model leaves dimensions open)."""
     import onnx
-
-    from tao_qc.data import model_inputs, open_inputs
 
     if data is not None:
         source, key = data, "--data"

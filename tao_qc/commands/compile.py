@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
+from tao_qc.driver import compile_model, raise_if_failed
+from tao_qc.evaluate.checks import DEFAULT_MIN_COSINE
+from tao_qc.frontends.input_data import parse_shape
+from tao_qc.frontends.loading import parse_factory_kwargs
 from tao_qc.pipeline import DUMP_MODES
+from tao_qc.spec import QuantizeSpec, load_spec
 
 
 @click.command("compile")
@@ -51,9 +56,6 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
       tao-qc compile model.onnx --spec q.yaml --print-after fold-batchnorm
       tao-qc compile model.pth --spec q.yaml --model-factory mypkg.models:build  # PyTorch, lowered to ONNX
     """
-    from tao_qc.driver import compile_model
-    from tao_qc.spec import QuantizeSpec, load_spec
-
     spec = load_spec(spec_file) if spec_file else QuantizeSpec()
     if calibration_data is not None:
         spec.calibration.data = calibration_data if calibration_data == "random" else str(Path(calibration_data).resolve())
@@ -63,9 +65,6 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
         spec.target = target
     pytorch = {}
     if model_factory or factory_kwargs or input_shape:
-        from tao_qc.frontends.input_data import parse_shape
-        from tao_qc.frontends.loading import parse_factory_kwargs
-
         pytorch = {"model_factory": model_factory, "factory_kwargs": parse_factory_kwargs(factory_kwargs),
                    "input_shape": parse_shape(input_shape)}
     result = compile_model(model, spec, results_dir=output, dump=dump, dump_dir=dump_dir, print_after=print_after,
@@ -82,15 +81,11 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
                    f"{mode}, {counts['kept_float']} in float)", err=bool(print_after))
         for line in comparison_lines(result.report):
             click.echo(line, err=bool(print_after))
-    from tao_qc.evaluate.compare import raise_if_failed
-
     raise_if_failed(result.report, result.spec)  # exit 1 for a failed check, after the result is shown
 
 
 def comparison_lines(report: dict) -> list[str]:
     """A few lines a person reads first: agreement, accuracy, error, speed, where the report is."""
-    from tao_qc.evaluate.compare import DEFAULT_MIN_COSINE
-
     lines = []
     comparison = report.get("comparison")
     if comparison:

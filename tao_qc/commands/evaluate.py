@@ -10,7 +10,27 @@ from pathlib import Path
 import click
 import numpy as np
 
+from tao_qc.commands.quantize import REPORT_NAME
+from tao_qc.console import track
+from tao_qc.data import load_labels
 from tao_qc.errors import InputError
+from tao_qc.evaluate.detection import (
+    decode,
+    input_size,
+    load_annotations,
+    load_decoder,
+    map_against_annotations,
+)
+from tao_qc.fileio import atomic_path, atomic_write_text
+from tao_qc.frontends.input_data import ALL_SAMPLES, open_pytorch_inputs
+from tao_qc.frontends.loading import load_pytorch_model, parse_factory_kwargs
+from tao_qc.frontends.quantizer import (
+    PYTORCH_BACKENDS,
+    artifact_name,
+    as_inputs,
+    load_quantized,
+)
+from tao_qc.spec import load_experiment
 
 log = logging.getLogger("tao_qc.evaluate")
 
@@ -45,8 +65,6 @@ def evaluate_command(experiment_file, factory, factory_kwargs, as_json):
       tao-qc evaluate -e experiment.yaml
       tao-qc evaluate -e experiment.yaml --model-factory mypkg.models:build --json
     """
-    from tao_qc.data import load_labels
-
     experiment, task = _task(experiment_file, "evaluate")
     compare = experiment.quantize.compare
     annotations = task.labels if task.labels and task.labels.lower().endswith(".json") else compare.annotations
@@ -67,8 +85,6 @@ def evaluate_command(experiment_file, factory, factory_kwargs, as_json):
 
 
 def _evaluate_detection(experiment, task, annotations, factory, factory_kwargs, as_json) -> None:
-    from tao_qc.evaluate.detection import decode, input_size, load_annotations, load_decoder, map_against_annotations
-
     if not annotations:
         raise InputError("evaluate.labels: detection needs a COCO json (here or in quantize.compare.annotations)")
     truth = load_annotations(annotations, key="evaluate.labels" if task.labels else "quantize.compare.annotations")
@@ -99,8 +115,6 @@ def _evaluate_detection(experiment, task, annotations, factory, factory_kwargs, 
 
 def _write_result(task, result: dict) -> None:
     if task.results_dir:
-        from tao_qc.fileio import atomic_write_text
-
         Path(task.results_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(task.results_dir) / "evaluation.json", json.dumps(result, indent=2))
 
@@ -116,8 +130,6 @@ def inference_command(experiment_file, factory, factory_kwargs, as_json):
     Examples:
       tao-qc inference -e experiment.yaml
     """
-    from tao_qc.fileio import atomic_path
-
     experiment, task = _task(experiment_file, "inference")
     folder = task.results_dir or experiment.quantize.results_dir
     if not folder:
@@ -137,8 +149,6 @@ def inference_command(experiment_file, factory, factory_kwargs, as_json):
 
 
 def _task(experiment_file: Path, section: str):
-    from tao_qc.spec import load_experiment
-
     experiment = load_experiment(experiment_file)
     task = getattr(experiment, section)
     if task is None:
@@ -150,10 +160,6 @@ def _task(experiment_file: Path, section: str):
 
 def _model_for(experiment, task, section: str, factory, factory_kwargs):
     """The model the task names: the quantized artifact, or the float checkpoint."""
-    from tao_qc.commands.quantize import REPORT_NAME
-    from tao_qc.frontends.loading import load_pytorch_model, parse_factory_kwargs
-    from tao_qc.frontends.quantizer import PYTORCH_BACKENDS, artifact_name, load_quantized
-
     spec = experiment.quantize
     kwargs = parse_factory_kwargs(factory_kwargs) if factory_kwargs else None
     report_path = Path(spec.results_dir) / REPORT_NAME if spec.results_dir else None
@@ -184,10 +190,6 @@ def _run(model, experiment, task, section: str, with_inputs: bool = False):
     tuple takes the model's `output_names` (RT-DETR's `labels, boxes, scores`), else `output{i}`.
     `with_inputs`: a list of (outputs, feeds) per batch instead of outputs concatenated."""
     import torch
-
-    from tao_qc.console import track
-    from tao_qc.frontends.input_data import ALL_SAMPLES, open_pytorch_inputs
-    from tao_qc.frontends.quantizer import as_inputs
 
     batches = open_pytorch_inputs(task.data, calibration=experiment.quantize.calibration, max_samples=ALL_SAMPLES,
                                   batch_size=task.batch_size, key=f"{section}.data")

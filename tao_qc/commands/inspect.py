@@ -17,6 +17,9 @@ from typing import Any
 import click
 
 from tao_qc.errors import InputError
+from tao_qc.ir.graph_facts import quantization_summary
+from tao_qc.ir.textform import diff_text, format_model, op_delta
+from tao_qc.pipeline import PROVENANCE_KEY
 
 REPORT_NAME = "report.json"
 # A spec dtype as the graph shows it (ONNX's names; ONNX Runtime placement runs int8 activations as uint8).
@@ -195,10 +198,6 @@ def _spec_reason(record: dict[str, Any]) -> str:
 
 def summarize(target: Target, *, with_text: bool = False, digests: bool = False) -> dict[str, Any]:
     """JSON-ready summary of one model: graph facts plus, per compute node, the reason shown."""
-    from tao_qc.ir.graph_facts import quantization_summary
-    from tao_qc.pipeline import PROVENANCE_KEY
-    from tao_qc.ir.textform import format_model
-
     model = load_model(target.model_path)
     summary = quantization_summary(model)
     decisions = load_decisions(target.report_path)
@@ -235,8 +234,6 @@ def summarize(target: Target, *, with_text: bool = False, digests: bool = False)
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """How the quantization of two summarized models differs, node by node (matched by name)."""
-    from tao_qc.ir.textform import op_delta
-
     delta = {
         op: after["op_counts"].get(op, 0) - before["op_counts"].get(op, 0)
         for op in sorted(set(before["op_counts"]) | set(after["op_counts"]))
@@ -388,8 +385,6 @@ def inspect_command(models: tuple[Path, ...], report: Path | None, show_text: bo
         else:
             print_summary(summary)
         return
-
-    from tao_qc.ir.textform import diff_text
 
     before, after = (summarize(t, with_text=show_text, digests=digests) for t in targets)
     result = compare(before, after)

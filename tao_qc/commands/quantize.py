@@ -9,6 +9,12 @@ from pathlib import Path
 import click
 
 from tao_qc.errors import InputError
+from tao_qc.fileio import atomic_write_text
+from tao_qc.frontends.device import resolve_device
+from tao_qc.frontends.input_data import open_pytorch_inputs, parse_shape
+from tao_qc.frontends.loading import load_pytorch_model, parse_factory_kwargs
+from tao_qc.frontends.quantizer import ModelQuantizer
+from tao_qc.spec import load_spec
 
 log = logging.getLogger("tao_qc.quantize")
 
@@ -39,11 +45,6 @@ def quantize_command(model, spec_file, factory, factory_kwargs, calibration_data
           --factory-kwargs '{"num_classes": 10}' --calibration-data calib.npz -o results/
     Exit code 2, with one line naming what was wrong, on bad input.
     """
-    from tao_qc.frontends.device import resolve_device
-    from tao_qc.frontends.loading import parse_factory_kwargs
-    from tao_qc.frontends.input_data import parse_shape
-    from tao_qc.spec import load_spec
-
     spec = load_spec(spec_file)
     model_path = model or (Path(spec.model_path) if spec.model_path else None)
     if model_path is None:
@@ -74,10 +75,6 @@ def quantize_command(model, spec_file, factory, factory_kwargs, calibration_data
     elif calibration_data:
         log.info("torchao quantizes weights only: --calibration-data is not read")
 
-    from tao_qc.fileio import atomic_write_text
-    from tao_qc.frontends.loading import load_pytorch_model
-    from tao_qc.frontends.quantizer import ModelQuantizer
-
     network = load_pytorch_model(model_path, factory, kwargs)
     quantizer = ModelQuantizer(spec)
     quantized = quantizer.quantize_model(network, batches)
@@ -104,8 +101,6 @@ def quantize_command(model, spec_file, factory, factory_kwargs, calibration_data
 
 
 def _calibration_batches(spec, override, shape):
-    from tao_qc.frontends.input_data import open_pytorch_inputs
-
     data = override or spec.calibration.data
     key = "--calibration-data" if override else "quantize.calibration.data"
     if data is None:

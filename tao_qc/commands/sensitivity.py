@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from tao_qc.accuracy.sensitivity import measure_sensitivity
+from tao_qc.spec import QuantizeSpec, load_spec
+
 
 @click.command("sensitivity")
 @click.argument("model", type=click.Path(path_type=Path))
@@ -32,9 +35,6 @@ def sensitivity_command(model: Path, spec_file: Path | None, output: Path | None
     """
     from rich.console import Console
     from rich.table import Table
-
-    from tao_qc.accuracy.sensitivity import measure_sensitivity
-    from tao_qc.spec import QuantizeSpec, load_spec
 
     spec = load_spec(spec_file) if spec_file else QuantizeSpec()
     if calibration_data is not None:

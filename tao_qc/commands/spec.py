@@ -9,6 +9,7 @@ import click
 import yaml
 
 from tao_qc.errors import InputError
+from tao_qc.fileio import atomic_write_text
 from tao_qc.spec import load_spec
 
 
@@ -71,7 +72,5 @@ def init(path: Path, backend: str, target: str, model: str | None, force: bool) 
         raise InputError(f"{path} exists (use --force to overwrite it)")
     if path.parent and not path.parent.exists():
         raise InputError(f"folder does not exist: {path.parent}")
-    from tao_qc.fileio import atomic_write_text
-
     atomic_write_text(path, text)
     click.echo(f"wrote {path}")

@@ -31,7 +31,6 @@ import importlib
 import io
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,11 +40,10 @@ from typing import Any
 import numpy as np
 
 from tao_qc.errors import InputError
+from tao_qc.spec.schema import BUILTIN_DECODERS, USER_DECODER_RE  # noqa: F401 - the decoders a spec may name
 
 log = logging.getLogger("tao_qc.detection")
 
-BUILTIN_DECODERS = ("rtdetr", "boxes_scores")
-USER_DECODER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 DEFAULT_SCORE_THRESHOLD = 0.5
 RANK_FLOOR = 0.01  # detections below this confidence are not ranked (they cannot move mAP visibly)
 MAX_DETECTIONS = 100  # COCO's maxDets

@@ -13,78 +13,23 @@ needs (the placement benchmark uses it).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tao_qc.errors import InputError
+from tao_qc.ir.shapes import resolve_shape
+from tao_qc.runtimes.base import RuntimeSettings
+from tao_qc.runtimes.registry import get_runtime
+from tao_qc.runtimes.timing import LatencyResult, summarize, time_calls  # noqa: F401 - shared with the runtimes
 
 log = logging.getLogger("tao_qc.latency")
 
 DEFAULT_WARMUP = 10
 DEFAULT_RUNS = 50
-
-
-@dataclass
-class LatencyResult:
-    """Timing of one model at one batch size. Times are per batch, in milliseconds."""
-
-    median_ms: float
-    p90_ms: float
-    throughput: float  # samples per second at the median
-    batch_size: int = 1
-    mean_ms: float = 0.0
-    min_ms: float = 0.0
-    runs: int = 0
-    warmup: int = 0
-    model: str = ""
-    runtime: str = ""
-    threads: int | None = None
-    device: str = "cpu"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def summarize(times_s: Sequence[float], batch_size: int, **info: Any) -> LatencyResult:
-    """Statistics of per-batch wall times in seconds (a pure function)."""
-    if not len(times_s):
-        raise ValueError("no timed runs")
-    ms = np.asarray(times_s, dtype=np.float64) * 1e3
-    median = float(np.median(ms))
-    return LatencyResult(
-        median_ms=median,
-        p90_ms=float(np.percentile(ms, 90)),
-        throughput=float(batch_size * 1e3 / median) if median > 0 else float("inf"),
-        batch_size=batch_size,
-        mean_ms=float(ms.mean()),
-        min_ms=float(ms.min()),
-        runs=len(ms),
-        **info,
-    )
-
-
-def time_calls(call: Callable[[], Any], *, warmup: int, runs: int, sync: Callable[[], Any] | None = None) -> list[float]:
-    """Wall time of each of `runs` calls after `warmup` untimed ones; `sync` ends each timed call
-    (a device synchronize for asynchronous runtimes)."""
-    if runs < 1:
-        raise InputError(f"--runs: {runs} timed runs is too few (valid: 1 or more)")
-    for _ in range(max(warmup, 0)):
-        call()
-    if sync:
-        sync()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 class BatchNotSupported(InputError):
@@ -101,8 +46,6 @@ def synthetic_feeds(inputs: Sequence[Any], batch_size: int, *, seed: int = 0,
     on a copy is unsound for graphs that bake the batch into Reshape shapes (mnist_cntk does), so
     bench reports the row as skipped instead.
     """
-    from tao_qc.ir.shapes import resolve_shape
-
     rng = np.random.default_rng(seed)
     feeds = {}
     for info in inputs:
@@ -167,8 +110,6 @@ def measure_latency(
     random data at `batch_size` from the model's input shapes. `settings` (a `RuntimeSettings`)
     overrides `threads` when given.
     """
-    from tao_qc.runtimes.base import RuntimeSettings, get_runtime
-
     settings = settings or RuntimeSettings(threads=threads, save_artifact=False)
     engine = get_runtime(runtime).build(Path(model_path), settings)
     try:
@@ -240,8 +181,6 @@ def bench_models(
     `engines`: already built engines for `model_paths` (same order) to reuse instead of building.
     `shapes`: `{input: full shape}` for dimensions the models leave open besides the batch.
     """
-    from tao_qc.runtimes.base import RuntimeSettings, get_runtime
-
     settings = settings or RuntimeSettings(threads=2)
     if engines is None:
         backend = get_runtime(runtime)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tao_qc.fileio import atomic_write_text
+from tao_qc.report.pictures import sensitivity_svg
 
 _CSS = """
 :root { --ink:#1d2433; --muted:#5c6677; --line:#e3e7ee; --bg:#f6f8fb; --ok:#1a7f37; --bad:#c62828;
@@ -238,8 +239,6 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
     clipped ranges, every node's sensitivity in graph order, the nodes kept float, the steps taken."""
     if not section:
         return ""
-    from tao_qc.report.pictures import sensitivity_svg
-
     badge = '<span class="badge pass">reached</span>' if section.get("reached") else '<span class="badge fail">missed</span>'
     parts = [f"<h3>Accuracy target {badge}</h3>",
              f'<p class="note">{escape(str(section.get("target")))} on {escape(str(section.get("data")))}; '

@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import (
@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tao_qc.errors import SpecError
+from tao_qc.spec.backend_params import backend_parameters
 
 log = logging.getLogger("tao_qc.spec")
 
@@ -167,8 +168,6 @@ class CompareSpec(_Strict):
     @field_validator("decoder")
     @classmethod
     def _known_decoder(cls, value: str | None) -> str | None:
-        from tao_qc.evaluate.detection import BUILTIN_DECODERS, USER_DECODER_RE
-
         if value is None or value in BUILTIN_DECODERS or USER_DECODER_RE.match(value):
             return value
         raise PydanticCustomError(
@@ -200,6 +199,8 @@ class CompareSpec(_Strict):
 FALLBACK_MODES = ("auto", "off")
 EXECUTORS = ("local", "ray")
 BUILTIN_METRICS = ("cosine", "top1_agreement", "top1_accuracy", "map")
+BUILTIN_DECODERS = ("rtdetr", "boxes_scores")  # compare.decoder
+USER_DECODER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _USER_METRIC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -555,8 +556,6 @@ def _cross_check(spec: QuantizeSpec, marks: _Marks, prefix: tuple) -> None:
         warn_once("backend torchao quantizes weights only: quantize.layers[*].activations is ignored")
 
     if spec.backend_kwargs and spec.backend != "modelopt":
-        from tao_qc.spec.backend_params import backend_parameters
-
         valid = backend_parameters(spec.backend)
         if valid is not None:
             for key in spec.backend_kwargs:
@@ -615,7 +614,9 @@ def _read_yaml(path: Path) -> tuple[Any, _Marks]:
 def _to_plain(cfg: Any) -> Any:
     """OmegaConf DictConfig / any Mapping -> plain dicts and lists (without importing OmegaConf)."""
     if hasattr(cfg, "_metadata") and hasattr(cfg, "_get_node"):
-        from omegaconf import OmegaConf  # only reachable when the user already has OmegaConf
+        from omegaconf import (
+            OmegaConf,  # only reachable when the user already has OmegaConf
+        )
 
         return OmegaConf.to_container(cfg, resolve=True)
     if isinstance(cfg, Mapping):

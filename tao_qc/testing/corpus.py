@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from tao_qc.data import InputInfo, open_inputs
 from tao_qc.errors import InputError
+from tao_qc.evaluate.detection import RANK_FLOOR, Detections, batched_nms, image_input
+from tao_qc.spec import CalibrationSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -185,9 +188,6 @@ PHOTO_MODELS = {
 
 def photos(model: str) -> np.ndarray:
     """The photos beside a shared detector, preprocessed as it was trained: float32[N, 3, H, W]."""
-    from tao_qc.data import InputInfo, open_inputs
-    from tao_qc.spec import CalibrationSpec
-
     how = PHOTO_MODELS[model]
     calibration = CalibrationSpec(data=str(_folder(how.folder)), size=list(how.size), mean=list(how.mean),
                                   std=list(how.std), color=how.color)
@@ -205,8 +205,6 @@ def decode_yunet(outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) 
     reads its 12 outputs: per stride s, one prior per cell of the input's s-grid; score
     sqrt(cls x obj) (both already sigmoid), box centre (cell + offset) x s, size exp(log-size) x s;
     NMS at IoU 0.3. Boxes in input pixels, label 0 (face)."""
-    from tao_qc.evaluate.detection import RANK_FLOOR, Detections, batched_nms, image_input
-
     _, images = image_input(inputs)
     batch, width = images.shape[0], images.shape[-1]
     faces = []

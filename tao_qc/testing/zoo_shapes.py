@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tao_qc.testing.zoo import RTDETRStyle
+
 CLASSES = ("square", "disc", "triangle")
 IMAGE = 64
 _HUES = np.array([[0.9, 0.25, 0.2], [0.2, 0.8, 0.3], [0.25, 0.4, 0.95]], np.float32)
@@ -131,8 +133,6 @@ def _set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list) -> torch
 def train_rtdetr(seed: int = 0, samples: int = 1536, steps: int = 300, batch: int = 16, lr: float = 2e-3,
                  model: torch.nn.Module | None = None) -> torch.nn.Module:
     """The zoo's RTDETRStyle, trained from seeded weights on `samples` seeded shapes images."""
-    from tao_qc.testing.zoo import RTDETRStyle
-
     torch.manual_seed(seed)
     model = model or RTDETRStyle(num_classes=len(CLASSES))
     images, coco = shapes_dataset(samples, seed=seed + 1000)

@@ -1,0 +1,124 @@
+"""The measures of a candidate's outputs against a reference's: cosine similarity over the data set
+and per sample, element-wise errors and their histogram, top-1 agreement (pure functions of arrays)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tao_qc.errors import InputError
+from tao_qc.evaluate.results import OutputMetrics
+
+_HISTOGRAM_BINS = 24
+
+
+def _flat(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as float64 [samples, elements]; non-finite candidate values count as 0 (a NaN
+    output is then far from a non-zero reference instead of poisoning the sum)."""
+    samples = reference.shape[0] if reference.ndim else 1
+    r = np.nan_to_num(reference.reshape(samples, -1).astype(np.float64))
+    c = np.nan_to_num(candidate.reshape(samples, -1).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    return r, c
+
+
+def _cosine_rows(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    r_norm, c_norm = np.linalg.norm(r, axis=-1), np.linalg.norm(c, axis=-1)
+    norms, dots = r_norm * c_norm, np.einsum("...i,...i->...", r, c)
+    both_zero = (r_norm == 0) & (c_norm == 0)
+    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
+
+
+def output_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Cosine similarity of the output over the whole data set (all samples as one vector; 1 where
+    both are all zero).
+
+    Why not the mean of per-sample cosines: a cosine is blind to scale, so a sample whose output
+    carries next to nothing (a detector's objectness map on a photo with no object at that stride:
+    probabilities of 1e-5, logits near -11) would be held to the same relative precision as one with
+    the signal. There INT8's ~2-3% relative error on deep features becomes a 25-30% relative error
+    of the probabilities (exp amplifies it), and the sample's cosine drops to 0.97 while the boxes
+    found are FP32's. Over the data set each sample weighs in by its share of the output's energy,
+    as signal-to-quantization-noise ratios are measured; `per_sample_cosine` is still reported."""
+    r, c = _flat(reference, candidate)
+    return float(_cosine_rows(r.reshape(-1), c.reshape(-1)))
+
+
+def per_sample_cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each sample's flattened output (1 where both are all zero)."""
+    return _cosine_rows(*_flat(reference, candidate))
+
+
+def error_histogram(abs_error: np.ndarray, bins: int = _HISTOGRAM_BINS) -> dict[str, Any]:
+    """Counts of |error| in log10-spaced bins (errors span magnitudes); exact zeros counted apart."""
+    flat = abs_error[np.isfinite(abs_error)].ravel()
+    zeros = int(np.count_nonzero(flat == 0))
+    nonzero = flat[flat > 0]
+    if nonzero.size == 0:
+        return {"log10_edges": [], "counts": [], "zeros": zeros, "total": int(flat.size)}
+    low, high = np.log10(nonzero.min()), np.log10(nonzero.max())
+    if high - low < 1e-6:
+        low, high = low - 0.5, high + 0.5
+    counts, edges = np.histogram(np.log10(nonzero), bins=bins, range=(low, high))
+    return {"log10_edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "zeros": zeros, "total": int(flat.size)}
+
+
+def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, labels: np.ndarray | None = None,
+                   atol: float | None = None, rtol: float | None = None, classify: bool = True) -> OutputMetrics:
+    """Error figures of `candidate` against `reference` (all samples stacked on axis 0); `classify`
+    False: a 2-D output is not read as class scores (detection and dense tasks)."""
+    if reference.shape != candidate.shape:
+        raise InputError(f"output '{name}' has shape {list(candidate.shape)} in the candidate but {list(reference.shape)} in the reference")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    finite = np.isfinite(ref)
+    nonfinite = int(np.count_nonzero(finite & ~np.isfinite(cand)))
+    abs_error = np.abs(cand - ref)
+    abs_error = np.where(finite, abs_error, 0.0)
+    abs_error = np.where(np.isfinite(abs_error), abs_error, np.inf)
+    rel_error = abs_error / np.maximum(np.abs(ref), np.finfo(np.float32).tiny)
+    flat_abs = abs_error.ravel()
+
+    samples = ref.shape[0] if ref.ndim else 1
+    cosines = per_sample_cosine(ref, cand)
+
+    metrics = OutputMetrics(
+        name=name,
+        shape=list(reference.shape[1:]),
+        max_abs_error=float(flat_abs.max()) if flat_abs.size else 0.0,
+        mean_abs_error=float(flat_abs.mean()) if flat_abs.size else 0.0,
+        p99_abs_error=_p99(flat_abs),
+        max_rel_error=float(rel_error.max()) if rel_error.size else 0.0,
+        mean_rel_error=float(rel_error.mean()) if rel_error.size else 0.0,
+        cosine=output_cosine(ref, cand),
+        min_cosine=float(cosines.min()),
+        nonfinite=nonfinite,
+        error_histogram=error_histogram(abs_error),
+    )
+    if atol is not None or rtol is not None:
+        ok = (abs_error <= (atol or 0.0)) | (rel_error <= (rtol or 0.0))
+        metrics.within_tolerance = float(ok.mean()) if ok.size else 1.0
+    if classify and is_classifier_output(reference):
+        metrics.is_classifier = True
+        ref_top = reference.argmax(axis=1)
+        cand_top = np.nan_to_num(candidate, nan=-np.inf).argmax(axis=1)
+        metrics.top1_agreement = float(np.mean(ref_top == cand_top))
+        if labels is not None:
+            if len(labels) != samples:
+                raise InputError(f"--labels: {len(labels)} labels for {samples} compared samples (give one label per sample)")
+            metrics.reference_top1 = float(np.mean(ref_top == labels))
+            metrics.candidate_top1 = float(np.mean(cand_top == labels))
+    return metrics
+
+
+def _p99(values: np.ndarray) -> float:
+    if not values.size:
+        return 0.0
+    with np.errstate(invalid="ignore"):  # an Inf error (NaN candidate) makes the interpolation NaN
+        p99 = float(np.percentile(values, 99, method="higher"))
+    return p99
+
+
+def is_classifier_output(array: np.ndarray) -> bool:
+    """Logits or probabilities: `[N, C]` with more than one class."""
+    return array.ndim == 2 and array.shape[1] > 1
