@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from tao_qc.accuracy.calibrated import CalibratedGraph
 from tao_qc.accuracy.fallback import check_accuracy, measure_model, needs_held_back_data
+from tao_qc.accuracy.sensitivity import rank_sensitivity
 from tao_qc.data import load_labels, model_inputs, open_inputs
 from tao_qc.errors import AccuracyError, InputError
 from tao_qc.evaluate.compare import evaluate_quantized
@@ -36,11 +35,13 @@ from tao_qc.pipeline import (
     PassContext,
     PassRecord,
     Pipeline,
-    format_summary,
+    PipelineResult,
     save_model,
 )
+from tao_qc.report.build import build_report
 from tao_qc.report.html import write_html_report
-from tao_qc.spec import load_spec
+from tao_qc.report.pictures import sensitivity_html
+from tao_qc.spec import QuantizeSpec, load_spec
 from tao_qc.version import __version__
 
 log = logging.getLogger("tao_qc.compile")
@@ -49,7 +50,6 @@ REPORT_NAME = "report.json"
 HTML_REPORT_NAME = "report.html"
 PASSES_DIR = "passes"
 _SUFFIX = {"int8": "int8", "fp8": "fp8"}
-_VERSIONED = ("tao-qc", "onnx", "onnx-ir", "onnxscript", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt", "numpy")
 
 
 @dataclass
@@ -110,6 +110,53 @@ def compile_model(
     shapes from the calibration data (or `input_shape`), and that graph enters the pipeline.
     """
     spec = load_spec(spec if spec is not None else {}).for_onnx_pipeline()
+    source, final = _check_inputs(model_path, spec, results_dir, dump, print_after)
+    started = time.perf_counter()
+    with staged_dir(final) as stage:
+        dumps = DumpInstrument(Path(dump_dir) if dump_dir else stage / PASSES_DIR, dump, print_after, echo=echo,
+                               failure_directory=Path(dump_dir) if dump_dir else final.with_name(f"{final.name}.failed"))
+        stem = source.stem
+        source = lower_if_pytorch(source, stage, spec, model_factory, factory_kwargs, input_shape)
+        trials = compare and _may_need_trials(spec)
+        ctx = new_context(spec, stage, source, calibration=calibration,
+                          hold_back=trials and needs_held_back_data(spec))
+        calibrated = calibrate(spec, source, ctx, [dumps])
+        # Accuracy trials start again from the calibrated graph: kept before the finishing passes change it.
+        snapshot = CalibratedGraph.take(calibrated.model, ctx, stage) if trials else None
+        finish = Finisher(spec, ctx, calibrated, dumps, stage, stem)
+        records = finish(calibrated.model)
+        sections = compare_with_fp32(spec, source, finish.path, ctx) if compare else {}
+        if snapshot is not None:
+            records, sections = accuracy_stage(spec, source, ctx, snapshot, finish, sections, records)
+        sections = _relocated(sections, str(stage), str(final))
+        report = write_report(stage, spec, source, final / finish.path.name, records, ctx, sections,
+                              time.perf_counter() - started, html=compare)
+
+    log.info("quantized model: %s", final / finish.path.name)
+    if sections and raise_on_mismatch:
+        # Results stay on disk either way: a failed check is what the report is for.
+        raise_if_failed(report, spec)
+    return CompileResult(
+        results_dir=final,
+        model_path=final / finish.path.name,
+        report_path=final / REPORT_NAME,
+        report=report,
+        records=records,
+        decisions=list(ctx.facts.get("decisions") or []),
+        spec=spec,
+        dump_dir=(Path(dump_dir) if dump_dir else final / PASSES_DIR),
+        compare=compare,
+        facts={k: v for k, v in ctx.facts.items() if k != "decisions"},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages, in the order compile runs them (sensitivity shares the first ones)
+
+
+def _check_inputs(model_path: str | Path | None, spec: QuantizeSpec, results_dir: str | Path | None, dump: str,
+                  print_after: tuple[str, ...] | list[str]) -> tuple[Path, Path]:
+    """The model and the results folder, checked before anything runs."""
     source = Path(model_path or spec.model_path or "")
     if not str(source) or str(source) == ".":
         raise InputError("no model given (pass MODEL on the command line or set quantize.model_path)")
@@ -124,84 +171,97 @@ def compile_model(
     unknown = [name for name in print_after if name not in known]
     if unknown:
         raise InputError(f"--print-after: no pass named {', '.join(unknown)} (passes: {', '.join(_pass_names(spec))})")
-
-    started = time.perf_counter()
-    with staged_dir(final) as stage:
-        staged_dump = (Path(dump_dir) if dump_dir else stage / PASSES_DIR)
-        failure_dir = Path(dump_dir) if dump_dir else final.with_name(f"{final.name}.failed")
-        dumps = DumpInstrument(staged_dump, dump, print_after, echo=echo, failure_directory=failure_dir)
-        stem = source.stem
-        if source.suffix.lower() != ".onnx":
-            source = _lower_pytorch(source, stage, spec, model_factory, factory_kwargs, input_shape)
-        ctx = PassContext(spec=spec, work_dir=stage, source_path=source, calibration=calibration)
-        ctx.facts["hold_back_for_accuracy"] = compare and _may_need_trials(spec) and needs_held_back_data(spec)
-        calibrating = Pipeline(calibrating_passes(spec, source_path=source), [dumps])
-        finishing = Pipeline(finishing_passes(spec), [dumps])
-        ctx.facts["modelopt_process"] = _prestart_modelopt(calibrating)
-        try:
-            calibrated = calibrating.run(None, ctx)
-        finally:
-            process = ctx.facts.pop("modelopt_process", None)
-            if process is not None:
-                process.close()
-        # Accuracy trials start again from the calibrated graph: kept before the finishing passes change it.
-        snapshot = CalibratedGraph.take(calibrated.model, ctx, stage) if compare and _may_need_trials(spec) else None
-        dump_state = (dumps.previous_text, dumps.previous_name)
-        finished = finishing.run(calibrated.model, ctx, after=calibrated.records)
-        records = calibrated.records + finished.records
-
-        mode = ctx.facts.get("quantize_mode", "int8")
-        quantized = stage / f"{stem}.{_SUFFIX.get(mode, mode)}.onnx"
-        _save(finished.model, quantized, spec)
-        sections: dict[str, Any] = {}
-        if compare:
-            sections = _compare(spec, source, quantized, ctx)
-            if snapshot is not None:
-                outcome = _accuracy(spec, source, ctx, snapshot, sections)
-                if outcome.rebuild is not None:
-                    # The finishing passes again, from the graph the search settled on; their dumps
-                    # diff against the calibrated graph as the first run's did.
-                    ctx.facts = outcome.rebuild.facts_with(outcome.keep_float or {})
-                    dumps.previous_text, dumps.previous_name = dump_state
-                    finished = finishing.run(outcome.rebuild.model(), ctx, after=calibrated.records)
-                    records = calibrated.records + finished.records
-                    _save(finished.model, quantized, spec)
-                    before = sections
-                    sections = _compare(spec, source, quantized, ctx)
-                    outcome.after_rebuild(before, sections)
-                outcome.final = _final_metric(spec, source, quantized, ctx, snapshot.folder, outcome)
-                sections["accuracy"] = outcome.section()
-                snapshot.discard()
-            sections = _relocated(sections, str(stage), str(final))
-        report = build_report(spec, source, final / quantized.name, records, ctx, time.perf_counter() - started)
-        report.update(sections)
-        slower = slower_than_fp32(sections.get("latency"), spec)
-        if slower:
-            log.warning(slower)
-            report["warnings"].append(slower)
-        atomic_write_text(stage / REPORT_NAME, json.dumps(report, indent=2, default=str) + "\n")
-        if compare:
-            write_html_report(report, stage / HTML_REPORT_NAME)
-
-    log.info("quantized model: %s", final / quantized.name)
-    if sections and raise_on_mismatch:
-        # Results stay on disk either way: a failed check is what the report is for.
-        raise_if_failed(report, spec)
-    return CompileResult(
-        results_dir=final,
-        model_path=final / quantized.name,
-        report_path=final / REPORT_NAME,
-        report=report,
-        records=records,
-        decisions=list(ctx.facts.get("decisions") or []),
-        spec=spec,
-        dump_dir=(Path(dump_dir) if dump_dir else final / PASSES_DIR),
-        compare=compare,
-        facts={k: v for k, v in ctx.facts.items() if k != "decisions"},
-    )
+    return source, final
 
 
-def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict[str, Any]:
+def lower_if_pytorch(source: Path, stage: Path, spec: QuantizeSpec, factory: str | None,
+                     factory_kwargs: dict[str, Any] | None, input_shape: tuple[int, ...] | None) -> Path:
+    """The ONNX graph the pipeline starts from: the model itself, or a PyTorch model lowered into the stage."""
+    if source.suffix.lower() == ".onnx":
+        return source
+    target = stage / f"{source.stem}.fp32.onnx"
+    log.info("lowering the PyTorch model %s to ONNX (%s)", source.name, target.name)
+    return lower_pytorch_file(source, target, factory=factory, factory_kwargs=factory_kwargs,
+                              data=spec.calibration.data, calibration=spec.calibration,
+                              input_shape=input_shape, dynamic_batch=True)
+
+
+def new_context(spec: QuantizeSpec, stage: Path, source: Path, *, calibration: Any = None,
+                hold_back: bool = False) -> PassContext:
+    """The passes' context for one run into `stage`; `hold_back`: keep calibration samples out to judge accuracy on."""
+    ctx = PassContext(spec=spec, work_dir=stage, source_path=source, calibration=calibration)
+    ctx.facts["hold_back_for_accuracy"] = hold_back
+    return ctx
+
+
+def calibrate(spec: QuantizeSpec, source: Path, ctx: PassContext, instruments: list | None = None) -> PipelineResult:
+    """The calibrating passes (load, canonicalize, match, calibrate, quantize): the calibrated graph."""
+    pipeline = Pipeline(calibrating_passes(spec, source_path=source), list(instruments or []))
+    ctx.facts["modelopt_process"] = _prestart_modelopt(pipeline)
+    try:
+        return pipeline.run(None, ctx)
+    finally:
+        process = ctx.facts.pop("modelopt_process", None)
+        if process is not None:
+            process.close()
+
+
+class Finisher:
+    """The finishing passes (keep-float, dtypes, placement, verify) from a calibrated graph, saved
+    as `path`. Run once, and again when the accuracy search settles on a graph with nodes kept in
+    float: the second run's dumps diff against the calibrated graph as the first run's did."""
+
+    def __init__(self, spec: QuantizeSpec, ctx: PassContext, calibrated: PipelineResult, dumps: DumpInstrument,
+                 folder: Path, stem: str):
+        self.spec, self.ctx, self.calibrated, self.dumps = spec, ctx, calibrated, dumps
+        self.folder, self.stem = folder, stem
+        self.path: Path | None = None  # named by the first run's mode (`<stem>.int8.onnx`, `.fp8.onnx`)
+        self.pipeline = Pipeline(finishing_passes(spec), [dumps])
+        self.dump_state = (dumps.previous_text, dumps.previous_name)
+
+    def __call__(self, model: Any) -> list[PassRecord]:
+        self.dumps.previous_text, self.dumps.previous_name = self.dump_state
+        finished = self.pipeline.run(model, self.ctx, after=self.calibrated.records)
+        if self.path is None:
+            mode = self.ctx.facts.get("quantize_mode", "int8")
+            self.path = self.folder / f"{self.stem}.{_SUFFIX.get(mode, mode)}.onnx"
+        _save(finished.model, self.path, self.spec)
+        return self.calibrated.records + finished.records
+
+
+def accuracy_stage(spec: QuantizeSpec, source: Path, ctx: PassContext, snapshot: CalibratedGraph, finish: Finisher,
+                   sections: dict[str, Any], records: list[PassRecord]) -> tuple[list[PassRecord], dict[str, Any]]:
+    """The accuracy check (`accuracy.metric`, fallback): where the search keeps nodes in float, the
+    rebuild from the calibrated graph (finishing passes, save, compare) replaces the first model."""
+    outcome = check_accuracy(spec, source, ctx, snapshot, sections)
+    if outcome.rebuild is not None:
+        ctx.facts = outcome.rebuild.facts_with(outcome.keep_float or {})
+        records = finish(outcome.rebuild.model())
+        before = sections
+        sections = compare_with_fp32(spec, source, finish.path, ctx)
+        outcome.after_rebuild(before, sections)
+    outcome.final = _final_metric(spec, source, finish.path, ctx, snapshot.folder, outcome)
+    sections["accuracy"] = outcome.section()
+    snapshot.discard()
+    return records, sections
+
+
+def write_report(stage: Path, spec: QuantizeSpec, source: Path, output: Path, records: list[PassRecord],
+                 ctx: PassContext, sections: dict[str, Any], seconds: float, *, html: bool) -> dict[str, Any]:
+    """report.json (and report.html where the models were compared) into the stage."""
+    report = build_report(spec, source, output, records, ctx, seconds)
+    report.update(sections)
+    slower = slower_than_fp32(sections.get("latency"), spec)
+    if slower:
+        log.warning(slower)
+        report["warnings"].append(slower)
+    atomic_write_text(stage / REPORT_NAME, json.dumps(report, indent=2, default=str) + "\n")
+    if html:
+        write_html_report(report, stage / HTML_REPORT_NAME)
+    return report
+
+
+def compare_with_fp32(spec: QuantizeSpec, source: Path, quantized: Path, ctx: PassContext) -> dict[str, Any]:
     """FP32 (the user's model as given) against the quantized model on the spec's compare data
     (default: the calibration data), on the spec's compare runtime: report sections."""
     import sys
@@ -246,10 +306,6 @@ def _may_need_trials(spec: Any) -> bool:
     return spec.accuracy.fallback == "auto" or spec.accuracy.metric is not None
 
 
-def _accuracy(spec: Any, source: Path, ctx: PassContext, snapshot: Any, sections: dict[str, Any]) -> Any:
-    return check_accuracy(spec, source, ctx, snapshot, sections)
-
-
 def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, folder: Path, outcome: Any) -> dict | None:
     """The accuracy metric of the saved model on the comparison data (where a metric is set)."""
     if spec.accuracy.metric is None:
@@ -261,15 +317,6 @@ def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, fo
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("accuracy metric %s not measured on the comparison data: %s", outcome.target.name, reason)
         return {"metric": outcome.target.name, "error": f"{type(exc).__name__}: {reason}", "met": None}
-
-
-def _lower_pytorch(source: Path, stage: Path, spec: Any, factory: str | None,
-                   factory_kwargs: dict[str, Any] | None, input_shape: tuple[int, ...] | None) -> Path:
-    target = stage / f"{source.stem}.fp32.onnx"
-    log.info("lowering the PyTorch model %s to ONNX (%s)", source.name, target.name)
-    return lower_pytorch_file(source, target, factory=factory, factory_kwargs=factory_kwargs,
-                              data=spec.calibration.data, calibration=spec.calibration,
-                              input_shape=input_shape, dynamic_batch=True)
 
 
 def _relocated(value: Any, old: str, new: str) -> Any:
@@ -311,67 +358,6 @@ def _save(model: Any, path: Path, spec: Any) -> None:
     save_model(model, path)
 
 
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord], ctx: PassContext, seconds: float) -> dict[str, Any]:
-    decisions = ctx.facts.get("decisions") or []
-    declined = ctx.facts.get("declined") or {}
-    rows = []
-    for decision in decisions:
-        row = decision.as_dict()
-        row["reason"] = decision.reason
-        if decision.unit.name in declined:
-            row["declined_by_backend"] = declined[decision.unit.name]
-        rows.append(row)
-    quantized = [d for d in decisions if d.quantized and d.unit.name not in declined]
-    calibration = ctx.calibration
-    return {
-        "tool": "tao-qc compile",
-        "model": str(source),
-        "output": str(output),
-        "spec": spec.normalized(),
-        "spec_file": spec.source,
-        "quantize_mode": ctx.facts.get("quantize_mode"),
-        "float_dtype": ctx.facts.get("float_dtype"),  # what everything not quantized is stored in
-        "opset": ctx.facts.get("opset"),
-        "calibration": {
-            "data": calibration.describe() if calibration is not None else None,
-            "random": bool(calibration.is_random) if calibration is not None else None,
-            "samples": calibration.num_samples if calibration is not None else None,
-        },
-        "modelopt": ctx.facts.get("modelopt_settings"),
-        "counts": {
-            "candidates": len(decisions),
-            "quantized": len(quantized),
-            "kept_float": len(decisions) - len(quantized),
-            "declined_by_backend": len(declined),
-            # What each compute node runs in: its dtype where quantized, else native.
-            "dtypes": dict(sorted(Counter(d.activations if d.quantized and d.unit.name not in declined else "native"
-                                          for d in decisions).items())),
-            "nodes": records[-1].nodes if records else 0,
-            "ops": records[-1].op_counts if records else {},
-        },
-        "decisions": rows,
-        "warnings": [f"pattern {p} matches nothing" for p in ctx.facts.get("unmatched_patterns", [])]
-        + [f"pattern {p} matches only nodes that cannot be quantized" for p in ctx.facts.get("patterns_only_other_types", [])]
-        + [f"{name}: {why}" for name, why in declined.items()],
-        "passes": [r.as_dict() for r in records],
-        "timings": {"total_s": round(seconds, 3), **{name: round(sum(r.seconds for r in records if r.name == name), 4)
-                                                     for name in dict.fromkeys(r.name for r in records)},
-                    "modelopt": {k: round(v, 4) for k, v in (ctx.facts.get("modelopt_timing") or {}).items()}},
-        "summary": format_summary(records, timings=False),
-        "versions": library_versions(),
-    }
-
-
 def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
     """AccuracyError (exit 1) when the result misses what the spec asks and `compare.fail_on_mismatch` is set.
 
@@ -401,3 +387,26 @@ def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
             f"{Path(str(comparison.get('candidate'))).name} failed the comparison with "
             f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(failures)
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# `tao-qc sensitivity`: the same start as compile (spec, staged folder, calibrated graph), then the ranking
+
+
+def measure_sensitivity(model_path: str | Path, spec: Any, results_dir: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+    """The calibrating passes once, then the two-pass ranking of `search.rank_nodes`, written as
+    sensitivity.json and sensitivity.html beside each other in `results_dir`."""
+    spec = load_spec(spec).for_onnx_pipeline()
+    source = Path(model_path).expanduser().resolve()
+    if not source.is_file():
+        raise InputError(f"model {source} does not exist")
+    final = Path(results_dir or Path.cwd() / f"{source.stem}.sensitivity").expanduser().resolve()
+    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / "sensitivity.json").is_file())):
+        raise InputError(f"{final} is not an empty folder or an earlier sensitivity result (give another with -o)")
+    with staged_dir(final) as stage:
+        ctx = new_context(spec, stage, source, hold_back=needs_held_back_data(spec))
+        calibrated = calibrate(spec, source, ctx)
+        result = rank_sensitivity(spec, source, calibrated.model, ctx, stage)
+        atomic_write_text(stage / "sensitivity.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(stage / "sensitivity.html", sensitivity_html(result, f"Sensitivity of {source.name}"))
+    return result, final

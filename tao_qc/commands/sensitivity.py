@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tao_qc.accuracy.sensitivity import measure_sensitivity
+from tao_qc.driver import measure_sensitivity
 from tao_qc.spec import QuantizeSpec, load_spec
 
 
