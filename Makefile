@@ -1,5 +1,6 @@
 # Quick start:  make demo   (set up, then quantize the bundled UltraFace face detector; make demo-mnist: MNIST)
-#               make test   (set up, then run the test suite; CI runs exactly this)
+#               make test   (set up, then run the whole test suite on 2 workers; CI runs exactly this)
+#               make test-quick  (the quick tier: no training, one end-to-end compile; under 3 minutes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.tao-qc-installed
 
-.PHONY: setup demo demo-mnist test bench clean
+.PHONY: setup demo demo-mnist test test-quick bench clean
 
 setup: $(STAMP)
 
@@ -26,8 +27,15 @@ demo-mnist: setup
 	$(BIN)/tao-qc compile examples/mnist/model.onnx --spec examples/mnist/q.yaml -o demo-results-mnist
 	@echo "open demo-results-mnist/report.html, or: $(BIN)/tao-qc inspect demo-results-mnist"
 
+# Two workers; conftest groups tests by module, and the tests of a shared session fixture together.
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+test-quick: setup
+	$(PYTEST) -m "e2e or not slow"
 
 bench: setup
 	$(BIN)/python bench/placement.py

@@ -6,6 +6,11 @@ pytest puts tests/ on sys.path.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import inspect
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -58,6 +63,18 @@ def digits_split():
 
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 10, seed: int = 0) -> nn.Module:
+    """`model` trained on (x, y), deterministic in `seed`; the weights are cached by content (the
+    architecture's source, the data, the settings, torch's version), so modules and xdist workers
+    that train the same model share one training."""
+    key = hashlib.sha256()
+    for part in (inspect.getsource(type(model)), inspect.getsource(_train), repr((epochs, seed, torch.__version__)),
+                 x.tobytes(), y.tobytes(), repr((x.shape, x.dtype.str, y.shape, y.dtype.str))):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    return cached_state(model, f"trained-{type(model).__name__}-{key.hexdigest()[:20]}",
+                        lambda: _train(model, x, y, epochs, seed))
+
+
+def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
     # The initial weights too come from `seed`: built before this call, they would depend on whatever
     # the process drew before (which tests ran first), and so would every figure measured on the model.
     torch.manual_seed(seed)
@@ -73,6 +90,28 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 10, seed
             nn.functional.cross_entropy(model(xt[index]), yt[index]).backward()
             optimizer.step()
     return model.eval()
+
+
+CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "tao-qc"
+
+
+def cached_state(model: nn.Module, name: str, build) -> nn.Module:
+    """`model` with the state `build()` gives it, built once per `name` (a content key) and kept in
+    .pytest_cache/tao-qc/; a lock makes concurrent workers wait for the first one's result."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{name}.pt"
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            saved = torch.load(path, weights_only=True)
+            model.load_state_dict(saved["state"])
+            torch.set_rng_state(saved["rng"])  # where a fresh training would have left torch's generator
+            return model.eval()
+        built = build()
+        partial = path.with_suffix(".partial")
+        torch.save({"state": built.state_dict(), "rng": torch.get_rng_state()}, partial)
+        partial.replace(path)
+        return built.eval()
 
 
 @torch.no_grad()

@@ -126,12 +126,3 @@ def build_assets(base: Path) -> Assets:
         resnet18_fp32=root / "resnet18.onnx",
         resnet18_int8=root / "resnet18_int8.onnx",
     )
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """`tao-qc ARGS` in-process: (exit code, stdout, stderr)."""
-    from tao_qc.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err

@@ -18,6 +18,61 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_MODELS_DEFAULT = REPO.parent / "shared" / "models"
 
 
+# Markers follow from the fixtures a test uses (directly or through other fixtures), applied here so
+# they cannot drift from what the test costs:
+# - `slow`: it needs a fixture that trains a model, calibrates, compiles or runs a third-party model;
+# - `e2e`: it reads the one shared end-to-end compile (`mnist_cntk_compiled`), which the quick tier
+#   (`make test-quick`: `-m "e2e or not slow"`) keeps.
+# A test that is slow for what it does itself (not through a fixture) says so with @pytest.mark.slow.
+SLOW_FIXTURES = {
+    "shared_models",  # UltraFace, YuNet, FastestDet, PaddleOCR: compiles of real models
+    "culprit", "digits_cnn", "mixed_tensorrt", "trained", "fp32_accuracy", "workspace",  # trained CNNs
+    "int8_result", "ultraface_int8", "mnist_int8", "lcnet_int8", "full_report", "rtdetr", "decorated",  # compiles
+    "assets",  # tests/_runtimes_helpers.build_assets: ResNet-18 exported and quantized, MNIST variants
+    "tests/test_placement.py::mnist", "tests/test_placement.py::small_cnn",  # compiled for ONNX Runtime
+}
+E2E_FIXTURES = {"mnist_cntk_compiled"}
+# xdist (`make test` runs `-n 2 --dist loadgroup`): tests that share a module- or session-scoped fixture
+# of this suite run on one worker, so each such fixture is built once; every other test is free to go
+# to whichever worker is idle (a file with one slow fixture does not hold its other tests back).
+CHEAP_SHARED_FIXTURES = {"update_golden", "shared_models"}
+
+
+def _shared_fixtures(item) -> list[str]:
+    info = getattr(item, "_fixtureinfo", None)
+    shared = []
+    for name in getattr(info, "names_closure", ()):
+        definitions = info.name2fixturedefs.get(name) or ()
+        if not definitions or name in CHEAP_SHARED_FIXTURES:
+            continue
+        definition = definitions[-1]
+        if definition.scope != "function" and str(definition.baseid).startswith("tests"):
+            shared.append(f"{definition.baseid}::{name}")
+    return shared
+
+
+def pytest_collection_modifyitems(config, items):
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for item in items:
+        used = set(getattr(item, "fixturenames", ())) | set(_shared_fixtures(item))
+        if used & E2E_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        elif used & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        for fixture in _shared_fixtures(item):
+            parent[root(item.nodeid)] = root(fixture)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(root(item.nodeid)))
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--update-golden",

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from _compile_helpers import ASSETS
-from _runtimes_helpers import build_assets, run_cli, without_tensorrt
+from _compile_helpers import ASSETS, run_cli
+from _runtimes_helpers import build_assets, without_tensorrt
 from tao_qc.driver import raise_if_failed
 from tao_qc.evaluate.checks import DEFAULT_MIN_COSINE, checks_for
 from tao_qc.evaluate.compare import compare_models, evaluate_quantized

@@ -404,6 +404,7 @@ def test_a_pass_that_breaks_the_quantization_exits_3_with_a_reproducer(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.failed"]
 
 
+@pytest.mark.slow  # compiles a model
 def test_an_unexpected_exception_exits_3_in_one_line_and_writes_no_results(tmp_path, data_dir, capsys, monkeypatch):
     import tao_qc.driver
 
@@ -420,6 +421,7 @@ def test_an_unexpected_exception_exits_3_in_one_line_and_writes_no_results(tmp_p
     assert list(tmp_path.iterdir()) == []  # nothing that looks finished, no staging folder
 
 
+@pytest.mark.slow  # compiles a model
 def test_a_failed_comparison_keeps_its_results_and_exits_1_or_0_as_the_spec_says(tmp_path, data_dir, capsys):
     def spec(fail_on_mismatch: str) -> Path:
         path = tmp_path / f"q-{fail_on_mismatch}.yaml"

@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from tao_qc.testing import zoo
 from tao_qc.cli import main
 
 
+@pytest.mark.slow  # compiles a model
 def test_checkpoint_is_lowered_and_compiled_with_the_same_patterns(tmp_path, capsys):
     torch.save(zoo.build("small_cnn").state_dict(), tmp_path / "small.pth")
     np.savez(tmp_path / "calib.npz", images=np.random.default_rng(0).standard_normal((12, 3, 32, 32)).astype(np.float32))

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from _compile_helpers import ASSETS, MNIST_CNTK
-from _runtimes_helpers import build_assets, run_cli, without_tensorrt
+from _compile_helpers import ASSETS, MNIST_CNTK, run_cli
+from _runtimes_helpers import build_assets, without_tensorrt
 from tao_qc.data import InputInfo
 from tao_qc.errors import InputError
 from tao_qc.evaluate.latency import BatchNotSupported, LatencyResult, measure_latency, summarize, synthetic_feeds

@@ -132,6 +132,7 @@ def test_agreement_with_fp32_on_real_digits(mnist):
     assert (placed.argmax(1) == labels).mean() >= (reference.argmax(1) == labels).mean() - 0.01
 
 
+@pytest.mark.slow  # compiles a model
 def test_old_ir_model_with_matmul(tmp_path):
     calib, _ = digits(32)
     np.savez(tmp_path / "calib.npz", Input3=calib)
@@ -145,6 +146,7 @@ def test_old_ir_model_with_matmul(tmp_path):
     assert agreement >= 0.99
 
 
+@pytest.mark.slow  # compiles a model
 def test_relu_before_maxpool_is_absorbed_with_a_derived_range(tmp_path):
     torch.manual_seed(0)
     model = zoo.ResNet18(num_classes=10, width=8).eval()
@@ -207,6 +209,7 @@ def test_pass_on_plain_modelopt_output(small_cnn, tmp_path):
     assert sum("stays a float kernel" in note for note in result.notes) == 3
 
 
+@pytest.mark.slow  # compiles a model
 def test_transformer_matmuls_feeding_float_ops_run_integer_to_float(tmp_path):
     """With a dynamic batch ORT cannot fold MatMul + bias Add into a float Gemm, so the projections whose
     outputs only float ops read stay float-output units: MatMulIntegerToFloat, no requantization."""
@@ -222,6 +225,7 @@ def test_transformer_matmuls_feeding_float_ops_run_integer_to_float(tmp_path):
     assert worst_relative_error(run(tmp_path / "t.onnx", "input", x), run(result.model_path, "input", x)) < 0.01
 
 
+@pytest.mark.slow  # compiles a model
 def test_relu6_before_the_average_pool_takes_the_convs_measured_range(tmp_path):
     """MobileNet's last pointwise Conv -> ReLU6 -> GlobalAveragePool -> Flatten -> classifier: the
     Clip goes into the Conv's uint8 output (modelopt's range of the Conv, cut at 6) and the pooling

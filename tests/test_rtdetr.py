@@ -4,6 +4,8 @@ static, lowered ONNX + compile), with `tao-qc evaluate` printing the quantized a
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import re
 from pathlib import Path
@@ -14,6 +16,8 @@ import pytest
 import torch
 
 from _compile_helpers import run_cli
+from _frontends_helpers import cached_state
+from tao_qc.testing import zoo, zoo_shapes
 from tao_qc.evaluate.detection import decode_rtdetr, load_annotations, map_against_annotations
 from tao_qc.testing.zoo_shapes import CLASSES, shapes_dataset, train_rtdetr
 
@@ -32,7 +36,9 @@ def fp32_map(model: torch.nn.Module, images: np.ndarray, truth_path: Path):
 @pytest.fixture(scope="module")
 def rtdetr(tmp_path_factory):
     folder = tmp_path_factory.mktemp("rtdetr")
-    model = train_rtdetr(seed=0)
+    # Trained once per content of the zoo and the training code (a few minutes on 2 cores), then cached.
+    key = hashlib.sha256((inspect.getsource(zoo) + inspect.getsource(zoo_shapes) + torch.__version__).encode()).hexdigest()[:20]
+    model = cached_state(zoo.RTDETRStyle(num_classes=len(CLASSES)), f"rtdetr-{key}", lambda: train_rtdetr(seed=0))
     torch.save(model.state_dict(), folder / "rtdetr.pth")
     val, coco = shapes_dataset(200, seed=7)
     np.savez(folder / "val.npz", images=val)

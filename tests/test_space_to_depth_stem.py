@@ -95,6 +95,7 @@ def test_odd_output_width_is_left_alone():
     assert not SpaceToDepthStem().run(model, None).changed
 
 
+@pytest.mark.slow  # compiles a model
 def test_resnet_stem_through_the_pipeline_is_exact_and_fused(tmp_path):
     import torch
 
