@@ -72,11 +72,18 @@ def test_a_model_for_vnni_is_flagged_on_a_cpu_without_it():
 # -- kernel fidelity on units built for it --------------------------------------------------------
 
 
-def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, depth: int = 64) -> tuple[Path, Path, dict]:
+def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, depth: int = 64,
+               large: bool = False) -> tuple[Path, Path, dict]:
     """An FP32 Gemm and its Q/DQ unit (uint8 input, int8 per-channel weights of up to `magnitude`,
-    int32 bias, uint8 output), the shape and weights ORT fuses into its U8S8 QGemm."""
+    int32 bias, uint8 output), the shape and weights ORT fuses into its U8S8 QGemm. `large`: every
+    weight of a channel near `magnitude` with one sign, every input in the upper half of the uint8
+    range (where 8-bit pairs saturate int16)."""
     rng = np.random.default_rng(0)
-    weights = rng.integers(-magnitude, magnitude + 1, (features, depth)).astype(np.int8)
+    if large:
+        signs = rng.choice([-1, 1], (features, 1))
+        weights = (rng.integers(magnitude - 27, magnitude + 1, (features, depth)) * signs).astype(np.int8)
+    else:
+        weights = rng.integers(-magnitude, magnitude + 1, (features, depth)).astype(np.int8)
     w_scale = rng.uniform(0.002, 0.01, features).astype(np.float32)
     x_scale = np.float32(4.0 / 255)
     bias = rng.integers(-2000, 2000, features).astype(np.int32)
@@ -103,13 +110,14 @@ def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, dept
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.save(model, str(path))
-    feeds = [{"input": rng.uniform(-2, 2, (rows, depth)).astype(np.float32)} for _ in range(4)]
+    low = 0.5 if large else -2.0
+    feeds = [{"input": rng.uniform(low, 2, (rows, depth)).astype(np.float32)} for _ in range(4)]
     return paths[0], paths[1], feeds
 
 
 def test_kernels_this_cpu_computes_exactly_pass_the_check(tmp_path):
-    # 32 features (no 17-31 remainder), weights within what this CPU's pairs can sum.
-    fp32, int8, feeds = gemm_files(tmp_path, features=32, magnitude=HERE.weight_magnitude)
+    # 32 features (no 17-31 remainder), the largest weights this CPU's pairs can sum, large inputs.
+    fp32, int8, feeds = gemm_files(tmp_path, features=32, magnitude=HERE.weight_magnitude, large=True)
     result = check_kernel_fidelity(fp32, int8, feeds, CompareSpec(), here=HERE)
     assert result.passed and result.reason is None
     (output,) = result.outputs
@@ -123,7 +131,7 @@ def test_kernels_this_cpu_computes_exactly_pass_the_check(tmp_path):
     "remainder (amx): no unit deviates here"))
 def test_kernels_that_deviate_on_this_cpu_fail_the_check_in_one_line(tmp_path):
     # 20 features: AMX's partial-column path; full 8-bit weights: AVX2's saturating pairs.
-    fp32, int8, feeds = gemm_files(tmp_path, features=20, magnitude=cpu.FULL_WEIGHT_MAGNITUDE)
+    fp32, int8, feeds = gemm_files(tmp_path, features=20, magnitude=cpu.FULL_WEIGHT_MAGNITUDE, large=True)
     result = check_kernel_fidelity(fp32, int8, feeds, CompareSpec(), here=HERE)
     assert not result.passed
     assert result.reason.startswith(f"ORT's integer kernels on this CPU ({HERE.isa}) deviate from the graph's arithmetic: output off by")
@@ -180,6 +188,8 @@ def test_the_report_names_the_cpu_and_the_kernel_fidelity(mnist_for_avx2):
     assert report["cpu"]["this_machine"]["isa"] == HERE.isa
     fidelity = report["kernel_fidelity"]
     assert fidelity["passed"] and fidelity["samples"] == 300
+    # Only where this CPU's kernels treat weights as avx2's do can its verdict fail the compile.
+    assert fidelity["decides"] is HERE.pairs_saturate
     (output,) = fidelity["outputs"]
     assert output["task_measure"] == "top1_agreement" and abs(output["task_delta"]) <= 1 / 300
     assert output["task_kernels"] >= 0.97  # 7-bit weights on 300 held-out digits, through the kernels
