@@ -36,6 +36,7 @@ from tao_qc.passes.remove_identity import RemoveIdentity
 from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
 from tao_qc.passes.verify_quantization import VerifyQuantization
 from tao_qc.pipeline import FixedPoint
+from tao_qc.spec.cpu import resolve as resolve_cpu
 
 
 def default_passes(spec: Any, *, source_path: Any = None) -> list:
@@ -68,7 +69,8 @@ def finishing_passes(spec: Any, *, verify: bool = True) -> list:
         # and gates on uint8, run a few-channel strided stem as a Conv ORT's kernels are efficient
         # at, then give every integer unit shapes ORT's kernels compute right and fast (last: it
         # sees the units the passes before it shaped).
-        passes += [PlaceForOnnxRuntime(), IntegerElementwise(), SpaceToDepthStem(), FitOrtIntegerKernels()]
+        passes += [PlaceForOnnxRuntime(cpu=resolve_cpu(spec.onnxruntime.cpu)), IntegerElementwise(),
+                   SpaceToDepthStem(), FitOrtIntegerKernels()]
     if verify:
         passes.append(VerifyQuantization())
     return passes

@@ -23,6 +23,7 @@ from tao_qc.accuracy.sensitivity import rank_sensitivity
 from tao_qc.data import load_labels, model_inputs, open_inputs
 from tao_qc.errors import AccuracyError, InputError
 from tao_qc.evaluate.compare import evaluate_quantized
+from tao_qc.evaluate.kernel_fidelity import check_kernel_fidelity
 from tao_qc.evaluate.results import Check
 from tao_qc.fileio import atomic_write_text, staged_dir
 from tao_qc.frontends.lower_to_onnx import lower_pytorch_file
@@ -42,6 +43,8 @@ from tao_qc.report.build import build_report
 from tao_qc.report.html import write_html_report
 from tao_qc.report.pictures import sensitivity_html
 from tao_qc.spec import QuantizeSpec, load_spec
+from tao_qc.spec.cpu import resolve as resolve_cpu
+from tao_qc.spec.cpu import this_machine
 from tao_qc.version import __version__
 
 log = logging.getLogger("tao_qc.compile")
@@ -280,7 +283,15 @@ def compare_with_fp32(spec: QuantizeSpec, source: Path, quantized: Path, ctx: Pa
     user_metric = spec.accuracy.metric is not None and ":" in spec.accuracy.metric
     labels = load_labels(spec.compare.labels, key="quantize.compare.labels", others=user_metric) if spec.compare.labels else None
     log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
-    return evaluate_quantized(source, quantized, batches, spec, labels)
+    sections = evaluate_quantized(source, quantized, batches, spec, labels)
+    if spec.target == "onnxruntime" and spec.onnxruntime.kernel_fidelity and spec.compare.runtime == "onnxruntime":
+        log.info("checking ONNX Runtime's integer kernels on this CPU against the graph's arithmetic")
+        fidelity = check_kernel_fidelity(source, quantized, batches, spec.compare).to_dict()
+        # Compiled for a CPU whose kernels add weight pairs otherwise than this one's: this machine's
+        # verdict is shown, but it says nothing about the CPU the model is for, so it fails nothing.
+        fidelity["decides"] = resolve_cpu(spec.onnxruntime.cpu).pairs_saturate == this_machine().pairs_saturate
+        sections["kernel_fidelity"] = fidelity
+    return sections
 
 
 # Well below 1: batch-1 timings of a few-millisecond model vary by a fifth from run to run on a busy
@@ -293,11 +304,14 @@ def slower_than_fp32(latency: dict[str, Any] | None, spec: Any) -> str | None:
     TensorRT graph timed on ONNX Runtime's CPU provider says nothing about its speed); else None."""
     if not latency or spec.target != latency.get("runtime"):
         return None
+    here = this_machine()
+    why = ("; without VNNI, ORT's integer kernels multiply in 16 bits and gain little over float" if here.pairs_saturate
+           else "")
     for row in latency.get("rows", [])[1:]:
         if row.get("ratio") is not None and row["ratio"] < SLOWER_THAN_FP32:
             return (f"the quantized model runs slower than FP32 on {latency['runtime']}: {row['ratio']:.2f}x FP32's "
-                    f"speed at batch {row['batch_size']} (quantization buys no speed for this model on this runtime; "
-                    "see the latency in report.html)")
+                    f"speed at batch {row['batch_size']} on this CPU ({here.isa}{why}); quantization buys no speed for "
+                    "this model on this runtime: see the latency in report.html")
     return None
 
 
@@ -376,6 +390,9 @@ def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
     final = accuracy.get("final")
     if final and final.get("met") is False:
         failures.append(f"{final['metric']} {final['value']:.5g} on the comparison data misses {final['target']}")
+    fidelity = sections.get("kernel_fidelity")
+    if fidelity and not fidelity.get("passed", True) and fidelity.get("decides", True):
+        failures.append(fidelity["reason"])
     if comparison and not comparison.get("passed", True):
         checks = comparison.get("checks") or []
         if final is not None:  # the metric decides; only the checks the user set count besides it

@@ -20,6 +20,7 @@ from tao_qc.errors import InputError
 from tao_qc.ir.textform import diff_text
 from tao_qc.report.reader import (
     compare,
+    cpu_line,
     resolve_target,
     summarize,
 )
@@ -54,6 +55,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"[bold]nodes[/]    {summary['nodes']} (opsets: {opsets})")
     console.print(f"[bold]Q/DQ[/]     {_qdq_line(summary)}")
     console.print(f"[bold]compute[/]  {_compute_line(summary)}")
+    console.print(f"[bold]cpu[/]      {cpu_line(summary['cpu'])}")
 
     ops = Table(title="ops", title_justify="left")
     ops.add_column("op")

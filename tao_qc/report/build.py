@@ -9,8 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from tao_qc.pipeline import PassContext, PassRecord, format_summary
+from tao_qc.spec.cpu import resolve, this_machine
 
 _VERSIONED = ("tao-qc", "onnx", "onnx-ir", "onnxscript", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt", "numpy")
+
+
+def cpu_section(spec: Any) -> dict[str, Any]:
+    """The CPU the model was compiled for (target onnxruntime) and the one that measured it."""
+    target = None
+    if spec.target == "onnxruntime":
+        target = {"asked": spec.onnxruntime.cpu, **resolve(spec.onnxruntime.cpu).as_dict()}
+    return {"target": target, "this_machine": this_machine().as_dict()}
 
 
 def library_versions() -> dict[str, str]:
@@ -50,6 +59,7 @@ def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord
             "samples": calibration.num_samples if calibration is not None else None,
         },
         "modelopt": ctx.facts.get("modelopt_settings"),
+        "cpu": cpu_section(spec),
         "counts": {
             "candidates": len(decisions),
             "quantized": len(quantized),
