@@ -337,8 +337,8 @@ def _relocated(value: Any, old: str, new: str) -> Any:
     """`value` with paths inside the staging folder pointing where the results end up."""
     if isinstance(value, str):
         return new + value[len(old):] if value.startswith(old) else value
-    if isinstance(value, dict):
-        return {k: _relocated(v, old, new) for k, v in value.items()}
+    if isinstance(value, dict):  # keys too: the latency section names models by path
+        return {_relocated(k, old, new): _relocated(v, old, new) for k, v in value.items()}
     if isinstance(value, list):
         return [_relocated(v, old, new) for v in value]
     return value
