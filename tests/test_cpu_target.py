@@ -96,9 +96,14 @@ def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, dept
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [rows, features])]
     fp32 = helper.make_graph([helper.make_node("Gemm", ["input", "w", "b"], ["output"], transB=1)], "gemm", inputs, outputs,
                              [numpy_helper.from_array(float_weights, "w"), numpy_helper.from_array(float_bias, "b")])
+    low = 0.5 if large else -2.0
+    feeds = [{"input": rng.uniform(low, 2, (rows, depth)).astype(np.float32)} for _ in range(4)]
+    # An output scale that spans the outputs: a unit clipped at 0 and 255 would hide any wrong sum.
+    peak = max(float(np.abs(f["input"] @ float_weights.T + float_bias).max()) for f in feeds)
     tensors = {"x_scale": np.array(x_scale), "x_zero": np.array(128, np.uint8), "w_q": weights, "w_scale": w_scale,
                "w_zero": np.zeros(features, np.int8), "b_q": bias, "b_scale": (w_scale * x_scale).astype(np.float32),
-               "b_zero": np.zeros(features, np.int32), "y_scale": np.array(0.05, np.float32), "y_zero": np.array(128, np.uint8)}
+               "b_zero": np.zeros(features, np.int32), "y_scale": np.array(peak / 127, np.float32),
+               "y_zero": np.array(128, np.uint8)}
     quantized = helper.make_graph([
         helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zero"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
@@ -113,8 +118,6 @@ def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, dept
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.save(model, str(path))
-    low = 0.5 if large else -2.0
-    feeds = [{"input": rng.uniform(low, 2, (rows, depth)).astype(np.float32)} for _ in range(4)]
     return paths[0], paths[1], feeds
 
 
@@ -133,8 +136,8 @@ def test_kernels_this_cpu_computes_exactly_pass_the_check(tmp_path):
     f"ORT's integer kernels on {HERE.isa} neither saturate weight pairs (avx2, avx512) nor lose the 17-31-column "
     "remainder (amx): no unit deviates here"))
 def test_kernels_that_deviate_on_this_cpu_fail_the_check_in_one_line(tmp_path):
-    # 20 features: AMX's partial-column path; full 8-bit weights: AVX2's saturating pairs.
-    fp32, int8, feeds = gemm_files(tmp_path, features=20, magnitude=cpu.FULL_WEIGHT_MAGNITUDE, large=True)
+    # 20 features: AMX's partial-column path; large full 8-bit weights and inputs: AVX2's saturating pairs.
+    fp32, int8, feeds = gemm_files(tmp_path, features=20, magnitude=cpu.FULL_WEIGHT_MAGNITUDE, large=HERE.pairs_saturate)
     result = check_kernel_fidelity(fp32, int8, feeds, CompareSpec(), here=HERE)
     assert not result.passed
     assert result.reason.startswith(f"ORT's integer kernels on this CPU ({HERE.isa}) deviate from the graph's arithmetic: output off by")
