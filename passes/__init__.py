@@ -6,6 +6,7 @@
     -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity,
        repeated until a round changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt -> clip-ranges   (`calibrating_passes`)
+       [-> choose-ranges (algorithm: auto)] [-> correct-bias / round-weights (calibration.corrections)]
     -> keep-float -> assign-dtypes
     [-> place-for-onnxruntime -> integer-elementwise -> space-to-depth-stem -> fit-ort-integer-kernels]
        (target: onnxruntime)
@@ -37,7 +38,7 @@ def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
     from tao_qc.passes.remove_identity import RemoveIdentity
     from tao_qc.pipeline import FixedPoint
 
-    return [
+    passes = [
         LoadAndCheck(source_path),
         # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
         # Identity is gone); repeating until a round changes nothing makes their order not matter.
@@ -47,6 +48,21 @@ def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
         QuantizeModelOpt(),
         ClipRanges(),
     ]
+    # Only where the spec asks: without them the pipeline (and its golden dumps) is as it was.
+    if getattr(spec, "algorithm", None) == "auto":
+        from tao_qc.passes.choose_ranges import ChooseRanges
+
+        passes.append(ChooseRanges())
+    return passes + correction_passes(spec.calibration.corrections if spec is not None else [])
+
+
+def correction_passes(corrections: list, skip: frozenset = frozenset()) -> list:
+    """The weight corrections of `calibration.corrections`, in the order written."""
+    from tao_qc.passes.correct_bias import CorrectBias
+    from tao_qc.passes.round_weights import RoundWeights
+
+    made = {"bias": CorrectBias, "adaround": RoundWeights}
+    return [made[c.method](settings=c, skip=skip) for c in corrections]
 
 
 def finishing_passes(spec: Any, *, verify: bool = True) -> list:

@@ -46,7 +46,7 @@ from tao_qc.pipeline import (PROTOBUF_LIMIT_BYTES, PROVENANCE_KEY, PassContext, 
 log = logging.getLogger("tao_qc.quantize")
 
 # percentile: modelopt's max, then clip-ranges narrows the activation ranges.
-CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "max"}
+CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "max", "auto": "max"}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 

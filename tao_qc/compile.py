@@ -375,4 +375,13 @@ def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord
                     "modelopt": {k: round(v, 4) for k, v in (ctx.facts.get("modelopt_timing") or {}).items()}},
         "summary": format_summary(records, timings=False),
         "versions": library_versions(),
+        **_corrections_report(ctx.facts),
     }
+
+
+def _corrections_report(facts: dict[str, Any]) -> dict[str, Any]:
+    """What `algorithm: auto` chose per activation and what each weight correction did per node
+    (only where they ran)."""
+    from tao_qc.accuracy.corrections import corrections_report
+
+    return corrections_report(facts)

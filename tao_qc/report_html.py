@@ -83,6 +83,7 @@ def render_html(report: dict[str, Any]) -> str:
         _comparison_section(comparison),
         _detection_section((comparison or {}).get("detection")),
         _accuracy_section(report.get("accuracy")),
+        _corrections_section(report),
         "<h2>Latency</h2>",
         _latency_section(latency),
         "<h2>Quantization decisions</h2>",
@@ -254,6 +255,9 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
                      f"({clipping['ranges_clipped']} ranges): {_num(clipping['value'])}, target "
                      f"{'met' if clipping['met'] else 'missed'}; "
                      f"{'kept' if clipping.get('kept') else 'not kept (max ranges measured better)'}.</p>")
+    from tao_qc.accuracy.corrections import steps_html
+
+    parts.append(steps_html(section.get("steps")))
     search = section.get("search") or {}
     if search.get("sensitivity"):
         kept = {k["name"] for k in search.get("kept_float") or []}
@@ -282,6 +286,12 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
                  else f"not measured on the comparison data: {escape(str(final.get('error')))}")
         parts.append(f"<p>The saved model: {shown}.</p>")
     return "\n".join(parts)
+
+
+def _corrections_section(report: dict[str, Any]) -> str:
+    from tao_qc.accuracy.corrections import corrections_html
+
+    return corrections_html(report)
 
 
 def _detection_section(section: dict[str, Any] | None) -> str:
