@@ -8,9 +8,8 @@ correction takes timm's MobileNetV3-small from 42.2 to 56.7 top-1 (FP32 57.9) th
 Sequential, on the quantized model's own inputs: every quantized Conv/Gemm (and MatMul followed by a
 bias Add) gets `bias += E[y_float] - E[y_quantized]` per output channel, where y_float is the float
 graph's output of the layer and y_quantized the calibrated Q/DQ graph's, with every layer upstream
-already corrected: depths are corrected in order, a few per run of the graph (`max_runs`, default 8:
-layers at one depth never depend on each other), then one sweep over every layer takes back what
-a layer's uncorrected upstream within its group left.
+already corrected: one run of the graph per depth (layers at one depth never depend on each other;
+`max_runs` groups depths where time matters more).
 Means are over the first `samples` calibration samples. A Conv or Gemm without a bias gets one; a
 MatMul without a bias Add is left alone (nothing is added to the graph). The float bias is what
 changes, so placement for either target reads the corrected value (ONNX Runtime: as an int32 bias).
@@ -60,24 +59,24 @@ class CorrectBias:
         biases = {layer.bias.name: np.asarray(constant_array(layer.bias), dtype=np.float64) for layer in layers}
         records: dict[str, dict[str, Any]] = {}
         levels = layer_levels(model, layers)
-        # Depths in groups, one run of the graph per group: the first group's means are exact, a
-        # deeper layer of a group sees its group's upstream layers uncorrected; a last sweep over
-        # every layer then takes back what that left (a second-order remainder).
-        runs = self.settings.max_runs if self.settings is not None else 8
+        # One run of the graph per depth: a layer is corrected with every layer upstream of it already
+        # corrected (correcting a layer and its upstream from the same run would count the upstream
+        # shift twice). `max_runs` trades that for time: depths in groups, a group's deeper layers
+        # then see its shallower ones uncorrected.
+        runs = self.settings.max_runs if self.settings is not None and self.settings.max_runs else len(levels)
         group = max(1, -(-len(levels) // runs))
         groups = [[layer for level in levels[i:i + group] for layer in level] for i in range(0, len(levels), group)]
         stopped = None
-        for index, members in enumerate(groups + [layers]):
+        for index, members in enumerate(groups):
             means = _means(runner, feeds, layers, _as_feeds(biases, runner))
             for layer in members:
                 shift = reference[layer.name] - means[layer.name]
-                if layer.name not in records:
-                    records[layer.name] = {"node": layer.name, "op": layer.node.op_type,
-                                           "systematic_error_before": _relative(shift, energy[layer.name]),
-                                           "bias_shift_rms": 0.0}
+                records[layer.name] = {"node": layer.name, "op": layer.node.op_type,
+                                       "systematic_error_before": _relative(shift, energy[layer.name]),
+                                       "bias_shift_rms": float(np.sqrt(np.mean(np.square(shift))))}
                 biases[layer.bias.name] = biases[layer.bias.name] + _shaped(shift, biases[layer.bias.name])
-            if time.perf_counter() - started > budget and index + 1 < len(groups) + 1:
-                stopped = f"stopped after {index + 1} of {len(groups) + 1} runs: max_seconds {budget:g} reached"
+            if time.perf_counter() - started > budget and index + 1 < len(groups):
+                stopped = f"stopped after {index + 1} of {len(groups)} runs: max_seconds {budget:g} reached"
                 log.warning("correct-bias: %s", stopped)
                 break
         after = _means(runner, feeds, layers, _as_feeds(biases, runner))
@@ -87,13 +86,11 @@ class CorrectBias:
             if layer.name in records:
                 records[layer.name]["systematic_error_after"] = _relative(reference[layer.name] - after[layer.name],
                                                                           energy[layer.name])
-                original = originals.setdefault(layer.bias.name, np.asarray(constant_array(layer.bias)).copy())
-                records[layer.name]["bias_shift_rms"] = float(np.sqrt(np.mean(np.square(
-                    biases[layer.bias.name] - np.asarray(original, dtype=np.float64)))))
+                originals.setdefault(layer.bias.name, np.asarray(constant_array(layer.bias)).copy())
                 set_initializer(model.graph, layer.bias, biases[layer.bias.name])
         ctx.facts.setdefault("corrections", []).append({
             "method": "bias", "samples": sum(len(next(iter(f.values()))) for f in feeds), "depths": len(levels),
-            "runs": len(groups) + 2,
+            "runs": len(groups) + 1,
             "seconds": round(time.perf_counter() - started, 3), "stopped": stopped, "nodes": list(records.values())})
         notes = [f"{r['node']}: systematic error {r['systematic_error_before']:.3g} -> {r['systematic_error_after']:.3g}"
                  for r in records.values()]

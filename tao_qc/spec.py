@@ -147,7 +147,7 @@ class CorrectionSpec(_Strict):
     nodes: PatternList = Field(default_factory=list)  # adaround: these nodes instead (patterns)
     iterations: int = Field(default=300, ge=1)  # adaround: optimizer steps per layer
     max_seconds: float = Field(default=120.0, gt=0)  # the bound on the whole correction's time
-    max_runs: int = Field(default=8, ge=1)  # bias: runs of the graph over the samples, at most (plus two)
+    max_runs: int | None = Field(default=None, ge=1)  # bias: runs of the graph, at most (default one per depth)
 
 
 def _steps(value: Any) -> Any:

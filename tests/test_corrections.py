@@ -150,16 +150,23 @@ def test_adaround_cancels_rounding_errors_that_add_up(tmp_path, target):
     assert ctx.facts["float_weights"]["w"].shape == weight.shape  # the float graph still compares with FP32's
 
 
-def test_corrections_are_deterministic(tmp_path):
+def test_calibration_ranges_and_corrections_are_deterministic(tmp_path):
+    """Two compiles' calibrating passes (modelopt, `algorithm: auto`, AdaRound, bias correction) on the
+    same data give the same graph, byte for byte."""
     rng = np.random.default_rng(2)
-    weight = (rng.integers(-60, 60, size=(8, 16, 1, 1)) + 0.49) * STEP
+    weight = (rng.integers(-60, 60, size=(8, 16, 3, 3)) + 0.49) * STEP
     weight[:, 0, 0, 0] = 127 * STEP
     source = _conv_model(tmp_path / "det.onnx", weight, bias=np.zeros(8))
-    x = (rng.normal(size=(32, 1, 8, 8)) + 0.01 * rng.normal(size=(32, 16, 8, 8))).astype(np.float32)
-    spec, ctx, model = _calibrated(tmp_path, source, x, "onnxruntime")
-    settings = CorrectionSpec(method="adaround", iterations=100)
-    runs = [ir.to_proto(RoundWeights(settings=settings).run(_copy(model), ctx).model).SerializeToString() for _ in range(2)]
-    assert runs[0] == runs[1]
+    x = (rng.normal(size=(32, 1, 8, 8)) + 0.3 * rng.standard_t(3, size=(32, 16, 8, 8))).astype(np.float32)
+    built = []
+    for run in range(2):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        spec, ctx, model = _calibrated(folder, source, x, "onnxruntime", algorithm="auto")
+        model = RoundWeights(settings=CorrectionSpec(method="adaround", iterations=100)).run(model, ctx).model
+        model = CorrectBias(settings=CorrectionSpec(method="bias")).run(model, ctx).model
+        built.append((ir.to_proto(model).SerializeToString(), json.dumps(ctx.facts["range_choices"], sort_keys=True)))
+    assert built[0] == built[1]
 
 
 def test_auto_ranges_clip_an_outlier_and_keep_a_range_that_carries_signal(tmp_path):
