@@ -4,7 +4,8 @@ For each model built in the repo (tao_qc.zoo), in one run on this machine:
   fp32              the exported model
   tao-qc onnxruntime  `tao-qc compile` with target: onnxruntime (modelopt ranges, ORT-fusable placement)
   tao-qc tensorrt     `tao-qc compile` with target: tensorrt (modelopt's own placement, unchanged)
-  ort quantize_static ONNX Runtime's quantizer (quant_pre_process, then QDQ, per-channel, U8S8), in a separate process
+  ort quantize_static ONNX Runtime's quantizer (quant_pre_process, then QDQ, per-channel, U8S8; reduce_range on CPUs
+                      without VNNI, where its U8S8 kernels saturate 8-bit weights), in a separate process
                       because importing modelopt patches onnxruntime.quantization in-process
 and prints one table: speed vs FP32 at batch 1 and 8 (median latency, 2 intra-op threads, sessions
 timed in interleaved rounds so drift hits all alike; see measure()), the spread of the batch-8 ratio over
@@ -59,7 +60,7 @@ ORT_QUANTIZER = textwrap.dedent(
     import sys, numpy as np
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    source, target, calib = sys.argv[1:4]
+    source, target, calib, reduce_range = sys.argv[1:5]
     # ORT's documented recipe: pre-process (shape inference, BatchNorm folding) first. Its symbolic
     # shape inference fails on some transformer exports; then quantize the model as it is.
     # Its symbolic shape inference fails on PaddleOCR exports: then pre-process without it.
@@ -80,10 +81,18 @@ ORT_QUANTIZER = textwrap.dedent(
         def get_next(self):
             return next(batches, None)
 
+    # reduce_range (7-bit weights): ORT's own remedy on CPUs whose U8S8 kernels saturate (no VNNI),
+    # as tao-qc does there; off elsewhere, as tao-qc.
     quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range == "1")
     """
 )
+
+
+def _reduce_range() -> str:
+    from tao_qc.cpu import this_machine
+
+    return "1" if this_machine().pairs_saturate else "0"
 
 
 def session(path: Path):
@@ -118,7 +127,8 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
     target = work / f"{name}.ort-quantizer.onnx"
     # cwd: ORT's symbolic shape inference leaves sym_shape_infer_temp.onnx and its weights in the
     # current folder.
-    subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
+    subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz"),
+                    _reduce_range()],
                    check=True, capture_output=True, cwd=work)
     variants["ort quantize_static"] = target
     return variants
@@ -133,7 +143,8 @@ def quantize_both_ways(name: str, fp32: Path, work: Path) -> tuple[dict[str, Pat
                          "calibration": {"data": str(work / "calib.npz")}}}
     variants = {"fp32": fp32, "tao-qc onnxruntime": compile_model(fp32, spec, results_dir=work / "onnxruntime", compare=False).model_path}
     target = work / f"{name}.ort-quantizer.onnx"
-    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz")],
+    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz"),
+                    _reduce_range()],
                          capture_output=True, text=True, cwd=work)  # cwd: see build_variants
     try:
         if run.returncode:
@@ -361,19 +372,15 @@ def profile(variants: dict[str, Path], shape: tuple[int, ...], runs: int = 10) -
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and "avx512_vnni" in line.split():
-                cpu += " (AVX-512 VNNI)"
-                break
-    except OSError:
-        pass
+    """The CPU (its model and the instruction set ORT's integer kernels run on: the speed-ups hold for
+    that one), cores, threads and versions."""
     import onnxruntime
 
-    return f"{cpu}, {os.cpu_count()} cores, {THREADS} intra-op threads, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}"
+    from tao_qc.cpu import this_machine
+
+    cpu = this_machine()
+    return (f"{cpu.model_name or 'unknown CPU'} ({cpu.isa}), {os.cpu_count()} cores, {THREADS} intra-op threads, "
+            f"onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}")
 
 
 def main() -> None:

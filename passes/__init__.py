@@ -76,6 +76,7 @@ def finishing_passes(spec: Any, *, verify: bool = True) -> list:
     from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
     from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
     from tao_qc.passes.verify_quantization import VerifyQuantization
+    from tao_qc.cpu import resolve as resolve_cpu
 
     # Each node's dtype from the one int8 calibration, after fallback's float nodes and before
     # placement, which builds ONNX Runtime's integer units around the int8 nodes only.
@@ -85,7 +86,8 @@ def finishing_passes(spec: Any, *, verify: bool = True) -> list:
         # and gates on uint8, run a few-channel strided stem as a Conv ORT's kernels are efficient
         # at, then give every integer unit shapes ORT's kernels compute right and fast (last: it
         # sees the units the passes before it shaped).
-        passes += [PlaceForOnnxRuntime(), IntegerElementwise(), SpaceToDepthStem(), FitOrtIntegerKernels()]
+        passes += [PlaceForOnnxRuntime(cpu=resolve_cpu(spec.onnxruntime.cpu)), IntegerElementwise(),
+                   SpaceToDepthStem(), FitOrtIntegerKernels()]
     if verify:
         passes.append(VerifyQuantization())
     return passes

@@ -32,12 +32,13 @@ kernels, each named in the notes and counted in `float_compute_left`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from tao_qc.cpu import CpuTarget, this_machine
 from tao_qc.pipeline import PassContext, PassResult, constant_array, mark_created
 
 ABSORBING_OPS = {"Conv", "Gemm", "MatMul", "Add"}
@@ -120,13 +121,22 @@ class QdqBuilder:
 @dataclass
 class PlaceForOnnxRuntime:
     name: str = "place-for-onnxruntime"
+    # The instruction set the integer kernels run on (default: this machine's): on avx2/avx512
+    # without VNNI, weights get 7 bits (tao_qc/cpu.py).
+    cpu: CpuTarget = field(default_factory=this_machine)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         graph = model.graph
         build = QdqBuilder(graph, self.name)
         notes: list[str] = []
         derived: dict[str, str] = {}
-        stats = {"weights_stored_int8": self._store_weights(graph, build)}
+        stored, narrowed = self._store_weights(graph, build, self.cpu.weight_magnitude)
+        stats = {"weights_stored_int8": stored}
+        if self.cpu.pairs_saturate:
+            stats["weights_7bit"] = narrowed
+            notes.append(f"weights of {narrowed} of {stored} quantized nodes stored with 7 bits (|w| <= "
+                         f"{self.cpu.weight_magnitude}): ONNX Runtime's uint8 x int8 kernels on {self.cpu.isa} add "
+                         "weight pairs in saturating int16; depthwise Convs, whose kernel does not, keep 8 bits")
         placed: dict[str, dict] = {}
         absorbed, through_pool = self._absorb_relus(graph, build, notes, derived, placed)
         stats["relu_absorbed"] = absorbed
@@ -159,8 +169,11 @@ class PlaceForOnnxRuntime:
     # -- 1. weights -------------------------------------------------------------------------
 
     @staticmethod
-    def _store_weights(graph: ir.Graph, build: QdqBuilder) -> int:
-        count = 0
+    def _store_weights(graph: ir.Graph, build: QdqBuilder, magnitude: int = 127) -> tuple[int, int]:
+        """Weights as integer initializers; where `magnitude` is below 127 (a CPU whose kernels saturate
+        8-bit pairs), symmetric int8 weights of nodes that run those kernels are requantized to
+        +-`magnitude` (the same range, coarser steps). Returns (stored, narrowed)."""
+        count = narrowed = 0
         for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
             weight = constant_array(q.inputs[0])
             params = integer_qparams(q)
@@ -171,13 +184,23 @@ class PlaceForOnnxRuntime:
             shape = [1] * weight.ndim
             if scale.ndim == 1 and scale.size > 1:
                 shape[axis] = -1
-            info = np.iinfo(zero.dtype)
-            quantized = np.clip(np.rint(weight / scale.reshape(shape)) + zero.reshape(shape if zero.ndim else ()), info.min, info.max)
+            dequantizers = [use.node for use in q.outputs[0].uses() if use.node.op_type == "DequantizeLinear"]
+            if (magnitude < 127 and zero.dtype == np.int8 and not zero.any() and dequantizers
+                    and not all(_only_depthwise_convs(dq) for dq in dequantizers)):
+                scale = (scale.astype(np.float64) * (127 / magnitude)).astype(np.float32)
+                narrow = build.initializer(f"{q.inputs[0].name}_scale_{magnitude}", scale)
+                for dq in dequantizers:
+                    dq.replace_input_with(1, narrow)
+                info = (-magnitude, magnitude)
+                narrowed += 1
+            else:
+                info = (np.iinfo(zero.dtype).min, np.iinfo(zero.dtype).max)
+            quantized = np.clip(np.rint(weight / scale.reshape(shape)) + zero.reshape(shape if zero.ndim else ()), *info)
             stored = build.initializer(f"{q.inputs[0].name}_quantized", quantized.astype(zero.dtype))
             q.outputs[0].replace_all_uses_with(stored)
             graph.remove(q, safe=True)
             count += 1
-        return count
+        return count, narrowed
 
     # -- 2. biases --------------------------------------------------------------------------
 
@@ -406,6 +429,21 @@ class PlaceForOnnxRuntime:
             node.replace_input_with(2, shifted[key])
             count += node.op_type == "QuantizeLinear"
         return count
+
+
+def _only_depthwise_convs(dq: ir.Node) -> bool:
+    """Whether every reader of a weight DequantizeLinear is a depthwise Conv (one input and one output
+    channel per group): ORT runs those on its depthwise kernel, which multiplies in int32 and is exact
+    with 8-bit weights on every CPU (measured in emulation of AVX2: the same integers as AVX-512 VNNI)."""
+    readers = [use.node for use in dq.outputs[0].uses()]
+    for node in readers:
+        shape = dq.outputs[0].shape or dq.inputs[0].shape
+        group = node.attributes.get_int("group", 1) if node.op_type == "Conv" else 1
+        if node.op_type != "Conv" or group == 1 or shape is None or len(shape) != 4:
+            return False
+        if shape[1] != 1 or shape[0] != group:
+            return False
+    return bool(readers)
 
 
 def _clip_upper_bound(node: ir.Node) -> float:

@@ -212,7 +212,13 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
     user_metric = spec.accuracy.metric is not None and ":" in spec.accuracy.metric
     labels = load_labels(spec.compare.labels, key="quantize.compare.labels", others=user_metric) if spec.compare.labels else None
     log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
-    return evaluate_quantized(source, quantized, batches, spec, labels)
+    sections = evaluate_quantized(source, quantized, batches, spec, labels)
+    if spec.target == "onnxruntime" and spec.onnxruntime.kernel_fidelity and spec.compare.runtime == "onnxruntime":
+        from tao_qc.kernel_fidelity import check_kernel_fidelity
+
+        log.info("checking ONNX Runtime's integer kernels on this CPU against the graph's arithmetic")
+        sections["kernel_fidelity"] = check_kernel_fidelity(source, quantized, batches, spec.compare).to_dict()
+    return sections
 
 
 # Well below 1: batch-1 timings of a few-millisecond model vary by a fifth from run to run on a busy
@@ -275,7 +281,7 @@ def _relocated(value: Any, old: str, new: str) -> Any:
     if isinstance(value, str):
         return new + value[len(old):] if value.startswith(old) else value
     if isinstance(value, dict):
-        return {k: _relocated(v, old, new) for k, v in value.items()}
+        return {_relocated(k, old, new): _relocated(v, old, new) for k, v in value.items()}  # keys too: latency's cpu.compiled_for
     if isinstance(value, list):
         return [_relocated(v, old, new) for v in value]
     return value
@@ -317,6 +323,16 @@ def _save(model: Any, path: Path, spec: Any) -> None:
     save_model(model, path)
 
 
+def cpu_section(spec: Any) -> dict[str, Any]:
+    """The CPU the model was compiled for (target onnxruntime) and the one that measured it."""
+    from tao_qc.cpu import resolve, this_machine
+
+    target = None
+    if spec.target == "onnxruntime":
+        target = {"asked": spec.onnxruntime.cpu, **resolve(spec.onnxruntime.cpu).as_dict()}
+    return {"target": target, "this_machine": this_machine().as_dict()}
+
+
 def library_versions() -> dict[str, str]:
     versions = {}
     for name in _VERSIONED:
@@ -354,6 +370,7 @@ def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord
             "samples": calibration.num_samples if calibration is not None else None,
         },
         "modelopt": ctx.facts.get("modelopt_settings"),
+        "cpu": cpu_section(spec),
         "counts": {
             "candidates": len(decisions),
             "quantized": len(quantized),

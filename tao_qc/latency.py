@@ -210,7 +210,9 @@ class BenchTable:
         """A rich table: a row per model and batch size, the ratio against the first model."""
         from rich.table import Table
 
-        table = Table(title=f"latency on {self.runtime} ({self.settings.get('threads')} threads, {self.settings.get('device')})")
+        cpu = self.settings.get("cpu") or {}
+        on = f", {cpu['isa']}" + (f": {cpu['model']}" if cpu.get("model") else "") if cpu.get("isa") else ""
+        table = Table(title=f"latency on {self.runtime} ({self.settings.get('threads')} threads, {self.settings.get('device')}{on})")
         for column in ("model", "batch", "median ms", "p90 ms", "samples/s", "ratio vs first"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for row in self.rows:
@@ -219,7 +221,8 @@ class BenchTable:
                 continue
             r = row.result
             ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
-            table.add_row(Path(row.model).name, str(row.batch_size), f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput:.1f}", ratio)
+            made_for = (cpu.get("compiled_for") or {}).get(row.model)
+            table.add_row(Path(row.model).name + (f" (for {made_for})" if made_for else ""), str(row.batch_size), f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput:.1f}", ratio)
         return table
 
 
@@ -255,7 +258,8 @@ def bench_models(
             for engine in built:
                 engine.close()
     _check_same_inputs(engines)
-    table = BenchTable(runtime, {**settings.to_dict(), "device": engines[0].device if engines else settings.device})
+    table = BenchTable(runtime, {**settings.to_dict(), "device": engines[0].device if engines else settings.device,
+                                 "cpu": _cpu(model_paths)})
     for batch in batch_sizes:
         first: LatencyResult | None = None
         for index, engine in enumerate(engines):
@@ -275,6 +279,23 @@ def bench_models(
             if on_progress:
                 on_progress()
     return table
+
+
+def _cpu(model_paths: Sequence[str | Path]) -> dict[str, Any]:
+    """The CPU that times (figures hold for its instruction set) and what each model was compiled for."""
+    import onnx
+
+    from tao_qc.cpu import compiled_for, this_machine
+
+    here = this_machine()
+    models = {}
+    for path in model_paths:
+        try:
+            metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception:  # noqa: BLE001 - a runtime reads what onnx cannot (a TensorRT engine)
+            metadata = {}
+        models[str(path)] = compiled_for(metadata)
+    return {"isa": here.isa, "model": here.model_name, "compiled_for": models}
 
 
 def _check_same_inputs(engines: Sequence[Any]) -> None:

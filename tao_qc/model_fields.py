@@ -21,6 +21,8 @@ from typing import Any
 
 import onnx_ir as ir
 
+from tao_qc import cpu
+
 OWN_KEY_PREFIX = "tao_qc."
 SOURCE_PRODUCER_KEY = "tao_qc.source_producer"
 SPEC_HASH_KEY = "tao_qc.spec_sha256"
@@ -135,3 +137,7 @@ def stamp(model: ir.Model, spec: Any, version: str) -> None:
     model.producer_name, model.producer_version = PRODUCER, version
     model.metadata_props[VERSION_KEY] = version
     model.metadata_props[SPEC_HASH_KEY] = spec_digest(spec)
+    if getattr(spec, "target", None) == "onnxruntime":
+        # The instruction set its integer weights were made for: a model for a VNNI CPU computes
+        # wrong integers on AVX2 without VNNI, and `tao-qc compare`/`inspect` say so from this key.
+        model.metadata_props[cpu.METADATA_KEY] = cpu.resolve(spec.onnxruntime.cpu).isa

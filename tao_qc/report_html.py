@@ -84,6 +84,7 @@ def render_html(report: dict[str, Any]) -> str:
         _detection_section((comparison or {}).get("detection")),
         _accuracy_section(report.get("accuracy")),
         _corrections_section(report),
+        _kernel_fidelity_section(report.get("kernel_fidelity")),
         "<h2>Latency</h2>",
         _latency_section(latency),
         "<h2>Quantization decisions</h2>",
@@ -162,7 +163,39 @@ def _summary_cards(report: dict[str, Any], comparison: dict[str, Any] | None, la
     ratio = _headline_ratio(latency)
     if ratio:
         cards.append(_card("speed vs FP32", f"{ratio[0]:.2f}×", ratio[1]))
+    cpu = report.get("cpu") or {}
+    if cpu.get("target"):
+        target, here = cpu["target"], cpu.get("this_machine") or {}
+        fidelity = report.get("kernel_fidelity")
+        badge = ""
+        if fidelity:
+            badge = (' <span class="badge pass">kernels exact</span>' if fidelity.get("passed")
+                     else ' <span class="badge fail">kernels deviate</span>')
+        source = "auto: this machine" if target.get("asked") == "auto" else "named in the spec"
+        cards.append(_card("compiled for CPU", escape(str(target.get("isa"))) + badge,
+                           escape(f"{source}; {target.get('weight_bits')}-bit weights; measured on {here.get('isa')}"
+                                  + (f" ({here['model']})" if here.get("model") else ""))))
     return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _kernel_fidelity_section(section: dict[str, Any] | None) -> str:
+    if not section:
+        return ""
+    here = (section.get("cpu") or {}).get("this_machine") or {}
+    verdict = ('<span class="badge pass">PASSED</span>' if section.get("passed")
+               else f'<span class="badge fail">FAILED</span> {escape(str(section.get("reason")))}')
+    intro = (f'<h3>Kernel fidelity on this CPU ({escape(str(here.get("isa")))})</h3><p>{verdict}</p>'
+             '<p class="note">The quantized model run with ONNX Runtime\'s fused integer kernels against the same graph '
+             'run op by op (optimizations off: the Q/DQ arithmetic ONNX defines), on the comparison data. Kernel error: '
+             '||kernels − graph|| over ||graph − FP32||, the deviation against the quantization error itself; the task '
+             'measure is taken against FP32 through each.</p>')
+    rows = []
+    for output in section.get("outputs") or []:
+        rows.append(f"<tr><td>{escape(str(output['name']))}</td><td class=\"num\">{output['kernel_error_ratio']:.3f}</td>"
+                    f"<td class=\"num\">{_fixed(output.get('max_step_error'), 0)}</td>"
+                    f"<td>{escape(str(output['task_measure']))}</td><td class=\"num\">{_fixed(output.get('task_kernels'), 4)}</td>"
+                    f"<td class=\"num\">{_fixed(output.get('task_graph'), 4)}</td></tr>")
+    return intro + _table(["output", "kernel error", "max step error", "measure", "kernels", "graph"], rows, numeric_from=1)
 
 
 def _headline_ratio(latency: dict[str, Any] | None) -> tuple[float, str] | None:

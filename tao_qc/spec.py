@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from tao_qc.cpu import CPU_SETTINGS
 from tao_qc.errors import SpecError
 
 log = logging.getLogger("tao_qc.spec")
@@ -114,6 +115,7 @@ RuntimeName = Annotated[str, _choice(RUNTIMES)]
 Layout = Annotated[str, _choice(LAYOUTS)]
 Color = Annotated[str, _choice(COLORS)]
 Task = Annotated[str, _choice(TASKS)]
+CpuSetting = Annotated[str, _choice(CPU_SETTINGS)]
 Device = Annotated[str, BeforeValidator(_device)]
 PatternList = Annotated[list[str], BeforeValidator(_pattern_list)]
 
@@ -289,6 +291,16 @@ class TensorRTSpec(_Strict):
     profiles: dict[str, ShapeProfile] = Field(default_factory=dict)
 
 
+class OnnxRuntimeSpec(_Strict):
+    """Extension: what `target: onnxruntime` compiles for (tao_qc/cpu.py)."""
+
+    # The instruction set ORT's integer kernels run on: auto (the machine that compiles) or one named.
+    # avx2 and avx512 (no VNNI) get 7-bit weights, which their saturating U8S8 kernels compute exactly.
+    cpu: CpuSetting = "auto"
+    # Compare ORT's fused integer kernels with the graph's own Q/DQ arithmetic on the comparison data.
+    kernel_fidelity: bool = True
+
+
 class QuantizeSpec(_Strict):
     backend: Backend = "torchao"
     mode: Mode = "weight_only_ptq"
@@ -309,6 +321,7 @@ class QuantizeSpec(_Strict):
     compare: CompareSpec = Field(default_factory=CompareSpec)
     accuracy: AccuracySpec = Field(default_factory=AccuracySpec)
     tensorrt: TensorRTSpec = Field(default_factory=TensorRTSpec)
+    onnxruntime: OnnxRuntimeSpec = Field(default_factory=OnnxRuntimeSpec)
 
     _source: str | None = PrivateAttr(default=None)
 
@@ -588,6 +601,9 @@ def _cross_check(spec: QuantizeSpec, marks: _Marks, prefix: tuple) -> None:
         raise SpecError("min/max_drop need a metric to apply to (valid: cosine, top1_agreement, top1_accuracy, map, "
                         "or module:function); without one the comparison's own checks decide",
                         key="quantize.accuracy.metric", location=marks.at(prefix + ("accuracy",)))
+
+    if "onnxruntime" in spec.model_fields_set and spec.target != "onnxruntime":
+        warn_once(f"quantize.onnxruntime applies to target onnxruntime only; target is {spec.target}, so it is ignored")
 
     if spec.backend == "torchao" and any(entry.activations is not None for entry in spec.layers):
         warn_once("backend torchao quantizes weights only: quantize.layers[*].activations is ignored")

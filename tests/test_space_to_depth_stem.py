@@ -12,7 +12,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tao_qc.compile import compile_model
+from tao_qc.cpu import this_machine
 from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
+
+# Weights as large as this CPU's integer kernels compute exactly: 127, or 64 where ORT's uint8 x int8
+# kernels add weight pairs in saturating int16 (AVX2 and AVX-512 without VNNI; tao_qc/cpu.py).
+EXACT_WEIGHT = this_machine().weight_magnitude
 
 
 def stem_graph(channels: int, size: tuple[int, int], kernel: tuple[int, int], pads: list[int], stride: int = 2,
@@ -20,7 +25,7 @@ def stem_graph(channels: int, size: tuple[int, int], kernel: tuple[int, int], pa
     """input -> Q(u8) -> DQ -> Conv(int8 per-channel weights, int32 bias) -> Q(u8) -> DQ: the unit
     place-for-onnxruntime leaves for ORT's QLinearConv."""
     rng = np.random.default_rng(seed)
-    weights = rng.integers(-127, 128, (16, channels, *kernel)).astype(np.int8)
+    weights = rng.integers(-EXACT_WEIGHT, EXACT_WEIGHT + 1, (16, channels, *kernel)).astype(np.int8)
     w_scale = rng.uniform(0.001, 0.01, 16).astype(np.float32)
     x_scale = np.float32(4.0 / 255)
     tensors = {

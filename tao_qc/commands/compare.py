@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from tao_qc.commands.inspect import cpu_facts, cpu_line
 from tao_qc.errors import AccuracyError, InputError
+from tao_qc.kernel_fidelity import fidelity_line
 
 log = logging.getLogger("tao_qc.compare")
 
@@ -41,12 +43,15 @@ log = logging.getLogger("tao_qc.compare")
               help="Shapes of random inputs where no data is given and the model leaves sizes open, "
                    "e.g. x:1x3x640x640 (the batch first).")
 @click.option("--spec", "spec_file", type=click.Path(path_type=Path), default=None, help="A quantize spec whose compare/calibration sections give defaults.")
+@click.option("--kernel-fidelity/--no-kernel-fidelity", default=None,
+              help="Also run CANDIDATE with ONNX Runtime's optimizations off and check its integer kernels on this CPU "
+                   "against the graph's own arithmetic (default: on for models compiled for target onnxruntime).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def compare_command(reference: Path, candidate: Path, runtime: str | None, data: str | None, labels: Path | None,
                     atol: float | None, rtol: float | None, min_top1_agreement: float | None, task: str | None,
                     decoder: str | None, annotations: Path | None, score_threshold: float | None, max_samples: int | None,
                     batch_size: int | None, threads: int | None, input_shapes: str | None, spec_file: Path | None,
-                    as_json: bool) -> None:
+                    kernel_fidelity: bool | None, as_json: bool) -> None:
     """Run REFERENCE (FP32) and CANDIDATE (quantized) on the same inputs and check the candidate.
 
     \b
@@ -100,12 +105,35 @@ def compare_command(reference: Path, candidate: Path, runtime: str | None, data:
 
     result = compare_models(reference, candidate, inputs, runtime=runtime, labels=label_array, settings=settings,
                             runtime_settings=runtime_settings, image_color=spec.calibration.color)
+    cpu = cpu_facts(_metadata(candidate))
+    fidelity = None
+    if kernel_fidelity or (kernel_fidelity is None and cpu["compiled_for"] is not None and runtime == "onnxruntime"):
+        from tao_qc.kernel_fidelity import check_kernel_fidelity
+
+        fidelity = check_kernel_fidelity(reference, candidate, inputs, settings)
+    failures = list(result.failures) + ([fidelity.reason] if fidelity is not None and not fidelity.passed else [])
+    if cpu["problem"] and fidelity is None:
+        log.warning(cpu["problem"])
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps({**result.to_dict(), "cpu": cpu,
+                               "kernel_fidelity": fidelity.to_dict() if fidelity else None}, indent=2))
     else:
-        Console().print(result.render())
-    if not result.passed and settings.fail_on_mismatch:
-        raise AccuracyError(f"{candidate.name} failed the comparison with {reference.name}: " + "; ".join(result.failures))
+        console = Console()
+        console.print(result.render())
+        console.print(f"cpu: {cpu_line(cpu)}")
+        if fidelity is not None:
+            console.print(f"kernel fidelity: {fidelity_line(fidelity.to_dict())}")
+    if failures and settings.fail_on_mismatch:
+        raise AccuracyError(f"{candidate.name} failed the comparison with {reference.name}: " + "; ".join(failures))
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    try:
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # noqa: BLE001 - an unreadable model fails with its own message in the comparison
+        return {}
 
 
 def _compare_settings(spec, flags: dict):

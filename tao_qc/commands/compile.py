@@ -109,11 +109,18 @@ def comparison_lines(report: dict) -> list[str]:
             lines.append("  " + detection_line(detection))
         verdict = "passed" if comparison.get("passed") else "FAILED: " + "; ".join(comparison.get("failures") or [])
         lines.append(f"  comparison on {comparison.get('runtime')} ({comparison.get('num_samples')} samples): {verdict}")
+    fidelity = report.get("kernel_fidelity")
+    if fidelity:
+        from tao_qc.kernel_fidelity import fidelity_line
+
+        lines.append(f"  kernel fidelity: {fidelity_line(fidelity)}")
     latency = report.get("latency")
     if latency and len(latency.get("rows", [])) >= 2:
         rows = [r for r in latency["rows"] if r.get("median_ms")]
         if len(rows) >= 2:
-            lines.append(f"  latency at batch {rows[-1]['batch_size']}: {rows[0]['median_ms']:.3f} ms FP32, "
+            cpu = (report.get("cpu") or {}).get("this_machine") or {}
+            on = f" on {cpu['isa']}" if cpu.get("isa") and latency.get("runtime") == "onnxruntime" else ""
+            lines.append(f"  latency at batch {rows[-1]['batch_size']}{on}: {rows[0]['median_ms']:.3f} ms FP32, "
                          f"{rows[-1]['median_ms']:.3f} ms quantized (speed {rows[-1]['ratio']:.2f}x FP32)")
     if comparison:
         lines.append(f"  report: {Path(report['output']).parent / 'report.html'}")

@@ -226,11 +226,31 @@ def summarize(target: Target, *, with_text: bool = False, digests: bool = False)
         "report": str(target.report_path) if target.report_path else None,
         "decisions_in_report": len(decisions),
         "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        "cpu": cpu_facts({p.key: p.value for p in model.metadata_props}),
         **summary,
     }
     if with_text:
         result["text"] = format_model(model, digests=digests)
     return result
+
+
+def cpu_facts(metadata: dict[str, str]) -> dict[str, Any]:
+    """The instruction set the model was compiled for (`tao_qc.cpu`), this machine's, and whether the
+    model computes right here."""
+    from tao_qc.cpu import compiled_for, mismatch, this_machine
+
+    here = this_machine()
+    model_isa = compiled_for(metadata)
+    return {"compiled_for": model_isa, "this_machine": here.isa, "this_machine_model": here.model_name,
+            "problem": mismatch(model_isa, here)}
+
+
+def cpu_line(facts: dict[str, Any]) -> str:
+    here = f"this machine {facts['this_machine']}" + (f" ({facts['this_machine_model']})" if facts.get("this_machine_model") else "")
+    if facts["compiled_for"] is None:
+        return f"not compiled for an ONNX Runtime CPU (no tao_qc.cpu); {here}"
+    verdict = f"[bold red]{facts['problem']}[/]" if facts["problem"] else "its integer kernels compute it right here"
+    return f"compiled for {facts['compiled_for']}; {here}: {verdict}"
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -311,6 +331,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(f"[bold]nodes[/]    {summary['nodes']} (opsets: {opsets})")
     console.print(f"[bold]Q/DQ[/]     {_qdq_line(summary)}")
     console.print(f"[bold]compute[/]  {_compute_line(summary)}")
+    console.print(f"[bold]cpu[/]      {cpu_line(summary['cpu'])}")
 
     ops = Table(title="ops", title_justify="left")
     ops.add_column("op")

@@ -1,0 +1,207 @@
+"""Kernel fidelity: does ONNX Runtime's integer kernels on this CPU compute what the graph says?
+
+A model placed for `target: onnxruntime` is a Q/DQ graph whose arithmetic is defined by ONNX:
+dequantize, compute in float, quantize. ORT fuses `DQ -> op -> Q` units into integer kernels
+(QLinearConv, QGemm, ...) that should give the same integers. Where a CPU's kernels do not (uint8 x
+int8 pairs saturating int16 on AVX2 without VNNI, tao_qc/cpu.py), the quantized model's accuracy
+on that CPU is not the one the graph promises, and no comparison against FP32 says why.
+
+The check runs the placed model twice on the comparison data, on this machine: with ORT's
+optimizations (the fused kernels a user's session runs) and with none (the graph's own arithmetic,
+each op on its own), and measures the kernels against the graph:
+
+- per output, the largest difference in the output's quantization steps (where a DequantizeLinear
+  gives the output) and the kernels' error energy relative to the quantization error itself
+  (`kernel_error_ratio` = ||kernels - graph|| / ||graph - FP32||);
+- the task measure through both: top-1 agreement with FP32 for class scores, mAP against FP32's
+  boxes with the comparison's decoder, the data-set cosine with FP32 otherwise.
+
+Where the kernels only round differently (a requantization tie, a float sum in another order), the
+kernel error stays below the quantization error, an output that is quantized moves by a few of its
+steps, and the task measure moves by at most one sample. The check fails past that
+(`MAX_KERNEL_ERROR_RATIO`, `MAX_STEP_ERROR`, `MAX_TASK_DELTA_SAMPLES`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tao_qc.cpu import CpuTarget, compiled_for, mismatch, this_machine
+
+log = logging.getLogger("tao_qc.kernel_fidelity")
+
+# Measured (bench/kernel_fidelity.py, tests/test_corpus.py): where the kernels only round differently,
+# their error is 0-0.66x the quantization error (0.66: YuNet on AMX, requantization ties and integer
+# Sigmoid tables carried through 60 layers); saturated pairs on AVX2 put it at 6-22x (the MNIST CNNs,
+# UltraFace). The bar sits between.
+MAX_KERNEL_ERROR_RATIO = 1.0
+# A few wrong values hide in the energy of a large output (AMX's lost 17-31-column remainder: 0.33x the
+# quantization error, but 188 steps off): an output a DequantizeLinear gives may differ by this many
+# of its steps at most.
+MAX_STEP_ERROR = 16
+# The task measure may move by one sample's worth (a near tie decided the other way by a rounding).
+MAX_TASK_DELTA_SAMPLES = 1
+_SHAPE_ONLY = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+
+
+@dataclass
+class OutputFidelity:
+    name: str
+    max_abs_error: float  # kernels against the graph's arithmetic
+    max_step_error: float | None  # the same in the output's quantization steps (None: the output is not quantized)
+    kernel_error_ratio: float  # ||kernels - graph|| / ||graph - FP32||
+    task_measure: str  # top1_agreement | map | cosine (with FP32)
+    task_kernels: float | None  # the task measure with FP32, through ORT's kernels
+    task_graph: float | None  # the same through the graph's own arithmetic
+
+    @property
+    def task_delta(self) -> float | None:
+        if self.task_kernels is None or self.task_graph is None:
+            return None
+        return self.task_kernels - self.task_graph
+
+
+@dataclass
+class KernelFidelity:
+    cpu: dict[str, Any]  # this machine (isa, model) and what the model was compiled for
+    samples: int
+    outputs: list[OutputFidelity] = field(default_factory=list)
+    passed: bool = True
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpu": self.cpu,
+            "samples": self.samples,
+            "passed": self.passed,
+            "reason": self.reason,
+            "thresholds": {"max_kernel_error_ratio": MAX_KERNEL_ERROR_RATIO, "max_step_error": MAX_STEP_ERROR,
+                           "max_task_delta_samples": MAX_TASK_DELTA_SAMPLES},
+            "outputs": [{**asdict(o), "task_delta": o.task_delta} for o in self.outputs],
+        }
+
+
+def check_kernel_fidelity(fp32_path: str | Path, quant_path: str | Path, inputs: Any, compare: Any,
+                          *, here: CpuTarget | None = None) -> KernelFidelity:
+    """ORT's fused kernels against the graph's own Q/DQ arithmetic for `quant_path` on `inputs`
+    (an InputBatches or any re-iterable of feed dicts), on this machine. `compare`: the spec's
+    CompareSpec (its decoder measures detections)."""
+    import onnx
+
+    here = here or this_machine()
+    proto = onnx.load(str(quant_path), load_external_data=False)
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    model_isa = compiled_for(metadata)
+    steps = output_steps(onnx.load(str(quant_path)))
+    fp32 = _outputs(fp32_path, inputs, optimized=True)
+    kernels = _outputs(quant_path, inputs, optimized=True)
+    graph = _outputs(quant_path, inputs, optimized=False)
+    samples = next(iter(fp32.values())).shape[0] if fp32 else 0
+    result = KernelFidelity(cpu={"this_machine": here.as_dict(), "compiled_for": model_isa}, samples=samples)
+    detection = compare.resolved_task == "detection" and compare.decoder is not None
+    feeds = _stacked_inputs(inputs) if detection else None
+    for name, reference in fp32.items():
+        k, g = kernels[name].astype(np.float64), graph[name].astype(np.float64)
+        error = np.abs(k - g)
+        quantization = float(np.linalg.norm(g - reference.astype(np.float64)))
+        deviation = float(np.linalg.norm(k - g))
+        ratio = deviation / quantization if quantization > 0 else (0.0 if deviation == 0 else float("inf"))
+        step = steps.get(name)
+        measure, task_k, task_g = _task(name, reference, k, g, fp32, kernels, graph, feeds, compare, detection)
+        result.outputs.append(OutputFidelity(
+            name=name, max_abs_error=float(error.max()) if error.size else 0.0,
+            max_step_error=float(error.max() / step) if step and error.size else None,
+            kernel_error_ratio=ratio, task_measure=measure, task_kernels=task_k, task_graph=task_g))
+    result.passed, result.reason = _verdict(result, here, model_isa)
+    return result
+
+
+def _verdict(result: KernelFidelity, here: CpuTarget, model_isa: str | None) -> tuple[bool, str | None]:
+    allowed_delta = MAX_TASK_DELTA_SAMPLES / max(result.samples, 1)
+    problems = []
+    for output in result.outputs:
+        if output.kernel_error_ratio > MAX_KERNEL_ERROR_RATIO or (output.max_step_error or 0) > MAX_STEP_ERROR:
+            steps = f", up to {output.max_step_error:.0f} output steps" if output.max_step_error is not None else ""
+            problems.append(f"{output.name} off by {output.kernel_error_ratio:.2f}x the quantization error{steps}")
+        elif output.task_delta is not None and output.task_measure != "cosine" and abs(output.task_delta) > allowed_delta + 1e-9:
+            problems.append(f"{output.name} {output.task_measure} {output.task_kernels:.4f} through the kernels, "
+                            f"{output.task_graph:.4f} through the graph")
+    if not problems:
+        return True, None
+    why = mismatch(model_isa, here)
+    hint = f" ({why})" if why else (f"; compile with quantize.onnxruntime.cpu: {here.isa}" if here.pairs_saturate else "")
+    return False, (f"ORT's integer kernels on this CPU ({here.isa}) deviate from the graph's arithmetic: "
+                   + "; ".join(problems) + hint)
+
+
+def _task(name, reference, k, g, fp32, kernels, graph, feeds, compare, detection) -> tuple[str, float | None, float | None]:
+    from tao_qc.compare import is_classifier_output, output_cosine
+
+    if detection:
+        from tao_qc.detection import map_metric
+
+        try:
+            return "map", map_metric(fp32, kernels, feeds, compare), map_metric(fp32, graph, feeds, compare)
+        except Exception as exc:  # noqa: BLE001 - a decoder that needs outputs this one lacks: the raw measure
+            log.debug("kernel fidelity: no mAP for %s: %s", name, exc)
+    if compare.resolved_task in ("auto", "classification") and is_classifier_output(reference):
+        top = reference.argmax(axis=1)
+        return "top1_agreement", float(np.mean(k.argmax(axis=1) == top)), float(np.mean(g.argmax(axis=1) == top))
+    ref = reference.astype(np.float64)
+    return "cosine", output_cosine(ref, k), output_cosine(ref, g)
+
+
+def output_steps(model: Any) -> dict[str, float]:
+    """The quantization step of each graph output a DequantizeLinear with one scale gives (through
+    shape-only ops)."""
+    from onnx import numpy_helper
+
+    producers = {out: node for node in model.graph.node for out in node.output}
+    constants = {t.name: t for t in model.graph.initializer}
+    steps = {}
+    for output in model.graph.output:
+        node = producers.get(output.name)
+        while node is not None and node.op_type in _SHAPE_ONLY:
+            node = producers.get(node.input[0])
+        if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in constants:
+            continue
+        scale = numpy_helper.to_array(constants[node.input[1]])
+        if scale.size == 1:
+            steps[output.name] = float(scale.reshape(()))
+    return steps
+
+
+def _outputs(path: str | Path, inputs: Any, *, optimized: bool) -> dict[str, np.ndarray]:
+    from tao_qc.runtimes.base import RuntimeSettings
+    from tao_qc.runtimes.onnxruntime import OnnxRuntime
+
+    settings = RuntimeSettings(device="cpu", graph_optimization="all" if optimized else "disable")
+    engine = OnnxRuntime().build(Path(path), settings)
+    try:
+        runs = [engine.run(feeds) for feeds in inputs]
+    finally:
+        engine.close()
+    return {name: np.concatenate([run[name] for run in runs]) for name in runs[0]} if runs else {}
+
+
+def _stacked_inputs(inputs: Any) -> dict[str, np.ndarray]:
+    batches = list(inputs)
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]} if batches else {}
+
+
+def fidelity_line(section: dict[str, Any]) -> str:
+    """One line for the terminal and the report: the verdict and the figures behind it."""
+    if not section.get("passed", True):
+        return f"FAILED: {section['reason']}"
+    worst = max(section["outputs"], key=lambda o: o["kernel_error_ratio"], default=None)
+    isa = section["cpu"]["this_machine"]["isa"]
+    if worst is None:
+        return f"passed on {isa}"
+    steps = f", at most {worst['max_step_error']:.0f} output steps" if worst.get("max_step_error") is not None else ""
+    return (f"passed on {isa}: ORT's kernels match the graph's arithmetic within rounding "
+            f"(error {worst['kernel_error_ratio']:.2f}x the quantization error{steps}; {section['samples']} samples)")

@@ -1,0 +1,197 @@
+"""The CPU is part of target onnxruntime: the instruction set ORT's integer kernels run on, 7-bit
+weights where its uint8 x int8 kernels saturate 8-bit weight pairs, and a kernel-fidelity check
+that runs the placed model's fused kernels against the graph's own Q/DQ arithmetic on this CPU.
+
+What a CPU's kernels do is asserted for the CPU at hand: where a problem belongs to another
+instruction set, the test says so and skips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits, run_cli
+from tao_qc import cpu
+from tao_qc.compile import compile_model
+from tao_qc.errors import SpecError
+from tao_qc.kernel_fidelity import check_kernel_fidelity
+from tao_qc.spec import CompareSpec, load_spec
+
+HERE = cpu.this_machine()
+
+
+def test_auto_is_the_instruction_set_this_cpu_reports_to_the_os():
+    # CPUID (what MLAS reads) and the kernel's /proc/cpuinfo flags name the same instruction set.
+    flags = cpu._proc_cpuinfo_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags on this OS")
+    assert HERE.isa == cpu._isa_from_flags(flags)
+    assert cpu.resolve("auto") == HERE and HERE.source == "detected"
+
+
+@pytest.mark.parametrize("flags,isa", [
+    ({"avx2", "fma"}, "avx2"),
+    ({"avx2", "avx_vnni"}, "avx_vnni"),
+    ({"avx2", "avx512f", "avx512bw"}, "avx512"),
+    ({"avx2", "avx512f", "avx512bw", "avx512_vnni"}, "avx512_vnni"),
+    ({"avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_tile", "amx_int8"}, "amx"),
+])
+def test_flags_name_the_kernels_mlas_picks(flags, isa):
+    target = cpu.CpuTarget(cpu._isa_from_flags(flags), "spec")
+    assert target.isa == isa
+    assert target.weight_bits == (7 if isa in ("avx2", "avx512") else 8)
+
+
+def test_seven_bit_weights_cannot_saturate_an_int16_pair_sum():
+    # vpmaddubsw: uint8 x int8, adjacent pairs summed in int16 with saturation.
+    assert 2 * 255 * cpu.SAFE_WEIGHT_MAGNITUDE <= 32767 < 255 * (cpu.FULL_WEIGHT_MAGNITUDE + 2)
+
+
+def test_the_spec_names_an_instruction_set_or_auto():
+    assert load_spec({"quantize": {}}).onnxruntime.cpu == "auto"
+    assert load_spec({"quantize": {"onnxruntime": {"cpu": "avx2"}}}).onnxruntime.cpu == "avx2"
+    with pytest.raises(SpecError) as error:
+        load_spec({"quantize": {"onnxruntime": {"cpu": "avx512vnni"}}})
+    assert str(error.value) == ("quantize.onnxruntime.cpu: 'avx512vnni' is not supported (valid: auto, avx2, avx512, "
+                                "avx_vnni, avx512_vnni, amx, arm64); did you mean 'avx512_vnni'?")
+
+
+def test_a_model_for_vnni_is_flagged_on_a_cpu_without_it():
+    avx2 = cpu.CpuTarget("avx2", "spec")
+    assert "compile it again with quantize.onnxruntime.cpu: avx2" in cpu.mismatch("avx512_vnni", avx2)
+    assert cpu.mismatch("avx2", avx2) is None
+    assert cpu.mismatch("avx2", cpu.CpuTarget("amx", "spec")) is None  # 7-bit weights are exact everywhere
+    assert cpu.mismatch(None, avx2) is None
+
+
+# -- kernel fidelity on units built for it --------------------------------------------------------
+
+
+def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, depth: int = 64) -> tuple[Path, Path, dict]:
+    """An FP32 Gemm and its Q/DQ unit (uint8 input, int8 per-channel weights of up to `magnitude`,
+    int32 bias, uint8 output), the shape and weights ORT fuses into its U8S8 QGemm."""
+    rng = np.random.default_rng(0)
+    weights = rng.integers(-magnitude, magnitude + 1, (features, depth)).astype(np.int8)
+    w_scale = rng.uniform(0.002, 0.01, features).astype(np.float32)
+    x_scale = np.float32(4.0 / 255)
+    bias = rng.integers(-2000, 2000, features).astype(np.int32)
+    float_weights = weights.astype(np.float32) * w_scale[:, None]
+    float_bias = bias.astype(np.float32) * w_scale * x_scale
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [rows, depth])]
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [rows, features])]
+    fp32 = helper.make_graph([helper.make_node("Gemm", ["input", "w", "b"], ["output"], transB=1)], "gemm", inputs, outputs,
+                             [numpy_helper.from_array(float_weights, "w"), numpy_helper.from_array(float_bias, "b")])
+    tensors = {"x_scale": np.array(x_scale), "x_zero": np.array(128, np.uint8), "w_q": weights, "w_scale": w_scale,
+               "w_zero": np.zeros(features, np.int8), "b_q": bias, "b_scale": (w_scale * x_scale).astype(np.float32),
+               "b_zero": np.zeros(features, np.int32), "y_scale": np.array(0.05, np.float32), "y_zero": np.array(128, np.uint8)}
+    quantized = helper.make_graph([
+        helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["wd"], axis=0),
+        helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zero"], ["bd"], axis=0),
+        helper.make_node("Gemm", ["xd", "wd", "bd"], ["y"], transB=1),
+        helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zero"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["output"]),
+    ], "gemm", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    paths = folder / "fp32.onnx", folder / "int8.onnx"
+    for graph, path in zip((fp32, quantized), paths):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(path))
+    feeds = [{"input": rng.uniform(-2, 2, (rows, depth)).astype(np.float32)} for _ in range(4)]
+    return paths[0], paths[1], feeds
+
+
+def test_kernels_this_cpu_computes_exactly_pass_the_check(tmp_path):
+    # 32 features (no 17-31 remainder), weights within what this CPU's pairs can sum.
+    fp32, int8, feeds = gemm_files(tmp_path, features=32, magnitude=HERE.weight_magnitude)
+    result = check_kernel_fidelity(fp32, int8, feeds, CompareSpec(), here=HERE)
+    assert result.passed and result.reason is None
+    (output,) = result.outputs
+    assert output.kernel_error_ratio < 0.05 and output.max_step_error <= 1
+    assert output.task_measure == "top1_agreement" and output.task_kernels == output.task_graph
+    assert result.to_dict()["cpu"]["this_machine"]["isa"] == HERE.isa
+
+
+@pytest.mark.skipif(HERE.isa not in ("amx", "avx2", "avx512"), reason=(
+    f"ORT's integer kernels on {HERE.isa} neither saturate weight pairs (avx2, avx512) nor lose the 17-31-column "
+    "remainder (amx): no unit deviates here"))
+def test_kernels_that_deviate_on_this_cpu_fail_the_check_in_one_line(tmp_path):
+    # 20 features: AMX's partial-column path; full 8-bit weights: AVX2's saturating pairs.
+    fp32, int8, feeds = gemm_files(tmp_path, features=20, magnitude=cpu.FULL_WEIGHT_MAGNITUDE)
+    result = check_kernel_fidelity(fp32, int8, feeds, CompareSpec(), here=HERE)
+    assert not result.passed
+    assert result.reason.startswith(f"ORT's integer kernels on this CPU ({HERE.isa}) deviate from the graph's arithmetic: output off by")
+    assert "\n" not in result.reason
+    assert result.outputs[0].max_step_error > 16
+
+
+# -- compile for an instruction set ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist_for_avx2(tmp_path_factory):
+    """mnist_cntk compiled for target onnxruntime on an AVX2 CPU without VNNI, compared on 300 held-out digits."""
+    root = tmp_path_factory.mktemp("mnist-avx2")
+    images, labels = digits()
+    np.savez(root / "calibration.npz", **{MNIST_INPUT: images[:64]})
+    np.savez(root / "held_out.npz", **{MNIST_INPUT: images[100:400]})
+    np.save(root / "labels.npy", labels[100:400])
+    spec = {"quantize": {"device": "cpu", "target": "onnxruntime", "onnxruntime": {"cpu": "avx2"},
+                         "calibration": {"data": str(root / "calibration.npz")},
+                         "compare": {"data": str(root / "held_out.npz"), "labels": str(root / "labels.npy")}}}
+    return compile_model(MNIST_CNTK, spec, results_dir=root / "results")
+
+
+@pytest.mark.slow
+def test_avx2_weights_are_seven_bit_and_biases_follow_their_scale(mnist_for_avx2):
+    model = onnx.load(str(mnist_for_avx2.model_path))
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    checked = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        w_dq, x_dq = producers[node.input[1]], producers[node.input[0]]
+        weights = constants[w_dq.input[0]]
+        assert weights.dtype == np.int8 and np.abs(weights).max() == cpu.SAFE_WEIGHT_MAGNITUDE
+        if len(node.input) > 2:
+            b_dq = producers[node.input[2]]
+            expected = constants[x_dq.input[1]] * constants[w_dq.input[1]]
+            np.testing.assert_allclose(constants[b_dq.input[1]], expected, rtol=1e-6)
+        checked += 1
+    assert checked == 3
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert metadata[cpu.METADATA_KEY] == "avx2"
+    placement = next(r for r in mnist_for_avx2.records if r.name == "place-for-onnxruntime")
+    assert placement.stats["weights_7bit"] == 3
+
+
+@pytest.mark.slow
+def test_the_report_names_the_cpu_and_the_kernel_fidelity(mnist_for_avx2):
+    report = json.loads(mnist_for_avx2.report_path.read_text())
+    assert report["cpu"]["target"] == {"asked": "avx2", "isa": "avx2", "source": "spec", "model": None,
+                                       "weight_bits": 7, "u8s8_pairs_saturate": True}
+    assert report["cpu"]["this_machine"]["isa"] == HERE.isa
+    fidelity = report["kernel_fidelity"]
+    assert fidelity["passed"] and fidelity["samples"] == 300
+    (output,) = fidelity["outputs"]
+    assert output["task_measure"] == "top1_agreement" and abs(output["task_delta"]) <= 1 / 300
+    assert output["task_kernels"] >= 0.97  # 7-bit weights on 300 held-out digits, through the kernels
+    html = (mnist_for_avx2.results_dir / "report.html").read_text()
+    assert "compiled for CPU" in html and f"Kernel fidelity on this CPU ({HERE.isa})" in html
+
+
+@pytest.mark.slow
+def test_inspect_and_compare_read_the_cpu_from_the_model(mnist_for_avx2, capsys):
+    code, out, _ = run_cli(["inspect", mnist_for_avx2.results_dir], capsys)
+    assert code == 0 and f"compiled for avx2; this machine {HERE.isa}" in " ".join(out.split())
+    data = mnist_for_avx2.results_dir.parent / "held_out.npz"
+    code, out, _ = run_cli(["compare", MNIST_CNTK, mnist_for_avx2.model_path, "--data", data, "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["cpu"]["compiled_for"] == "avx2" and result["kernel_fidelity"]["passed"]
