@@ -40,13 +40,13 @@ class CorrectBias:
     skip: frozenset = field(default_factory=frozenset)  # node names left alone (kept float by fallback)
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        from tao_qc.accuracy.layer_runs import (GraphRunner, float_weights, channel_means, ensure_bias, layer_levels, quantized_layers,
-                                                sample_feeds, set_initializer)
+        from tao_qc.accuracy.layer_runs import (GraphRunner, ensure_bias, float_weights, layer_levels,
+                                                quantized_layers, sample_feeds, set_initializer)
 
         started = time.perf_counter()
         if ctx.calibration is None:
             raise ValueError("correct-bias needs the calibration data")
-        samples = self.settings.samples if self.settings is not None else 32
+        samples = self.settings.samples if self.settings is not None else 16
         budget = self.settings.max_seconds if self.settings is not None else 120.0
         layers = [layer for layer in quantized_layers(model) if layer.name not in self.skip and ensure_bias(model, layer)]
         if not layers:
@@ -54,7 +54,9 @@ class CorrectBias:
         feeds = sample_feeds(ctx.calibration, samples)
         outputs = [layer.biased.name for layer in layers]
 
-        reference, energy = _means(GraphRunner(model, outputs, look_through_qdq=True, replace=float_weights(ctx.facts)), feeds, layers, {}, with_rms=True)
+        float_graph = GraphRunner(model, outputs, look_through_qdq=True, replace=float_weights(ctx.facts))
+        reference, energy = _means(float_graph, feeds, layers, {}, with_rms=True)
+        del float_graph
         runner = GraphRunner(model, outputs, feedable=[layer.bias.name for layer in layers])
         biases = {layer.bias.name: np.asarray(constant_array(layer.bias), dtype=np.float64) for layer in layers}
         records: dict[str, dict[str, Any]] = {}
