@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.tao-qc-installed
 
-.PHONY: setup demo demo-mnist test bench clean
+.PHONY: setup demo demo-mnist test test-avx2 bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,14 @@ demo-mnist: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The tests of what ORT's integer kernels compute, on an emulated AVX2 CPU without VNNI (a Zen 2
+# EPYC): Debian's qemu-user (apt-get install qemu-user) gives its integers, not its speed. qemu
+# first lists the EPYC features its TCG does not model (none of them changes the integer kernels).
+AVX2_TESTS := tests/test_cpu_target.py tests/test_fit_ort_integer_kernels.py tests/test_space_to_depth_stem.py tests/test_placement.py
+test-avx2: setup
+	@command -v qemu-x86_64 >/dev/null || { echo "test-avx2 needs qemu-x86_64: apt-get install qemu-user"; exit 2; }
+	qemu-x86_64 -cpu EPYC-Rome $(BIN)/python -m pytest -q -m "not slow" $(AVX2_TESTS)
 
 bench: setup
 	$(BIN)/python bench/placement.py

@@ -216,8 +216,14 @@ def _compare(spec: Any, source: Path, quantized: Path, ctx: PassContext) -> dict
     if spec.target == "onnxruntime" and spec.onnxruntime.kernel_fidelity and spec.compare.runtime == "onnxruntime":
         from tao_qc.kernel_fidelity import check_kernel_fidelity
 
+        from tao_qc.cpu import resolve, this_machine
+
         log.info("checking ONNX Runtime's integer kernels on this CPU against the graph's arithmetic")
-        sections["kernel_fidelity"] = check_kernel_fidelity(source, quantized, batches, spec.compare).to_dict()
+        fidelity = check_kernel_fidelity(source, quantized, batches, spec.compare).to_dict()
+        # Compiled for a CPU whose kernels add weight pairs otherwise than this one's: this machine's
+        # verdict is shown, but it says nothing about the CPU the model is for, so it fails nothing.
+        fidelity["decides"] = resolve(spec.onnxruntime.cpu).pairs_saturate == this_machine().pairs_saturate
+        sections["kernel_fidelity"] = fidelity
     return sections
 
 
@@ -231,11 +237,16 @@ def slower_than_fp32(latency: dict[str, Any] | None, spec: Any) -> str | None:
     TensorRT graph timed on ONNX Runtime's CPU provider says nothing about its speed); else None."""
     if not latency or spec.target != latency.get("runtime"):
         return None
+    from tao_qc.cpu import this_machine
+
+    here = this_machine()
+    why = ("; without VNNI, ORT's integer kernels multiply in 16 bits and gain little over float" if here.pairs_saturate
+           else "")
     for row in latency.get("rows", [])[1:]:
         if row.get("ratio") is not None and row["ratio"] < SLOWER_THAN_FP32:
             return (f"the quantized model runs slower than FP32 on {latency['runtime']}: {row['ratio']:.2f}x FP32's "
-                    f"speed at batch {row['batch_size']} (quantization buys no speed for this model on this runtime; "
-                    "see the latency in report.html)")
+                    f"speed at batch {row['batch_size']} on this CPU ({here.isa}{why}); quantization buys no speed for "
+                    "this model on this runtime: see the latency in report.html")
     return None
 
 

@@ -30,6 +30,9 @@ def test_auto_is_the_instruction_set_this_cpu_reports_to_the_os():
     flags = cpu._proc_cpuinfo_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo flags on this OS")
+    if HERE.model_name != cpu._proc_cpuinfo_field("model name"):
+        pytest.skip(f"CPUID names {HERE.model_name!r}, the OS {cpu._proc_cpuinfo_field('model name')!r}: an emulator "
+                    "that models another CPU (qemu-user passes the host's /proc/cpuinfo through)")
     assert HERE.isa == cpu._isa_from_flags(flags)
     assert cpu.resolve("auto") == HERE and HERE.source == "detected"
 
@@ -72,11 +75,18 @@ def test_a_model_for_vnni_is_flagged_on_a_cpu_without_it():
 # -- kernel fidelity on units built for it --------------------------------------------------------
 
 
-def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, depth: int = 64) -> tuple[Path, Path, dict]:
+def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, depth: int = 64,
+               large: bool = False) -> tuple[Path, Path, dict]:
     """An FP32 Gemm and its Q/DQ unit (uint8 input, int8 per-channel weights of up to `magnitude`,
-    int32 bias, uint8 output), the shape and weights ORT fuses into its U8S8 QGemm."""
+    int32 bias, uint8 output), the shape and weights ORT fuses into its U8S8 QGemm. `large`: every
+    weight of a channel near `magnitude` with one sign, every input in the upper half of the uint8
+    range (where 8-bit pairs saturate int16)."""
     rng = np.random.default_rng(0)
-    weights = rng.integers(-magnitude, magnitude + 1, (features, depth)).astype(np.int8)
+    if large:
+        signs = rng.choice([-1, 1], (features, 1))
+        weights = (rng.integers(magnitude - 27, magnitude + 1, (features, depth)) * signs).astype(np.int8)
+    else:
+        weights = rng.integers(-magnitude, magnitude + 1, (features, depth)).astype(np.int8)
     w_scale = rng.uniform(0.002, 0.01, features).astype(np.float32)
     x_scale = np.float32(4.0 / 255)
     bias = rng.integers(-2000, 2000, features).astype(np.int32)
@@ -86,9 +96,14 @@ def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, dept
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [rows, features])]
     fp32 = helper.make_graph([helper.make_node("Gemm", ["input", "w", "b"], ["output"], transB=1)], "gemm", inputs, outputs,
                              [numpy_helper.from_array(float_weights, "w"), numpy_helper.from_array(float_bias, "b")])
+    low = 0.5 if large else -2.0
+    feeds = [{"input": rng.uniform(low, 2, (rows, depth)).astype(np.float32)} for _ in range(4)]
+    # An output scale that spans the outputs: a unit clipped at 0 and 255 would hide any wrong sum.
+    peak = max(float(np.abs(f["input"] @ float_weights.T + float_bias).max()) for f in feeds)
     tensors = {"x_scale": np.array(x_scale), "x_zero": np.array(128, np.uint8), "w_q": weights, "w_scale": w_scale,
                "w_zero": np.zeros(features, np.int8), "b_q": bias, "b_scale": (w_scale * x_scale).astype(np.float32),
-               "b_zero": np.zeros(features, np.int32), "y_scale": np.array(0.05, np.float32), "y_zero": np.array(128, np.uint8)}
+               "b_zero": np.zeros(features, np.int32), "y_scale": np.array(peak / 127, np.float32),
+               "y_zero": np.array(128, np.uint8)}
     quantized = helper.make_graph([
         helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zero"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
@@ -103,13 +118,12 @@ def gemm_files(folder: Path, features: int, magnitude: int, rows: int = 64, dept
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
         onnx.save(model, str(path))
-    feeds = [{"input": rng.uniform(-2, 2, (rows, depth)).astype(np.float32)} for _ in range(4)]
     return paths[0], paths[1], feeds
 
 
 def test_kernels_this_cpu_computes_exactly_pass_the_check(tmp_path):
-    # 32 features (no 17-31 remainder), weights within what this CPU's pairs can sum.
-    fp32, int8, feeds = gemm_files(tmp_path, features=32, magnitude=HERE.weight_magnitude)
+    # 32 features (no 17-31 remainder), the largest weights this CPU's pairs can sum, large inputs.
+    fp32, int8, feeds = gemm_files(tmp_path, features=32, magnitude=HERE.weight_magnitude, large=True)
     result = check_kernel_fidelity(fp32, int8, feeds, CompareSpec(), here=HERE)
     assert result.passed and result.reason is None
     (output,) = result.outputs
@@ -122,8 +136,8 @@ def test_kernels_this_cpu_computes_exactly_pass_the_check(tmp_path):
     f"ORT's integer kernels on {HERE.isa} neither saturate weight pairs (avx2, avx512) nor lose the 17-31-column "
     "remainder (amx): no unit deviates here"))
 def test_kernels_that_deviate_on_this_cpu_fail_the_check_in_one_line(tmp_path):
-    # 20 features: AMX's partial-column path; full 8-bit weights: AVX2's saturating pairs.
-    fp32, int8, feeds = gemm_files(tmp_path, features=20, magnitude=cpu.FULL_WEIGHT_MAGNITUDE)
+    # 20 features: AMX's partial-column path; large full 8-bit weights and inputs: AVX2's saturating pairs.
+    fp32, int8, feeds = gemm_files(tmp_path, features=20, magnitude=cpu.FULL_WEIGHT_MAGNITUDE, large=HERE.pairs_saturate)
     result = check_kernel_fidelity(fp32, int8, feeds, CompareSpec(), here=HERE)
     assert not result.passed
     assert result.reason.startswith(f"ORT's integer kernels on this CPU ({HERE.isa}) deviate from the graph's arithmetic: output off by")
@@ -180,6 +194,8 @@ def test_the_report_names_the_cpu_and_the_kernel_fidelity(mnist_for_avx2):
     assert report["cpu"]["this_machine"]["isa"] == HERE.isa
     fidelity = report["kernel_fidelity"]
     assert fidelity["passed"] and fidelity["samples"] == 300
+    # Only where this CPU's kernels treat weights as avx2's do can its verdict fail the compile.
+    assert fidelity["decides"] is HERE.pairs_saturate
     (output,) = fidelity["outputs"]
     assert output["task_measure"] == "top1_agreement" and abs(output["task_delta"]) <= 1 / 300
     assert output["task_kernels"] >= 0.97  # 7-bit weights on 300 held-out digits, through the kernels

@@ -228,7 +228,10 @@ def test_gemm_and_matmul_features_are_computed_on_a_multiple_of_16(op, features,
     expected = exact_gemm(model, feeds["input"], quantized_output)
     original = one_thread(ir.to_proto(model).SerializeToString(), feeds)
     tolerance = 1e-6 if quantized_output else 1e-4
-    assert np.abs(original - expected).max() > 1.0  # ORT 1.24 is wrong here (32+ rows, columns % 32 in 17-31)
+    if this_machine().isa == "amx":  # ORT 1.24's AMX kernel is wrong here (32+ rows, columns % 32 in 17-31)
+        assert np.abs(original - expected).max() > 1.0
+    else:  # other kernels compute the original right; the rewrite must keep it so
+        np.testing.assert_allclose(original, expected, rtol=tolerance, atol=tolerance)
     result = FitOrtIntegerKernels().run(model, None)
     assert result.stats == {"convs_padded": 0, "grouped_convs_split": 0, "matmuls_widened": 1}
     proto = ir.to_proto(result.model).SerializeToString()
