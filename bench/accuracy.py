@@ -1,6 +1,7 @@
 """Accuracy-driven fallback on real models: task metric, nodes kept float, speed, and what it costs.
 
     .venv/bin/python bench/accuracy.py [--models ppocrv5_rec,yunet_n_320] [--targets onnxruntime,tensorrt]
+                                       [--steps ranges,corrections,float]
 
 For each model of ../shared/models and each target, two compiles from the same spec: `fallback: off`
 (plain INT8) and `fallback: auto`. One table: the task metric of FP32, plain INT8 and fallback INT8
@@ -16,6 +17,10 @@ fallback compile's wall time as a multiple of the plain one's.
   are also the accuracy data (the default when no accuracy.data is given; 4 photos are all there
   is). Its batch is fixed at 1. Below the table: the faces its own post-processing
   (`tao_qc.corpus:decode_yunet`) finds against FP32's, and the lowest per-sample output cosine.
+
+`--steps` sets `accuracy.steps` of the fallback compile (default: the spec's default, clip then
+float). Every run prints the machine first (CPU model, instruction sets, threads, library versions),
+and per row the time of each accuracy phase and the peak memory of the compile.
 
 TensorRT's speed cannot be measured on a CPU: its rows time the TensorRT-placed graph on ONNX Runtime
 only to show it runs; the accuracy columns are what the goal is about there.
@@ -180,12 +185,66 @@ def compile_once(source: Path, section: dict, work: Path, name: str) -> tuple[Pa
     return path, report, time.perf_counter() - started
 
 
+def machine() -> dict:
+    """What a figure depends on: the CPU, its instruction sets, threads, library versions."""
+    import platform
+
+    from tao_qc.report.build import library_versions
+
+    flags, model = set(), platform.processor()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), model)
+        for line in text.splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    versions = library_versions()
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+    except ImportError:
+        pass
+    import os
+
+    return {"cpu": model, "instruction_sets": [f for f in wanted if f in flags], "cores": os.cpu_count(),
+            "threads": THREADS, "python": platform.python_version(), "versions": versions}
+
+
+def phases(report: dict, seconds: float) -> dict:
+    """Seconds per phase of a compile: calibration (the modelopt call and the calibrating passes),
+    each accuracy step, the float search, the rest (finishing, comparison, latency)."""
+    timings = report.get("timings") or {}
+    accuracy = report.get("accuracy") or {}
+    out = {"modelopt": timings.get("quantize-modelopt", 0.0)}
+    for name in ("choose-ranges", "correct-bias", "round-weights", "clip-ranges"):
+        if timings.get(name):
+            out[name] = timings[name]
+    for step in accuracy.get("steps") or []:
+        out[f"step {step['step']}"] = step.get("seconds")
+    search = accuracy.get("search") or {}
+    if search.get("seconds") is not None:
+        out["float search"] = search["seconds"]
+    out["total"] = round(seconds, 1)
+    return {k: round(float(v), 1) for k, v in out.items() if v is not None}
+
+
 def main() -> None:
+    import resource
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--targets", default="onnxruntime,tensorrt")
+    parser.add_argument("--steps", default=None, help="accuracy.steps of the fallback compile, comma-separated")
     args = parser.parse_args()
     from tao_qc.testing import corpus
+
+    env = machine()
+    print(json.dumps({"machine": env}), flush=True)
 
     rows = []
     for name in args.models.split(","):
@@ -197,7 +256,11 @@ def main() -> None:
                 section = {**case["spec"], "target": target}
                 plain_section = {**section, "accuracy": {**section["accuracy"], "fallback": "off"}}
                 plain, _, plain_s = compile_once(source, plain_section, work, "plain")
+                if args.steps:
+                    section = {**section, "accuracy": {**section["accuracy"], "steps": args.steps.split(",")}}
                 fallback, report, fallback_s = compile_once(source, section, work, "fallback")
+                peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                           resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1e6
                 label, measure = case["metric"]
                 speed = speeds({"fp32": source, "plain": plain, "fallback": fallback}, case["feed"])
                 accuracy = report.get("accuracy") or {}
@@ -209,6 +272,8 @@ def main() -> None:
                     "candidates": counts["candidates"], "clipped": bool(accuracy.get("clipping")),
                     "speed_plain": speed["plain"], "speed_fallback": speed["fallback"], "batch": case["batch"],
                     "cost": fallback_s / plain_s, "reached": accuracy.get("reached"),
+                    "compile_s": round(fallback_s, 1), "phases": phases(report, fallback_s), "peak_gb": round(peak, 2),
+                    "steps": [{k: st.get(k) for k in ("step", "before", "value", "met", "kept")} for st in accuracy.get("steps") or []],
                 })
                 if "detail" in case:
                     rows[-1]["detail"] = {"plain": case["detail"](plain), "fallback": case["detail"](fallback)}
@@ -226,6 +291,11 @@ def main() -> None:
         for variant, text in (r.get("detail") or {}).items():
             print(f"\n{r['model']}, {r['target']}, {variant} INT8: {text}", end="")
     print()
+    for r in rows:
+        print(f"\n{r['model']}, {r['target']}: fallback compile {r['compile_s']} s, peak memory {r['peak_gb']} GB "
+              f"(the process so far), phases {r['phases']}, steps {r['steps']}", end="")
+    print(f"\n\nMachine: {env['cpu']} ({', '.join(env['instruction_sets'])}), {env['cores']} cores; "
+          f"versions {env['versions']}")
     print(f"\nSpeed: ONNX Runtime CPU, {THREADS} threads, median of {ROUNDS} interleaved rounds, batch 8 (YuNet: 1, its "
           "fixed batch); the TensorRT rows run the TensorRT-placed graph on ONNX Runtime.")
 

@@ -6,6 +6,7 @@
     -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity,
        repeated until a round changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt -> clip-ranges   (`calibrating_passes`)
+       [-> choose-ranges (algorithm: auto)] [-> correct-bias / round-weights (calibration.corrections)]
     -> keep-float -> assign-dtypes
     [-> place-for-onnxruntime -> integer-elementwise -> space-to-depth-stem -> fit-ort-integer-kernels]
        (target: onnxruntime)
@@ -21,7 +22,9 @@ from typing import Any
 
 from tao_qc.passes.assign_dtypes import AssignDtypes
 from tao_qc.passes.check_calibration import CheckCalibration
+from tao_qc.passes.choose_ranges import ChooseRanges
 from tao_qc.passes.clip_ranges import ClipRanges
+from tao_qc.passes.correct_bias import CorrectBias
 from tao_qc.passes.fit_ort_integer_kernels import FitOrtIntegerKernels
 from tao_qc.passes.fold_batchnorm import FoldBatchNorm
 from tao_qc.passes.fold_constants import FoldConstants
@@ -33,6 +36,7 @@ from tao_qc.passes.match_layers import MatchLayers
 from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
 from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
 from tao_qc.passes.remove_identity import RemoveIdentity
+from tao_qc.passes.round_weights import RoundWeights
 from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
 from tao_qc.passes.verify_quantization import VerifyQuantization
 from tao_qc.pipeline import FixedPoint
@@ -45,7 +49,7 @@ def default_passes(spec: Any, *, source_path: Any = None) -> list:
 
 def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
     """From the user's file to modelopt's calibrated Q/DQ graph."""
-    return [
+    passes = [
         LoadAndCheck(source_path),
         # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
         # Identity is gone); repeating until a round changes nothing makes their order not matter.
@@ -55,6 +59,16 @@ def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
         QuantizeModelOpt(),
         ClipRanges(),
     ]
+    # Only where the spec asks: without them the pipeline (and its golden dumps) is as it was.
+    if getattr(spec, "algorithm", None) == "auto":
+        passes.append(ChooseRanges())
+    return passes + correction_passes(spec.calibration.corrections if spec is not None else [])
+
+
+def correction_passes(corrections: list, skip: frozenset = frozenset()) -> list:
+    """The weight corrections of `calibration.corrections`, in the order written."""
+    made = {"bias": CorrectBias, "adaround": RoundWeights}
+    return [made[c.method](settings=c, skip=skip) for c in corrections]
 
 
 def finishing_passes(spec: Any, *, verify: bool = True) -> list:

@@ -58,7 +58,7 @@ from tao_qc.runtimes.base import cuda_device_present
 log = logging.getLogger("tao_qc.quantize")
 
 # percentile: modelopt's max, then clip-ranges narrows the activation ranges.
-CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "max"}
+CALIBRATION_METHODS = {"minmax": "max", "entropy": "entropy", "percentile": "max", "auto": "max"}
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 

@@ -57,5 +57,15 @@ class CalibratedGraph:
         result = ClipRanges().run(self.model(), work)
         return self._saved(result.model, work.facts, self.folder, f"clipped-{percentile:g}.onnx"), result.stats["ranges_clipped"]
 
+    def transformed(self, ctx: Any, passes: list, name: str) -> CalibratedGraph:
+        """A copy with `passes` run over it (accuracy fallback's ranges and corrections steps), with
+        the calibration data as `ctx` holds it."""
+        work = PassContext(spec=ctx.spec, work_dir=self.folder, source_path=ctx.source_path,
+                           calibration=ctx.calibration, facts=copy.deepcopy(self.facts))
+        model = self.model()
+        for step in passes:
+            model = step.run(model, work).model
+        return self._saved(model, work.facts, self.folder, f"{name}.onnx")
+
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

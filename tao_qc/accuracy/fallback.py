@@ -9,19 +9,23 @@ work folder as one .npz, so every worker reads the same arrays.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tao_qc.accuracy.calibrated import CalibratedGraph
+from tao_qc.accuracy.corrections import RestoreFloatWeights, correction_specs
 from tao_qc.accuracy.executors import make_executor
 from tao_qc.accuracy.metrics import target_for
 from tao_qc.accuracy.search import FallbackResult, fallback_reason, search_fallback
 from tao_qc.accuracy.trials import TrialResult, TrialRunner, TrialSetup
 from tao_qc.console import progress
 from tao_qc.data import model_inputs, open_inputs
+from tao_qc.passes import correction_passes
+from tao_qc.passes.choose_ranges import ChooseRanges
 
 log = logging.getLogger("tao_qc.accuracy")
 
@@ -107,7 +111,8 @@ class AccuracyOutcome:
     met: bool
     via: str  # "comparison" (its own checks on the same data) or the metric's name
     fallback: str  # auto | off
-    clipping: dict[str, Any] | None = None  # the first step: activation ranges clipped at a percentile
+    clipping: dict[str, Any] | None = None  # the clip step: activation ranges clipped at a percentile
+    steps: list[dict[str, Any]] = field(default_factory=list)  # each step before float, with the metric after it
     result: FallbackResult | None = None  # the second: nodes kept in float
     rebuild: CalibratedGraph | None = None  # the graph the saved model is to be finished from
     keep_float: dict[str, str] | None = None
@@ -121,7 +126,8 @@ class AccuracyOutcome:
 
     @property
     def reached(self) -> bool:
-        return self.met or bool(self.clipping and self.clipping["met"]) or bool(self.result and self.result.reached)
+        return (self.met or bool(self.clipping and self.clipping["met"]) or any(s["met"] for s in self.steps)
+                or bool(self.result and self.result.reached))
 
     def section(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -135,9 +141,10 @@ class AccuracyOutcome:
             "met_before_fallback": self.met,
             "checked_by": self.via,
             "fallback": self.fallback,
-            "ran": self.clipping is not None or self.result is not None,
+            "ran": self.clipping is not None or bool(self.steps) or self.result is not None,
             "reached": self.reached,
             "clipping": self.clipping,
+            "steps": self.steps,
             "speed_before": self.speed_before,
             "speed_after": self.speed_after,
             "final": self.final,
@@ -180,8 +187,10 @@ def quantized_candidates(facts: dict[str, Any]) -> list[tuple[str, str]]:
 
 def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGraph, sections: dict[str, Any]) -> AccuracyOutcome:
     """Check the quantized model against `spec.accuracy`'s target; where it misses with `fallback:
-    auto`, first clip the activation ranges (one pass over the calibration data), then search the
-    nodes to keep in float. `sections`: the comparison of the fully quantized model."""
+    auto`, run `accuracy.steps` in order: by default clip the activation ranges (one pass over the
+    calibration data), then search the nodes to keep in float; `ranges` and `corrections` try per-tensor
+    ranges and weight corrections, every node still INT8, before `float`. `sections`: the comparison of
+    the fully quantized model."""
     search_path = str(Path(spec.source).parent) if spec.source else None
     target = target_for(spec, search_path)
     data = accuracy_data(spec, source, ctx.calibration, ctx.held_back)
@@ -208,29 +217,12 @@ def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGrap
         log.warning("accuracy fallback judges on the calibration data (no quantize.accuracy.data or compare.data): "
                     "a model measured on the data it was calibrated on looks better than it is; give held-out data")
 
-    base = calibrated
-    if "clipped_percentile" not in calibrated.facts:
-        if quantized is None:  # the comparison was the check: the same target in the metric's own terms
-            quantized = TrialRunner(setup(calibrated)).run({})
-        percentile = spec.calibration.percentile
-        clipped, narrowed = calibrated.clipped(ctx, percentile)
-        runner = TrialRunner(setup(clipped))
-        clipped_result = runner.run({})
-        if outcome.fp32_value is None:
-            outcome.fp32_value = runner.fp32_value
-            outcome.quantized_value = quantized.value
-        met = target.met(clipped_result.value, runner.fp32_value)
-        better = clipped_result.value > quantized.value
-        outcome.clipping = {"percentile": percentile, "ranges_clipped": narrowed, "value": clipped_result.value,
-                            "met": met, "kept": met or better}
-        log.info("accuracy fallback: activation ranges clipped at the %gth percentile: %s %.5g (%s%s)", percentile,
-                 target.name, clipped_result.value, "target met" if met else "target missed",
-                 "" if met else ", better than max ranges: kept" if better else ", worse than max ranges: not kept")
-        if met:
-            outcome.rebuild = clipped
-            return outcome
-        if better:  # the node search starts from whichever ranges measure better
-            base, quantized = clipped, clipped_result
+    base, quantized = _steps_before_float(spec, ctx, calibrated, setup, target, outcome, quantized)
+    if outcome.rebuild is not None:
+        return outcome
+    if "float" not in accuracy.steps:
+        outcome.rebuild = base if base is not calibrated else None
+        return outcome
 
     outcome.result = run_fallback(setup(base), spec, quantized_candidates(base.facts), calibrated.folder, quantized=quantized)
     if outcome.fp32_value is None:
@@ -238,8 +230,68 @@ def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGrap
     if outcome.result.sensitivity is not None:
         outcome.keep_float = {name: fallback_reason(name, outcome.result.sensitivity, target.name)
                               for name in outcome.result.kept_float}
+    if outcome.keep_float and base.facts.get("float_weights"):
+        base = base.transformed(ctx, [RestoreFloatWeights(set(outcome.keep_float))], "restored")
     outcome.rebuild = base if (outcome.keep_float or base is not calibrated) else None
     return outcome
+
+
+def _steps_before_float(spec: Any, ctx: Any, calibrated: CalibratedGraph, setup: Any, target: Any,
+                        outcome: AccuracyOutcome, quantized: TrialResult | None) -> tuple[CalibratedGraph, TrialResult | None]:
+    """`accuracy.steps` up to `float`, in order: each builds a candidate from the best graph so far
+    (`clip`: ranges clipped at a percentile; `ranges`: each activation's range chosen by its
+    consumers' error; `corrections`: AdaRound and bias correction), measures it on the accuracy data,
+    keeps it where it measures better, and ends the search where it meets the target (every node
+    still INT8). Returns the graph the float search starts from, and its measurement."""
+    base = calibrated
+    for step in [s for s in spec.accuracy.steps if s != "float"]:
+        if step == "clip" and "clipped_percentile" in base.facts:
+            continue
+        if step == "ranges" and base.facts.get("ranges_chosen"):
+            continue
+        if step == "corrections" and base.facts.get("corrections"):
+            continue
+        if quantized is None:  # the comparison was the check: the same target in the metric's own terms
+            quantized = TrialRunner(setup(calibrated)).run({})
+        started = time.perf_counter()
+        details: dict[str, Any] = {}
+        if step == "clip":
+            percentile = spec.calibration.percentile
+            candidate, narrowed = base.clipped(ctx, percentile)
+            details = {"percentile": percentile, "ranges_clipped": narrowed}
+        elif step == "ranges":
+            candidate = base.transformed(ctx, [ChooseRanges(force=True)], "ranges")
+            choices = candidate.facts.get("range_choices") or {}
+            details = {"chosen": {m: sum(1 for c in choices.values() if c["method"] == m)
+                                  for m in dict.fromkeys(c["method"] for c in choices.values())}}
+        else:
+            specs = correction_specs(spec)
+            candidate = base.transformed(ctx, correction_passes(specs), "corrections")
+            details = {"corrections": [c.method for c in specs],
+                       "nodes": sum(len(c.get("nodes") or []) for c in candidate.facts.get("corrections") or [])}
+        prepared = time.perf_counter() - started
+        runner = TrialRunner(setup(candidate))
+        result = runner.run({})
+        if outcome.fp32_value is None:
+            outcome.fp32_value = runner.fp32_value
+            outcome.quantized_value = quantized.value
+        met = target.met(result.value, runner.fp32_value)
+        better = result.value > quantized.value
+        record = {"step": step, "value": result.value, "before": quantized.value, "met": met, "kept": met or better,
+                  "seconds": round(time.perf_counter() - started, 3), "prepare_seconds": round(prepared, 3), **details}
+        outcome.steps.append(record)
+        if step == "clip":
+            outcome.clipping = {"percentile": details["percentile"], "ranges_clipped": details["ranges_clipped"],
+                                "value": result.value, "met": met, "kept": met or better}
+        log.info("accuracy fallback, step %s: %s %.5g -> %.5g (%s%s)", step, target.name, quantized.value, result.value,
+                 "target met" if met else "target missed",
+                 "" if met else ", better: kept" if better else ", not better: not kept")
+        if met:
+            outcome.rebuild = candidate
+            return candidate, result
+        if better:
+            base, quantized = candidate, result
+    return base, quantized  # None where no step ran and the comparison was the check: the search measures it
 
 
 def measure_model(spec: Any, source: Path, model: Path, calibration: Any, folder: Path, target: Any) -> dict[str, Any]:

@@ -81,4 +81,21 @@ def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord
                     "modelopt": {k: round(v, 4) for k, v in (ctx.facts.get("modelopt_timing") or {}).items()}},
         "summary": format_summary(records, timings=False),
         "versions": library_versions(),
+        **corrections_report(ctx.facts),
     }
+
+
+def corrections_report(facts: dict[str, Any]) -> dict[str, Any]:
+    """What `algorithm: auto` chose per activation and what each weight correction did per node
+    (only where they ran)."""
+    out: dict[str, Any] = {}
+    choices = facts.get("range_choices")
+    if choices:
+        out["ranges"] = {
+            "chosen": {method: sum(1 for c in choices.values() if c["method"] == method)
+                       for method in dict.fromkeys(c["method"] for c in choices.values())},
+            "tensors": [{"tensor": name, **choice} for name, choice in choices.items()],
+        }
+    if facts.get("corrections"):
+        out["corrections"] = facts["corrections"]
+    return out

@@ -84,6 +84,7 @@ def render_html(report: dict[str, Any]) -> str:
         _comparison_section(comparison),
         _detection_section((comparison or {}).get("detection")),
         _accuracy_section(report.get("accuracy")),
+        _corrections_section(report),
         _kernel_fidelity_section(report.get("kernel_fidelity")),
         "<h2>Latency</h2>",
         _latency_section(latency),
@@ -286,6 +287,8 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
                      f"({clipping['ranges_clipped']} ranges): {_num(clipping['value'])}, target "
                      f"{'met' if clipping['met'] else 'missed'}; "
                      f"{'kept' if clipping.get('kept') else 'not kept (max ranges measured better)'}.</p>")
+
+    parts.append(steps_html(section.get("steps")))
     search = section.get("search") or {}
     if search.get("sensitivity"):
         kept = {k["name"] for k in search.get("kept_float") or []}
@@ -314,6 +317,10 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
                  else f"not measured on the comparison data: {escape(str(final.get('error')))}")
         parts.append(f"<p>The saved model: {shown}.</p>")
     return "\n".join(parts)
+
+
+def _corrections_section(report: dict[str, Any]) -> str:
+    return corrections_html(report)
 
 
 def _detection_section(section: dict[str, Any] | None) -> str:
@@ -597,3 +604,45 @@ def _pct(value: Any) -> str:
 
 def _ratio(value: Any) -> str:
     return "-" if value is None else f"{float(value):.2f}×"
+
+
+def steps_html(steps: list[dict[str, Any]] | None) -> str:
+    """The accuracy steps before float fallback, each with the metric after it (report.html)."""
+    if not steps:
+        return ""
+    rows = [f"<tr><td>{escape(s['step'])}</td><td class=\"num\">{_num(s.get('before'))}</td>"
+            f"<td class=\"num\">{_num(s.get('value'))}</td><td>{'met' if s.get('met') else 'missed'}</td>"
+            f"<td>{'kept' if s.get('kept') else 'not kept'}</td><td class=\"num\">{_num(s.get('seconds'))}</td></tr>"
+            for s in steps]
+    return ("<p>Steps before any node is kept in float (every node INT8), in order; each is kept where it "
+            "measures better:</p>" + _table(["step", "before", "after", "target", "", "seconds"], rows, numeric_from=1))
+
+
+def corrections_html(report: dict[str, Any]) -> str:
+    """What `algorithm: auto` chose and what each correction did per node (report.html)."""
+    parts = []
+    ranges = report.get("ranges")
+    if ranges:
+        chosen = ", ".join(f"{escape(m)} {n}" for m, n in ranges["chosen"].items())
+        rows = [f"<tr><td><code>{escape(t['tensor'])}</code></td><td>{escape(t['method'])}</td>"
+                f"<td class=\"num\">{_num(t['max'])}</td><td class=\"num\">{_num(t['amax'])}</td>"
+                f"<td class=\"num\">{_num(t['errors'].get('max'))}</td>"
+                f"<td class=\"num\">{_num(t['errors'].get(t['method']))}</td></tr>" for t in ranges["tensors"]]
+        parts.append(f"<h3>Activation ranges chosen per tensor</h3><p>{chosen}; scored by the relative error at "
+                     "the consumers' outputs.</p>"
+                     + _table(["tensor", "chosen", "max range", "chosen range", "error at max", "error chosen"], rows,
+                              numeric_from=2))
+    for correction in report.get("corrections") or []:
+        if correction["method"] == "bias":
+            rows = [f"<tr><td><code>{escape(n['node'])}</code></td><td class=\"num\">{_num(n.get('systematic_error_before'))}</td>"
+                    f"<td class=\"num\">{_num(n.get('systematic_error_after'))}</td></tr>" for n in correction["nodes"]]
+            head = ["node", "systematic error before", "after"]
+        else:
+            rows = [f"<tr><td><code>{escape(n['node'])}</code></td><td class=\"num\">{_num(n.get('output_error_nearest'))}</td>"
+                    f"<td class=\"num\">{_num(n.get('output_error_after'))}</td>"
+                    f"<td class=\"num\">{_num(n.get('iterations'))}</td></tr>" for n in correction["nodes"]]
+            head = ["node", "output error, nearest rounding", "after AdaRound", "iterations"]
+        parts.append(f"<h3>Correction: {escape(correction['method'])}</h3><p>{len(correction['nodes'])} nodes, "
+                     f"{correction.get('samples')} calibration samples, {_num(correction.get('seconds'))} s.</p>"
+                     + _table(head, rows, numeric_from=1))
+    return "".join(parts)

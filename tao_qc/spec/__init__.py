@@ -7,6 +7,7 @@ from tao_qc.spec.schema import (
     AccuracySpec,
     CalibrationSpec,
     CompareSpec,
+    CorrectionSpec,
     DtypeSpec,
     ExperimentSpec,
     LayerEntry,
@@ -20,6 +21,6 @@ from tao_qc.spec.schema import (
     warn_once,
 )
 
-__all__ = ["AccuracySpec", "CalibrationSpec", "CompareSpec", "DtypeSpec", "ExperimentSpec", "LayerEntry",
+__all__ = ["AccuracySpec", "CalibrationSpec", "CompareSpec", "CorrectionSpec", "DtypeSpec", "ExperimentSpec", "LayerEntry",
            "QuantizeSpec", "ShapeProfile", "TaskSpec", "TensorRTSpec", "did_you_mean", "load_experiment",
            "load_spec", "warn_once"]

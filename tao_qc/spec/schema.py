@@ -40,7 +40,9 @@ DTYPES = ("int8", "fp8_e4m3fn", "fp8_e5m2", "native")
 DTYPE_ALIASES = {"float8_e4m3fn": "fp8_e4m3fn", "float8_e5m2": "fp8_e5m2"}
 BACKENDS = ("torchao", "modelopt.pytorch", "modelopt.onnx", "modelopt")
 MODES = ("weight_only_ptq", "static_ptq")
-ALGORITHMS = ("minmax", "entropy", "max", "percentile")
+ALGORITHMS = ("minmax", "entropy", "max", "percentile", "auto")
+CORRECTIONS = ("bias", "adaround")
+ACCURACY_STEPS = ("clip", "ranges", "corrections", "float")
 TARGETS = ("tensorrt", "onnxruntime")
 FLOAT_DTYPES = ("auto", "fp32", "fp16")
 RUNTIMES = ("onnxruntime", "tensorrt")
@@ -133,6 +135,32 @@ class LayerEntry(_Strict):
     activations: DtypeSpec | None = None
 
 
+def _correction(value: Any) -> Any:
+    """`bias` is short for `{method: bias}`."""
+    return {"method": value} if isinstance(value, str) else value
+
+
+class CorrectionSpec(_Strict):
+    """Extension: one weight correction after calibration (no data beyond the calibration data)."""
+
+    method: Annotated[str, _choice(CORRECTIONS)]
+    samples: int = Field(default=16, ge=1)  # the first N calibration samples it measures on
+    # adaround: the layers with the largest output error (quantized inputs against FP32's outputs)
+    layers: int = Field(default=8, ge=1)
+    nodes: PatternList = Field(default_factory=list)  # adaround: these nodes instead (patterns)
+    iterations: int = Field(default=300, ge=1)  # adaround: optimizer steps per layer
+    max_seconds: float = Field(default=120.0, gt=0)  # the bound on the whole correction's time
+    max_runs: int | None = Field(default=None, ge=1)  # bias: runs of the graph, at most (default one per depth)
+
+
+def _steps(value: Any) -> Any:
+    if isinstance(value, list) and "float" in value and value[-1] != "float":
+        raise PydanticCustomError("tao_steps", "'float' must be the last step (got {shown})", {"shown": value})
+    if isinstance(value, list) and len(set(map(str, value))) != len(value):
+        raise PydanticCustomError("tao_steps", "a step is listed twice (got {shown})", {"shown": value})
+    return value
+
+
 class CalibrationSpec(_Strict):
     """Extension: where calibration data comes from and how images are preprocessed."""
 
@@ -148,6 +176,12 @@ class CalibrationSpec(_Strict):
     # algorithm: percentile (ours): activation ranges clipped at this percentile of |x| (also the
     # first step accuracy fallback tries).
     percentile: float = Field(default=99.9, gt=50, le=100)
+    # algorithm: auto (ours): the percentiles tried beside max, MSE and entropy for each activation,
+    # and the calibration samples each candidate range is scored on (passes/choose_ranges.py).
+    auto_percentiles: list[float] = Field(default_factory=lambda: [99.9, 99.99, 99.999], min_length=1)
+    score_samples: int = Field(default=16, ge=1)
+    # Weight corrections after calibration, in order (passes/correct_bias.py, passes/round_weights.py).
+    corrections: list[Annotated[CorrectionSpec, BeforeValidator(_correction)]] = Field(default_factory=list)
 
 
 class CompareSpec(_Strict):
@@ -235,6 +269,10 @@ class AccuracySpec(_Strict):
     ray_address: str = "auto"
     workers: int | None = Field(default=None, ge=1)  # local executor: processes (default: physical cores)
     ranking_samples: int = Field(default=32, ge=1)  # the worst-error samples sensitivity is ranked on
+    # What fallback tries when the target is missed, in order; each step is kept where it measures
+    # better, and the first that meets the target ends the search (`float` keeps nodes in float).
+    steps: Annotated[list[Annotated[str, _choice(ACCURACY_STEPS)]], BeforeValidator(_steps)] = Field(
+        default_factory=lambda: ["clip", "float"], min_length=1)
 
 
 class ShapeProfile(_Strict):

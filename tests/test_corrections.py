@@ -1,0 +1,238 @@
+"""Ranges and weight corrections that keep every node INT8: each on a layer built to need it, measured
+on data it never saw through the finished model (placement for the target included), in ONNX Runtime.
+
+- correct-bias: a Conv whose weights all sit 0.45 of a step above an integer, so nearest rounding
+  takes 0.45 of a step off every weight: on positive inputs the output carries a mean error.
+- round-weights (AdaRound): a 1x1 Conv over sixteen copies of one signal whose weights sit just below
+  a half step: nearest rounding pushes every weight the same way and the errors add up in proportion
+  to the signal (no bias can take that back); rounding half of them up makes them cancel.
+- choose-ranges (`algorithm: auto`): an input whose calibration data holds one huge outlier (max
+  spends the int8 grid on it) beside one whose large values are the signal (clipping them would hurt).
+- the fallback order: ranges, then corrections, then float nodes, each with the metric after it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tao_qc.accuracy.trials import picklable_facts
+from tao_qc.passes import calibrating_passes, finishing_passes
+from tao_qc.passes.choose_ranges import ChooseRanges
+from tao_qc.passes.correct_bias import CorrectBias
+from tao_qc.passes.round_weights import RoundWeights
+from tao_qc.pipeline import PassContext, Pipeline
+from tao_qc.spec import CorrectionSpec, load_spec
+
+pytestmark = pytest.mark.slow
+
+STEP = 0.01  # every test weight's quantization step: each output channel's largest weight is 127 steps
+
+
+def _conv_model(path, weight: np.ndarray, bias: np.ndarray | None = None, channels: int = 16, size: int = 8):
+    inputs = ["x", "w"] + (["b"] if bias is not None else [])
+    inits = [numpy_helper.from_array(weight.astype(np.float32), "w")]
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias.astype(np.float32), "b"))
+    k = weight.shape[-1]
+    node = helper.make_node("Conv", inputs, ["y"], name="conv", pads=[k // 2] * 4)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", weight.shape[0], size, size])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+def _calibrated(tmp_path, source, x_calibration, target, **spec_fields):
+    np.savez(tmp_path / "calibration.npz", x=x_calibration)
+    spec = load_spec({"backend": "modelopt.onnx", "target": target, "device": "cpu",
+                      "calibration": {"data": str(tmp_path / "calibration.npz"), "batch_size": 8,
+                                      "max_samples": len(x_calibration)}, **spec_fields}).for_onnx_pipeline()
+    ctx = PassContext(spec=spec, work_dir=tmp_path, source_path=source)
+    model = Pipeline(calibrating_passes(spec, source_path=source)).run(None, ctx).model
+    return spec, ctx, model
+
+
+def _finished_outputs(spec, ctx, model: ir.Model, x: np.ndarray, tmp_path) -> np.ndarray:
+    """The model as the finishing passes of its target make it, run in ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    from tao_qc.runtimes.onnxruntime import disabled_optimizers_for, with_exact_fp16_quantize
+
+    work = PassContext(spec=spec, work_dir=tmp_path, facts=copy.deepcopy(picklable_facts(ctx.facts)))
+    finished = Pipeline(finishing_passes(spec, verify=False), check_invariants=False).run(_copy(model), work).model
+    proto = ir.to_proto(finished)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(with_exact_fp16_quantize(proto).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers_for(proto))
+    return np.asarray(session.run(None, {"x": x})[0], dtype=np.float64)
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+def _fp32(source, x) -> np.ndarray:
+    import onnxruntime as ort
+
+    return np.asarray(ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0], np.float64)
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_bias_correction_takes_back_a_systematic_mean_error(tmp_path, target):
+    rng = np.random.default_rng(0)
+    out_channels, in_channels = 8, 16
+    weight = (rng.integers(-60, 60, size=(out_channels, in_channels, 3, 3)) + 0.45) * STEP
+    weight[:, 0, 0, 0] = 127 * STEP  # each channel's amax: its scale is STEP
+    source = _conv_model(tmp_path / "bias.onnx", weight, bias=np.zeros(out_channels))
+    x_cal = rng.uniform(0, 1, size=(32, in_channels, 8, 8)).astype(np.float32)
+    x_test = rng.uniform(0, 1, size=(16, in_channels, 8, 8)).astype(np.float32)
+    spec, ctx, model = _calibrated(tmp_path, source, x_cal, target)
+    reference = _fp32(source, x_test)
+    before = _finished_outputs(spec, ctx, model, x_test, tmp_path) - reference
+
+    corrected = CorrectBias(settings=CorrectionSpec(method="bias")).run(_copy(model), ctx)
+    assert corrected.changed and corrected.stats["biases_corrected"] == 1
+    after = _finished_outputs(spec, ctx, corrected.model, x_test, tmp_path) - reference
+
+    mean_before, mean_after = before.mean(axis=(0, 2, 3)), after.mean(axis=(0, 2, 3))
+    assert np.abs(mean_before).mean() > 0.05  # the layer needs it: 0.45 step x ~64 positive inputs per channel
+    assert np.abs(mean_after).mean() < 0.15 * np.abs(mean_before).mean()
+    assert np.square(after).mean() < 0.5 * np.square(before).mean()
+    [record] = ctx.facts["corrections"]
+    [node] = record["nodes"]
+    assert record["method"] == "bias" and node["node"] == "conv"
+    assert node["systematic_error_after"] < 0.1 * node["systematic_error_before"]
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "tensorrt"])
+def test_adaround_cancels_rounding_errors_that_add_up(tmp_path, target):
+    rng = np.random.default_rng(1)
+    out_channels, in_channels = 8, 16
+    weight = (rng.integers(-60, 60, size=(out_channels, in_channels, 1, 1)) + 0.49) * STEP
+    weight[:, 0, 0, 0] = 127 * STEP
+    source = _conv_model(tmp_path / "round.onnx", weight, bias=np.zeros(out_channels))
+
+    def signal(n):  # sixteen near-copies of one signal of either sign: errors add up, no mean to correct
+        z = rng.normal(0, 1, size=(n, 1, 8, 8))
+        return (z + 0.01 * rng.normal(size=(n, in_channels, 8, 8))).astype(np.float32)
+
+    spec, ctx, model = _calibrated(tmp_path, source, signal(32), target)
+    x_test = signal(16)
+    reference = _fp32(source, x_test)
+    before = _finished_outputs(spec, ctx, model, x_test, tmp_path) - reference
+    settings = CorrectionSpec(method="adaround", layers=1, iterations=400)
+    rounded = RoundWeights(settings=settings).run(_copy(model), ctx)
+    assert rounded.changed and rounded.stats["layers_rounded"] == 1
+    after = _finished_outputs(spec, ctx, rounded.model, x_test, tmp_path) - reference
+    assert np.square(after).mean() < 0.3 * np.square(before).mean()
+    # bias correction alone cannot do it: the error is proportional to the signal, its mean is ~0
+    biased = CorrectBias(settings=CorrectionSpec(method="bias")).run(_copy(model), ctx)
+    only_bias = _finished_outputs(spec, ctx, biased.model, x_test, tmp_path) - reference
+    assert np.square(only_bias).mean() > 0.8 * np.square(before).mean()
+    record = next(r for r in ctx.facts["corrections"] if r["method"] == "adaround")
+    [node] = record["nodes"]
+    assert node["kept"] and node["output_error_after"] < 0.3 * node["output_error_nearest"]
+    # the weights written back are exact steps of the unchanged scale: either target stores these integers
+    proto = ir.to_proto(rounded.model)
+    written = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "w"))
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "w")
+    scale = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == q.input[1]))
+    steps = written.astype(np.float64) / scale.astype(np.float64).reshape(-1, 1, 1, 1)
+    assert np.allclose(steps, np.rint(steps), atol=0.1)  # fp16 weights (tensorrt) hold s * q to 11 bits
+    assert ctx.facts["float_weights"]["w"].shape == weight.shape  # the float graph still compares with FP32's
+
+
+def test_calibration_ranges_and_corrections_are_deterministic(tmp_path):
+    """Two compiles' calibrating passes (modelopt, `algorithm: auto`, AdaRound, bias correction) on the
+    same data give the same graph, byte for byte."""
+    rng = np.random.default_rng(2)
+    weight = (rng.integers(-60, 60, size=(8, 16, 3, 3)) + 0.49) * STEP
+    weight[:, 0, 0, 0] = 127 * STEP
+    source = _conv_model(tmp_path / "det.onnx", weight, bias=np.zeros(8))
+    x = (rng.normal(size=(32, 1, 8, 8)) + 0.3 * rng.standard_t(3, size=(32, 16, 8, 8))).astype(np.float32)
+    built = []
+    for run in range(2):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        spec, ctx, model = _calibrated(folder, source, x, "onnxruntime", algorithm="auto")
+        model = RoundWeights(settings=CorrectionSpec(method="adaround", iterations=100)).run(model, ctx).model
+        model = CorrectBias(settings=CorrectionSpec(method="bias")).run(model, ctx).model
+        built.append((ir.to_proto(model).SerializeToString(), json.dumps(ctx.facts["range_choices"], sort_keys=True)))
+    assert built[0] == built[1]
+
+
+def test_auto_ranges_clip_an_outlier_and_keep_a_range_that_carries_signal(tmp_path):
+    rng = np.random.default_rng(3)
+    channels = 16
+    weight = rng.normal(0, 0.2, size=(8, channels, 3, 3))
+    source = _conv_model(tmp_path / "ranges.onnx", weight)
+    x_cal = rng.uniform(-1, 1, size=(32, channels, 8, 8)).astype(np.float32)
+    x_cal[5, 3, 4, 4] = 200.0  # one outlier in one calibration sample: max spends the int8 grid on it
+    x_test = rng.uniform(-1, 1, size=(16, channels, 8, 8)).astype(np.float32)
+    reference = _fp32(source, x_test)
+
+    spec_max, ctx_max, model_max = _calibrated(tmp_path, source, x_cal, "onnxruntime")
+    spec_auto, ctx_auto, model_auto = _calibrated(tmp_path, source, x_cal, "onnxruntime", algorithm="auto")
+    error_max = np.square(_finished_outputs(spec_max, ctx_max, model_max, x_test, tmp_path) - reference).mean()
+    error_auto = np.square(_finished_outputs(spec_auto, ctx_auto, model_auto, x_test, tmp_path) - reference).mean()
+    choice = ctx_auto.facts["range_choices"]["x"]
+    assert choice["method"] != "max" and choice["amax"] < 0.1 * choice["max"]
+    assert choice["errors"][choice["method"]] < 0.2 * choice["errors"]["max"]
+    assert error_auto < 0.1 * error_max
+
+    # Large values every sample has are the signal: clipping them costs at the Conv's output, so max stays.
+    x_wide = rng.uniform(-1, 1, size=(32, channels, 8, 8)).astype(np.float32)
+    x_wide[:, 3] *= 100
+    spec, ctx, model = _calibrated(tmp_path, source, x_wide, "onnxruntime")
+    result = ChooseRanges(force=True).run(model, ctx)
+    choice = ctx.facts["range_choices"]["x"]
+    assert choice["amax"] > 0.9 * choice["max"], choice
+    assert result.stats["activation_ranges"] >= 1
+
+
+def _rounding_case(tmp_path, min_cosine: float, steps: str):
+    """The AdaRound layer as a whole model, with an accuracy target only corrected weights meet."""
+    rng = np.random.default_rng(1)
+    weight = (rng.integers(-60, 60, size=(8, 16, 1, 1)) + 0.49) * STEP
+    weight[:, 0, 0, 0] = 127 * STEP
+    source = _conv_model(tmp_path / "order.onnx", weight, bias=np.zeros(8))
+
+    def signal(n):
+        z = rng.normal(0, 1, size=(n, 1, 8, 8))
+        return (z + 0.01 * rng.normal(size=(n, 16, 8, 8))).astype(np.float32)
+
+    for name, count in (("calibration", 32), ("held", 32), ("test", 32)):
+        np.savez(tmp_path / f"{name}.npz", x=signal(count))
+    spec = tmp_path / "order.yaml"
+    spec.write_text("quantize:\n  target: onnxruntime\n  calibration: {data: calibration.npz, batch_size: 8}\n"
+                    "  compare: {data: test.npz}\n"
+                    f"  accuracy: {{data: held.npz, metric: cosine, min: {min_cosine}, steps: {steps}}}\n")
+    return source, spec
+
+
+def test_fallback_runs_ranges_then_corrections_and_stops_where_the_target_is_met(tmp_path, capsys):
+    from _compile_helpers import run_cli
+
+    source, spec = _rounding_case(tmp_path, 0.9997, "[ranges, corrections, float]")
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(["compile", source, "--spec", spec, "-o", out], capsys)
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    accuracy = report["accuracy"]
+    assert not accuracy["met_before_fallback"] and accuracy["reached"]
+    steps = accuracy["steps"]
+    assert [s["step"] for s in steps] == ["ranges", "corrections"]
+    assert not steps[0]["met"] and steps[1]["met"]
+    assert steps[1]["value"] >= 0.9997 > accuracy["quantized"]
+    assert "search" not in accuracy  # float fallback never ran: every node stays INT8
+    assert report["counts"]["quantized"] == report["counts"]["candidates"] == 1
+    assert accuracy["final"]["met"]  # on the comparison data neither calibration nor the target saw
+    assert "corrections" in (out / "report.html").read_text()
