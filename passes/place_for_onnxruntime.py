@@ -148,8 +148,8 @@ class PlaceForOnnxRuntime:
             if scale.ndim == 1 and scale.size > 1:
                 shape[axis] = -1
             dequantizers = [use.node for use in q.outputs[0].uses() if use.node.op_type == "DequantizeLinear"]
-            if (magnitude < 127 and zero.dtype == np.int8 and not zero.any() and dequantizers
-                    and not all(_only_depthwise_convs(dq) for dq in dequantizers)):
+            if (magnitude < 127 and zero.dtype == np.int8 and not zero.any()
+                    and any(_runs_u8s8_gemm(dq) for dq in dequantizers)):
                 scale = (scale.astype(np.float64) * (127 / magnitude)).astype(np.float32)
                 narrow = build.initializer(f"{q.inputs[0].name}_scale_{magnitude}", scale)
                 for dq in dequantizers:
@@ -394,19 +394,23 @@ class PlaceForOnnxRuntime:
         return count
 
 
-def _only_depthwise_convs(dq: ir.Node) -> bool:
-    """Whether every reader of a weight DequantizeLinear is a depthwise Conv (one input and one output
-    channel per group): ORT runs those on its depthwise kernel, which multiplies in int32 and is exact
-    with 8-bit weights on every CPU (measured in emulation of AVX2: the same integers as AVX-512 VNNI)."""
-    readers = [use.node for use in dq.outputs[0].uses()]
-    for node in readers:
-        shape = dq.outputs[0].shape or dq.inputs[0].shape
-        group = node.attributes.get_int("group", 1) if node.op_type == "Conv" else 1
-        if node.op_type != "Conv" or group == 1 or shape is None or len(shape) != 4:
-            return False
-        if shape[1] != 1 or shape[0] != group:
-            return False
-    return bool(readers)
+def _runs_u8s8_gemm(dq: ir.Node) -> bool:
+    """Whether a weight DequantizeLinear feeds an op ORT runs on its U8S8 GEMM or direct convolution
+    (a Gemm, a MatMul, a Conv that is not depthwise): the kernels whose pairs saturate without VNNI.
+    A depthwise Conv (one input and one output channel per group) runs ORT's depthwise kernel, which
+    multiplies in int32 and is exact with 8-bit weights on every CPU (measured in emulation of AVX2:
+    the same integers as AVX-512 VNNI); elementwise ops take no U8S8 weights."""
+    shape = dq.outputs[0].shape or dq.inputs[0].shape
+    for use in dq.outputs[0].uses():
+        node = use.node
+        if node.op_type in ("Gemm", "MatMul"):
+            return True
+        if node.op_type == "Conv":
+            group = node.attributes.get_int("group", 1)
+            depthwise = group > 1 and shape is not None and len(shape) == 4 and shape[1] == 1 and shape[0] == group
+            if not depthwise:
+                return True
+    return False
 
 
 def _clip_upper_bound(node: ir.Node) -> float:
