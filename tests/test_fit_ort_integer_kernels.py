@@ -138,15 +138,14 @@ def test_padded_conv_gives_the_exact_integers_in_every_run(cin, cout, kernel, tm
 @pytest.mark.skipif(this_machine().isa != "amx", reason="the 17-31-column problem is in MLAS's AMX U8S8 kernel; "
                     f"this CPU runs {this_machine().isa} kernels")
 def test_the_problem_it_avoids_is_real_in_this_onnxruntime():
-    # Without the pass, 10 -> 20 channels (cnn_mnist_pytorch's conv2): wrong integers even on one thread,
-    # and different ones from run to run on two.
+    # Without the pass, 10 -> 20 channels (cnn_mnist_pytorch's conv2): wrong integers even on one thread.
+    # (On two threads they also differ from run to run, but only where both threads really run at once:
+    # with the suite's two workers on two cores that race need not show, so it is not asserted.)
     model = conv_unit(10, 20, 5)
     feeds = {"input": np.random.default_rng(1).uniform(-2, 2, (2, 10, 12, 12)).astype(np.float32)}
     proto = ir.to_proto(model).SerializeToString()
     wrong = np.abs(one_thread(proto, feeds) - exact(model, feeds["input"])) > 1e-6
-    runs = outputs_over_sessions(proto, feeds)
-    assert wrong.any() and any(not np.array_equal(run, runs[0]) for run in runs), \
-        "ORT's QLinearConv QGEMM problem did not show: is ONNX Runtime newer than 1.24?"
+    assert wrong.any(), "ORT's QLinearConv QGEMM problem did not show: is ONNX Runtime newer than 1.24?"
 
 
 @pytest.mark.parametrize("cin,cout,kernel", [(10, 10, 5), (1, 10, 5), (12, 20, 3), (16, 16, 3), (10, 35, 3)])
