@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from tao_qc.passes.qdq import unique_initializer_name
 from tao_qc.passes.verify_quantization import FEEDABLE_WEIGHTS
 from tao_qc.pipeline import (
     PassContext,
@@ -101,21 +102,13 @@ def _set_scale(graph: ir.Graph, q: ir.Node, amax: float) -> None:
     may share one scale tensor between tensors)."""
     old = constant_array(q.inputs[1])
     scale = np.array(amax / _qmax(q), dtype=old.dtype).reshape(old.shape)
-    value = ir.Value(name=_unique(graph, f"{q.name}_clipped_scale"), const_value=ir.tensor(scale))
+    value = ir.Value(name=unique_initializer_name(graph, f"{q.name}_clipped_scale"), const_value=ir.tensor(scale))
     value.const_value.name = value.name
     graph.register_initializer(value)
     q.replace_input_with(1, value)
     for use in q.outputs[0].uses():
         if use.node.op_type == "DequantizeLinear":
             use.node.replace_input_with(1, value)
-
-
-def _unique(graph: ir.Graph, base: str) -> str:
-    name, count = base, 0
-    while name in graph.initializers:
-        count += 1
-        name = f"{base}_{count}"
-    return name
 
 
 def _histograms(model: ir.Model, amax: dict[str, float], batches) -> dict[str, np.ndarray]:

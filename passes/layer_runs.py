@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tao_qc.passes.clip_ranges import _look_through_qdq
+from tao_qc.passes.qdq import unique_initializer_name
 from tao_qc.passes.verify_quantization import FEEDABLE_WEIGHTS
 from tao_qc.pipeline import constant_array, light_proto_and_weights
 from tao_qc.runtimes.onnxruntime import with_exact_fp16_quantize
@@ -93,7 +94,7 @@ def ensure_bias(model: ir.Model, layer: Layer) -> bool:
     weight = constant_array(layer.weight)
     transposed = layer.node.op_type == "Gemm" and any(a.name == "transB" and a.as_int() for a in layer.node.attributes.values())
     channels = weight.shape[0] if layer.node.op_type == "Conv" or transposed else weight.shape[-1]
-    value = ir.Value(name=unique_name(model.graph, f"{layer.name}_bias"),
+    value = ir.Value(name=unique_initializer_name(model.graph, f"{layer.name}_bias"),
                      const_value=ir.tensor(np.zeros(channels, dtype=weight.dtype)))
     value.const_value.name = value.name
     model.graph.register_initializer(value)
@@ -102,14 +103,6 @@ def ensure_bias(model: ir.Model, layer: Layer) -> bool:
     layer.node.replace_input_with(2, value)
     layer.bias = value
     return True
-
-
-def unique_name(graph: ir.Graph, base: str) -> str:
-    name, count = base, 0
-    while name in graph.initializers:
-        count += 1
-        name = f"{base}_{count}"
-    return name
 
 
 def set_initializer(graph: ir.Graph, value: ir.Value, array: np.ndarray) -> None:

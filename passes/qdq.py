@@ -25,6 +25,15 @@ def integer_qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
     return params if params is not None and np.issubdtype(params[1].dtype, np.integer) else None
 
 
+def unique_initializer_name(graph: ir.Graph, base: str) -> str:
+    """`base`, or `base_N` with the first N no initializer of `graph` has."""
+    name, count = base, 0
+    while name in graph.initializers:
+        count += 1
+        name = f"{base}_{count}"
+    return name
+
+
 class QdqBuilder:
     """Creates initializers and Q/DQ nodes with unique names, marked as this pass's."""
 

@@ -101,7 +101,7 @@ def check_kernel_fidelity(fp32_path: str | Path, quant_path: str | Path, inputs:
     proto = onnx.load(str(quant_path), load_external_data=False)
     metadata = {p.key: p.value for p in proto.metadata_props}
     model_isa = compiled_for(metadata)
-    steps = output_steps(onnx.load(str(quant_path)))
+    steps = output_steps(proto)
     fp32 = _outputs(fp32_path, inputs, optimized=True)
     kernels = _outputs(quant_path, inputs, optimized=True)
     graph = _outputs(quant_path, inputs, optimized=False)
@@ -158,11 +158,11 @@ def _task(name, reference, k, g, fp32, kernels, graph, feeds, compare, detection
 
 def output_steps(model: Any) -> dict[str, float]:
     """The quantization step of each graph output a DequantizeLinear with one scale gives (through
-    shape-only ops)."""
-    from onnx import numpy_helper
+    shape-only ops). `model` may be loaded without its external data: a scale is never stored there."""
+    from onnx import TensorProto, numpy_helper
 
     producers = {out: node for node in model.graph.node for out in node.output}
-    constants = {t.name: t for t in model.graph.initializer}
+    constants = {t.name: t for t in model.graph.initializer if t.data_location != TensorProto.EXTERNAL}
     steps = {}
     for output in model.graph.output:
         node = producers.get(output.name)
