@@ -228,12 +228,12 @@ OCR_BATCH = {"ppocrv5_rec": 8, "ppocrv5_det": 1}
 def ocr_data(name: str) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """(calibration inputs, evaluation inputs, the evaluation lines' text for the recognizer)."""
     import ocr
+    from tao_qc.testing.corpus import recognizer_input, text_lines
 
     folder = shared_models() / "ppocrv5" / "lines"
     if name == "ppocrv5_rec":
-        lines = ocr.labelled_lines(folder)
-        return (ocr.line_batch([path for path, _ in lines[:32]]), ocr.line_batch([path for path, _ in lines[64:]]),
-                [text for _, text in lines[64:]])
+        lines = text_lines(folder)
+        return recognizer_input(lines.files[:32]), recognizer_input(lines.files[64:]), lines.texts[64:]
     return ocr.pages(folder, 6, seed=0), ocr.pages(folder, 4, seed=1), None
 
 
@@ -251,7 +251,9 @@ def build_ocr_variants(name: str, work: Path, calibration: np.ndarray) -> tuple[
 def measure_ocr(name: str, variants: dict[str, Path], inputs: np.ndarray, texts: list[str] | None, rounds: int) -> dict[str, dict]:
     """Median latency at the model's batch (interleaved rounds, as measure()) and its task metric."""
     import ocr
+    import onnx
     from tao_qc.evaluate.latency import summarize
+    from tao_qc.testing.corpus import character_error_rate, characters_from_metadata, ctc_greedy_decode
 
     batch = OCR_BATCH[name]
     sessions = {label: session(path) for label, path in variants.items()}
@@ -270,14 +272,14 @@ def measure_ocr(name: str, variants: dict[str, Path], inputs: np.ndarray, texts:
     fp32_rounds = round_means(times["fp32"])
     outputs = {label: [s.run(None, {"x": inputs[i:i + batch]})[0] for i in range(0, len(inputs), batch)]
                for label, s in sessions.items()}
-    classes = ocr.characters(variants["fp32"]) if texts is not None else None
+    classes = characters_from_metadata(onnx.load(str(variants["fp32"]), load_external_data=False)) if texts is not None else None
     for label in sessions:
         r = results[label]
         r["ms"] = summarize(times[label], batch).median_ms
         r["speed_quartiles"] = [float(q) for q in np.percentile(fp32_rounds / round_means(times[label]), [25, 75])]
         if texts is not None:
             probabilities = np.concatenate(outputs[label])
-            r["cer"] = ocr.character_error_rate(ocr.decode(probabilities, classes), texts)
+            r["cer"] = character_error_rate(ctc_greedy_decode(probabilities, classes), texts)
             r["steps_agreeing"] = float((probabilities.argmax(-1) == np.concatenate(outputs["fp32"]).argmax(-1)).mean())
         else:
             r["text_iou"] = float(np.mean([ocr.text_map_agreement(got, want)
