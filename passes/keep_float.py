@@ -2,7 +2,7 @@
 
 Calibration happens once (quantize-modelopt); keeping a node float afterwards is graph surgery on
 the calibrated graph, never a new calibration. For each node named in `ctx.facts["keep_float"]`
-(`{node name: reason}`):
+(`{node name: reason}`, accuracy fallback's) or `ctx.facts["float_for_speed"]` (tao_qc/speed's):
 
 - its weight and activation inputs read the float tensors again; a Q/DQ pair goes where nothing else
   reads it. That includes the output unit of a quantized op feeding it (modelopt measures the
@@ -34,7 +34,11 @@ class KeepFloat:
     name: str = "keep-float"
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        chosen: dict[str, str] = dict(ctx.facts.get("keep_float") or {})
+        # Each node's rule, as the report shows it: accuracy fallback's choice, or speed's (a class of
+        # units measured faster in float on the target CPU, tao_qc/speed).
+        chosen = {name: f"accuracy fallback: {why}" for name, why in (ctx.facts.get("keep_float") or {}).items()}
+        for name, why in (ctx.facts.get("float_for_speed") or {}).items():
+            chosen.setdefault(name, f"faster in float: {why}")
         if not chosen:
             return PassResult(model, changed=False, stats={"kept_float": 0})
         graph = model.graph
@@ -45,10 +49,10 @@ class KeepFloat:
         decisions = ctx.facts.get("decisions") or []
         quantized = {d.unit.name for d in decisions if d.quantized} - set(chosen)
         counts = run_in_float(model, [nodes[name] for name in chosen], quantized)
-        notes = [f"{name}: kept in float ({reason})" for name, reason in chosen.items()]
+        notes = [f"{name}: kept in float ({rule})" for name, rule in chosen.items()]
         ctx.facts["decisions"] = [
-            replace(d, weights="native", activations="native", weights_rule=f"accuracy fallback: {chosen[d.unit.name]}",
-                    activations_rule=f"accuracy fallback: {chosen[d.unit.name]}") if d.unit.name in chosen else d
+            replace(d, weights="native", activations="native", weights_rule=chosen[d.unit.name],
+                    activations_rule=chosen[d.unit.name]) if d.unit.name in chosen else d
             for d in decisions
         ]
         if ctx.facts.get("measured_elementwise"):

@@ -259,3 +259,32 @@ class OnnxRuntime:
             input_specs=model_inputs(proto),
             output_names=[output.name for output in session.get_outputs()],
         )
+
+
+def time_by_op_type(model_path: Path, feeds: dict[str, np.ndarray], settings: RuntimeSettings, *, runs: int = 30) -> dict[str, float]:
+    """Milliseconds per run spent in each op type of the graph ORT executes (after its fusions:
+    QLinearConv, NhwcMaxPool...), from ORT's own profiler, largest first."""
+    import json
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    options = session_options(settings)
+    with tempfile.TemporaryDirectory(prefix="tao-qc-profile-") as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        proto = onnx.load(str(model_path), load_external_data=False)
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=disabled_optimizers_for(proto))
+        session.run(None, feeds)  # the first run allocates; its kernel times are not typical
+        for _ in range(runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + event["dur"] / 1e3
+    # The profile holds the untimed first run too: per run over all runs it saw.
+    return {op: ms / (runs + 1) for op, ms in sorted(totals.items(), key=lambda item: -item[1])}

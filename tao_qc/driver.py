@@ -45,6 +45,7 @@ from tao_qc.report.pictures import sensitivity_html
 from tao_qc.spec import QuantizeSpec, load_spec
 from tao_qc.spec.cpu import resolve as resolve_cpu
 from tao_qc.spec.cpu import this_machine
+from tao_qc.speed.float_where_faster import AS_FAST, SpeedCheck, check_speed
 from tao_qc.version import __version__
 
 log = logging.getLogger("tao_qc.compile")
@@ -121,16 +122,26 @@ def compile_model(
         stem = source.stem
         source = lower_if_pytorch(source, stage, spec, model_factory, factory_kwargs, input_shape)
         trials = compare and _may_need_trials(spec)
+        by_speed = _places_by_speed(spec)
         ctx = new_context(spec, stage, source, calibration=calibration,
                           hold_back=trials and needs_held_back_data(spec))
         calibrated = calibrate(spec, source, ctx, [dumps])
-        # Accuracy trials start again from the calibrated graph: kept before the finishing passes change it.
-        snapshot = CalibratedGraph.take(calibrated.model, ctx, stage) if trials else None
+        # Accuracy trials and the speed search start again from the calibrated graph: kept before
+        # the finishing passes change it.
+        searches = by_speed and spec.onnxruntime.speed == "search"
+        snapshot = CalibratedGraph.take(calibrated.model, ctx, stage) if trials or searches else None
         finish = Finisher(spec, ctx, calibrated, dumps, stage, stem)
         records = finish(calibrated.model)
+        speed = speed_stage(spec, ctx, source, snapshot, finish) if by_speed else None
+        if speed is not None and speed.float_for_speed:
+            records = finish(snapshot.model())
         sections = compare_with_fp32(spec, source, finish.path, ctx) if compare else {}
-        if snapshot is not None:
+        if speed is not None:
+            sections["speed"] = speed.to_dict()
+        if trials:
             records, sections = accuracy_stage(spec, source, ctx, snapshot, finish, sections, records)
+        if snapshot is not None:
+            snapshot.discard()
         sections = _relocated(sections, str(stage), str(final))
         report = write_report(stage, spec, source, final / finish.path.name, records, ctx, sections,
                               time.perf_counter() - started, html=compare)
@@ -245,8 +256,43 @@ def accuracy_stage(spec: QuantizeSpec, source: Path, ctx: PassContext, snapshot:
         outcome.after_rebuild(before, sections)
     outcome.final = _final_metric(spec, source, finish.path, ctx, snapshot.folder, outcome)
     sections["accuracy"] = outcome.section()
-    snapshot.discard()
     return records, sections
+
+
+def speed_stage(spec: QuantizeSpec, ctx: PassContext, source: Path, snapshot: CalibratedGraph | None,
+                finish: Finisher) -> SpeedCheck | None:
+    """The finished model against FP32 on this machine, and with `speed: search` each class of
+    quantized unit in float (tao_qc/speed): the classes that are faster become part of the
+    calibrated graph's facts, so that the rebuild here and every accuracy trial after it keep them
+    float. None where this machine is not the CPU the model is compiled for: its timings would say
+    nothing about that one."""
+    target, here = resolve_cpu(spec.onnxruntime.cpu), this_machine()
+    if ctx.facts.get("quantize_mode", "int8") != "int8":  # FP8 runs in float on ORT's CPU provider anyway
+        return None
+    if target.isa != here.isa:
+        log.info("speed: not measured (compiled for %s, this machine is %s)", target.isa, here.isa)
+        return None
+    feeds = timing_feeds(ctx.calibration)
+    log.info("speed: timing the quantized model against FP32 on this CPU (%s, batch %s)%s", here.isa,
+             " and ".join(map(str, feeds)), ", and classes of quantized units in float" if spec.onnxruntime.speed == "search" else "")
+    folder = snapshot.folder if snapshot is not None else finish.folder
+    result = check_speed(spec, snapshot, finish.path, source, feeds, folder, here.isa, mode=spec.onnxruntime.speed)
+    if result.float_for_speed and snapshot is not None:
+        snapshot.facts["float_for_speed"] = result.float_for_speed
+        ctx.facts = snapshot.facts_with({})
+    return result
+
+
+# Speed is decided at batch 1 (a request at a time) and at the data's batch up to this size (a
+# throughput job); larger batches only scale the same kernels.
+TIMED_BATCH_LIMIT = 8
+
+
+def timing_feeds(calibration: Any) -> dict[int, dict[str, Any]]:
+    """Real samples to time on, per batch size: the first calibration batch and its first sample."""
+    first = calibration.first()
+    size = min(next(iter(first.values())).shape[0], TIMED_BATCH_LIMIT)
+    return {batch: {name: array[:batch] for name, array in first.items()} for batch in sorted({1, size})}
 
 
 def write_report(stage: Path, spec: QuantizeSpec, source: Path, output: Path, records: list[PassRecord],
@@ -254,7 +300,7 @@ def write_report(stage: Path, spec: QuantizeSpec, source: Path, output: Path, re
     """report.json (and report.html where the models were compared) into the stage."""
     report = build_report(spec, source, output, records, ctx, seconds)
     report.update(sections)
-    slower = slower_than_fp32(sections.get("latency"), spec)
+    slower = slower_than_fp32(sections.get("latency"), spec, sections.get("speed"))
     if slower:
         log.warning(slower)
         report["warnings"].append(slower)
@@ -299,20 +345,40 @@ def compare_with_fp32(spec: QuantizeSpec, source: Path, quantized: Path, ctx: Pa
 SLOWER_THAN_FP32 = 0.8
 
 
-def slower_than_fp32(latency: dict[str, Any] | None, spec: Any) -> str | None:
+def slower_than_fp32(latency: dict[str, Any] | None, spec: Any, speed: dict[str, Any] | None = None) -> str | None:
     """A warning when the quantized model runs slower than FP32 on the runtime it was placed for (a
-    TensorRT graph timed on ONNX Runtime's CPU provider says nothing about its speed); else None."""
+    TensorRT graph timed on ONNX Runtime's CPU provider says nothing about its speed), with why and
+    what to do; else None.
+
+    `speed` (the speed section) timed both models in interleaved rounds, which a busy
+    machine disturbs less than the latency table's one pass: where it is there, it decides."""
     if not latency or spec.target != latency.get("runtime"):
         return None
     here = this_machine()
-    why = ("; without VNNI, ORT's integer kernels multiply in 16 bits and gain little over float" if here.pairs_saturate
-           else "")
+    kernels = ("; without VNNI, ORT's integer kernels multiply in 16 bits and gain little over float"
+               if here.pairs_saturate else "")
+    fix = "deploy the FP32 model on this CPU, or quantize for size rather than speed; report.html shows where the time goes"
+    if speed and speed.get("mode") == "check":
+        fix = ("set quantize.onnxruntime.speed: search to keep in float the classes of units that run faster so, "
+               f"{fix[0].lower()}{fix[1:]}")
+    if speed and speed.get("final_vs_fp32"):
+        ratios = {int(b): r for b, r in speed["final_vs_fp32"].items()}
+        if min(ratios.values()) >= AS_FAST:
+            return None
+        at = ", ".join(f"{r:.2f}x at batch {b}" for b, r in ratios.items())
+        why = f": {speed['why_slower']}" if speed.get("why_slower") else ""
+        return (f"the quantized model runs slower than FP32 on {latency['runtime']} on this CPU ({here.isa}{kernels}): "
+                f"{at} FP32's speed{why}; {fix}")
     for row in latency.get("rows", [])[1:]:
         if row.get("ratio") is not None and row["ratio"] < SLOWER_THAN_FP32:
             return (f"the quantized model runs slower than FP32 on {latency['runtime']}: {row['ratio']:.2f}x FP32's "
-                    f"speed at batch {row['batch_size']} on this CPU ({here.isa}{why}); quantization buys no speed for "
+                    f"speed at batch {row['batch_size']} on this CPU ({here.isa}{kernels}); quantization buys no speed for "
                     "this model on this runtime: see the latency in report.html")
     return None
+
+
+def _places_by_speed(spec: QuantizeSpec) -> bool:
+    return spec.target == "onnxruntime" and spec.onnxruntime.speed != "off"
 
 
 def _may_need_trials(spec: Any) -> bool:

@@ -23,7 +23,7 @@ LAYERS = [
     ("tao_qc.frontends",),
     ("tao_qc.evaluate",),
     ("tao_qc.report",),
-    ("tao_qc.accuracy",),
+    ("tao_qc.accuracy", "tao_qc.speed"),
     ("tao_qc.driver",),
     ("tao_qc.commands", "tao_qc.cli", "tao_qc"),
     ("tao_qc.testing", "tao_qc.zoo", "tao_qc.corpus"),  # tests, benchmarks, examples: nothing above imports them

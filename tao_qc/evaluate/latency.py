@@ -120,6 +120,24 @@ def measure_latency(
         engine.close()
 
 
+def time_interleaved(engines: Sequence[Any], feeds: Mapping[str, np.ndarray], *, rounds: int = 7,
+                     seconds_per_turn: float = 0.05, max_runs_per_turn: int = 20) -> list[np.ndarray]:
+    """Per engine, its median wall time (seconds) in each of `rounds` rounds. The engines take turns
+    within a round, so drift (other work on the machine, clock changes) hits them alike and the
+    per-round ratio of two engines is a fair comparison even where absolute times wander."""
+    feeds = dict(feeds)
+    single = []
+    for engine in engines:
+        engine.run(feeds)  # the first run allocates; not a time to compare
+        single.append(min(time_calls(lambda e=engine: e.run(feeds), warmup=0, runs=2)))
+    runs = max(1, min(max_runs_per_turn, int(seconds_per_turn / max(min(single), 1e-6))))
+    per_round: list[list[float]] = [[] for _ in engines]
+    for _ in range(rounds):
+        for index, engine in enumerate(engines):
+            per_round[index].append(float(np.median(time_calls(lambda e=engine: e.run(feeds), warmup=0, runs=runs))))
+    return [np.asarray(times) for times in per_round]
+
+
 # ---------------------------------------------------------------------------------------------
 # Several models, several batch sizes: the table behind `tao-qc bench`.
 

@@ -233,11 +233,17 @@ class CompareSpec(_Strict):
 
 
 FALLBACK_MODES = ("auto", "off")
+SPEED_MODES = ("check", "search", "off")
 EXECUTORS = ("local", "ray")
 BUILTIN_METRICS = ("cosine", "top1_agreement", "top1_accuracy", "map")
 BUILTIN_DECODERS = ("rtdetr", "boxes_scores")  # compare.decoder
 USER_DECODER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _USER_METRIC_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _off_from_yaml(value: Any) -> Any:
+    """YAML 1.1 reads an unquoted `off` as false."""
+    return "off" if value is False else value
 
 
 def _fallback_mode(value: Any) -> Any:
@@ -300,6 +306,11 @@ class OnnxRuntimeSpec(_Strict):
     cpu: CpuSetting = "auto"
     # Compare ORT's fused integer kernels with the graph's own Q/DQ arithmetic on the comparison data.
     kernel_fidelity: bool = True
+    # Speed on this machine (tao_qc/speed): `check` times the model against FP32 and, where it is
+    # slower, says where the time goes; `search` also times each class of quantized unit (depthwise
+    # Convs, few-channel Convs, ...) in float and keeps float the classes that are faster so (the
+    # model then depends on timings); `off`.
+    speed: Annotated[str, _choice(SPEED_MODES), BeforeValidator(_off_from_yaml)] = "check"
 
 
 class QuantizeSpec(_Strict):

@@ -1,0 +1,81 @@
+"""Quantized compute nodes grouped by what decides their speed in ONNX Runtime's integer kernels.
+
+Timing every node alone would cost a model build and a timing run per node; nodes of one class run
+on the same kernel with similar shapes, so they win or lose together. The classes follow how ORT's
+CPU provider runs them:
+
+- depthwise and other grouped Convs run on a direct (not GEMM) kernel, where INT8 has little to
+  gain over float and the Q/DQ around them costs as much as the Conv;
+- a Conv with a short reduction (few input channels times kernel area, such as an RGB stem) or few
+  output channels does too little work per element to pay for requantizing its output;
+- pointwise (1x1) and spatial Convs, and Gemm/MatMul, run on the integer GEMM, where VNNI and AMX
+  gain most and AVX2 least.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from tao_qc.passes.keep_float import COMPUTE_OPS
+
+# A reduction this short (an RGB stem's 3x3x3 = 27, a space-to-depth stem's 2x2x12 = 48) or this
+# few output channels leave the integer kernel too little work per output element.
+SHORT_REDUCTION = 48
+FEW_OUTPUT_CHANNELS = 16
+
+ORDER = ("depthwise Convs", "grouped Convs", "Convs with little work per output", "pointwise Convs", "spatial Convs",
+         "Gemms and MatMuls")
+
+
+@dataclass
+class UnitClass:
+    label: str
+    nodes: list[str] = field(default_factory=list)
+
+
+def unit_classes(model: ir.Model, quantized: set[str]) -> list[UnitClass]:
+    """The classes (in `ORDER`, empty ones left out) of the compute nodes named in `quantized`."""
+    found: dict[str, UnitClass] = {label: UnitClass(label) for label in ORDER}
+    for node in model.graph:
+        if node.name in quantized and node.op_type in COMPUTE_OPS:
+            found[class_of(node)].nodes.append(node.name)
+    return [unit for unit in found.values() if unit.nodes]
+
+
+def class_of(node: ir.Node) -> str:
+    if node.op_type != "Conv":
+        return "Gemms and MatMuls"
+    group = node.attributes.get_int("group", 1)
+    shape = _weight_shape(node)
+    if group > 1:
+        return "depthwise Convs" if shape is not None and shape[1] == 1 else "grouped Convs"
+    if shape is None:
+        return "spatial Convs"
+    reduction = shape[1] * _area(shape)
+    if reduction <= SHORT_REDUCTION or shape[0] < FEW_OUTPUT_CHANNELS:
+        return "Convs with little work per output"
+    return "pointwise Convs" if _area(shape) == 1 else "spatial Convs"
+
+
+def _area(shape: tuple[int, ...]) -> int:
+    area = 1
+    for size in shape[2:]:
+        area *= size
+    return area
+
+
+def _weight_shape(node: ir.Node) -> tuple[int, ...] | None:
+    """The Conv's weight shape, through the DequantizeLinear a calibrated graph puts before it."""
+    value = node.inputs[1] if len(node.inputs) > 1 else None
+    while value is not None:
+        if value.shape is not None and all(isinstance(d, int) for d in value.shape):
+            return tuple(int(d) for d in value.shape)
+        if value.const_value is not None:
+            return tuple(value.const_value.shape)
+        producer = value.producer()
+        if producer is None or producer.op_type not in ("DequantizeLinear", "QuantizeLinear", "Identity"):
+            return None
+        value = producer.inputs[0]
+    return None

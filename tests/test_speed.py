@@ -1,0 +1,161 @@
+"""Speed on the target CPU (tao_qc/speed): the quantized model timed against FP32, classes of
+quantized units timed in float against INT8 and kept float where faster (`speed: search`), and the
+report's word on why a model stays slower than FP32.
+
+Which class wins is the CPU's business, so no test asserts a timing's outcome: they assert what is
+timed (each class, with the nodes its kernel decides), that a class kept float is float in the
+saved model with the measured reason, and that the warning names the cause and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from tao_qc.driver import compile_model, slower_than_fp32
+from tao_qc.errors import SpecError
+from tao_qc.spec import load_spec
+from tao_qc.speed import float_where_faster
+from tao_qc.testing import zoo
+
+
+class EveryKernelClass(nn.Module):
+    """One node of each class: an RGB stem (short reduction), a depthwise, a grouped, a pointwise and
+    a spatial Conv, and a Gemm."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, 2, 1)
+        self.depthwise = nn.Conv2d(32, 32, 3, 1, 1, groups=32)
+        self.grouped = nn.Conv2d(32, 64, 3, 1, 1, groups=4)
+        self.pointwise = nn.Conv2d(64, 64, 1)
+        self.spatial = nn.Conv2d(64, 64, 3, 1, 1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.depthwise(x))
+        x = torch.relu(self.grouped(x))
+        x = torch.relu(self.pointwise(x))
+        x = torch.relu(self.spatial(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+EXPECTED_CLASSES = {
+    "Convs with little work per output": "stem",  # 3 input channels x 3x3 = a reduction of 27
+    "depthwise Convs": "depthwise",
+    "grouped Convs": "grouped",
+    "pointwise Convs": "pointwise",
+    "spatial Convs": "spatial",
+    "Gemms and MatMuls": "head",
+}
+
+
+@pytest.fixture(scope="module")
+def every_class(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("every-class")
+    torch.manual_seed(0)
+    model = zoo.export_onnx(EveryKernelClass().eval(), torch.randn(1, 3, 32, 32), root / "every.onnx", dynamic_batch=True)
+    data = root / "calib.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    return model, data
+
+
+def _spec(data: Path, mode: str) -> dict:
+    return {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "calibration": {"data": str(data), "batch_size": 4},
+                         "onnxruntime": {"speed": mode}}}
+
+
+def _weight_is_float(model: onnx.ModelProto, node_name: str) -> bool:
+    node = next(n for n in model.graph.node if n.name == node_name)
+    initializers = {i.name: i for i in model.graph.initializer}
+    weight = initializers.get(node.input[1])
+    return weight is not None and weight.data_type == onnx.TensorProto.FLOAT
+
+
+def _node_of(model: onnx.ModelProto, module: str, op: str) -> str:
+    return next(n.name for n in model.graph.node if n.op_type == op and module in n.name)
+
+
+def test_each_class_of_unit_is_timed_in_float_against_int8_at_batch_1_and_the_data_batch(every_class, tmp_path):
+    model, data = every_class
+    result = compile_model(model, _spec(data, "search"), results_dir=tmp_path / "out", compare=False)
+    section = result.report["speed"]
+    assert section["searched"] and section["batches"] == [1, 4] and section["cpu"]
+    source = onnx.load(model)
+    expected = {label: [_node_of(source, module, "Gemm" if module == "head" else "Conv")]
+                for label, module in EXPECTED_CLASSES.items()}
+    assert {t["label"]: t["nodes"] for t in section["trials"]} == expected
+    for trial in section["trials"]:
+        assert set(trial["speedup"]) == {"1", "4"} and all(v > 0 for v in trial["speedup"].values())
+    assert set(section["int8_vs_fp32"]) == {"1", "4"}
+    # What a trial decided is what the saved model holds.
+    saved = onnx.load(result.model_path)
+    kept = {node for t in section["trials"] if t["kept_float"] for node in t["nodes"]}
+    rows = {row["name"]: row for row in result.report["decisions"]}
+    for trial in section["trials"]:
+        for node in trial["nodes"]:
+            assert _weight_is_float(saved, node) == (node in kept)
+            assert ("faster in float" in rows[node]["reason"]) == (node in kept)
+
+
+def test_a_class_kept_float_is_float_in_the_saved_model_with_its_measured_reason(every_class, tmp_path, monkeypatch):
+    """With the gain needed set to nothing, every class counts as faster: the path a CPU that loses
+    on, say, depthwise Convs takes, through the real rebuild and comparison."""
+    model, data = every_class
+    monkeypatch.setattr(float_where_faster, "MIN_GAIN", 0.0)
+    monkeypatch.setattr(float_where_faster, "MAX_LOSS", 0.0)
+    result = compile_model(model, _spec(data, "search"), results_dir=tmp_path / "out")
+    section = result.report["speed"]
+    assert all(t["kept_float"] for t in section["trials"]) and section["nodes_kept_float"] == 6
+    saved = onnx.load(result.model_path)
+    assert all(_weight_is_float(saved, n.name) for n in saved.graph.node if n.op_type in ("Conv", "Gemm"))
+    depthwise = _node_of(saved, "depthwise", "Conv")
+    row = next(r for r in result.report["decisions"] if r["name"] == depthwise)
+    assert not row["quantized"]
+    assert row["reason"].startswith("kept in float: faster in float: depthwise Convs run faster in float on this CPU (")
+    assert "at batch 1" in row["reason"] and "at batch 4" in row["reason"]
+    # The comparison ran on the rebuilt model: all float, so it matches FP32 to float rounding.
+    assert result.report["comparison"]["passed"]
+    assert set(section["final_vs_fp32"]) == {"1", "4"}
+
+
+def test_by_default_the_model_is_timed_against_fp32_and_changed_by_no_timing(every_class, tmp_path):
+    model, data = every_class
+    spec = _spec(data, "check")
+    del spec["quantize"]["onnxruntime"]
+    result = compile_model(model, spec, results_dir=tmp_path / "out", compare=False)
+    section = result.report["speed"]
+    assert section["mode"] == "check" and not section["searched"] and not section["trials"]
+    assert set(section["int8_vs_fp32"]) == {"1", "4"} and section["nodes_kept_float"] == 0
+    assert all(row["quantized"] for row in result.report["decisions"])
+    # A slower model says where the time goes, from ORT's profiler of both models.
+    if section["why_slower"]:
+        assert section["profile"]["fp32"] and section["profile"]["int8"]
+
+
+def test_off_times_nothing_and_a_wrong_mode_is_a_one_line_spec_error(every_class, tmp_path):
+    model, data = every_class
+    result = compile_model(model, _spec(data, "off"), results_dir=tmp_path / "out", compare=False)
+    assert "speed" not in result.report
+    with pytest.raises(SpecError) as error:
+        load_spec(_spec(data, "sometimes"))
+    assert "quantize.onnxruntime.speed" in str(error.value) and "search" in str(error.value)
+
+
+def test_a_model_slower_than_fp32_is_said_with_where_the_time_goes_and_the_fix():
+    spec = load_spec({"quantize": {"target": "onnxruntime"}})
+    latency = {"runtime": "onnxruntime", "rows": [{"batch_size": 1, "ratio": 1.0}, {"batch_size": 1, "ratio": 0.93}]}
+    speed = {"mode": "check", "final_vs_fp32": {"1": 0.91}, "why_slower": "ORT's integer kernels take 2.72 ms a run where FP32's "
+             "Conv/Gemm/MatMul take 2.58 ms"}
+    warning = slower_than_fp32(latency, spec, speed)
+    assert "0.91x at batch 1 FP32's speed" in warning and "2.72 ms" in warning and "deploy the FP32 model" in warning
+    assert "quantize.onnxruntime.speed: search" in warning
+    # The interleaved timing decides where it ran: the latency table's single pass read 0.93x, but
+    # the rounds say it is as fast, within their noise.
+    assert slower_than_fp32(latency, spec, {"final_vs_fp32": {"1": 0.98}}) is None
