@@ -373,6 +373,18 @@ def profile(variants: dict[str, Path], shape: tuple[int, ...], runs: int = 10) -
     return "\n".join(lines)
 
 
+def why_slower(name: str, variant: Path, speed: float, batch: int) -> str | None:
+    """For a tao-qc model this bench measured slower than FP32: what its compile said about it
+    (report.json's `speed` section, timed in the compile's own interleaved rounds)."""
+    if speed >= 1.0:
+        return None
+    section = json.loads((variant.parent / "report.json").read_text()).get("speed") or {}
+    measured = ", ".join(f"{r:.2f}x at batch {b}" for b, r in (section.get("final_vs_fp32") or {}).items())
+    if section.get("why_slower"):
+        return f"{name} ({speed:.2f}x at batch {batch} here): compile measured {measured} and says: {section['why_slower']}"
+    return f"{name} ({speed:.2f}x at batch {batch} here): compile measured {measured}, within its noise of FP32's speed, so it warned of nothing"
+
+
 def machine() -> str:
     """The CPU (its model and the instruction set ORT's integer kernels run on: the speed-ups hold for
     that one), cores, threads and versions."""
@@ -407,7 +419,7 @@ def main() -> None:
     from tao_qc.console import setup_logging
 
     setup_logging(-1)
-    rows, real_rows, ocr_rows, profiles = [], [], [], []
+    rows, real_rows, ocr_rows, profiles, slower = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="tao-qc-bench-") as tmp:
         for name in ocr_models:
             work = Path(tmp) / name
@@ -423,6 +435,8 @@ def main() -> None:
                                  **{k: r[k] for k in ("cer", "steps_agreeing", "text_iou") if k in r}})
             for label, why in failed.items():
                 ocr_rows.append({"model": name, "variant": label, "failed": why})
+            slower.append(why_slower(name, variants["tao-qc onnxruntime"],
+                                     results["fp32"]["ms"] / results["tao-qc onnxruntime"]["ms"], OCR_BATCH[name]))
         for name in real:
             work = Path(tmp) / name
             work.mkdir()
@@ -435,6 +449,8 @@ def main() -> None:
                                   "b1_ms": r["b1_ms"], "size_mb": r["size_mb"], "cosine": r["cosine"], "samples": len(photos)})
             for label, why in failed.items():
                 real_rows.append({"model": name, "variant": label, "failed": why})
+            slower.append(why_slower(name, variants["tao-qc onnxruntime"],
+                                     results["fp32"]["b1_ms"] / results["tao-qc onnxruntime"]["b1_ms"], 1))
         for name in args.models.split(","):
             work = Path(tmp) / name
             work.mkdir()
@@ -445,6 +461,9 @@ def main() -> None:
             if args.profile:
                 profiles.append(f"{name}, batch 8 (ORT profiler, ms per run):\n{profile(variants, zoo.input_shape(name))}")
             base = results["fp32"]
+            ours = results["tao-qc onnxruntime"]
+            slower.append(why_slower(name, variants["tao-qc onnxruntime"], min(base["b1_ms"] / ours["b1_ms"], base["b8_ms"] / ours["b8_ms"]),
+                                     1 if base["b1_ms"] / ours["b1_ms"] < base["b8_ms"] / ours["b8_ms"] else 8))
             for label, r in results.items():
                 rows.append({"model": name, "variant": label, "speed_b1": base["b1_ms"] / r["b1_ms"],
                              "speed_b8": base["b8_ms"] / r["b8_ms"], "b8_ms": r["b8_ms"],
@@ -480,6 +499,10 @@ def main() -> None:
             low, high = r["speed_quartiles"]
             lines.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {r['speed']:.2f}x | {low:.2f}-{high:.2f}x | "
                          f"{r['ms']:.1f} | {r['size_mb']:.1f} | {metric} |")
+    slower = [line for line in slower if line]
+    if slower:
+        lines += ["", "tao-qc models slower than FP32 in this run, and what their compile said:"]
+        lines += [f"- {line}" for line in slower]
     table = "\n".join(lines)
     note = (f"Measured in one run on {machine()}, intra-op spinning off for every session. "
             f"Speed = FP32 median latency / variant median latency; the middle half of rounds is the 25th-75th "
