@@ -18,7 +18,7 @@ keeps in float (`ctx.facts["keep_float"]`), on copies of the calibrated graph.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 from tao_qc.passes.assign_dtypes import AssignDtypes
 from tao_qc.passes.check_calibration import CheckCalibration
@@ -40,14 +40,15 @@ from tao_qc.passes.round_weights import RoundWeights
 from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
 from tao_qc.passes.verify_quantization import VerifyQuantization
 from tao_qc.pipeline import FixedPoint
+from tao_qc.spec import QuantizeSpec
 from tao_qc.spec.cpu import resolve as resolve_cpu
 
 
-def default_passes(spec: Any, *, source_path: Any = None) -> list:
+def default_passes(spec: QuantizeSpec, *, source_path: Path | None = None) -> list:
     return calibrating_passes(spec, source_path=source_path) + finishing_passes(spec)
 
 
-def calibrating_passes(spec: Any, *, source_path: Any = None) -> list:
+def calibrating_passes(spec: QuantizeSpec, *, source_path: Path | None = None) -> list:
     """From the user's file to modelopt's calibrated Q/DQ graph."""
     passes = [
         LoadAndCheck(source_path),
@@ -71,7 +72,7 @@ def correction_passes(corrections: list, skip: frozenset = frozenset()) -> list:
     return [made[c.method](settings=c, skip=skip) for c in corrections]
 
 
-def finishing_passes(spec: Any, *, verify: bool = True) -> list:
+def finishing_passes(spec: QuantizeSpec, *, verify: bool = True) -> list:
     """From the calibrated graph to the model that is saved: nodes kept in float, each node's own
     dtype, placement for the target, verification (left out of fallback's trials, which the final
     build verifies)."""

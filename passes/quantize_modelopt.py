@@ -54,6 +54,7 @@ from tao_qc.pipeline import (
 )
 from tao_qc.pipeline.child import start_child
 from tao_qc.runtimes.base import cuda_device_present
+from tao_qc.spec import QuantizeSpec
 
 log = logging.getLogger("tao_qc.quantize")
 
@@ -222,7 +223,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def modelopt_settings(spec: Any, selected: list, decisions: list, mode: str, device: str,
+def modelopt_settings(spec: QuantizeSpec, selected: list, decisions: list, mode: str, device: str,
                       measured: dict[str, str] | None = None) -> dict[str, Any]:
     """modelopt.onnx.quantization.quantize's keyword arguments. `measured`: elementwise nodes (name ->
     op type) whose output ranges an ONNX Runtime target needs too (see integer_elementwise)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from tao_qc.spec import cpu
+from tao_qc.spec import QuantizeSpec, cpu
 
 OWN_KEY_PREFIX = "tao_qc."
 SOURCE_PRODUCER_KEY = "tao_qc.source_producer"
@@ -124,12 +124,12 @@ def _opsets(model: ir.Model) -> dict[str, int]:
     return {("" if domain == "ai.onnx" else domain): int(version) for domain, version in model.opset_imports.items()}
 
 
-def spec_digest(spec: Any) -> str:
+def spec_digest(spec: QuantizeSpec) -> str:
     """sha256 of the normalized spec (sorted keys): which settings made a model, in one string."""
     return hashlib.sha256(json.dumps(spec.normalized(), sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def stamp(model: ir.Model, spec: Any, version: str) -> None:
+def stamp(model: ir.Model, spec: QuantizeSpec, version: str) -> None:
     """Record tao-qc as the producer, keeping the exporter's producer under a key of our own."""
     source = " ".join(p for p in (model.producer_name, model.producer_version) if p)
     if source and model.producer_name != PRODUCER:

@@ -39,6 +39,7 @@ from tao_qc.pipeline import PassContext, Pipeline, save_model
 from tao_qc.runtimes.base import RuntimeSettings
 from tao_qc.runtimes.onnxruntime import time_by_op_type
 from tao_qc.runtimes.registry import get_runtime
+from tao_qc.spec import QuantizeSpec
 from tao_qc.speed.unit_classes import unit_classes
 
 log = logging.getLogger("tao_qc.speed")
@@ -116,7 +117,7 @@ class SpeedCheck:
         return out
 
 
-def check_speed(spec: Any, base: CalibratedGraph | None, current: Path, fp32: Path,
+def check_speed(spec: QuantizeSpec, base: CalibratedGraph | None, current: Path, fp32: Path,
                 feeds_by_batch: dict[int, dict[str, np.ndarray]], folder: Path, cpu: str,
                 *, mode: str = "check", rounds: int = 7) -> SpeedCheck:
     """Time `current` (finished from `base`) against FP32; with `mode` search, then each class of
@@ -164,7 +165,7 @@ def check_speed(spec: Any, base: CalibratedGraph | None, current: Path, fp32: Pa
     return result
 
 
-def _finished(spec: Any, base: CalibratedGraph, float_for_speed: dict[str, str], folder: Path) -> Any:
+def _finished(spec: QuantizeSpec, base: CalibratedGraph, float_for_speed: dict[str, str], folder: Path) -> Any:
     facts = copy.deepcopy(base.facts)
     facts["float_for_speed"] = dict(float_for_speed)
     ctx = PassContext(spec=spec, work_dir=folder, facts=facts)
