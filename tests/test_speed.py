@@ -123,6 +123,13 @@ def test_a_class_kept_float_is_float_in_the_saved_model_with_its_measured_reason
     # The comparison ran on the rebuilt model: all float, so it matches FP32 to float rounding.
     assert result.report["comparison"]["passed"]
     assert set(section["final_vs_fp32"]) == {"1", "4"}
+    # report.html shows each class with its measured gain and what was decided.
+    html = (result.results_dir / "report.html").read_text()
+    speed = html[html.index("<h3>Speed on this CPU</h3>"):]
+    for label in EXPECTED_CLASSES:
+        row = speed[speed.index(f"<td>{label}</td>"):]
+        row = row[:row.index("</tr>")]
+        assert "at batch 1" in row and "at batch 4" in row and "kept in float" in row
 
 
 def test_by_default_the_model_is_timed_against_fp32_and_changed_by_no_timing(every_class, tmp_path):

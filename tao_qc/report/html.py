@@ -88,6 +88,7 @@ def render_html(report: dict[str, Any]) -> str:
         _kernel_fidelity_section(report.get("kernel_fidelity")),
         "<h2>Latency</h2>",
         _latency_section(latency),
+        speed_html(report.get("speed")),
         "<h2>Quantization decisions</h2>",
         _decisions_section(report.get("decisions")),
         _engine_section(comparison),
@@ -645,4 +646,42 @@ def corrections_html(report: dict[str, Any]) -> str:
         parts.append(f"<h3>Correction: {escape(correction['method'])}</h3><p>{len(correction['nodes'])} nodes, "
                      f"{correction.get('samples')} calibration samples, {_num(correction.get('seconds'))} s.</p>"
                      + _table(head, rows, numeric_from=1))
+    return "".join(parts)
+
+
+def speed_html(section: dict[str, Any] | None) -> str:
+    """The speed check on the target CPU (tao_qc/speed): the quantized model against FP32, each class
+    of units tried in float with its measured gain, and where the time goes when it is slower."""
+    if not section:
+        return ""
+
+    def at(ratios: dict[str, float]) -> str:
+        return ", ".join(f"{_ratio(r)} at batch {b}" for b, r in ratios.items())
+
+    parts = ["<h3>Speed on this CPU</h3>",
+             f"<p>Timed on {escape(str(section.get('cpu')))} with {section.get('threads')} threads, FP32 and the quantized "
+             f"model taking turns in each round: the quantized model runs at {at(section.get('int8_vs_fp32') or {})} "
+             "FP32's speed (median of the per-round ratios).</p>"]
+    trials = section.get("trials") or []
+    if section.get("searched"):
+        rows = [f"<tr><td>{escape(t['label'])}</td><td class=\"num\">{len(t['nodes'])}</td>"
+                f"<td class=\"num\">{at(t.get('speedup') or {})}</td>"
+                f"<td>{'kept in float' if t.get('kept_float') else 'stays INT8'}</td></tr>" for t in trials]
+        parts.append("<p>Each class of quantized unit in float against the model kept so far (above 1: faster in float):</p>"
+                     + _table(["class", "nodes", "speed in float", "decision"], rows, numeric_from=1))
+        if section.get("nodes_kept_float"):
+            parts.append(f"<p>With {section['nodes_kept_float']} nodes in float the model runs at "
+                         f"{at(section.get('final_vs_fp32') or {})} FP32's speed.</p>")
+    elif section.get("mode") == "check":
+        parts.append('<p class="note">Classes of units in float were not tried (<code>quantize.onnxruntime.speed: search</code> '
+                     "tries them).</p>")
+    if section.get("why_slower"):
+        parts.append(f'<p><span class="badge warn">slower than FP32</span> {escape(section["why_slower"])}</p>')
+    profile = section.get("profile")
+    if profile:
+        ops = list(dict.fromkeys([*list(profile["int8"])[:8], *list(profile["fp32"])[:8]]))
+        rows = [f"<tr><td>{escape(op)}</td><td class=\"num\">{_fixed(profile['fp32'].get(op), 3)}</td>"
+                f"<td class=\"num\">{_fixed(profile['int8'].get(op), 3)}</td></tr>" for op in ops]
+        parts.append("<p>Milliseconds per run by op type as ORT executes each model (its profiler, batch 1):</p>"
+                     + _table(["op type", "FP32", "quantized"], rows, numeric_from=1))
     return "".join(parts)
