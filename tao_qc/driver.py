@@ -143,7 +143,9 @@ def compile_model(
         if snapshot is not None:
             snapshot.discard()
         sections = _relocated(sections, str(stage), str(final))
-        report = write_report(stage, spec, source, final / finish.path.name, records, ctx, sections,
+        # A PyTorch model's lowered graph is written into the stage: the report names where it ends up.
+        shown_source = Path(_relocated(str(source), str(stage), str(final)))
+        report = write_report(stage, spec, shown_source, final / finish.path.name, records, ctx, sections,
                               time.perf_counter() - started, html=compare)
 
     log.info("quantized model: %s", final / finish.path.name)

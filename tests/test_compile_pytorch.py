@@ -32,6 +32,9 @@ def test_checkpoint_is_lowered_and_compiled_with_the_same_patterns(tmp_path, cap
     assert decisions["/down/down.0/Conv"]["skipped_by"].startswith("skip_names[0] 'down.0'")
     assert not decisions["/head/Gemm"]["quantized"]
     lowered = onnx.load(tmp_path / "out" / "small.fp32.onnx")
+    # The report names the lowered graph where it ends up, not in the staging folder renamed into place.
+    assert report["model"] == str(tmp_path / "out" / "small.fp32.onnx")
+    assert ".partial" not in (tmp_path / "out" / "report.json").read_text()
     assert [i.name for i in lowered.graph.input] == ["images"]  # named by the calibration archive
     assert (tmp_path / "out" / "small.int8.onnx").is_file()
     assert report["comparison"]["passed"]
