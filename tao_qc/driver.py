@@ -354,8 +354,6 @@ def slower_than_fp32(latency: dict[str, Any] | None, spec: Any, speed: dict[str,
 
     `speed` (the speed section) timed both models in interleaved rounds, which a busy
     machine disturbs less than the latency table's one pass: where it is there, it decides."""
-    if not latency or spec.target != latency.get("runtime"):
-        return None
     here = this_machine()
     kernels = ("; without VNNI, ORT's integer kernels multiply in 16 bits and gain little over float"
                if here.pairs_saturate else "")
@@ -369,8 +367,10 @@ def slower_than_fp32(latency: dict[str, Any] | None, spec: Any, speed: dict[str,
             return None
         at = ", ".join(f"{r:.2f}x at batch {b}" for b, r in ratios.items())
         why = f": {speed['why_slower']}" if speed.get("why_slower") else ""
-        return (f"the quantized model runs slower than FP32 on {latency['runtime']} on this CPU ({here.isa}{kernels}): "
+        return (f"the quantized model runs slower than FP32 on onnxruntime on this CPU ({here.isa}{kernels}): "
                 f"{at} FP32's speed{why}; {fix}")
+    if not latency or spec.target != latency.get("runtime"):
+        return None
     for row in latency.get("rows", [])[1:]:
         if row.get("ratio") is not None and row["ratio"] < SLOWER_THAN_FP32:
             return (f"the quantized model runs slower than FP32 on {latency['runtime']}: {row['ratio']:.2f}x FP32's "
