@@ -396,7 +396,7 @@ def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
     if comparison and not comparison.get("passed", True):
         checks = comparison.get("checks") or []
         if final is not None:  # the metric decides; only the checks the user set count besides it
-            failures += [c.describe() for c in map(Check.from_dict, checks) if not c.passed and not c.why.startswith("default")]
+            failures += [c.describe() for c in map(Check.from_dict, checks) if not c.passed and not c.default]
         else:
             failures += comparison.get("failures") or []
     if failures and spec.compare.fail_on_mismatch:
