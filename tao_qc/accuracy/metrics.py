@@ -109,7 +109,7 @@ class MeanAveragePrecision:
             result = detection.map_against_annotations(detection.load_annotations(self.settings.annotations), cand, sizes)
             return float(result.map or 0.0)
         ref = detection.decode(decoder, reference, inputs, self.settings.decoder)
-        result = detection.map_against_reference(ref, cand, sizes, detection._threshold(self.settings))
+        result = detection.map_against_reference(ref, cand, sizes, *detection.thresholds(self.settings))
         return float(result.map50 or 0.0)
 
 
