@@ -76,3 +76,39 @@ def test_labels_without_data_follow_the_calibration_samples(tmp_path):
     plan = measures(spec)
     assert plan.accuracy.key == plan.comparison.key == plan.final.key == CALIBRATION_DATA
     assert plan.comparison.labels.endswith("held_texts.npy") and plan.final_note is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 26's run, end to end on the real PP-OCRv5 recognizer (a few lines: the point is where each
+# measure runs and what the report says, not the accuracy reached)
+
+
+def test_the_ocr_spec_of_issue_26_reports_the_text_accuracy_and_no_python_error(shared_models, tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from _compile_helpers import run_cli
+    from tao_qc.testing import corpus
+
+    lines = corpus.text_lines()
+    np.savez(tmp_path / "cal.npz", x=corpus.recognizer_input(lines.files[:4]))
+    np.savez(tmp_path / "held.npz", x=corpus.recognizer_input(lines.files[4:8]))
+    np.save(tmp_path / "held_texts.npy", np.array(lines.texts[4:8]))
+    np.savez(tmp_path / "test.npz", x=corpus.recognizer_input(lines.files[8:12]))
+    # max_drop 1: met whatever plain INT8 reads, so no fallback runs (this is about the report).
+    spec = tmp_path / "q.yaml"
+    spec.write_text("quantize:\n  target: onnxruntime\n  calibration: {data: cal.npz, batch_size: 4}\n"
+                    "  compare: {data: test.npz}\n"
+                    f"  accuracy: {{data: held.npz, labels: held_texts.npy, metric: '{USER_METRIC}', max_drop: 1.0}}\n")
+    code, out, err = run_cli(["compile", shared_models / "ppocrv5_rec.onnx", "--spec", spec, "-o", tmp_path / "out"], capsys)
+    assert code == 0, err
+    final = json.loads((tmp_path / "out" / "report.json").read_text())["accuracy"]["final"]
+    assert final["metric"] == USER_METRIC and "error" not in final, final
+    assert final["data_key"] == ACCURACY_DATA and "quantize.accuracy.data" in final["data"]
+    assert 0.9 <= final["fp32"] <= 1.0  # FP32 reads the held lines (1 - CER)
+    assert "quantize.compare.data has none" in final["note"]
+    html = (tmp_path / "out" / "report.html").read_text()
+    for text in (html, (tmp_path / "out" / "report.json").read_text(), out + err):
+        for python_error in ("TypeError", "NoneType", "Traceback", "not iterable"):
+            assert python_error not in text
