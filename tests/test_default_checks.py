@@ -135,3 +135,21 @@ def test_the_ocr_recognizer_and_detector_outputs_are_recognised(shared_models):
     detector = ort.InferenceSession(str(shared_models / "ppocrv5_det.onnx"), providers=["CPUExecutionProvider"])
     pages = corpus.text_pages(lines, count=1, size=(320, 320), lines_per_page=4)
     assert output_kind(detector.run(None, {"x": pages})[0]) == ("probability_map", None)
+
+
+def test_the_text_detectors_plain_int8_meets_its_default_map_check_that_the_cosine_failed(shared_models, tmp_path):
+    """PP-OCRv5's detector, plain INT8 for onnxruntime: every text line found (issue 26: the cosine
+    default sent fallback into 16 float nodes where the page reading was unchanged)."""
+    from tao_qc.driver import compile_model
+    from tao_qc.testing import corpus
+
+    pages = corpus.text_pages(corpus.text_lines(), count=8, size=(320, 320), lines_per_page=4)
+    np.savez(tmp_path / "cal.npz", x=pages[:4])
+    np.savez(tmp_path / "cmp.npz", x=pages[4:])
+    spec = {"quantize": {"target": "onnxruntime", "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 4},
+                         "compare": {"data": str(tmp_path / "cmp.npz")}, "accuracy": {"fallback": "off"}}}
+    report = compile_model(shared_models / "ppocrv5_det.onnx", spec, results_dir=tmp_path / "out").report
+    (output,) = report["comparison"]["outputs"]
+    check = _only(Check.from_dict(c) for c in report["comparison"]["checks"])
+    assert output["kind"] == "probability_map" and output["cosine"] < 0.99  # what the old default failed
+    assert check.metric == "mask_iou" and check.default and check.passed and check.value < 0.95

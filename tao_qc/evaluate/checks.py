@@ -9,7 +9,7 @@ saying which default and why:
   position >= 0.99: each position is a classifier, and what is read from it is its argmax (a CTC
   decoder's best path, a segmenter's label map). A cosine over the probabilities would be dragged
   down by INT8 noise on the thousands of near-zero ones while not one argmax changes;
-- probability map (`[N, 1, H, W]`, saturated sigmoid): IoU >= 0.9 of the maps thresholded at 0.5;
+- probability map (`[N, 1, H, W]`, saturated sigmoid): IoU >= 0.8 of the maps thresholded at 0.5;
 - anything else: cosine over the data set >= 0.99.
 """
 
@@ -28,11 +28,13 @@ DEFAULT_MIN_COSINE = 0.99
 # steps is mostly blanks; the PP-OCRv5 recognizer whose per-step agreement passes reads its lines as
 # FP32 does (tests/test_default_checks.py measures it).
 DEFAULT_MIN_POSITION_TOP1_AGREEMENT = 0.99
-# The pixels that change sides are the edges of the regions (INT8 moves a saturated sigmoid's
-# transition by about a pixel). For a text line 16 pixels high and 200 long, one pixel off at
-# every edge is IoU ~0.89; 0.9 asks for less than that, so a map that loses or invents whole
-# regions fails while edge jitter that moves a box by a pixel passes.
-DEFAULT_MIN_MASK_IOU = 0.9
+# The pixels that change sides are the edges of the regions: INT8 moves a saturated sigmoid's
+# transition by about a pixel, and one pixel along both long edges of a text line 11 pixels high is
+# already an IoU of 0.82. Measured on PP-OCRv5's detector (plain INT8 for onnxruntime, 4 pages of 4
+# lines): every line found, each line's region at IoU 0.84-1.0 to FP32's, map IoU 0.90-0.92 per page,
+# 0.905 over the data set (cosine 0.958, which the old default failed). Losing one line of four is an
+# IoU of at most 0.75. So 0.8: a map that loses or invents regions fails; edge jitter passes.
+DEFAULT_MIN_MASK_IOU = 0.8
 
 WHY_CLASSIFIER = "default for classifier outputs [N, C]: top-1 agreement"
 WHY_CLASS_SCORES = ("default for class scores per position ({shape}, probabilities over axis {axis}): each position "
