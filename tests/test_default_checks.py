@@ -52,10 +52,10 @@ def test_per_step_softmax_is_checked_by_top1_agreement_per_step_not_cosine():
 def test_a_changed_reading_fails_the_per_step_check():
     reference = _steps()
     candidate = reference.copy()
-    flipped = RNG.random(reference.shape[:2]) < 0.05  # 5% of steps read another class
+    flipped = RNG.random(reference.shape[:2]) < 0.1  # 10% of steps read another class
     candidate[flipped] = np.roll(reference[flipped], 1, axis=-1)
     check = _only(checks_for(output_metrics("softmax", reference, candidate), CompareSpec()))
-    assert not check.passed and 0.9 < check.value < 0.99
+    assert not check.passed and 0.85 < check.value < DEFAULT_MIN_POSITION_TOP1_AGREEMENT
 
 
 def test_log_softmax_and_channel_first_class_maps_are_class_scores():

@@ -6,9 +6,11 @@ that fits what it is (`tao_qc.evaluate.measures.output_kind`), marked `default=T
 saying which default and why:
 - classifier `[N, C]`: top-1 agreement >= 0.99;
 - class scores per position (`[N, T, C]`, `[N, C, H, W]` probabilities): top-1 agreement per
-  position >= 0.99: each position is a classifier, and what is read from it is its argmax (a CTC
-  decoder's best path, a segmenter's label map). A cosine over the probabilities would be dragged
-  down by INT8 noise on the thousands of near-zero ones while not one argmax changes;
+  position >= 0.95: each position is a classifier, and what is read from it is its argmax (a CTC
+  decoder's best path, a segmenter's label map); positions at the edge of a character or region
+  flip without changing the reading, hence below a classifier's 0.99 (see the constant). A cosine
+  over the probabilities would be dragged down by INT8 noise on the thousands of near-zero ones
+  while not one argmax changes;
 - probability map (`[N, 1, H, W]`, saturated sigmoid): IoU >= 0.8 of the maps thresholded at 0.5;
 - anything else: cosine over the data set >= 0.99.
 """
@@ -24,10 +26,14 @@ from tao_qc.spec import CompareSpec
 
 DEFAULT_MIN_TOP1_AGREEMENT = 0.99
 DEFAULT_MIN_COSINE = 0.99
-# Per position as per sample: at 0.99, one step in a hundred may change its argmax. A CTC line of 40
-# steps is mostly blanks; the PP-OCRv5 recognizer whose per-step agreement passes reads its lines as
-# FP32 does (tests/test_default_checks.py measures it).
-DEFAULT_MIN_POSITION_TOP1_AGREEMENT = 0.99
+# Lower than a classifier's 0.99 per sample, because the positions at the edge of a character (or of
+# a region) flip between two classes FP32 itself scores alike, without changing what is read.
+# Measured on PP-OCRv5's recognizer (64 unseen lines of 40 steps): ranges clipped at the 99.9th
+# percentile read 89% of the lines exactly as FP32 does (CER 0.89% against FP32's 0.70%) at per-step
+# agreement 0.965, two thirds of the disagreeing steps being a character's edge moved by one step;
+# the same model with 31 of 62 nodes float reaches only 0.980 (CER 0.99%); max ranges read nothing
+# (CER 64%) at 0.690. So 0.95: a reading that holds passes, a broken one fails by far.
+DEFAULT_MIN_POSITION_TOP1_AGREEMENT = 0.95
 # The pixels that change sides are the edges of the regions: INT8 moves a saturated sigmoid's
 # transition by about a pixel, and one pixel along both long edges of a text line 11 pixels high is
 # already an IoU of 0.82. Measured on PP-OCRv5's detector (plain INT8 for onnxruntime, 4 pages of 4
