@@ -44,6 +44,7 @@ from tao_qc.report.html import write_html_report
 from tao_qc.report.pictures import sensitivity_html
 from tao_qc.spec import QuantizeSpec, load_spec
 from tao_qc.spec.cpu import resolve as resolve_cpu
+from tao_qc.spec.datasets import comparison_data_set, measures
 from tao_qc.spec.cpu import this_machine
 from tao_qc.speed.float_where_faster import AS_FAST, SpeedCheck, check_speed
 from tao_qc.version import __version__
@@ -329,7 +330,8 @@ def compare_with_fp32(spec: QuantizeSpec, source: Path, quantized: Path, ctx: Pa
     else:
         batches = ctx.held_back if ctx.held_back is not None else ctx.calibration
     user_metric = spec.accuracy.metric is not None and ":" in spec.accuracy.metric
-    labels = load_labels(spec.compare.labels, key="quantize.compare.labels", others=user_metric) if spec.compare.labels else None
+    chosen = comparison_data_set(spec)
+    labels = load_labels(chosen.labels, key=chosen.labels_key, others=user_metric) if chosen.labels else None
     log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
     sections = evaluate_quantized(source, quantized, batches, spec, labels)
     if spec.target == "onnxruntime" and spec.onnxruntime.kernel_fidelity and spec.compare.runtime == "onnxruntime":
@@ -389,16 +391,22 @@ def _may_need_trials(spec: Any) -> bool:
 
 
 def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, folder: Path, outcome: Any) -> dict | None:
-    """The accuracy metric of the saved model on the comparison data (where a metric is set)."""
+    """The accuracy metric of the saved model (where a metric is set), on the data
+    `tao_qc.spec.datasets.measures` chooses: the comparison data where it can feed the metric."""
     if spec.accuracy.metric is None:
         return None
     try:
-        data = ctx.held_back if ctx.held_back is not None else ctx.calibration
-        return measure_model(spec, source, quantized, data, folder, outcome.target)
-    except Exception as exc:  # noqa: BLE001 - a user metric may need labels the comparison data lacks
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning("accuracy metric %s not measured on the comparison data: %s", outcome.target.name, reason)
-        return {"metric": outcome.target.name, "error": f"{type(exc).__name__}: {reason}", "met": None}
+        return measure_model(spec, source, quantized, ctx.calibration, folder, outcome.target, held_back=ctx.held_back)
+    except Exception as exc:  # noqa: BLE001 - a user's metric may raise anything; the run's result stands
+        # The report holds a sentence, never the exception: its text means nothing to the reader of
+        # report.html, and the traceback is in the log at debug level (--debug).
+        where = measures(spec).final
+        log.debug("accuracy metric %s raised on %s", outcome.target.name, where.key if where else "the data", exc_info=True)
+        sentence = (f"{outcome.target.name} could not be measured on {where.key if where else 'the comparison data'}: "
+                    "the metric failed there (run with --debug for its error)")
+        log.warning(sentence)
+        return {"metric": outcome.target.name, "error": sentence, "met": None,
+                "data_key": where.key if where else None}
 
 
 def _relocated(value: Any, old: str, new: str) -> Any:
@@ -464,7 +472,7 @@ def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
     if comparison and not comparison.get("passed", True):
         checks = comparison.get("checks") or []
         if final is not None:  # the metric decides; only the checks the user set count besides it
-            failures += [c.describe() for c in map(Check.from_dict, checks) if not c.passed and not c.why.startswith("default")]
+            failures += [c.describe() for c in map(Check.from_dict, checks) if not c.passed and not c.default]
         else:
             failures += comparison.get("failures") or []
     if failures and spec.compare.fail_on_mismatch:

@@ -2,8 +2,9 @@
 target with `fallback: auto`, find the nodes to keep in float (`tao_qc.accuracy.search`).
 
 The accuracy data is `accuracy.data`, else `compare.data`, else the calibration data (with a warning:
-a model judged on the data it was calibrated on looks better than it is). It is written once to the
-work folder as one .npz, so every worker reads the same arrays.
+a model judged on the data it was calibrated on looks better than it is); which labels go with it,
+and where the saved model's final measure runs, `tao_qc.spec.datasets` decides. It is written once
+to the work folder as one .npz, so every worker reads the same arrays.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tao_qc.console import progress
 from tao_qc.data import model_inputs, open_inputs
 from tao_qc.passes import correction_passes
 from tao_qc.passes.choose_ranges import ChooseRanges
+from tao_qc.spec.datasets import DataSet, accuracy_data_set, measures
 
 log = logging.getLogger("tao_qc.accuracy")
 
@@ -48,20 +50,23 @@ def needs_held_back_data(spec: Any) -> bool:
 
 
 def accuracy_data(spec: Any, source: Path, calibration: Any, held_back: Any = None) -> AccuracyData:
+    """The accuracy data and its labels (`tao_qc.spec.datasets.accuracy_data_set` says which)."""
+    chosen = accuracy_data_set(spec)
+    labels = Path(chosen.labels) if chosen.labels else None
+    if chosen.data is not None:
+        return AccuracyData(_open(spec, source, chosen), chosen.key, labels, False)
+    if held_back is not None:
+        return AccuracyData(held_back, chosen.key, None, False)
+    return AccuracyData(calibration, chosen.key, labels, True)
+
+
+def _open(spec: Any, source: Path, chosen: DataSet) -> Any:
     import onnx
 
-    accuracy = spec.accuracy
-    labels = accuracy.labels or spec.compare.labels
-    for data, key in ((accuracy.data, "quantize.accuracy.data"), (spec.compare.data, "quantize.compare.data")):
-        if data is not None:
-            inputs = model_inputs(onnx.load(str(source), load_external_data=False))
-            limit = spec.calibration.max_samples if data == "random" else None
-            batches = open_inputs(data, inputs, calibration=spec.calibration, key=key,
-                                  max_samples=limit if limit is not None else 1 << 62)
-            return AccuracyData(batches, key, Path(labels) if labels else None, False)
-    if held_back is not None:
-        return AccuracyData(held_back, "quantize.calibration.data", None, False)
-    return AccuracyData(calibration, "quantize.calibration.data", Path(labels) if labels else None, True)
+    inputs = model_inputs(onnx.load(str(source), load_external_data=False))
+    limit = spec.calibration.max_samples if chosen.data == "random" else None
+    return open_inputs(chosen.data, inputs, calibration=spec.calibration, key=chosen.key,
+                       max_samples=limit if limit is not None else 1 << 62)
 
 
 def write_arrays(batches: Any, path: Path) -> Path:
@@ -294,21 +299,23 @@ def _steps_before_float(spec: Any, ctx: Any, calibrated: CalibratedGraph, setup:
     return base, quantized  # None where no step ran and the comparison was the check: the search measures it
 
 
-def measure_model(spec: Any, source: Path, model: Path, calibration: Any, folder: Path, target: Any) -> dict[str, Any]:
-    """`target`'s metric for `model` against FP32 on the comparison data (`compare.data`, else the
-    calibration data, with `compare.labels`)."""
-    import onnx
-
-    if spec.compare.data is not None:
-        inputs = model_inputs(onnx.load(str(source), load_external_data=False))
-        batches = open_inputs(spec.compare.data, inputs, calibration=spec.calibration, key="quantize.compare.data",
-                              max_samples=spec.calibration.max_samples if spec.compare.data == "random" else 1 << 62)
+def measure_model(spec: Any, source: Path, model: Path, calibration: Any, folder: Path, target: Any,
+                  held_back: Any = None) -> dict[str, Any]:
+    """`target`'s metric for `model` against FP32 on the data `tao_qc.spec.datasets.measures` gives
+    the final measure: the comparison data where it can feed the metric, else the accuracy data, with
+    a note saying so. `calibration` / `held_back`: the calibration data and the part held back from it."""
+    plan = measures(spec)
+    chosen = plan.final or plan.comparison
+    if chosen.data is not None:
+        batches = _open(spec, source, chosen)
     else:
-        batches = calibration
-    labels = write_labels(Path(spec.compare.labels), folder / "compare-labels.npy") if spec.compare.labels else None
-    setup = TrialSetup(model, {}, spec, source, write_arrays(batches, folder / "comparison.npz"), batches.batch_size, labels,
+        batches = held_back if held_back is not None else calibration  # held back only where no labels are given
+    labels = write_labels(Path(chosen.labels), folder / "final-labels.npy") if chosen.labels else None
+    setup = TrialSetup(model, {}, spec, source, write_arrays(batches, folder / "final.npz"), batches.batch_size, labels,
                        str(Path(spec.source).parent) if spec.source else None)
     runner = TrialRunner(setup)
     value = runner.measure(model)
-    return {"data": batches.describe(), "metric": target.name, "fp32": runner.fp32_value, "value": value,
-            "target": target.describe(runner.fp32_value), "met": target.met(value, runner.fp32_value)}
+    return {"data": f"{batches.describe()} ({chosen.key})", "data_key": chosen.key, "labels_key": chosen.labels_key,
+            "note": plan.final_note if chosen is plan.final else None, "metric": target.name,
+            "fp32": runner.fp32_value, "value": value, "target": target.describe(runner.fp32_value),
+            "met": target.met(value, runner.fp32_value)}

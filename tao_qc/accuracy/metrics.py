@@ -15,8 +15,11 @@ to arrays stacked over samples (FP32's and the quantized model's). The FP32 valu
   (default: at most 1 point below FP32), or mAP@.5 against FP32's own detections (default floor
   0.9, the comparison's detection check). A detector's default metric.
 - `module:function`: the user's own, same signature (default: at most 0.01 below FP32).
-- none given: the comparison's own checks (`tao_qc.evaluate.compare.checks_for`); the value is the smallest
-  margin of any check over its threshold, so the target is "every check passes" (value >= 0).
+- none given: the comparison's own checks (`tao_qc.evaluate.checks.checks_for`), the default that fits
+  each output (top-1 agreement per position for a CTC recognizer's per-step softmax, IoU of the
+  thresholded map for a text detector's probability map, cosine for values); the value is the
+  smallest margin of any check over its threshold, so the target is "every check passes" (value >= 0)
+  and fallback stops as soon as they hold, not when a cosine no INT8 model reaches does.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ class MeanAveragePrecision:
             result = detection.map_against_annotations(detection.load_annotations(self.settings.annotations), cand, sizes)
             return float(result.map or 0.0)
         ref = detection.decode(decoder, reference, inputs, self.settings.decoder)
-        result = detection.map_against_reference(ref, cand, sizes, detection._threshold(self.settings))
+        result = detection.map_against_reference(ref, cand, sizes, *detection.thresholds(self.settings))
         return float(result.map50 or 0.0)
 
 

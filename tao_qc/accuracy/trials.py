@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from tao_qc.accuracy.metrics import cosine, sample_errors, target_for
+from tao_qc.errors import InputError
 from tao_qc.passes import finishing_passes
 from tao_qc.pipeline import PassContext, Pipeline
 from tao_qc.runtimes.onnxruntime import (
@@ -102,7 +103,17 @@ class TrialRunner:
         if getattr(self.target.function, "needs_inputs", False):  # detections are decoded against the images
             inputs = {name: array[samples] for name, array in self.inputs.items()}
             return float(self.target.function(reference, candidate, labels, inputs=inputs))
-        return float(self.target.function(reference, candidate, labels))
+        if ":" not in self.target.name:
+            return float(self.target.function(reference, candidate, labels))
+        try:
+            return float(self.target.function(reference, candidate, labels))
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's metric may raise anything: say whose it was, in one line
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            given = "with labels" if labels is not None else "without labels (labels=None)"
+            raise InputError(f"quantize.accuracy.metric: {self.target.name} failed on {len(samples)} samples {given} "
+                             f"({type(exc).__name__}: {detail})") from exc
 
     def build(self, keep_float: dict[str, str]) -> Any:
         """The finished model (onnx_ir) for this float set, built from a fresh copy of the calibrated graph."""

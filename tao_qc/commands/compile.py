@@ -97,6 +97,10 @@ def comparison_lines(report: dict) -> list[str]:
                 parts.insert(1, f"lowest sample {output['min_cosine']:.5f}")
             if output.get("top1_agreement") is not None:
                 parts.insert(0, f"top-1 agreement {output['top1_agreement']:.2%}")
+            if output.get("position_top1_agreement") is not None:  # the measure its default check reads comes first
+                parts.insert(0, f"top-1 agreement per position {output['position_top1_agreement']:.2%}")
+            if output.get("mask_iou") is not None:
+                parts.insert(0, f"IoU of the thresholded maps {output['mask_iou']:.4f}")
             if output.get("reference_top1") is not None:
                 parts.append(f"top-1 accuracy {output['reference_top1']:.2%} FP32 -> {output['candidate_top1']:.2%} quantized")
             lines.append(f"  output {output['name']}: " + ", ".join(parts))

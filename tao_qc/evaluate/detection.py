@@ -2,7 +2,18 @@
 
 A *decoder* turns a detector's raw outputs into boxes per image; COCO mAP (faster-coco-eval, the
 reference COCOeval protocol) measures the quantized model's boxes against a COCO json when one is
-given, and always against FP32's own detections (FP32 at or above `score_threshold` as ground truth).
+given, and always against FP32's own detections (FP32's boxes at or above a confidence as ground truth).
+
+One rule for the confidence of both models (`thresholds`):
+- A `module:function` decoder is the application's own post-processing: its boxes are the ones the
+  application shows, for FP32 and the quantized model alike. Every box it returns counts, on both
+  sides, with no second threshold; `compare.score_threshold`, when given, cuts both sides at it.
+  (A default 0.5 on FP32's side only would drop from the truth the boxes FP32 finds at 0.4-0.5 that
+  the application shows, so a box INT8 loses there would not count as lost.)
+- The built-in decoders (`rtdetr`, `boxes_scores`) return every query's or anchor's score: FP32's
+  boxes at or above `score_threshold` (default 0.5) are the objects, and the quantized model's boxes
+  are ranked by confidence down to `RANK_FLOOR`, as mAP ranks predictions, so a box FP32 scores 0.52
+  and INT8 0.48 is found at a lower rank rather than lost.
 
 Decoders (`compare.decoder`):
 - `rtdetr`: outputs named `labels` [N, Q], `boxes` [N, Q, 4] (xyxy) and `scores` [N, Q], as RT-DETR
@@ -397,8 +408,13 @@ def truth_from_detections(reference: Sequence[Detections], sizes: Sequence[tuple
 
 
 def map_against_reference(reference: Sequence[Detections], candidate: Sequence[Detections],
-                          sizes: Sequence[tuple[int, int]], score_threshold: float) -> MapResult:
+                          sizes: Sequence[tuple[int, int]], score_threshold: float,
+                          candidate_threshold: float | None = None) -> MapResult:
+    """mAP of `candidate` against FP32's boxes at or above `score_threshold`; `candidate_threshold`:
+    the quantized model's boxes below it are not counted (None: all of them, ranked)."""
     truth = truth_from_detections(reference, sizes, score_threshold)
+    if candidate_threshold is not None:
+        candidate = [detections.above(candidate_threshold) for detections in candidate]
     return coco_map(truth, candidate, list(range(1, len(candidate) + 1)))
 
 
@@ -431,13 +447,34 @@ def map_metric(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.n
     if settings.annotations:
         result = map_against_annotations(load_annotations(settings.annotations), cand, sizes)
     else:
-        result = map_against_reference(ref, cand, sizes, _threshold(settings))
+        result = map_against_reference(ref, cand, sizes, *thresholds(settings))
     return result.map if result.map is not None else 0.0
 
 
-def _threshold(settings: Any) -> float:
-    value = getattr(settings, "score_threshold", None)
-    return DEFAULT_SCORE_THRESHOLD if value is None else float(value)
+def is_user_decoder(decoder: str | None) -> bool:
+    return decoder is not None and decoder not in BUILTIN_DECODERS
+
+
+def thresholds(settings: Any) -> tuple[float, float | None]:
+    """(FP32's truth threshold, the quantized model's threshold or None for "ranked as decoded"),
+    by the rule of the module docstring. `settings` is a `CompareSpec`."""
+    given = getattr(settings, "score_threshold", None)
+    if is_user_decoder(getattr(settings, "decoder", None)):
+        same = 0.0 if given is None else float(given)
+        return same, same
+    return (DEFAULT_SCORE_THRESHOLD if given is None else float(given)), None
+
+
+def threshold_rule(settings: Any) -> str:
+    """The rule `thresholds` applied, as a sentence for the report."""
+    truth, candidate = thresholds(settings)
+    if candidate is not None and getattr(settings, "score_threshold", None) is None:
+        return ("every box the decoder returns counts, for FP32 and the quantized model alike (a module:function "
+                "decoder gives the application's final boxes; set compare.score_threshold to cut both)")
+    if candidate is not None:
+        return f"boxes at score >= {truth:g} count, for FP32 and the quantized model alike (compare.score_threshold)"
+    return (f"FP32's boxes at score >= {truth:g} are the truth; the quantized model's are ranked by confidence "
+            f"down to {RANK_FLOOR:g}, as mAP ranks predictions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,7 +512,9 @@ class DetectionComparison:
     def __post_init__(self) -> None:
         self.decoder = load_decoder(self.settings.decoder)
         self.annotations = load_annotations(self.settings.annotations) if self.settings.annotations else None
-        self.threshold = _threshold(self.settings)
+        self.threshold, self.candidate_threshold = thresholds(self.settings)
+        # The boxes shown and counted for the quantized model: its own cut where it has one, else FP32's.
+        self.shown_threshold = self.threshold if self.candidate_threshold is None else self.candidate_threshold
 
     def add(self, reference_outputs: Mapping[str, np.ndarray], candidate_outputs: Mapping[str, np.ndarray],
             feeds: Mapping[str, np.ndarray]) -> None:
@@ -488,7 +527,7 @@ class DetectionComparison:
             self.reference.append(r)
             self.candidate.append(c)
             self.sizes.append(size)
-            f1 = match_f1(r.above(self.threshold), c.above(self.threshold))
+            f1 = match_f1(r.above(self.threshold), c.above(self.shown_threshold))
             worst = sorted(self._shown)[-1] if len(self._shown) >= self.samples_shown else None
             if worst is None or (f1, index) < worst[:2]:
                 if worst is not None:
@@ -497,13 +536,15 @@ class DetectionComparison:
 
     def result(self) -> dict[str, Any]:
         """The `detection` section of a comparison (report.json), pictures included."""
-        versus = map_against_reference(self.reference, self.candidate, self.sizes, self.threshold)
+        versus = map_against_reference(self.reference, self.candidate, self.sizes, self.threshold, self.candidate_threshold)
         section: dict[str, Any] = {
             "decoder": self.settings.decoder,
             "score_threshold": self.threshold,
+            "candidate_score_threshold": self.candidate_threshold,  # None: ranked as decoded
+            "threshold_rule": threshold_rule(self.settings),
             "images": len(self.candidate),
             "reference_boxes": int(sum(len(d.above(self.threshold)) for d in self.reference)),
-            "candidate_boxes": int(sum(len(d.above(self.threshold)) for d in self.candidate)),
+            "candidate_boxes": int(sum(len(d.above(self.shown_threshold)) for d in self.candidate)),
             "against": "annotations" if self.annotations else "fp32",
             "vs_fp32": {"map": versus.map, "map50": versus.map50},
         }
@@ -524,12 +565,14 @@ class DetectionComparison:
             for label, (ap, ap50) in sorted(per_class.items())
         ]
         if section["map"] is None:
+            lower = ("" if is_user_decoder(self.settings.decoder) and self.settings.score_threshold is None
+                     else "lower compare.score_threshold, or ")
             section["note"] = (f"FP32 finds no box at score >= {self.threshold:g} on these samples: mAP against it is "
-                               "undefined (lower compare.score_threshold, or give annotations)")
+                               f"undefined ({lower}give annotations)")
         section["samples"] = [
             {"index": index, "f1": round(f1, 4), "image": uri, "size": list(self.sizes[index]),
              "fp32": self.reference[index].above(self.threshold).to_list(),
-             "quantized": self.candidate[index].above(self.threshold).to_list()}
+             "quantized": self.candidate[index].above(self.shown_threshold).to_list()}
             for f1, index, uri in sorted(self._shown, key=lambda item: item[1])
         ]
         return section

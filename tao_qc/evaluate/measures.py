@@ -1,5 +1,23 @@
 """The measures of a candidate's outputs against a reference's: cosine similarity over the data set
-and per sample, element-wise errors and their histogram, top-1 agreement (pure functions of arrays)."""
+and per sample, element-wise errors and their histogram, top-1 agreement, and what kind of output
+it is (pure functions of arrays).
+
+What an output is (`output_kind`), read from FP32's values over the whole data set, decides the
+measure its default check reads (`tao_qc.evaluate.checks`):
+- `classifier`: `[N, C]`, C > 1 (logits or probabilities): top-1 agreement.
+- `class_scores`: class probabilities at every position: `[N, T, C]` (a CTC recognizer's per-step
+  softmax) or `[N, C, H, W]` (a segmenter's per-pixel softmax), C >= 2, recognised by the values:
+  every value in [0, 1] and each position's values summing to 1 over the class axis within
+  `SUM_TOLERANCE` (or log-probabilities: every value <= 0, log-sum-exp 0). The class axis is the last
+  one of a 3-D output and axis 1 of a 4-D one (NCHW), else the other of the two. Logits are not
+  recognised (nothing in their values tells them from features): they keep the cosine.
+- `probability_map`: `[N, 1, H, W]` with every value in [0, 1] and at least `SATURATED_FRACTION`
+  of them within `SATURATED_MARGIN` of 0 or 1 (a sigmoid the model has decided at nearly every
+  pixel, as a text detector's map: PP-OCRv5's detector has 99.5% of its pixels within 0.02 of 0 or
+  1 on pages of text). A depth map or an image scaled to [0, 1] spreads its values over the range
+  and stays `values`.
+- `values`: everything else (boxes, features, regression): the cosine over the data set.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +29,17 @@ from tao_qc.errors import InputError
 from tao_qc.evaluate.results import OutputMetrics
 
 _HISTOGRAM_BINS = 24
+
+# Softmax in fp32 sums to 1 within ~1e-6 even over PP-OCRv5's 18,000 classes; 1e-2 also accepts fp16
+# outputs, and a regression output that sums to 1 within 1% at every position while every value lies
+# in [0, 1] is a distribution in all but name.
+SUM_TOLERANCE = 1e-2
+SATURATED_MARGIN = 0.1
+SATURATED_FRACTION = 0.9
+# A probability map is read where the model decides: a pixel is "on" at probability >= 0.5, the
+# point where either answer is as likely. (PP-OCR's DB post-processing binarizes at 0.3 before it
+# grows boxes; on its saturated maps the two thresholds select all but the same pixels.)
+MASK_THRESHOLD = 0.5
 
 
 def _flat(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +127,12 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
     if atol is not None or rtol is not None:
         ok = (abs_error <= (atol or 0.0)) | (rel_error <= (rtol or 0.0))
         metrics.within_tolerance = float(ok.mean()) if ok.size else 1.0
+    kind, axis = output_kind(reference, classify=classify)
+    metrics.kind, metrics.class_axis = kind, axis
+    if kind == "class_scores":
+        metrics.position_top1_agreement = position_top1_agreement(ref, cand, axis)
+    elif kind == "probability_map":
+        metrics.mask_iou = mask_iou(ref, cand)
     if classify and is_classifier_output(reference):
         metrics.is_classifier = True
         ref_top = reference.argmax(axis=1)
@@ -117,6 +152,68 @@ def _p99(values: np.ndarray) -> float:
     with np.errstate(invalid="ignore"):  # an Inf error (NaN candidate) makes the interpolation NaN
         p99 = float(np.percentile(values, 99, method="higher"))
     return p99
+
+
+def output_kind(reference: np.ndarray, *, classify: bool = True) -> tuple[str, int | None]:
+    """What FP32's output `reference` (samples first) is, and its class axis (the module docstring
+    gives the rules); `classify` False: a 2-D output is not read as class scores."""
+    if is_classifier_output(reference):
+        return ("classifier" if classify else "values"), None
+    if not np.isfinite(reference).all():
+        return "values", None
+    axis = class_scores_axis(reference)
+    if axis is not None:
+        return "class_scores", axis
+    if is_probability_map(reference):
+        return "probability_map", None
+    return "values", None
+
+
+def class_scores_axis(reference: np.ndarray) -> int | None:
+    """The axis over which every position of a 3-D or 4-D output holds class probabilities, or None."""
+    order = {3: (2, 1), 4: (1, 3)}.get(reference.ndim, ())
+    if not reference.size:
+        return None
+    values = reference.astype(np.float64, copy=False)
+    low, high = float(values.min()), float(values.max())
+    for axis in order:
+        if reference.shape[axis] < 2:
+            continue
+        if low >= 0.0 and high <= 1.0 + SUM_TOLERANCE:
+            totals = values.sum(axis=axis)
+        elif high <= 0.0:  # log-probabilities (log_softmax, as CTC losses take them); exp of <= 0 cannot overflow
+            totals = np.exp(values).sum(axis=axis)
+        else:
+            return None
+        if float(np.abs(totals - 1.0).max()) <= SUM_TOLERANCE:
+            return axis
+    return None
+
+
+def is_probability_map(reference: np.ndarray) -> bool:
+    """`[N, 1, H, W]` of probabilities decided at nearly every pixel (see the module docstring)."""
+    if reference.ndim != 4 or reference.shape[1] != 1 or reference.shape[2] < 2 or reference.shape[3] < 2:
+        return False
+    if float(reference.min()) < 0.0 or float(reference.max()) > 1.0:
+        return False
+    saturated = (reference <= SATURATED_MARGIN) | (reference >= 1.0 - SATURATED_MARGIN)
+    return float(saturated.mean()) >= SATURATED_FRACTION
+
+
+def position_top1_agreement(reference: np.ndarray, candidate: np.ndarray, axis: int) -> float:
+    """The fraction of positions (every sample, step or pixel) whose argmax over `axis` agrees."""
+    ref_top = reference.argmax(axis=axis)
+    cand_top = np.nan_to_num(candidate, nan=-np.inf).argmax(axis=axis)
+    return float(np.mean(ref_top == cand_top)) if ref_top.size else 1.0
+
+
+def mask_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float = MASK_THRESHOLD) -> float:
+    """IoU over the whole data set of the pixels at or above `threshold` in both maps (1 where neither
+    has any: the two agree that there is nothing)."""
+    ref_on = reference >= threshold
+    cand_on = np.nan_to_num(candidate, nan=0.0) >= threshold
+    union = int(np.count_nonzero(ref_on | cand_on))
+    return float(np.count_nonzero(ref_on & cand_on) / union) if union else 1.0
 
 
 def is_classifier_output(array: np.ndarray) -> bool:

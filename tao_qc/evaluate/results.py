@@ -26,6 +26,12 @@ class OutputMetrics:
     reference_top1: float | None = None  # accuracy against labels
     candidate_top1: float | None = None
     nonfinite: int = 0  # candidate elements that are NaN/Inf where the reference is finite
+    # What the output is, read from FP32's values (`tao_qc.evaluate.measures.output_kind`): classifier,
+    # class_scores (probabilities per position), probability_map ([N, 1, H, W] in [0, 1]) or values.
+    kind: str = "values"
+    class_axis: int | None = None  # class_scores: the axis the probabilities sum to 1 over
+    position_top1_agreement: float | None = None  # class_scores: fraction of positions whose argmax agrees
+    mask_iou: float | None = None  # probability_map: IoU of the maps thresholded at MASK_THRESHOLD
     error_histogram: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,11 +49,15 @@ class Check:
     value: float
     threshold: float
     passed: bool
-    why: str  # "atol/rtol", "min_top1_agreement", "default"
+    why: str  # what asked for the check: "atol=..., rtol=...", "min_top1_agreement", or the default's reason
+    default: bool = False  # True where the user asked for nothing and tao-qc chose the check for the output
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Check:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        values = {f.name: row[f.name] for f in fields(cls) if f.name in row}
+        if "default" not in row:  # reports written before the field: their default checks said so in `why`
+            values["default"] = str(row.get("why", "")).startswith("default")
+        return cls(**values)
 
     def describe(self) -> str:
         where = f"output '{self.output}'"
@@ -57,6 +67,11 @@ class Check:
             return f"{where}: {100 * self.value:.2f}% of elements within {self.why} (needs 100%)"
         if self.metric == "top1_agreement":
             return f"{where}: top-1 agreement {100 * self.value:.2f}% (needs >= {100 * self.threshold:.2f}%, {self.why})"
+        if self.metric == "position_top1_agreement":
+            return (f"{where}: top-1 agreement per position {100 * self.value:.2f}% "
+                    f"(needs >= {100 * self.threshold:.2f}%, {self.why})")
+        if self.metric == "mask_iou":
+            return f"{where}: IoU of the thresholded maps {self.value:.4f} (needs >= {self.threshold:g}, {self.why})"
         if self.metric == "map50_vs_fp32":
             return f"detections: mAP@.5 against FP32's boxes {self.value:.4f} (needs >= {self.threshold:g}, {self.why})"
         if self.metric == "map":

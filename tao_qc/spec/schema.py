@@ -33,6 +33,7 @@ from pydantic_core import PydanticCustomError
 from tao_qc.errors import SpecError
 from tao_qc.spec.backend_params import backend_parameters
 from tao_qc.spec.cpu import CPU_SETTINGS
+from tao_qc.spec.datasets import label_problem
 
 log = logging.getLogger("tao_qc.spec")
 
@@ -606,9 +607,10 @@ def _cross_check(spec: QuantizeSpec, marks: _Marks, prefix: tuple) -> None:
     if accuracy.min is not None and accuracy.max_drop is not None:
         raise SpecError("give min or max_drop, not both (min: the metric's floor; max_drop: the largest drop from FP32)",
                         key="quantize.accuracy.max_drop", location=marks.at(prefix + ("accuracy", "max_drop")))
-    if accuracy.metric == "top1_accuracy" and not (accuracy.labels or spec.compare.labels):
-        raise SpecError("metric top1_accuracy needs labels (set quantize.accuracy.labels or quantize.compare.labels)",
-                        key="quantize.accuracy.metric", location=marks.at(prefix + ("accuracy", "metric")))
+    problem = label_problem(spec)
+    if problem is not None:
+        field_path, message = problem
+        raise SpecError(message, key=_key_path(("quantize", *field_path)), location=marks.at(prefix + field_path))
     if accuracy.metric is None and (accuracy.min is not None or accuracy.max_drop is not None):
         raise SpecError("min/max_drop need a metric to apply to (valid: cosine, top1_agreement, top1_accuracy, map, "
                         "or module:function); without one the comparison's own checks decide",

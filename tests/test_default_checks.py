@@ -1,0 +1,155 @@
+"""Default checks that fit what an output is (issue 26): class probabilities per position get top-1
+agreement per position, saturated probability maps the IoU of their thresholded maps, everything else
+the data-set cosine; each says which default it is and why, and is marked `default`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tao_qc.evaluate.checks import DEFAULT_MIN_MASK_IOU, DEFAULT_MIN_POSITION_TOP1_AGREEMENT, checks_for
+from tao_qc.evaluate.measures import output_kind, output_metrics
+from tao_qc.evaluate.results import Check, ComparisonResult
+from tao_qc.spec import CompareSpec
+
+RNG = np.random.default_rng(0)
+
+
+def _softmax(logits, axis):
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+def _steps(samples=4, steps=40, classes=300):
+    """A CTC head's per-step softmax: one confident class per step (blank mostly), as a recognizer gives."""
+    logits = RNG.normal(0, 1, (samples, steps, classes))
+    best = np.where(RNG.random((samples, steps)) < 0.7, 0, RNG.integers(1, classes, (samples, steps)))
+    np.put_along_axis(logits, best[..., None], 12.0, axis=2)
+    return _softmax(logits, 2)
+
+
+def _only(checks):
+    (check,) = checks
+    return check
+
+
+def test_per_step_softmax_is_checked_by_top1_agreement_per_step_not_cosine():
+    reference = _steps()
+    # INT8-like noise on the near-zero probabilities: every argmax kept, the cosine well under 0.99.
+    candidate = np.clip(reference + RNG.normal(0, 2e-2, reference.shape) * (reference < 0.01), 0, 1).astype(np.float32)
+    metrics = output_metrics("softmax", reference, candidate)
+    assert (metrics.kind, metrics.class_axis) == ("class_scores", 2)
+    assert metrics.cosine < 0.99 and metrics.position_top1_agreement == 1.0
+    check = _only(checks_for(metrics, CompareSpec()))
+    assert check.metric == "position_top1_agreement" and check.passed and check.default
+    assert check.threshold == DEFAULT_MIN_POSITION_TOP1_AGREEMENT
+    assert "class scores per position ([N, 40, 300], probabilities over axis 2)" in check.why
+    assert "top-1 agreement per position 100.00%" in check.describe()
+
+
+def test_a_changed_reading_fails_the_per_step_check():
+    reference = _steps()
+    candidate = reference.copy()
+    flipped = RNG.random(reference.shape[:2]) < 0.1  # 10% of steps read another class
+    candidate[flipped] = np.roll(reference[flipped], 1, axis=-1)
+    check = _only(checks_for(output_metrics("softmax", reference, candidate), CompareSpec()))
+    assert not check.passed and 0.85 < check.value < DEFAULT_MIN_POSITION_TOP1_AGREEMENT
+
+
+def test_log_softmax_and_channel_first_class_maps_are_class_scores():
+    assert output_kind(np.log(_steps())) == ("class_scores", 2)
+    per_pixel = _softmax(RNG.normal(0, 3, (2, 5, 16, 16)), 1)  # a segmenter's [N, C, H, W]
+    assert output_kind(per_pixel) == ("class_scores", 1)
+
+
+@pytest.mark.parametrize("values", [
+    RNG.random((2, 100, 4)).astype(np.float32),  # normalized boxes: in [0, 1], no distribution
+    (1 / (1 + np.exp(-RNG.normal(0, 3, (2, 80, 8, 8))))).astype(np.float32),  # multi-label sigmoid heads
+    RNG.normal(0, 1, (2, 40, 300)).astype(np.float32),  # logits: nothing in them tells them from features
+    RNG.random((2, 1, 32, 32)).astype(np.float32),  # a depth map scaled to [0, 1]: spread, not decided
+])
+def test_regression_outputs_keep_the_cosine(values):
+    metrics = output_metrics("y", values, values * 1.001)
+    assert metrics.kind == "values"
+    check = _only(checks_for(metrics, CompareSpec()))
+    assert check.metric == "cosine" and check.default and "cosine over the data set" in check.why
+
+
+def _text_map(shift=0):
+    """A text detector's map: 0 on the page, 1 on two text lines, a one-pixel soft edge."""
+    page = np.zeros((1, 1, 64, 64), np.float32)
+    page[0, 0, 10:26, 8 + shift:56 + shift] = 1.0
+    page[0, 0, 40:50, 4:40] = 1.0
+    page[0, 0, 9, 8:56] = page[0, 0, 26, 8:56] = 0.3
+    return page
+
+
+def test_probability_map_is_checked_by_iou_of_the_thresholded_maps():
+    reference = _text_map()
+    metrics = output_metrics("maps", reference, _text_map(shift=1))  # a line moved by a pixel
+    assert metrics.kind == "probability_map"
+    check = _only(checks_for(metrics, CompareSpec()))
+    assert check.metric == "mask_iou" and check.default and check.passed
+    assert check.threshold == DEFAULT_MIN_MASK_IOU and "thresholded at 0.5" in check.why
+    lost = reference.copy()
+    lost[0, 0, 40:50, 4:40] = 0.2  # a whole line gone
+    check = _only(checks_for(output_metrics("maps", reference, lost), CompareSpec()))
+    assert not check.passed and check.value == pytest.approx(768 / (768 + 360))
+
+
+def test_tolerances_or_min_top1_agreement_replace_the_defaults():
+    reference = _steps()
+    checks = checks_for(output_metrics("softmax", reference, reference, atol=1e-3), CompareSpec(atol=1e-3))
+    assert [(c.metric, c.default) for c in checks] == [("within_tolerance", False)]
+    logits = RNG.normal(0, 1, (8, 10)).astype(np.float32)
+    check = _only(checks_for(output_metrics("logits", logits, logits), CompareSpec(min_top1_agreement=0.95)))
+    assert check.metric == "top1_agreement" and not check.default
+
+
+def test_default_is_kept_in_report_json_and_old_reports_still_load():
+    result = ComparisonResult("a.onnx", "b.onnx", "onnxruntime", 4, "d", False, {},
+                              checks=[Check("y", "cosine", 0.995, 0.99, True, "default for outputs", default=True)])
+    row = json.loads(json.dumps(result.to_dict()))["checks"][0]
+    assert row["default"] is True
+    assert ComparisonResult.from_dict(json.loads(json.dumps(result.to_dict()))).checks[0].default
+    old = {k: v for k, v in row.items() if k != "default"}
+    assert Check.from_dict(old).default  # written before the field: its why said "default ..."
+    assert not Check.from_dict({**old, "why": "min_top1_agreement"}).default
+
+
+# ---------------------------------------------------------------------------------------------
+# The real models of ../shared/models: FP32's own outputs on a few of their inputs
+
+
+def test_the_ocr_recognizer_and_detector_outputs_are_recognised(shared_models):
+    import onnxruntime as ort
+
+    from tao_qc.testing import corpus
+
+    lines = corpus.text_lines()
+    recognizer = ort.InferenceSession(str(shared_models / "ppocrv5_rec.onnx"), providers=["CPUExecutionProvider"])
+    steps = recognizer.run(None, {"x": corpus.recognizer_input(lines.files[:2])})[0]
+    assert output_kind(steps) == ("class_scores", 2)
+    detector = ort.InferenceSession(str(shared_models / "ppocrv5_det.onnx"), providers=["CPUExecutionProvider"])
+    pages = corpus.text_pages(lines, count=1, size=(320, 320), lines_per_page=4)
+    assert output_kind(detector.run(None, {"x": pages})[0]) == ("probability_map", None)
+
+
+def test_the_text_detectors_plain_int8_meets_its_default_map_check_that_the_cosine_failed(shared_models, tmp_path):
+    """PP-OCRv5's detector, plain INT8 for onnxruntime: every text line found (issue 26: the cosine
+    default sent fallback into 16 float nodes where the page reading was unchanged)."""
+    from tao_qc.driver import compile_model
+    from tao_qc.testing import corpus
+
+    pages = corpus.text_pages(corpus.text_lines(), count=8, size=(320, 320), lines_per_page=4)
+    np.savez(tmp_path / "cal.npz", x=pages[:4])
+    np.savez(tmp_path / "cmp.npz", x=pages[4:])
+    spec = {"quantize": {"target": "onnxruntime", "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 4},
+                         "compare": {"data": str(tmp_path / "cmp.npz")}, "accuracy": {"fallback": "off"}}}
+    report = compile_model(shared_models / "ppocrv5_det.onnx", spec, results_dir=tmp_path / "out").report
+    (output,) = report["comparison"]["outputs"]
+    check = _only(Check.from_dict(c) for c in report["comparison"]["checks"])
+    assert output["kind"] == "probability_map" and output["cosine"] < 0.99  # what the old default failed
+    assert check.metric == "mask_iou" and check.default and check.passed and check.value < 0.95
