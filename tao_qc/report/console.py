@@ -110,13 +110,15 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
     if target is not None:
         met = {True: "met", False: "MISSED", None: "not measured"}[target.get("met")]
         note = f" ({target['note']})" if target.get("note") else ""
-        lines.append(f"  accuracy target: {target.get('metric')} {_fmt(target.get('value'))} (FP32 {_fmt(target.get('fp32'))}), "
-                     f"{target.get('target')}: {met}{note}")
+        wanted = headline.target_in_words(target)
+        fp32 = "" if "FP32" in wanted else f" (FP32 {_fmt(target.get('fp32'))})"
+        lines.append(f"  accuracy target: {target.get('metric')} {_fmt(target.get('value'))}{fp32}, target {wanted}: {met}{note}")
     elif report.get("comparison"):
         verdict = "passed" if (headline.verdict(report) or {}).get("passed") else "FAILED"
         own = headline.user_checks(report)
-        decided_by = ("the checks you set (" + ", ".join(sorted({str(c.get('why')) for c in own})) + ")" if own
-                      else "the default checks (no accuracy.metric set)")
+        decided_by = ("the checks you set: " + "; ".join(
+            f"{c.get('metric')} {_check_value(c)} on {c.get('output')} (needs >= {_check_value(c, 'threshold')}, {c.get('why')})"
+            for c in own) if own else "the default checks (no accuracy.metric set)")
         lines.append(f"  accuracy: {decided_by}: {verdict}")
     nodes = headline.node_counts(report)
     if nodes is not None:
@@ -173,6 +175,8 @@ def _check_value(check: dict[str, Any], key: str = "value") -> str:
     value = check.get(key)
     if value is None:
         return "-"
+    if check.get("metric") in ("map", "map50_vs_fp32"):
+        return f"{value:.4f}"
     return _pct(value) if check.get("metric") in ("top1_agreement", "within_tolerance") else f"{value:.5g}"
 
 

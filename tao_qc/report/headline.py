@@ -52,6 +52,12 @@ def accuracy_target(report: dict[str, Any]) -> dict[str, Any] | None:
             "met": section.get("reached"), "data": section.get("data"), "note": note}
 
 
+def target_in_words(target: dict[str, Any]) -> str:
+    """The target without the metric's name in front ("Target.describe" writes "<metric> >= 0.9281
+    (FP32 0.9381 - 0.01)"): where it is shown the metric is named already."""
+    return str(target.get("target") or "").removeprefix(str(target.get("metric") or "")).strip()
+
+
 def verdict(report: dict[str, Any]) -> dict[str, Any] | None:
     """Whether the run passed what decides it (report.json's `verdict`, written by compile from the
     same function that sets the exit code); reports from before it: the comparison's own verdict."""
@@ -99,10 +105,10 @@ def float_reason(decision: dict[str, Any], kept_by_fallback: set[str] = frozense
     if decision.get("declined_by_backend"):
         return "left in float by the backend"
     if decision.get("skipped_by"):
-        return "spec exclusion (skip_names)"
+        return "excluded by skip_names"
     rule = str(decision.get("weights_rule") or "")
     if rule.startswith("layers["):
-        return "a layers entry keeps it native"
+        return "kept native by a layers entry"
     if rule.startswith("default: "):
         # tao-qc's own defaults ("default: attention-style MatMul (both inputs ...) stays in float ..."):
         # the words before the parenthesis name the kind of node.
@@ -122,10 +128,11 @@ def speed(report: dict[str, Any]) -> dict[str, Any] | None:
         return None
     row = candidates[-1]
     cpu = report.get("cpu") or {}
-    here = (cpu.get("this_machine") or {}).get("isa")
+    here = cpu.get("this_machine") or {}
     target = (cpu.get("target") or {}).get("isa")
     return {"ratio": row["ratio"], "batch": row.get("batch_size"), "runtime": latency.get("runtime"),
-            "fp32_ms": rows[0]["median_ms"], "quantized_ms": row["median_ms"], "measured_on": here, "target": target}
+            "fp32_ms": rows[0]["median_ms"], "quantized_ms": row["median_ms"], "measured_on": here.get("isa"),
+            "cpu_model": here.get("model"), "target": target}
 
 
 def kernel_fidelity(report: dict[str, Any]) -> dict[str, Any] | None:
