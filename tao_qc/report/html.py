@@ -341,8 +341,11 @@ def _comparison_section(comparison: dict[str, Any] | None, *, defaults_decide: b
     if checks:
         items = []
         for c in checks:
-            badge = '<span class="badge pass">pass</span>' if c.get("passed") else '<span class="badge fail">fail</span>'
-            marked = ' <span class="badge none">default</span>' if headline.is_default_check(c) else ""
+            default = headline.is_default_check(c)
+            badge = ('<span class="badge pass">pass</span>' if c.get("passed") else
+                     '<span class="badge fail">fail</span>' if defaults_decide or not default else
+                     '<span class="badge warn">below</span>')  # a default that decides nothing fails nothing
+            marked = ' <span class="badge none">default</span>' if default else ""
             items.append(f"<tr><td>{badge}{marked}</td><td><code>{escape(str(c.get('output')))}</code></td><td>{escape(str(c.get('metric')))}</td>"
                          f"<td class=\"num\">{_check_value(c)}</td><td class=\"num\">{_check_value(c, 'threshold')}</td>"
                          f"<td>{escape(str(c.get('why')))}</td></tr>")
