@@ -191,3 +191,13 @@ def test_the_report_html_of_a_real_compile(mnist_cntk_compiled):
     assert f"<code>{escape(model)}</code>" in html
     for text in ((results / "report.json").read_text(), html):
         assert ".partial" not in text
+
+
+def test_the_first_row_of_a_tensorrt_compile_says_what_its_cpu_timing_is_worth(mnist_cntk_compiled):
+    # mnist_cntk_compiled is placed for TensorRT (the default target) and timed on ONNX Runtime's CPU provider.
+    report = json.loads((mnist_cntk_compiled.results_dir / "report.json").read_text())
+    assert report["spec"]["target"] == "tensorrt" and report["latency"]["runtime"] == "onnxruntime"
+    html = (mnist_cntk_compiled.results_dir / "report.html").read_text()
+    speed = re.search(r'<div class="card" data-card="speed">.*?</div></div>', html)
+    assert speed and "placed for tensorrt, so this timing says little about its speed there" in speed.group(0)
+    assert 'data-card="fidelity"' not in html  # kernel fidelity is an ONNX Runtime CPU check: no card

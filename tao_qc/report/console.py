@@ -129,8 +129,10 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
     speed = headline.speed(report)
     if speed is not None:
         on = f" on {speed['measured_on']}" if speed.get("measured_on") and speed.get("runtime") == "onnxruntime" else ""
+        elsewhere = (f"; placed for {speed['runtime_target']}, timed on {speed['runtime']}"
+                     if speed.get("runtime_target") and speed["runtime_target"] != speed.get("runtime") else "")
         lines.append(f"  speed vs FP32: {speed['ratio']:.2f}x (latency at batch {speed['batch']}{on}: {speed['fp32_ms']:.3f} ms "
-                     f"FP32, {speed['quantized_ms']:.3f} ms quantized)")
+                     f"FP32, {speed['quantized_ms']:.3f} ms quantized{elsewhere})")
     fidelity = report.get("kernel_fidelity")
     if fidelity:
         lines.append(f"  kernel fidelity: {fidelity_line(fidelity)}"

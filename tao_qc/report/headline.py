@@ -132,7 +132,7 @@ def speed(report: dict[str, Any]) -> dict[str, Any] | None:
     target = (cpu.get("target") or {}).get("isa")
     return {"ratio": row["ratio"], "batch": row.get("batch_size"), "runtime": latency.get("runtime"),
             "fp32_ms": rows[0]["median_ms"], "quantized_ms": row["median_ms"], "measured_on": here.get("isa"),
-            "cpu_model": here.get("model"), "target": target}
+            "cpu_model": here.get("model"), "target": target, "runtime_target": (report.get("spec") or {}).get("target")}
 
 
 def kernel_fidelity(report: dict[str, Any]) -> dict[str, Any] | None:

@@ -223,6 +223,10 @@ def _speed_card(report: dict[str, Any]) -> str:
               f"quantized {speed['quantized_ms']:.3f} ms (&gt;1: faster)")
     if speed.get("target") and speed.get("measured_on") and speed["target"] != speed["measured_on"]:
         detail += f"; compiled for {escape(str(speed['target']))}, measured on another CPU"
+    placed_for = speed.get("runtime_target")
+    if placed_for and speed.get("runtime") and placed_for != speed["runtime"]:
+        # A graph placed for TensorRT, timed on ONNX Runtime's CPU provider: its speed there means little.
+        detail += f"; placed for {escape(str(placed_for))}, so this timing says little about its speed there"
     ratio = speed["ratio"]
     style = "pass" if ratio >= 1 else "warn"
     return _card("speed vs FP32", f'<span class="badge {style} big">{ratio:.2f}×</span>', detail, kind="speed")
