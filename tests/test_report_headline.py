@@ -374,3 +374,25 @@ def test_a_recognizer_headlines_its_text_accuracy_and_its_missed_default_cosine_
     assert "Default checks decide nothing once the accuracy target is measured" in text
     assert "  comparison on onnxruntime (16 samples): below a default check (decides nothing: accuracy.metric decides)" in stdout
     assert stdout.splitlines()[1].startswith("  accuracy target: tao_qc.corpus:text_accuracy")
+
+
+def test_yunets_twelve_outputs_fold_their_passing_defaults_and_read_a_sane_relative_error(tmp_path, shared_models):
+    # YuNet: the 1e+29 "mean rel" of the issue (sigmoid maps near zero), and 12 default cosine checks.
+    from tao_qc.testing import corpus
+
+    np.savez(tmp_path / "photos.npz", input=corpus.photos("yunet_n_320"))
+    spec = {"quantize": {"device": "cpu", "target": "onnxruntime", "calibration": {"data": str(tmp_path / "photos.npz")},
+                         "compare": {"data": str(tmp_path / "photos.npz"), "fail_on_mismatch": False},
+                         "accuracy": {"fallback": "off"}, "onnxruntime": {"kernel_fidelity": False}}}
+    result = compile_model(shared_models / "yunet_n_320.onnx", spec, results_dir=tmp_path / "results")
+    outputs = result.report["comparison"]["outputs"]
+    assert len(outputs) == 12 and all(o["mean_rel_error"] < 1 for o in outputs), [o["mean_rel_error"] for o in outputs]
+    checks = result.report["comparison"]["checks"]
+    assert len(checks) == 12 and all(c["why"].startswith("default") for c in checks)
+    defaults = [card for card in page(tmp_path / "results" / "report.html").cards if card["row"] == "defaults"]
+    failing = [c for c in checks if not c["passed"]]
+    # The failing ones one by one (none, on these photos, as measured), the passing ones as one card.
+    assert [card["key"] for card in defaults[:-1]] == [f"default · {c['metric']} · {c['output']}" for c in failing]
+    nearest = min((c for c in checks if c["passed"]), key=lambda c: c["value"] - c["threshold"])
+    assert defaults[-1]["key"] == f"default · {len(checks) - len(failing)}{' more' if failing else ''} checks"
+    assert f"closest: {nearest['metric']} {nearest['value']:.4g} on {nearest['output']}" in defaults[-1]["detail"]

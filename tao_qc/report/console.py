@@ -140,8 +140,17 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
     defaults = headline.default_checks(report)
     if defaults:
         decide = "these decide the run" if headline.defaults_decide(report) else "they decide nothing: your target does"
-        shown = "; ".join(f"{c.get('metric')} {_check_value(c)} on {c.get('output')} (needs >= {_check_value(c, 'threshold')})"
-                          f"{'' if c.get('passed') else ' below'}" for c in defaults)
+        def said(c):
+            return (f"{c.get('metric')} {_check_value(c)} on {c.get('output')} (needs >= {_check_value(c, 'threshold')})"
+                    f"{'' if c.get('passed') else ' below'}")
+
+        if len(defaults) <= headline.SHOWN_DEFAULTS:
+            shown = "; ".join(said(c) for c in defaults)
+        else:  # the ones below their threshold, then the passing ones as a count and the closest call
+            below = [said(c) for c in defaults if not c.get("passed")]
+            passing = [c for c in defaults if c.get("passed")]
+            nearest = headline.closest_call(passing)
+            shown = "; ".join(below + [f"{len(passing)} pass" + (f", closest {said(nearest)}" if nearest else "")])
         lines.append(f"  default checks ({decide}): {shown}")
     comparison = report.get("comparison")
     if comparison:

@@ -156,3 +156,14 @@ def defaults_decide(report: dict[str, Any]) -> bool:
     """Whether the default checks decide pass or fail: driver.run_failures counts them only where no
     `accuracy.metric` was measured on the comparison data (`accuracy.final`)."""
     return (report.get("accuracy") or {}).get("final") is None
+
+
+# Up to this many default checks are shown one by one; above, the passing ones fold into one line
+# with the closest call (YuNet's 12 outputs made a wall of cards above the comparison).
+SHOWN_DEFAULTS = 4
+
+
+def closest_call(checks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The check nearest its threshold (smallest value - threshold)."""
+    scored = [c for c in checks if c.get("value") is not None and c.get("threshold") is not None]
+    return min(scored, key=lambda c: c["value"] - c["threshold"], default=None)

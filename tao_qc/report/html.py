@@ -278,11 +278,21 @@ def _default_checks_row(report: dict[str, Any]) -> str:
     decide = headline.defaults_decide(report)
     note = ("No accuracy target is set, so these decide the run." if decide else
             "Shown for reference; they decide nothing: your accuracy target above does.")
+    shown = checks if len(checks) <= headline.SHOWN_DEFAULTS else [c for c in checks if not c.get("passed")]
     cards = []
-    for check in checks:
+    for check in shown:
         badge = '<span class="badge pass">pass</span>' if check.get("passed") else '<span class="badge fail">below</span>'
         cards.append(_card(f"default · {check.get('metric')} · {check.get('output')}", f"{_check_value(check)} {badge}",
                            f"needs &ge; {_check_value(check, 'threshold')}; {escape(str(check.get('why')))}", kind="default"))
+    passing = [c for c in checks if c.get("passed")]
+    if len(shown) < len(checks):
+        nearest = headline.closest_call(passing)
+        detail = (f"closest: {escape(str(nearest.get('metric')))} {_check_value(nearest)} on "
+                  f"<code>{escape(str(nearest.get('output')))}</code> (needs &ge; {_check_value(nearest, 'threshold')}); "
+                  "each in the Checks table below" if nearest else "each in the Checks table below")
+        more = " more" if shown else ""  # beside the failing ones shown above it
+        cards.append(_card(f"default · {len(passing)}{more} checks", '<span class="badge pass">all pass</span>', detail,
+                           kind="default"))
     return (f'<div class="defaults"><h3>Default checks <span class="badge none">default</span></h3>'
             f'<p class="note">{note}</p><div class="cards">{"".join(cards)}</div></div>')
 
