@@ -303,6 +303,9 @@ def write_report(stage: Path, spec: QuantizeSpec, source: Path, output: Path, re
     """report.json (and report.html where the models were compared) into the stage."""
     report = build_report(spec, source, output, records, ctx, seconds)
     report.update(sections)
+    if sections:
+        report["verdict"] = {"passed": not (failures := run_failures(report)), "failures": failures,
+                             "fails_run": spec.compare.fail_on_mismatch}
     slower = slower_than_fp32(sections.get("latency"), spec, sections.get("speed"))
     if slower:
         log.warning(slower)
@@ -449,7 +452,20 @@ def _save(model: Any, path: Path, spec: Any) -> None:
 
 
 def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
-    """AccuracyError (exit 1) when the result misses what the spec asks and `compare.fail_on_mismatch` is set.
+    """AccuracyError (exit 1) when the result misses what the spec asks (`run_failures`) and
+    `compare.fail_on_mismatch` is set."""
+    failures = run_failures(sections)
+    comparison = sections.get("comparison") or {}
+    if failures and spec.compare.fail_on_mismatch:
+        raise AccuracyError(
+            f"{Path(str(comparison.get('candidate'))).name} failed the comparison with "
+            f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(failures)
+        )
+
+
+def run_failures(sections: dict[str, Any]) -> list[str]:
+    """What fails the run, one sentence each (none: it passed); report.json's `verdict` and the
+    exit code both come from here, so the report headlines what decided.
 
     Without an accuracy metric the comparison's checks decide. With one (`accuracy.metric`), that
     metric on the comparison data decides, with only the comparison checks the user set explicitly
@@ -475,11 +491,7 @@ def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
             failures += [c.describe() for c in map(Check.from_dict, checks) if not c.passed and not c.default]
         else:
             failures += comparison.get("failures") or []
-    if failures and spec.compare.fail_on_mismatch:
-        raise AccuracyError(
-            f"{Path(str(comparison.get('candidate'))).name} failed the comparison with "
-            f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(failures)
-        )
+    return failures
 
 
 # ---------------------------------------------------------------------------------------------

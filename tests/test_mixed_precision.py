@@ -222,13 +222,14 @@ def test_the_report_shows_each_nodes_dtype_and_the_entry_that_set_it(mixed_tenso
     assert rows["/skip/Conv"] == ("int8", "int8", "layers[0] '*' (by name)")
     assert rows["/fc2/Gemm"] == ("native", "native", "layers[3] '/fc2/*' (by name)")
     html = (mixed_tensorrt.results_dir / "report.html").read_text()
+    # Decisions are grouped by rule: each node is listed under a summary that gives its dtypes and rule.
     shown = {}
-    for row in re.findall(r"<tr[^>]*><td><code>([^<]+)</code></td>(.*?)</tr>", html, flags=re.S):
-        cells = [unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td>(.*?)</td>", row[1], flags=re.S)]
-        shown.setdefault(row[0], cells[1:4])  # weights, activations, the entry behind the weights
-    assert shown["/c2/Conv"] == ["fp8_e4m3fn", "fp8_e4m3fn", "layers[1] '/c2/*' (by name)"]
-    assert shown["/fc1/Gemm"] == ["fp8_e4m3fn", "fp8_e4m3fn", "layers[2] '/fc1/*' (by name)"]
-    assert shown["/c1/Conv"] == ["int8", "int8", "layers[0] '*' (by name)"]
+    for summary, body in re.findall(r'<details class="group"[^>]*><summary>(.*?)</summary>(.*?)</details>', html, flags=re.S):
+        for node in re.findall(r"<code[^>]*>([^<]+)</code>", body):
+            shown[node] = unescape(re.sub(r"<[^>]+>", "", summary))
+    assert "fp8_e4m3fn weights and activations: layers[1] '/c2/*' (by name)" in shown["/c2/Conv"]
+    assert "fp8_e4m3fn weights and activations: layers[2] '/fc1/*' (by name)" in shown["/fc1/Gemm"]
+    assert "int8 weights and activations: layers[0] '*' (by name)" in shown["/c1/Conv"]
 
 
 def test_the_pass_dumps_show_the_mixed_qdq(mixed_tensorrt):

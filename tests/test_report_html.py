@@ -104,7 +104,7 @@ def test_full_report_is_self_contained_and_complete(full_report, tmp_path):
     assert html.count("<rect") > 10
     # The decisions table names every compute node with its dtypes and deciding rule.
     for decision in full_report["decisions"]:
-        assert f"<code>{decision['name']}</code>" in html
+        assert re.search(rf"<code[^>]*>{re.escape(decision['name'])}</code>", html)
     assert "skipped by skip_names" in html
     comparison = full_report["comparison"]["outputs"][0]
     assert f"{100 * comparison['top1_agreement']:.2f}%" in html
@@ -171,11 +171,13 @@ def test_the_report_html_of_a_real_compile(mnist_cntk_compiled):
     # Times212 was selected, but modelopt left it in float: not counted, not highlighted, reason shown.
     declined = next(row for row in report["decisions"] if row["name"] == "Times212")
     assert declined["quantized"] and declined["declined_by_backend"]
-    assert re.search(r'<div class="k">nodes quantized</div><div class="v">2 / 3</div>', html)
+    assert re.search(r'<div class="card" data-card="nodes"><div class="k">nodes</div><div class="v">2 INT8 · 1 float</div>'
+                     r'<div class="d">of 3 compute nodes; float: 1 left in float by the backend</div>', html)
     assert "2 of 3 compute nodes quantized (highlighted), 1 selected but left in float by the backend" in html
     assert _row_of(html, "Times212").startswith('<tr class="">')
     assert escape(declined["declined_by_backend"]) in _row_of(html, "Times212")
-    assert _row_of(html, "Convolution28").startswith('<tr class="q">')
+    # Convolution28's group has no per-node notes: its nodes are a compact list, the quantized highlighted.
+    assert '<code class="node q" title="Conv">Convolution28</code>' in html
 
     # Every warning of report.json is in the page.
     assert report["warnings"] and "Warnings" in structure.headings
@@ -189,3 +191,13 @@ def test_the_report_html_of_a_real_compile(mnist_cntk_compiled):
     assert f"<code>{escape(model)}</code>" in html
     for text in ((results / "report.json").read_text(), html):
         assert ".partial" not in text
+
+
+def test_the_first_row_of_a_tensorrt_compile_says_what_its_cpu_timing_is_worth(mnist_cntk_compiled):
+    # mnist_cntk_compiled is placed for TensorRT (the default target) and timed on ONNX Runtime's CPU provider.
+    report = json.loads((mnist_cntk_compiled.results_dir / "report.json").read_text())
+    assert report["spec"]["target"] == "tensorrt" and report["latency"]["runtime"] == "onnxruntime"
+    html = (mnist_cntk_compiled.results_dir / "report.html").read_text()
+    speed = re.search(r'<div class="card" data-card="speed">.*?</div></div>', html)
+    assert speed and "placed for tensorrt, so this timing says little about its speed there" in speed.group(0)
+    assert 'data-card="fidelity"' not in html  # kernel fidelity is an ONNX Runtime CPU check: no card

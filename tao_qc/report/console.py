@@ -10,7 +10,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from tao_qc.evaluate.checks import DEFAULT_MIN_COSINE
+from tao_qc.evaluate.kernel_fidelity import fidelity_line
 from tao_qc.evaluate.results import ComparisonResult
+from tao_qc.report import headline
 
 
 def render_comparison(result: ComparisonResult) -> Any:
@@ -96,3 +99,120 @@ def _fmt(value: float | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def compile_summary_lines(report: dict[str, Any]) -> list[str]:
+    """compile's summary in the terminal, in report.html's order: the accuracy target, the nodes, the
+    speed against FP32, kernel fidelity; then the default checks (marked), the outputs' figures, the
+    verdict and where the report is."""
+    lines = []
+    target = headline.accuracy_target(report)
+    if target is not None:
+        met = {True: "met", False: "MISSED", None: "not measured"}[target.get("met")]
+        note = f" ({target['note']})" if target.get("note") else ""
+        wanted = headline.target_in_words(target)
+        fp32 = "" if "FP32" in wanted else f" (FP32 {_fmt(target.get('fp32'))})"
+        lines.append(f"  accuracy target: {target.get('metric')} {_fmt(target.get('value'))}{fp32}, target {wanted}: {met}{note}")
+    elif report.get("comparison"):
+        verdict = "passed" if (headline.verdict(report) or {}).get("passed") else "FAILED"
+        own = headline.user_checks(report)
+        decided_by = ("the checks you set: " + "; ".join(
+            f"{c.get('metric')} {_check_value(c)} on {c.get('output')} (needs >= {_check_value(c, 'threshold')}, {c.get('why')})"
+            for c in own) if own else "the default checks (no accuracy.metric set)")
+        lines.append(f"  accuracy: {decided_by}: {verdict}")
+    nodes = headline.node_counts(report)
+    if nodes is not None:
+        quantized = ", ".join(f"{n} {dtype.upper() if dtype.startswith('int') else dtype}" for dtype, n in nodes["dtypes"].items())
+        why = "; ".join(f"{n} {reason}" for reason, n in nodes["float_reasons"].items())
+        lines.append(f"  nodes: {quantized or '0 quantized'}, {nodes['float']} float" + (f" ({why})" if why else "")
+                     + f" of {nodes['total']} compute nodes")
+    speed = headline.speed(report)
+    if speed is not None:
+        on = f" on {speed['measured_on']}" if speed.get("measured_on") and speed.get("runtime") == "onnxruntime" else ""
+        elsewhere = (f"; placed for {speed['runtime_target']}, timed on {speed['runtime']}"
+                     if speed.get("runtime_target") and speed["runtime_target"] != speed.get("runtime") else "")
+        lines.append(f"  speed vs FP32: {speed['ratio']:.2f}x (latency at batch {speed['batch']}{on}: {speed['fp32_ms']:.3f} ms "
+                     f"FP32, {speed['quantized_ms']:.3f} ms quantized{elsewhere})")
+    fidelity = report.get("kernel_fidelity")
+    if fidelity:
+        lines.append(f"  kernel fidelity: {fidelity_line(fidelity)}"
+                     + ("" if fidelity.get("decides", True) else " (decides nothing: another CPU than the one compiled for)"))
+    defaults = headline.default_checks(report)
+    if defaults:
+        decide = "these decide the run" if headline.defaults_decide(report) else "they decide nothing: your target does"
+        def said(c):
+            return (f"{c.get('metric')} {_check_value(c)} on {c.get('output')} (needs >= {_check_value(c, 'threshold')})"
+                    f"{'' if c.get('passed') else ' below'}")
+
+        if len(defaults) <= headline.SHOWN_DEFAULTS:
+            shown = "; ".join(said(c) for c in defaults)
+        else:  # the ones below their threshold, then the passing ones as a count and the closest call
+            below = [said(c) for c in defaults if not c.get("passed")]
+            passing = [c for c in defaults if c.get("passed")]
+            nearest = headline.closest_call(passing)
+            shown = "; ".join(below + [f"{len(passing)} pass" + (f", closest {said(nearest)}" if nearest else "")])
+        lines.append(f"  default checks ({decide}): {shown}")
+    comparison = report.get("comparison")
+    if comparison:
+        for output in comparison.get("outputs", []):
+            parts = [f"cosine {output['cosine']:.5f}", f"max |err| {output['max_abs_error']:.3g}"]
+            if output.get("min_cosine") is not None and output["min_cosine"] < DEFAULT_MIN_COSINE <= output["cosine"]:
+                # Shown where one sample alone would read differently from the whole data set.
+                parts.insert(1, f"lowest sample {output['min_cosine']:.5f}")
+            if output.get("top1_agreement") is not None:
+                parts.insert(0, f"top-1 agreement {output['top1_agreement']:.2%}")
+            if output.get("position_top1_agreement") is not None:  # the measure its default check reads comes first
+                parts.insert(0, f"top-1 agreement per position {output['position_top1_agreement']:.2%}")
+            if output.get("mask_iou") is not None:
+                parts.insert(0, f"IoU of the thresholded maps {output['mask_iou']:.4f}")
+            if output.get("reference_top1") is not None:
+                parts.append(f"top-1 accuracy {output['reference_top1']:.2%} FP32 -> {output['candidate_top1']:.2%} quantized")
+            lines.append(f"  output {output['name']}: " + ", ".join(parts))
+        detection = comparison.get("detection")
+        if detection:
+            lines.append("  " + detection_line(detection))
+        if comparison.get("passed"):
+            shown = "passed"
+        elif headline.defaults_decide(report):
+            shown = "FAILED: " + "; ".join(comparison.get("failures") or [])
+        else:  # only default checks can fail here without deciding: say so, not FAILED
+            shown = "below a default check (decides nothing: accuracy.metric decides)"
+        lines.append(f"  comparison on {comparison.get('runtime')} ({comparison.get('num_samples')} samples): {shown}")
+    verdict = headline.verdict(report)
+    if verdict is not None and report.get("verdict"):
+        lines.append("  run: passed" if verdict.get("passed") else "  run: FAILED: " + "; ".join(verdict.get("failures") or []))
+    if comparison:
+        lines.append(f"  report: {Path(report['output']).parent / 'report.html'}")
+    return lines
+
+
+def _check_value(check: dict[str, Any], key: str = "value") -> str:
+    value = check.get(key)
+    if value is None:
+        return "-"
+    if check.get("metric") in ("map", "map50_vs_fp32"):
+        return f"{value:.4f}"
+    return _pct(value) if check.get("metric") in ("top1_agreement", "within_tolerance") else f"{value:.5g}"
+
+
+def detection_line(section: dict) -> str:
+    """mAP of the quantized model, against what, on how much."""
+    def show(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    if section.get("against") == "annotations":
+        fp32 = section.get("fp32") or {}
+        return (f"detections: mAP@[.5:.95] {show(fp32.get('map'))} FP32 -> {show(section.get('map'))} quantized, "
+                f"mAP@.5 {show(fp32.get('map50'))} -> {show(section.get('map50'))} ({section.get('truth_boxes')} "
+                f"annotated boxes on {section.get('images')} images)")
+    return (f"detections: mAP@[.5:.95] {show(section.get('map'))}, mAP@.5 {show(section.get('map50'))} of the quantized "
+            f"model against FP32's {section.get('truth_boxes')} boxes on {section.get('images')} images "
+            f"({_which_boxes(section)})")
+
+
+def _which_boxes(section: dict) -> str:
+    """Which boxes were compared: as a module:function decoder returned them, or above a threshold."""
+    threshold = section.get("score_threshold") or 0.0
+    if section.get("candidate_score_threshold") is not None and threshold == 0:
+        return "every box the decoder returns"
+    return f"score >= {threshold:g}"

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from tao_qc.fileio import atomic_write_text
+from tao_qc.report import headline
 from tao_qc.report.pictures import sensitivity_svg
 
 _CSS = """
@@ -57,6 +59,18 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monosp
 .pair svg { width: 100%; height: auto; display: block; border-radius: 4px; }
 .key-fp32 { color: #2f6fde; font-weight: 600; } .key-quant { color: #d9480f; font-weight: 600; }
 details summary { cursor: pointer; color: var(--accent); margin: 8px 0; }
+.headline .card { border-width: 2px; }
+.verdict { margin: 10px 0 0; } .verdict .failures { margin-top: 4px; }
+.badge.big { font-size: 20px; padding: 1px 10px; }
+.defaults { margin-top: 14px; } .defaults h3 { font-size: 13px; color: var(--muted); margin: 0 0 2px; }
+.defaults .note { margin: 0 0 6px; }
+.defaults .card { background: #fbfcfd; padding: 8px 12px; } .defaults .card .v { font-size: 16px; }
+details.group { background: #fff; border: 1px solid var(--line); border-radius: 8px; margin: 6px 0; padding: 0 10px; }
+details.group > summary { color: var(--ink); padding: 6px 0; }
+details.group > summary .count { font-weight: 600; }
+details.group table { border: 0; margin-bottom: 8px; }
+p.nodes { margin: 0 0 10px; line-height: 2; } code.node { background: #eef1f5; border-radius: 4px; padding: 1px 5px; white-space: nowrap; }
+code.node.q { background: var(--q); }
 pre { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px; overflow: auto; font-size: 12px; }
 """
 
@@ -78,10 +92,10 @@ def render_html(report: dict[str, Any]) -> str:
     body = [
         f"<h1>{escape(title)}</h1>",
         f'<p class="sub">{_subtitle(report)}</p>',
-        _summary_cards(report, comparison, latency),
+        _summary_cards(report, comparison),
         _warnings_section(report.get("warnings")),
         "<h2>Accuracy: quantized against FP32</h2>",
-        _comparison_section(comparison),
+        _comparison_section(comparison, defaults_decide=headline.defaults_decide(report)),
         _detection_section((comparison or {}).get("detection")),
         _accuracy_section(report.get("accuracy")),
         _corrections_section(report),
@@ -128,56 +142,160 @@ def _subtitle(report: dict[str, Any]) -> str:
     return " · ".join(parts) or "quantization report"
 
 
-def _card(key: str, value: str, detail: str = "") -> str:
-    return f'<div class="card"><div class="k">{escape(key)}</div><div class="v">{value}</div><div class="d">{detail}</div></div>'
+def _card(key: str, value: str, detail: str = "", kind: str = "") -> str:
+    """`kind` names what the card says (target, nodes, speed, fidelity, default) for readers and tests."""
+    data = f' data-card="{kind}"' if kind else ""
+    return (f'<div class="card"{data}><div class="k">{escape(key)}</div><div class="v">{value}</div>'
+            f'<div class="d">{detail}</div></div>')
 
 
-def _summary_cards(report: dict[str, Any], comparison: dict[str, Any] | None, latency: dict[str, Any] | None) -> str:
-    cards = []
-    if comparison:
-        passed = comparison.get("passed")
-        badge = '<span class="badge pass">PASSED</span>' if passed else '<span class="badge fail">FAILED</span>'
-        detail = f"{comparison.get('num_samples', '?')} samples on {escape(str(comparison.get('runtime', '?')))}"
-        if comparison.get("data_is_random"):
-            detail += ' · <span class="badge warn">random inputs</span>'
-        cards.append(_card("accuracy check", badge, detail))
-        for output in comparison.get("outputs", [])[:2]:
-            if output.get("top1_agreement") is not None:
-                acc = ""
-                if output.get("reference_top1") is not None:
-                    acc = f"top-1 {_pct(output['reference_top1'])} → {_pct(output.get('candidate_top1'))}"
-                cards.append(_card(f"top-1 agreement · {output['name']}", _pct(output["top1_agreement"]), acc))
-            else:
-                cards.append(_card(f"cosine · {output['name']}", f"{output.get('cosine', float('nan')):.5f}",
-                                   f"max abs error {_num(output.get('max_abs_error'))}"))
+def _summary_cards(report: dict[str, Any], comparison: dict[str, Any] | None) -> str:
+    """The first row, in the order a person asks: did it reach my target, what runs in INT8 and what
+    in float (and why), how fast against FP32 on the CPU it is for, do the CPU's kernels compute what
+    the graph says. Then the verdict, then the default checks, marked and set apart."""
+    cards = [_target_card(report, comparison), _nodes_card(report), _speed_card(report), _fidelity_card(report)]
+    row = f'<div class="cards headline">{"".join(card for card in cards if card)}</div>'
+    return row + _verdict_line(report) + _default_checks_row(report)
+
+
+def _target_card(report: dict[str, Any], comparison: dict[str, Any] | None) -> str:
+    target = headline.accuracy_target(report)
+    if target is not None:
+        met = target.get("met")
+        badge = ('<span class="badge none">not measured</span>' if met is None else
+                 '<span class="badge pass">met</span>' if met else '<span class="badge fail">missed</span>')
+        wanted = headline.target_in_words(target)  # the metric is in the card's title
+        detail = f"target {escape(wanted)}" + ("" if "FP32" in wanted else f"; FP32 {_num(target.get('fp32'))}")
+        if target.get("data"):
+            detail += f"; on {escape(str(target['data']))}"
+        if target.get("note"):
+            detail += f'<br><span class="badge warn">note</span> {escape(str(target["note"]))}'
+        return _card(f"accuracy target · {target.get('metric')}", f"{_num(target.get('value'))} {badge}", detail,
+                     kind="target")
+    if not comparison:
+        return _card("accuracy", '<span class="badge none">not compared</span>', "no comparison was run", kind="target")
+    # No target of the user's: the comparison's checks decide (the user's where set, else the defaults).
+    verdict = headline.verdict(report) or {}
+    badge = '<span class="badge pass">PASSED</span>' if verdict.get("passed") else '<span class="badge fail">FAILED</span>'
+    own = headline.user_checks(report)
+    if own:
+        shown = "; ".join(f"{escape(str(c.get('metric')))} {_check_value(c)} on <code>{escape(str(c.get('output')))}</code> "
+                          f"(needs &ge; {_check_value(c, 'threshold')}, {escape(str(c.get('why')))})" for c in own[:4])
+        detail = f"{shown}{' ...' if len(own) > 4 else ''}; no accuracy.metric set"
+        key = "your checks"
     else:
-        cards.append(_card("accuracy check", '<span class="badge none">not run</span>'))
-    decisions = report.get("decisions") or []
-    if decisions:
-        quantized = sum(1 for d in decisions if _runs_quantized(d))
-        declined = sum(1 for d in decisions if d.get("declined_by_backend"))
-        detail = "of the compute nodes" + (f"; {declined} the backend left in float" if declined else "")
-        cards.append(_card("nodes quantized", f"{quantized} / {len(decisions)}", escape(detail)))
-    elif isinstance(report.get("counts"), dict) and report["counts"]:
-        counts = report["counts"]
+        detail = "no accuracy target set (accuracy.metric): the default checks below decide"
+        key = "accuracy: default checks"
+    detail += f"; {comparison.get('num_samples', '?')} samples"
+    if comparison.get("data_is_random"):
+        detail += ' · <span class="badge warn">random inputs</span>'
+    return _card(key, badge, detail, kind="target")
+
+
+def _nodes_card(report: dict[str, Any]) -> str:
+    nodes = headline.node_counts(report)
+    if nodes is None:
+        counts = report.get("counts") if isinstance(report.get("counts"), dict) else {}
+        if not counts:
+            return ""
         first = next(iter(counts.items()))
-        cards.append(_card(str(first[0]).replace("_", " "), escape(str(first[1]))))
-    ratio = _headline_ratio(latency)
-    if ratio:
-        cards.append(_card("speed vs FP32", f"{ratio[0]:.2f}×", ratio[1]))
-    cpu = report.get("cpu") or {}
-    if cpu.get("target"):
-        target, here = cpu["target"], cpu.get("this_machine") or {}
-        fidelity = report.get("kernel_fidelity")
-        badge = ""
-        if fidelity:
-            badge = (' <span class="badge pass">kernels exact</span>' if fidelity.get("passed")
-                     else ' <span class="badge fail">kernels deviate</span>')
-        source = "auto: this machine" if target.get("asked") == "auto" else "named in the spec"
-        cards.append(_card("compiled for CPU", escape(str(target.get("isa"))) + badge,
-                           escape(f"{source}; {target.get('weight_bits')}-bit weights; measured on {here.get('isa')}"
-                                  + (f" ({here['model']})" if here.get("model") else ""))))
-    return f'<div class="cards">{"".join(cards)}</div>'
+        return _card(str(first[0]).replace("_", " "), escape(str(first[1])))
+    quantized = " · ".join(f"{n} {escape(dtype.upper() if dtype.startswith('int') else dtype)}"
+                           for dtype, n in nodes["dtypes"].items()) or "0 quantized"
+    value = f"{quantized} · {nodes['float']} float"
+    if nodes["float"]:
+        why = "; ".join(f"{n} {escape(reason)}" for reason, n in nodes["float_reasons"].items())
+        detail = f"of {nodes['total']} compute nodes; float: {why}"
+    else:
+        detail = f"all {nodes['total']} compute nodes quantized"
+    if len(nodes["dtypes"]) > 1:
+        detail += "; mixed dtypes as the spec's layers set them"
+    return _card("nodes", value, detail, kind="nodes")
+
+
+def _speed_card(report: dict[str, Any]) -> str:
+    speed = headline.speed(report)
+    if speed is None:
+        return ""
+    on = ""
+    if speed.get("measured_on") and speed.get("runtime") == "onnxruntime":
+        on = f" on {escape(str(speed['measured_on']))}" + (f" ({escape(str(speed['cpu_model']))})" if speed.get("cpu_model") else "")
+    detail = (f"batch {speed['batch']} on {escape(str(speed.get('runtime')))}{on}: FP32 {speed['fp32_ms']:.3f} ms, "
+              f"quantized {speed['quantized_ms']:.3f} ms (&gt;1: faster)")
+    if speed.get("target") and speed.get("measured_on") and speed["target"] != speed["measured_on"]:
+        detail += f"; compiled for {escape(str(speed['target']))}, measured on another CPU"
+    placed_for = speed.get("runtime_target")
+    if placed_for and speed.get("runtime") and placed_for != speed["runtime"]:
+        # A graph placed for TensorRT, timed on ONNX Runtime's CPU provider: its speed there means little.
+        detail += f"; placed for {escape(str(placed_for))}, so this timing says little about its speed there"
+    ratio = speed["ratio"]
+    style = "pass" if ratio >= 1 else "warn"
+    return _card("speed vs FP32", f'<span class="badge {style} big">{ratio:.2f}×</span>', detail, kind="speed")
+
+
+def _fidelity_card(report: dict[str, Any]) -> str:
+    fidelity = headline.kernel_fidelity(report)
+    cpu = (report.get("cpu") or {}).get("target") or {}
+    if fidelity is None:
+        if not cpu:
+            return ""
+        return _card("kernel fidelity", '<span class="badge none">not checked</span>',
+                     escape(f"compiled for {cpu.get('isa')}; {cpu.get('weight_bits')}-bit weights"), kind="fidelity")
+    badge = ('<span class="badge pass">kernels exact</span>' if fidelity["passed"]
+             else '<span class="badge fail">kernels deviate</span>')
+    detail = f"ONNX Runtime's integer kernels against the graph's Q/DQ arithmetic on {escape(str(fidelity.get('measured_on')))}"
+    if cpu:
+        source = "auto: this machine" if cpu.get("asked") == "auto" else "named in the spec"
+        detail += escape(f"; compiled for CPU {cpu.get('isa')} ({source}), {cpu.get('weight_bits')}-bit weights")
+    if not fidelity["passed"] and fidelity.get("reason"):
+        detail += f"; {escape(str(fidelity['reason']))}"
+    if not fidelity.get("decides", True):
+        detail += "; decides nothing (another CPU than the one compiled for)"
+    return _card("kernel fidelity", badge, detail, kind="fidelity")
+
+
+def _check_value(check: dict[str, Any], key: str = "value") -> str:
+    if check.get("metric") in ("map", "map50_vs_fp32"):
+        return _fixed(check.get(key), 4)
+    return (_pct if check.get("metric") in ("top1_agreement", "within_tolerance") else _num)(check.get(key))
+
+
+def _verdict_line(report: dict[str, Any]) -> str:
+    verdict = headline.verdict(report)
+    if verdict is None:
+        return ""
+    if verdict.get("passed"):
+        return '<p class="verdict"><span class="badge pass">run passed</span> nothing the spec asks for was missed.</p>'
+    exits = " (exit 1)" if verdict.get("fails_run") else " (compare.fail_on_mismatch is off: exit 0)" if verdict.get("fails_run") is False else ""
+    items = "".join(f"<li>{escape(str(f))}</li>" for f in verdict.get("failures") or [])
+    return f'<div class="verdict"><span class="badge fail">run failed{exits}</span><ul class="failures">{items}</ul></div>'
+
+
+def _default_checks_row(report: dict[str, Any]) -> str:
+    """The checks nobody asked for, below the headline: each marked default, with whether it decides."""
+    checks = headline.default_checks(report)
+    if not checks:
+        return ""
+    decide = headline.defaults_decide(report)
+    note = ("No accuracy target is set, so these decide the run." if decide else
+            "Shown for reference; they decide nothing: your accuracy target above does.")
+    shown = checks if len(checks) <= headline.SHOWN_DEFAULTS else [c for c in checks if not c.get("passed")]
+    cards = []
+    for check in shown:
+        badge = '<span class="badge pass">pass</span>' if check.get("passed") else '<span class="badge fail">below</span>'
+        cards.append(_card(f"default · {check.get('metric')} · {check.get('output')}", f"{_check_value(check)} {badge}",
+                           f"needs &ge; {_check_value(check, 'threshold')}; {escape(str(check.get('why')))}", kind="default"))
+    passing = [c for c in checks if c.get("passed")]
+    if len(shown) < len(checks):
+        nearest = headline.closest_call(passing)
+        detail = (f"closest: {escape(str(nearest.get('metric')))} {_check_value(nearest)} on "
+                  f"<code>{escape(str(nearest.get('output')))}</code> (needs &ge; {_check_value(nearest, 'threshold')}); "
+                  "each in the Checks table below" if nearest else "each in the Checks table below")
+        more = " more" if shown else ""  # beside the failing ones shown above it
+        cards.append(_card(f"default · {len(passing)}{more} checks", '<span class="badge pass">all pass</span>', detail,
+                           kind="default"))
+    return (f'<div class="defaults"><h3>Default checks <span class="badge none">default</span></h3>'
+            f'<p class="note">{note}</p><div class="cards">{"".join(cards)}</div></div>')
 
 
 def _kernel_fidelity_section(section: dict[str, Any] | None) -> str:
@@ -200,23 +318,12 @@ def _kernel_fidelity_section(section: dict[str, Any] | None) -> str:
     return intro + _table(["output", "kernel error", "max step error", "measure", "kernels", "graph"], rows, numeric_from=1)
 
 
-def _headline_ratio(latency: dict[str, Any] | None) -> tuple[float, str] | None:
-    if not latency:
-        return None
-    rows = [r for r in latency.get("rows", []) if r.get("ratio") is not None and r.get("median_ms")]
-    others = [r for r in rows if r.get("ratio") is not None and r is not rows[0]] if rows else []
-    firsts = {r["batch_size"]: r for r in rows if r.get("ratio") == 1.0}
-    for row in others:
-        if row.get("model") != (firsts.get(row["batch_size"]) or {}).get("model"):
-            return row["ratio"], f"batch {row['batch_size']} on {escape(str(latency.get('runtime', '?')))} (>1: faster)"
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Comparison
 
 
-def _comparison_section(comparison: dict[str, Any] | None) -> str:
+def _comparison_section(comparison: dict[str, Any] | None, *, defaults_decide: bool = True) -> str:
+    """`defaults_decide`: whether the default checks decide the run (no accuracy metric measured)."""
     if not comparison:
         return '<p class="missing">No comparison was run (no data, or it was switched off).</p>'
     parts = [
@@ -249,15 +356,23 @@ def _comparison_section(comparison: dict[str, Any] | None) -> str:
     if checks:
         items = []
         for c in checks:
-            badge = '<span class="badge pass">pass</span>' if c.get("passed") else '<span class="badge fail">fail</span>'
-            show = _pct if c.get("metric") in ("top1_agreement", "within_tolerance") else _num
-            items.append(f"<tr><td>{badge}</td><td><code>{escape(str(c.get('output')))}</code></td><td>{escape(str(c.get('metric')))}</td>"
-                         f"<td class=\"num\">{show(c.get('value'))}</td><td class=\"num\">{show(c.get('threshold'))}</td>"
+            default = headline.is_default_check(c)
+            badge = ('<span class="badge pass">pass</span>' if c.get("passed") else
+                     '<span class="badge fail">fail</span>' if defaults_decide or not default else
+                     '<span class="badge warn">below</span>')  # a default that decides nothing fails nothing
+            marked = ' <span class="badge none">default</span>' if default else ""
+            items.append(f"<tr><td>{badge}{marked}</td><td><code>{escape(str(c.get('output')))}</code></td><td>{escape(str(c.get('metric')))}</td>"
+                         f"<td class=\"num\">{_check_value(c)}</td><td class=\"num\">{_check_value(c, 'threshold')}</td>"
                          f"<td>{escape(str(c.get('why')))}</td></tr>")
         parts.append("<h3>Checks</h3>" + _table(["", "output", "metric", "value", "threshold", "why"], items, numeric_from=None))
     failures = comparison.get("failures") or []
-    if failures:
+    if failures and defaults_decide:
         parts.append('<ul class="failures">' + "".join(f"<li>{escape(f)}</li>" for f in failures) + "</ul>")
+    elif failures:
+        # Said in the muted voice of a note: a default check below its threshold fails nothing once the
+        # accuracy metric decides (the user's own checks still do, and are in the verdict above).
+        parts.append('<p class="note">Below a check here: ' + "; ".join(escape(f) for f in failures)
+                     + ". Default checks decide nothing once the accuracy target is measured; see the verdict above.</p>")
     figures = [
         f'<div class="figure">{_histogram_svg(o.get("error_histogram") or {})}<div class="cap">|quantized − FP32| on '
         f'<code>{escape(str(o.get("name")))}</code>, log scale; {(o.get("error_histogram") or {}).get("zeros", 0)} exact matches '
@@ -277,8 +392,9 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
     badge = '<span class="badge pass">reached</span>' if section.get("reached") else '<span class="badge fail">missed</span>'
     parts = [f"<h3>Accuracy target {badge}</h3>",
              f'<p class="note">{escape(str(section.get("target")))} on {escape(str(section.get("data")))}; '
-             f'FP32 {_num(section.get("fp32"))}, every selected node quantized {_num(section.get("quantized"))}. '
-             f'Fallback: {escape(str(section.get("fallback")))}.</p>']
+             + (f'FP32 {_num(section.get("fp32"))}, every selected node quantized {_num(section.get("quantized"))}. '
+                if section.get("fp32") is not None else "")  # the comparison's checks as target: no one figure
+             + f'Fallback: {escape(str(section.get("fallback")))}.</p>']
     if section.get("judged_on_calibration_data"):
         parts.append('<p><span class="badge warn">warning</span> judged on the calibration data: give '
                      'quantize.accuracy.data (held out) for figures you can trust.</p>')
@@ -328,9 +444,12 @@ def _detection_section(section: dict[str, Any] | None) -> str:
     """mAP, AP per class, and both models' boxes drawn on a few samples side by side."""
     if not section:
         return ""
-    threshold = section.get("score_threshold")
+    threshold = section.get("score_threshold") or 0.0
+    # A module:function decoder's boxes are compared as it returns them (no threshold of ours).
+    as_decoded = section.get("candidate_score_threshold") is not None and threshold == 0
+    which = "as the decoder returns them" if as_decoded else f"at score &ge; {threshold:g}"
     against = ("the annotations" + (f" (<code>{escape(Path(str(section['annotations'])).name)}</code>)" if section.get("annotations") else "")
-               if section.get("against") == "annotations" else f"FP32's detections at score &ge; {threshold:g}")
+               if section.get("against") == "annotations" else f"FP32's detections {which}")
     parts = ["<h2>Detections: quantized against FP32</h2>",
              f'<p class="note">Decoder <code>{escape(str(section.get("decoder")))}</code>; COCO mAP of the quantized model '
              f'against {against}, on {section.get("images")} images with {section.get("truth_boxes")} boxes to find.</p>']
@@ -345,6 +464,8 @@ def _detection_section(section: dict[str, Any] | None) -> str:
         rows = [f"<tr><td>{name}</td><td class=\"num\">{_fixed(section.get(key), 4)}</td></tr>"
                 for name, key in (("mAP@[.5:.95]", "map"), ("mAP@.5", "map50"))]
         parts.append(_table(["metric", "quantized against FP32's boxes (1.0: the same boxes)"], rows, numeric_from=1))
+    if section.get("threshold_rule"):
+        parts.append(f'<p class="note">Which boxes count: {escape(str(section["threshold_rule"]))}.</p>')
     if section.get("note"):
         parts.append(f'<p><span class="badge warn">note</span> {escape(str(section["note"]))}</p>')
     per_class = section.get("per_class") or []
@@ -366,7 +487,7 @@ def _detection_section(section: dict[str, Any] | None) -> str:
                 f'<span class="key-fp32">FP32 {len(sample.get("fp32") or [])} boxes</span>, '
                 f'<span class="key-quant">quantized {len(sample.get("quantized") or [])} boxes</span>; '
                 f'agreement F1 at IoU 0.5: {_fixed(sample.get("f1"), 2)}</div></div>')
-        parts.append(f"<h3>Boxes at score &ge; {threshold:g}</h3>"
+        parts.append(f"<h3>Boxes {which}</h3>"
                      '<p class="note">The samples where the two models\' boxes differ most (lowest F1 first among them, '
                      "shown in data order); left FP32, right quantized. Hover a box for its score and class.</p>"
                      f'<div class="grid2">{"".join(figures)}</div>')
@@ -389,6 +510,30 @@ def _boxes_svg(sample: dict[str, Any], role: str) -> str:
             f'preserveAspectRatio="none"/>{"".join(rects)}</svg>')
 
 
+_TICK_FONT = 11
+# A generous width per character of an 11-px sans-serif label ("1e-25" is about 28 px in Chromium),
+# and the space kept clear between two labels.
+_TICK_CHAR_WIDTH, _TICK_GAP = 7.0, 8.0
+
+
+def _decade_step(powers: range, pixels_per_decade: float) -> int:
+    """Label every 1st, 2nd, 5th, 10th, ... decade: the smallest step at which the widest label
+    (plus a gap) fits between two labelled ticks."""
+    widest = max((len(f"1e{power}") for power in powers), default=4) * _TICK_CHAR_WIDTH + _TICK_GAP
+    for step in (1, 2, 5, 10, 20, 50, 100):
+        if step * pixels_per_decade >= widest:
+            return step
+    return 100
+
+
+def _count(value: int) -> str:
+    """A count short enough for the histogram's 40-px left margin: 1576479 -> 1.6M."""
+    for at_least, unit, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if value >= at_least:
+            return f"{value / unit:.3g}{suffix}"
+    return str(value)
+
+
 def _histogram_svg(hist: dict[str, Any], width: int = 480, height: int = 180) -> str:
     counts = hist.get("counts") or []
     edges = hist.get("log10_edges") or []
@@ -409,15 +554,19 @@ def _histogram_svg(hist: dict[str, Any], width: int = 480, height: int = 180) ->
                     f'fill="#2f6fde"><title>{escape(label)}</title></rect>')
     ticks = []
     low, high = edges[0], edges[-1]
-    for power in range(math.ceil(low), math.floor(high) + 1):
+    powers = range(math.ceil(low), math.floor(high) + 1)
+    step = _decade_step(powers, plot_w / (high - low))
+    for power in powers:
         x = left + plot_w * (power - low) / (high - low)
-        ticks.append(f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" stroke="#5c6677"/>'
-                     f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle" fill="#5c6677">1e{power}</text>')
+        ticks.append(f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" stroke="#5c6677"/>')
+        if power % step == 0:  # every decade gets a tick; only every `step`-th a label, so none overlap
+            ticks.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="{_TICK_FONT}" text-anchor="middle" '
+                         f'fill="#5c6677">1e{power}</text>')
     if not ticks:  # a range inside one decade: label the ends
         for value, anchor, x in ((low, "start", left), (high, "end", left + plot_w)):
             ticks.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="{anchor}" fill="#5c6677">{10 ** value:.2g}</text>')
     axis = (f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#5c6677"/>'
-            f'<text x="{left - 6}" y="{top + 10}" font-size="11" text-anchor="end" fill="#5c6677">{peak}</text>'
+            f'<text x="{left - 6}" y="{top + 10}" font-size="11" text-anchor="end" fill="#5c6677">{_count(peak)}</text>'
             f'<text x="{left - 6}" y="{top + plot_h}" font-size="11" text-anchor="end" fill="#5c6677">0</text>'
             f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" font-size="11" text-anchor="middle" fill="#5c6677">absolute error</text>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
@@ -487,29 +636,95 @@ def _runs_quantized(decision: dict[str, Any]) -> bool:
     return bool(decision.get("quantized")) and not decision.get("declined_by_backend")
 
 
+# Up to this many compute nodes every group of decisions opens by itself; above, the groups start
+# folded so a 500-node model reads as its handful of rules, each a click away.
+_OPEN_GROUPS_UP_TO = 60
+
+
 def _decisions_section(decisions: list[dict[str, Any]] | None) -> str:
+    """Decisions grouped by the rule that made them: each group says its dtypes and rule once (the
+    weights' and activations' rule once where they are the same), then lists its nodes, with a note
+    only where a node has something of its own to say (why the backend or fallback left it float)."""
     if not decisions:
         return '<p class="missing">No per-node decisions recorded.</p>'
     quantized = sum(1 for d in decisions if _runs_quantized(d))
     declined = sum(1 for d in decisions if d.get("declined_by_backend"))
-    rows = []
-    for d in decisions:
-        rule_w, rule_a = d.get("weights_rule"), d.get("activations_rule")
-        if d.get("declined_by_backend"):
-            # The spec's dtypes were asked for, but the graph runs the node in float: say so first.
-            weights = activations = '<span class="badge warn">float</span>'
-            why = f"selected, but {d['declined_by_backend']}"
-        else:
-            weights, activations = _dtype(d.get("weights")), _dtype(d.get("activations"))
-            why = d.get("skipped_by") and f"skipped by {d['skipped_by']}" or d.get("reason") or ""
-        rows.append(
-            f'<tr class="{"q" if _runs_quantized(d) else ""}"><td><code>{escape(str(d.get("name")))}</code></td>'
-            f"<td>{escape(str(d.get('type')))}</td><td>{weights}</td><td>{activations}</td>"
-            f"<td>{escape(str(rule_w or '-'))}</td><td>{escape(str(rule_a or '-'))}</td><td>{escape(str(why))}</td></tr>")
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for decision in decisions:
+        groups.setdefault(_decision_group(decision), []).append(decision)
+    # Quantized groups first, largest first; then the float ones, largest first.
+    ordered = sorted(groups.items(), key=lambda item: (not _runs_quantized(item[1][0]), -len(item[1])))
+    opened = " open" if len(decisions) <= _OPEN_GROUPS_UP_TO else ""
+    blocks = []
+    for _, members in ordered:
+        if any(_decision_note(d) for d in members):  # a table where nodes have notes of their own
+            rows = [f'<tr class="{"q" if _runs_quantized(d) else ""}"><td><code>{escape(str(d.get("name")))}</code></td>'
+                    f"<td>{escape(str(d.get('type')))}</td><td>{escape(_decision_note(d))}</td></tr>" for d in members]
+            listing = _table(["node", "op", "note"], rows, numeric_from=None)
+        else:  # else the names flow as a compact list (one row per node made 500 nodes 40 screens)
+            listing = '<p class="nodes">' + " ".join(
+                f'<code class="node{" q" if _runs_quantized(d) else ""}" title="{escape(str(d.get("type")))}">'
+                f'{escape(str(d.get("name")))}</code>' for d in members) + "</p>"
+        ops = ", ".join(f"{n} {escape(op)}" for op, n in Counter(str(d.get("type")) for d in members).most_common())
+        blocks.append(f'<details class="group"{opened}><summary>'
+                      f'<span class="count">{len(members)} node{"s" if len(members) != 1 else ""}</span> · '
+                      f"{_group_title(members[0])} <span class=\"note\">({ops})</span></summary>{listing}</details>")
     left = f", {declined} selected but left in float by the backend" if declined else ""
-    return (f'<p class="note">{quantized} of {len(decisions)} compute nodes quantized (highlighted){left}. The rule is '
-            "the spec entry that set each dtype; later entries override earlier ones, skip_names wins.</p>"
-            + _table(["node", "op", "weights", "activations", "weights rule", "activations rule", "note"], rows, numeric_from=None))
+    return (f'<p class="note">{quantized} of {len(decisions)} compute nodes quantized (highlighted){left}, in '
+            f"{len(groups)} group{'s' if len(groups) != 1 else ''} by the rule that decided them. The rule is the spec entry "
+            "that set each dtype; later entries override earlier ones, skip_names wins.</p>" + "".join(blocks))
+
+
+def _rules(decision: dict[str, Any]) -> str:
+    """The deciding rule, said once where weights and activations share it."""
+    weights, activations = decision.get("weights_rule"), decision.get("activations_rule")
+    if weights == activations or not activations:
+        return str(weights or "-")
+    return f"weights: {weights}; activations: {activations}"
+
+
+def _decision_group(decision: dict[str, Any]) -> tuple:
+    """Nodes that read the same at group level: same dtypes and rule (fallback's per-node ranks and the
+    backend's per-node reasons go to the node's note, so they do not split groups)."""
+    if decision.get("declined_by_backend"):
+        return ("declined", str(decision.get("weights")), str(decision.get("activations")), _rules(decision),
+                "left in float by the backend")
+    if str(decision.get("weights_rule") or "").startswith("accuracy fallback"):
+        return ("fallback", "accuracy fallback")
+    if decision.get("skipped_by"):
+        return ("skipped", "skip_names")
+    return ("rule", str(decision.get("weights")), str(decision.get("activations")), _rules(decision))
+
+
+def _group_title(decision: dict[str, Any]) -> str:
+    kind = _decision_group(decision)[0]
+    if kind == "declined":
+        return (f"{_dtype(decision.get('weights'))} weights, {_dtype(decision.get('activations'))} activations asked by "
+                f"{escape(_rules(decision))}, but <span class=\"badge warn\">float</span>: left in float by the backend")
+    if kind == "fallback":
+        return ('<span class="badge warn">float</span> kept in float by the accuracy fallback '
+                "(the most sensitive nodes, until the target held)")
+    if kind == "skipped":
+        return '<span class="badge none">float</span> skipped by skip_names (which entry: per node)'
+    if not _runs_quantized(decision):
+        return f'<span class="badge none">float</span> {escape(_rules(decision))}'
+    weights, activations = decision.get("weights"), decision.get("activations")
+    dtypes = (f"{_dtype(weights)} weights and activations" if weights == activations
+              else f"{_dtype(weights)} weights, {_dtype(activations)} activations")
+    return f"{dtypes}: {escape(_rules(decision))}"
+
+
+def _decision_note(decision: dict[str, Any]) -> str:
+    """What a node adds to its group's title: the backend's reason, fallback's rank, the skip_names
+    entry; else nothing."""
+    if decision.get("declined_by_backend"):
+        return f"selected, but {decision['declined_by_backend']}"
+    if decision.get("skipped_by"):
+        return str(decision["skipped_by"])
+    rule = str(decision.get("weights_rule") or "")
+    if rule.startswith("accuracy fallback"):
+        return rule.removeprefix("accuracy fallback").lstrip(": ")
+    return ""
 
 
 def _warnings_section(warnings: list[Any] | None) -> str:
@@ -536,6 +751,9 @@ def _engine_section(comparison: dict[str, Any] | None) -> str:
     return "<h2>TensorRT layers</h2>" + "".join(blocks)
 
 
+_LISTED_NOTES = 5
+
+
 def _passes_section(passes: list[dict[str, Any]] | None) -> str:
     if not passes:
         return '<p class="missing">No pass summary recorded.</p>'
@@ -553,6 +771,13 @@ def _passes_section(passes: list[dict[str, Any]] | None) -> str:
                 cells.append(f'<td class="num">{value:.4g}</td>')
             elif isinstance(value, int) and not isinstance(value, bool):
                 cells.append(f'<td class="num">{value}</td>')
+            elif isinstance(value, list) and len(value) > _LISTED_NOTES:
+                # match-layers notes every node's decision: the decisions section groups them; here the
+                # first few, the rest folded, so a 500-node model's page does not say each one twice.
+                shown = escape(json.dumps(value[:_LISTED_NOTES]))
+                rest = escape(json.dumps(value[_LISTED_NOTES:]))
+                cells.append(f'<td class="mono">{shown}<details><summary>{len(value) - _LISTED_NOTES} more</summary>'
+                             f"{rest}</details></td>")
             elif isinstance(value, (dict, list)):
                 cells.append(f"<td class=\"mono\">{escape(json.dumps(value, sort_keys=True))}</td>")
             else:
