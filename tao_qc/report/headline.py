@@ -37,7 +37,8 @@ def accuracy_target(report: dict[str, Any]) -> dict[str, Any] | None:
     if final.get("value") is not None:
         # The saved model measured on the comparison data: what raise_if_failed decides by.
         return {"metric": final.get("metric") or section.get("metric"), "value": final["value"], "fp32": final.get("fp32"),
-                "target": final.get("target"), "met": final.get("met"), "data": final.get("data"), "note": None}
+                "target": final.get("target"), "met": final.get("met"), "data": final.get("data"),
+                "note": final.get("note")}  # e.g. measured on the accuracy data, where only it has labels
     # Not measured on the comparison data: the accuracy data's figure for the model that was saved.
     search = section.get("search") or {}
     if search.get("sensitivity"):
@@ -47,7 +48,7 @@ def accuracy_target(report: dict[str, Any]) -> dict[str, Any] | None:
         clipping = section.get("clipping") or {}
         value = (kept[-1].get("value") if kept else clipping.get("value") if clipping.get("kept")
                  else section.get("quantized"))
-    note = f"not measured on the comparison data: {final['error']}" if final.get("error") else None
+    note = final.get("error")  # a sentence saying where the final measure failed
     return {"metric": section.get("metric"), "value": value, "fp32": section.get("fp32"), "target": section.get("target"),
             "met": section.get("reached"), "data": section.get("data"), "note": note}
 

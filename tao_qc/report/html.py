@@ -431,7 +431,9 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
     if final:
         shown = (f"{escape(str(final['metric']))} {_num(final.get('value'))} (FP32 {_num(final.get('fp32'))}) on "
                  f"{escape(str(final.get('data')))}: {'met' if final.get('met') else 'missed'}" if "value" in final
-                 else f"not measured on the comparison data: {escape(str(final.get('error')))}")
+                 else escape(str(final.get("error"))))
+        if final.get("note"):
+            shown += f" ({escape(str(final['note']))})"
         parts.append(f"<p>The saved model: {shown}.</p>")
     return "\n".join(parts)
 
