@@ -125,7 +125,7 @@ def test_a_class_kept_float_is_float_in_the_saved_model_with_its_measured_reason
     assert set(section["final_vs_fp32"]) == {"1", "4"}
     # report.html shows each class with its measured gain and what was decided.
     html = (result.results_dir / "report.html").read_text()
-    speed = html[html.index("<h3>Speed on this CPU</h3>"):]
+    speed = html[html.index('<h3 id="speed">Speed on this CPU</h3>'):]
     for label in EXPECTED_CLASSES:
         row = speed[speed.index(f"<td>{label}</td>"):]
         row = row[:row.index("</tr>")]

@@ -228,6 +228,13 @@ def _speed_card(report: dict[str, Any]) -> str:
     if placed_for and speed.get("runtime") and placed_for != speed["runtime"]:
         # A graph placed for TensorRT, timed on ONNX Runtime's CPU provider: its speed there means little.
         detail += f"; placed for {escape(str(placed_for))}, so this timing says little about its speed there"
+    checked = report.get("speed") or {}
+    if checked.get("final_vs_fp32"):
+        # The speed check's interleaved rounds: steadier than the one pass above on a busy machine.
+        rounds = ", ".join(f"{r:.2f}× at batch {b}" for b, r in checked["final_vs_fp32"].items())
+        detail += f"; in interleaved rounds {rounds}"
+    if checked.get("why_slower"):
+        detail += f'; <a href="#speed">why slower</a>'
     ratio = speed["ratio"]
     style = "pass" if ratio >= 1 else "warn"
     return _card("speed vs FP32", f'<span class="badge {style} big">{ratio:.2f}×</span>', detail, kind="speed")
@@ -885,7 +892,7 @@ def speed_html(section: dict[str, Any] | None) -> str:
     def at(ratios: dict[str, float]) -> str:
         return ", ".join(f"{_ratio(r)} at batch {b}" for b, r in ratios.items())
 
-    parts = ["<h3>Speed on this CPU</h3>",
+    parts = ['<h3 id="speed">Speed on this CPU</h3>',
              f"<p>Timed on {escape(str(section.get('cpu')))} with {section.get('threads')} threads, FP32 and the quantized "
              f"model taking turns in each round: the quantized model runs at {at(section.get('int8_vs_fp32') or {})} "
              "FP32's speed (median of the per-round ratios).</p>"]
