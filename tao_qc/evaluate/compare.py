@@ -145,6 +145,7 @@ def compare_models(
 
     ref_outputs = _stack(run_results[REFERENCE_RUNNER])
     cand_outputs = _stack(run_results[CANDIDATE_RUNNER])
+    del run_results  # the per-batch copies: the stacked ones are all that is read from here on
     num_samples = next(iter(ref_outputs.values())).shape[0] if ref_outputs else 0
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tao_qc.evaluate.detection import map_metric
-from tao_qc.evaluate.measures import is_classifier_output, output_cosine
+from tao_qc.evaluate.measures import is_classifier_output
 from tao_qc.runtimes.base import RuntimeSettings
 from tao_qc.runtimes.onnxruntime import OnnxRuntime
 from tao_qc.spec.cpu import CpuTarget, compiled_for, mismatch, this_machine
@@ -110,17 +110,16 @@ def check_kernel_fidelity(fp32_path: str | Path, quant_path: str | Path, inputs:
     detection = compare.resolved_task == "detection" and compare.decoder is not None
     feeds = _stacked_inputs(inputs) if detection else None
     for name, reference in fp32.items():
-        k, g = kernels[name].astype(np.float64), graph[name].astype(np.float64)
-        error = np.abs(k - g)
-        quantization = float(np.linalg.norm(g - reference.astype(np.float64)))
-        deviation = float(np.linalg.norm(k - g))
+        sums = _sums_in_slices(reference, kernels[name], graph[name])
+        quantization, deviation = np.sqrt(sums["graph_fp32"]), np.sqrt(sums["kernels_graph"])
         ratio = deviation / quantization if quantization > 0 else (0.0 if deviation == 0 else float("inf"))
         step = steps.get(name)
-        measure, task_k, task_g = _task(name, reference, k, g, fp32, kernels, graph, feeds, compare, detection)
+        measure, task_k, task_g = _task(name, reference, kernels[name], graph[name], sums, fp32, kernels, graph, feeds,
+                                        compare, detection)
+        largest = sums["max_error"]
         result.outputs.append(OutputFidelity(
-            name=name, max_abs_error=float(error.max()) if error.size else 0.0,
-            max_step_error=float(error.max() / step) if step and error.size else None,
-            kernel_error_ratio=ratio, task_measure=measure, task_kernels=task_k, task_graph=task_g))
+            name=name, max_abs_error=largest, max_step_error=largest / step if step and reference.size else None,
+            kernel_error_ratio=float(ratio), task_measure=measure, task_kernels=task_k, task_graph=task_g))
     result.passed, result.reason = _verdict(result, here, model_isa)
     return result
 
@@ -143,7 +142,38 @@ def _verdict(result: KernelFidelity, here: CpuTarget, model_isa: str | None) -> 
                    + "; ".join(problems) + hint)
 
 
-def _task(name, reference, k, g, fp32, kernels, graph, feeds, compare, detection) -> tuple[str, float | None, float | None]:
+# Summed a slice of samples at a time in float64: three float64 copies of a large output (PP-OCRv5's
+# recognizer: 53M values each) were most of compile's peak memory.
+SLICE_ELEMENTS = 1 << 22
+
+
+def _sums_in_slices(reference: np.ndarray, kernels: np.ndarray, graph: np.ndarray) -> dict[str, float]:
+    """Squared distances (kernels to graph, graph to FP32), the largest |kernels - graph|, and the
+    dot products the cosines with FP32 need, summed over samples in float64."""
+    samples = reference.shape[0] if reference.ndim else 1
+    rows = [a.reshape(samples, -1) for a in (reference, kernels, graph)]
+    step = max(1, SLICE_ELEMENTS // max(1, rows[0].shape[1]))
+    sums = dict.fromkeys(("kernels_graph", "graph_fp32", "max_error", "fk", "ff", "kk", "fg", "gg"), 0.0)
+    for start in range(0, samples, step):
+        f, k, g = (np.nan_to_num(a[start:start + step].astype(np.float64)) for a in rows)
+        difference = k - g
+        sums["kernels_graph"] += float(np.einsum("ij,ij->", difference, difference))
+        if difference.size:
+            sums["max_error"] = max(sums["max_error"], float(np.abs(difference).max()))
+        difference = g - f
+        sums["graph_fp32"] += float(np.einsum("ij,ij->", difference, difference))
+        for key, (a, b) in {"fk": (f, k), "ff": (f, f), "kk": (k, k), "fg": (f, g), "gg": (g, g)}.items():
+            sums[key] += float(np.einsum("ij,ij->", a, b))
+    return sums
+
+
+def _cosine(dot: float, energy_a: float, energy_b: float) -> float:
+    """As `output_cosine`: over the whole data set, 1 where both are all zero."""
+    norms = np.sqrt(energy_a) * np.sqrt(energy_b)
+    return float(dot / norms) if norms > 0 else (1.0 if energy_a == 0 and energy_b == 0 else 0.0)
+
+
+def _task(name, reference, k, g, sums, fp32, kernels, graph, feeds, compare, detection) -> tuple[str, float | None, float | None]:
     if detection:
         try:
             return "map", map_metric(fp32, kernels, feeds, compare), map_metric(fp32, graph, feeds, compare)
@@ -152,8 +182,7 @@ def _task(name, reference, k, g, fp32, kernels, graph, feeds, compare, detection
     if compare.resolved_task in ("auto", "classification") and is_classifier_output(reference):
         top = reference.argmax(axis=1)
         return "top1_agreement", float(np.mean(k.argmax(axis=1) == top)), float(np.mean(g.argmax(axis=1) == top))
-    ref = reference.astype(np.float64)
-    return "cosine", output_cosine(ref, k), output_cosine(ref, g)
+    return "cosine", _cosine(sums["fk"], sums["ff"], sums["kk"]), _cosine(sums["fg"], sums["ff"], sums["gg"])
 
 
 def output_steps(model: Any) -> dict[str, float]:

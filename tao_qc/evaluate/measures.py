@@ -85,24 +85,37 @@ def error_histogram(abs_error: np.ndarray, bins: int = _HISTOGRAM_BINS) -> dict[
     nonzero = flat[flat > 0]
     if nonzero.size == 0:
         return {"log10_edges": [], "counts": [], "zeros": zeros, "total": int(flat.size)}
-    low, high = np.log10(nonzero.min()), np.log10(nonzero.max())
+    # The logs in the errors' own dtype (float32 from output_metrics: no float64 copy of a large
+    # output's errors), and the edges from those same logs, so that the extremes fall inside.
+    logs = np.log10(nonzero)
+    low, high = float(logs.min()), float(logs.max())
     if high - low < 1e-6:
         low, high = low - 0.5, high + 0.5
-    counts, edges = np.histogram(np.log10(nonzero), bins=bins, range=(low, high))
+    counts, edges = np.histogram(logs, bins=bins, range=(low, high))
     return {"log10_edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "zeros": zeros, "total": int(flat.size)}
 
 
-def guarded_relative_error(abs_error: np.ndarray, reference: np.ndarray, finite: np.ndarray) -> np.ndarray:
+def guarded_relative_error(abs_error: np.ndarray, reference: np.ndarray, finite: np.ndarray,
+                           floor: float | None = None) -> np.ndarray:
     """|candidate - reference| / max(|reference|, mean |reference| of the output).
 
     Where the reference is ~0 a plain relative error is an artifact: a post-ReLU zero or a sigmoid's
     1e-30 against a quantized 1e-3 read 1e+27 and made the mean of a whole output 6.6e+13 (1e+29 on
     YuNet). The floor is the output's own typical magnitude over the data set, so values at or above
     it get their true relative error and smaller ones are measured against what the output usually
-    carries (all zero: against 1, i.e. the absolute error)."""
+    carries (all zero: against 1, i.e. the absolute error). `floor`: that mean, where `reference`
+    is only a part of the output."""
     magnitude = np.abs(np.where(finite, reference, 0.0))
-    floor = float(magnitude.mean()) if magnitude.size else 0.0
+    if floor is None:
+        floor = float(magnitude.mean()) if magnitude.size else 0.0
     return abs_error / np.maximum(magnitude, floor if floor > 0 else 1.0)
+
+
+# The error figures are summed a slice of samples at a time, in float64, so that a large output
+# (PP-OCRv5's recognizer: 72 lines x 40 steps x 18,385 classes, 53M values) needs a few float64
+# slices and one float32 copy of its errors rather than a dozen float64 copies of the whole
+# (4.7 GB of peak memory in compile before).
+CHUNK_ELEMENTS = 1 << 22
 
 
 def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, labels: np.ndarray | None = None,
@@ -111,43 +124,71 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
     False: a 2-D output is not read as class scores (detection and dense tasks)."""
     if reference.shape != candidate.shape:
         raise InputError(f"output '{name}' has shape {list(candidate.shape)} in the candidate but {list(reference.shape)} in the reference")
-    ref = reference.astype(np.float64)
-    cand = candidate.astype(np.float64)
-    finite = np.isfinite(ref)
-    nonfinite = int(np.count_nonzero(finite & ~np.isfinite(cand)))
-    abs_error = np.abs(cand - ref)
-    abs_error = np.where(finite, abs_error, 0.0)
-    abs_error = np.where(np.isfinite(abs_error), abs_error, np.inf)
-    rel_error = guarded_relative_error(abs_error, ref, finite)
-    flat_abs = abs_error.ravel()
+    samples = reference.shape[0] if reference.ndim else 1
+    ref_rows, cand_rows = reference.reshape(samples, -1), candidate.reshape(samples, -1)
+    step = max(1, CHUNK_ELEMENTS // max(1, ref_rows.shape[1]))
+    chunks = [slice(i, i + step) for i in range(0, samples, step)]
+    size = ref_rows.size
 
-    samples = ref.shape[0] if ref.ndim else 1
-    cosines = per_sample_cosine(ref, cand)
+    floor = sum(float(np.abs(np.nan_to_num(ref_rows[c].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)).sum())
+                for c in chunks) / size if size else 0.0
+    abs_errors = np.empty(ref_rows.shape, dtype=np.float32)  # for the 99th percentile and the histogram
+    nonfinite = 0
+    error_sum = rel_sum = dot = ref_energy = cand_energy = 0.0
+    error_max = rel_max = 0.0
+    within = 0
+    cosines = []
+    for rows in chunks:
+        ref = ref_rows[rows].astype(np.float64)
+        cand = cand_rows[rows].astype(np.float64)
+        finite = np.isfinite(ref)
+        nonfinite += int(np.count_nonzero(finite & ~np.isfinite(cand)))
+        abs_error = np.abs(cand - ref)
+        abs_error = np.where(finite, abs_error, 0.0)
+        abs_error = np.where(np.isfinite(abs_error), abs_error, np.inf)
+        abs_errors[rows] = abs_error
+        rel_error = guarded_relative_error(abs_error, ref, finite, floor)
+        if abs_error.size:
+            error_sum += float(abs_error.sum())
+            error_max = max(error_max, float(abs_error.max()))
+            rel_sum += float(rel_error.sum())
+            rel_max = max(rel_max, float(rel_error.max()))
+        if atol is not None or rtol is not None:
+            # numpy's allclose rule (|error| <= rtol * |reference|), not the guarded ratio: a tolerance the
+            # user wrote means what it means in numpy.
+            ok = (abs_error <= (atol or 0.0)) | (abs_error <= (rtol or 0.0) * np.abs(np.where(finite, ref, 0.0)))
+            within += int(np.count_nonzero(ok))
+        r, c = _flat(ref, cand)
+        cosines.append(_cosine_rows(r, c))
+        with np.errstate(over="ignore", invalid="ignore"):  # an Inf reference element: its energy is Inf, as before
+            dot += float(np.einsum("ij,ij->", r, c))
+            ref_energy += float(np.einsum("ij,ij->", r, r))
+            cand_energy += float(np.einsum("ij,ij->", c, c))
+    norms = np.sqrt(ref_energy) * np.sqrt(cand_energy)
+    cosine = dot / norms if norms > 0 else (1.0 if ref_energy == 0 and cand_energy == 0 else 0.0)
+    flat_abs = abs_errors.ravel()
 
     metrics = OutputMetrics(
         name=name,
         shape=list(reference.shape[1:]),
-        max_abs_error=float(flat_abs.max()) if flat_abs.size else 0.0,
-        mean_abs_error=float(flat_abs.mean()) if flat_abs.size else 0.0,
+        max_abs_error=error_max if size else 0.0,
+        mean_abs_error=error_sum / size if size else 0.0,
         p99_abs_error=_p99(flat_abs),
-        max_rel_error=float(rel_error.max()) if rel_error.size else 0.0,
-        mean_rel_error=float(rel_error.mean()) if rel_error.size else 0.0,
-        cosine=output_cosine(ref, cand),
-        min_cosine=float(cosines.min()),
+        max_rel_error=rel_max if size else 0.0,
+        mean_rel_error=rel_sum / size if size else 0.0,
+        cosine=float(cosine),
+        min_cosine=float(np.concatenate(cosines).min()) if cosines else 1.0,
         nonfinite=nonfinite,
-        error_histogram=error_histogram(abs_error),
+        error_histogram=error_histogram(flat_abs),
     )
     if atol is not None or rtol is not None:
-        # numpy's allclose rule (|error| <= rtol * |reference|), not the guarded ratio: a tolerance the
-        # user wrote means what it means in numpy.
-        ok = (abs_error <= (atol or 0.0)) | (abs_error <= (rtol or 0.0) * np.abs(np.where(finite, ref, 0.0)))
-        metrics.within_tolerance = float(ok.mean()) if ok.size else 1.0
+        metrics.within_tolerance = within / size if size else 1.0
     kind, axis = output_kind(reference, classify=classify)
     metrics.kind, metrics.class_axis = kind, axis
     if kind == "class_scores":
-        metrics.position_top1_agreement = position_top1_agreement(ref, cand, axis)
+        metrics.position_top1_agreement = position_top1_agreement(reference, candidate, axis)
     elif kind == "probability_map":
-        metrics.mask_iou = mask_iou(ref, cand)
+        metrics.mask_iou = mask_iou(reference, candidate)
     if classify and is_classifier_output(reference):
         metrics.is_classifier = True
         ref_top = reference.argmax(axis=1)
@@ -189,15 +230,14 @@ def class_scores_axis(reference: np.ndarray) -> int | None:
     order = {3: (2, 1), 4: (1, 3)}.get(reference.ndim, ())
     if not reference.size:
         return None
-    values = reference.astype(np.float64, copy=False)
-    low, high = float(values.min()), float(values.max())
+    low, high = float(reference.min()), float(reference.max())
     for axis in order:
         if reference.shape[axis] < 2:
             continue
         if low >= 0.0 and high <= 1.0 + SUM_TOLERANCE:
-            totals = values.sum(axis=axis)
+            totals = reference.sum(axis=axis, dtype=np.float64)  # summed in float64, no float64 copy of the whole
         elif high <= 0.0:  # log-probabilities (log_softmax, as CTC losses take them); exp of <= 0 cannot overflow
-            totals = np.exp(values).sum(axis=axis)
+            totals = np.exp(reference).sum(axis=axis, dtype=np.float64)
         else:
             return None
         if float(np.abs(totals - 1.0).max()) <= SUM_TOLERANCE:
