@@ -24,8 +24,6 @@ to arrays stacked over samples (FP32's and the quantized model's). The FP32 valu
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ from tao_qc.evaluate.measures import (  # noqa: F401
     output_metrics,
     per_sample_cosine,
 )
+from tao_qc.spec.user_code import load_user_function
 
 Outputs = Mapping[str, np.ndarray]
 MetricFunction = Callable[[Outputs, Outputs, Any], float]
@@ -139,19 +138,8 @@ BUILTIN: dict[str, MetricFunction] = {
 
 
 def load_user_metric(reference: str, search_path: str | Path | None = None) -> MetricFunction:
-    """`module:function`, imported with `search_path` (the spec file's folder) first on sys.path."""
-    module_name, _, function_name = reference.partition(":")
-    if search_path is not None and str(search_path) not in sys.path:
-        sys.path.insert(0, str(search_path))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InputError(f"quantize.accuracy.metric: cannot import {module_name!r} ({exc}); put it on PYTHONPATH "
-                         "or beside the spec file") from None
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise InputError(f"quantize.accuracy.metric: {module_name} has no function {function_name!r}")
-    return function
+    """`module:function`, looked for beside the spec file (`search_path`) first (`tao_qc.spec.user_code`)."""
+    return load_user_function(reference, "quantize.accuracy.metric", search_path=search_path)
 
 
 @dataclass

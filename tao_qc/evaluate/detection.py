@@ -38,11 +38,9 @@ decoder's labels. mAP ranks every detection down to `RANK_FLOOR`, at most `MAX_D
 from __future__ import annotations
 
 import base64
-import importlib
 import io
 import json
 import logging
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +50,7 @@ import numpy as np
 
 from tao_qc.errors import InputError
 from tao_qc.spec.schema import BUILTIN_DECODERS, USER_DECODER_RE  # noqa: F401 - the decoders a spec may name
+from tao_qc.spec.user_code import load_user_function
 
 log = logging.getLogger("tao_qc.detection")
 
@@ -115,24 +114,7 @@ def load_decoder(name: str, key: str = "quantize.compare.decoder") -> Decoder:
         return decode_boxes_scores
     if not isinstance(name, str) or not USER_DECODER_RE.match(name):
         raise InputError(f"{key}: {name!r} is not a decoder (valid: rtdetr, boxes_scores, or module:function)")
-    module_name, attribute = name.split(":")
-    added = str(Path.cwd()) not in sys.path
-    if added:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InputError(f"{key}: cannot import module '{module_name}' ({exc}); it must be importable from "
-                         "the current folder or PYTHONPATH") from None
-    finally:
-        if added:
-            sys.path.remove(str(Path.cwd()))
-    target: Any = module
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-    if not callable(target):
-        raise InputError(f"{key}: module '{module_name}' has no function '{attribute}'")
-    return target
+    return load_user_function(name, key)
 
 
 def decode(decoder: Decoder, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],

@@ -1,0 +1,41 @@
+"""A user's own function named in the spec as `module:function` (an accuracy metric, a detection
+decoder): one loader, so every such key finds modules the same way and fails with the same kind of
+one-line error."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tao_qc.errors import InputError
+
+
+def load_user_function(reference: str, key: str, *, search_path: str | Path | None = None) -> Callable[..., Any]:
+    """The callable `module:function` names (`function` may be a dotted path inside the module).
+
+    The module is looked for in `search_path` (the spec file's folder), then the current folder,
+    then PYTHONPATH and the installed packages. Those folders are on sys.path only while it is
+    imported: a user's folder must not shadow other modules for the rest of the run."""
+    module_name, _, attribute = reference.partition(":")
+    folders = [str(Path(folder)) for folder in (search_path, Path.cwd()) if folder is not None]
+    added = [folder for folder in dict.fromkeys(folders) if folder not in sys.path]
+    sys.path[:0] = added
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        where = "beside the spec file, in the current folder or on PYTHONPATH" if search_path else \
+            "in the current folder or on PYTHONPATH"
+        raise InputError(f"{key}: cannot import module '{module_name}' ({exc}); put it {where}") from None
+    finally:
+        for folder in added:
+            if folder in sys.path:
+                sys.path.remove(folder)
+    target: Any = module
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+    if not callable(target):
+        raise InputError(f"{key}: module '{module_name}' has no function '{attribute}'")
+    return target
