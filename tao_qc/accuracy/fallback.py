@@ -25,6 +25,7 @@ from tao_qc.accuracy.search import FallbackResult, fallback_reason, search_fallb
 from tao_qc.accuracy.trials import TrialResult, TrialRunner, TrialSetup
 from tao_qc.console import progress
 from tao_qc.data import model_inputs, open_inputs
+from tao_qc.evaluate.latency import BenchTable
 from tao_qc.passes import correction_passes
 from tao_qc.passes.choose_ranges import ChooseRanges
 from tao_qc.spec.datasets import DataSet, accuracy_data_set, measures
@@ -161,8 +162,8 @@ class AccuracyOutcome:
 
 
 def _speed(sections: dict[str, Any]) -> float | None:
-    rows = [row for row in ((sections.get("latency") or {}).get("rows") or []) if row.get("ratio")]
-    return rows[-1]["ratio"] if len(rows) >= 2 else None
+    latency = sections.get("latency")
+    return BenchTable.from_dict(latency).speed_against_first() if latency else None
 
 
 class TrialSetups:
