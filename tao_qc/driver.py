@@ -46,7 +46,7 @@ from tao_qc.spec import QuantizeSpec, load_spec
 from tao_qc.spec.cpu import resolve as resolve_cpu
 from tao_qc.spec.datasets import comparison_data_set, measures
 from tao_qc.spec.cpu import this_machine
-from tao_qc.speed.float_where_faster import AS_FAST, SpeedCheck, check_speed
+from tao_qc.speed.float_where_faster import AS_FAST, SpeedCheck, search_float_classes, time_against_fp32
 from tao_qc.version import __version__
 
 log = logging.getLogger("tao_qc.compile")
@@ -133,16 +133,18 @@ def compile_model(
         snapshot = CalibratedGraph.take(calibrated.model, ctx, stage) if trials or searches else None
         finish = Finisher(spec, ctx, calibrated, dumps, stage, stem)
         records = finish(calibrated.model)
-        speed = speed_stage(spec, ctx, source, snapshot, finish) if by_speed else None
-        if speed is not None and speed.float_for_speed:
+        search = speed_search_stage(spec, ctx, source, snapshot, finish) if searches else None
+        if search is not None and search.float_for_speed:
             records = finish(snapshot.model())
         sections = compare_with_fp32(spec, source, finish.path, ctx) if compare else {}
-        if speed is not None:
-            sections["speed"] = speed.to_dict()
         if trials:
             records, sections = accuracy_stage(spec, source, ctx, snapshot, finish, sections, records)
         if snapshot is not None:
             snapshot.discard()
+        # Timed last, on the model that is saved (accuracy fallback may have rebuilt it).
+        speed = speed_check_stage(spec, ctx, source, finish, search) if by_speed else None
+        if speed is not None:
+            sections["speed"] = speed.to_dict()
         sections = _relocated(sections, str(stage), str(final))
         # A PyTorch model's lowered graph is written into the stage: the report names where it ends up.
         shown_source = Path(_relocated(str(source), str(stage), str(final)))
@@ -262,28 +264,44 @@ def accuracy_stage(spec: QuantizeSpec, source: Path, ctx: PassContext, snapshot:
     return records, sections
 
 
-def speed_stage(spec: QuantizeSpec, ctx: PassContext, source: Path, snapshot: CalibratedGraph | None,
-                finish: Finisher) -> SpeedCheck | None:
-    """The finished model against FP32 on this machine, and with `speed: search` each class of
-    quantized unit in float (tao_qc/speed): the classes that are faster become part of the
-    calibrated graph's facts, so that the rebuild here and every accuracy trial after it keep them
-    float. None where this machine is not the CPU the model is compiled for: its timings would say
-    nothing about that one."""
+def _times_on_this_cpu(spec: QuantizeSpec, ctx: PassContext) -> str | None:
+    """This machine's instruction set where timings on it speak for the model's target CPU; None
+    where they would not (compiled for another CPU, or FP8, which ORT's CPU provider runs in float)."""
     target, here = resolve_cpu(spec.onnxruntime.cpu), this_machine()
-    if ctx.facts.get("quantize_mode", "int8") != "int8":  # FP8 runs in float on ORT's CPU provider anyway
+    if ctx.facts.get("quantize_mode", "int8") != "int8":
         return None
     if target.isa != here.isa:
         log.info("speed: not measured (compiled for %s, this machine is %s)", target.isa, here.isa)
         return None
+    return here.isa
+
+
+def speed_search_stage(spec: QuantizeSpec, ctx: PassContext, source: Path, snapshot: CalibratedGraph,
+                       finish: Finisher) -> SpeedCheck | None:
+    """`speed: search`: each class of quantized unit in float, timed against the finished model on
+    this machine (tao_qc/speed). The classes that are faster become part of the calibrated graph's
+    facts, so that the rebuild here and every accuracy trial after it keep them float."""
+    isa = _times_on_this_cpu(spec, ctx)
+    if isa is None:
+        return None
     feeds = timing_feeds(ctx.calibration)
-    log.info("speed: timing the quantized model against FP32 on this CPU (%s, batch %s)%s", here.isa,
-             " and ".join(map(str, feeds)), ", and classes of quantized units in float" if spec.onnxruntime.speed == "search" else "")
-    folder = snapshot.folder if snapshot is not None else finish.folder
-    result = check_speed(spec, snapshot, finish.path, source, feeds, folder, here.isa, mode=spec.onnxruntime.speed)
-    if result.float_for_speed and snapshot is not None:
+    log.info("speed: timing classes of quantized units in float on this CPU (%s, batch %s)", isa, " and ".join(map(str, feeds)))
+    result = search_float_classes(spec, snapshot, finish.path, source, feeds, snapshot.folder, isa)
+    if result.float_for_speed:
         snapshot.facts["float_for_speed"] = result.float_for_speed
         ctx.facts = snapshot.facts_with({})
     return result
+
+
+def speed_check_stage(spec: QuantizeSpec, ctx: PassContext, source: Path, finish: Finisher,
+                      search: SpeedCheck | None) -> SpeedCheck | None:
+    """The saved model against FP32 on this machine, and where it is slower, where the time goes."""
+    isa = _times_on_this_cpu(spec, ctx)
+    if isa is None:
+        return None
+    feeds = timing_feeds(ctx.calibration)
+    log.info("speed: timing the quantized model against FP32 on this CPU (%s, batch %s)", isa, " and ".join(map(str, feeds)))
+    return time_against_fp32(finish.path, source, feeds, isa, search)
 
 
 # Speed is decided at batch 1 (a request at a time) and at the data's batch up to this size (a

@@ -100,6 +100,8 @@ def test_fallback_keeps_only_the_culprit_in_float(culprit, capsys):
     # within the cost the field aims at: log2 of the bound, a check, and putting nodes back
     assert search["evaluations"]["full"] <= 4
     report = json.loads((out / "report.json").read_text())
+    # The speed check timed the model fallback rebuilt, the one saved.
+    assert report["speed"]["mode"] == "check" and set(report["speed"]["final_vs_fp32"]) == {"1", "8"}
     row = next(r for r in report["decisions"] if r["name"] == CULPRIT)
     assert not row["quantized"] and "accuracy fallback" in row["reason"] and "rank 1 of 4" in row["reason"]
     assert "accuracy fallback" in (out / "report.html").read_text()

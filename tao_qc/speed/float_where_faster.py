@@ -117,51 +117,68 @@ class SpeedCheck:
         return out
 
 
-def check_speed(spec: QuantizeSpec, base: CalibratedGraph | None, current: Path, fp32: Path,
-                feeds_by_batch: dict[int, dict[str, np.ndarray]], folder: Path, cpu: str,
-                *, mode: str = "check", rounds: int = 7) -> SpeedCheck:
-    """Time `current` (finished from `base`) against FP32; with `mode` search, then each class of
-    its quantized compute nodes in float against it, and the classes that are faster stay float."""
+def search_float_classes(spec: QuantizeSpec, base: CalibratedGraph, current: Path, fp32: Path,
+                         feeds_by_batch: dict[int, dict[str, np.ndarray]], folder: Path, cpu: str,
+                         *, rounds: int = 7) -> SpeedCheck:
+    """`speed: search`: time `current` (finished from `base`) against FP32, then each class of its
+    quantized compute nodes in float against the model kept so far; the classes that are faster
+    stay float (`SpeedCheck.float_for_speed`). `time_against_fp32` measures the saved model after."""
     started = time.perf_counter()
     settings = RuntimeSettings(save_artifact=False)
-    result = SpeedCheck(mode=mode, cpu=cpu, threads=settings.intra_op_threads, batches=sorted(feeds_by_batch))
+    result = SpeedCheck(mode="search", cpu=cpu, threads=settings.intra_op_threads, batches=sorted(feeds_by_batch),
+                        searched=True)
     backend = get_runtime("onnxruntime")
     reference, kept = backend.build(fp32, settings), backend.build(current, settings)
-    kept_path = current
     try:
         result.int8_vs_fp32 = _speedups(reference, kept, feeds_by_batch, rounds)
-        result.final_vs_fp32 = dict(result.int8_vs_fp32)
         log.info("speed: the quantized model runs at %s FP32's speed", _at(result.int8_vs_fp32))
-        if mode == "search" and base is not None:
-            result.searched = True
-            keep_float = dict(base.facts.get("keep_float") or {})
-            quantized = {d.unit.name for d in base.facts.get("decisions") or [] if d.quantized} - set(keep_float)
-            for index, unit in enumerate(unit_classes(base.model(), quantized)):
-                chosen = {**result.float_for_speed, **{node: unit.label for node in unit.nodes}}
-                candidate_path = folder / f"float-where-faster-{index}.onnx"
-                save_model(_finished(spec, base, chosen, folder), candidate_path)
-                candidate = backend.build(candidate_path, settings)
-                speedup = _speedups(kept, candidate, feeds_by_batch, rounds)  # > 1: the float class is faster
-                trial = ClassTrial(unit.label, list(unit.nodes), speedup,
-                                   _mean(speedup) >= MIN_GAIN and min(speedup.values()) >= MAX_LOSS)
-                result.trials.append(trial)
-                log.info("speed search: %s (%d) %s (%s)", unit.label, len(unit.nodes),
-                         "kept in float" if trial.kept_float else "stay INT8", _at(speedup))
-                if trial.kept_float:
-                    kept.close()
-                    kept, kept_path = candidate, candidate_path
-                else:
-                    candidate.close()
-            if result.float_for_speed:
-                result.final_vs_fp32 = _speedups(reference, kept, feeds_by_batch, rounds)
-        if result.slower_than_fp32:
-            first = min(feeds_by_batch)
-            result.profile = {"fp32": time_by_op_type(fp32, feeds_by_batch[first], settings),
-                              "int8": time_by_op_type(kept_path, feeds_by_batch[first], settings)}
+        keep_float = dict(base.facts.get("keep_float") or {})
+        quantized = {d.unit.name for d in base.facts.get("decisions") or [] if d.quantized} - set(keep_float)
+        for index, unit in enumerate(unit_classes(base.model(), quantized)):
+            chosen = {**result.float_for_speed, **{node: unit.label for node in unit.nodes}}
+            candidate_path = folder / f"float-where-faster-{index}.onnx"
+            save_model(_finished(spec, base, chosen, folder), candidate_path)
+            candidate = backend.build(candidate_path, settings)
+            speedup = _speedups(kept, candidate, feeds_by_batch, rounds)  # > 1: the float class is faster
+            trial = ClassTrial(unit.label, list(unit.nodes), speedup,
+                               _mean(speedup) >= MIN_GAIN and min(speedup.values()) >= MAX_LOSS)
+            result.trials.append(trial)
+            log.info("speed search: %s (%d) %s (%s)", unit.label, len(unit.nodes),
+                     "kept in float" if trial.kept_float else "stay INT8", _at(speedup))
+            if trial.kept_float:
+                kept.close()
+                kept = candidate
+            else:
+                candidate.close()
     finally:
         reference.close()
         kept.close()
     result.seconds = time.perf_counter() - started
+    return result
+
+
+def time_against_fp32(saved: Path, fp32: Path, feeds_by_batch: dict[int, dict[str, np.ndarray]], cpu: str,
+                      search: SpeedCheck | None = None, *, rounds: int = 7) -> SpeedCheck:
+    """The saved model against FP32 in interleaved rounds (`speed: check`, and after a search), with
+    ORT's time per op type of both where it is slower: what the report says about speed."""
+    started = time.perf_counter()
+    settings = RuntimeSettings(save_artifact=False)
+    result = search or SpeedCheck(mode="check", cpu=cpu, threads=settings.intra_op_threads, batches=sorted(feeds_by_batch))
+    backend = get_runtime("onnxruntime")
+    reference, model = backend.build(fp32, settings), backend.build(saved, settings)
+    try:
+        result.final_vs_fp32 = _speedups(reference, model, feeds_by_batch, rounds)
+    finally:
+        reference.close()
+        model.close()
+    if not result.int8_vs_fp32:
+        result.int8_vs_fp32 = dict(result.final_vs_fp32)
+    log.info("speed: the saved model runs at %s FP32's speed", _at(result.final_vs_fp32))
+    if result.slower_than_fp32:
+        first = min(feeds_by_batch)
+        result.profile = {"fp32": time_by_op_type(fp32, feeds_by_batch[first], settings),
+                          "int8": time_by_op_type(saved, feeds_by_batch[first], settings)}
+    result.seconds += time.perf_counter() - started
     return result
 
 
