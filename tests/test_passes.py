@@ -311,13 +311,10 @@ def test_check_calibration_accepts_random_only_when_asked_and_says_so_loudly(tmp
 
 
 def test_fold_conv_affine_takes_the_recognizers_scale_and_shift_steps_into_its_convs(tmp_path, shared_models):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-    import ocr
+    from tao_qc.testing.corpus import recognizer_input, text_lines
 
     source = shared_models / "ppocrv5_rec.onnx"
-    lines = ocr.line_batch([path for path, _ in ocr.labelled_lines(shared_models / "ppocrv5" / "lines")[:4]])
+    lines = recognizer_input(text_lines(shared_models / "ppocrv5" / "lines").files[:4])
     expected = session(source).run(None, {"x": lines})[0]
     model = canonicalized(source, tmp_path)
     readers_of_conv = [n for n in model.graph if n.op_type in ("Add", "Mul") and any(
