@@ -44,8 +44,8 @@ from tao_qc.report.html import write_html_report
 from tao_qc.report.pictures import sensitivity_html
 from tao_qc.spec import QuantizeSpec, load_spec
 from tao_qc.spec.cpu import resolve as resolve_cpu
-from tao_qc.spec.datasets import comparison_data_set, measures
 from tao_qc.spec.cpu import this_machine
+from tao_qc.spec.datasets import comparison_data_set, measures
 from tao_qc.speed.float_where_faster import AS_FAST, SpeedCheck, search_float_classes, time_against_fp32
 from tao_qc.version import __version__
 
@@ -65,7 +65,7 @@ class CompileResult:
     report: dict[str, Any]
     records: list[PassRecord]
     decisions: list[Any]  # tao_qc.spec.selection.Decision, graph order
-    spec: Any  # the QuantizeSpec as the pipeline read it
+    spec: QuantizeSpec  # as the pipeline read it
     dump_dir: Path | None = None
     compare: bool = True  # whether the FP32-vs-quantized comparison step is asked for
     facts: dict[str, Any] = field(default_factory=dict)
@@ -370,7 +370,7 @@ def compare_with_fp32(spec: QuantizeSpec, source: Path, quantized: Path, ctx: Pa
 SLOWER_THAN_FP32 = 0.8
 
 
-def slower_than_fp32(latency: dict[str, Any] | None, spec: Any, speed: dict[str, Any] | None = None) -> str | None:
+def slower_than_fp32(latency: dict[str, Any] | None, spec: QuantizeSpec, speed: dict[str, Any] | None = None) -> str | None:
     """A warning when the quantized model runs slower than FP32 on the runtime it was placed for (a
     TensorRT graph timed on ONNX Runtime's CPU provider says nothing about its speed), with why and
     what to do; else None.
@@ -406,12 +406,12 @@ def _places_by_speed(spec: QuantizeSpec) -> bool:
     return spec.target == "onnxruntime" and spec.onnxruntime.speed != "off"
 
 
-def _may_need_trials(spec: Any) -> bool:
+def _may_need_trials(spec: QuantizeSpec) -> bool:
     """Whether the accuracy check can need the calibrated graph again (a trial, or fallback)."""
     return spec.accuracy.fallback == "auto" or spec.accuracy.metric is not None
 
 
-def _final_metric(spec: Any, source: Path, quantized: Path, ctx: PassContext, folder: Path, outcome: Any) -> dict | None:
+def _final_metric(spec: QuantizeSpec, source: Path, quantized: Path, ctx: PassContext, folder: Path, outcome: Any) -> dict | None:
     """The accuracy metric of the saved model (where a metric is set), on the data
     `tao_qc.spec.datasets.measures` chooses: the comparison data where it can feed the metric."""
     if spec.accuracy.metric is None:
@@ -448,7 +448,7 @@ def _prestart_modelopt(pipeline: Pipeline) -> Any:
     return ModelOptProcess()
 
 
-def _pass_names(spec: Any) -> list[str]:
+def _pass_names(spec: QuantizeSpec) -> list[str]:
     return Pipeline(default_passes(spec)).names
 
 
@@ -464,12 +464,12 @@ def _check_results_dir(final: Path, source: Path) -> None:
         )
 
 
-def _save(model: Any, path: Path, spec: Any) -> None:
+def _save(model: Any, path: Path, spec: QuantizeSpec) -> None:
     stamp(model, spec, __version__)
     save_model(model, path)
 
 
-def raise_if_failed(sections: dict[str, Any], spec: Any) -> None:
+def raise_if_failed(sections: dict[str, Any], spec: QuantizeSpec) -> None:
     """AccuracyError (exit 1) when the result misses what the spec asks (`run_failures`) and
     `compare.fail_on_mismatch` is set."""
     failures = run_failures(sections)

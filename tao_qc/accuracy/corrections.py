@@ -15,7 +15,7 @@ from typing import Any
 
 from tao_qc.passes.layer_runs import quantized_layers, set_initializer
 from tao_qc.pipeline import PassResult
-from tao_qc.spec.schema import CorrectionSpec
+from tao_qc.spec.schema import CorrectionSpec, QuantizeSpec
 
 # What fallback's `corrections` step runs where the spec lists none: AdaRound on the layers with the
 # largest output error, then bias correction of every layer (which also takes back the mean shift
@@ -23,7 +23,7 @@ from tao_qc.spec.schema import CorrectionSpec
 DEFAULT_CORRECTIONS = [{"method": "adaround"}, {"method": "bias"}]
 
 
-def correction_specs(spec: Any) -> list[Any]:
+def correction_specs(spec: QuantizeSpec) -> list[Any]:
     """The corrections fallback's `corrections` step runs: the spec's list, else the defaults."""
     return list(spec.calibration.corrections) or [CorrectionSpec(**c) for c in DEFAULT_CORRECTIONS]
 

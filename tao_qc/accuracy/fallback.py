@@ -28,6 +28,7 @@ from tao_qc.data import model_inputs, open_inputs
 from tao_qc.evaluate.latency import BenchTable
 from tao_qc.passes import correction_passes
 from tao_qc.passes.choose_ranges import ChooseRanges
+from tao_qc.spec import QuantizeSpec
 from tao_qc.spec.datasets import DataSet, accuracy_data_set, measures
 
 log = logging.getLogger("tao_qc.accuracy")
@@ -41,7 +42,7 @@ class AccuracyData:
     is_calibration_data: bool
 
 
-def needs_held_back_data(spec: Any) -> bool:
+def needs_held_back_data(spec: QuantizeSpec) -> bool:
     """Whether accuracy would be judged on the calibration data unless some of it is held back.
     Labels given without data of their own follow the calibration samples one to one: then nothing
     is held back."""
@@ -50,7 +51,7 @@ def needs_held_back_data(spec: Any) -> bool:
             and accuracy.labels is None and spec.compare.labels is None)
 
 
-def accuracy_data(spec: Any, source: Path, calibration: Any, held_back: Any = None) -> AccuracyData:
+def accuracy_data(spec: QuantizeSpec, source: Path, calibration: Any, held_back: Any = None) -> AccuracyData:
     """The accuracy data and its labels (`tao_qc.spec.datasets.accuracy_data_set` says which)."""
     chosen = accuracy_data_set(spec)
     labels = Path(chosen.labels) if chosen.labels else None
@@ -61,7 +62,7 @@ def accuracy_data(spec: Any, source: Path, calibration: Any, held_back: Any = No
     return AccuracyData(calibration, chosen.key, labels, True)
 
 
-def _open(spec: Any, source: Path, chosen: DataSet) -> Any:
+def _open(spec: QuantizeSpec, source: Path, chosen: DataSet) -> Any:
     import onnx
 
     inputs = model_inputs(onnx.load(str(source), load_external_data=False))
@@ -92,7 +93,7 @@ def write_labels(labels: Path, path: Path) -> Path:
     return path
 
 
-def run_fallback(setup: TrialSetup, spec: Any, candidates: list[tuple[str, str]], folder: Path,
+def run_fallback(setup: TrialSetup, spec: QuantizeSpec, candidates: list[tuple[str, str]], folder: Path,
                  quantized: TrialResult | None = None) -> FallbackResult:
     """The search, on the executor `spec.accuracy` asks for, with progress on stderr."""
     target = target_for(spec, setup.search_path)
@@ -169,7 +170,7 @@ def _speed(sections: dict[str, Any]) -> float | None:
 class TrialSetups:
     """Trial setups for several calibrated graphs over one accuracy data set, written to disk once."""
 
-    def __init__(self, spec: Any, source: Path, data: AccuracyData, folder: Path):
+    def __init__(self, spec: QuantizeSpec, source: Path, data: AccuracyData, folder: Path):
         self.spec, self.source, self.data, self.folder = spec, source, data, folder
         self.search_path = str(Path(spec.source).parent) if spec.source else None
         self.arrays: dict[str, Path | None] = {}
@@ -191,7 +192,7 @@ def quantized_candidates(facts: dict[str, Any]) -> list[tuple[str, str]]:
     return compute + [tuple(pair) for pair in facts.get("elementwise_quantized") or []]
 
 
-def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGraph, sections: dict[str, Any]) -> AccuracyOutcome:
+def check_accuracy(spec: QuantizeSpec, source: Path, ctx: Any, calibrated: CalibratedGraph, sections: dict[str, Any]) -> AccuracyOutcome:
     """Check the quantized model against `spec.accuracy`'s target; where it misses with `fallback:
     auto`, run `accuracy.steps` in order: by default clip the activation ranges (one pass over the
     calibration data), then search the nodes to keep in float; `ranges` and `corrections` try per-tensor
@@ -242,7 +243,7 @@ def check_accuracy(spec: Any, source: Path, ctx: Any, calibrated: CalibratedGrap
     return outcome
 
 
-def _steps_before_float(spec: Any, ctx: Any, calibrated: CalibratedGraph, setup: Any, target: Any,
+def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGraph, setup: Any, target: Any,
                         outcome: AccuracyOutcome, quantized: TrialResult | None) -> tuple[CalibratedGraph, TrialResult | None]:
     """`accuracy.steps` up to `float`, in order: each builds a candidate from the best graph so far
     (`clip`: ranges clipped at a percentile; `ranges`: each activation's range chosen by its
@@ -300,7 +301,7 @@ def _steps_before_float(spec: Any, ctx: Any, calibrated: CalibratedGraph, setup:
     return base, quantized  # None where no step ran and the comparison was the check: the search measures it
 
 
-def measure_model(spec: Any, source: Path, model: Path, calibration: Any, folder: Path, target: Any,
+def measure_model(spec: QuantizeSpec, source: Path, model: Path, calibration: Any, folder: Path, target: Any,
                   held_back: Any = None) -> dict[str, Any]:
     """`target`'s metric for `model` against FP32 on the data `tao_qc.spec.datasets.measures` gives
     the final measure: the comparison data where it can feed the metric, else the accuracy data, with

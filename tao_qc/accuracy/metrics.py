@@ -42,6 +42,7 @@ from tao_qc.evaluate.measures import (  # noqa: F401
     output_metrics,
     per_sample_cosine,
 )
+from tao_qc.spec import QuantizeSpec
 from tao_qc.spec.user_code import load_user_function
 
 Outputs = Mapping[str, np.ndarray]
@@ -165,7 +166,7 @@ class Target:
         return f"{self.name} >= {self.threshold(fp32_value):.4g} (FP32 {fp32_value:.4g} - {self.max_drop:g})"
 
 
-def target_for(spec: Any, search_path: str | Path | None = None) -> Target:
+def target_for(spec: QuantizeSpec, search_path: str | Path | None = None) -> Target:
     """The target `spec.accuracy` asks for, with the defaults of this module's docstring."""
     accuracy = spec.accuracy
     name = accuracy.metric

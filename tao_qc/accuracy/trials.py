@@ -31,6 +31,7 @@ from tao_qc.runtimes.onnxruntime import (
     disabled_optimizers_for,
     with_exact_fp16_quantize,
 )
+from tao_qc.spec import QuantizeSpec
 
 log = logging.getLogger("tao_qc.accuracy")
 
@@ -41,7 +42,7 @@ SETUP_FILE = "trial-setup.pkl"
 class TrialSetup:
     calibrated_model: Path  # the graph quantize-modelopt wrote, as the finishing passes receive it
     facts: dict[str, Any]  # ctx.facts the finishing passes read (decisions, ranges, model fields...)
-    spec: Any  # QuantizeSpec
+    spec: QuantizeSpec
     reference_model: Path  # the user's FP32 model
     data: Path  # the accuracy data: a .npz with one array per model input, samples first
     batch_size: int

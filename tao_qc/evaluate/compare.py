@@ -51,7 +51,7 @@ from tao_qc.evaluate.results import ComparisonResult
 from tao_qc.ir.shapes import dynamic_axes, explain_rejected_shape, shapes_of
 from tao_qc.runtimes.base import RuntimeSettings
 from tao_qc.runtimes.registry import get_runtime
-from tao_qc.spec import CompareSpec
+from tao_qc.spec import CompareSpec, QuantizeSpec
 
 log = logging.getLogger("tao_qc.compare")
 
@@ -258,7 +258,7 @@ def evaluate_quantized(
     fp32_path: str | Path,
     quant_path: str | Path,
     inputs: Any,
-    spec: Any,
+    spec: QuantizeSpec,
     labels: np.ndarray | None = None,
     *,
     batch_sizes: tuple[int, ...] = (1,),

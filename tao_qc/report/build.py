@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from tao_qc.pipeline import PassContext, PassRecord, format_summary
+from tao_qc.spec import QuantizeSpec
 from tao_qc.spec.cpu import resolve, this_machine
 
 _VERSIONED = ("tao-qc", "onnx", "onnx-ir", "onnxscript", "onnxruntime-gpu", "onnxruntime", "nvidia-modelopt", "numpy")
 
 
-def cpu_section(spec: Any) -> dict[str, Any]:
+def cpu_section(spec: QuantizeSpec) -> dict[str, Any]:
     """The CPU the model was compiled for (target onnxruntime) and the one that measured it."""
     target = None
     if spec.target == "onnxruntime":
@@ -32,7 +33,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def build_report(spec: Any, source: Path, output: Path, records: list[PassRecord], ctx: PassContext, seconds: float) -> dict[str, Any]:
+def build_report(spec: QuantizeSpec, source: Path, output: Path, records: list[PassRecord], ctx: PassContext, seconds: float) -> dict[str, Any]:
     decisions = ctx.facts.get("decisions") or []
     declined = ctx.facts.get("declined") or {}
     rows = []

@@ -795,7 +795,7 @@ def _passes_section(passes: list[dict[str, Any]] | None) -> str:
     return _table(keys, rows, numeric_from=None)
 
 
-def _spec_section(spec: Any, versions: Any) -> str:
+def _spec_section(spec: dict[str, Any] | None, versions: dict[str, str] | None) -> str:
     parts = []
     if versions:
         items = versions.items() if isinstance(versions, dict) else []
