@@ -131,9 +131,19 @@ def speed(report: dict[str, Any]) -> dict[str, Any] | None:
     cpu = report.get("cpu") or {}
     here = cpu.get("this_machine") or {}
     target = (cpu.get("target") or {}).get("isa")
-    return {"ratio": row["ratio"], "batch": row.get("batch_size"), "runtime": latency.get("runtime"),
-            "fp32_ms": rows[0]["median_ms"], "quantized_ms": row["median_ms"], "measured_on": here.get("isa"),
-            "cpu_model": here.get("model"), "target": target, "runtime_target": (report.get("spec") or {}).get("target")}
+    out = {"ratio": row["ratio"], "batch": row.get("batch_size"), "runtime": latency.get("runtime"),
+           "fp32_ms": rows[0]["median_ms"], "quantized_ms": row["median_ms"], "measured_on": here.get("isa"),
+           "cpu_model": here.get("model"), "target": target, "runtime_target": (report.get("spec") or {}).get("target"),
+           "rounds": None}
+    rounds = {int(b): r for b, r in ((report.get("speed") or {}).get("final_vs_fp32") or {}).items()}
+    if rounds:
+        # The speed check timed both models in interleaved rounds, which a busy machine disturbs far
+        # less than the latency table's one pass (UltraFace read 7.4x in one pass, 3.5x in rounds):
+        # its ratio is the one headlined.
+        out["rounds"] = rounds
+        out["batch"] = out["batch"] if out["batch"] in rounds else min(rounds)
+        out["ratio"] = rounds[out["batch"]]
+    return out
 
 
 def kernel_fidelity(report: dict[str, Any]) -> dict[str, Any] | None:
