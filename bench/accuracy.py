@@ -4,10 +4,11 @@
                                        [--steps ranges,corrections,float] [--peers nncf,quark]
 
 For each model of ../shared/models and each target, two compiles from the same spec: `fallback: off`
-(plain INT8) and `fallback: auto`. One table: the task metric of FP32, plain INT8 and fallback INT8
-on data neither calibration nor the search saw, nodes kept in float, speed against FP32 on ONNX
-Runtime's CPU provider (interleaved rounds in one process: 2 threads, at the batch given), and the
-fallback compile's wall time as a multiple of the plain one's.
+(plain INT8) and `fallback: auto`, and with the onnxruntime target the peers below. One table, a
+row per quantizer: the task metric on data neither calibration nor the search saw, nodes INT8,
+speed against FP32 on ONNX Runtime's CPU provider (interleaved rounds over every row's model in one
+process: 2 threads, at the batch given), and compile wall time; fallback's note gives the nodes its
+search kept float and whether it met its target.
 
 - PP-OCRv5 recognizer: the user's own lines as they would split them: 64 to calibrate, 64 held
   back as accuracy data (`accuracy.metric: tao_qc.corpus:text_accuracy`, 1 - CER, at most 0.01 below
