@@ -253,7 +253,8 @@ def run_peer(python: Path, script: str, mode: str, source: Path, case: dict, wor
     started = time.perf_counter()
     try:
         with log.open("w") as sink:
-            done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, timeout=timeout, cwd=HERE / "peers")
+            # In the temporary folder: Quark leaves files in its working directory (quantized_info.csv).
+            done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, timeout=timeout, cwd=work)
     except subprocess.TimeoutExpired:
         return None, {"error": f"did not finish within {timeout:.0f} s (log {log})", "wall_s": round(timeout, 1)}
     wall = round(time.perf_counter() - started, 1)
