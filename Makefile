@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.tao-qc-installed
 
-.PHONY: setup demo demo-mnist test test-quick test-avx2 bench clean
+.PHONY: setup demo demo-mnist test test-quick test-avx2 bench bench-peers-setup clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,19 @@ test-avx2: setup
 bench: setup
 	$(BIN)/python bench/placement.py
 	$(BIN)/python bench/compile_overhead.py
+
+# The peers bench/accuracy.py compares against (NNCF, AMD Quark), in a virtualenv of their own: they
+# are bench extras, not tao-qc dependencies, and bring plain onnxruntime, which must not share an
+# environment with tao-qc's onnxruntime-gpu. bench/accuracy.py finds .venv-peers by itself.
+PEERS_VENV ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.peers-installed
+bench-peers-setup: $(PEERS_STAMP)
+
+$(PEERS_STAMP): bench/peers-requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q "$(TORCH)"
+	$(PEERS_VENV)/bin/pip install -q -r bench/peers-requirements.txt
+	touch $@
 
 clean:
 	rm -rf demo-results demo-results-mnist .pytest_cache

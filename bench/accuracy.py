@@ -1,13 +1,14 @@
 """Accuracy-driven fallback on real models: task metric, nodes kept float, speed, and what it costs.
 
     .venv/bin/python bench/accuracy.py [--models ppocrv5_rec,yunet_n_320] [--targets onnxruntime,tensorrt]
-                                       [--steps ranges,corrections,float]
+                                       [--steps ranges,corrections,float] [--peers nncf,quark]
 
 For each model of ../shared/models and each target, two compiles from the same spec: `fallback: off`
-(plain INT8) and `fallback: auto`. One table: the task metric of FP32, plain INT8 and fallback INT8
-on data neither calibration nor the search saw, nodes kept in float, speed against FP32 on ONNX
-Runtime's CPU provider (interleaved rounds in one process: 2 threads, at the batch given), and the
-fallback compile's wall time as a multiple of the plain one's.
+(plain INT8) and `fallback: auto`, and with the onnxruntime target the peers below. One table, a
+row per quantizer: the task metric on data neither calibration nor the search saw, nodes INT8,
+speed against FP32 on ONNX Runtime's CPU provider (interleaved rounds over every row's model in one
+process: 2 threads, at the batch given), and compile wall time; fallback's note gives the nodes its
+search kept float and whether it met its target.
 
 - PP-OCRv5 recognizer: the user's own lines as they would split them: 64 to calibrate, 64 held
   back as accuracy data (`accuracy.metric: tao_qc.corpus:text_accuracy`, 1 - CER, at most 0.01 below
@@ -24,6 +25,19 @@ and per row the time of each accuracy phase and the peak memory of the compile.
 
 TensorRT's speed cannot be measured on a CPU: its rows time the TensorRT-placed graph on ONNX Runtime
 only to show it runs; the accuracy columns are what the goal is about there.
+
+Peers (`--peers`, default: those installed in .venv-peers, `make bench-peers-setup`; '' for none),
+with the onnxruntime target's rows, from the same FP32 model and the same data:
+- NNCF `nncf.quantize` (its defaults) and `nncf.quantize_with_accuracy_control` (the spec's task
+  metric, accuracy data, labels and max_drop: what tao-qc's fallback gets);
+- AMD Quark's ONNX quantizer, plain and with AdaQuant (bench/peers/quark_peer.py says why AdaQuant).
+Each runs in a subprocess with .venv-peers' python (bench/peers/*.py), never in tao-qc's
+environment (the peers bring plain onnxruntime; tao-qc has onnxruntime-gpu); the model it writes
+is measured here exactly like tao-qc's: the same task metric function, the same interleaved timing.
+A peer that is not installed or fails leaves one line in its row saying why, and the bench goes on.
+"Nodes INT8" is read from each graph alike (tao_qc.ir.graph_facts: Conv/Gemm/MatMul whose activation
+and weight both arrive through DequantizeLinear); compile time is wall time (a peer's includes its
+process start and imports).
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +60,16 @@ sys.path.insert(0, str(HERE.parent))
 THREADS = 2
 ROUNDS = 10
 TIMED_PER_ROUND = 2
+PEERS_PYTHON = HERE.parent / ".venv-peers" / "bin" / "python"
+# (peer, label, script under bench/peers, mode): the rows each peer adds. A peer counts as installed
+# when its distribution is found in the peers' virtualenv.
+PEER_ROWS = [
+    ("nncf", "NNCF quantize", "nncf_peer.py", "quantize"),
+    ("nncf", "NNCF accuracy control", "nncf_peer.py", "accuracy-control"),
+    ("quark", "Quark plain", "quark_peer.py", "plain"),
+    ("quark", "Quark AdaQuant", "quark_peer.py", "adaquant"),
+]
+PEER_DISTRIBUTIONS = {"nncf": "nncf", "quark": "amd-quark"}
 
 
 def session(path: Path):
@@ -185,6 +211,77 @@ def compile_once(source: Path, section: dict, work: Path, name: str) -> tuple[Pa
     return path, report, time.perf_counter() - started
 
 
+def peer_versions(python: Path) -> dict[str, str]:
+    """The peers installed in the peers' virtualenv, {peer: version} ({} when there is no such venv)."""
+    if not python.is_file():
+        return {}
+    code = ("import importlib.metadata as m, json\n"
+            "found = {}\n"
+            f"for key, dist in {dict(PEER_DISTRIBUTIONS, onnxruntime='onnxruntime')!r}.items():\n"
+            "    try:\n"
+            "        found[key] = m.version(dist)\n"
+            "    except m.PackageNotFoundError:\n"
+            "        pass\n"
+            "print(json.dumps(found))")
+    try:
+        done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120)
+        return json.loads(done.stdout) if done.returncode == 0 else {}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return {}
+
+
+def run_peer(python: Path, script: str, mode: str, source: Path, case: dict, work: Path, slug: str,
+             timeout: float) -> tuple[Path | None, dict]:
+    """One peer in its own process with the peers' python: the FP32 model and the case's calibration
+    data in (and for accuracy control the accuracy data, labels, metric and max_drop of the spec),
+    its quantized model out. Returns (model or None, its result: seconds, settings, or `error`, one
+    line). Its output goes to a log that outlives the bench's temporary folder."""
+    logs = Path(tempfile.gettempdir()) / "bench-accuracy-peers"
+    logs.mkdir(exist_ok=True)
+    log = logs / f"{case['name']}-{slug}.log"
+    output, result_file = work / f"{slug}.onnx", work / f"{slug}.json"
+    spec = case["spec"]
+    command = [str(python), str(HERE / "peers" / script), "--mode", mode, "--model", str(source),
+               "--calibration", str(work / spec["calibration"]["data"]), "--output", str(output),
+               "--result", str(result_file)]
+    accuracy = spec.get("accuracy") or {}
+    if mode == "accuracy-control":
+        if not accuracy.get("metric"):
+            return None, {"error": "the spec names no task metric (accuracy.metric), which accuracy control needs"}
+        command += ["--accuracy-data", str(work / accuracy["data"]), "--labels", str(work / accuracy["labels"]),
+                    "--metric", accuracy["metric"], "--max-drop", str(accuracy["max_drop"])]
+    started = time.perf_counter()
+    try:
+        with log.open("w") as sink:
+            # In the temporary folder: Quark leaves files in its working directory (quantized_info.csv).
+            done = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, timeout=timeout, cwd=work)
+    except subprocess.TimeoutExpired:
+        return None, {"error": f"did not finish within {timeout:.0f} s (log {log})", "wall_s": round(timeout, 1)}
+    wall = round(time.perf_counter() - started, 1)
+    try:
+        result = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        tail = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        result = {"error": f"exit {done.returncode}: {tail[-1][:200] if tail else 'no output'}"}
+    result["wall_s"], result["log"] = wall, str(log)
+    if "error" in result or not output.is_file():
+        result.setdefault("error", "no model written")
+        return None, result
+    return output, result
+
+
+def int8_nodes(path: Path, fp32: Path) -> str:
+    """Compute nodes the graph runs in INT8 of the FP32 model's compute nodes, read from the graph
+    alone (the same reading for every row, whoever quantized it)."""
+    import onnx
+
+    from tao_qc.ir.graph_facts import quantization_summary
+
+    quantized = quantization_summary(onnx.load(str(path), load_external_data=False))["compute"]["quantized"]
+    total = quantization_summary(onnx.load(str(fp32), load_external_data=False))["compute"]["total"]
+    return f"{quantized} of {total}"
+
+
 def machine() -> dict:
     """What a figure depends on: the CPU, its instruction sets, threads, library versions."""
     import platform
@@ -240,10 +337,26 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--targets", default="onnxruntime,tensorrt")
     parser.add_argument("--steps", default=None, help="accuracy.steps of the fallback compile, comma-separated")
+    parser.add_argument("--peers", default=None,
+                        help=f"peers to measure with the onnxruntime rows, of {','.join(PEER_DISTRIBUTIONS)} "
+                             "(default: those installed in the peers' venv; '' for none)")
+    parser.add_argument("--peers-python", default=os.environ.get("TAO_QC_PEERS_PYTHON", str(PEERS_PYTHON)),
+                        help="the python of the peers' virtualenv (make bench-peers-setup)")
+    parser.add_argument("--peer-timeout", type=float, default=3600.0, help="seconds one peer run may take")
     args = parser.parse_args()
     from tao_qc.testing import corpus
 
+    peers_python = Path(args.peers_python)
+    installed = peer_versions(peers_python)
+    if args.peers is None:
+        wanted = [p for p in PEER_DISTRIBUTIONS if p in installed]
+    else:
+        wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
+        unknown = sorted(set(wanted) - set(PEER_DISTRIBUTIONS))
+        if unknown:
+            parser.error(f"unknown peers {unknown}: choose from {','.join(PEER_DISTRIBUTIONS)}")
     env = machine()
+    env["peers"] = {"python": str(peers_python), "versions": installed}
     print(json.dumps({"machine": env}), flush=True)
 
     rows = []
@@ -261,8 +374,24 @@ def main() -> None:
                 fallback, report, fallback_s = compile_once(source, section, work, "fallback")
                 peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1e6
+                # The peers quantize for ONNX Runtime's CPU provider: they join the onnxruntime rows,
+                # from the same model and data, and are timed in the same interleaved rounds.
+                peers = []
+                for peer, label, script, mode in PEER_ROWS if target == "onnxruntime" else []:
+                    if peer not in wanted:
+                        continue
+                    if peer not in installed:
+                        peers.append({"quantizer": label, "error": f"not installed in {peers_python.parent.parent} "
+                                                                   "(make bench-peers-setup)"})
+                        continue
+                    slug = f"{peer}-{mode}"
+                    path, result = run_peer(peers_python, script, mode, source, case, work, slug, args.peer_timeout)
+                    peers.append({"quantizer": f"{label} ({installed[peer]})", "path": path, **result})
+                    print(json.dumps({"model": name, "peer": label, **{k: v for k, v in result.items()}}), flush=True)
                 label, measure = case["metric"]
-                speed = speeds({"fp32": source, "plain": plain, "fallback": fallback}, case["feed"])
+                timed = {"fp32": source, "plain": plain, "fallback": fallback}
+                timed.update({p["quantizer"]: p["path"] for p in peers if p.get("path")})
+                speed = speeds(timed, case["feed"])
                 accuracy = report.get("accuracy") or {}
                 kept = [k["name"] for k in (accuracy.get("search") or {}).get("kept_float") or []]
                 counts = report["counts"]
@@ -270,34 +399,55 @@ def main() -> None:
                     "model": name, "target": target, "metric": label, "fp32": measure(source), "plain": measure(plain),
                     "fallback": measure(fallback), "kept_float": len(kept), "quantized": counts["quantized"],
                     "candidates": counts["candidates"], "clipped": bool(accuracy.get("clipping")),
+                    "int8_plain": int8_nodes(plain, source), "int8_fallback": int8_nodes(fallback, source),
                     "speed_plain": speed["plain"], "speed_fallback": speed["fallback"], "batch": case["batch"],
-                    "cost": fallback_s / plain_s, "reached": accuracy.get("reached"),
+                    "cost": fallback_s / plain_s, "reached": accuracy.get("reached"), "plain_s": round(plain_s, 1),
                     "compile_s": round(fallback_s, 1), "phases": phases(report, fallback_s), "peak_gb": round(peak, 2),
                     "steps": [{k: st.get(k) for k in ("step", "before", "value", "met", "kept")} for st in accuracy.get("steps") or []],
                 })
+                for p in peers:
+                    if p.get("path"):
+                        p.update(value=measure(p["path"]), int8=int8_nodes(p["path"], source), speed=speed[p["quantizer"]])
+                    p.pop("path", None)
+                rows[-1]["peers"] = peers
                 if "detail" in case:
                     rows[-1]["detail"] = {"plain": case["detail"](plain), "fallback": case["detail"](fallback)}
                 print(json.dumps(rows[-1]), flush=True)
     print()
-    print("| model | target | metric | FP32 | plain INT8 | fallback INT8 | nodes kept float | nodes INT8 | "
-          "speed vs FP32, plain | speed vs FP32, fallback | fallback compile time vs plain |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | target | quantizer | metric | value | nodes INT8 | speed vs FP32 | compile time | note |")
+    print("|---|---|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         fmt = (lambda v: f"{100 * v:.1f}%") if r["metric"] == "CER" else (lambda v: f"{v:.4f}")
-        print(f"| {r['model']} | {r['target']} | {r['metric']} | {fmt(r['fp32'])} | {fmt(r['plain'])} | {fmt(r['fallback'])} | "
-              f"{r['kept_float']} | {r['quantized']} of {r['candidates']} | {r['speed_plain']:.2f}x | "
-              f"{r['speed_fallback']:.2f}x | {r['cost']:.1f}x |")
+        head = f"| {r['model']} | {r['target']} |"
+        print(f"{head} FP32 | {r['metric']} | {fmt(r['fp32'])} | | 1.00x | | |")
+        print(f"{head} tao-qc, fallback off | {r['metric']} | {fmt(r['plain'])} | {r['int8_plain']} | "
+              f"{r['speed_plain']:.2f}x | {r['plain_s']:.0f} s | |")
+        print(f"{head} tao-qc, fallback | {r['metric']} | {fmt(r['fallback'])} | {r['int8_fallback']} | "
+              f"{r['speed_fallback']:.2f}x | {r['compile_s']:.0f} s | {r['kept_float']} kept float by the search; "
+              f"target {'met' if r['reached'] else 'missed'} |")
+        for p in r.get("peers") or []:
+            seconds = p.get("wall_s")
+            took = f"{seconds:.0f} s" if seconds is not None else ""
+            if "error" in p:
+                print(f"{head} {p['quantizer']} | {r['metric']} | | | | {took} | {p['error']} |")
+            else:
+                print(f"{head} {p['quantizer']} | {r['metric']} | {fmt(p['value'])} | {p['int8']} | "
+                      f"{p['speed']:.2f}x | {took} | |")
     for r in rows:
         for variant, text in (r.get("detail") or {}).items():
             print(f"\n{r['model']}, {r['target']}, {variant} INT8: {text}", end="")
     print()
     for r in rows:
-        print(f"\n{r['model']}, {r['target']}: fallback compile {r['compile_s']} s, peak memory {r['peak_gb']} GB "
-              f"(the process so far), phases {r['phases']}, steps {r['steps']}", end="")
+        print(f"\n{r['model']}, {r['target']}: fallback compile {r['compile_s']} s ({r['cost']:.1f}x the plain one), "
+              f"peak memory {r['peak_gb']} GB (the process so far), phases {r['phases']}, steps {r['steps']}", end="")
+        for p in r.get("peers") or []:
+            if p.get("settings"):
+                print(f"\n{r['model']}, {p['quantizer']}: {p['settings']}, its own seconds {p.get('seconds')}", end="")
     print(f"\n\nMachine: {env['cpu']} ({', '.join(env['instruction_sets'])}), {env['cores']} cores; "
-          f"versions {env['versions']}")
+          f"versions {env['versions']}; peers' venv {installed or 'none'}")
     print(f"\nSpeed: ONNX Runtime CPU, {THREADS} threads, median of {ROUNDS} interleaved rounds, batch 8 (YuNet: 1, its "
-          "fixed batch); the TensorRT rows run the TensorRT-placed graph on ONNX Runtime.")
+          "fixed batch); the TensorRT rows run the TensorRT-placed graph on ONNX Runtime. Nodes INT8: Conv, Gemm "
+          "and MatMul nodes whose activation and weight both arrive through DequantizeLinear, of the FP32 model's.")
 
 
 if __name__ == "__main__":
