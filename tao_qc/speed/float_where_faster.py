@@ -100,10 +100,14 @@ class SpeedCheck:
             integer = sum(ms for op, ms in int8.items() if op.startswith(("QLinear", "MatMulInteger", "ConvInteger")))
             dense = sum(ms for op, ms in fp32.items() if op in ("Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul"))
             parts.append(f"ORT's integer kernels take {integer:.2f} ms a run where FP32's Conv/Gemm/MatMul take "
-                         f"{dense:.2f} ms, and Q/DQ and layout changes add {moves:.2f} ms (batch 1, ORT's profiler)")
-        tried = [t for t in self.trials if not t.kept_float]
-        if tried:
-            parts.append("with " + " or ".join(t.label for t in tried) + " in float it ran slower still")
+                         f"{dense:.2f} ms, and the quantized model's Q/DQ and layout changes add {moves:.2f} ms "
+                         "(batch 1, ORT's profiler)")
+        slower = [t.label for t in self.trials if not t.kept_float and _mean(t.speedup) < 1.0]
+        little = [t.label for t in self.trials if not t.kept_float and _mean(t.speedup) >= 1.0]
+        if slower:
+            parts.append("with " + " or ".join(slower) + " in float it ran slower still")
+        if little:
+            parts.append(" and ".join(little) + f" in float gained under {100 * (MIN_GAIN - 1):.0f}%")
         return "; ".join(parts) or None
 
     def to_dict(self) -> dict[str, Any]:
