@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tao_qc.evaluate.detection import map_metric
-from tao_qc.evaluate.measures import is_classifier_output
+from tao_qc.evaluate.measures import CHUNK_ELEMENTS, cosine_from_sums, is_classifier_output
 from tao_qc.runtimes.base import RuntimeSettings
 from tao_qc.runtimes.onnxruntime import OnnxRuntime
 from tao_qc.spec.cpu import CpuTarget, compiled_for, mismatch, this_machine
@@ -142,17 +142,13 @@ def _verdict(result: KernelFidelity, here: CpuTarget, model_isa: str | None) -> 
                    + "; ".join(problems) + hint)
 
 
-# Summed a slice of samples at a time in float64: three float64 copies of a large output (PP-OCRv5's
-# recognizer: 53M values each) were most of compile's peak memory.
-SLICE_ELEMENTS = 1 << 22
-
-
 def _sums_in_slices(reference: np.ndarray, kernels: np.ndarray, graph: np.ndarray) -> dict[str, float]:
     """Squared distances (kernels to graph, graph to FP32), the largest |kernels - graph|, and the
-    dot products the cosines with FP32 need, summed over samples in float64."""
+    dot products the cosines with FP32 need, summed a slice of samples at a time in float64 as
+    `output_metrics` does (three float64 copies of a large output were most of compile's peak memory)."""
     samples = reference.shape[0] if reference.ndim else 1
     rows = [a.reshape(samples, -1) for a in (reference, kernels, graph)]
-    step = max(1, SLICE_ELEMENTS // max(1, rows[0].shape[1]))
+    step = max(1, CHUNK_ELEMENTS // max(1, rows[0].shape[1]))
     sums = dict.fromkeys(("kernels_graph", "graph_fp32", "max_error", "fk", "ff", "kk", "fg", "gg"), 0.0)
     for start in range(0, samples, step):
         f, k, g = (np.nan_to_num(a[start:start + step].astype(np.float64)) for a in rows)
@@ -167,12 +163,6 @@ def _sums_in_slices(reference: np.ndarray, kernels: np.ndarray, graph: np.ndarra
     return sums
 
 
-def _cosine(dot: float, energy_a: float, energy_b: float) -> float:
-    """As `output_cosine`: over the whole data set, 1 where both are all zero."""
-    norms = np.sqrt(energy_a) * np.sqrt(energy_b)
-    return float(dot / norms) if norms > 0 else (1.0 if energy_a == 0 and energy_b == 0 else 0.0)
-
-
 def _task(name, reference, k, g, sums, fp32, kernels, graph, feeds, compare, detection) -> tuple[str, float | None, float | None]:
     if detection:
         try:
@@ -182,7 +172,8 @@ def _task(name, reference, k, g, sums, fp32, kernels, graph, feeds, compare, det
     if compare.resolved_task in ("auto", "classification") and is_classifier_output(reference):
         top = reference.argmax(axis=1)
         return "top1_agreement", float(np.mean(k.argmax(axis=1) == top)), float(np.mean(g.argmax(axis=1) == top))
-    return "cosine", _cosine(sums["fk"], sums["ff"], sums["kk"]), _cosine(sums["fg"], sums["ff"], sums["gg"])
+    return ("cosine", cosine_from_sums(sums["fk"], sums["ff"], sums["kk"]),
+            cosine_from_sums(sums["fg"], sums["ff"], sums["gg"]))
 
 
 def output_steps(model: Any) -> dict[str, float]:

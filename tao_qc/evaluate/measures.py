@@ -73,6 +73,13 @@ def output_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(_cosine_rows(r.reshape(-1), c.reshape(-1)))
 
 
+def cosine_from_sums(dot: float, energy_a: float, energy_b: float) -> float:
+    """The cosine of two vectors from their dot product and squared norms (summed a slice at a
+    time); 1 where both are all zero, as `output_cosine`."""
+    norms = np.sqrt(energy_a) * np.sqrt(energy_b)
+    return float(dot / norms) if norms > 0 else (1.0 if energy_a == 0 and energy_b == 0 else 0.0)
+
+
 def per_sample_cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """Cosine similarity of each sample's flattened output (1 where both are all zero)."""
     return _cosine_rows(*_flat(reference, candidate))
@@ -164,8 +171,7 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
             dot += float(np.einsum("ij,ij->", r, c))
             ref_energy += float(np.einsum("ij,ij->", r, r))
             cand_energy += float(np.einsum("ij,ij->", c, c))
-    norms = np.sqrt(ref_energy) * np.sqrt(cand_energy)
-    cosine = dot / norms if norms > 0 else (1.0 if ref_energy == 0 and cand_energy == 0 else 0.0)
+    cosine = cosine_from_sums(dot, ref_energy, cand_energy)
     flat_abs = abs_errors.ravel()
 
     metrics = OutputMetrics(
@@ -176,7 +182,7 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
         p99_abs_error=_p99(flat_abs),
         max_rel_error=rel_max if size else 0.0,
         mean_rel_error=rel_sum / size if size else 0.0,
-        cosine=float(cosine),
+        cosine=cosine,
         min_cosine=float(np.concatenate(cosines).min()) if cosines else 1.0,
         nonfinite=nonfinite,
         error_histogram=error_histogram(flat_abs),

@@ -14,11 +14,13 @@ CPU provider runs them:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
 from tao_qc.passes.keep_float import COMPUTE_OPS
+from tao_qc.passes.qdq import dims_through_qdq
 
 # A reduction this short (an RGB stem's 3x3x3 = 27, a space-to-depth stem's 2x2x12 = 48) or this
 # few output channels leave the integer kernel too little work per output element.
@@ -60,22 +62,10 @@ def class_of(node: ir.Node) -> str:
 
 
 def _area(shape: tuple[int, ...]) -> int:
-    area = 1
-    for size in shape[2:]:
-        area *= size
-    return area
+    return math.prod(shape[2:])
 
 
 def _weight_shape(node: ir.Node) -> tuple[int, ...] | None:
     """The Conv's weight shape, through the DequantizeLinear a calibrated graph puts before it."""
-    value = node.inputs[1] if len(node.inputs) > 1 else None
-    while value is not None:
-        if value.shape is not None and all(isinstance(d, int) for d in value.shape):
-            return tuple(int(d) for d in value.shape)
-        if value.const_value is not None:
-            return tuple(value.const_value.shape)
-        producer = value.producer()
-        if producer is None or producer.op_type not in ("DequantizeLinear", "QuantizeLinear", "Identity"):
-            return None
-        value = producer.inputs[0]
-    return None
+    dims = dims_through_qdq(node.inputs[1] if len(node.inputs) > 1 else None)
+    return dims if dims is not None and all(isinstance(d, int) for d in dims) else None
