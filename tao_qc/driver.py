@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from tao_qc.accuracy.calibrated import CalibratedGraph
-from tao_qc.accuracy.fallback import check_accuracy, measure_model, needs_held_back_data
+from tao_qc.accuracy.fallback import AccuracyOutcome, check_accuracy, measure_model, needs_held_back_data
 from tao_qc.accuracy.sensitivity import rank_sensitivity
 from tao_qc.data import load_labels, model_inputs, open_inputs
 from tao_qc.errors import AccuracyError, InputError
 from tao_qc.evaluate.compare import evaluate_quantized
 from tao_qc.evaluate.kernel_fidelity import check_kernel_fidelity
-from tao_qc.evaluate.results import Check
+from tao_qc.evaluate.evaluation import Evaluation
+from tao_qc.evaluate.latency import BenchTable
 from tao_qc.fileio import atomic_write_text, staged_dir
 from tao_qc.frontends.lower_to_onnx import lower_pytorch_file
 from tao_qc.ir.model_fields import stamp
@@ -69,6 +70,7 @@ class CompileResult:
     dump_dir: Path | None = None
     compare: bool = True  # whether the FP32-vs-quantized comparison step is asked for
     facts: dict[str, Any] = field(default_factory=dict)
+    evaluation: Evaluation = field(default_factory=Evaluation)  # what report.json's sections were made from
 
     @property
     def modelopt_seconds(self) -> float:
@@ -109,7 +111,7 @@ def compile_model(
     calibration: an `InputBatches` to use instead of the spec's `calibration.data`.
     compare: run the FP32-vs-quantized comparison at the end (report sections, report.html; a failed
     check raises AccuracyError after the results are in place, unless `raise_on_mismatch` is False:
-    then `raise_if_failed(result.report, result.spec)` does it once the caller has shown the result).
+    then `raise_if_failed(result.evaluation, result.spec)` does it once the caller has shown the result).
     A model that is not `.onnx` is a PyTorch model (a checkpoint with `model_factory`, TorchScript or
     a `.pt2` program): it is lowered to `<stem>.fp32.onnx` in the results first, with input names and
     shapes from the calibration data (or `input_shape`), and that graph enters the pipeline.
@@ -136,25 +138,22 @@ def compile_model(
         search = speed_search_stage(spec, ctx, source, snapshot, finish) if searches else None
         if search is not None and search.float_for_speed:
             records = finish(snapshot.model())
-        sections = compare_with_fp32(spec, source, finish.path, ctx) if compare else {}
+        evaluation = compare_with_fp32(spec, source, finish.path, ctx) if compare else Evaluation()
         if trials:
-            records, sections = accuracy_stage(spec, source, ctx, snapshot, finish, sections, records)
+            records, evaluation = accuracy_stage(spec, source, ctx, snapshot, finish, evaluation, records)
         if snapshot is not None:
             snapshot.discard()
         # Timed last, on the model that is saved (accuracy fallback may have rebuilt it).
-        speed = speed_check_stage(spec, ctx, source, finish, search) if by_speed else None
-        if speed is not None:
-            sections["speed"] = speed.to_dict()
-        sections = _relocated(sections, str(stage), str(final))
+        evaluation.speed = speed_check_stage(spec, ctx, source, finish, search) if by_speed else None
         # A PyTorch model's lowered graph is written into the stage: the report names where it ends up.
         shown_source = Path(_relocated(str(source), str(stage), str(final)))
-        report = write_report(stage, spec, shown_source, final / finish.path.name, records, ctx, sections,
-                              time.perf_counter() - started, html=compare)
+        report = write_report(stage, spec, shown_source, final / finish.path.name, records, ctx, evaluation,
+                              time.perf_counter() - started, html=compare, relocate=(str(stage), str(final)))
 
     log.info("quantized model: %s", final / finish.path.name)
-    if sections and raise_on_mismatch:
+    if raise_on_mismatch:
         # Results stay on disk either way: a failed check is what the report is for.
-        raise_if_failed(report, spec)
+        raise_if_failed(evaluation, spec)
     return CompileResult(
         results_dir=final,
         model_path=final / finish.path.name,
@@ -166,6 +165,7 @@ def compile_model(
         dump_dir=(Path(dump_dir) if dump_dir else final / PASSES_DIR),
         compare=compare,
         facts={k: v for k, v in ctx.facts.items() if k != "decisions"},
+        evaluation=evaluation,
     )
 
 
@@ -249,19 +249,19 @@ class Finisher:
 
 
 def accuracy_stage(spec: QuantizeSpec, source: Path, ctx: PassContext, snapshot: CalibratedGraph, finish: Finisher,
-                   sections: dict[str, Any], records: list[PassRecord]) -> tuple[list[PassRecord], dict[str, Any]]:
+                   evaluation: Evaluation, records: list[PassRecord]) -> tuple[list[PassRecord], Evaluation]:
     """The accuracy check (`accuracy.metric`, fallback): where the search keeps nodes in float, the
     rebuild from the calibrated graph (finishing passes, save, compare) replaces the first model."""
-    outcome = check_accuracy(spec, source, ctx, snapshot, sections)
+    outcome = check_accuracy(spec, source, ctx, snapshot, evaluation.comparison)
     if outcome.rebuild is not None:
         ctx.facts = outcome.rebuild.facts_with(outcome.keep_float or {})
         records = finish(outcome.rebuild.model())
-        before = sections
-        sections = compare_with_fp32(spec, source, finish.path, ctx)
-        outcome.after_rebuild(before, sections)
+        before = evaluation
+        evaluation = compare_with_fp32(spec, source, finish.path, ctx)
+        outcome.after_rebuild(before.latency, evaluation.latency)
     outcome.final = _final_metric(spec, source, finish.path, ctx, snapshot.folder, outcome)
-    sections["accuracy"] = outcome.section()
-    return records, sections
+    evaluation.accuracy = outcome
+    return records, evaluation
 
 
 def _times_on_this_cpu(spec: QuantizeSpec, ctx: PassContext) -> str | None:
@@ -317,14 +317,17 @@ def timing_feeds(calibration: Any) -> dict[int, dict[str, Any]]:
 
 
 def write_report(stage: Path, spec: QuantizeSpec, source: Path, output: Path, records: list[PassRecord],
-                 ctx: PassContext, sections: dict[str, Any], seconds: float, *, html: bool) -> dict[str, Any]:
-    """report.json (and report.html where the models were compared) into the stage."""
+                 ctx: PassContext, evaluation: Evaluation, seconds: float, *, html: bool,
+                 relocate: tuple[str, str] | None = None) -> dict[str, Any]:
+    """report.json (and report.html where the models were compared) into the stage; `relocate`:
+    (staging folder, final folder), so that paths in the report name where the results end up."""
     report = build_report(spec, source, output, records, ctx, seconds)
-    report.update(sections)
+    sections = evaluation.sections()
+    report.update(_relocated(sections, *relocate) if relocate else sections)
     if sections:
-        report["verdict"] = {"passed": not (failures := run_failures(report)), "failures": failures,
+        report["verdict"] = {"passed": not (failures := evaluation.failures()), "failures": failures,
                              "fails_run": spec.compare.fail_on_mismatch}
-    slower = slower_than_fp32(sections.get("latency"), spec, sections.get("speed"))
+    slower = slower_than_fp32(evaluation.latency, spec, evaluation.speed)
     if slower:
         log.warning(slower)
         report["warnings"].append(slower)
@@ -334,9 +337,10 @@ def write_report(stage: Path, spec: QuantizeSpec, source: Path, output: Path, re
     return report
 
 
-def compare_with_fp32(spec: QuantizeSpec, source: Path, quantized: Path, ctx: PassContext) -> dict[str, Any]:
+def compare_with_fp32(spec: QuantizeSpec, source: Path, quantized: Path, ctx: PassContext) -> Evaluation:
     """FP32 (the user's model as given) against the quantized model on the spec's compare data
-    (default: the calibration data), on the spec's compare runtime: report sections."""
+    (default: the calibration data), on the spec's compare runtime, and ORT's kernels against the
+    graph's arithmetic where the target is ONNX Runtime."""
     import sys
 
     import onnx
@@ -354,15 +358,15 @@ def compare_with_fp32(spec: QuantizeSpec, source: Path, quantized: Path, ctx: Pa
     chosen = comparison_data_set(spec)
     labels = load_labels(chosen.labels, key=chosen.labels_key, others=user_metric) if chosen.labels else None
     log.info("comparing FP32 and quantized on %s (%s)", spec.compare.runtime, batches.describe())
-    sections = evaluate_quantized(source, quantized, batches, spec, labels)
+    evaluation = evaluate_quantized(source, quantized, batches, spec, labels)
     if spec.target == "onnxruntime" and spec.onnxruntime.kernel_fidelity and spec.compare.runtime == "onnxruntime":
         log.info("checking ONNX Runtime's integer kernels on this CPU against the graph's arithmetic")
-        fidelity = check_kernel_fidelity(source, quantized, batches, spec.compare).to_dict()
+        fidelity = check_kernel_fidelity(source, quantized, batches, spec.compare)
         # Compiled for a CPU whose kernels add weight pairs otherwise than this one's: this machine's
         # verdict is shown, but it says nothing about the CPU the model is for, so it fails nothing.
-        fidelity["decides"] = resolve_cpu(spec.onnxruntime.cpu).pairs_saturate == this_machine().pairs_saturate
-        sections["kernel_fidelity"] = fidelity
-    return sections
+        fidelity.decides = resolve_cpu(spec.onnxruntime.cpu).pairs_saturate == this_machine().pairs_saturate
+        evaluation.kernel_fidelity = fidelity
+    return evaluation
 
 
 # Well below 1: batch-1 timings of a few-millisecond model vary by a fifth from run to run on a busy
@@ -370,7 +374,7 @@ def compare_with_fp32(spec: QuantizeSpec, source: Path, quantized: Path, ctx: Pa
 SLOWER_THAN_FP32 = 0.8
 
 
-def slower_than_fp32(latency: dict[str, Any] | None, spec: QuantizeSpec, speed: dict[str, Any] | None = None) -> str | None:
+def slower_than_fp32(latency: BenchTable | None, spec: QuantizeSpec, speed: SpeedCheck | None = None) -> str | None:
     """A warning when the quantized model runs slower than FP32 on the runtime it was placed for (a
     TensorRT graph timed on ONNX Runtime's CPU provider says nothing about its speed), with why and
     what to do; else None.
@@ -381,23 +385,22 @@ def slower_than_fp32(latency: dict[str, Any] | None, spec: QuantizeSpec, speed: 
     kernels = ("; without VNNI, ORT's integer kernels multiply in 16 bits and gain little over float"
                if here.pairs_saturate else "")
     fix = "deploy the FP32 model on this CPU, or quantize for size rather than speed; report.html shows where the time goes"
-    if speed and speed.get("mode") == "check":
+    if speed is not None and speed.mode == "check":
         fix = ("set quantize.onnxruntime.speed: search to keep in float the classes of units that run faster so, "
                f"{fix[0].lower()}{fix[1:]}")
-    if speed and speed.get("final_vs_fp32"):
-        ratios = {int(b): r for b, r in speed["final_vs_fp32"].items()}
-        if min(ratios.values()) >= AS_FAST:
+    if speed is not None and speed.final_vs_fp32:
+        if not speed.slower_than_fp32:
             return None
-        at = ", ".join(f"{r:.2f}x at batch {b}" for b, r in ratios.items())
-        why = f": {speed['why_slower']}" if speed.get("why_slower") else ""
+        at = ", ".join(f"{r:.2f}x at batch {b}" for b, r in speed.final_vs_fp32.items())
+        why = f": {reason}" if (reason := speed.why_slower()) else ""
         return (f"the quantized model runs slower than FP32 on onnxruntime on this CPU ({here.isa}{kernels}): "
                 f"{at} FP32's speed{why}; {fix}")
-    if not latency or spec.target != latency.get("runtime"):
+    if latency is None or spec.target != latency.runtime:
         return None
-    for row in latency.get("rows", [])[1:]:
-        if row.get("ratio") is not None and row["ratio"] < SLOWER_THAN_FP32:
-            return (f"the quantized model runs slower than FP32 on {latency['runtime']}: {row['ratio']:.2f}x FP32's "
-                    f"speed at batch {row['batch_size']} on this CPU ({here.isa}{kernels}); quantization buys no speed for "
+    for row in latency.rows[1:]:
+        if row.ratio is not None and row.ratio < SLOWER_THAN_FP32:
+            return (f"the quantized model runs slower than FP32 on {latency.runtime}: {row.ratio:.2f}x FP32's "
+                    f"speed at batch {row.batch_size} on this CPU ({here.isa}{kernels}); quantization buys no speed for "
                     "this model on this runtime: see the latency in report.html")
     return None
 
@@ -411,7 +414,8 @@ def _may_need_trials(spec: QuantizeSpec) -> bool:
     return spec.accuracy.fallback == "auto" or spec.accuracy.metric is not None
 
 
-def _final_metric(spec: QuantizeSpec, source: Path, quantized: Path, ctx: PassContext, folder: Path, outcome: Any) -> dict | None:
+def _final_metric(spec: QuantizeSpec, source: Path, quantized: Path, ctx: PassContext, folder: Path,
+                  outcome: AccuracyOutcome) -> dict | None:
     """The accuracy metric of the saved model (where a metric is set), on the data
     `tao_qc.spec.datasets.measures` chooses: the comparison data where it can feed the metric."""
     if spec.accuracy.metric is None:
@@ -469,47 +473,15 @@ def _save(model: Any, path: Path, spec: QuantizeSpec) -> None:
     save_model(model, path)
 
 
-def raise_if_failed(sections: dict[str, Any], spec: QuantizeSpec) -> None:
-    """AccuracyError (exit 1) when the result misses what the spec asks (`run_failures`) and
+def raise_if_failed(evaluation: Evaluation, spec: QuantizeSpec) -> None:
+    """AccuracyError (exit 1) when the result misses what the spec asks (`Evaluation.failures`) and
     `compare.fail_on_mismatch` is set."""
-    failures = run_failures(sections)
-    comparison = sections.get("comparison") or {}
+    failures = evaluation.failures()
     if failures and spec.compare.fail_on_mismatch:
-        raise AccuracyError(
-            f"{Path(str(comparison.get('candidate'))).name} failed the comparison with "
-            f"{Path(str(comparison.get('reference'))).name}: " + "; ".join(failures)
-        )
-
-
-def run_failures(sections: dict[str, Any]) -> list[str]:
-    """What fails the run, one sentence each (none: it passed); report.json's `verdict` and the
-    exit code both come from here, so the report headlines what decided.
-
-    Without an accuracy metric the comparison's checks decide. With one (`accuracy.metric`), that
-    metric on the comparison data decides, with only the comparison checks the user set explicitly
-    (tolerances, `min_top1_agreement`) and NaN/Inf on top; fallback that ran out of
-    `max_float_fraction` fails too."""
-    comparison = sections.get("comparison") or {}
-    accuracy = sections.get("accuracy") or {}
-    failures = []
-    search = accuracy.get("search") or {}
-    if accuracy.get("ran") and not accuracy.get("reached") and search.get("sensitivity"):
-        failures.append(f"accuracy fallback kept {len(search.get('kept_float') or [])} nodes in float (at most "
-                        f"{search.get('limit')} allowed by max_float_fraction) and still misses {accuracy.get('target')}; "
-                        "the best model found is kept")
-    final = accuracy.get("final")
-    if final and final.get("met") is False:
-        failures.append(f"{final['metric']} {final['value']:.5g} on the comparison data misses {final['target']}")
-    fidelity = sections.get("kernel_fidelity")
-    if fidelity and not fidelity.get("passed", True) and fidelity.get("decides", True):
-        failures.append(fidelity["reason"])
-    if comparison and not comparison.get("passed", True):
-        checks = comparison.get("checks") or []
-        if final is not None:  # the metric decides; only the checks the user set count besides it
-            failures += [c.describe() for c in map(Check.from_dict, checks) if not c.passed and not c.default]
-        else:
-            failures += comparison.get("failures") or []
-    return failures
+        compared = evaluation.comparison
+        names = (f"{Path(compared.candidate).name} failed the comparison with {Path(compared.reference).name}"
+                 if compared is not None else "the quantized model failed its checks")
+        raise AccuracyError(f"{names}: " + "; ".join(failures))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -211,21 +212,24 @@ def test_nan_in_candidate_fails():
 
 
 @pytest.mark.slow
-def test_evaluate_quantized_gives_report_sections(assets, digits, labels, tmp_path):
+def test_evaluate_quantized_gives_typed_results_and_report_sections(assets, digits, labels, tmp_path):
     spec = QuantizeSpec(target="onnxruntime")
-    sections = evaluate_quantized(assets.mnist_fp32, assets.mnist_int8, digits, spec, labels, runs=3, warmup=1,
-                                  artifact_dir=tmp_path)
-    assert sections["comparison"]["passed"]
+    evaluation = evaluate_quantized(assets.mnist_fp32, assets.mnist_int8, digits, spec, labels, runs=3, warmup=1,
+                                    artifact_dir=tmp_path)
+    assert evaluation.comparison.passed and evaluation.failures() == []
     # The runtime's engines (ORT's optimized graphs) are kept in the results folder and named in the report.
-    engines = sections["comparison"]["engines"]
+    engines = evaluation.sections()["comparison"]["engines"]
     assert engines["candidate"]["artifact"] == str(tmp_path / "mnist_int8.ort-optimized.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist_fp32.ort-optimized.onnx", "mnist_int8.ort-optimized.onnx"]
-    rows = sections["latency"]["rows"]
+    rows = evaluation.sections()["latency"]["rows"]
     assert [r["batch_size"] for r in rows] == [1, 1] and rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0
-    raise_if_failed(sections, spec)  # passes: nothing raised
-    failed = {"comparison": {**sections["comparison"], "passed": False, "failures": ["output 'x': bad"]}}
-    with pytest.raises(AccuracyError, match="output 'x': bad"):
-        raise_if_failed(failed, spec)
+    raise_if_failed(evaluation, spec)  # passes: nothing raised
+    # A check that fails, on the typed result: the sentence it gives is what the exit-1 error says.
+    failed = evaluation.comparison.checks[0]
+    failed.passed = False
+    assert evaluation.failures() == [failed.describe()]
+    with pytest.raises(AccuracyError, match=re.escape(f"mnist_int8.onnx failed the comparison with mnist_fp32.onnx: {failed.describe()}")):
+        raise_if_failed(evaluation, spec)
 
 
 @without_tensorrt

@@ -457,12 +457,13 @@ def test_a_failed_comparison_keeps_its_results_and_exits_1_or_0_as_the_spec_says
 
 def test_a_quantized_model_slower_than_fp32_is_said_for_the_runtime_it_was_placed_for():
     from tao_qc.driver import slower_than_fp32
+    from tao_qc.evaluate.latency import BenchRow, BenchTable
     from tao_qc.spec import load_spec
 
-    latency = {"runtime": "onnxruntime", "rows": [{"batch_size": 1, "ratio": 1.0}, {"batch_size": 1, "ratio": 0.55}]}
+    latency = BenchTable("onnxruntime", {}, [BenchRow("fp32.onnx", 1, ratio=1.0), BenchRow("int8.onnx", 1, ratio=0.55)])
     warning = slower_than_fp32(latency, load_spec({"quantize": {"target": "onnxruntime"}}))
     assert warning and "runs slower than FP32 on onnxruntime: 0.55x FP32's speed at batch 1" in warning
     # A TensorRT graph timed on ONNX Runtime's CPU provider says nothing about its speed.
     assert slower_than_fp32(latency, load_spec({"quantize": {"target": "tensorrt"}})) is None
-    faster = {**latency, "rows": [latency["rows"][0], {"batch_size": 1, "ratio": 1.8}]}
+    faster = BenchTable("onnxruntime", {}, [latency.rows[0], BenchRow("int8.onnx", 1, ratio=1.8)])
     assert slower_than_fp32(faster, load_spec({"quantize": {"target": "onnxruntime"}})) is None

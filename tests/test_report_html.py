@@ -75,7 +75,8 @@ def full_report(tmp_path_factory):
     inputs = open_inputs(assets.digits, model_inputs(model), max_samples=200, key="--data")
     spec = QuantizeSpec(backend="modelopt.onnx", mode="static_ptq", target="onnxruntime", model_path=str(assets.mnist_fp32),
                         skip_names=["Times212"])
-    sections = evaluate_quantized(assets.mnist_fp32, assets.mnist_int8, inputs, spec, np.load(assets.labels), runs=3, warmup=1)
+    sections = evaluate_quantized(assets.mnist_fp32, assets.mnist_int8, inputs, spec, np.load(assets.labels), runs=3,
+                                  warmup=1).sections()
     units = [onnx_unit(node.name, node.op_type) for node in model.graph.node]
     decisions = decide(units, spec.layers, spec.skip_names, static=True).decisions
     return {

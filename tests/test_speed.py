@@ -18,8 +18,10 @@ from torch import nn
 
 from tao_qc.driver import compile_model, slower_than_fp32
 from tao_qc.errors import SpecError
+from tao_qc.evaluate.latency import BenchRow, BenchTable
 from tao_qc.spec import load_spec
 from tao_qc.speed import float_where_faster
+from tao_qc.speed.float_where_faster import SpeedCheck
 from tao_qc.testing import zoo
 
 
@@ -157,12 +159,13 @@ def test_off_times_nothing_and_a_wrong_mode_is_a_one_line_spec_error(every_class
 
 def test_a_model_slower_than_fp32_is_said_with_where_the_time_goes_and_the_fix():
     spec = load_spec({"quantize": {"target": "onnxruntime"}})
-    latency = {"runtime": "onnxruntime", "rows": [{"batch_size": 1, "ratio": 1.0}, {"batch_size": 1, "ratio": 0.93}]}
-    speed = {"mode": "check", "final_vs_fp32": {"1": 0.91}, "why_slower": "ORT's integer kernels take 2.72 ms a run where FP32's "
-             "Conv/Gemm/MatMul take 2.58 ms"}
+    latency = BenchTable("onnxruntime", {}, [BenchRow("fp32.onnx", 1, ratio=1.0), BenchRow("int8.onnx", 1, ratio=0.93)])
+    profile = {"int8": {"QLinearConv": 2.72, "QuantizeLinear": 0.2}, "fp32": {"Conv": 2.58}}
+    speed = SpeedCheck(mode="check", cpu="amx", threads=2, batches=[1], final_vs_fp32={1: 0.91}, profile=profile)
     warning = slower_than_fp32(latency, spec, speed)
     assert "0.91x at batch 1 FP32's speed" in warning and "2.72 ms" in warning and "deploy the FP32 model" in warning
     assert "quantize.onnxruntime.speed: search" in warning
     # The interleaved timing decides where it ran: the latency table's single pass read 0.93x, but
     # the rounds say it is as fast, within their noise.
-    assert slower_than_fp32(latency, spec, {"final_vs_fp32": {"1": 0.98}}) is None
+    assert slower_than_fp32(latency, spec, SpeedCheck(mode="check", cpu="amx", threads=2, batches=[1],
+                                                      final_vs_fp32={1: 0.98})) is None

@@ -26,6 +26,7 @@ from tao_qc.accuracy.trials import TrialResult, TrialRunner, TrialSetup
 from tao_qc.console import progress
 from tao_qc.data import model_inputs, open_inputs
 from tao_qc.evaluate.latency import BenchTable
+from tao_qc.evaluate.results import ComparisonResult
 from tao_qc.passes import correction_passes
 from tao_qc.passes.choose_ranges import ChooseRanges
 from tao_qc.spec import QuantizeSpec
@@ -127,19 +128,39 @@ class AccuracyOutcome:
     speed_after: float | None = None
     final: dict[str, Any] | None = None  # the metric on the comparison data, for the saved model
 
-    def after_rebuild(self, before: dict[str, Any], after: dict[str, Any]) -> None:
-        self.speed_before = _speed(before)
-        self.speed_after = _speed(after)
+    def after_rebuild(self, before: BenchTable | None, after: BenchTable | None) -> None:
+        """The speed against FP32 of the first model and of the rebuilt one (compile's latency tables)."""
+        self.speed_before = before.speed_against_first() if before is not None else None
+        self.speed_after = after.speed_against_first() if after is not None else None
+
+    @property
+    def metric_decides(self) -> bool:
+        """Whether the task metric was measured on the saved model (then it decides, not the default checks)."""
+        return self.final is not None
+
+    def failures(self) -> list[str]:
+        """What of this outcome fails the run: a missed metric, or fallback that ran out of float nodes."""
+        failures = []
+        if self.result is not None and not self.reached and self.result.sensitivity is not None:
+            failures.append(f"accuracy fallback kept {len(self.result.kept_float)} nodes in float (at most "
+                            f"{self.result.limit} allowed by max_float_fraction) and still misses "
+                            f"{self._target_text()}; the best model found is kept")
+        if self.final and self.final.get("met") is False:
+            failures.append(f"{self.final['metric']} {self.final['value']:.5g} on the comparison data misses {self.final['target']}")
+        return failures
 
     @property
     def reached(self) -> bool:
         return (self.met or bool(self.clipping and self.clipping["met"]) or any(s["met"] for s in self.steps)
                 or bool(self.result and self.result.reached))
 
+    def _target_text(self) -> str:
+        return self.target.describe(self.fp32_value) if self.fp32_value is not None else "the comparison's checks"
+
     def section(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "metric": self.target.name,
-            "target": self.target.describe(self.fp32_value) if self.fp32_value is not None else "the comparison's checks",
+            "target": self._target_text(),
             "data": self.data.batches.describe(),
             "data_key": self.data.key,
             "judged_on_calibration_data": self.data.is_calibration_data,
@@ -160,11 +181,6 @@ class AccuracyOutcome:
             out["search"] = self.result.to_dict()
             out["kept_float"] = out["search"]["kept_float"]
         return out
-
-
-def _speed(sections: dict[str, Any]) -> float | None:
-    latency = sections.get("latency")
-    return BenchTable.from_dict(latency).speed_against_first() if latency else None
 
 
 class TrialSetups:
@@ -192,23 +208,23 @@ def quantized_candidates(facts: dict[str, Any]) -> list[tuple[str, str]]:
     return compute + [tuple(pair) for pair in facts.get("elementwise_quantized") or []]
 
 
-def check_accuracy(spec: QuantizeSpec, source: Path, ctx: Any, calibrated: CalibratedGraph, sections: dict[str, Any]) -> AccuracyOutcome:
+def check_accuracy(spec: QuantizeSpec, source: Path, ctx: Any, calibrated: CalibratedGraph,
+                   comparison: ComparisonResult | None) -> AccuracyOutcome:
     """Check the quantized model against `spec.accuracy`'s target; where it misses with `fallback:
     auto`, run `accuracy.steps` in order: by default clip the activation ranges (one pass over the
     calibration data), then search the nodes to keep in float; `ranges` and `corrections` try per-tensor
-    ranges and weight corrections, every node still INT8, before `float`. `sections`: the comparison of
-    the fully quantized model."""
+    ranges and weight corrections, every node still INT8, before `float`. `comparison`: that of the
+    fully quantized model (None where none ran)."""
     search_path = str(Path(spec.source).parent) if spec.source else None
     target = target_for(spec, search_path)
     data = accuracy_data(spec, source, ctx.calibration, ctx.held_back)
     accuracy = spec.accuracy
-    comparison = sections.get("comparison") or {}
     setup = TrialSetups(spec, source, data, calibrated.folder)
 
     quantized: TrialResult | None = None
     # The comparison that just ran is the check when the target is its own checks on the same data.
     if accuracy.metric is None and data.key != "quantize.accuracy.data":
-        outcome = AccuracyOutcome(target, data, None, None, bool(comparison.get("passed")), "comparison", accuracy.fallback)
+        outcome = AccuracyOutcome(target, data, None, None, comparison is not None and comparison.passed, "comparison", accuracy.fallback)
     else:
         runner = TrialRunner(setup(calibrated))
         quantized = runner.run({})

@@ -76,4 +76,4 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
         click.echo(str(result.model_path), err=bool(print_after))
         for line in compile_summary_lines(result.report):
             click.echo(line, err=bool(print_after))
-    raise_if_failed(result.report, result.spec)  # exit 1 for a failed check, after the result is shown
+    raise_if_failed(result.evaluation, result.spec)  # exit 1 for a failed check, after the result is shown

@@ -45,6 +45,7 @@ from tao_qc.evaluate.checks import (
     detection_checks,
 )
 from tao_qc.evaluate.detection import DetectionComparison
+from tao_qc.evaluate.evaluation import Evaluation
 from tao_qc.evaluate.latency import bench_models
 from tao_qc.evaluate.measures import output_metrics
 from tao_qc.evaluate.results import ComparisonResult
@@ -266,12 +267,12 @@ def evaluate_quantized(
     runs: int = 20,
     artifact_dir: str | Path | None = None,
     measure_latency: bool = True,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Compare `quant_path` against `fp32_path` on `inputs` and time both, with the spec's settings.
 
-    Returns `{"comparison": ComparisonResult.to_dict(), "latency": BenchTable.to_dict()}` (latency
-    None when not measured), ready for report.json and `write_html_report`. It never raises for a
-    failed check: call `raise_if_failed(sections, spec)` for the exit-1 behaviour.
+    Returns an `Evaluation` with the comparison and the latency table (None when not measured); its
+    `sections()` are report.json's. It never raises for a failed check: `Evaluation.failures()` says
+    what failed (`tao_qc.driver.raise_if_failed` for the exit-1 behaviour).
     `spec` is a `QuantizeSpec`: `spec.compare` gives runtime and tolerances, `spec.tensorrt` the
     engine settings; engines (ORT's optimized graph, TensorRT .engine) are saved in `artifact_dir`.
     """
@@ -293,13 +294,13 @@ def evaluate_quantized(
         engines = (built[0], built[1])
         comparison = compare_models(fp32_path, quant_path, inputs, runtime=runtime, labels=labels, settings=spec.compare,
                                     runtime_settings=settings, engines=engines, image_color=spec.calibration.color)
-        sections: dict[str, Any] = {"comparison": comparison.to_dict(), "latency": None}
+        evaluation = Evaluation(comparison)
         if measure_latency:
             # Timed at the shape of the data compared: a model with open height/width has no other.
-            sections["latency"] = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=settings,
-                                               warmup=warmup, runs=runs, engines=list(engines),
-                                               shapes=shapes_of(inputs.first())).to_dict()
+            evaluation.latency = bench_models([fp32_path, quant_path], batch_sizes, runtime=runtime, settings=settings,
+                                              warmup=warmup, runs=runs, engines=list(engines),
+                                              shapes=shapes_of(inputs.first()))
     finally:
         for engine in built:
             engine.close()
-    return sections
+    return evaluation

@@ -77,6 +77,9 @@ class KernelFidelity:
     outputs: list[OutputFidelity] = field(default_factory=list)
     passed: bool = True
     reason: str | None = None
+    # Whether this verdict speaks for the CPU the model is compiled for (one whose kernels add weight
+    # pairs as this machine's do); where not, it is shown but fails nothing.
+    decides: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class KernelFidelity:
             "samples": self.samples,
             "passed": self.passed,
             "reason": self.reason,
+            "decides": self.decides,
             "thresholds": {"max_kernel_error_ratio": MAX_KERNEL_ERROR_RATIO, "max_step_error": MAX_STEP_ERROR,
                            "max_task_delta_samples": MAX_TASK_DELTA_SAMPLES},
             "outputs": [{**asdict(o), "task_delta": o.task_delta} for o in self.outputs],

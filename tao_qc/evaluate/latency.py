@@ -166,15 +166,6 @@ class BenchTable:
     def to_dict(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "settings": self.settings, "rows": [row.to_dict() for row in self.rows]}
 
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> BenchTable:
-        """The table back from its `to_dict()` (report.json's `latency`)."""
-        timed = set(LatencyResult.__dataclass_fields__)
-        rows = [BenchRow(row["model"], row["batch_size"],
-                         LatencyResult(**{k: v for k, v in row.items() if k in timed}) if row.get("median_ms") is not None else None,
-                         row.get("ratio"), row.get("note")) for row in section.get("rows") or []]
-        return cls(section.get("runtime", ""), section.get("settings") or {}, rows)
-
     def speed_against_first(self) -> float | None:
         """The last model's ratio against the first at the largest batch both were timed at (compile's
         table: the quantized model against FP32), or None where that was not timed."""

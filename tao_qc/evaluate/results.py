@@ -1,10 +1,11 @@
 """What a comparison of FP32 and quantized outputs yields, as typed objects: per-output figures
 (`OutputMetrics`), the checks applied to them (`Check`), and the whole result (`ComparisonResult`).
-report.json holds `ComparisonResult.to_dict()`; `ComparisonResult.from_dict` reads it back."""
+report.json holds `ComparisonResult.to_dict()`; nothing in tao-qc reads it back into these (results
+cross module boundaries as these objects, report.json is for people and their tools)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -37,10 +38,6 @@ class OutputMetrics:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> OutputMetrics:
-        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
-
 
 @dataclass
 class Check:
@@ -51,13 +48,6 @@ class Check:
     passed: bool
     why: str  # what asked for the check: "atol=..., rtol=...", "min_top1_agreement", or the default's reason
     default: bool = False  # True where the user asked for nothing and tao-qc chose the check for the output
-
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> Check:
-        values = {f.name: row[f.name] for f in fields(cls) if f.name in row}
-        if "default" not in row:  # reports written before the field: their default checks said so in `why`
-            values["default"] = str(row.get("why", "")).startswith("default")
-        return cls(**values)
 
     def describe(self) -> str:
         where = f"output '{self.output}'"
@@ -122,14 +112,3 @@ class ComparisonResult:
             "task": self.task,
             "detection": self.detection,
         }
-
-    @classmethod
-    def from_dict(cls, section: dict[str, Any]) -> ComparisonResult:
-        """The result back from its `to_dict()` (report.json's `comparison`)."""
-        return cls(
-            reference=section["reference"], candidate=section["candidate"], runtime=section["runtime"],
-            num_samples=section["num_samples"], data=section["data"], data_is_random=section["data_is_random"],
-            tolerances=section["tolerances"], outputs=[OutputMetrics.from_dict(o) for o in section.get("outputs") or []],
-            checks=[Check.from_dict(c) for c in section.get("checks") or []], engines=section.get("engines") or {},
-            task=section.get("task", "auto"), detection=section.get("detection"),
-        )

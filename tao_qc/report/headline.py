@@ -164,7 +164,7 @@ def user_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def defaults_decide(report: dict[str, Any]) -> bool:
-    """Whether the default checks decide pass or fail: driver.run_failures counts them only where no
+    """Whether the default checks decide pass or fail: Evaluation.failures counts them only where no
     `accuracy.metric` was measured on the comparison data (`accuracy.final`)."""
     return (report.get("accuracy") or {}).get("final") is None
 
