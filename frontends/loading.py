@@ -7,7 +7,6 @@ Every failure is a one-line `InputError` naming the file or flag and the forms t
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import io
 import json
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tao_qc.errors import InputError
+from tao_qc.spec.user_code import load_user_function
 
 log = logging.getLogger("tao_qc.frontends")
 
@@ -35,28 +35,7 @@ def import_factory(factory: str | Callable[..., Any]) -> Callable[..., Any]:
     """The callable named by `module:callable` (a callable is returned as is)."""
     if callable(factory):
         return factory
-    if not isinstance(factory, str) or factory.count(":") != 1 or not all(factory.split(":")):
-        raise InputError(f"--model-factory: {factory!r} is not of the form {FACTORY_FORM}")
-    module_name, attribute = factory.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InputError(
-            f"--model-factory: cannot import module '{module_name}' ({exc}); give {FACTORY_FORM}, "
-            "with the module importable from the current folder or PYTHONPATH"
-        ) from None
-    target: Any = module
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
-            raise InputError(
-                f"--model-factory: module '{module_name}' has no '{attribute}' "
-                f"(callables there: {', '.join(public[:8])}{' ...' if len(public) > 8 else ''})"
-            )
-    if not callable(target):
-        raise InputError(f"--model-factory: '{factory}' is not callable (give {FACTORY_FORM})")
-    return target
+    return load_user_function(factory, "--model-factory", kind="callable")
 
 
 def parse_factory_kwargs(text: str | None) -> dict[str, Any]:

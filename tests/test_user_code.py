@@ -36,5 +36,10 @@ def test_what_cannot_be_loaded_is_one_line_naming_the_key(tmp_path):
     message = str(missing.value)
     assert message.startswith("quantize.accuracy.metric: cannot import module 'no_such_module_anywhere'")
     assert "beside the spec file" in message and "\n" not in message
-    with pytest.raises(InputError, match=r"^quantize.compare.decoder: module 'json' has no function 'nothing'$"):
+    with pytest.raises(InputError, match=r"^quantize.compare.decoder: module 'json' has no function 'nothing' "
+                                         r"\(functions there: .*dumps.*\)$"):
         load_user_function("json:nothing", "quantize.compare.decoder")
+    with pytest.raises(InputError, match=r"^quantize.accuracy.metric: 'json.dumps' is not of the form module:function"):
+        load_user_function("json.dumps", "quantize.accuracy.metric")
+    with pytest.raises(InputError, match=r"^--model-factory: 'json:decoder' is not a callable \(give module:callable\)$"):
+        load_user_function("json:decoder", "--model-factory", kind="callable")

@@ -13,13 +13,18 @@ from typing import Any
 from tao_qc.errors import InputError
 
 
-def load_user_function(reference: str, key: str, *, search_path: str | Path | None = None) -> Callable[..., Any]:
+def load_user_function(reference: str, key: str, *, search_path: str | Path | None = None,
+                       kind: str = "function") -> Callable[..., Any]:
     """The callable `module:function` names (`function` may be a dotted path inside the module).
 
     The module is looked for in `search_path` (the spec file's folder), then the current folder,
     then PYTHONPATH and the installed packages. Those folders are on sys.path only while it is
-    imported: a user's folder must not shadow other modules for the rest of the run."""
-    module_name, _, attribute = reference.partition(":")
+    imported: a user's folder must not shadow other modules for the rest of the run. `key` (the
+    YAML key or CLI option) and `kind` ("function", "callable") word the one-line errors."""
+    form = f"module:{kind}"
+    module_name, _, attribute = reference.partition(":") if isinstance(reference, str) else ("", "", "")
+    if not module_name or not attribute or ":" in attribute:
+        raise InputError(f"{key}: {reference!r} is not of the form {form}, e.g. mypkg.models:build")
     folders = [str(Path(folder)) for folder in (search_path, Path.cwd()) if folder is not None]
     added = [folder for folder in dict.fromkeys(folders) if folder not in sys.path]
     sys.path[:0] = added
@@ -28,7 +33,7 @@ def load_user_function(reference: str, key: str, *, search_path: str | Path | No
     except ImportError as exc:
         where = "beside the spec file, in the current folder or on PYTHONPATH" if search_path else \
             "in the current folder or on PYTHONPATH"
-        raise InputError(f"{key}: cannot import module '{module_name}' ({exc}); put it {where}") from None
+        raise InputError(f"{key}: cannot import module '{module_name}' ({exc}); give {form} with the module {where}") from None
     finally:
         for folder in added:
             if folder in sys.path:
@@ -36,6 +41,10 @@ def load_user_function(reference: str, key: str, *, search_path: str | Path | No
     target: Any = module
     for part in attribute.split("."):
         target = getattr(target, part, None)
+    if target is None:
+        public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
+        there = f" ({kind}s there: {', '.join(public[:8])}{' ...' if len(public) > 8 else ''})" if public else ""
+        raise InputError(f"{key}: module '{module_name}' has no {kind} '{attribute}'{there}")
     if not callable(target):
-        raise InputError(f"{key}: module '{module_name}' has no function '{attribute}'")
+        raise InputError(f"{key}: '{reference}' is not a {kind} (give {form})")
     return target
