@@ -79,8 +79,10 @@ def runs_u8s8_gemm(dq: ir.Node) -> bool:
     (a Gemm, a MatMul, a Conv that is not depthwise): the kernels whose pairs saturate without VNNI.
     A depthwise Conv (one input and one output channel per group) runs ORT's depthwise kernel, which
     multiplies in int32 and is exact with 8-bit weights on every CPU (measured in emulation of AVX2:
-    the same integers as AVX-512 VNNI); elementwise ops take no U8S8 weights."""
-    shape = dq.outputs[0].shape or dq.inputs[0].shape
+    the same integers as AVX-512 VNNI); elementwise ops take no U8S8 weights. The weight's shape is
+    read through its Q/DQ (modelopt leaves their outputs without shapes: read from them alone, every
+    depthwise Conv of a calibrated graph looked like a full one and got 7 bits)."""
+    shape = dims_through_qdq(dq.outputs[0])
     for use in dq.outputs[0].uses():
         node = use.node
         if node.op_type in ("Gemm", "MatMul"):
