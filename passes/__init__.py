@@ -6,7 +6,8 @@
     -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity,
        repeated until a round changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt -> clip-ranges   (`calibrating_passes`)
-       [-> choose-ranges (algorithm: auto)] [-> correct-bias / round-weights (calibration.corrections)]
+       [-> choose-ranges (algorithm: auto)] [-> correct-bias / round-weights (calibration.corrections),
+       on the weight grid placement will store: `placement_cpu`]
     -> keep-float -> assign-dtypes
     [-> place-for-onnxruntime -> integer-elementwise -> space-to-depth-stem -> fit-ort-integer-kernels]
        (target: onnxruntime)
@@ -41,6 +42,7 @@ from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
 from tao_qc.passes.verify_quantization import VerifyQuantization
 from tao_qc.pipeline import FixedPoint
 from tao_qc.spec import QuantizeSpec
+from tao_qc.spec.cpu import CpuTarget
 from tao_qc.spec.cpu import resolve as resolve_cpu
 
 
@@ -63,13 +65,23 @@ def calibrating_passes(spec: QuantizeSpec, *, source_path: Path | None = None) -
     # Only where the spec asks: without them the pipeline (and its golden dumps) is as it was.
     if getattr(spec, "algorithm", None) == "auto":
         passes.append(ChooseRanges())
-    return passes + correction_passes(spec.calibration.corrections if spec is not None else [])
+    return passes + correction_passes(spec.calibration.corrections if spec is not None else [], cpu=placement_cpu(spec))
 
 
-def correction_passes(corrections: list, skip: frozenset = frozenset()) -> list:
-    """The weight corrections of `calibration.corrections`, in the order written."""
+def placement_cpu(spec: QuantizeSpec | None) -> CpuTarget | None:
+    """The CPU `place-for-onnxruntime` stores weights for (`quantize.onnxruntime.cpu`, `auto`: this
+    machine); None for any other target, whose weights keep modelopt's grid."""
+    if getattr(spec, "target", None) != "onnxruntime":
+        return None
+    return resolve_cpu(spec.onnxruntime.cpu)
+
+
+def correction_passes(corrections: list, skip: frozenset = frozenset(), *, cpu: CpuTarget | None = None) -> list:
+    """The weight corrections of `calibration.corrections`, in the order written. `cpu`: what
+    `placement_cpu(spec)` gives, so each correction fits and measures the weights on the grid placement
+    stores them on (`qdq.weight_grid`: 7 bits where that CPU's U8S8 kernels saturate 8-bit pairs)."""
     made = {"bias": CorrectBias, "adaround": RoundWeights}
-    return [made[c.method](settings=c, skip=skip) for c in corrections]
+    return [made[c.method](settings=c, skip=skip, cpu=cpu) for c in corrections]
 
 
 def finishing_passes(spec: QuantizeSpec, *, verify: bool = True) -> list:
@@ -84,7 +96,7 @@ def finishing_passes(spec: QuantizeSpec, *, verify: bool = True) -> list:
         # and gates on uint8, run a few-channel strided stem as a Conv ORT's kernels are efficient
         # at, then give every integer unit shapes ORT's kernels compute right and fast (last: it
         # sees the units the passes before it shaped).
-        passes += [PlaceForOnnxRuntime(cpu=resolve_cpu(spec.onnxruntime.cpu)), IntegerElementwise(),
+        passes += [PlaceForOnnxRuntime(cpu=placement_cpu(spec)), IntegerElementwise(),
                    SpaceToDepthStem(), FitOrtIntegerKernels()]
     if verify:
         passes.append(VerifyQuantization())

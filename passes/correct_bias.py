@@ -7,9 +7,10 @@ correction takes timm's MobileNetV3-small from 42.2 to 56.7 top-1 (FP32 57.9) th
 
 Sequential, on the quantized model's own inputs: every quantized Conv/Gemm (and MatMul followed by a
 bias Add) gets `bias += E[y_float] - E[y_quantized]` per output channel, where y_float is the float
-graph's output of the layer and y_quantized the calibrated Q/DQ graph's, with every layer upstream
-already corrected: one run of the graph per depth (layers at one depth never depend on each other;
-`max_runs` groups depths where time matters more).
+graph's output of the layer and y_quantized the calibrated Q/DQ graph's (the weights placement
+narrows to 7 bits for a CPU whose U8S8 kernels saturate 8-bit pairs, `cpu`, on that grid: the
+rounding that ships), with every layer upstream already corrected: one run of the graph per depth
+(layers at one depth never depend on each other; `max_runs` groups depths where time matters more).
 Means are over the first `samples` calibration samples. A Conv or Gemm without a bias gets one; a
 MatMul without a bias Add is left alone (nothing is added to the graph). The float bias is what
 changes, so placement for either target reads the corrected value (ONNX Runtime: as an int32 bias).
@@ -29,8 +30,9 @@ import numpy as np
 import onnx_ir as ir
 
 from tao_qc.passes.layer_runs import (GraphRunner, channel_means, ensure_bias, float_weights, layer_levels,
-                                     quantized_layers, sample_feeds, set_initializer)
+                                     narrowed_weights, quantized_layers, sample_feeds, set_initializer)
 from tao_qc.pipeline import PassContext, PassResult, constant_array
+from tao_qc.spec.cpu import CpuTarget
 
 log = logging.getLogger("tao_qc.quantize")
 
@@ -40,6 +42,9 @@ class CorrectBias:
     name: str = "correct-bias"
     settings: Any = None  # a CorrectionSpec (method: bias)
     skip: frozenset = field(default_factory=frozenset)  # node names left alone (kept float by fallback)
+    # The CPU placement stores weights for (passes.placement_cpu; None: TensorRT): where its kernels
+    # saturate 8-bit pairs, the quantized side runs the 7-bit weights placement stores.
+    cpu: CpuTarget | None = None
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
 
@@ -57,7 +62,8 @@ class CorrectBias:
         float_graph = GraphRunner(model, outputs, look_through_qdq=True, replace=float_weights(ctx.facts))
         reference, energy = _means(float_graph, feeds, layers, {}, with_rms=True)
         del float_graph
-        runner = GraphRunner(model, outputs, feedable=[layer.bias.name for layer in layers])
+        stored = narrowed_weights(model, self.cpu)
+        runner = GraphRunner(model, outputs, feedable=[layer.bias.name for layer in layers], stored=stored)
         biases = {layer.bias.name: np.asarray(constant_array(layer.bias), dtype=np.float64) for layer in layers}
         records: dict[str, dict[str, Any]] = {}
         levels = layer_levels(model, layers)
@@ -76,6 +82,8 @@ class CorrectBias:
                 records[layer.name] = {"node": layer.name, "op": layer.node.op_type,
                                        "systematic_error_before": _relative(shift, energy[layer.name]),
                                        "bias_shift_rms": float(np.sqrt(np.mean(np.square(shift))))}
+                if layer.weight_q.outputs[0].name in stored:
+                    records[layer.name]["weight_bits"] = self.cpu.weight_bits  # measured on the weights placement stores
                 biases[layer.bias.name] = biases[layer.bias.name] + _shaped(shift, biases[layer.bias.name])
             if time.perf_counter() - started > budget and index + 1 < len(groups):
                 stopped = f"stopped after {index + 1} of {len(groups)} runs: max_seconds {budget:g} reached"

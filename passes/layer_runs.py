@@ -21,10 +21,11 @@ import numpy as np
 import onnx_ir as ir
 
 from tao_qc.passes.clip_ranges import _look_through_qdq
-from tao_qc.passes.qdq import unique_initializer_name
+from tao_qc.passes.qdq import unique_initializer_name, weight_grid
 from tao_qc.passes.verify_quantization import FEEDABLE_WEIGHTS
 from tao_qc.pipeline import constant_array, light_proto_and_weights
 from tao_qc.runtimes.onnxruntime import with_exact_fp16_quantize
+from tao_qc.spec.cpu import CpuTarget
 
 
 
@@ -134,10 +135,12 @@ class GraphRunner:
     """One ORT session over a graph (the quantized one, or the float one behind its Q/DQ) with any of
     its tensors as outputs; `feedable` initializers become inputs, so they can change between runs
     without a new session. `replace`: initializers to run with other values (the float graph runs
-    with the weights as they were before `round-weights` rounded them: `float_weights(ctx)`)."""
+    with the weights as they were before `round-weights` rounded them: `float_weights(ctx)`).
+    `stored`: weights to run as placement stores them (`narrowed_weights`)."""
 
     def __init__(self, model: ir.Model, outputs: Iterable[str], *, look_through_qdq: bool = False,
-                 feedable: Iterable[str] = (), replace: dict[str, np.ndarray] | None = None):
+                 feedable: Iterable[str] = (), replace: dict[str, np.ndarray] | None = None,
+                 stored: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
         import onnxruntime as ort
         from onnx import ValueInfoProto, helper
 
@@ -146,6 +149,8 @@ class GraphRunner:
         if look_through_qdq:
             _look_through_qdq(proto)
         self.weights = {name: tensor.numpy() for name, tensor in weights.items()}
+        if stored:
+            self.weights.update(_read_stored(proto, stored))
         replace = {k: v for k, v in (replace or {}).items() if k in {i.name for i in proto.graph.initializer} | set(self.weights)}
         feedable = (set(feedable) | set(replace)) - set(self.weights)
         if feedable:
@@ -217,3 +222,57 @@ def layer_levels(model: ir.Model, layers: list[Layer]) -> list[list[Layer]]:
 def float_weights(facts: dict[str, Any]) -> dict[str, np.ndarray]:
     """The float weights corrections replaced (by initializer name): the float graph's own values."""
     return facts.get("float_weights") or {}
+
+
+def narrowed_weights(model: ir.Model, cpu: CpuTarget | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The weights placement for `cpu` stores on a coarser grid than their QuantizeLinear's (`qdq.weight_grid`:
+    7 bits where the CPU's U8S8 kernels saturate 8-bit pairs), as it stores them: the QuantizeLinear's
+    output name -> (the integers, their scale). Empty for every other CPU and for TensorRT (`cpu` None)."""
+    found = {}
+    if cpu is None or not cpu.pairs_saturate:
+        return found
+    for q in model.graph:
+        if q.op_type != "QuantizeLinear" or not q.inputs[0].is_initializer():
+            continue
+        weight, grid = constant_array(q.inputs[0]), weight_grid(q, cpu)
+        if weight is not None and grid is not None and grid.narrowed:
+            found[q.outputs[0].name] = (grid.integers(weight, q.attributes.get_int("axis", 1)), grid.scale)
+    return found
+
+
+def _read_stored(proto: Any, stored: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every DequantizeLinear of a QuantizeLinear output in `stored` reads those integers and scale instead,
+    as graph inputs (the QuantizeLinear goes): the graph's Q/DQ arithmetic on the weights placement
+    stores. Returns the inputs' values by name."""
+    from onnx import helper
+
+    taken = {i.name for i in proto.graph.initializer} | {i.name for i in proto.graph.input} | {
+        name for node in proto.graph.node for name in node.output}
+
+    def unique(base: str) -> str:
+        name, count = base, 0
+        while name in taken:
+            count += 1
+            name = f"{base}_{count}"
+        taken.add(name)
+        return name
+
+    feeds = {}
+    for q_output, (integers, scale) in stored.items():
+        names = unique(f"{q_output}_stored"), unique(f"{q_output}_stored_scale")
+        for name, array in zip(names, (integers, scale)):
+            proto.graph.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype),
+                                                                   list(array.shape)))
+            feeds[name] = array
+        for node in proto.graph.node:
+            if node.op_type == "DequantizeLinear" and node.input[0] == q_output:
+                node.input[0], node.input[1] = names
+    outputs = {o.name for o in proto.graph.output}
+    read = {name for node in proto.graph.node for name in node.input}
+    keep = [n for n in proto.graph.node if not (n.op_type == "QuantizeLinear" and n.output[0] in stored
+                                                 and n.output[0] not in read and n.output[0] not in outputs)]
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    if feeds and proto.ir_version < 4:
+        proto.ir_version = 4
+    return feeds

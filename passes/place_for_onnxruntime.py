@@ -38,7 +38,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, qparams  # noqa: F401 - shared with the other placement passes
+from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, qparams, weight_grid  # noqa: F401 - shared with the other placement passes
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 from tao_qc.spec.cpu import CpuTarget, this_machine
 
@@ -93,7 +93,7 @@ class PlaceForOnnxRuntime:
         build = QdqBuilder(graph, self.name)
         notes: list[str] = []
         derived: dict[str, str] = {}
-        stored, narrowed = self._store_weights(graph, build, self.cpu.weight_magnitude)
+        stored, narrowed = self._store_weights(graph, build, self.cpu)
         stats = {"weights_stored_int8": stored}
         if self.cpu.pairs_saturate:
             stats["weights_7bit"] = narrowed
@@ -132,34 +132,24 @@ class PlaceForOnnxRuntime:
     # -- 1. weights -------------------------------------------------------------------------
 
     @staticmethod
-    def _store_weights(graph: ir.Graph, build: QdqBuilder, magnitude: int = 127) -> tuple[int, int]:
-        """Weights as integer initializers; where `magnitude` is below 127 (a CPU whose kernels saturate
-        8-bit pairs), symmetric int8 weights of nodes that run those kernels are requantized to
-        +-`magnitude` (the same range, coarser steps). Returns (stored, narrowed)."""
+    def _store_weights(graph: ir.Graph, build: QdqBuilder, cpu: CpuTarget | None = None) -> tuple[int, int]:
+        """Weights as integer initializers, on the grid `qdq.weight_grid` gives for `cpu`: where its
+        kernels saturate 8-bit pairs, symmetric int8 weights of nodes that run those kernels are
+        requantized to +-`cpu.weight_magnitude` (the same range, coarser steps; the weight corrections
+        fitted them on that grid already). Returns (stored, narrowed)."""
         count = narrowed = 0
         for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
             weight = constant_array(q.inputs[0])
-            params = integer_qparams(q)
-            if weight is None or params is None:
+            grid = weight_grid(q, cpu)
+            if weight is None or grid is None:
                 continue
-            scale, zero = params
-            axis = q.attributes.get_int("axis", 1)
-            shape = [1] * weight.ndim
-            if scale.ndim == 1 and scale.size > 1:
-                shape[axis] = -1
-            dequantizers = [use.node for use in q.outputs[0].uses() if use.node.op_type == "DequantizeLinear"]
-            if (magnitude < 127 and zero.dtype == np.int8 and not zero.any()
-                    and any(_runs_u8s8_gemm(dq) for dq in dequantizers)):
-                scale = (scale.astype(np.float64) * (127 / magnitude)).astype(np.float32)
-                narrow = build.initializer(f"{q.inputs[0].name}_scale_{magnitude}", scale)
-                for dq in dequantizers:
+            if grid.narrowed:
+                narrow = build.initializer(f"{q.inputs[0].name}_scale_{grid.high}", grid.scale)
+                for dq in [use.node for use in q.outputs[0].uses() if use.node.op_type == "DequantizeLinear"]:
                     dq.replace_input_with(1, narrow)
-                info = (-magnitude, magnitude)
                 narrowed += 1
-            else:
-                info = (np.iinfo(zero.dtype).min, np.iinfo(zero.dtype).max)
-            quantized = np.clip(np.rint(weight / scale.reshape(shape)) + zero.reshape(shape if zero.ndim else ()), *info)
-            stored = build.initializer(f"{q.inputs[0].name}_quantized", quantized.astype(zero.dtype))
+            quantized = grid.integers(weight, q.attributes.get_int("axis", 1))
+            stored = build.initializer(f"{q.inputs[0].name}_quantized", quantized)
             q.outputs[0].replace_all_uses_with(stored)
             graph.remove(q, safe=True)
             count += 1
@@ -392,25 +382,6 @@ class PlaceForOnnxRuntime:
             node.replace_input_with(2, shifted[key])
             count += node.op_type == "QuantizeLinear"
         return count
-
-
-def _runs_u8s8_gemm(dq: ir.Node) -> bool:
-    """Whether a weight DequantizeLinear feeds an op ORT runs on its U8S8 GEMM or direct convolution
-    (a Gemm, a MatMul, a Conv that is not depthwise): the kernels whose pairs saturate without VNNI.
-    A depthwise Conv (one input and one output channel per group) runs ORT's depthwise kernel, which
-    multiplies in int32 and is exact with 8-bit weights on every CPU (measured in emulation of AVX2:
-    the same integers as AVX-512 VNNI); elementwise ops take no U8S8 weights."""
-    shape = dq.outputs[0].shape or dq.inputs[0].shape
-    for use in dq.outputs[0].uses():
-        node = use.node
-        if node.op_type in ("Gemm", "MatMul"):
-            return True
-        if node.op_type == "Conv":
-            group = node.attributes.get_int("group", 1)
-            depthwise = group > 1 and shape is not None and len(shape) == 4 and shape[1] == 1 and shape[0] == group
-            if not depthwise:
-                return True
-    return False
 
 
 def _clip_upper_bound(node: ir.Node) -> float:

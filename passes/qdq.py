@@ -1,13 +1,17 @@
 """Q/DQ helpers the ONNX Runtime placement passes share: a node's quantization parameters,
-a builder for QuantizeLinear/DequantizeLinear pairs and integer tensors, and the dims a value keeps
-through a Q/DQ pair."""
+a builder for QuantizeLinear/DequantizeLinear pairs and integer tensors, the dims a value keeps
+through a Q/DQ pair, and the grid a weight's integers are stored on (`weight_grid`: the one rule
+placement and the weight corrections share, so the corrections fit the integers that ship)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
 from tao_qc.pipeline import constant_array, mark_created
+from tao_qc.spec.cpu import FULL_WEIGHT_MAGNITUDE, CpuTarget
 
 
 def qparams(node: ir.Node) -> tuple[np.ndarray, np.ndarray] | None:
@@ -68,3 +72,66 @@ def dims_through_qdq(value: ir.Value | None) -> tuple | None:
             return None
         value = producer.inputs[0]
     return None
+
+
+def runs_u8s8_gemm(dq: ir.Node) -> bool:
+    """Whether a weight DequantizeLinear feeds an op ORT runs on its U8S8 GEMM or direct convolution
+    (a Gemm, a MatMul, a Conv that is not depthwise): the kernels whose pairs saturate without VNNI.
+    A depthwise Conv (one input and one output channel per group) runs ORT's depthwise kernel, which
+    multiplies in int32 and is exact with 8-bit weights on every CPU (measured in emulation of AVX2:
+    the same integers as AVX-512 VNNI); elementwise ops take no U8S8 weights. The weight's shape is
+    read through its Q/DQ (modelopt leaves their outputs without shapes: read from them alone, every
+    depthwise Conv of a calibrated graph looked like a full one and got 7 bits)."""
+    shape = dims_through_qdq(dq.outputs[0])
+    for use in dq.outputs[0].uses():
+        node = use.node
+        if node.op_type in ("Gemm", "MatMul"):
+            return True
+        if node.op_type == "Conv":
+            group = node.attributes.get_int("group", 1)
+            depthwise = group > 1 and shape is not None and len(shape) == 4 and shape[1] == 1 and shape[0] == group
+            if not depthwise:
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class WeightGrid:
+    """The grid a weight's integers are stored on: steps of `scale` (the QuantizeLinear's shape) around
+    `zero`, within [low, high]. `narrowed`: coarser than the QuantizeLinear's own grid."""
+
+    scale: np.ndarray
+    zero: np.ndarray
+    low: int
+    high: int
+    narrowed: bool = False
+
+    def integers(self, weight: np.ndarray, axis: int) -> np.ndarray:
+        """`weight` on this grid, as the integers placement stores (per channel along `axis`)."""
+        shape = [1] * weight.ndim
+        if self.scale.ndim == 1 and self.scale.size > 1:
+            shape[axis] = -1
+        zero = self.zero.reshape(shape if self.zero.ndim else ())
+        return np.clip(np.rint(weight / self.scale.reshape(shape)) + zero, self.low, self.high).astype(self.zero.dtype)
+
+
+def weight_grid(q: ir.Node, cpu: CpuTarget | None) -> WeightGrid | None:
+    """The grid `place-for-onnxruntime` stores the weight a QuantizeLinear reads on, for `cpu` (None:
+    no placement narrows anything, as for TensorRT). The QuantizeLinear's own grid, except on a CPU
+    whose U8S8 kernels saturate 8-bit weight pairs (tao_qc/spec/cpu.py): there the symmetric int8
+    weights of nodes that run those kernels (`runs_u8s8_gemm`) get +-`cpu.weight_magnitude` steps of
+    scale x 127 / magnitude (the same range, coarser steps: 7 bits). None for a QuantizeLinear without
+    integer parameters (FP8, or no zero point). Placement stores these integers, and the weight
+    corrections (AdaRound, bias correction) fit and measure on the same grid, so what they choose is
+    what ships."""
+    params = integer_qparams(q)
+    if params is None:
+        return None
+    scale, zero = params
+    if cpu is not None and cpu.pairs_saturate and zero.dtype == np.int8 and not zero.any() and any(
+            runs_u8s8_gemm(use.node) for use in q.outputs[0].uses() if use.node.op_type == "DequantizeLinear"):
+        magnitude = cpu.weight_magnitude
+        narrow = (scale.astype(np.float64) * (FULL_WEIGHT_MAGNITUDE / magnitude)).astype(np.float32)
+        return WeightGrid(narrow, zero, -magnitude, magnitude, narrowed=True)
+    info = np.iinfo(zero.dtype)
+    return WeightGrid(scale, zero, int(info.min), int(info.max))

@@ -12,9 +12,12 @@ the quantized model's own input x_q (the DequantizeLinear output the layer reads
 graph, every range choice applied; all layers' inputs come from one run). The target is the layer
 with its float weights on the same inputs: the rounding is fitted to what the layer's own weights
 do to its output, not to the error accumulated upstream (which no rounding of this layer can take
-back, and fitting it overfits a few samples). The weight's per-channel scale stays modelopt's; the
-result is written back as the float weight `s * q` (the integers the finishing passes of either
-target then store), and the float weights the float graph is compared with are kept in
+back, and fitting it overfits a few samples). The grid is the one placement stores the weight on
+(`qdq.weight_grid`): modelopt's per-channel scale, or, where `place-for-onnxruntime` narrows the
+layer to 7 bits for a CPU whose U8S8 kernels saturate 8-bit pairs (`cpu`), scale x 127/64 with
+|q| <= 64 (the inputs then come from a run with every narrowed weight on its 7-bit grid too). The
+result is written back as the float weight `s * q` (the integers the finishing passes of the target
+then store), and the float weights the float graph is compared with are kept in
 `ctx.facts["float_weights"]`. A layer keeps AdaRound's rounding only where it measures better than
 nearest rounding on all samples.
 
@@ -38,8 +41,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from tao_qc.passes.layer_runs import GraphRunner, quantized_layers, sample_feeds, set_initializer
+from tao_qc.passes.layer_runs import GraphRunner, narrowed_weights, quantized_layers, sample_feeds, set_initializer
+from tao_qc.passes.qdq import WeightGrid, weight_grid
 from tao_qc.pipeline import PassContext, PassResult, constant_array
+from tao_qc.spec.cpu import CpuTarget
 from tao_qc.spec.selection import onnx_unit
 
 log = logging.getLogger("tao_qc.quantize")
@@ -57,6 +62,9 @@ class RoundWeights:
     name: str = "round-weights"
     settings: Any = None  # a CorrectionSpec (method: adaround)
     skip: frozenset = field(default_factory=frozenset)
+    # The CPU placement stores weights for (passes.placement_cpu; None: TensorRT): where its kernels
+    # saturate 8-bit pairs, the layers placement narrows are rounded on their 7-bit grid.
+    cpu: CpuTarget | None = None
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
 
@@ -69,13 +77,13 @@ class RoundWeights:
             return PassResult(model, changed=False, stats={"layers_rounded": 0})
         feeds = sample_feeds(ctx.calibration, settings.samples)
         # Every layer's input as the calibrated graph computes it (its own Q/DQ applied, nearest
-        # rounding everywhere), from one run over the samples.
-        runner = GraphRunner(model, [layer.x.name for layer in layers])
+        # rounding everywhere, upstream weights on the grid placement stores), from one run over the samples.
+        runner = GraphRunner(model, [layer.x.name for layer in layers], stored=narrowed_weights(model, self.cpu))
         runs = [runner.run(feed) for feed in feeds]
         del runner
         inputs = {layer.name: np.concatenate([run[layer.x.name] for run in runs]) for layer in layers}
         del runs
-        errors = {layer.name: rounding_error(layer, inputs[layer.name]) for layer in layers}
+        errors = {layer.name: rounding_error(layer, inputs[layer.name], self.cpu) for layer in layers}
         if settings.nodes:
             chosen = [layer for layer in layers
                       if any(onnx_unit(layer.name, layer.node.op_type).matched_by(p) for p in settings.nodes)]
@@ -96,7 +104,7 @@ class RoundWeights:
                 records.append({"node": layer.name, "op": layer.node.op_type, "skipped": "max_seconds reached"})
                 continue
             weight, record = adaround_layer(layer, inputs.pop(layer.name), settings.iterations,
-                                            left / (len(chosen) - index))
+                                            left / (len(chosen) - index), self.cpu)
             records.append(record)
             if weight is not None:
                 new_weights[layer.weight.name] = weight
@@ -123,8 +131,9 @@ def _supported(layer: Any) -> bool:
     return weight.ndim == 2
 
 
-def _quantizer(layer: Any):
-    """The float weight, its per-channel scale (broadcastable), and the integer bounds around its zero point."""
+def _quantizer(layer: Any, cpu: CpuTarget | None = None):
+    """The float weight, its per-channel scale (broadcastable), and the integer bounds around its zero
+    point: the grid placement for `cpu` stores the weight on (`qdq.weight_grid`), 7 bits where it narrows."""
     import torch
 
     q = layer.weight_q
@@ -132,21 +141,33 @@ def _quantizer(layer: Any):
     scale = np.asarray(constant_array(q.inputs[1]), dtype=np.float32)
     zero = constant_array(q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] is not None else np.zeros((), np.int8)
     info = np.iinfo(zero.dtype)
+    low, high = info.min, info.max
+    grid = narrowed_grid(layer, cpu)
+    if grid is not None:
+        scale, low, high = grid.scale, grid.low, grid.high
     axis = _attr(q, "axis", 1) % weight.ndim
     shape = [1] * weight.ndim
     if scale.size > 1:
         shape[axis] = scale.size
     z = float(np.asarray(zero).reshape(-1)[0])
-    return torch.from_numpy(weight.copy()), torch.from_numpy(scale.reshape(shape).copy()), info.min - z, info.max - z
+    return torch.from_numpy(weight.copy()), torch.from_numpy(scale.reshape(shape).copy()), low - z, high - z
 
 
-def rounding_error(layer: Any, x: np.ndarray) -> float:
+def narrowed_grid(layer: Any, cpu: CpuTarget | None) -> WeightGrid | None:
+    """The grid placement for `cpu` stores the layer's weight on where it is coarser than its
+    QuantizeLinear's (7 bits for a CPU without VNNI), else None."""
+    grid = weight_grid(layer.weight_q, cpu)
+    return grid if grid is not None and grid.narrowed else None
+
+
+def rounding_error(layer: Any, x: np.ndarray, cpu: CpuTarget | None = None) -> float:
     """What nearest rounding of the weights costs at the layer's output, on its own quantized inputs,
-    relative to the output: |f(x, s * round(W / s)) - f(x, W)|^2 / |f(x, W)|^2 (what AdaRound can reduce)."""
+    relative to the output: |f(x, s * round(W / s)) - f(x, W)|^2 / |f(x, W)|^2 (what AdaRound can reduce),
+    on the grid placement for `cpu` stores."""
     import torch
 
     torch.set_num_threads(1)
-    w, s, low, high = _quantizer(layer)
+    w, s, low, high = _quantizer(layer, cpu)
     fn = layer_function(layer)
     with torch.no_grad():
         xs = torch.from_numpy(np.asarray(x, dtype=np.float32))
@@ -197,16 +218,17 @@ def layer_function(layer: Any):
     return lambda x, w: torch.matmul(x, w)
 
 
-def adaround_layer(layer: Any, inputs: np.ndarray, iterations: int,
-                   seconds: float) -> tuple[np.ndarray | None, dict[str, Any]]:
+def adaround_layer(layer: Any, inputs: np.ndarray, iterations: int, seconds: float,
+                   cpu: CpuTarget | None = None) -> tuple[np.ndarray | None, dict[str, Any]]:
     """AdaRound for one layer: the new float weight (s * q) or None where nearest rounding measures
-    better. The target is the layer's output with its float weights on the same (quantized) inputs."""
+    better. The target is the layer's output with its float weights on the same (quantized) inputs.
+    The grid (s and the bounds of q) is the one placement for `cpu` stores the weight on."""
     import torch
 
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(SEED)
     started = time.perf_counter()
-    w, s, low, high = _quantizer(layer)
+    w, s, low, high = _quantizer(layer, cpu)
     weight = np.asarray(constant_array(layer.weight))
     floor = torch.floor(w / s)
     rest = (w / s - floor).clamp(0.01, 0.99)
@@ -253,6 +275,8 @@ def adaround_layer(layer: Any, inputs: np.ndarray, iterations: int,
               "seconds": round(time.perf_counter() - started, 3), "output_error_nearest": error_nearest,
               "output_error_after": min(error_after, error_nearest), "weights_rounded_otherwise": changed,
               "kept": error_after < error_nearest}
+    if narrowed_grid(layer, cpu) is not None:
+        record["weight_bits"] = cpu.weight_bits  # fitted on the narrower grid placement stores for this CPU
     if error_after >= error_nearest:
         return None, record
     return rounded.numpy().astype(weight.dtype), record

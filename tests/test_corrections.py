@@ -23,7 +23,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tao_qc.accuracy.trials import picklable_facts
-from tao_qc.passes import calibrating_passes, finishing_passes
+from tao_qc.passes import calibrating_passes, correction_passes, finishing_passes, placement_cpu
 from tao_qc.passes.choose_ranges import ChooseRanges
 from tao_qc.passes.correct_bias import CorrectBias
 from tao_qc.passes.round_weights import RoundWeights
@@ -49,14 +49,21 @@ def _conv_model(path, weight: np.ndarray, bias: np.ndarray | None = None, channe
     return path
 
 
-def _calibrated(tmp_path, source, x_calibration, target, **spec_fields):
+def _calibrated(tmp_path, source, x_calibration, target, corrections=(), **spec_fields):
     np.savez(tmp_path / "calibration.npz", x=x_calibration)
     spec = load_spec({"backend": "modelopt.onnx", "target": target, "device": "cpu",
                       "calibration": {"data": str(tmp_path / "calibration.npz"), "batch_size": 8,
-                                      "max_samples": len(x_calibration)}, **spec_fields}).for_onnx_pipeline()
+                                      "max_samples": len(x_calibration), "corrections": list(corrections)},
+                      **spec_fields}).for_onnx_pipeline()
     ctx = PassContext(spec=spec, work_dir=tmp_path, source_path=source)
     model = Pipeline(calibrating_passes(spec, source_path=source)).run(None, ctx).model
     return spec, ctx, model
+
+
+def _finished(spec, ctx, model: ir.Model, tmp_path) -> onnx.ModelProto:
+    """The model as the finishing passes of its target make it (the model compile saves)."""
+    work = PassContext(spec=spec, work_dir=tmp_path, facts=copy.deepcopy(picklable_facts(ctx.facts)))
+    return ir.to_proto(Pipeline(finishing_passes(spec, verify=False), check_invariants=False).run(_copy(model), work).model)
 
 
 def _finished_outputs(spec, ctx, model: ir.Model, x: np.ndarray, tmp_path) -> np.ndarray:
@@ -65,9 +72,7 @@ def _finished_outputs(spec, ctx, model: ir.Model, x: np.ndarray, tmp_path) -> np
 
     from tao_qc.runtimes.onnxruntime import disabled_optimizers_for, with_exact_fp16_quantize
 
-    work = PassContext(spec=spec, work_dir=tmp_path, facts=copy.deepcopy(picklable_facts(ctx.facts)))
-    finished = Pipeline(finishing_passes(spec, verify=False), check_invariants=False).run(_copy(model), work).model
-    proto = ir.to_proto(finished)
+    proto = _finished(spec, ctx, model, tmp_path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(with_exact_fp16_quantize(proto).SerializeToString(), options,
@@ -148,6 +153,135 @@ def test_adaround_cancels_rounding_errors_that_add_up(tmp_path, target):
     steps = written.astype(np.float64) / scale.astype(np.float64).reshape(-1, 1, 1, 1)
     assert np.allclose(steps, np.rint(steps), atol=0.1)  # fp16 weights (tensorrt) hold s * q to 11 bits
     assert ctx.facts["float_weights"]["w"].shape == weight.shape  # the float graph still compares with FP32's
+
+
+# The 7-bit grid `place-for-onnxruntime` stores a U8S8 layer's weights on for a CPU without VNNI
+# (`quantize.onnxruntime.cpu: avx2`): modelopt's scale x 127/64, |q| <= 64. Each output channel's
+# largest weight is 64 of these steps (127 of STEP). Forcing avx2 on any CPU is fine: ORT computes
+# 7-bit weights exactly everywhere, VNNI included.
+STEP7 = STEP * 127 / 64
+
+
+def _weight_and_scale(proto: onnx.ModelProto, conv: str = "conv") -> tuple[np.ndarray, np.ndarray]:
+    """The stored integer weight of `conv` and the scale its DequantizeLinear reads."""
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    node = next(n for n in proto.graph.node if n.name == conv)
+    w_dq = producers[node.input[1]]
+    return constants[w_dq.input[0]], constants[w_dq.input[1]]
+
+
+def test_adaround_on_avx2_rounds_on_the_7bit_grid_placement_stores(tmp_path):
+    """On a non-VNNI target placement narrows the layer to 7 bits: AdaRound fitted on modelopt's 8-bit grid
+    was rounded again there and mostly lost; fitted on the 7-bit grid, its integers are the ones stored."""
+    rng = np.random.default_rng(1)
+    weight = (rng.integers(-30, 30, size=(8, 16, 1, 1)) + 0.25) * STEP7  # a quarter of a 7-bit step above
+    weight[:, 0, 0, 0] = 64 * STEP7
+    source = _conv_model(tmp_path / "round7.onnx", weight, bias=np.zeros(8))
+
+    def signal(n):  # sixteen near-copies of one signal: the 7-bit rounding errors add up
+        z = rng.normal(0, 1, size=(n, 1, 8, 8))
+        return (z + 0.01 * rng.normal(size=(n, 16, 8, 8))).astype(np.float32)
+
+    x_cal, x_test = signal(32), signal(16)
+    adaround = {"method": "adaround", "layers": 1, "iterations": 400}
+    spec, ctx, model = _calibrated(tmp_path, source, x_cal, "onnxruntime", [adaround], onnxruntime={"cpu": "avx2"})
+    [record] = ctx.facts["corrections"]
+    [node] = record["nodes"]
+    assert node["kept"] and node["weight_bits"] == 7
+
+    # AdaRound's integers: the weight it wrote back, in steps of the 7-bit scale
+    proto = ir.to_proto(model)
+    q_node = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "w")
+    scale8 = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == q_node.input[1]))
+    scale7 = (scale8.astype(np.float64) * 127 / 64).astype(np.float32).reshape(-1, 1, 1, 1)
+    written = numpy_helper.to_array(next(i for i in proto.graph.initializer if i.name == "w"))
+    chosen = written / scale7
+    assert np.abs(chosen - np.rint(chosen)).max() < 1e-3 and np.abs(np.rint(chosen)).max() <= 64
+    chosen = np.rint(chosen).astype(np.int8)
+    nearest = np.rint(weight / scale7)
+    assert (chosen != nearest).mean() > 0.1  # rounded otherwise than nearest, on the 7-bit grid
+
+    # the placed model stores exactly those integers, on that scale
+    stored, stored_scale = _weight_and_scale(_finished(spec, ctx, model, tmp_path))
+    np.testing.assert_array_equal(stored, chosen)
+    np.testing.assert_array_equal(stored_scale, scale7.reshape(-1))
+
+    # the layer's own output error at 7 bits (1x1 Conv, float inputs): AdaRound's integers against nearest's
+    def layer_error(w):
+        error = np.einsum("oi,nihw->nohw", (w - weight).reshape(8, 16), x_test.astype(np.float64))
+        return float(np.square(error).mean())
+
+    error_chosen, error_nearest = layer_error(chosen * scale7), layer_error(nearest * scale7)
+    assert error_chosen < 0.2 * error_nearest
+
+    # through ORT's kernels: the correction survives placement (the model uncorrected: nearest 7-bit)
+    reference = _fp32(source, x_test)
+    _, plain_ctx, plain = _calibrated(tmp_path, source, x_cal, "onnxruntime", onnxruntime={"cpu": "avx2"})
+    error_plain = np.square(_finished_outputs(spec, plain_ctx, plain, x_test, tmp_path) - reference).mean()
+    error_rounded = np.square(_finished_outputs(spec, ctx, model, x_test, tmp_path) - reference).mean()
+    assert error_rounded < 0.4 * error_plain
+    # what rounding on modelopt's 8-bit grid left after placement rounded it again: most of the error
+    eight = RoundWeights(settings=CorrectionSpec(**adaround)).run(_copy(plain), plain_ctx)
+    assert eight.changed
+    error_eight = np.square(_finished_outputs(spec, plain_ctx, eight.model, x_test, tmp_path) - reference).mean()
+    assert error_eight > 0.5 * error_plain
+
+
+def test_bias_correction_on_avx2_measures_the_7bit_weights_placement_stores(tmp_path):
+    """Weights a little under half a 7-bit step above an integer: the 7-bit rounding that ships takes
+    0.45 of a step off each, the 8-bit rounding modelopt's graph computes almost nothing on average.
+    Measured on the 7-bit weights, the correction takes back the mean error the placed model has."""
+    rng = np.random.default_rng(0)
+    weight = (rng.integers(-30, 30, size=(8, 16, 3, 3)) + 0.45) * STEP7
+    weight[:, 0, 0, 0] = 64 * STEP7
+    source = _conv_model(tmp_path / "bias7.onnx", weight, bias=np.zeros(8))
+    x_cal = rng.uniform(0, 1, size=(32, 16, 8, 8)).astype(np.float32)
+    x_test = rng.uniform(0, 1, size=(16, 16, 8, 8)).astype(np.float32)
+    spec, ctx, model = _calibrated(tmp_path, source, x_cal, "onnxruntime", onnxruntime={"cpu": "avx2"})
+    reference = _fp32(source, x_test)
+    before = _finished_outputs(spec, ctx, model, x_test, tmp_path) - reference
+
+    corrected = CorrectBias(settings=CorrectionSpec(method="bias"), cpu=placement_cpu(spec)).run(_copy(model), ctx)
+    assert corrected.changed
+    after = _finished_outputs(spec, ctx, corrected.model, x_test, tmp_path) - reference
+    mean_before, mean_after = before.mean(axis=(0, 2, 3)), after.mean(axis=(0, 2, 3))
+    assert np.abs(mean_before).mean() > 0.2
+    assert np.abs(mean_after).mean() < 0.05 * np.abs(mean_before).mean()
+    assert np.square(after).mean() < 0.2 * np.square(before).mean()
+
+    # the systematic error it reports is the placed model's (relative RMS over channels of the mean shift)
+    [record] = ctx.facts["corrections"]
+    [node] = record["nodes"]
+    assert node["weight_bits"] == 7
+    placed = float(np.sqrt(np.mean(np.square(mean_before))) / np.sqrt(np.mean(np.square(reference))))
+    assert 0.8 < node["systematic_error_before"] / placed < 1.25
+    assert node["systematic_error_after"] < 0.01 * node["systematic_error_before"]
+
+    # measured on modelopt's 8-bit grid instead, it saw almost none of it and left the mean error in place
+    eight = CorrectBias(settings=CorrectionSpec(method="bias")).run(_copy(model), ctx)
+    mean_eight = (_finished_outputs(spec, ctx, eight.model, x_test, tmp_path) - reference).mean(axis=(0, 2, 3))
+    assert np.abs(mean_eight).mean() > 0.5 * np.abs(mean_before).mean()
+    assert ctx.facts["corrections"][-1]["nodes"][0]["systematic_error_before"] < 0.2 * node["systematic_error_before"]
+
+
+def test_corrections_get_the_cpu_placement_stores_weights_for():
+    """One CPU for placement and corrections, from the spec: 7-bit grids only for onnxruntime on avx2/avx512."""
+    def spec(target, cpu="auto"):
+        fields = {"onnxruntime": {"cpu": cpu}} if target == "onnxruntime" else {}
+        return load_spec({"backend": "modelopt.onnx", "target": target, "device": "cpu",
+                          "calibration": {"corrections": ["bias", "adaround"]}, **fields}).for_onnx_pipeline()
+
+    for target, cpu, saturate in [("onnxruntime", "avx2", True), ("onnxruntime", "avx512", True),
+                                  ("onnxruntime", "avx512_vnni", False), ("onnxruntime", "amx", False)]:
+        compiled = spec(target, cpu)
+        assert placement_cpu(compiled).isa == cpu and placement_cpu(compiled).pairs_saturate is saturate
+        corrections = [p for p in calibrating_passes(compiled) if isinstance(p, (CorrectBias, RoundWeights))]
+        assert [p.cpu for p in corrections] == [placement_cpu(compiled)] * 2
+        placement = next(p for p in finishing_passes(compiled) if p.name == "place-for-onnxruntime")
+        assert placement.cpu == placement_cpu(compiled)
+    assert placement_cpu(spec("tensorrt")) is None
+    assert [p.cpu for p in correction_passes(spec("tensorrt").calibration.corrections)] == [None, None]
 
 
 def test_calibration_ranges_and_corrections_are_deterministic(tmp_path):

@@ -211,3 +211,49 @@ def test_inspect_and_compare_read_the_cpu_from_the_model(mnist_for_avx2, capsys)
     code, out, _ = run_cli(["compare", MNIST_CNTK, mnist_for_avx2.model_path, "--data", data, "--json"], capsys)
     result = json.loads(out)
     assert code == 0 and result["cpu"]["compiled_for"] == "avx2" and result["kernel_fidelity"]["passed"]
+
+
+def _weights_behind_qdq(kind: str) -> "onnx.ModelProto":
+    """x -> Q/DQ -> Conv whose weight is a float initializer behind a per-channel Q/DQ, as modelopt
+    writes it (no shapes on the Q/DQ outputs): a depthwise Conv (8 groups of one channel) or a full one."""
+    rng = np.random.default_rng(0)
+    shape = (8, 1, 3, 3) if kind == "depthwise" else (8, 8, 3, 3)
+    weight = rng.uniform(-1, 1, size=shape).astype(np.float32)
+    initializers = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.abs(weight).reshape(8, -1).max(axis=1) / 127, "w_scale"),
+        numpy_helper.from_array(np.zeros(8, np.int8), "w_zero"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"), numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
+    ]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["x_q"]),
+             helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_dq"]),
+             helper.make_node("QuantizeLinear", ["w", "w_scale", "w_zero"], ["w_q"], axis=0),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"], axis=0),
+             helper.make_node("Conv", ["x_dq", "w_dq"], ["y"], name="conv", pads=[1] * 4,
+                              group=8 if kind == "depthwise" else 1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+@pytest.mark.parametrize("kind,bits", [("depthwise", 8), ("full", 7)])
+def test_avx2_narrows_a_full_convs_weights_and_not_a_depthwise_ones(kind, bits):
+    """ORT's depthwise kernel multiplies in int32 on every CPU: its weights keep 8 bits on avx2, though
+    the calibrated graph gives its weight's Q/DQ outputs no shape to tell it from a full Conv."""
+    import onnx_ir as ir
+
+    from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
+    from tao_qc.passes.qdq import weight_grid
+    from tao_qc.pipeline import PassContext
+
+    model = ir.from_proto(_weights_behind_qdq(kind))
+    q = next(n for n in model.graph if n.op_type == "QuantizeLinear" and n.inputs[0].name == "w")
+    avx2 = cpu.resolve("avx2")
+    grid = weight_grid(q, avx2)
+    assert grid.narrowed is (bits == 7) and grid.high == (64 if bits == 7 else 127)
+    assert not weight_grid(q, cpu.resolve("avx512_vnni")).narrowed and not weight_grid(q, None).narrowed
+    result = PlaceForOnnxRuntime(cpu=avx2).run(model, PassContext(spec=None, work_dir=Path(".")))
+    assert result.stats["weights_7bit"] == (1 if bits == 7 else 0)
+    conv = next(n for n in result.model.graph if n.op_type == "Conv")
+    stored = conv.inputs[1].producer().inputs[0].const_value.numpy()
+    assert stored.dtype == np.int8 and np.abs(stored).max() == (64 if bits == 7 else 127)

@@ -202,3 +202,15 @@ def test_the_first_row_of_a_tensorrt_compile_says_what_its_cpu_timing_is_worth(m
     speed = re.search(r'<div class="card" data-card="speed">.*?</div></div>', html)
     assert speed and "placed for tensorrt, so this timing says little about its speed there" in speed.group(0)
     assert 'data-card="fidelity"' not in html  # kernel fidelity is an ONNX Runtime CPU check: no card
+
+
+def test_corrections_say_which_nodes_were_fitted_on_seven_bit_weights():
+    from tao_qc.report.html import corrections_html
+
+    nodes = [{"node": "conv", "output_error_nearest": 0.01, "output_error_after": 0.001, "iterations": 300,
+              "weight_bits": 7}, {"node": "dw", "output_error_nearest": 0.02, "output_error_after": 0.01, "iterations": 300}]
+    html = corrections_html({"corrections": [{"method": "adaround", "samples": 16, "seconds": 1.0, "nodes": nodes}]})
+    assert "1 of them on the 7-bit weights placement stores for a CPU without VNNI" in html
+    nodes = [{k: v for k, v in n.items() if k != "weight_bits"} for n in nodes]
+    assert "7-bit" not in corrections_html({"corrections": [{"method": "adaround", "samples": 16, "seconds": 1.0,
+                                                              "nodes": nodes}]})

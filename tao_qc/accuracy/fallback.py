@@ -27,7 +27,7 @@ from tao_qc.console import progress
 from tao_qc.data import model_inputs, open_inputs
 from tao_qc.evaluate.latency import BenchTable
 from tao_qc.evaluate.results import ComparisonResult
-from tao_qc.passes import correction_passes
+from tao_qc.passes import correction_passes, placement_cpu
 from tao_qc.passes.choose_ranges import ChooseRanges
 from tao_qc.spec import QuantizeSpec
 from tao_qc.spec.datasets import DataSet, accuracy_data_set, measures
@@ -289,7 +289,7 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
                                   for m in dict.fromkeys(c["method"] for c in choices.values())}}
         else:
             specs = correction_specs(spec)
-            candidate = base.transformed(ctx, correction_passes(specs), "corrections")
+            candidate = base.transformed(ctx, correction_passes(specs, cpu=placement_cpu(spec)), "corrections")
             details = {"corrections": [c.method for c in specs],
                        "nodes": sum(len(c.get("nodes") or []) for c in candidate.facts.get("corrections") or [])}
         prepared = time.perf_counter() - started

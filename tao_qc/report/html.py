@@ -780,8 +780,12 @@ def corrections_html(report: dict[str, Any]) -> str:
                     f"<td class=\"num\">{_num(n.get('output_error_after'))}</td>"
                     f"<td class=\"num\">{_num(n.get('iterations'))}</td></tr>" for n in correction["nodes"]]
             head = ["node", "output error, nearest rounding", "after AdaRound", "iterations"]
+        # Layers placement narrows for a CPU without VNNI are fitted and measured on those weights.
+        bits = [n["weight_bits"] for n in correction["nodes"] if n.get("weight_bits")]
+        narrow_note = (f" {len(bits)} of them on the {min(bits)}-bit weights placement stores for a CPU without VNNI."
+                       if bits else "")
         parts.append(f"<h3>Correction: {escape(correction['method'])}</h3><p>{len(correction['nodes'])} nodes, "
-                     f"{correction.get('samples')} calibration samples, {_num(correction.get('seconds'))} s.</p>"
+                     f"{correction.get('samples')} calibration samples, {_num(correction.get('seconds'))} s.{narrow_note}</p>"
                      + _table(head, rows, numeric_from=1))
     return "".join(parts)
 
