@@ -20,8 +20,11 @@ search kept float and whether it met its target.
   (`tao_qc.corpus:decode_yunet`) finds against FP32's, and the lowest per-sample output cosine.
 
 `--steps` sets `accuracy.steps` of the fallback compile (default: the spec's default, clip then
-float). Every run prints the machine first (CPU model, instruction sets, threads, library versions),
-and per row the time of each accuracy phase and the peak memory of the compile.
+float); `--corrections adaround,bias` sets its `calibration.corrections` (weight corrections in
+calibration itself, so that every step after them starts from corrected weights). Every run prints
+the machine first (CPU model, instruction sets, threads, library versions), and per row the time of
+each accuracy phase and the peak memory of the compile (summed over its process tree: trial workers
+and modelopt's child included).
 
 TensorRT's speed cannot be measured on a CPU: its rows time the TensorRT-placed graph on ONNX Runtime
 only to show it runs; the accuracy columns are what the goal is about there.
@@ -36,8 +39,8 @@ environment (the peers bring plain onnxruntime; tao-qc has onnxruntime-gpu); the
 is measured here exactly like tao-qc's: the same task metric function, the same interleaved timing.
 A peer that is not installed or fails leaves one line in its row saying why, and the bench goes on.
 "Nodes INT8" is read from each graph alike (tao_qc.ir.graph_facts: Conv/Gemm/MatMul whose activation
-and weight both arrive through DequantizeLinear); compile time is wall time (a peer's includes its
-process start and imports).
+and weight both arrive through DequantizeLinear); compile time is wall time of its own process, as a
+user runs it (`tao-qc compile`, and each peer's script), process start and imports included.
 """
 
 from __future__ import annotations
@@ -192,23 +195,47 @@ def _resized_photos(name: str) -> np.ndarray:
 MODELS = {"ppocrv5_rec": recognizer, "yunet_n_320": face_detector}
 
 
-def compile_once(source: Path, section: dict, work: Path, name: str) -> tuple[Path, dict, float]:
-    """`tao-qc compile` with `section` as the spec file's quantize section (relative paths: `work`)."""
+def compile_once(source: Path, section: dict, work: Path, name: str) -> tuple[Path, dict, float, float]:
+    """`tao-qc compile` as a user runs it (its own process), with `section` as the spec file's quantize
+    section (relative paths: `work`): the model, report.json, wall seconds and the peak memory in GB of
+    the compile's whole process tree (trial workers and modelopt's child included)."""
     import yaml
-
-    from tao_qc.driver import compile_model
-    from tao_qc.errors import AccuracyError
 
     spec = work / f"{name}.yaml"
     spec.write_text(yaml.safe_dump({"quantize": section}))
+    command = [str(Path(sys.executable).with_name("tao-qc")), "-q", "compile", str(source), "--spec", str(spec),
+               "-o", str(work / name)]
     started = time.perf_counter()
-    try:
-        result = compile_model(source, spec, results_dir=work / name)
-        path, report = result.model_path, result.report
-    except AccuracyError:
-        report = json.loads((work / name / "report.json").read_text())
-        path = Path(report["output"])
-    return path, report, time.perf_counter() - started
+    process = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = peak_tree_memory(process)
+    stderr = process.stderr.read()
+    seconds = time.perf_counter() - started
+    if process.returncode not in (0, 1):  # 1: a missed target, whose results are still written
+        raise SystemExit(f"tao-qc compile of {source.name} ({name}) exited {process.returncode}: {stderr.strip()[-2000:]}")
+    report = json.loads((work / name / "report.json").read_text())
+    return Path(report["output"]), report, seconds, peak
+
+
+def peak_tree_memory(process: subprocess.Popen, interval: float = 0.2) -> float:
+    """Wait for `process`, sampling the resident memory of it and all its descendants; the largest sum, in GB."""
+    import psutil
+
+    root, peak = psutil.Process(process.pid), 0
+    while process.poll() is None:
+        total = 0
+        try:
+            members = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for member in members:
+            try:
+                total += member.memory_info().rss
+            except psutil.NoSuchProcess:  # a worker that ended between the listing and the reading
+                pass
+        peak = max(peak, total)
+        time.sleep(interval)
+    process.wait()
+    return peak / 1e9
 
 
 def peer_versions(python: Path) -> dict[str, str]:
@@ -331,12 +358,14 @@ def phases(report: dict, seconds: float) -> dict:
 
 
 def main() -> None:
-    import resource
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--targets", default="onnxruntime,tensorrt")
     parser.add_argument("--steps", default=None, help="accuracy.steps of the fallback compile, comma-separated")
+    parser.add_argument("--corrections", default=None,
+                        help="calibration.corrections of the fallback compile, comma-separated (adaround,bias): "
+                             "weight corrections in calibration itself, before any accuracy step")
     parser.add_argument("--peers", default=None,
                         help=f"peers to measure with the onnxruntime rows, of {','.join(PEER_DISTRIBUTIONS)} "
                              "(default: those installed in the peers' venv; '' for none)")
@@ -368,12 +397,13 @@ def main() -> None:
                 source = corpus.shared_models_dir() / f"{name}.onnx"
                 section = {**case["spec"], "target": target}
                 plain_section = {**section, "accuracy": {**section["accuracy"], "fallback": "off"}}
-                plain, _, plain_s = compile_once(source, plain_section, work, "plain")
+                plain, _, plain_s, _ = compile_once(source, plain_section, work, "plain")
                 if args.steps:
                     section = {**section, "accuracy": {**section["accuracy"], "steps": args.steps.split(",")}}
-                fallback, report, fallback_s = compile_once(source, section, work, "fallback")
-                peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                           resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1e6
+                if args.corrections:
+                    section = {**section, "calibration": {**section["calibration"],
+                                                          "corrections": args.corrections.split(",")}}
+                fallback, report, fallback_s, peak = compile_once(source, section, work, "fallback")
                 # The peers quantize for ONNX Runtime's CPU provider: they join the onnxruntime rows,
                 # from the same model and data, and are timed in the same interleaved rounds.
                 peers = []
@@ -439,7 +469,7 @@ def main() -> None:
     print()
     for r in rows:
         print(f"\n{r['model']}, {r['target']}: fallback compile {r['compile_s']} s ({r['cost']:.1f}x the plain one), "
-              f"peak memory {r['peak_gb']} GB (the process so far), phases {r['phases']}, steps {r['steps']}", end="")
+              f"peak memory {r['peak_gb']} GB (its process tree), phases {r['phases']}, steps {r['steps']}", end="")
         for p in r.get("peers") or []:
             if p.get("settings"):
                 print(f"\n{r['model']}, {p['quantizer']}: {p['settings']}, its own seconds {p.get('seconds')}", end="")

@@ -70,7 +70,9 @@ class CompileResult:
     dump_dir: Path | None = None
     compare: bool = True  # whether the FP32-vs-quantized comparison step is asked for
     facts: dict[str, Any] = field(default_factory=dict)
-    evaluation: Evaluation = field(default_factory=Evaluation)  # what report.json's sections were made from
+    # What report.json's sections were made from (its model paths name the staging folder the results
+    # were written in; the report's name where they ended up).
+    evaluation: Evaluation = field(default_factory=Evaluation)
 
     @property
     def modelopt_seconds(self) -> float:

@@ -23,6 +23,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tao_qc.accuracy.trials import picklable_facts
+from tao_qc.driver import compile_model
 from tao_qc.passes import calibrating_passes, correction_passes, finishing_passes, placement_cpu
 from tao_qc.passes.choose_ranges import ChooseRanges
 from tao_qc.passes.correct_bias import CorrectBias
@@ -370,3 +371,40 @@ def test_fallback_runs_ranges_then_corrections_and_stops_where_the_target_is_met
     assert report["counts"]["quantized"] == report["counts"]["candidates"] == 1
     assert accuracy["final"]["met"]  # on the comparison data neither calibration nor the target saw
     assert "corrections" in (out / "report.html").read_text()
+
+
+def test_a_step_that_changes_ranges_fits_the_calibration_corrections_again_on_them(tmp_path):
+    """Corrections in calibration are fitted to max ranges; fallback's clip step then clips them. The
+    corrections must be fitted again on the clipped ranges: the saved model is then the very model
+    that clipping in calibration itself (`algorithm: percentile`) and the same corrections give.
+    Kept as fitted on max ranges, they miss the target clipping alone reaches (0.989 < 0.99 here)."""
+    rng = np.random.default_rng(3)
+    channels = 16
+    source = _conv_model(tmp_path / "refit.onnx", rng.normal(0, 0.2, size=(8, channels, 3, 3)), bias=rng.normal(0, 0.1, 8))
+
+    def data(count, outlier=False):
+        x = (rng.uniform(-1, 1, size=(count, channels, 8, 8)) + 0.3).astype(np.float32)
+        if outlier:
+            x[5, 3, 4, 4] = 200.0  # one outlier: max spends the int8 grid on it, clipping does not
+        return x
+
+    np.savez(tmp_path / "cal.npz", x=data(32, outlier=True))
+    np.savez(tmp_path / "held.npz", x=data(32))
+    np.savez(tmp_path / "test.npz", x=data(16))
+    saved = {}
+    for name, settings in (("clipped-in-calibration", {"algorithm": "percentile", "accuracy": {"fallback": "off"}}),
+                           ("clipped-by-fallback", {"accuracy": {"data": str(tmp_path / "held.npz"), "metric": "cosine",
+                                                                 "min": 0.99, "steps": ["clip"]}})):
+        spec = {"quantize": {"target": "onnxruntime", "compare": {"data": str(tmp_path / "test.npz")},
+                             "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 8, "corrections": ["bias"]},
+                             **settings}}
+        result = compile_model(source, spec, results_dir=tmp_path / name)
+        saved[name] = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(result.model_path)).graph.initializer}
+        if name == "clipped-by-fallback":
+            (step,) = result.report["accuracy"]["steps"]
+            assert step["step"] == "clip" and step["met"] and step["corrections_refitted"] == ["bias"]
+            assert step["before"] < 0.9 and step["value"] >= 0.99
+            assert [c["method"] for c in result.report["corrections"]] == ["bias"]  # the refit only, not the stale one
+    first, second = saved.values()
+    assert sorted(first) == sorted(second)
+    assert all(np.array_equal(first[name], second[name]) for name in first)

@@ -29,19 +29,20 @@ def correction_specs(spec: QuantizeSpec) -> list[Any]:
 
 
 class RestoreFloatWeights:
-    """The float weights and biases of the nodes fallback keeps in float, as they were before any
-    correction (a correction fits a node's weights to its quantization; in float they would only be off)."""
+    """The float weights and biases of the nodes fallback keeps in float (or of every node), as they
+    were before any correction (a correction fits a node's weights to its quantization; in float, or
+    under other ranges, they would only be off)."""
 
     name = "restore-float-weights"
 
-    def __init__(self, nodes: set[str] | frozenset[str]):
-        self.nodes = set(nodes)
+    def __init__(self, nodes: set[str] | frozenset[str] | None = None):
+        self.nodes = set(nodes) if nodes is not None else None  # None: every node a correction changed
 
     def run(self, model: Any, ctx: Any) -> Any:
         originals = ctx.facts.get("float_weights") or {}
         restored = 0
         for layer in quantized_layers(model):
-            if layer.name not in self.nodes:
+            if self.nodes is not None and layer.name not in self.nodes:
                 continue
             for value in (layer.weight, layer.bias):
                 if value is not None and value.name in originals:

@@ -278,12 +278,16 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
             quantized = TrialRunner(setup(calibrated)).run({})
         started = time.perf_counter()
         details: dict[str, Any] = {}
+        # Corrections are fitted to the ranges they were measured with: a step that changes ranges
+        # starts from the float weights and fits the same corrections again on its new ranges.
+        refit = step in ("clip", "ranges") and bool(base.facts.get("corrections"))
+        start = _uncorrected(ctx, base) if refit else base
         if step == "clip":
             percentile = spec.calibration.percentile
-            candidate, narrowed = base.clipped(ctx, percentile)
+            candidate, narrowed = start.clipped(ctx, percentile)
             details = {"percentile": percentile, "ranges_clipped": narrowed}
         elif step == "ranges":
-            candidate = base.transformed(ctx, [ChooseRanges(force=True)], "ranges")
+            candidate = start.transformed(ctx, [ChooseRanges(force=True)], "ranges")
             choices = candidate.facts.get("range_choices") or {}
             details = {"chosen": {m: sum(1 for c in choices.values() if c["method"] == m)
                                   for m in dict.fromkeys(c["method"] for c in choices.values())}}
@@ -292,6 +296,10 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
             candidate = base.transformed(ctx, correction_passes(specs, cpu=placement_cpu(spec)), "corrections")
             details = {"corrections": [c.method for c in specs],
                        "nodes": sum(len(c.get("nodes") or []) for c in candidate.facts.get("corrections") or [])}
+        if refit:
+            candidate = candidate.transformed(ctx, correction_passes(correction_specs(spec), cpu=placement_cpu(spec)),
+                                              f"{step}-corrected")
+            details["corrections_refitted"] = [c.method for c in correction_specs(spec)]
         prepared = time.perf_counter() - started
         runner = TrialRunner(setup(candidate))
         result = runner.run({})
@@ -315,6 +323,14 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
         if better:
             base, quantized = candidate, result
     return base, quantized  # None where no step ran and the comparison was the check: the search measures it
+
+
+def _uncorrected(ctx: Any, graph: CalibratedGraph) -> CalibratedGraph:
+    """`graph` with every weight and bias a correction changed back to its float value, and no
+    correction on record (those fitted again after are the ones the report shows)."""
+    uncorrected = graph.transformed(ctx, [RestoreFloatWeights()], "uncorrected")
+    uncorrected.facts["corrections"] = []
+    return uncorrected
 
 
 def measure_model(spec: QuantizeSpec, source: Path, model: Path, calibration: Any, folder: Path, target: Any,
