@@ -329,6 +329,7 @@ def write_report(stage: Path, spec: QuantizeSpec, source: Path, output: Path, re
     if sections:
         report["verdict"] = {"passed": not (failures := evaluation.failures()), "failures": failures,
                              "fails_run": spec.compare.fail_on_mismatch}
+    report["warnings"] += evaluation.warnings()
     slower = slower_than_fp32(evaluation.latency, spec, evaluation.speed)
     if slower:
         log.warning(slower)

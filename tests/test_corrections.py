@@ -408,3 +408,25 @@ def test_a_step_that_changes_ranges_fits_the_calibration_corrections_again_on_th
     first, second = saved.values()
     assert sorted(first) == sorted(second)
     assert all(np.array_equal(first[name], second[name]) for name in first)
+
+
+def test_calibration_corrections_that_cost_accuracy_are_said_with_the_figure(tmp_path):
+    """Bias correction takes back the mean error it measures on the calibration data. Where the data
+    the model is judged on has another mean, that correction adds error instead, and the model misses
+    its target: the report then says what the metric was without the corrections the user asked for."""
+    rng = np.random.default_rng(4)
+    weight = (rng.integers(-60, 60, size=(8, 16, 1, 1)) + 0.49) * STEP  # every weight rounds down by 0.49 steps
+    weight[:, 0, 0, 0] = 127 * STEP
+    source = _conv_model(tmp_path / "shifted.onnx", weight, bias=np.zeros(8))
+    np.savez(tmp_path / "cal.npz", x=rng.normal(0.5, 1, size=(32, 16, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "held.npz", x=rng.normal(-0.5, 1, size=(32, 16, 8, 8)).astype(np.float32))
+    spec = {"quantize": {"target": "onnxruntime", "compare": {"data": str(tmp_path / "held.npz")},
+                         "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 8, "corrections": ["bias"]},
+                         "accuracy": {"data": str(tmp_path / "held.npz"), "metric": "cosine", "min": 0.999999,
+                                      "fallback": "off"}}}
+    report = compile_model(source, spec, results_dir=tmp_path / "out", raise_on_mismatch=False).report
+    accuracy = report["accuracy"]
+    assert accuracy["without_calibration_corrections"] > accuracy["quantized"]
+    (warning,) = [w for w in report["warnings"] if w.startswith("calibration.corrections")]
+    assert warning.startswith(f"calibration.corrections (bias) lowered cosine on quantize.accuracy.data from "
+                              f"{accuracy['without_calibration_corrections']:.5g} to {accuracy['quantized']:.5g}")

@@ -127,6 +127,9 @@ class AccuracyOutcome:
     speed_before: float | None = None
     speed_after: float | None = None
     final: dict[str, Any] | None = None  # the metric on the comparison data, for the saved model
+    # With calibration.corrections, where the target was missed: the metric with them taken back out.
+    without_calibration_corrections: float | None = None
+    warnings: list[str] = field(default_factory=list)  # for report.json's warnings
 
     def after_rebuild(self, before: BenchTable | None, after: BenchTable | None) -> None:
         """The speed against FP32 of the first model and of the rebuilt one (compile's latency tables)."""
@@ -176,6 +179,7 @@ class AccuracyOutcome:
             "speed_before": self.speed_before,
             "speed_after": self.speed_after,
             "final": self.final,
+            "without_calibration_corrections": self.without_calibration_corrections,
         }
         if self.result is not None:
             out["search"] = self.result.to_dict()
@@ -230,6 +234,8 @@ def check_accuracy(spec: QuantizeSpec, source: Path, ctx: Any, calibrated: Calib
         quantized = runner.run({})
         outcome = AccuracyOutcome(target, data, runner.fp32_value, quantized.value,
                                   target.met(quantized.value, runner.fp32_value), target.name, accuracy.fallback)
+        if not outcome.met and spec.calibration.corrections and calibrated.facts.get("corrections"):
+            _measure_without_calibration_corrections(spec, ctx, calibrated, setup, outcome)
     if outcome.met:
         log.info("accuracy: %s met by the quantized model (%s)", outcome.via if outcome.via != "comparison" else
                  "the comparison's checks", data.batches.describe())
@@ -323,6 +329,22 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
         if better:
             base, quantized = candidate, result
     return base, quantized  # None where no step ran and the comparison was the check: the search measures it
+
+
+def _measure_without_calibration_corrections(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGraph,
+                                             setup: TrialSetups, outcome: AccuracyOutcome) -> None:
+    """`calibration.corrections` apply whatever they do to the task (the user asked for them); where the
+    model misses its target, one more trial says whether they cost accuracy, so the report can say so
+    (fallback's `corrections` step, by contrast, keeps them only where they measure better)."""
+    without = TrialRunner(setup(_uncorrected(ctx, calibrated))).run({}).value
+    outcome.without_calibration_corrections = without
+    if without > outcome.quantized_value:
+        methods = ", ".join(c.method for c in spec.calibration.corrections)
+        warning = (f"calibration.corrections ({methods}) lowered {outcome.target.name} on {outcome.data.key} from "
+                   f"{without:.5g} to {outcome.quantized_value:.5g}; remove them, or list `corrections` in "
+                   "accuracy.steps instead, which keeps them only where they measure better")
+        log.warning(warning)
+        outcome.warnings.append(warning)
 
 
 def _uncorrected(ctx: Any, graph: CalibratedGraph) -> CalibratedGraph:

@@ -21,6 +21,8 @@ from tao_qc.evaluate.results import ComparisonResult
 class AccuracyVerdict(Protocol):
     """The accuracy check's outcome (tao_qc.accuracy.fallback.AccuracyOutcome)."""
 
+    warnings: list[str]  # what the report should say besides pass or fail
+
     def failures(self) -> list[str]: ...
 
     @property
@@ -61,6 +63,10 @@ class Evaluation:
             else:
                 failures += self.comparison.failures
         return failures
+
+    def warnings(self) -> list[str]:
+        """What report.json's warnings add from these results."""
+        return list(self.accuracy.warnings) if self.accuracy is not None else []
 
     def sections(self) -> dict[str, Any]:
         """report.json's sections for what was measured (none where nothing was)."""
