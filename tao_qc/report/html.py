@@ -748,12 +748,18 @@ def steps_html(steps: list[dict[str, Any]] | None) -> str:
     """The accuracy steps before float fallback, each with the metric after it (report.html)."""
     if not steps:
         return ""
-    rows = [f"<tr><td>{escape(s['step'])}</td><td class=\"num\">{_num(s.get('before'))}</td>"
+    rows = [f"<tr><td>{escape(_step_name(s))}</td><td class=\"num\">{_num(s.get('before'))}</td>"
             f"<td class=\"num\">{_num(s.get('value'))}</td><td>{'met' if s.get('met') else 'missed'}</td>"
             f"<td>{'kept' if s.get('kept') else 'not kept'}</td><td class=\"num\">{_num(s.get('seconds'))}</td></tr>"
             for s in steps]
     return ("<p>Steps before any node is kept in float (every node INT8), in order; each is kept where it "
             "measures better:</p>" + _table(["step", "before", "after", "target", "", "seconds"], rows, numeric_from=1))
+
+
+def _step_name(step: dict[str, Any]) -> str:
+    """The step, and the corrections it fitted again on its new ranges, if any."""
+    refitted = step.get("corrections_refitted")
+    return f"{step['step']} (then {', '.join(refitted)} fitted again)" if refitted else step["step"]
 
 
 def corrections_html(report: dict[str, Any]) -> str:
