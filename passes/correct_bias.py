@@ -12,8 +12,18 @@ narrows to 7 bits for a CPU whose U8S8 kernels saturate 8-bit pairs, `cpu`, on t
 rounding that ships), with every layer upstream already corrected: one run of the graph per depth
 (layers at one depth never depend on each other; `max_runs` groups depths where time matters more).
 Means are over the first `samples` calibration samples. A Conv or Gemm without a bias gets one; a
-MatMul without a bias Add is left alone (nothing is added to the graph). The float bias is what
-changes, so placement for either target reads the corrected value (ONNX Runtime: as an int32 bias).
+MatMul is corrected only where its output goes straight into a bias Add, and is otherwise left alone
+(nothing is added to the graph). modelopt quantizes the MatMul's output before that Add, so in its
+graphs no MatMul is corrected. The float bias is what changes, so placement for either target reads
+the corrected value (ONNX Runtime: as an int32 bias).
+
+What it cannot see: one constant per channel takes back the mean error over every position. Where the
+error differs by region of the input, that mean can make the part that matters worse. PP-OCRv5's
+recognizer is an example. Its lines are zero-padded on the right, and the padding columns carry 10-20
+times the text's error, so the correction mostly repairs the padding. The text columns then drift:
+Conv.32's relative error on held lines goes 0.136 -> 0.231 on the text and 1.21 -> 0.63 on the
+padding, and CER on unseen lines goes 0.92% -> 9.0%. That is why fallback's `corrections` step keeps
+a correction only where the task metric measures better.
 
 The report (`ctx.facts["corrections"]`) gives per node the systematic error before and after: the
 root mean square over channels of E[y_float] - E[y_quantized], relative to the RMS of y_float.
