@@ -380,12 +380,16 @@ def test_a_step_that_changes_ranges_fits_the_calibration_corrections_again_on_th
     Kept as fitted on max ranges, they miss the target clipping alone reaches (0.989 < 0.99 here)."""
     rng = np.random.default_rng(3)
     channels = 16
-    source = _conv_model(tmp_path / "refit.onnx", rng.normal(0, 0.2, size=(8, channels, 3, 3)), bias=rng.normal(0, 0.1, 8))
+    weight = (rng.integers(-60, 60, size=(8, channels, 3, 3)) + 0.49) * STEP  # a mean error to take back
+    weight[:, 0, 0, 0] = 127 * STEP
+    source = _conv_model(tmp_path / "refit.onnx", weight, bias=rng.normal(0, 0.1, 8))
 
     def data(count, outlier=False):
         x = (rng.uniform(-1, 1, size=(count, channels, 8, 8)) + 0.3).astype(np.float32)
         if outlier:
-            x[5, 3, 4, 4] = 200.0  # one outlier: max spends the int8 grid on it, clipping does not
+            # One outlier, in a sample past the 16 bias correction measures on: max spends the int8
+            # grid on it, clipping does not.
+            x[20, 3, 4, 4] = 200.0
         return x
 
     np.savez(tmp_path / "cal.npz", x=data(32, outlier=True))
@@ -431,3 +435,30 @@ def test_calibration_corrections_that_cost_accuracy_are_said_with_the_figure(tmp
     (warning,) = [w for w in report["warnings"] if w.startswith("calibration.corrections")]
     assert warning.startswith(f"calibration.corrections (bias) lowered cosine on quantize.accuracy.data from "
                               f"{accuracy['without_calibration_corrections']:.5g} to {accuracy['quantized']:.5g}")
+
+
+def test_a_step_drops_calibration_corrections_that_measure_worse_on_its_new_ranges(tmp_path):
+    """The bias correction of the test above, with an outlier in the calibration data so that the clip
+    step runs. Fitted again on the clipped ranges, the correction still measures worse on the data the
+    model is judged on. The step goes on without it and meets the target, and the report says why."""
+    rng = np.random.default_rng(4)
+    weight = (rng.integers(-60, 60, size=(8, 16, 1, 1)) + 0.49) * STEP
+    weight[:, 0, 0, 0] = 127 * STEP
+    source = _conv_model(tmp_path / "dropped.onnx", weight, bias=np.zeros(8))
+    calibration = rng.normal(0.5, 1, size=(32, 16, 8, 8)).astype(np.float32)
+    calibration[5, 3, 4, 4] = 200.0
+    np.savez(tmp_path / "cal.npz", x=calibration)
+    np.savez(tmp_path / "held.npz", x=rng.normal(-0.5, 1, size=(32, 16, 8, 8)).astype(np.float32))
+    spec = {"quantize": {"target": "onnxruntime", "compare": {"data": str(tmp_path / "held.npz")},
+                         "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 8, "corrections": ["bias"]},
+                         "accuracy": {"data": str(tmp_path / "held.npz"), "metric": "cosine", "min": 0.9995,
+                                      "steps": ["clip"]}}}
+    result = compile_model(source, spec, results_dir=tmp_path / "out")
+    (step,) = result.report["accuracy"]["steps"]
+    assert step["corrections_dropped"] == ["bias"] and "corrections_refitted" not in step
+    assert step["met"] and step["value"] == step["without_corrections"] >= 0.9995
+    assert not result.report.get("corrections")  # the saved model carries none
+    saved = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(result.model_path)).graph.initializer}
+    assert not saved["b_quantized"].any()  # the model's own zero bias, uncorrected
+    assert any(w.startswith("accuracy step clip: bias lowered cosine from ") for w in result.report["warnings"])
+    assert "<td>clip (without bias: " in (result.results_dir / "report.html").read_text()

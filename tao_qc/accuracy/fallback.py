@@ -303,12 +303,26 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
             details = {"corrections": [c.method for c in specs],
                        "nodes": sum(len(c.get("nodes") or []) for c in candidate.facts.get("corrections") or [])}
         if refit:
+            uncorrected = candidate
             candidate = candidate.transformed(ctx, correction_passes(correction_specs(spec), cpu=placement_cpu(spec)),
                                               f"{step}-corrected")
             details["corrections_refitted"] = [c.method for c in correction_specs(spec)]
         prepared = time.perf_counter() - started
         runner = TrialRunner(setup(candidate))
         result = runner.run({})
+        if refit:
+            # Fitted again, the corrections are still measured, not trusted: a mean shift or a rounding
+            # that fits the calibration data can cost the task more than it gives back.
+            without = TrialRunner(setup(uncorrected)).run({})
+            details["without_corrections"] = without.value
+            if without.value > result.value:
+                details["corrections_dropped"] = details.pop("corrections_refitted")
+                methods = ", ".join(details["corrections_dropped"])
+                warning = (f"accuracy step {step}: {methods} lowered {target.name} from {without.value:.5g} to "
+                           f"{result.value:.5g} once fitted on the new ranges, so the step goes on without them")
+                log.warning(warning)
+                outcome.warnings.append(warning)
+                candidate, result = uncorrected, without
         if outcome.fp32_value is None:
             outcome.fp32_value = runner.fp32_value
             outcome.quantized_value = quantized.value

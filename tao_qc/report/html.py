@@ -757,9 +757,14 @@ def steps_html(steps: list[dict[str, Any]] | None) -> str:
 
 
 def _step_name(step: dict[str, Any]) -> str:
-    """The step, and the corrections it fitted again on its new ranges, if any."""
-    refitted = step.get("corrections_refitted")
-    return f"{step['step']} (then {', '.join(refitted)} fitted again)" if refitted else step["step"]
+    """The step, and what it did with the corrections the graph carried: fitted them again on its new
+    ranges, or dropped them where that measured worse."""
+    if step.get("corrections_refitted"):
+        return f"{step['step']} (then {', '.join(step['corrections_refitted'])} fitted again)"
+    if step.get("corrections_dropped"):
+        return (f"{step['step']} (without {', '.join(step['corrections_dropped'])}: "
+                f"{_num(step.get('without_corrections'))} without, worse with)")
+    return step["step"]
 
 
 def corrections_html(report: dict[str, Any]) -> str:
