@@ -285,7 +285,8 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
         started = time.perf_counter()
         details: dict[str, Any] = {}
         # Corrections are fitted to the ranges they were measured with: a step that changes ranges
-        # starts from the float weights and fits the same corrections again on its new ranges.
+        # starts from the float weights, and fits the same corrections again on its new ranges only
+        # where they are needed and measure better (_corrections_on_new_ranges).
         refit = step in ("clip", "ranges") and bool(base.facts.get("corrections"))
         start = _uncorrected(ctx, base) if refit else base
         if step == "clip":
@@ -302,27 +303,12 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
             candidate = base.transformed(ctx, correction_passes(specs, cpu=placement_cpu(spec)), "corrections")
             details = {"corrections": [c.method for c in specs],
                        "nodes": sum(len(c.get("nodes") or []) for c in candidate.facts.get("corrections") or [])}
-        if refit:
-            uncorrected = candidate
-            candidate = candidate.transformed(ctx, correction_passes(correction_specs(spec), cpu=placement_cpu(spec)),
-                                              f"{step}-corrected")
-            details["corrections_refitted"] = [c.method for c in correction_specs(spec)]
         prepared = time.perf_counter() - started
         runner = TrialRunner(setup(candidate))
         result = runner.run({})
         if refit:
-            # Fitted again, the corrections are still measured, not trusted: a mean shift or a rounding
-            # that fits the calibration data can cost the task more than it gives back.
-            without = TrialRunner(setup(uncorrected)).run({})
-            details["without_corrections"] = without.value
-            if without.value > result.value:
-                details["corrections_dropped"] = details.pop("corrections_refitted")
-                methods = ", ".join(details["corrections_dropped"])
-                warning = (f"accuracy step {step}: {methods} lowered {target.name} from {without.value:.5g} to "
-                           f"{result.value:.5g} once fitted on the new ranges, so the step goes on without them")
-                log.warning(warning)
-                outcome.warnings.append(warning)
-                candidate, result = uncorrected, without
+            candidate, result = _corrections_on_new_ranges(spec, ctx, step, candidate, result, runner.fp32_value,
+                                                           setup, target, details, outcome)
         if outcome.fp32_value is None:
             outcome.fp32_value = runner.fp32_value
             outcome.quantized_value = quantized.value
@@ -343,6 +329,36 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
         if better:
             base, quantized = candidate, result
     return base, quantized  # None where no step ran and the comparison was the check: the search measures it
+
+
+def _corrections_on_new_ranges(spec: QuantizeSpec, ctx: Any, step: str, uncorrected: CalibratedGraph,
+                               without: TrialResult, fp32_value: float, setup: TrialSetups, target: Any,
+                               details: dict[str, Any], outcome: AccuracyOutcome) -> tuple[CalibratedGraph, TrialResult]:
+    """A range step on a graph that carried corrections, measured first without them (`without`):
+    ranges before corrections, as in the ladder. Where the new ranges meet the target alone the
+    corrections are not needed; else they are fitted again on the new ranges and measured, not
+    trusted (a mean shift or a rounding that fits the calibration data can cost the task more than
+    it gives back), and kept only where they measure better. Either way the report says which."""
+    methods = [c.method for c in correction_specs(spec)]
+    details["without_corrections"] = without.value
+    if target.met(without.value, fp32_value):
+        details["corrections_dropped"] = methods
+        outcome.warnings.append(f"accuracy step {step} met the target without {', '.join(methods)} ({target.name} "
+                                f"{without.value:.5g}), so the saved model carries no correction")
+        log.info("accuracy step %s: %s", step, outcome.warnings[-1])
+        return uncorrected, without
+    corrected = uncorrected.transformed(ctx, correction_passes(correction_specs(spec), cpu=placement_cpu(spec)),
+                                        f"{step}-corrected")
+    fitted = TrialRunner(setup(corrected)).run({})
+    if fitted.value >= without.value:
+        details["corrections_refitted"] = methods
+        return corrected, fitted
+    details["corrections_dropped"] = methods
+    warning = (f"accuracy step {step}: {', '.join(methods)} lowered {target.name} from {without.value:.5g} to "
+               f"{fitted.value:.5g} once fitted on the new ranges, so the step goes on without them")
+    log.warning(warning)
+    outcome.warnings.append(warning)
+    return uncorrected, without
 
 
 def _measure_without_calibration_corrections(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGraph,
