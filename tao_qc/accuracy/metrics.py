@@ -41,6 +41,7 @@ from tao_qc.evaluate.measures import (  # noqa: F401
     output_cosine,
     output_metrics,
     per_sample_cosine,
+    sample_slices,
 )
 from tao_qc.spec import QuantizeSpec
 from tao_qc.spec.user_code import load_user_function
@@ -58,9 +59,15 @@ def sample_errors(reference: Outputs, candidate: Outputs) -> np.ndarray:
     whose output is all but zero can only stray by all but nothing)."""
     shares = []
     for name in reference:
-        r, c = _flat(reference[name], candidate[name])
-        energy = float(np.mean(np.sum(r * r, axis=1)))
-        shares.append(np.sum((r - c) ** 2, axis=1) / (energy if energy > 0 else 1.0))
+        ref_rows = reference[name].reshape(reference[name].shape[0] if reference[name].ndim else 1, -1)
+        cand_rows = candidate[name].reshape(ref_rows.shape[0], -1)
+        energies, errors = np.empty(ref_rows.shape[0]), np.empty(ref_rows.shape[0])
+        for part in sample_slices(*ref_rows.shape):  # in float64 a slice of samples at a time
+            r, c = _flat(ref_rows[part], cand_rows[part])
+            energies[part] = np.sum(r * r, axis=1)
+            errors[part] = np.sum((r - c) ** 2, axis=1)
+        energy = float(np.mean(energies))
+        shares.append(errors / (energy if energy > 0 else 1.0))
     return np.max(np.stack(shares), axis=0)
 
 

@@ -58,6 +58,18 @@ def _cosine_rows(r: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
 
 
+def sample_slices(samples: int, row_elements: int) -> list[slice]:
+    """Slices of the samples whose rows hold at most CHUNK_ELEMENTS values together: figures are
+    summed a slice at a time in float64, never from a float64 copy of a whole output (a text
+    recognizer's output on 64 lines is 47M values: 376 MB a copy)."""
+    step = max(1, CHUNK_ELEMENTS // max(1, row_elements))
+    return [slice(i, i + step) for i in range(0, samples, step)]
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    return array.reshape(array.shape[0] if array.ndim else 1, -1)
+
+
 def output_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Cosine similarity of the output over the whole data set (all samples as one vector; 1 where
     both are all zero).
@@ -69,8 +81,15 @@ def output_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     of the probabilities (exp amplifies it), and the sample's cosine drops to 0.97 while the boxes
     found are FP32's. Over the data set each sample weighs in by its share of the output's energy,
     as signal-to-quantization-noise ratios are measured; `per_sample_cosine` is still reported."""
-    r, c = _flat(reference, candidate)
-    return float(_cosine_rows(r.reshape(-1), c.reshape(-1)))
+    ref_rows, cand_rows = _rows(reference), _rows(candidate)
+    dot = ref_energy = cand_energy = 0.0
+    for part in sample_slices(*ref_rows.shape):
+        r, c = _flat(ref_rows[part], cand_rows[part])
+        with np.errstate(over="ignore", invalid="ignore"):  # an Inf reference element: its energy is Inf
+            dot += float(np.einsum("ij,ij->", r, c))
+            ref_energy += float(np.einsum("ij,ij->", r, r))
+            cand_energy += float(np.einsum("ij,ij->", c, c))
+    return cosine_from_sums(dot, ref_energy, cand_energy)
 
 
 def cosine_from_sums(dot: float, energy_a: float, energy_b: float) -> float:
@@ -82,7 +101,9 @@ def cosine_from_sums(dot: float, energy_a: float, energy_b: float) -> float:
 
 def per_sample_cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """Cosine similarity of each sample's flattened output (1 where both are all zero)."""
-    return _cosine_rows(*_flat(reference, candidate))
+    ref_rows, cand_rows = _rows(reference), _rows(candidate)
+    return np.concatenate([_cosine_rows(*_flat(ref_rows[part], cand_rows[part]))
+                           for part in sample_slices(*ref_rows.shape)] or [np.ones(0)])
 
 
 def error_histogram(abs_error: np.ndarray, bins: int = _HISTOGRAM_BINS) -> dict[str, Any]:
@@ -133,8 +154,7 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
         raise InputError(f"output '{name}' has shape {list(candidate.shape)} in the candidate but {list(reference.shape)} in the reference")
     samples = reference.shape[0] if reference.ndim else 1
     ref_rows, cand_rows = reference.reshape(samples, -1), candidate.reshape(samples, -1)
-    step = max(1, CHUNK_ELEMENTS // max(1, ref_rows.shape[1]))
-    chunks = [slice(i, i + step) for i in range(0, samples, step)]
+    chunks = sample_slices(samples, ref_rows.shape[1])
     size = ref_rows.size
 
     floor = sum(float(np.abs(np.nan_to_num(ref_rows[c].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)).sum())
