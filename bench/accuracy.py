@@ -205,13 +205,15 @@ def compile_once(source: Path, section: dict, work: Path, name: str) -> tuple[Pa
     spec.write_text(yaml.safe_dump({"quantize": section}))
     command = [str(Path(sys.executable).with_name("tao-qc")), "-q", "compile", str(source), "--spec", str(spec),
                "-o", str(work / name)]
+    log = work / f"{name}.stderr.txt"  # a file, not a pipe: a pipe nobody reads until the end can fill and stall it
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = peak_tree_memory(process)
-    stderr = process.stderr.read()
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=stderr)
+        peak = peak_tree_memory(process)
     seconds = time.perf_counter() - started
     if process.returncode not in (0, 1):  # 1: a missed target, whose results are still written
-        raise SystemExit(f"tao-qc compile of {source.name} ({name}) exited {process.returncode}: {stderr.strip()[-2000:]}")
+        raise SystemExit(f"tao-qc compile of {source.name} ({name}) exited {process.returncode}: "
+                         f"{log.read_text().strip()[-2000:]}")
     report = json.loads((work / name / "report.json").read_text())
     return Path(report["output"]), report, seconds, peak
 
@@ -358,7 +360,6 @@ def phases(report: dict, seconds: float) -> dict:
 
 
 def main() -> None:
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--targets", default="onnxruntime,tensorrt")
