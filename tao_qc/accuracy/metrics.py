@@ -37,6 +37,7 @@ from tao_qc.evaluate.checks import checks_for
 from tao_qc.evaluate.detection import DEFAULT_MIN_MAP50_VS_FP32
 from tao_qc.evaluate.measures import (  # noqa: F401
     _flat,
+    _rows,
     is_classifier_output,
     output_cosine,
     output_metrics,
@@ -59,8 +60,7 @@ def sample_errors(reference: Outputs, candidate: Outputs) -> np.ndarray:
     whose output is all but zero can only stray by all but nothing)."""
     shares = []
     for name in reference:
-        ref_rows = reference[name].reshape(reference[name].shape[0] if reference[name].ndim else 1, -1)
-        cand_rows = candidate[name].reshape(ref_rows.shape[0], -1)
+        ref_rows, cand_rows = _rows(reference[name]), _rows(candidate[name])
         energies, errors = np.empty(ref_rows.shape[0]), np.empty(ref_rows.shape[0])
         for part in sample_slices(*ref_rows.shape):  # in float64 a slice of samples at a time
             r, c = _flat(ref_rows[part], cand_rows[part])
