@@ -194,6 +194,15 @@ class TrialSetups:
         self.spec, self.source, self.data, self.folder = spec, source, data, folder
         self.search_path = str(Path(spec.source).parent) if spec.source else None
         self.arrays: dict[str, Path | None] = {}
+        self._runner: TrialRunner | None = None
+
+    def runner(self, graph: CalibratedGraph) -> TrialRunner:
+        """A runner for `graph` in this process; FP32's outputs on the accuracy data are run once for
+        every graph measured (each step's candidate, with and without corrections)."""
+        if self._runner is None:
+            self._runner = TrialRunner(self(graph))
+            return self._runner
+        return self._runner.on(self(graph))
 
     def __call__(self, graph: CalibratedGraph) -> TrialSetup:
         if not self.arrays:
@@ -230,7 +239,7 @@ def check_accuracy(spec: QuantizeSpec, source: Path, ctx: Any, calibrated: Calib
     if accuracy.metric is None and data.key != "quantize.accuracy.data":
         outcome = AccuracyOutcome(target, data, None, None, comparison is not None and comparison.passed, "comparison", accuracy.fallback)
     else:
-        runner = TrialRunner(setup(calibrated))
+        runner = setup.runner(calibrated)
         quantized = runner.run({})
         outcome = AccuracyOutcome(target, data, runner.fp32_value, quantized.value,
                                   target.met(quantized.value, runner.fp32_value), target.name, accuracy.fallback)
@@ -281,7 +290,7 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
         if step == "corrections" and base.facts.get("corrections"):
             continue
         if quantized is None:  # the comparison was the check: the same target in the metric's own terms
-            quantized = TrialRunner(setup(calibrated)).run({})
+            quantized = setup.runner(calibrated).run({})
         started = time.perf_counter()
         details: dict[str, Any] = {}
         # Corrections are fitted to the ranges they were measured with: a step that changes ranges
@@ -304,7 +313,7 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
             details = {"corrections": [c.method for c in specs],
                        "nodes": sum(len(c.get("nodes") or []) for c in candidate.facts.get("corrections") or [])}
         prepared = time.perf_counter() - started
-        runner = TrialRunner(setup(candidate))
+        runner = setup.runner(candidate)
         result = runner.run({})
         if refit:
             candidate, result = _corrections_on_new_ranges(spec, ctx, step, candidate, result, runner.fp32_value,
@@ -349,7 +358,7 @@ def _corrections_on_new_ranges(spec: QuantizeSpec, ctx: Any, step: str, uncorrec
         return uncorrected, without
     corrected = uncorrected.transformed(ctx, correction_passes(correction_specs(spec), cpu=placement_cpu(spec)),
                                         f"{step}-corrected")
-    fitted = TrialRunner(setup(corrected)).run({})
+    fitted = setup.runner(corrected).run({})
     if fitted.value >= without.value:
         details["corrections_refitted"] = methods
         return corrected, fitted
@@ -366,7 +375,7 @@ def _measure_without_calibration_corrections(spec: QuantizeSpec, ctx: Any, calib
     """`calibration.corrections` apply whatever they do to the task (the user asked for them); where the
     model misses its target, one more trial says whether they cost accuracy, so the report can say so
     (fallback's `corrections` step, by contrast, keeps them only where they measure better)."""
-    without = TrialRunner(setup(_uncorrected(ctx, calibrated))).run({}).value
+    without = setup.runner(_uncorrected(ctx, calibrated)).run({}).value
     outcome.without_calibration_corrections = without
     if without > outcome.quantized_value:
         methods = ", ".join(c.method for c in spec.calibration.corrections)

@@ -99,6 +99,15 @@ class TrialRunner:
         self.reference = self._run(self._session(onnx.load(str(setup.reference_model))), np.arange(self.count))
         self.fp32_value = self.metric(self.reference, self.reference, np.arange(self.count))
 
+    def on(self, setup: TrialSetup) -> TrialRunner:
+        """This runner for another calibrated graph over the same data, model and metric: FP32's
+        outputs are not run again."""
+        assert (setup.data, setup.labels, setup.reference_model) == (self.setup.data, self.setup.labels,
+                                                                      self.setup.reference_model)
+        other = copy.copy(self)
+        other.setup = setup
+        return other
+
     def metric(self, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], samples: np.ndarray) -> float:
         labels = self.labels[samples] if self.labels is not None else None
         if getattr(self.target.function, "needs_inputs", False):  # detections are decoded against the images
