@@ -152,9 +152,9 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
     False: a 2-D output is not read as class scores (detection and dense tasks)."""
     if reference.shape != candidate.shape:
         raise InputError(f"output '{name}' has shape {list(candidate.shape)} in the candidate but {list(reference.shape)} in the reference")
-    samples = reference.shape[0] if reference.ndim else 1
-    ref_rows, cand_rows = reference.reshape(samples, -1), candidate.reshape(samples, -1)
-    chunks = sample_slices(samples, ref_rows.shape[1])
+    ref_rows, cand_rows = _rows(reference), _rows(candidate)
+    samples = ref_rows.shape[0]
+    chunks = sample_slices(*ref_rows.shape)
     size = ref_rows.size
 
     floor = sum(float(np.abs(np.nan_to_num(ref_rows[c].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)).sum())
