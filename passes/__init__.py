@@ -9,7 +9,8 @@
        [-> choose-ranges (algorithm: auto)] [-> correct-bias / round-weights (calibration.corrections),
        on the weight grid placement will store: `placement_cpu`]
     -> keep-float -> assign-dtypes
-    [-> place-for-onnxruntime -> integer-elementwise -> space-to-depth-stem -> fit-ort-integer-kernels]
+    [-> place-for-onnxruntime -> integer-elementwise -> upsample-on-uint8 -> space-to-depth-stem
+        -> fit-ort-integer-kernels]
        (target: onnxruntime)
     -> verify-quantization                                         (`finishing_passes`)
 
@@ -39,6 +40,7 @@ from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
 from tao_qc.passes.remove_identity import RemoveIdentity
 from tao_qc.passes.round_weights import RoundWeights
 from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
+from tao_qc.passes.upsample_on_uint8 import UpsampleOnUint8
 from tao_qc.passes.verify_quantization import VerifyQuantization
 from tao_qc.pipeline import FixedPoint
 from tao_qc.spec import QuantizeSpec
@@ -92,11 +94,11 @@ def finishing_passes(spec: QuantizeSpec, *, verify: bool = True) -> list:
     # placement, which builds ONNX Runtime's integer units around the int8 nodes only.
     passes: list = [KeepFloat(), AssignDtypes()]
     if spec.target == "onnxruntime":
-        # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), keep HardSwish
-        # and gates on uint8, run a few-channel strided stem as a Conv ORT's kernels are efficient
-        # at, then give every integer unit shapes ORT's kernels compute right and fast (last: it
-        # sees the units the passes before it shaped).
-        passes += [PlaceForOnnxRuntime(cpu=placement_cpu(spec)), IntegerElementwise(),
+        # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), keep HardSwish,
+        # gates and nearest upsampling on uint8, run a few-channel strided stem as a Conv ORT's
+        # kernels are efficient at, then give every integer unit shapes ORT's kernels compute right
+        # and fast (last: it sees the units the passes before it shaped).
+        passes += [PlaceForOnnxRuntime(cpu=placement_cpu(spec)), IntegerElementwise(), UpsampleOnUint8(),
                    SpaceToDepthStem(), FitOrtIntegerKernels()]
     if verify:
         passes.append(VerifyQuantization())

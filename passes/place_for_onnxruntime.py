@@ -9,7 +9,9 @@ kernels between extra quantize/dequantize steps and is slower than FP32. This pa
 2. quantizes Conv/Gemm biases to int32 with scale = input scale x weight scale (what ORT's kernels take),
 3. absorbs a Relu (or a Clip at 0, ReLU6) after a quantized op (or after a residual Add) into the op's output quantization:
    a uint8 Q with zero point 0 clamps at 0, so `op -> Q(u8, zp 0)` is exactly `op -> Relu -> Q`;
-   a MaxPool between Relu and Q moves behind the new Q, running on uint8 as well,
+   a MaxPool between Relu and Q moves behind the new Q, running on uint8 as well, and an Add that
+   reads the Relu'd tensor too (a feature pyramid's top-down Add) reads the uint8 output, its range
+   then the op's measured one (upsample-on-uint8 quantizes the Add's upsampled other input),
 4. an activation read only by an average pooling (ResNet's last residual Add -> Relu, MobileNet's
    last Conv -> ReLU6) gets a uint8 output range too, so the op runs as an integer kernel and the
    pooling as QLinearGlobalAveragePool,
@@ -38,7 +40,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, qparams, weight_grid  # noqa: F401 - shared with the other placement passes
+from tao_qc.passes.qdq import QdqBuilder, add_into_quantize, dims_through_qdq, integer_qparams, qparams, weight_grid  # noqa: F401 - shared with the other placement passes
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 from tao_qc.spec.cpu import CpuTarget, this_machine
 
@@ -210,14 +212,8 @@ class PlaceForOnnxRuntime:
             out = relu.outputs[0]
             if out.is_graph_output():
                 continue
-            pool = None
             targets = [use.node for use in out.uses()]
-            if len(targets) == 1 and targets[0].op_type == "MaxPool":
-                pool = targets[0]
-                if pool.outputs[0].is_graph_output() or len(pool.outputs) != 1:
-                    continue
-                targets = [use.node for use in pool.outputs[0].uses()]
-            if pool is None and _averaged_then_quantized(targets):
+            if _averaged_then_quantized(targets):
                 # An activation only averaged next (the last block before the classifier): the average's
                 # measured range would clip the tensor before it, so the range comes from the op.
                 op = producer_output.producer()
@@ -253,51 +249,59 @@ class PlaceForOnnxRuntime:
                              f"{', '.join(t.name for t in targets)} runs on uint8")
                 absorbed += 1
                 continue
-            quantizers = [t for t in targets if t.op_type == "QuantizeLinear"]
-            if not quantizers or len(quantizers) != len(targets):
+            readers = _relu_readers(targets)
+            if readers is None:
                 continue
-            params = [integer_qparams(q) for q in quantizers]
+            quantizers, pools, adds = readers
+            pool_quantizers = {pool.name: _readers(pool.outputs[0]) for pool in pools}
+            params = [integer_qparams(q) for q in quantizers + [q for qs in pool_quantizers.values() for q in qs]]
             if any(p is None or p[0].size != 1 for p in params):
                 continue
-            amax = max(float(p[0].reshape(())) * (127 if p[1].dtype == np.int8 else 255) for p in params)
+            ranges = [float(p[0].reshape(())) * (127 if p[1].dtype == np.int8 else 255) for p in params]
+            if adds:
+                # An Add reads the Relu'd tensor as well (a feature pyramid's top-down Add): the op's
+                # measured output range, on the side the Relu keeps, holds what the Add reads.
+                measured = _measured_amax(relu.inputs[0])
+                if measured is None:
+                    continue
+                ranges.append(measured)
+            amax = max(ranges)
             if amax <= 0:
                 continue
             scale = np.array(amax / 255, np.float32)
             zero = np.array(0, np.uint8)
             base = out.name
+            op_name = producer_output.producer().name
             q_scale, q_zero = build.initializer(f"{base}_u8_scale", scale), build.initializer(f"{base}_u8_zero_point", zero)
             q = build.node("QuantizeLinear", [producer_output, q_scale, q_zero], f"{base}_u8_QuantizeLinear")
             dq = build.node("DequantizeLinear", [q.outputs[0], q_scale, q_zero], f"{base}_u8_DequantizeLinear")
             graph.insert_after(producer_output.producer(), [q, dq])
-            result = dq.outputs[0]
-            if pool is not None:
+            _read_quantized_instead(quantizers, q, dq)
+            read_by = []
+            for pool in pools:
                 # MaxPool now pools the quantized tensor; its own Q/DQ keep it uint8 for ORT.
-                pool.replace_input_with(0, result)
+                pool.replace_input_with(0, dq.outputs[0])
                 q2 = build.node("QuantizeLinear", [pool.outputs[0], q_scale, q_zero], f"{pool.name}_u8_QuantizeLinear")
                 dq2 = build.node("DequantizeLinear", [q2.outputs[0], q_scale, q_zero], f"{pool.name}_u8_DequantizeLinear")
                 graph.insert_after(pool, [q2, dq2])
-                result = dq2.outputs[0]
+                _read_quantized_instead(pool_quantizers[pool.name], q2, dq2)
                 through_pool += 1
-                derived[producer_output.name] = (
-                    f"range of {pool.outputs[0].name} (measured after {pool.name}) used before it: max pooling cannot raise the maximum"
-                )
-                notes.append(f"{relu.name}: absorbed into the u8 output of {producer_output.producer().name}; "
-                             f"{pool.name} runs on uint8 (range derived from its output)")
-            else:
-                notes.append(f"{relu.name}: absorbed into the u8 output of {producer_output.producer().name}")
+                if not adds:
+                    derived[producer_output.name] = (
+                        f"range of {pool.outputs[0].name} (measured after {pool.name}) used before it: max pooling cannot raise the maximum"
+                    )
+                read_by.append(f"{pool.name} runs on uint8" + (" (range derived from its output)" if not adds else ""))
+            for add in adds:
+                add.replace_input_with(next(i for i, v in enumerate(add.inputs) if v is out), dq.outputs[0])
+                read_by.append(f"{add.name} reads it on uint8")
+            notes.append(f"{relu.name}: absorbed into the u8 output of {op_name}" + "".join(f"; {r}" for r in read_by))
             placed[producer_output.name] = {
                 "scale": [float(scale)], "zero_point": [0.0], "dtype": "uint8", "amax": [amax], "axis": None,
                 "quantize_node": q.name,
                 "source": f"derived: {derived[producer_output.name]}" if producer_output.name in derived
-                else f"measured: modelopt's range of {out.name}",
+                else f"measured: modelopt's range of {out.name}" if not adds
+                else f"measured: modelopt's range of {producer_output.name} and of the tensors read after {relu.name}",
             }
-            for quantizer in quantizers:
-                for use in list(quantizer.outputs[0].uses()):
-                    consumer = use.node
-                    if consumer.op_type == "DequantizeLinear":
-                        consumer.outputs[0].replace_all_uses_with(result)
-                    else:
-                        consumer.replace_input_with(use.idx, q.outputs[0] if pool is None else q2.outputs[0])
             absorbed += 1  # the old Relu, Q and DQ are now unused and go with RemoveUnusedNodesPass
         return absorbed, through_pool
 
@@ -382,6 +386,41 @@ class PlaceForOnnxRuntime:
             node.replace_input_with(2, shifted[key])
             count += node.op_type == "QuantizeLinear"
         return count
+
+
+def _readers(value: ir.Value) -> list[ir.Node]:
+    return [use.node for use in value.uses()]
+
+
+def _relu_readers(targets: list[ir.Node]) -> tuple[list[ir.Node], list[ir.Node], list[ir.Node]] | None:
+    """A Relu's readers sorted by how they take its uint8 output: (its QuantizeLinear nodes, the
+    MaxPools read only by QuantizeLinear nodes, which then pool uint8, the Adds of two activations read
+    only by QuantizeLinear nodes, which ORT then runs as QLinearAdd). None when another reader would
+    need the float tensor."""
+    quantizers, pools, adds = [], [], []
+    for node in targets:
+        if node.op_type == "QuantizeLinear":
+            quantizers.append(node)
+        elif (node.op_type == "MaxPool" and len(node.outputs) == 1 and not node.outputs[0].is_graph_output()
+              and _readers(node.outputs[0]) and all(r.op_type == "QuantizeLinear" for r in _readers(node.outputs[0]))):
+            pools.append(node)
+        elif add_into_quantize(node):
+            adds.append(node)
+        else:
+            return None
+    if not quantizers and not pools:
+        return None
+    return quantizers, pools, adds
+
+
+def _read_quantized_instead(quantizers: list[ir.Node], q: ir.Node, dq: ir.Node) -> None:
+    """Point the readers of each old QuantizeLinear (and of its DequantizeLinear) at the new pair."""
+    for quantizer in quantizers:
+        for use in list(quantizer.outputs[0].uses()):
+            if use.node.op_type == "DequantizeLinear":
+                use.node.outputs[0].replace_all_uses_with(dq.outputs[0])
+            else:
+                use.node.replace_input_with(use.idx, q.outputs[0])
 
 
 def _clip_upper_bound(node: ir.Node) -> float:

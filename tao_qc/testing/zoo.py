@@ -195,6 +195,32 @@ class TinyViT(nn.Module):
         return self.head(x.mean(dim=1))
 
 
+class FeaturePyramidStyle(nn.Module):
+    """A mobile face detector's shape (YuNet's): depthwise-separable stages whose ReLU'd outputs feed
+    both the next stage's MaxPool and a top-down feature pyramid, where each coarser map is
+    upsampled (nearest, by 2) and added to the finer one; a 1x1 head per level."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.stage1 = DepthwiseSeparable(16, width, 1)
+        self.stage2 = DepthwiseSeparable(width, width, 1)
+        self.stage3 = DepthwiseSeparable(width, width, 1)
+        for stage in (self.stage1, self.stage2, self.stage3):  # YuNet's stages end in ReLU, not ReLU6
+            stage.depthwise[2], stage.pointwise[2] = nn.ReLU(), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.lateral = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU())
+        self.heads = nn.ModuleList(nn.Conv2d(width, 6, 1) for _ in range(3))
+
+    def forward(self, x):
+        c1 = self.stage1(self.stem(x))
+        c2 = self.stage2(self.pool(c1))
+        c3 = self.stage3(self.pool(c2))
+        p2 = self.lateral(c2 + nn.functional.interpolate(c3, scale_factor=2.0, mode="nearest"))
+        p1 = c1 + nn.functional.interpolate(p2, scale_factor=2.0, mode="nearest")
+        return tuple(head(p) for head, p in zip(self.heads, (p1, p2, c3)))
+
+
 # name -> (constructor, input shape at batch 1)
 ZOO = {
     "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
@@ -204,6 +230,7 @@ ZOO = {
     "transformer_block": (lambda: TransformerBlock(), (1, 16, 128)),
     "tiny_vit": (lambda: TinyViT(), (1, 3, 32, 32)),
     "rtdetr": (lambda: RTDETRStyle(), (1, 3, 64, 64)),
+    "feature_pyramid": (lambda: FeaturePyramidStyle(), (1, 3, 64, 64)),
 }
 
 
