@@ -406,6 +406,7 @@ def main() -> None:
     parser.add_argument("--ocr", default=",".join(OCR_MODELS), help="PP-OCRv5 models to add ('' for none)")
     args = parser.parse_args()
     real = [name for name in args.real.split(",") if name]
+    zoo_models = [name for name in args.models.split(",") if name]
     ocr_models = [name for name in args.ocr.split(",") if name]
     if [name for name in ocr_models if name not in OCR_MODELS]:
         parser.error(f"--ocr: valid models are {', '.join(OCR_MODELS)}")
@@ -451,7 +452,7 @@ def main() -> None:
                 real_rows.append({"model": name, "variant": label, "failed": why})
             slower.append(why_slower(name, variants["tao-qc onnxruntime"],
                                      results["fp32"]["b1_ms"] / results["tao-qc onnxruntime"]["b1_ms"], 1))
-        for name in args.models.split(","):
+        for name in zoo_models:
             work = Path(tmp) / name
             work.mkdir()
             print(f"building {name} ...", file=sys.stderr, flush=True)
