@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from tao_qc.evaluate.latency import BenchRow, BenchTable
 from tao_qc.spec import load_spec
 from tao_qc.speed import float_where_faster
 from tao_qc.speed.float_where_faster import SpeedCheck
+from tao_qc.speed.unit_classes import NARROW_STEM, unit_classes
 from tao_qc.testing import zoo
 
 
@@ -82,6 +84,20 @@ def _weight_is_float(model: onnx.ModelProto, node_name: str) -> bool:
 
 def _node_of(model: onnx.ModelProto, module: str, op: str) -> str:
     return next(n.name for n in model.graph.node if n.op_type == op and module in n.name)
+
+
+def test_a_narrow_stem_is_one_class_tried_first(tmp_path):
+    """YuNet's shape: the Convs before the first with 32 outputs (an RGB stem and a 16-channel
+    depthwise Conv here) are tried in float together, before any other class; the Convs after them
+    keep their kernel's class. A network that is wide from its first Conv has no such class."""
+    pyramid = ir.load(zoo.export_zoo("feature_pyramid", tmp_path / "fpn.onnx"))
+    convs = [n.name for n in pyramid.graph if n.op_type == "Conv"]
+    classes = unit_classes(pyramid, set(convs))
+    assert classes[0].label == NARROW_STEM and classes[0].nodes == convs[:2]
+    assert all(name not in classes[0].nodes for unit in classes[1:] for name in unit.nodes)
+    assert sorted(name for unit in classes for name in unit.nodes) == sorted(convs)
+    wide = ir.load(zoo.export_onnx(EveryKernelClass().eval(), torch.randn(1, 3, 32, 32), tmp_path / "wide.onnx"))
+    assert NARROW_STEM not in [u.label for u in unit_classes(wide, {n.name for n in wide.graph})]
 
 
 def test_each_class_of_unit_is_timed_in_float_against_int8_at_batch_1_and_the_data_batch(every_class, tmp_path):
