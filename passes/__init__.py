@@ -9,8 +9,8 @@
        [-> choose-ranges (algorithm: auto)] [-> correct-bias / round-weights (calibration.corrections),
        on the weight grid placement will store: `placement_cpu`]
     -> keep-float -> assign-dtypes
-    [-> place-for-onnxruntime -> integer-elementwise -> upsample-on-uint8 -> space-to-depth-stem
-        -> fit-ort-integer-kernels]
+    [-> place-for-onnxruntime -> integer-elementwise -> move-on-uint8 -> upsample-on-uint8
+        -> space-to-depth-stem -> fit-ort-integer-kernels]
        (target: onnxruntime)
     -> verify-quantization                                         (`finishing_passes`)
 
@@ -35,6 +35,7 @@ from tao_qc.passes.integer_elementwise import IntegerElementwise
 from tao_qc.passes.keep_float import KeepFloat
 from tao_qc.passes.load_and_check import LoadAndCheck
 from tao_qc.passes.match_layers import MatchLayers
+from tao_qc.passes.move_on_uint8 import MoveOnUint8
 from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
 from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
 from tao_qc.passes.remove_identity import RemoveIdentity
@@ -95,11 +96,11 @@ def finishing_passes(spec: QuantizeSpec, *, verify: bool = True) -> list:
     passes: list = [KeepFloat(), AssignDtypes()]
     if spec.target == "onnxruntime":
         # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), keep HardSwish,
-        # gates and nearest upsampling on uint8, run a few-channel strided stem as a Conv ORT's
-        # kernels are efficient at, then give every integer unit shapes ORT's kernels compute right
-        # and fast (last: it sees the units the passes before it shaped).
-        passes += [PlaceForOnnxRuntime(cpu=placement_cpu(spec)), IntegerElementwise(), UpsampleOnUint8(),
-                   SpaceToDepthStem(), FitOrtIntegerKernels()]
+        # gates, Concats, channel shuffles and nearest upsampling on uint8, run a few-channel strided
+        # stem as a Conv ORT's kernels are efficient at, then give every integer unit shapes ORT's
+        # kernels compute right and fast (last: it sees the units the passes before it shaped).
+        passes += [PlaceForOnnxRuntime(cpu=placement_cpu(spec)), IntegerElementwise(), MoveOnUint8(),
+                   UpsampleOnUint8(), SpaceToDepthStem(), FitOrtIntegerKernels()]
     if verify:
         passes.append(VerifyQuantization())
     return passes

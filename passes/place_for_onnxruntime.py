@@ -9,9 +9,10 @@ kernels between extra quantize/dequantize steps and is slower than FP32. This pa
 2. quantizes Conv/Gemm biases to int32 with scale = input scale x weight scale (what ORT's kernels take),
 3. absorbs a Relu (or a Clip at 0, ReLU6) after a quantized op (or after a residual Add) into the op's output quantization:
    a uint8 Q with zero point 0 clamps at 0, so `op -> Q(u8, zp 0)` is exactly `op -> Relu -> Q`;
-   a MaxPool between Relu and Q moves behind the new Q, running on uint8 as well, and an Add that
-   reads the Relu'd tensor too (a feature pyramid's top-down Add) reads the uint8 output, its range
-   then the op's measured one (upsample-on-uint8 quantizes the Add's upsampled other input),
+   a MaxPool between Relu and Q moves behind the new Q, running on uint8 as well, and any other
+   reader of the Relu'd tensor (a feature pyramid's top-down Add, a ShuffleNet block's Concat) reads
+   the uint8 output dequantized, its range then the op's measured one (upsample-on-uint8 and
+   move-on-uint8 carry such readers onto uint8 too),
 4. an activation read only by an average pooling (ResNet's last residual Add -> Relu, MobileNet's
    last Conv -> ReLU6) gets a uint8 output range too, so the op runs as an integer kernel and the
    pooling as QLinearGlobalAveragePool,
@@ -40,7 +41,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, add_into_quantize, dims_through_qdq, integer_qparams, qparams, weight_grid  # noqa: F401 - shared with the other placement passes
+from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, qparams, weight_grid  # noqa: F401 - shared with the other placement passes
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 from tao_qc.spec.cpu import CpuTarget, this_machine
 
@@ -249,23 +250,22 @@ class PlaceForOnnxRuntime:
                              f"{', '.join(t.name for t in targets)} runs on uint8")
                 absorbed += 1
                 continue
-            readers = _relu_readers(targets)
-            if readers is None:
-                continue
-            quantizers, pools, adds = readers
+            quantizers, pools, others = _relu_readers(targets)
             pool_quantizers = {pool.name: _readers(pool.outputs[0]) for pool in pools}
             params = [integer_qparams(q) for q in quantizers + [q for qs in pool_quantizers.values() for q in qs]]
             if any(p is None or p[0].size != 1 for p in params):
                 continue
             ranges = [float(p[0].reshape(())) * (127 if p[1].dtype == np.int8 else 255) for p in params]
-            if adds:
-                # An Add reads the Relu'd tensor as well (a feature pyramid's top-down Add): the op's
-                # measured output range, on the side the Relu keeps, holds what the Add reads.
+            if others:
+                # Another op reads the Relu'd tensor as well (a feature pyramid's top-down Add, a
+                # channel Concat): the op's measured output range, on the side the Relu keeps, holds
+                # what it reads, on a grid twice as fine as the int8 one it read before.
                 measured = _measured_amax(relu.inputs[0])
                 if measured is None:
                     continue
                 ranges.append(measured)
-            amax = max(ranges)
+            # A ReLU6's bound: the uint8 grid then saturates where the Clip did.
+            amax = min(max(ranges, default=0.0), _clip_upper_bound(relu))
             if amax <= 0:
                 continue
             scale = np.array(amax / 255, np.float32)
@@ -286,20 +286,22 @@ class PlaceForOnnxRuntime:
                 graph.insert_after(pool, [q2, dq2])
                 _read_quantized_instead(pool_quantizers[pool.name], q2, dq2)
                 through_pool += 1
-                if not adds:
+                if not others:
                     derived[producer_output.name] = (
                         f"range of {pool.outputs[0].name} (measured after {pool.name}) used before it: max pooling cannot raise the maximum"
                     )
-                read_by.append(f"{pool.name} runs on uint8" + (" (range derived from its output)" if not adds else ""))
-            for add in adds:
-                add.replace_input_with(next(i for i, v in enumerate(add.inputs) if v is out), dq.outputs[0])
-                read_by.append(f"{add.name} reads it on uint8")
+                read_by.append(f"{pool.name} runs on uint8" + (" (range derived from its output)" if not others else ""))
+            for reader in others:
+                for index, value in enumerate(list(reader.inputs)):
+                    if value is out:
+                        reader.replace_input_with(index, dq.outputs[0])
+                read_by.append(f"{reader.name} reads it on uint8")
             notes.append(f"{relu.name}: absorbed into the u8 output of {op_name}" + "".join(f"; {r}" for r in read_by))
             placed[producer_output.name] = {
                 "scale": [float(scale)], "zero_point": [0.0], "dtype": "uint8", "amax": [amax], "axis": None,
                 "quantize_node": q.name,
                 "source": f"derived: {derived[producer_output.name]}" if producer_output.name in derived
-                else f"measured: modelopt's range of {out.name}" if not adds
+                else f"measured: modelopt's range of {out.name}" if not others
                 else f"measured: modelopt's range of {producer_output.name} and of the tensors read after {relu.name}",
             }
             absorbed += 1  # the old Relu, Q and DQ are now unused and go with RemoveUnusedNodesPass
@@ -392,25 +394,20 @@ def _readers(value: ir.Value) -> list[ir.Node]:
     return [use.node for use in value.uses()]
 
 
-def _relu_readers(targets: list[ir.Node]) -> tuple[list[ir.Node], list[ir.Node], list[ir.Node]] | None:
+def _relu_readers(targets: list[ir.Node]) -> tuple[list[ir.Node], list[ir.Node], list[ir.Node]]:
     """A Relu's readers sorted by how they take its uint8 output: (its QuantizeLinear nodes, the
-    MaxPools read only by QuantizeLinear nodes, which then pool uint8, the Adds of two activations read
-    only by QuantizeLinear nodes, which ORT then runs as QLinearAdd). None when another reader would
-    need the float tensor."""
-    quantizers, pools, adds = [], [], []
+    MaxPools read only by QuantizeLinear nodes, which then pool uint8, and the others, which read the
+    uint8 output dequantized: an Add ORT then runs as QLinearAdd, a Concat, a float op)."""
+    quantizers, pools, others = [], [], []
     for node in targets:
         if node.op_type == "QuantizeLinear":
             quantizers.append(node)
         elif (node.op_type == "MaxPool" and len(node.outputs) == 1 and not node.outputs[0].is_graph_output()
               and _readers(node.outputs[0]) and all(r.op_type == "QuantizeLinear" for r in _readers(node.outputs[0]))):
             pools.append(node)
-        elif add_into_quantize(node):
-            adds.append(node)
         else:
-            return None
-    if not quantizers and not pools:
-        return None
-    return quantizers, pools, adds
+            others.append(node)
+    return quantizers, pools, others
 
 
 def _read_quantized_instead(quantizers: list[ir.Node], q: ir.Node, dq: ir.Node) -> None:

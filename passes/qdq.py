@@ -74,15 +74,6 @@ def dims_through_qdq(value: ir.Value | None) -> tuple | None:
     return None
 
 
-def add_into_quantize(add: ir.Node) -> bool:
-    """An Add of two activations (no constant operand) read only by QuantizeLinear nodes: once both
-    its inputs come through DequantizeLinear nodes, ORT fuses it into a QLinearAdd."""
-    if add.op_type != "Add" or len(add.inputs) != 2 or any(v is None or constant_array(v) is not None for v in add.inputs):
-        return False
-    readers = [use.node for use in add.outputs[0].uses()]
-    return bool(readers) and not add.outputs[0].is_graph_output() and all(r.op_type == "QuantizeLinear" for r in readers)
-
-
 def runs_u8s8_gemm(dq: ir.Node) -> bool:
     """Whether a weight DequantizeLinear feeds an op ORT runs on its U8S8 GEMM or direct convolution
     (a Gemm, a MatMul, a Conv that is not depthwise): the kernels whose pairs saturate without VNNI.

@@ -6,11 +6,12 @@ writes it, the upsampled addend is float (`DQ -> Resize -> Add`), so ORT runs th
 and a QuantizeLinear in float, each with a layout Transpose around it, between two integer Convs.
 This pass:
 
-1. puts a Q/DQ pair with the Resize input's own parameters after a nearest Resize whose only reader
-   is an Add of two activations read only by QuantizeLinear nodes. Nearest resizing repeats values,
-   so its output lies on its input's grid and the pair is exact; ORT then runs the Resize on uint8
-   and, once the Add's other input is quantized too (place-for-onnxruntime quantizes a Relu'd
-   tensor an Add reads), the Add as QLinearAdd.
+1. puts a Q/DQ pair with the Resize input's own parameters after a nearest Resize of a quantized
+   tensor that is read by anything but QuantizeLinear nodes (an Add, a Concat). Nearest resizing
+   repeats values, so its output lies on its input's grid and the pair is exact; ORT then runs the
+   Resize on uint8 and, once their other inputs are quantized too (place-for-onnxruntime quantizes
+   a Relu'd tensor an Add reads, move-on-uint8 a Concat's output), the Add as QLinearAdd and the
+   Concat as QLinearConcat.
 2. writes a uint8 nearest Resize by whole factors (`DQ -> Resize -> Q` with one set of parameters)
    as a repeat in channels-last memory: `Transpose -> Reshape -> Expand -> Reshape -> Transpose`.
    ORT runs a uint8 Resize channels-last (between its channels-last QLinearConvs) through a generic
@@ -31,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, add_into_quantize, dims_through_qdq, integer_qparams
+from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 TO_CHANNELS_LAST, TO_CHANNELS_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -53,7 +54,7 @@ class UpsampleOnUint8:
         graph = model.graph
         build = QdqBuilder(graph, self.name)
         notes: list[str] = []
-        addends = _quantize_resized_addends(graph, build, notes)
+        quantized = _quantize_resized_outputs(graph, build, notes)
         repeats = 0
         for resize in [n for n in graph if n.op_type == "Resize"]:
             plan = _repeat_plan(resize)
@@ -64,8 +65,8 @@ class UpsampleOnUint8:
                 repeats += 1
         if repeats:
             RemoveUnusedNodesPass()(model)
-        return PassResult(model, changed=bool(addends or repeats),
-                          stats={"resized_addends_quantized": addends, "resizes_as_repeat": repeats}, notes=notes)
+        return PassResult(model, changed=bool(quantized or repeats),
+                          stats={"resized_outputs_quantized": quantized, "resizes_as_repeat": repeats}, notes=notes)
 
 
 def _readers(value: ir.Value) -> list[ir.Node]:
@@ -79,29 +80,30 @@ def _nearest(resize: ir.Node) -> bool:
             and resize.attributes.get("axes") is None)
 
 
-def _quantize_resized_addends(graph: ir.Graph, build: QdqBuilder, notes: list[str]) -> int:
+def _quantize_resized_outputs(graph: ir.Graph, build: QdqBuilder, notes: list[str]) -> int:
     """1. of the module docstring; returns how many Resize outputs got a Q/DQ pair."""
     count = 0
-    for add in [n for n in graph if n.op_type == "Add"]:
-        if not add_into_quantize(add):
+    for resize in [n for n in graph if n.op_type == "Resize" and _nearest(n)]:
+        out = resize.outputs[0]
+        readers = _readers(out)
+        if out.is_graph_output() or not readers or all(r.op_type == "QuantizeLinear" for r in readers):
             continue
-        for index, value in enumerate(add.inputs):
-            resize = value.producer()
-            if resize is None or resize.op_type != "Resize" or not _nearest(resize) or len(_readers(value)) != 1:
-                continue
-            dq = resize.inputs[0].producer() if resize.inputs[0] is not None else None
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            params = integer_qparams(dq)
-            if params is None or params[0].size != 1:
-                continue
-            q = build.node("QuantizeLinear", [value, *dq.inputs[1:]], f"{resize.name}_QuantizeLinear")
-            dq_after = build.node("DequantizeLinear", [q.outputs[0], *dq.inputs[1:]], f"{resize.name}_DequantizeLinear")
-            graph.insert_after(resize, [q, dq_after])
-            add.replace_input_with(index, dq_after.outputs[0])
-            notes.append(f"{resize.name}: quantized with its input's parameters (nearest resizing keeps the grid); "
-                         f"{add.name} reads it quantized")
-            count += 1
+        dq = resize.inputs[0].producer() if resize.inputs[0] is not None else None
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        params = integer_qparams(dq)
+        if params is None or params[0].size != 1:
+            continue
+        q = build.node("QuantizeLinear", [out, *dq.inputs[1:]], f"{resize.name}_QuantizeLinear")
+        dq_after = build.node("DequantizeLinear", [q.outputs[0], *dq.inputs[1:]], f"{resize.name}_DequantizeLinear")
+        graph.insert_after(resize, [q, dq_after])
+        for reader in readers:
+            for index, value in enumerate(list(reader.inputs)):
+                if value is out:
+                    reader.replace_input_with(index, dq_after.outputs[0])
+        notes.append(f"{resize.name}: quantized with its input's parameters (nearest resizing keeps the grid); "
+                     f"{', '.join(r.name for r in readers)} read(s) it quantized")
+        count += 1
     return count
 
 

@@ -10,7 +10,8 @@
 - no orphan Q/DQ: a QuantizeLinear feeds only DequantizeLinear nodes, a DequantizeLinear is used
   (or is a graph output) and reads a QuantizeLinear or a constant; ops that move integers without
   computing on them may sit between the two (Transpose, Reshape: space-to-depth-stem; Pad with the
-  zero point, Split, Slice, Concat: fit-ort-integer-kernels; Expand: upsample-on-uint8);
+  zero point, Split, Slice, Concat: fit-ort-integer-kernels; Expand: upsample-on-uint8; Gather,
+  Squeeze, Unsqueeze, Flatten, MaxPool: move-on-uint8);
 - the graph runs in ONNX Runtime (CPU) on the first calibration batch, with finite outputs.
 """
 
@@ -160,8 +161,9 @@ def _shared_with_quantized(value: ir.Value, quantized: set[str]) -> bool:
     return False
 
 
-# Ops that only move a quantized tensor's integers around (no arithmetic), allowed between Q and DQ.
-LAYOUT_OPS = ("Transpose", "Reshape", "Pad", "Split", "Slice", "Concat", "Expand")
+# Ops that only move (or, MaxPool, select) a quantized tensor's integers, allowed between Q and DQ.
+LAYOUT_OPS = ("Transpose", "Reshape", "Pad", "Split", "Slice", "Concat", "Expand", "Gather", "Squeeze", "Unsqueeze",
+              "Flatten", "MaxPool")
 
 
 def _readers_through_layout(value: ir.Value) -> list[ir.Node]:

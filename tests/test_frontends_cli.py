@@ -88,7 +88,7 @@ def test_bad_inputs_are_one_line_errors(workspace, tmp_path):
         load_pytorch_model(text, FACTORY)
     with pytest.raises(InputError, match=r"cannot import module 'no_such_pkg.models'.*module:callable"):
         load_pytorch_model(root / "digits.pth", "no_such_pkg.models:build")
-    with pytest.raises(InputError, match=r"^--model-factory: module 'tao_qc.zoo' has no callable 'Nope' \(callables there: .*ResNet18"):
+    with pytest.raises(InputError, match=r"^--model-factory: module 'tao_qc.zoo' has no callable 'Nope' \(callables there: .*MobileNetStyle"):
         load_pytorch_model(root / "digits.pth", "tao_qc.zoo:Nope")
     with pytest.raises(InputError, match=r"is not of the form module:callable"):
         load_pytorch_model(root / "digits.pth", "tao_qc.zoo.ResNet18")

@@ -108,8 +108,8 @@ def test_weights_int8_initializers_and_activations_uint8(mnist):
     assert weights_int8 == 4 and activations_uint8 == 4
     used = {name for node in model.graph.node for name in node.input}
     assert not [i.name for i in model.graph.initializer if i.name not in used]  # replaced float weights/biases are gone
-    assert [p["pass"] for p in mnist["ort"].report["passes"]][-10:] == [
-        "quantize-modelopt", "clip-ranges", "keep-float", "assign-dtypes", "place-for-onnxruntime", "integer-elementwise", "upsample-on-uint8",
+    assert [p["pass"] for p in mnist["ort"].report["passes"]][-11:] == [
+        "quantize-modelopt", "clip-ranges", "keep-float", "assign-dtypes", "place-for-onnxruntime", "integer-elementwise", "move-on-uint8", "upsample-on-uint8",
         "space-to-depth-stem", "fit-ort-integer-kernels", "verify-quantization"]
 
 

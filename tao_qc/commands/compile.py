@@ -43,7 +43,7 @@ def compile_command(model, spec_file, output, calibration_data, device, target, 
     \b
     Passes: load-and-check, fold-constants, fold-batchnorm, fold-conv-affine, remove-identity,
     match-layers, check-calibration, quantize-modelopt, [place-for-onnxruntime, integer-elementwise,
-    upsample-on-uint8, space-to-depth-stem, fit-ort-integer-kernels], verify-quantization.
+    move-on-uint8, upsample-on-uint8, space-to-depth-stem, fit-ort-integer-kernels], verify-quantization.
     Writes RESULTS/<stem>.int8.onnx (or .fp8.onnx), RESULTS/report.json and RESULTS/passes/.
     Exit code 0 on success, 1 when the FP32-vs-quantized comparison fails its checks, 2 on bad
     input (one-line error, nothing written).

@@ -221,6 +221,48 @@ class FeaturePyramidStyle(nn.Module):
         return tuple(head(p) for head, p in zip(self.heads, (p1, p2, c3)))
 
 
+class ShuffleBlock(nn.Module):
+    """A ShuffleNetV2 block as FastestDet writes it: shuffle the channels (Reshape, Transpose,
+    Reshape, take the two halves), run one half through 1x1 -> depthwise 3x3 -> 1x1, concatenate."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        half = channels // 2
+        self.branch = nn.Sequential(
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU())
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        x = x.reshape(b * c // 2, 2, h * w).permute(1, 0, 2).reshape(2, -1, c // 2, h, w)
+        return torch.cat((x[0], self.branch(x[1])), 1)
+
+
+class ShuffleDetectorStyle(nn.Module):
+    """FastestDet's shape, small: a stem, ShuffleNetV2 stages, a neck joining an average-pooled finer
+    map, a map and an upsampled coarser one with a Concat, and a 1x1 head."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.MaxPool2d(2))
+        self.stage1 = nn.Sequential(ShuffleBlock(width), ShuffleBlock(width))
+        self.down = nn.Sequential(nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
+        self.stage2 = nn.Sequential(ShuffleBlock(width), ShuffleBlock(width))
+        self.down2 = nn.Sequential(nn.Conv2d(width, width, 3, 2, 1), nn.ReLU())
+        self.neck = nn.Sequential(nn.Conv2d(3 * width, width, 1), nn.ReLU())
+        self.head = nn.Conv2d(width, 8, 1)
+
+    def forward(self, x):
+        c1 = self.stage1(self.stem(x))
+        c2 = self.stage2(self.down(c1))
+        c3 = self.down2(c2)
+        joined = torch.cat((nn.functional.avg_pool2d(c1, 3, 2, 1), c2,
+                            nn.functional.interpolate(c3, scale_factor=2.0, mode="nearest")), 1)
+        return self.head(self.neck(joined))
+
+
 # name -> (constructor, input shape at batch 1)
 ZOO = {
     "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
@@ -231,6 +273,7 @@ ZOO = {
     "tiny_vit": (lambda: TinyViT(), (1, 3, 32, 32)),
     "rtdetr": (lambda: RTDETRStyle(), (1, 3, 64, 64)),
     "feature_pyramid": (lambda: FeaturePyramidStyle(), (1, 3, 64, 64)),
+    "shuffle_detector": (lambda: ShuffleDetectorStyle(), (1, 3, 64, 64)),
 }
 
 
