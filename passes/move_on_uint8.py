@@ -37,7 +37,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, integer_qparams
+from tao_qc.passes.qdq import QdqBuilder, integer_qparams, same_grid
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 VALUE_MOVING = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Gather", "Split", "Slice"})
@@ -185,7 +185,7 @@ def _requantize_on_uint8(graph: ir.Graph, build: QdqBuilder) -> tuple[int, int]:
             continue
         if q.outputs[0].is_graph_output() or constant_array(dq.inputs[0]) is not None:
             continue
-        if _same_grid(integer_qparams(dq), params):
+        if same_grid(integer_qparams(dq), params):
             q.outputs[0].replace_all_uses_with(dq.inputs[0])
             dropped += 1
             continue
@@ -194,10 +194,6 @@ def _requantize_on_uint8(graph: ir.Graph, build: QdqBuilder) -> tuple[int, int]:
         q.replace_input_with(0, join.outputs[0])
         requantized += 1
     return dropped, requantized
-
-
-def _same_grid(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
-    return float(a[0].reshape(())) == float(b[0].reshape(())) and int(a[1].reshape(())) == int(b[1].reshape(()))
 
 
 def _moves_values(node: ir.Node, movable: frozenset | set) -> bool:

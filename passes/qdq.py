@@ -74,6 +74,12 @@ def dims_through_qdq(value: ir.Value | None) -> tuple | None:
     return None
 
 
+def same_grid(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """Whether two per-tensor `qparams` are one grid: the same scale, zero point and integer type."""
+    return (a is not None and b is not None and a[0].size == 1 and b[0].size == 1 and a[1].dtype == b[1].dtype
+            and float(a[0].reshape(())) == float(b[0].reshape(())) and int(a[1].reshape(())) == int(b[1].reshape(())))
+
+
 def runs_u8s8_gemm(dq: ir.Node) -> bool:
     """Whether a weight DequantizeLinear feeds an op ORT runs on its U8S8 GEMM or direct convolution
     (a Gemm, a MatMul, a Conv that is not depthwise): the kernels whose pairs saturate without VNNI.

@@ -32,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams
+from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, same_grid
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 TO_CHANNELS_LAST, TO_CHANNELS_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -107,11 +107,6 @@ def _quantize_resized_outputs(graph: ir.Graph, build: QdqBuilder, notes: list[st
     return count
 
 
-def _same_params(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
-    return (a[0].size == 1 and b[0].size == 1 and a[1].dtype == b[1].dtype
-            and float(a[0].reshape(())) == float(b[0].reshape(())) and int(a[1].reshape(())) == int(b[1].reshape(())))
-
-
 def _factors(resize: ir.Node, dims: tuple) -> tuple[int, int] | None:
     """The whole factors (height, width) a Resize of [N, C, H, W] upsamples by, from its constant
     scales or sizes; None for anything else (channel or batch scaling, fractions, no upsampling)."""
@@ -125,7 +120,7 @@ def _factors(resize: ir.Node, dims: tuple) -> tuple[int, int] | None:
         policy = resize.attributes.get("keep_aspect_ratio_policy")
         if sizes is None or sizes.size != 4 or (policy is not None and policy.as_string() != "stretch"):
             return None
-        if list(sizes[1:2]) != [dims[1]] or sizes[2] % dims[2] or sizes[3] % dims[3]:
+        if (dims[0] is not None and sizes[0] != dims[0]) or sizes[1] != dims[1] or sizes[2] % dims[2] or sizes[3] % dims[3]:
             return None
         factors = int(sizes[2] // dims[2]), int(sizes[3] // dims[3])
     return factors if factors != (1, 1) else None
@@ -158,7 +153,7 @@ def _repeat_plan(resize: ir.Node) -> tuple[ir.Node, int, int, tuple, list[ir.Nod
         return None
     if any(q.outputs[0].is_graph_output() for q in quantizers):
         return None
-    if not all((p := integer_qparams(q)) is not None and _same_params(p, params) for q in quantizers):
+    if not all(same_grid(integer_qparams(q), params) for q in quantizers):
         return None
     return dq, factors[0], factors[1], dims, quantizers
 
