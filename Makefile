@@ -40,7 +40,8 @@ test-quick: setup
 # The tests of what ORT's integer kernels compute, on an emulated AVX2 CPU without VNNI (a Zen 2
 # EPYC): Debian's qemu-user (apt-get install qemu-user) gives its integers, not its speed. qemu
 # first lists the EPYC features its TCG does not model (none of them changes the integer kernels).
-AVX2_TESTS := tests/test_cpu_target.py tests/test_fit_ort_integer_kernels.py tests/test_space_to_depth_stem.py tests/test_placement.py
+AVX2_TESTS := tests/test_cpu_target.py tests/test_fit_ort_integer_kernels.py tests/test_space_to_depth_stem.py tests/test_placement.py \
+              tests/test_upsample_on_uint8.py tests/test_move_on_uint8.py
 test-avx2: setup
 	@command -v qemu-x86_64 >/dev/null || { echo "test-avx2 needs qemu-x86_64: apt-get install qemu-user"; exit 2; }
 	qemu-x86_64 -cpu EPYC-Rome $(BIN)/python -m pytest -q -m "not slow" $(AVX2_TESTS)
