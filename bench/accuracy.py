@@ -7,7 +7,7 @@ For each model of ../shared/models and each target, two compiles from the same s
 (plain INT8) and `fallback: auto`, and with the onnxruntime target the peers below. One table, a
 row per quantizer: the task metric on data neither calibration nor the search saw, nodes INT8,
 speed against FP32 on ONNX Runtime's CPU provider (interleaved rounds over every row's model in one
-process: 2 threads, at the batch given), and compile wall time; fallback's note gives the nodes its
+process: 2 threads, intra-op spinning off, at the batch given), and compile wall time; fallback's note gives the nodes its
 search kept float and whether it met its target.
 
 - PP-OCRv5 recognizer: the user's own lines as they would split them: 64 to calibrate, 64 held
@@ -82,6 +82,10 @@ def session(path: Path):
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # As bench/placement.py: the models take turns, and a session's spinning threads would take cores
+    # from the one timed next (YuNet, the same model timed twice in one run: 0.88x and 1.04x with ORT's
+    # default spinning).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -476,7 +480,7 @@ def main() -> None:
                 print(f"\n{r['model']}, {p['quantizer']}: {p['settings']}, its own seconds {p.get('seconds')}", end="")
     print(f"\n\nMachine: {env['cpu']} ({', '.join(env['instruction_sets'])}), {env['cores']} cores; "
           f"versions {env['versions']}; peers' venv {installed or 'none'}")
-    print(f"\nSpeed: ONNX Runtime CPU, {THREADS} threads, median of {ROUNDS} interleaved rounds, batch 8 (YuNet: 1, its "
+    print(f"\nSpeed: ONNX Runtime CPU, {THREADS} threads, intra-op spinning off, median of {ROUNDS} interleaved rounds, batch 8 (YuNet: 1, its "
           "fixed batch); the TensorRT rows run the TensorRT-placed graph on ONNX Runtime. Nodes INT8: Conv, Gemm "
           "and MatMul nodes whose activation and weight both arrive through DequantizeLinear, of the FP32 model's.")
 
