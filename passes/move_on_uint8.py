@@ -133,14 +133,7 @@ def _quantize_concats(graph: ir.Graph, build: QdqBuilder, notes: list[str]) -> i
                 said.add(note)
             continue
         coarsest = max(range(len(sources)), key=lambda i: float(params[i][0].reshape(())))
-        scale, zero = sources[coarsest].inputs[1], sources[coarsest].inputs[2]
-        q = build.node("QuantizeLinear", [out, scale, zero], f"{concat.name}_u8_QuantizeLinear")
-        dq = build.node("DequantizeLinear", [q.outputs[0], scale, zero], f"{concat.name}_u8_DequantizeLinear")
-        graph.insert_after(concat, [q, dq])
-        for reader in readers:
-            for index, value in enumerate(list(reader.inputs)):
-                if value is out:
-                    reader.replace_input_with(index, dq.outputs[0])
+        build.quantize_output(concat, *sources[coarsest].inputs[1:3], f"{concat.name}_u8")
         finer = sum(1 for i in range(len(sources)) if float(params[i][0].reshape(())) < float(params[coarsest][0].reshape(())))
         notes.append(f"{concat.name}: output quantized on its coarsest input's grid (scale "
                      f"{float(params[coarsest][0].reshape(())):.4g}); ORT runs it as QLinearConcat"
@@ -159,13 +152,7 @@ def _quantize_averages(graph: ir.Graph, build: QdqBuilder, notes: list[str]) -> 
         source = _uint8_dequantize(pool.inputs[0])
         if source is None or not _reaches_integer_op(out):
             continue
-        q = build.node("QuantizeLinear", [out, *source.inputs[1:]], f"{pool.name}_u8_QuantizeLinear")
-        dq = build.node("DequantizeLinear", [q.outputs[0], *source.inputs[1:]], f"{pool.name}_u8_DequantizeLinear")
-        graph.insert_after(pool, [q, dq])
-        for reader in readers:
-            for index, value in enumerate(list(reader.inputs)):
-                if value is out:
-                    reader.replace_input_with(index, dq.outputs[0])
+        build.quantize_output(pool, *source.inputs[1:3], f"{pool.name}_u8")
         notes.append(f"{pool.name}: output quantized on its input's grid (an average stays within what it averages); "
                      f"ORT runs it as QLinear{pool.op_type}")
         count += 1

@@ -60,6 +60,18 @@ class QdqBuilder:
         node.outputs[0].name = f"{name}_output"
         return mark_created(node, self.pass_name)
 
+    def quantize_output(self, producer: ir.Node, scale: ir.Value, zero: ir.Value, name: str) -> ir.Node:
+        """Put a Q/DQ pair (`scale`, `zero`) after `producer`'s first output and make every reader of
+        that output read the pair's DequantizeLinear instead. Returns the DequantizeLinear."""
+        out = producer.outputs[0]
+        readers = [(use.node, use.idx) for use in out.uses()]
+        q = self.node("QuantizeLinear", [out, scale, zero], f"{name}_QuantizeLinear")
+        dq = self.node("DequantizeLinear", [q.outputs[0], scale, zero], f"{name}_DequantizeLinear")
+        self.graph.insert_after(producer, [q, dq])
+        for reader, index in readers:
+            reader.replace_input_with(index, dq.outputs[0])
+        return dq
+
 
 def dims_through_qdq(value: ir.Value | None) -> tuple | None:
     """A tensor's dims (ints, or names/None where dynamic), looking through Q/DQ (modelopt leaves

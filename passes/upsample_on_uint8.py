@@ -94,13 +94,7 @@ def _quantize_resized_outputs(graph: ir.Graph, build: QdqBuilder, notes: list[st
         params = integer_qparams(dq)
         if params is None or params[0].size != 1:
             continue
-        q = build.node("QuantizeLinear", [out, *dq.inputs[1:]], f"{resize.name}_QuantizeLinear")
-        dq_after = build.node("DequantizeLinear", [q.outputs[0], *dq.inputs[1:]], f"{resize.name}_DequantizeLinear")
-        graph.insert_after(resize, [q, dq_after])
-        for reader in readers:
-            for index, value in enumerate(list(reader.inputs)):
-                if value is out:
-                    reader.replace_input_with(index, dq_after.outputs[0])
+        build.quantize_output(resize, *dq.inputs[1:3], resize.name)
         notes.append(f"{resize.name}: quantized with its input's parameters (nearest resizing keeps the grid); "
                      f"{', '.join(r.name for r in readers)} read(s) it quantized")
         count += 1

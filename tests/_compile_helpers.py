@@ -60,6 +60,18 @@ def session(model: str | Path | onnx.ModelProto):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+def optimized_ops(path: Path, folder: Path) -> "collections.Counter":
+    """The op types of the graph ONNX Runtime runs for `path` (its optimized model, saved in `folder`)."""
+    import collections
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(folder / f"{path.stem}.ort.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
 def predict(model, input_name: str, images: np.ndarray) -> np.ndarray:
     """Logits for each image, run one at a time (the MNIST models have a fixed batch of 1)."""
     runner = session(model)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from _compile_helpers import optimized_ops
 from tao_qc.driver import compile_model
 from tao_qc.passes import move_on_uint8
 from tao_qc.passes.move_on_uint8 import MoveOnUint8
@@ -152,13 +152,6 @@ def shuffle_detector(tmp_path_factory) -> dict:
         result = compile_model(fp32, spec, results_dir=folder / "ort", compare=False)
     return {"fp32": fp32, "result": result, "folder": folder,
             "held_out": [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(6)]}
-
-
-def optimized_ops(path: Path, folder: Path) -> Counter:
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(folder / f"{path.stem}.ort.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 
 def test_shuffle_detector_runs_on_uint8_from_input_to_output(shuffle_detector):

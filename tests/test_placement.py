@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
 import _compile_helpers as compile_helpers
-from _compile_helpers import CNN_MNIST_PYTORCH, MNIST_CNTK
+from _compile_helpers import CNN_MNIST_PYTORCH, MNIST_CNTK, optimized_ops
 from _compile_helpers import digits as all_digits
 from tao_qc.testing import zoo
 from tao_qc.driver import compile_model
@@ -41,13 +39,6 @@ def worst_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     candidate = candidate.reshape(len(candidate), -1).astype(np.float64)
     spread = np.linalg.norm(reference - reference.mean(axis=1, keepdims=True), axis=1)
     return float((np.linalg.norm(candidate - reference, axis=1) / spread).max())
-
-
-def optimized_ops(path: Path, tmp_path: Path) -> Counter:
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / f"{path.stem}.ort.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
 
 
 def compile_for(model: Path, data: Path, target: str, out: Path):
