@@ -13,10 +13,12 @@ This pass:
    a Relu'd tensor an Add reads, move-on-uint8 a Concat's output), the Add as QLinearAdd and the
    Concat as QLinearConcat.
 2. writes a uint8 nearest Resize by whole factors (`DQ -> Resize -> Q` with one set of parameters)
-   as a repeat in channels-last memory: `Transpose -> Reshape -> Expand -> Reshape -> Transpose`.
+   as a repeat in channels-last memory: `Transpose -> Unsqueeze -> Expand -> Reshape -> Transpose`
+   (the Reshape's shape computed from the input's: heights and widths may be dynamic, as in
+   PP-OCRv5's detector).
    ORT runs a uint8 Resize channels-last (between its channels-last QLinearConvs) through a generic
    per-element loop: on 2 threads of an AMX Xeon, [1, 64, 20, 20] -> [1, 64, 40, 40] takes 104 us,
-   against 11 us channels-first and 14 us for the Reshape/Expand/Reshape written here. The outer
+   against 11 us channels-first and 14 us for the repeat written here. The outer
    Transposes cancel against the ones ORT's layout optimizer puts around its channels-last kernels
    (as in space-to-depth-stem), so the repeat costs one Expand. The values are the Resize's own
    (tests/test_upsample_on_uint8.py compares with ORT's Resize for every mode accepted).
@@ -61,7 +63,7 @@ class UpsampleOnUint8:
             if plan is not None:
                 _write_as_repeat(graph, build, resize, *plan)
                 notes.append(f"{resize.name}: nearest upsampling by {plan[1]}x{plan[2]} runs on uint8 as a repeat "
-                             "in channels-last memory (Reshape, Expand), the same values")
+                             "in channels-last memory (Unsqueeze, Expand, Reshape), the same values")
                 repeats += 1
         if repeats:
             RemoveUnusedNodesPass()(model)
@@ -114,6 +116,8 @@ def _factors(resize: ir.Node, dims: tuple) -> tuple[int, int] | None:
         policy = resize.attributes.get("keep_aspect_ratio_policy")
         if sizes is None or sizes.size != 4 or (policy is not None and policy.as_string() != "stretch"):
             return None
+        if not all(isinstance(d, int) for d in dims[1:]):
+            return None  # sizes against a dynamic height or width: a factor per input size
         if (dims[0] is not None and sizes[0] != dims[0]) or sizes[1] != dims[1] or sizes[2] % dims[2] or sizes[3] % dims[3]:
             return None
         factors = int(sizes[2] // dims[2]), int(sizes[3] // dims[3])
@@ -136,7 +140,7 @@ def _repeat_plan(resize: ir.Node) -> tuple[ir.Node, int, int, tuple, list[ir.Nod
     if params is None or params[1].dtype != np.uint8:
         return None
     dims = dims_through_qdq(resize.inputs[0])
-    if dims is None or len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]):
+    if dims is None or len(dims) != 4:
         return None
     factors = _factors(resize, dims)
     if factors is None:
@@ -154,8 +158,9 @@ def _repeat_plan(resize: ir.Node) -> tuple[ir.Node, int, int, tuple, list[ir.Nod
 
 def _write_as_repeat(graph: ir.Graph, build: QdqBuilder, resize: ir.Node, dq: ir.Node, fh: int, fw: int,
                      dims: tuple, quantizers: list[ir.Node]) -> None:
-    """[N, C, H, W] uint8 -> [N, C, fh*H, fw*W], each pixel repeated, written channels-last."""
-    _, channels, height, width = dims
+    """[N, C, H, W] uint8 -> [N, C, fh*H, fw*W], each pixel repeated, written channels-last:
+    [N, H, W, C] -> Unsqueeze -> [N, H, 1, W, 1, C] -> Expand -> [N, H, fh, W, fw, C] -> Reshape to
+    the input's shape times (1, fh, fw, 1), computed from it, so any of N, H, W may be dynamic."""
     name = resize.name
 
     def node(op: str, inputs: list[ir.Value], suffix: str, perm: list[int] | None = None) -> ir.Node:
@@ -164,14 +169,16 @@ def _write_as_repeat(graph: ir.Graph, build: QdqBuilder, resize: ir.Node, dq: ir
             made.attributes["perm"] = ir.AttrInt64s("perm", perm)
         return made
 
-    def shape(suffix: str, dims_: list[int]) -> ir.Value:
-        return build.initializer(f"{name}_{suffix}", np.array(dims_, np.int64))
+    def constant(suffix: str, values: list[int]) -> ir.Value:
+        return build.initializer(f"{name}_{suffix}", np.array(values, np.int64))
 
     last = node("Transpose", [dq.inputs[0]], "channels_last", TO_CHANNELS_LAST)
-    spread = node("Reshape", [last.outputs[0], shape("spread_shape", [-1, height, 1, width, 1, channels])], "spread")
-    repeat = node("Expand", [spread.outputs[0], shape("repeats", [1, 1, fh, 1, fw, 1])], "repeat")
-    merged = node("Reshape", [repeat.outputs[0], shape("merged_shape", [-1, fh * height, fw * width, channels])], "merged")
+    spread = node("Unsqueeze", [last.outputs[0], constant("spread_axes", [2, 4])], "spread")
+    repeat = node("Expand", [spread.outputs[0], constant("repeats", [1, 1, fh, 1, fw, 1])], "repeat")
+    size = node("Shape", [last.outputs[0]], "size")
+    scaled = node("Mul", [size.outputs[0], constant("factors", [1, fh, fw, 1])], "scaled_size")
+    merged = node("Reshape", [repeat.outputs[0], scaled.outputs[0]], "merged")
     first = node("Transpose", [merged.outputs[0]], "channels_first", TO_CHANNELS_FIRST)
-    graph.insert_after(resize, [last, spread, repeat, merged, first])
+    graph.insert_after(resize, [last, spread, repeat, size, scaled, merged, first])
     for quantizer in quantizers:
         quantizer.outputs[0].replace_all_uses_with(first.outputs[0])

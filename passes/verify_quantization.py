@@ -172,7 +172,7 @@ def _readers_through_layout(value: ir.Value) -> list[ir.Node]:
         if user.op_type in LAYOUT_OPS:
             for output in user.outputs:
                 readers.extend(_readers_through_layout(output))
-        else:
+        elif user.op_type != "Shape":  # reads the dims, not the integers (upsample-on-uint8's repeat)
             readers.append(user)
     return readers
 

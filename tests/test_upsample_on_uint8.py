@@ -18,7 +18,7 @@ from tao_qc.testing import zoo
 
 
 def resize_graph(coordinates: str, rounding: str, factors: tuple[int, int], *, by_sizes: bool = False,
-                 size: tuple[int, int] = (5, 7), channels: int = 6) -> ir.Model:
+                 size: tuple[int, int] = (5, 7), channels: int = 6, dynamic_size: bool = False) -> ir.Model:
     """input [N, C, H, W] (dynamic batch) -> Q(u8) -> DQ -> Resize(nearest) -> Q (same parameters) -> DQ:
     a uint8 upsampling as place-for-onnxruntime leaves it."""
     height, width = size
@@ -39,7 +39,8 @@ def resize_graph(coordinates: str, rounding: str, factors: tuple[int, int], *, b
         helper.make_node("DequantizeLinear", ["uq", "scale", "zero"], ["output"], name="up_dq"),
     ]
     graph = helper.make_graph(nodes, "upsample",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, height, width])],
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                             ["batch", channels, *(("h", "w") if dynamic_size else (height, width))])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(v, k) for k, v in tensors.items()])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -68,6 +69,19 @@ def test_repeat_gives_orts_resize_values(coordinates, rounding, factors):
     ops = Counter(n.op_type for n in result.model.graph)
     assert ops["Resize"] == 0 and ops["Expand"] == 1 and ops["QuantizeLinear"] == 1  # the Q after it is gone
     np.testing.assert_array_equal(run(result.model, x), before)
+
+
+def test_heights_and_widths_may_be_dynamic():
+    """PP-OCRv5's detector takes pages of any size: the repeat's output shape comes from its input's."""
+    model = resize_graph("asymmetric", "floor", (2, 2), dynamic_size=True)
+    rng = np.random.default_rng(3)
+    pages = [rng.uniform(-2.5, 2.5, shape).astype(np.float32) for shape in [(1, 6, 5, 7), (2, 6, 8, 3)]]
+    before = [run(model, x) for x in pages]  # the pass rewrites the model in place
+    result = UpsampleOnUint8().run(model, None)
+    assert result.stats["resizes_as_repeat"] == 1
+    assert Counter(n.op_type for n in result.model.graph)["Resize"] == 0
+    for x, want in zip(pages, before):
+        np.testing.assert_array_equal(run(result.model, x), want)
 
 
 def test_output_sizes_count_as_factors():
