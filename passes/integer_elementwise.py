@@ -41,7 +41,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, qparams
+from tao_qc.passes.qdq import QdqBuilder, qparams, readers, uint8_dequantize
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 # Ops ORT runs on uint8 once their inputs and output are quantized (directly, or as rewritten here).
@@ -77,13 +77,9 @@ def elementwise_to_measure(model: ir.Model, quantized: set[str]) -> list[ir.Node
     # IntegerElementwise folds the steps into its output quantization, the quantized node's input range.
     kept: set[str] = set()
     for node in reversed(candidates):
-        if any(r.name in quantized or r.name in kept for r in _readers(node.outputs[0])):
+        if any(r.name in quantized or r.name in kept for r in readers(node.outputs[0])):
             kept.add(node.name)
     return [node for node in candidates if node.name in kept]
-
-
-def _readers(value: ir.Value) -> list[ir.Node]:
-    return [use.node for use in value.uses()]
 
 
 def _scalar_affine_chain(value: ir.Value) -> list[ir.Node]:
@@ -92,11 +88,11 @@ def _scalar_affine_chain(value: ir.Value) -> list[ir.Node]:
     chain: list[ir.Node] = []
     current = value
     while not current.is_graph_output():
-        readers = _readers(current)
-        if len(readers) != 1 or readers[0].op_type not in AFFINE_STEPS or _scalar_operand(readers[0], current) is None:
+        users = readers(current)
+        if len(users) != 1 or users[0].op_type not in AFFINE_STEPS or _scalar_operand(users[0], current) is None:
             break
-        chain.append(readers[0])
-        current = readers[0].outputs[0]
+        chain.append(users[0])
+        current = users[0].outputs[0]
     return chain
 
 
@@ -147,9 +143,9 @@ class IntegerElementwise:
         derived: dict[str, str] = {}
         stats = {"hardswish_integer": 0, "hardsigmoid_integer": 0, "sigmoid_integer": 0, "affine_absorbed": 0}
         for node in [n for n in graph if n.op_type in self.ops and n.domain in ("", "ai.onnx")]:
-            source = _uint8_source(node.inputs[0])
-            if source is None:
+            if uint8_dequantize(node.inputs[0]) is None:
                 continue
+            source = node.inputs[0]
             rewrite = {"Sigmoid": self._sigmoid, "HardSigmoid": self._hard_sigmoid, "HardSwish": self._hard_swish}[node.op_type]
             note = rewrite(graph, build, node, source, stats, derived)
             if note:
@@ -250,17 +246,6 @@ def _dequantize(build: QdqBuilder, value: ir.Value, scale: float, zero: int, nam
                       f"{name}_DequantizeLinear")
 
 
-def _uint8_source(value: ir.Value | None) -> ir.Value | None:
-    """`value` when it is the output of a per-tensor uint8 DequantizeLinear."""
-    dq = value.producer() if value is not None else None
-    if dq is None or dq.op_type != "DequantizeLinear":
-        return None
-    params = qparams(dq)
-    if params is None or params[0].size != 1 or params[1].dtype != np.uint8:
-        return None
-    return value
-
-
 def _hard_sigmoid_parameters(node: ir.Node) -> tuple[float, float]:
     if node.op_type == "HardSwish":
         return HARDSWISH_ALPHA, HARDSWISH_BETA
@@ -319,7 +304,7 @@ def _output_quantization(node: ir.Node, source: ir.Value):
     one step, the shift is rounded to the nearest step)."""
     chain = _scalar_affine_chain(node.outputs[0])
     end = chain[-1].outputs[0] if chain else node.outputs[0]
-    quantizers = _readers(end)
+    quantizers = readers(end)
     if end.is_graph_output() or not quantizers or any(q.op_type != "QuantizeLinear" or q.outputs[0].is_graph_output() for q in quantizers):
         return None
     params = _same_parameters(quantizers)
@@ -330,7 +315,7 @@ def _output_quantization(node: ir.Node, source: ir.Value):
     if a <= 0 or not math.isfinite(a) or not math.isfinite(b):
         return None
     regrid = all(r.op_type == "DequantizeLinear" and not r.outputs[0].is_graph_output()
-                 for q in quantizers for r in _readers(q.outputs[0]))
+                 for q in quantizers for r in readers(q.outputs[0]))
     if not regrid:
         if chain:
             return None  # a moved grid must reach every reader through its DequantizeLinear
@@ -370,15 +355,15 @@ def _replace_quantized_readers(value: ir.Value, replacement: ir.Value) -> None:
 def _requantize_readers(graph: ir.Graph, build: QdqBuilder, value: ir.Value, scale: float, zero: int) -> bool:
     """Give the QuantizeLinear nodes reading `value` (and the DequantizeLinear nodes reading them)
     the grid (scale, zero); False when `value` is read by anything else."""
-    quantizers = _readers(value)
+    quantizers = readers(value)
     if not quantizers or value.is_graph_output() or any(q.op_type != "QuantizeLinear" for q in quantizers):
         return False
-    readers = [use.node for q in quantizers for use in q.outputs[0].uses()]
-    if any(r.op_type != "DequantizeLinear" for r in readers):
+    users = [use.node for q in quantizers for use in q.outputs[0].uses()]
+    if any(r.op_type != "DequantizeLinear" for r in users):
         return False
     s = build.initializer(f"{value.name}_bounds_scale", np.array(scale, np.float32))
     z = build.initializer(f"{value.name}_bounds_zero_point", np.array(zero, np.uint8))
-    for node in [*quantizers, *readers]:
+    for node in [*quantizers, *users]:
         node.replace_input_with(1, s)
         node.replace_input_with(2, z)
     return True

@@ -37,7 +37,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, integer_qparams, same_grid
+from tao_qc.passes.qdq import QdqBuilder, integer_qparams, readers, same_grid, uint8_dequantize
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 VALUE_MOVING = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Gather", "Split", "Slice"})
@@ -77,21 +77,6 @@ class MoveOnUint8:
                           notes=notes)
 
 
-def _readers(value: ir.Value) -> list[ir.Node]:
-    return [use.node for use in value.uses()]
-
-
-def _uint8_dequantize(value: ir.Value | None) -> ir.Node | None:
-    """The per-tensor uint8 DequantizeLinear producing `value`, if that is what produces it."""
-    dq = value.producer() if value is not None else None
-    if dq is None or dq.op_type != "DequantizeLinear":
-        return None
-    params = integer_qparams(dq)
-    if params is None or params[0].size != 1 or params[1].dtype != np.uint8:
-        return None
-    return dq
-
-
 def _reaches_integer_op(value: ir.Value) -> bool:
     """Whether a QuantizeLinear or a Concat (which this pass quantizes in turn) reads `value`,
     directly or through value-moving ops, MaxPools and Resizes (upsample-on-uint8 quantizes a
@@ -99,7 +84,7 @@ def _reaches_integer_op(value: ir.Value) -> bool:
     seen, frontier = set(), [value]
     while frontier:
         current = frontier.pop()
-        for reader in _readers(current):
+        for reader in readers(current):
             if reader.op_type in ("QuantizeLinear", "Concat"):
                 return True
             if reader.op_type in VALUE_MOVING | {"MaxPool", "Resize"} and id(reader) not in seen:
@@ -113,12 +98,12 @@ def _quantize_concats(graph: ir.Graph, build: QdqBuilder, notes: list[str]) -> i
     said = set(notes)
     for concat in [n for n in graph if n.op_type == "Concat"]:
         out = concat.outputs[0]
-        readers = _readers(out)
-        if out.is_graph_output() or not readers or all(r.op_type == "QuantizeLinear" for r in readers):
+        users = readers(out)
+        if out.is_graph_output() or not users or all(r.op_type == "QuantizeLinear" for r in users):
             continue  # nothing reads it, or ORT fuses it already
         if not _reaches_integer_op(out):
             continue  # only float ops read it: quantizing would only round it
-        sources = [_uint8_dequantize(v) for v in concat.inputs]
+        sources = [uint8_dequantize(v) for v in concat.inputs]
         if any(dq is None for dq in sources):
             continue
         params = [integer_qparams(dq) for dq in sources]
@@ -146,10 +131,10 @@ def _quantize_averages(graph: ir.Graph, build: QdqBuilder, notes: list[str]) -> 
     count = 0
     for pool in [n for n in graph if n.op_type in ("AveragePool", "GlobalAveragePool")]:
         out = pool.outputs[0]
-        readers = _readers(out)
-        if out.is_graph_output() or not readers or all(r.op_type == "QuantizeLinear" for r in readers):
+        users = readers(out)
+        if out.is_graph_output() or not users or all(r.op_type == "QuantizeLinear" for r in users):
             continue
-        source = _uint8_dequantize(pool.inputs[0])
+        source = uint8_dequantize(pool.inputs[0])
         if source is None or not _reaches_integer_op(out):
             continue
         build.quantize_output(pool, *source.inputs[1:3], f"{pool.name}_u8")
@@ -166,7 +151,7 @@ def _requantize_on_uint8(graph: ir.Graph, build: QdqBuilder) -> tuple[int, int]:
     uint8 in one pass (FastestDet: 1.38x -> 1.42x FP32). Returns (dropped, requantized)."""
     dropped = requantized = 0
     for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
-        dq = _uint8_dequantize(q.inputs[0])
+        dq = uint8_dequantize(q.inputs[0])
         params = integer_qparams(q)
         if dq is None or params is None or params[0].size != 1 or params[1].dtype != np.uint8:
             continue
@@ -199,7 +184,7 @@ def _move_dequantizes(graph: ir.Graph, build: QdqBuilder, movable: frozenset | s
         params = integer_qparams(dq)
         if params is None or params[0].size != 1 or constant_array(dq.inputs[0]) is not None:
             continue  # per-channel, FP8 or a weight
-        for op in [r for r in _readers(dq.outputs[0]) if _moves_values(r, movable)]:
+        for op in [r for r in readers(dq.outputs[0]) if _moves_values(r, movable)]:
             if op.inputs[0] is not dq.outputs[0] or any(v is dq.outputs[0] for v in op.inputs[1:]):
                 continue  # the tensor is not (only) the op's data input
             if any(o.is_graph_output() for o in op.outputs):

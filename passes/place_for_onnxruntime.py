@@ -41,7 +41,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, qparams, weight_grid  # noqa: F401 - shared with the other placement passes
+from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, qparams, readers, weight_grid  # noqa: F401 - shared with the other placement passes
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 from tao_qc.spec.cpu import CpuTarget, this_machine
 
@@ -251,7 +251,7 @@ class PlaceForOnnxRuntime:
                 absorbed += 1
                 continue
             quantizers, pools, others = _relu_readers(targets)
-            pool_quantizers = {pool.name: _readers(pool.outputs[0]) for pool in pools}
+            pool_quantizers = {pool.name: readers(pool.outputs[0]) for pool in pools}
             params = [integer_qparams(q) for q in quantizers + [q for qs in pool_quantizers.values() for q in qs]]
             if any(p is None or p[0].size != 1 for p in params):
                 continue
@@ -342,11 +342,11 @@ class PlaceForOnnxRuntime:
             op = q.inputs[0].producer() if q.inputs[0] is not None else None
             if op is None or op.op_type != "MatMul" or not _fusable(op):
                 continue
-            readers = [use.node for use in q.outputs[0].uses()]
-            if not readers or any(r.op_type != "DequantizeLinear" for r in readers):
+            users = [use.node for use in q.outputs[0].uses()]
+            if not users or any(r.op_type != "DequantizeLinear" for r in users):
                 continue
-            consumers = [use.node for r in readers for use in r.outputs[0].uses()]
-            if not consumers or any(r.outputs[0].is_graph_output() for r in readers):
+            consumers = [use.node for r in users for use in r.outputs[0].uses()]
+            if not consumers or any(r.outputs[0].is_graph_output() for r in users):
                 continue
             if not all(_float_only(c) for c in consumers):
                 continue
@@ -356,7 +356,7 @@ class PlaceForOnnxRuntime:
                 # ORT fuses MatMul + bias Add into a float Gemm first (a 2-D input, or any input with a
                 # static shape, which it reshapes): keep the QLinearMatMul unit there.
                 continue
-            for reader in readers:
+            for reader in users:
                 reader.outputs[0].replace_all_uses_with(q.inputs[0])
             notes.append(f"{op.name}: output left float (only float ops read it): ONNX Runtime's MatMulIntegerToFloat")
             names.add(op.name)
@@ -390,10 +390,6 @@ class PlaceForOnnxRuntime:
         return count
 
 
-def _readers(value: ir.Value) -> list[ir.Node]:
-    return [use.node for use in value.uses()]
-
-
 def _relu_readers(targets: list[ir.Node]) -> tuple[list[ir.Node], list[ir.Node], list[ir.Node]]:
     """A Relu's readers sorted by how they take its uint8 output: (its QuantizeLinear nodes, the
     MaxPools read only by QuantizeLinear nodes, which then pool uint8, and the others, which read the
@@ -403,7 +399,7 @@ def _relu_readers(targets: list[ir.Node]) -> tuple[list[ir.Node], list[ir.Node],
         if node.op_type == "QuantizeLinear":
             quantizers.append(node)
         elif (node.op_type == "MaxPool" and len(node.outputs) == 1 and not node.outputs[0].is_graph_output()
-              and _readers(node.outputs[0]) and all(r.op_type == "QuantizeLinear" for r in _readers(node.outputs[0]))):
+              and readers(node.outputs[0]) and all(r.op_type == "QuantizeLinear" for r in readers(node.outputs[0]))):
             pools.append(node)
         else:
             others.append(node)

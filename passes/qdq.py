@@ -64,11 +64,11 @@ class QdqBuilder:
         """Put a Q/DQ pair (`scale`, `zero`) after `producer`'s first output and make every reader of
         that output read the pair's DequantizeLinear instead. Returns the DequantizeLinear."""
         out = producer.outputs[0]
-        readers = [(use.node, use.idx) for use in out.uses()]
+        uses = [(use.node, use.idx) for use in out.uses()]
         q = self.node("QuantizeLinear", [out, scale, zero], f"{name}_QuantizeLinear")
         dq = self.node("DequantizeLinear", [q.outputs[0], scale, zero], f"{name}_DequantizeLinear")
         self.graph.insert_after(producer, [q, dq])
-        for reader, index in readers:
+        for reader, index in uses:
             reader.replace_input_with(index, dq.outputs[0])
         return dq
 
@@ -84,6 +84,22 @@ def dims_through_qdq(value: ir.Value | None) -> tuple | None:
             return None
         value = producer.inputs[0]
     return None
+
+
+def readers(value: ir.Value) -> list[ir.Node]:
+    """The nodes that read `value` (once per input slot they read it in)."""
+    return [use.node for use in value.uses()]
+
+
+def uint8_dequantize(value: ir.Value | None) -> ir.Node | None:
+    """The per-tensor uint8 DequantizeLinear producing `value`, if that is what produces it."""
+    dq = value.producer() if value is not None else None
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    params = integer_qparams(dq)
+    if params is None or params[0].size != 1 or params[1].dtype != np.uint8:
+        return None
+    return dq
 
 
 def same_grid(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray] | None) -> bool:

@@ -34,7 +34,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, same_grid
+from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, readers, same_grid
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 TO_CHANNELS_LAST, TO_CHANNELS_FIRST = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -71,10 +71,6 @@ class UpsampleOnUint8:
                           stats={"resized_outputs_quantized": quantized, "resizes_as_repeat": repeats}, notes=notes)
 
 
-def _readers(value: ir.Value) -> list[ir.Node]:
-    return [use.node for use in value.uses()]
-
-
 def _nearest(resize: ir.Node) -> bool:
     """A nearest Resize with opset-11+ inputs (X, roi, scales[, sizes]) and no `axes` subset."""
     mode = resize.attributes.get("mode")
@@ -87,8 +83,8 @@ def _quantize_resized_outputs(graph: ir.Graph, build: QdqBuilder, notes: list[st
     count = 0
     for resize in [n for n in graph if n.op_type == "Resize" and _nearest(n)]:
         out = resize.outputs[0]
-        readers = _readers(out)
-        if out.is_graph_output() or not readers or all(r.op_type == "QuantizeLinear" for r in readers):
+        users = readers(out)
+        if out.is_graph_output() or not users or all(r.op_type == "QuantizeLinear" for r in users):
             continue
         dq = resize.inputs[0].producer() if resize.inputs[0] is not None else None
         if dq is None or dq.op_type != "DequantizeLinear":
@@ -98,7 +94,7 @@ def _quantize_resized_outputs(graph: ir.Graph, build: QdqBuilder, notes: list[st
             continue
         build.quantize_output(resize, *dq.inputs[1:3], resize.name)
         notes.append(f"{resize.name}: quantized with its input's parameters (nearest resizing keeps the grid); "
-                     f"{', '.join(r.name for r in readers)} read(s) it quantized")
+                     f"{', '.join(r.name for r in users)} read(s) it quantized")
         count += 1
     return count
 
@@ -146,7 +142,7 @@ def _repeat_plan(resize: ir.Node) -> tuple[ir.Node, int, int, tuple, list[ir.Nod
     if factors is None:
         return None
     out = resize.outputs[0]
-    quantizers = _readers(out)
+    quantizers = readers(out)
     if out.is_graph_output() or not quantizers or any(q.op_type != "QuantizeLinear" for q in quantizers):
         return None
     if any(q.outputs[0].is_graph_output() for q in quantizers):
