@@ -460,6 +460,9 @@ def test_a_step_drops_calibration_corrections_that_measure_worse_on_its_new_rang
         (step,) = result.report["accuracy"]["steps"]
         assert step["corrections_dropped"] == ["bias"] and "corrections_refitted" not in step
         assert step["value"] == step["without_corrections"] and step["met"] == (target == 0.9995)
+        # Met on the new ranges alone: never fitted; missed: fitted, and measured worse with them.
+        assert ("with_corrections" in step) == (not step["met"])
+        assert step.get("with_corrections", -1.0) < step["without_corrections"]
         assert not result.report.get("corrections")  # the saved model carries none
         saved = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(result.model_path)).graph.initializer}
         assert not saved["b_quantized"].any()  # the model's own zero bias, uncorrected

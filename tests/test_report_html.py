@@ -16,7 +16,7 @@ from _runtimes_helpers import build_assets
 from tao_qc.evaluate.compare import evaluate_quantized
 from tao_qc.data import model_inputs, open_inputs
 from tao_qc.spec.selection import decide, onnx_unit
-from tao_qc.report.html import render_html, write_html_report
+from tao_qc.report.html import render_html, steps_html, write_html_report
 from tao_qc.spec import QuantizeSpec
 
 DATA = Path(__file__).parent / "data"
@@ -143,6 +143,19 @@ def test_text_is_escaped():
                                        "activations_rule": "layers[0] '*'", "skipped_by": None}]})
     parse(html)
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_the_steps_table_says_what_a_range_step_did_with_the_corrections():
+    """A step that met its target on new ranges alone never fitted the corrections: the table must not
+    say they measured worse; one that fitted them and measured worse says both figures."""
+    not_needed = {"step": "clip", "before": 0.3, "value": 0.99, "met": True, "kept": True, "seconds": 1.0,
+                  "without_corrections": 0.99, "corrections_dropped": ["bias"]}
+    worse = dict(not_needed, met=False, value=0.97, without_corrections=0.97, with_corrections=0.95)
+    refitted = dict(not_needed, corrections_dropped=None, corrections_refitted=["adaround"])
+    html = steps_html([not_needed, worse, refitted])
+    assert "clip (without bias: not needed, 0.99" in html and "worse" not in html
+    assert "clip (without bias: 0.97 without, 0.95 with)" in html
+    assert "clip (then adaround fitted again)" in html
 
 
 def test_tensorrt_layer_table_renders_from_engine_info():

@@ -363,6 +363,7 @@ def _corrections_on_new_ranges(spec: QuantizeSpec, ctx: Any, step: str, uncorrec
         details["corrections_refitted"] = methods
         return corrected, fitted
     details["corrections_dropped"] = methods
+    details["with_corrections"] = fitted.value
     warning = (f"accuracy step {step}: {', '.join(methods)} lowered {target.name} from {without.value:.5g} to "
                f"{fitted.value:.5g} once fitted on the new ranges, so the step goes on without them")
     log.warning(warning)

@@ -758,12 +758,16 @@ def steps_html(steps: list[dict[str, Any]] | None) -> str:
 
 def _step_name(step: dict[str, Any]) -> str:
     """The step, and what it did with the corrections the graph carried: fitted them again on its new
-    ranges, or dropped them where that measured worse."""
+    ranges, dropped them where they measured worse once fitted, or never fitted them where the new
+    ranges met the target alone."""
     if step.get("corrections_refitted"):
         return f"{step['step']} (then {', '.join(step['corrections_refitted'])} fitted again)"
     if step.get("corrections_dropped"):
-        return (f"{step['step']} (without {', '.join(step['corrections_dropped'])}: "
-                f"{_num(step.get('without_corrections'))} without, worse with)")
+        methods = ", ".join(step["corrections_dropped"])
+        if step.get("with_corrections") is None:
+            return f"{step['step']} (without {methods}: not needed, {_num(step.get('without_corrections'))} without)"
+        return (f"{step['step']} (without {methods}: {_num(step.get('without_corrections'))} without, "
+                f"{_num(step['with_corrections'])} with)")
     return step["step"]
 
 
