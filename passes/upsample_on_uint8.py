@@ -120,8 +120,8 @@ def _factors(resize: ir.Node, dims: tuple) -> tuple[int, int] | None:
     return factors if factors != (1, 1) else None
 
 
-def _repeat_plan(resize: ir.Node) -> tuple[ir.Node, int, int, tuple, list[ir.Node]] | None:
-    """(the DequantizeLinear it reads, height factor, width factor, input dims, the QuantizeLinear
+def _repeat_plan(resize: ir.Node) -> tuple[ir.Node, int, int, list[ir.Node]] | None:
+    """(the DequantizeLinear it reads, height factor, width factor, the QuantizeLinear
     nodes that alone read its output) for a uint8 nearest Resize 2. of the module docstring covers."""
     if not _nearest(resize) or resize.inputs[0] is None:
         return None
@@ -149,11 +149,11 @@ def _repeat_plan(resize: ir.Node) -> tuple[ir.Node, int, int, tuple, list[ir.Nod
         return None
     if not all(same_grid(integer_qparams(q), params) for q in quantizers):
         return None
-    return dq, factors[0], factors[1], dims, quantizers
+    return dq, factors[0], factors[1], quantizers
 
 
 def _write_as_repeat(graph: ir.Graph, build: QdqBuilder, resize: ir.Node, dq: ir.Node, fh: int, fw: int,
-                     dims: tuple, quantizers: list[ir.Node]) -> None:
+                     quantizers: list[ir.Node]) -> None:
     """[N, C, H, W] uint8 -> [N, C, fh*H, fw*W], each pixel repeated, written channels-last:
     [N, H, W, C] -> Unsqueeze -> [N, H, 1, W, 1, C] -> Expand -> [N, H, fh, W, fw, C] -> Reshape to
     the input's shape times (1, fh, fw, 1), computed from it, so any of N, H, W may be dynamic."""
