@@ -96,6 +96,19 @@ def test_bad_inputs_are_one_line_errors(workspace, tmp_path):
         load_pytorch_model(root / "digits.pth")
 
 
+
+def test_a_missing_factory_is_answered_with_the_modules_own_callables(tmp_path, monkeypatch):
+    (tmp_path / "user_models.py").write_text(
+        "from pathlib import Path\nfrom dataclasses import dataclass\n\n"
+        "def build_net():\n    return None\n\nclass Net:\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    torch.save(DigitsCNN().state_dict(), tmp_path / "weights.pth")
+    with pytest.raises(InputError) as error:
+        load_pytorch_model(tmp_path / "weights.pth", "user_models:build")
+    # Path and dataclass are imports, not what the user can name.
+    assert str(error.value) == "--model-factory: module 'user_models' has no callable 'build' (callables there: Net, build_net)"
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

@@ -42,9 +42,19 @@ def load_user_function(reference: str, key: str, *, search_path: str | Path | No
     for part in attribute.split("."):
         target = getattr(target, part, None)
     if target is None:
-        public = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
+        public = _callables_of(module)
         there = f" ({kind}s there: {', '.join(public[:8])}{' ...' if len(public) > 8 else ''})" if public else ""
         raise InputError(f"{key}: module '{module_name}' has no {kind} '{attribute}'{there}")
     if not callable(target):
         raise InputError(f"{key}: '{reference}' is not a {kind} (give {form})")
     return target
+
+
+def _callables_of(module: Any) -> list[str]:
+    """The public callables a module offers: its `__all__`, else those of its own package, so that
+    names it imported from elsewhere (`Path`, `dataclass`) do not crowd the hint."""
+    names = getattr(module, "__all__", None) or [n for n in dir(module) if not n.startswith("_")]
+    package = module.__name__.split(".")[0]
+    offered = [n for n in names if callable(getattr(module, n, None))]
+    own = [n for n in offered if (getattr(getattr(module, n), "__module__", None) or "").split(".")[0] == package]
+    return sorted(own or offered)
