@@ -24,7 +24,10 @@ kernels ORT has, exactly or to within the output's quantization step:
 The other elementwise ops with integer kernels (Mul, Add, GlobalAveragePool, AveragePool) need
 no rewriting: once modelopt has measured their inputs and outputs (`elementwise_to_measure`, which
 quantize-modelopt asks for with target onnxruntime), their `DQ -> op -> Q` units are what ORT
-fuses into QLinearMul, QLinearAdd, QLinearGlobalAveragePool and QLinearAveragePool.
+fuses into QLinearMul, QLinearAdd, QLinearGlobalAveragePool and QLinearAveragePool. That holds
+across ops that only move values too (a nearest Resize, a Concat, a Reshape): move-on-uint8 and
+upsample-on-uint8 run them on uint8, so a squeeze-excite's `x + x * gate` that a feature pyramid
+upsamples into a Concat (PP-OCRv5's detector neck) is measured like one a Conv reads directly.
 
 The input of each rewritten op must be uint8 through a DequantizeLinear and its output read only
 by QuantizeLinear nodes with one set of parameters (modelopt's measured range of the output);
@@ -42,6 +45,8 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from tao_qc.passes.qdq import QdqBuilder, qparams, readers, uint8_dequantize
+from tao_qc.passes.move_on_uint8 import VALUE_MOVING
+from tao_qc.passes.upsample_on_uint8 import nearest_resize
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 # Ops ORT runs on uint8 once their inputs and output are quantized (directly, or as rewritten here).
@@ -61,9 +66,16 @@ def elementwise_to_measure(model: ir.Model, quantized: set[str]) -> list[ir.Node
     graph = model.graph
     reachable: set[int] = set()  # ids of values that are (or will be) uint8
     candidates: list[ir.Node] = []
+    passed: list[ir.Node] = []  # candidates and the value-moving ops between them, in graph order
     for node in graph:
         if node.name in quantized:
             reachable.update(id(v) for v in node.outputs)
+            continue
+        moved = _moved_inputs(node)
+        if moved is not None:
+            if moved and all(id(v) in reachable for v in moved):
+                reachable.update(id(v) for v in node.outputs)
+                passed.append(node)
             continue
         if node.op_type not in INTEGER_ELEMENTWISE or node.domain not in ("", "ai.onnx"):
             continue
@@ -73,13 +85,27 @@ def elementwise_to_measure(model: ir.Model, quantized: set[str]) -> list[ir.Node
         if inputs and all(id(v) in reachable for v in inputs):
             reachable.add(id(node.outputs[0]))
             candidates.append(node)
+            passed.append(node)
     # A HardSwish reaching a quantized node only through scalar scale/shift steps is not measured:
     # IntegerElementwise folds the steps into its output quantization, the quantized node's input range.
     kept: set[str] = set()
-    for node in reversed(candidates):
-        if any(r.name in quantized or r.name in kept for r in readers(node.outputs[0])):
+    for node in reversed(passed):
+        if any(r.name in quantized or r.name in kept for out in node.outputs for r in readers(out)):
             kept.add(node.name)
     return [node for node in candidates if node.name in kept]
+
+
+def _moved_inputs(node: ir.Node) -> list[ir.Value] | None:
+    """The activation inputs whose values `node` only moves, for the ops move-on-uint8 and
+    upsample-on-uint8 keep on uint8 once those inputs are (Concat: all; a value-moving op, a MaxPool
+    or a nearest Resize: its data input); None for any other node."""
+    if node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
+        return None
+    if node.op_type == "Concat":
+        return [v for v in node.inputs if v is not None and constant_array(v) is None]
+    if node.op_type in VALUE_MOVING or node.op_type == "MaxPool" or (node.op_type == "Resize" and nearest_resize(node)):
+        return [node.inputs[0]]
+    return None
 
 
 def _scalar_affine_chain(value: ir.Value) -> list[ir.Node]:

@@ -71,7 +71,7 @@ class UpsampleOnUint8:
                           stats={"resized_outputs_quantized": quantized, "resizes_as_repeat": repeats}, notes=notes)
 
 
-def _nearest(resize: ir.Node) -> bool:
+def nearest_resize(resize: ir.Node) -> bool:
     """A nearest Resize with opset-11+ inputs (X, roi, scales[, sizes]) and no `axes` subset."""
     mode = resize.attributes.get("mode")
     return (mode is not None and mode.as_string() == "nearest" and len(resize.inputs) >= 3
@@ -81,7 +81,7 @@ def _nearest(resize: ir.Node) -> bool:
 def _quantize_resized_outputs(graph: ir.Graph, build: QdqBuilder, notes: list[str]) -> int:
     """1. of the module docstring; returns how many Resize outputs got a Q/DQ pair."""
     count = 0
-    for resize in [n for n in graph if n.op_type == "Resize" and _nearest(n)]:
+    for resize in [n for n in graph if n.op_type == "Resize" and nearest_resize(n)]:
         out = resize.outputs[0]
         users = readers(out)
         if out.is_graph_output() or not users or all(r.op_type == "QuantizeLinear" for r in users):
@@ -123,7 +123,7 @@ def _factors(resize: ir.Node, dims: tuple) -> tuple[int, int] | None:
 def _repeat_plan(resize: ir.Node) -> tuple[ir.Node, int, int, list[ir.Node]] | None:
     """(the DequantizeLinear it reads, height factor, width factor, the QuantizeLinear
     nodes that alone read its output) for a uint8 nearest Resize 2. of the module docstring covers."""
-    if not _nearest(resize) or resize.inputs[0] is None:
+    if not nearest_resize(resize) or resize.inputs[0] is None:
         return None
     coordinates = resize.attributes.get("coordinate_transformation_mode")
     rounding = resize.attributes.get("nearest_mode")

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _compile_helpers import export_zoo
+from _compile_helpers import export_zoo, optimized_ops
 from tao_qc.passes.integer_elementwise import IntegerElementwise, elementwise_to_measure
 from tao_qc.pipeline import PassContext
 from tao_qc.spec import load_spec
@@ -163,9 +163,9 @@ def test_nodes_to_measure_are_the_elementwise_ones_between_quantized_convs(tmp_p
     se_blocks = sum(1 for n in model.graph if n.op_type == "HardSigmoid")
     assert kinds["GlobalAveragePool"] == se_blocks + 1 and kinds["HardSigmoid"] == se_blocks and kinds["Mul"] == se_blocks
     assert kinds["HardSwish"] >= 26  # every one whose output a quantized Conv reads
-    # The last HardSwish goes through a Flatten to the classifier: no elementwise reader, not measured here.
+    # The last HardSwish reaches the classifier through a Flatten, which only moves values: measured too.
     last = [n for n in model.graph if n.op_type == "HardSwish"][-1]
-    assert last.name not in {n.name for n in measured}
+    assert last.name in {n.name for n in measured}
     # Without the squeeze-excite Convs quantized, their pools, gates and Muls have nothing to feed
     # (the head's pool still has).
     without_se = Counter(n.op_type for n in elementwise_to_measure(model, {name for name in convs if "/se/" not in name}))
@@ -191,10 +191,10 @@ def test_lcnet_runs_on_uint8_from_its_first_conv_to_its_last_with_the_same_answe
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     quantized = ort.InferenceSession(str(result.model_path), options, providers=["CPUExecutionProvider"])
     ops = Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
-    # One float HardSwish is left (the last, read through a Flatten by the classifier), so one
-    # HardSigmoid and one Mul; every other activation stays uint8 between integer kernels.
-    assert ops["QLinearConv"] == 32 and ops["HardSigmoid"] <= 1 and ops["Mul"] <= 1
-    assert ops["QuantizeLinear"] <= 2 and ops["DequantizeLinear"] <= 2
+    # Every activation stays uint8 between integer kernels, the last HardSwish too (the classifier
+    # reads it through a Flatten): one QuantizeLinear for the input, one DequantizeLinear for the logits.
+    assert ops["QLinearConv"] == 32 and ops["HardSigmoid"] == 0 and ops["Mul"] == 0 and ops["QGemm"] == 1
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1
     assert ops["QLinearGlobalAveragePool"] >= 2 and ops["QLinearMul"] >= 28
     x = np.random.default_rng(3).standard_normal((16, 3, 224, 224)).astype(np.float32)
     reference = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
@@ -246,3 +246,55 @@ def test_fallback_may_keep_a_requantizing_elementwise_node_in_float(lcnet_int8, 
     expected = np.concatenate([reference.run(None, {"input": x[i:i + 1]})[0] for i in range(4)])
     got = np.concatenate([session.run(None, {"input": x[i:i + 1]})[0] for i in range(4)])
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.75
+
+
+@pytest.fixture(scope="module")
+def text_detector(tmp_path_factory) -> dict:
+    from tao_qc.driver import compile_model
+    from tao_qc.testing import zoo
+
+    folder = tmp_path_factory.mktemp("text_detector")
+    fp32 = zoo.export_zoo("text_detector", folder / "text_detector.onnx", dynamic_batch=True)
+    rng = np.random.default_rng(0)
+    np.savez(folder / "calib.npz", input=rng.standard_normal((16, 3, 64, 64)).astype(np.float32))
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "calibration": {"data": str(folder / "calib.npz")}, "onnxruntime": {"speed": "off"}}}
+    return {"fp32": fp32, "folder": folder, "result": compile_model(fp32, spec, results_dir=folder / "out", compare=False),
+            "held_out": rng.standard_normal((8, 3, 64, 64)).astype(np.float32)}
+
+
+def test_elementwise_nodes_are_measured_through_upsampling_and_concat(tmp_path):
+    """PP-OCRv5's detector neck: each level's x + SE(x) reaches the next Conv only through a nearest
+    Resize, a top-down Add or the Concat of all levels. Those only move values, so its Muls and Adds
+    are measured like ones a Conv reads directly."""
+    from tao_qc.passes import default_passes
+    from tao_qc.pipeline import Pipeline
+
+    ctx = PassContext(spec=load_spec({"quantize": {"backend": "modelopt.onnx"}}), work_dir=tmp_path,
+                      source_path=export_zoo("text_detector", tmp_path))
+    model = Pipeline(default_passes(ctx.spec)[:2]).run(None, ctx).model
+    convs = {n.name for n in model.graph if n.op_type == "Conv"}
+    kinds = Counter(n.op_type for n in elementwise_to_measure(model, convs))
+    # Six residual-excite layers (a gate, a Mul and an Add each) and the pyramid's two top-down Adds.
+    assert kinds["HardSigmoid"] == 6 and kinds["Mul"] == 6 and kinds["Add"] == 8
+
+
+def test_text_detector_neck_runs_on_uint8(text_detector):
+    ops = optimized_ops(text_detector["result"].model_path, text_detector["folder"])
+    assert ops["QLinearAdd"] >= 8 and ops["QLinearMul"] >= 6 and ops["QLinearConcat"] == 1
+    for float_op in ("Add", "HardSigmoid", "Resize", "Concat", "Conv", "HardSwish"):
+        assert ops[float_op] == 0, f"{float_op} left in float: {ops}"
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1  # the input's, the output's
+
+
+def test_text_detector_follows_fp32_and_its_kernels_follow_the_graph(text_detector):
+    x = text_detector["held_out"]
+    path = str(text_detector["result"].model_path)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(str(text_detector["fp32"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    kernels = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    graph = ort.InferenceSession(path, plain, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    cosine = float(kernels.ravel() @ reference.ravel() / (np.linalg.norm(kernels) * np.linalg.norm(reference)))
+    assert cosine > 0.99
+    assert np.linalg.norm(kernels - graph) < np.linalg.norm(graph - reference)

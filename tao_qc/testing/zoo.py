@@ -263,6 +263,47 @@ class ShuffleDetectorStyle(nn.Module):
         return self.head(self.neck(joined))
 
 
+
+class ResidualExcite(nn.Module):
+    """PP-OCR's RSE layer: a Conv whose output is added to its own squeeze-excited copy, x + SE(x)."""
+
+    def __init__(self, inputs: int, outputs: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2, bias=False)
+        self.excite = SqueezeExcite(outputs)
+
+    def forward(self, x):
+        x = self.conv(x)
+        return x + self.excite(x)
+
+
+class TextDetectorNeckStyle(nn.Module):
+    """A text detector's shape (PP-OCRv5's detector, DBNet-style): a HardSwish backbone, a feature
+    pyramid of RSE layers whose top-down sums are upsampled (nearest) and added, and each level's
+    RSE output upsampled to the finest one and concatenated before the head."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        def down(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), nn.Hardswish())
+        self.stages = nn.ModuleList([down(3, 16), down(16, 24), down(24, 32)])
+        self.lateral = nn.ModuleList(ResidualExcite(c, width, 1) for c in (16, 24, 32))
+        self.smooth = nn.ModuleList(ResidualExcite(width, width // 4, 3) for _ in range(3))
+        self.head = nn.Sequential(nn.Conv2d(3 * (width // 4), 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 1))
+
+    def forward(self, x):
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        c1, c2, c3 = (lateral(f) for lateral, f in zip(self.lateral, features))
+        p2 = c2 + nn.functional.interpolate(c3, scale_factor=2.0, mode="nearest")
+        p1 = c1 + nn.functional.interpolate(p2, scale_factor=2.0, mode="nearest")
+        s1, s2, s3 = (smooth(p) for smooth, p in zip(self.smooth, (p1, p2, c3)))
+        joined = torch.cat((s1, nn.functional.interpolate(s2, scale_factor=2.0, mode="nearest"),
+                            nn.functional.interpolate(s3, scale_factor=4.0, mode="nearest")), 1)
+        return self.head(joined)
+
 # name -> (constructor, input shape at batch 1)
 ZOO = {
     "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
@@ -274,6 +315,7 @@ ZOO = {
     "rtdetr": (lambda: RTDETRStyle(), (1, 3, 64, 64)),
     "feature_pyramid": (lambda: FeaturePyramidStyle(), (1, 3, 64, 64)),
     "shuffle_detector": (lambda: ShuffleDetectorStyle(), (1, 3, 64, 64)),
+    "text_detector": (lambda: TextDetectorNeckStyle(), (1, 3, 64, 64)),
 }
 
 
