@@ -3,8 +3,8 @@
 `default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
 
     load-and-check
-    -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity,
-       repeated until a round changes nothing
+    -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity
+       [-> transposed-conv-as-conv (target: onnxruntime)], repeated until a round changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt -> clip-ranges   (`calibrating_passes`)
        [-> choose-ranges (algorithm: auto)] [-> correct-bias / round-weights (calibration.corrections),
        on the weight grid placement will store: `placement_cpu`]
@@ -41,6 +41,7 @@ from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
 from tao_qc.passes.remove_identity import RemoveIdentity
 from tao_qc.passes.round_weights import RoundWeights
 from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
+from tao_qc.passes.transposed_conv_as_conv import TransposedConvAsConv
 from tao_qc.passes.upsample_on_uint8 import UpsampleOnUint8
 from tao_qc.passes.verify_quantization import VerifyQuantization
 from tao_qc.pipeline import FixedPoint
@@ -59,7 +60,9 @@ def calibrating_passes(spec: QuantizeSpec, *, source_path: Path | None = None) -
         LoadAndCheck(source_path),
         # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
         # Identity is gone); repeating until a round changes nothing makes their order not matter.
-        FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), FoldConvAffine(), RemoveIdentity()]),
+        FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), FoldConvAffine(), RemoveIdentity(),
+                                    # ORT's CPU provider has no integer ConvTranspose; a Conv it has.
+                                    *([TransposedConvAsConv()] if spec.target == "onnxruntime" else [])]),
         MatchLayers(),
         CheckCalibration(),
         QuantizeModelOpt(),

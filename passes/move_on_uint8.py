@@ -17,9 +17,9 @@ This pass, for `target: onnxruntime`, after place-for-onnxruntime:
    average lies within the range of what it averages (zero padding included: 0 is on a uint8
    grid), and ORT runs it as QLinearAveragePool. Rounding to that grid is the error it adds;
 3. moves a per-tensor DequantizeLinear behind the value-moving ops that read it (Reshape,
-   Transpose, Squeeze, Unsqueeze, Flatten, Gather, Split, Slice, and MaxPool, which commutes with a
-   dequantization's increasing map): the op then moves the integers, and a DequantizeLinear with
-   the same parameters follows each of its outputs. Exact;
+   Transpose, Squeeze, Unsqueeze, Flatten, Gather, Split, Slice, DepthToSpace, SpaceToDepth, and
+   MaxPool, which commutes with a dequantization's increasing map): the op then moves the
+   integers, and a DequantizeLinear with the same parameters follows each of its outputs. Exact;
 4. drops a DequantizeLinear -> QuantizeLinear pair with the same parameters that 3. leaves (a
    MaxPool place-for-onnxruntime had wrapped), and runs one with different parameters (a shuffled
    half feeding a Conv whose input modelopt measured apart) as a one-input QLinearConcat: ORT
@@ -40,7 +40,8 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from tao_qc.passes.qdq import QdqBuilder, integer_qparams, readers, same_grid, uint8_dequantize
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
-VALUE_MOVING = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Gather", "Split", "Slice"})
+VALUE_MOVING = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Gather", "Split", "Slice",
+                          "DepthToSpace", "SpaceToDepth"})
 # ONNX allows uint8 MaxPool from opset 12.
 MAXPOOL_UINT8_OPSET = 12
 MAX_ROUNDS = 64

@@ -23,7 +23,14 @@ This pass:
    (as in space-to-depth-stem), so the repeat costs one Expand. The values are the Resize's own
    (tests/test_upsample_on_uint8.py compares with ORT's Resize for every mode accepted).
 
-Runs after place-for-onnxruntime (it needs the uint8 parameters), for `target: onnxruntime`.
+3. writes a uint8 DepthToSpace (transposed-conv-as-conv's upsampling, a pixel shuffle) in
+   channels-last memory too: `Transpose -> Reshape -> Transpose -> Reshape -> Transpose`. ORT's
+   DepthToSpace moves single bytes through a 6-D transpose whose last axis is the block's width;
+   channels-last, each move is a run of C bytes, and the outer Transposes cancel as above. On
+   PP-OCRv5's detector head ([1, 96, 160, 160] -> [1, 24, 320, 320]) ORT's took 2.1 ms of a 24 ms run.
+
+Runs after place-for-onnxruntime (it needs the uint8 parameters) and move-on-uint8 (which moves a
+DepthToSpace's DequantizeLinear behind it), for `target: onnxruntime`.
 """
 
 from __future__ import annotations
@@ -65,10 +72,19 @@ class UpsampleOnUint8:
                 notes.append(f"{resize.name}: nearest upsampling by {plan[1]}x{plan[2]} runs on uint8 as a repeat "
                              "in channels-last memory (Unsqueeze, Expand, Reshape), the same values")
                 repeats += 1
-        if repeats:
+        shuffles = 0
+        for shuffle in [n for n in graph if n.op_type == "DepthToSpace"]:
+            order = _uint8_depth_to_space(shuffle)
+            if order is not None:
+                _write_channels_last(graph, build, shuffle, order)
+                notes.append(f"{shuffle.name}: DepthToSpace runs on uint8 in channels-last memory (Reshape, Transpose, "
+                             "Reshape), the same values")
+                shuffles += 1
+        if repeats or shuffles:
             RemoveUnusedNodesPass()(model)
-        return PassResult(model, changed=bool(quantized or repeats),
-                          stats={"resized_outputs_quantized": quantized, "resizes_as_repeat": repeats}, notes=notes)
+        return PassResult(model, changed=bool(quantized or repeats or shuffles),
+                          stats={"resized_outputs_quantized": quantized, "resizes_as_repeat": repeats,
+                                 "depth_to_space_channels_last": shuffles}, notes=notes)
 
 
 def nearest_resize(resize: ir.Node) -> bool:
@@ -178,3 +194,54 @@ def _write_as_repeat(graph: ir.Graph, build: QdqBuilder, resize: ir.Node, dq: ir
     graph.insert_after(resize, [last, spread, repeat, size, scaled, merged, first])
     for quantizer in quantizers:
         quantizer.outputs[0].replace_all_uses_with(first.outputs[0])
+
+
+def _uint8_depth_to_space(shuffle: ir.Node) -> str | None:
+    """The mode (DCR or CRD) of a DepthToSpace of a uint8 [N, C, H, W] tensor (move-on-uint8 moved
+    its DequantizeLinear behind it), or None."""
+    source = shuffle.inputs[0] if shuffle.inputs else None
+    if shuffle.domain not in ("", "ai.onnx") or source is None:
+        return None
+    producer = source.producer()
+    quantized = producer is not None and producer.op_type == "QuantizeLinear" and integer_qparams(producer) is not None
+    if source.dtype != ir.DataType.UINT8 and not (quantized and integer_qparams(producer)[1].dtype == np.uint8):
+        return None
+    if source.shape is not None and len(source.shape) != 4:
+        return None
+    mode = shuffle.attributes.get_string("mode", "DCR")
+    return mode if mode in ("DCR", "CRD") else None
+
+
+def _write_channels_last(graph: ir.Graph, build: QdqBuilder, shuffle: ir.Node, mode: str) -> None:
+    """3. of the module docstring: [N, k*k*C, H, W] -> [N, C, k*H, k*W] as [N, H, W, k*k*C] ->
+    Reshape [N, H, W, k, k, C] (DCR; CRD: [N, H, W, C, k, k]) -> Transpose [N, H, k, W, k, C] ->
+    Reshape to the channels-last input's shape times (1, k, k, 1/k^2), so heights and widths may
+    be dynamic. ORT's own DepthToSpace moves single bytes where this moves C-byte runs."""
+    name, block = shuffle.name, shuffle.attributes.get_int("blocksize")
+
+    def node(op: str, inputs: list[ir.Value], suffix: str, perm: list[int] | None = None) -> ir.Node:
+        made = build.node(op, inputs, f"{name}_{suffix}")
+        if perm is not None:
+            made.attributes["perm"] = ir.AttrInt64s("perm", perm)
+        return made
+
+    def constant(suffix: str, values: list[int]) -> ir.Value:
+        return build.initializer(f"{name}_{suffix}", np.array(values, np.int64))
+
+    last = node("Transpose", [shuffle.inputs[0]], "channels_last", TO_CHANNELS_LAST)
+    if mode == "DCR":  # channel (i*k + j)*C + c
+        split = node("Reshape", [last.outputs[0], constant("blocks", [0, 0, 0, block, block, -1])], "blocks")
+        interleave = [0, 1, 3, 2, 4, 5]
+    else:  # CRD: channel c*k*k + i*k + j
+        split = node("Reshape", [last.outputs[0], constant("blocks", [0, 0, 0, -1, block, block])], "blocks")
+        interleave = [0, 1, 4, 2, 5, 3]
+    moved = node("Transpose", [split.outputs[0]], "interleave", interleave)
+    size = node("Shape", [last.outputs[0]], "size")
+    grown = node("Mul", [size.outputs[0], constant("growth", [1, block, block, 1])], "grown_size")
+    target = node("Div", [grown.outputs[0], constant("depth", [1, 1, 1, block * block])], "target_size")
+    merged = node("Reshape", [moved.outputs[0], target.outputs[0]], "merged")
+    first = node("Transpose", [merged.outputs[0]], "channels_first", TO_CHANNELS_FIRST)
+    graph.insert_after(shuffle, [last, split, moved, size, grown, target, merged, first])
+    if shuffle.outputs[0].dtype is not None:
+        first.outputs[0].dtype = shuffle.outputs[0].dtype
+    shuffle.outputs[0].replace_all_uses_with(first.outputs[0])

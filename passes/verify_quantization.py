@@ -163,7 +163,7 @@ def _shared_with_quantized(value: ir.Value, quantized: set[str]) -> bool:
 
 # Ops that only move (or, MaxPool, select) a quantized tensor's integers, allowed between Q and DQ.
 LAYOUT_OPS = ("Transpose", "Reshape", "Pad", "Split", "Slice", "Concat", "Expand", "Gather", "Squeeze", "Unsqueeze",
-              "Flatten", "MaxPool")
+              "Flatten", "MaxPool", "DepthToSpace", "SpaceToDepth")
 
 
 def _readers_through_layout(value: ir.Value) -> list[ir.Node]:

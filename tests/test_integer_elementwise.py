@@ -279,12 +279,18 @@ def test_elementwise_nodes_are_measured_through_upsampling_and_concat(tmp_path):
     assert kinds["HardSigmoid"] == 6 and kinds["Mul"] == 6 and kinds["Add"] == 8
 
 
-def test_text_detector_neck_runs_on_uint8(text_detector):
+def test_text_detector_runs_on_uint8_from_input_to_probability_map(text_detector):
+    """The neck as QLinearMul, QLinearAdd, repeats and a QLinearConcat; the head's ConvTransposes as
+    1x1 QLinearConvs and channels-last pixel shuffles (transposed-conv-as-conv, upsample-on-uint8).
+    Only the last Sigmoid, the model's output, runs in float."""
     ops = optimized_ops(text_detector["result"].model_path, text_detector["folder"])
-    assert ops["QLinearAdd"] >= 8 and ops["QLinearMul"] >= 6 and ops["QLinearConcat"] == 1
-    for float_op in ("Add", "HardSigmoid", "Resize", "Concat", "Conv", "HardSwish"):
+    assert ops["QLinearAdd"] >= 8 and ops["QLinearMul"] >= 6 and ops["QLinearConcat"] >= 1 and ops["QLinearConv"] == 24
+    for float_op in ("Add", "HardSigmoid", "Resize", "Concat", "Conv", "HardSwish", "ConvTranspose", "DepthToSpace",
+                     "BatchNormalization", "Relu"):
         assert ops[float_op] == 0, f"{float_op} left in float: {ops}"
-    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1  # the input's, the output's
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 1 and ops["Sigmoid"] == 1
+    records = {r.name: r for r in text_detector["result"].records}
+    assert records["upsample-on-uint8"].stats["depth_to_space_channels_last"] == 2
 
 
 def test_text_detector_follows_fp32_and_its_kernels_follow_the_graph(text_detector):

@@ -105,6 +105,46 @@ def test_resizes_that_are_not_repeats_stay(coordinates, rounding, factors):
     assert Counter(n.op_type for n in result.model.graph)["Resize"] == 1
 
 
+
+def depth_to_space_graph(mode: str, block: int, channels: int) -> ir.Model:
+    """input [N, C, H, W] (all dynamic but C) -> Q(u8) -> DepthToSpace -> DQ: a pixel shuffle as
+    move-on-uint8 leaves it (transposed-conv-as-conv's upsampling)."""
+    tensors = {"scale": np.array(0.02, np.float32), "zero": np.array(128, np.uint8)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "scale", "zero"], ["xq"], name="input_q"),
+        helper.make_node("DepthToSpace", ["xq"], ["shuffled"], name="shuffle", blocksize=block, mode=mode),
+        helper.make_node("DequantizeLinear", ["shuffled", "scale", "zero"], ["output"], name="output_dq"),
+    ]
+    graph = helper.make_graph(nodes, "shuffle",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, "h", "w"])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in tensors.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    return ir.from_proto(proto)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+@pytest.mark.parametrize("block,channels", [(2, 12), (3, 18), (2, 4)])
+def test_depth_to_space_channels_last_gives_orts_values(mode, block, channels):
+    model = depth_to_space_graph(mode, block, channels)
+    rng = np.random.default_rng(block)
+    pages = [rng.uniform(-2.5, 2.5, shape).astype(np.float32) for shape in [(1, channels, 5, 7), (2, channels, 3, 8)]]
+    before = [run(model, x) for x in pages]
+    result = UpsampleOnUint8().run(model, None)
+    assert result.stats["depth_to_space_channels_last"] == 1
+    assert Counter(n.op_type for n in result.model.graph)["DepthToSpace"] == 0
+    for x, want in zip(pages, before):
+        np.testing.assert_array_equal(run(result.model, x), want)
+
+
+def test_a_float_depth_to_space_stays():
+    proto = ir.to_proto(depth_to_space_graph("DCR", 2, 12))
+    del proto.graph.node[0]  # DepthToSpace reads the float input itself
+    proto.graph.node[0].input[0] = "input"
+    result = UpsampleOnUint8().run(ir.from_proto(proto), None)
+    assert result.stats["depth_to_space_channels_last"] == 0
+
 @pytest.fixture(scope="module")
 def feature_pyramid(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("feature_pyramid")

@@ -279,8 +279,9 @@ class ResidualExcite(nn.Module):
 
 class TextDetectorNeckStyle(nn.Module):
     """A text detector's shape (PP-OCRv5's detector, DBNet-style): a HardSwish backbone, a feature
-    pyramid of RSE layers whose top-down sums are upsampled (nearest) and added, and each level's
-    RSE output upsampled to the finest one and concatenated before the head."""
+    pyramid of RSE layers whose top-down sums are upsampled (nearest) and added, each level's RSE
+    output upsampled to the finest one and concatenated, and a head that upsamples the probability
+    map back to the input's size with ConvTransposes."""
 
     def __init__(self, width: int = 16):
         super().__init__()
@@ -289,7 +290,10 @@ class TextDetectorNeckStyle(nn.Module):
         self.stages = nn.ModuleList([down(3, 16), down(16, 24), down(24, 32)])
         self.lateral = nn.ModuleList(ResidualExcite(c, width, 1) for c in (16, 24, 32))
         self.smooth = nn.ModuleList(ResidualExcite(width, width // 4, 3) for _ in range(3))
-        self.head = nn.Sequential(nn.Conv2d(3 * (width // 4), 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 1))
+        # DBNet's head: 3x3 Conv, then two 2x2 stride-2 ConvTransposes back to the input's size.
+        self.head = nn.Sequential(
+            nn.Conv2d(3 * (width // 4), 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.ConvTranspose2d(8, 8, 2, 2), nn.BatchNorm2d(8), nn.ReLU(), nn.ConvTranspose2d(8, 1, 2, 2), nn.Sigmoid())
 
     def forward(self, x):
         features = []
