@@ -57,7 +57,7 @@ class FoldConvAffine:
                           stats={"folded_after_conv": after, "folded_before_conv": before}, notes=notes)
 
 
-def _step(node: ir.Node) -> tuple[ir.Value, np.ndarray] | None:
+def affine_step(node: ir.Node) -> tuple[ir.Value, np.ndarray] | None:
     """(the activation input, the constant) of an elementwise step with one constant operand; for
     Sub and Div the constant must be the second operand."""
     if len(node.inputs) != 2 or any(v is None for v in node.inputs):
@@ -70,7 +70,7 @@ def _step(node: ir.Node) -> tuple[ir.Value, np.ndarray] | None:
     return None
 
 
-def _per_channel(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+def per_channel_values(constant: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
     """The constant as one float per channel of an NC... tensor of `rank`, or None if it varies
     along another axis or would broadcast the tensor to another shape."""
     if not np.issubdtype(constant.dtype, np.floating) or constant.ndim > rank:
@@ -110,7 +110,7 @@ def _set_parameters(graph: ir.Graph, conv: ir.Node, weights: np.ndarray, bias: n
 
 
 def _fold_after_conv(graph: ir.Graph, node: ir.Node) -> bool:
-    step = _step(node)
+    step = affine_step(node)
     if step is None:
         return False
     source, constant = step
@@ -120,7 +120,7 @@ def _fold_after_conv(graph: ir.Graph, node: ir.Node) -> bool:
         return False
     weights, bias = parameters
     rank = weights.ndim  # the Conv's output has the weights' rank: N, C, spatial...
-    per_channel = _per_channel(constant, weights.shape[0], rank)
+    per_channel = per_channel_values(constant, weights.shape[0], rank)
     if per_channel is None:
         return False
     if node.op_type in ("Mul", "Div"):
@@ -140,7 +140,7 @@ def _fold_after_conv(graph: ir.Graph, node: ir.Node) -> bool:
 
 
 def _fold_before_conv(graph: ir.Graph, node: ir.Node) -> bool:
-    step = _step(node)
+    step = affine_step(node)
     if step is None or node.op_type not in ("Add", "Mul", "Sub", "Div"):
         return False
     source, constant = step
@@ -155,7 +155,7 @@ def _fold_before_conv(graph: ir.Graph, node: ir.Node) -> bool:
     weights, bias = parameters
     group = conv.attributes.get_int("group", 1)
     channels = weights.shape[1] * group
-    per_channel = _per_channel(constant, channels, weights.ndim)
+    per_channel = per_channel_values(constant, channels, weights.ndim)
     if per_channel is None or (group > 1 and not np.all(per_channel == per_channel[0])):
         return False
     values = per_channel[: weights.shape[1]]  # group 1, or one value for all channels

@@ -30,7 +30,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.fold_conv_affine import AFFINE_OPS, _per_channel, _step
+from tao_qc.passes.fold_conv_affine import AFFINE_OPS, affine_step, per_channel_values
 from tao_qc.pipeline import PassContext, PassResult, constant_array, mark_created
 
 
@@ -47,9 +47,10 @@ class TransposedConvAsConv:
                 continue
             weights, bias, block = parameters
             weights, bias, tail, absorbed = _absorb_following(node.outputs[0], weights, bias)
-            if tail.is_graph_output() or _relu_reading(tail) is not None and _relu_reading(tail).outputs[0].is_graph_output():
+            relu = _relu_reading(tail)
+            if (relu.outputs[0] if relu is not None else tail).is_graph_output():
                 continue  # the model's own output keeps its producer
-            _rewrite(graph, node, weights, bias, block, tail, absorbed, self.name)
+            _rewrite(graph, node, weights, bias, block, tail, absorbed, relu, self.name)
             rewritten += 1
             folded += len(absorbed)
             notes.append(f"{node.name}: a {block}x{block} stride-{block} ConvTranspose written as a 1x1 Conv to "
@@ -111,15 +112,15 @@ def _affine(step: ir.Node, value: ir.Value, channels: int) -> tuple[np.ndarray |
     if step.domain not in ("", "ai.onnx"):
         return None, None
     if step.op_type in AFFINE_OPS:
-        found = _step(step)
+        found = affine_step(step)
         if found is None or found[0] is not value:
             return None, None
-        per_channel = _per_channel(found[1], channels, 4)
-        if per_channel is None:
+        values = per_channel_values(found[1], channels, 4)
+        if values is None:
             return None, None
         ones, zeros = np.ones(channels), np.zeros(channels)
-        factor, shift = {"Add": (ones, per_channel), "Sub": (ones, -per_channel),
-                         "Mul": (per_channel, zeros), "Div": (1.0 / per_channel, zeros)}[step.op_type]
+        factor, shift = {"Add": (ones, values), "Sub": (ones, -values),
+                         "Mul": (values, zeros), "Div": (1.0 / values, zeros)}[step.op_type]
         return (factor, shift) if np.all(np.isfinite(factor)) else (None, None)
     if step.op_type == "BatchNormalization" and len(step.outputs) == 1 and step.inputs[0] is value:
         gamma, beta, mean, variance = (constant_array(v) if v is not None else None for v in step.inputs[1:5])
@@ -131,7 +132,7 @@ def _affine(step: ir.Node, value: ir.Value, channels: int) -> tuple[np.ndarray |
 
 
 def _rewrite(graph: ir.Graph, node: ir.Node, weights: np.ndarray, bias: np.ndarray, block: int,
-             tail: ir.Value, absorbed: list[ir.Node], pass_name: str) -> None:
+             tail: ir.Value, absorbed: list[ir.Node], relu: ir.Node | None, pass_name: str) -> None:
     in_channels, out_channels = weights.shape[:2]
     dtype = constant_array(node.inputs[1]).dtype
     # Channel (i*k + j)*C_out + c of the 1x1 Conv holds W[:, c, i, j]: DepthToSpace's DCR order.
@@ -149,24 +150,20 @@ def _rewrite(graph: ir.Graph, node: ir.Node, weights: np.ndarray, bias: np.ndarr
                    attributes=[ir.AttrInt64s("kernel_shape", [1, 1])])
     for key, item in node.metadata_props.items():  # the layer names the spec and reports use
         conv.metadata_props[key] = item
-    end = tail
-    reader = _relu_reading(tail)
-    relu_first = reader is not None
-    nodes = [conv]
-    before_d2s = conv.outputs[0]
-    if relu_first:
-        relu = ir.Node("", "Relu", [conv.outputs[0]], name=reader.name)
-        nodes.append(relu)
-        before_d2s, end = relu.outputs[0], reader.outputs[0]
+    end, nodes, before_d2s = tail, [conv], conv.outputs[0]
+    if relu is not None:  # Relu(DepthToSpace(y)) = DepthToSpace(Relu(y)): the Relu goes next to its Conv
+        moved = ir.Node("", "Relu", [conv.outputs[0]], name=relu.name)
+        nodes.append(moved)
+        before_d2s, end = moved.outputs[0], relu.outputs[0]
     d2s = mark_created(ir.Node("", "DepthToSpace", [before_d2s], name=f"{node.name}_depth_to_space",
                                attributes=[ir.AttrInt64("blocksize", block), ir.AttrString("mode", "DCR")]), pass_name)
     nodes.append(d2s)
-    last = reader if relu_first else (absorbed[-1] if absorbed else node)
+    last = relu if relu is not None else (absorbed[-1] if absorbed else node)
     graph.insert_after(last, nodes)
     output = d2s.outputs[0]
     output.shape, output.type = end.shape, end.type
     end.replace_all_uses_with(output)
-    for old in ([reader] if relu_first else []) + list(reversed(absorbed)) + [node]:
+    for old in ([relu] if relu is not None else []) + list(reversed(absorbed)) + [node]:
         graph.remove(old, safe=True)
 
 

@@ -195,5 +195,6 @@ def test_feature_pyramid_kernels_match_the_graphs_arithmetic(feature_pyramid):
 
 def test_feature_pyramid_report_names_the_rewrites(feature_pyramid):
     records = {r.name: r for r in feature_pyramid["result"].records}
-    assert records["upsample-on-uint8"].stats == {"resized_outputs_quantized": 2, "resizes_as_repeat": 2}
+    assert records["upsample-on-uint8"].stats == {"resized_outputs_quantized": 2, "resizes_as_repeat": 2,
+                                                  "depth_to_space_channels_last": 0}
     assert any("reads it on uint8" in note for note in records["place-for-onnxruntime"].notes)
