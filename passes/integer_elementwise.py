@@ -44,8 +44,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, qparams, readers, uint8_dequantize
 from tao_qc.passes.move_on_uint8 import VALUE_MOVING
+from tao_qc.passes.qdq import QdqBuilder, qparams, readers, uint8_dequantize
 from tao_qc.passes.upsample_on_uint8 import nearest_resize
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 

@@ -173,17 +173,7 @@ def _write_as_repeat(graph: ir.Graph, build: QdqBuilder, resize: ir.Node, dq: ir
     """[N, C, H, W] uint8 -> [N, C, fh*H, fw*W], each pixel repeated, written channels-last:
     [N, H, W, C] -> Unsqueeze -> [N, H, 1, W, 1, C] -> Expand -> [N, H, fh, W, fw, C] -> Reshape to
     the input's shape times (1, fh, fw, 1), computed from it, so any of N, H, W may be dynamic."""
-    name = resize.name
-
-    def node(op: str, inputs: list[ir.Value], suffix: str, perm: list[int] | None = None) -> ir.Node:
-        made = build.node(op, inputs, f"{name}_{suffix}")
-        if perm is not None:
-            made.attributes["perm"] = ir.AttrInt64s("perm", perm)
-        return made
-
-    def constant(suffix: str, values: list[int]) -> ir.Value:
-        return build.initializer(f"{name}_{suffix}", np.array(values, np.int64))
-
+    node, constant = _named_builders(build, resize.name)
     last = node("Transpose", [dq.inputs[0]], "channels_last", TO_CHANNELS_LAST)
     spread = node("Unsqueeze", [last.outputs[0], constant("spread_axes", [2, 4])], "spread")
     repeat = node("Expand", [spread.outputs[0], constant("repeats", [1, 1, fh, 1, fw, 1])], "repeat")
@@ -203,8 +193,8 @@ def _uint8_depth_to_space(shuffle: ir.Node) -> str | None:
     if shuffle.domain not in ("", "ai.onnx") or source is None:
         return None
     producer = source.producer()
-    quantized = producer is not None and producer.op_type == "QuantizeLinear" and integer_qparams(producer) is not None
-    if source.dtype != ir.DataType.UINT8 and not (quantized and integer_qparams(producer)[1].dtype == np.uint8):
+    params = integer_qparams(producer) if producer is not None and producer.op_type == "QuantizeLinear" else None
+    if source.dtype != ir.DataType.UINT8 and (params is None or params[1].dtype != np.uint8):
         return None
     if source.shape is not None and len(source.shape) != 4:
         return None
@@ -217,17 +207,8 @@ def _write_channels_last(graph: ir.Graph, build: QdqBuilder, shuffle: ir.Node, m
     Reshape [N, H, W, k, k, C] (DCR; CRD: [N, H, W, C, k, k]) -> Transpose [N, H, k, W, k, C] ->
     Reshape to the channels-last input's shape times (1, k, k, 1/k^2), so heights and widths may
     be dynamic. ORT's own DepthToSpace moves single bytes where this moves C-byte runs."""
-    name, block = shuffle.name, shuffle.attributes.get_int("blocksize")
-
-    def node(op: str, inputs: list[ir.Value], suffix: str, perm: list[int] | None = None) -> ir.Node:
-        made = build.node(op, inputs, f"{name}_{suffix}")
-        if perm is not None:
-            made.attributes["perm"] = ir.AttrInt64s("perm", perm)
-        return made
-
-    def constant(suffix: str, values: list[int]) -> ir.Value:
-        return build.initializer(f"{name}_{suffix}", np.array(values, np.int64))
-
+    block = shuffle.attributes.get_int("blocksize")
+    node, constant = _named_builders(build, shuffle.name)
     last = node("Transpose", [shuffle.inputs[0]], "channels_last", TO_CHANNELS_LAST)
     if mode == "DCR":  # channel (i*k + j)*C + c
         split = node("Reshape", [last.outputs[0], constant("blocks", [0, 0, 0, block, block, -1])], "blocks")
@@ -245,3 +226,17 @@ def _write_channels_last(graph: ir.Graph, build: QdqBuilder, shuffle: ir.Node, m
     if shuffle.outputs[0].dtype is not None:
         first.outputs[0].dtype = shuffle.outputs[0].dtype
     shuffle.outputs[0].replace_all_uses_with(first.outputs[0])
+
+
+def _named_builders(build: QdqBuilder, base: str):
+    """node(op, inputs, suffix[, perm]) and constant(suffix, int64 values), named after `base`."""
+    def node(op: str, inputs: list[ir.Value], suffix: str, perm: list[int] | None = None) -> ir.Node:
+        made = build.node(op, inputs, f"{base}_{suffix}")
+        if perm is not None:
+            made.attributes["perm"] = ir.AttrInt64s("perm", perm)
+        return made
+
+    def constant(suffix: str, values: list[int]) -> ir.Value:
+        return build.initializer(f"{base}_{suffix}", np.array(values, np.int64))
+
+    return node, constant
