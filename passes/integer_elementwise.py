@@ -45,7 +45,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from tao_qc.passes.move_on_uint8 import VALUE_MOVING
-from tao_qc.passes.qdq import QdqBuilder, qparams, readers, uint8_dequantize
+from tao_qc.passes.qdq import QdqBuilder, qparams, readers, requantize_biases, uint8_dequantize
 from tao_qc.passes.upsample_on_uint8 import nearest_resize
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
@@ -229,7 +229,7 @@ class IntegerElementwise:
                 if moved:  # every reader is a DequantizeLinear here (see _output_quantization)
                     reader.replace_input_with(1, grid_scale_value)
                     reader.replace_input_with(2, grid_zero_value)
-                    _requantize_biases(build, reader.outputs[0], grid_scale)
+                    requantize_biases(build, reader.outputs[0], grid_scale)
                 reader.replace_input_with(use.idx, q.outputs[0])
         stats["hardswish_integer"] += 1
         stats["affine_absorbed"] += len(chain)
@@ -237,33 +237,6 @@ class IntegerElementwise:
                                       "maximum" + (f", with {len(chain)} scale/shift steps" if chain else ""))
         return (f"{node.name}: on uint8 as QLinearMul(x, gate)"
                 + (f", with {', '.join(s.name for s in chain)} in its output quantization" if chain else ""))
-
-
-def _requantize_biases(build: QdqBuilder, activation: ir.Value, input_scale: float) -> None:
-    """The int32 biases of the Conv/Gemm units reading `activation` for its new scale: ORT's integer
-    kernels take a bias in units of input scale x weight scale, whatever its DequantizeLinear says."""
-    for use in list(activation.uses()):
-        node = use.node
-        if node.op_type not in ("Conv", "Gemm") or use.idx != 0 or len(node.inputs) < 3 or node.inputs[2] is None:
-            continue
-        bias_dq, weight_dq = node.inputs[2].producer(), node.inputs[1].producer()
-        if bias_dq is None or bias_dq.op_type != "DequantizeLinear" or weight_dq is None or weight_dq.op_type != "DequantizeLinear":
-            continue
-        bias_params, weight_params = qparams(bias_dq), qparams(weight_dq)
-        quantized = constant_array(bias_dq.inputs[0])
-        if bias_params is None or weight_params is None or quantized is None or quantized.dtype != np.int32:
-            continue
-        real = (quantized.astype(np.float64) - bias_params[1].astype(np.float64)) * bias_params[0].astype(np.float64)
-        scale = np.broadcast_to((np.float32(input_scale) * weight_params[0].astype(np.float32)).reshape(-1), real.shape).astype(np.float32)
-        requantized = np.clip(np.rint(real / scale), -(2**31), 2**31 - 1).astype(np.int32)
-        base = f"{node.name}_bias_regrid"
-        old = list(bias_dq.inputs)
-        bias_dq.replace_input_with(0, build.initializer(f"{base}_quantized", requantized))
-        bias_dq.replace_input_with(1, build.initializer(f"{base}_scale", scale))
-        bias_dq.replace_input_with(2, build.initializer(f"{base}_zero_point", np.zeros_like(requantized)))
-        for value in old:
-            if value is not None and value.name in build.graph.initializers and not list(value.uses()):
-                del build.graph.initializers[value.name]
 
 
 def _dequantize(build: QdqBuilder, value: ir.Value, scale: float, zero: int, name: str) -> ir.Node:

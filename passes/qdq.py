@@ -169,3 +169,30 @@ def weight_grid(q: ir.Node, cpu: CpuTarget | None) -> WeightGrid | None:
         return WeightGrid(narrow, zero, -magnitude, magnitude, narrowed=True)
     info = np.iinfo(zero.dtype)
     return WeightGrid(scale, zero, int(info.min), int(info.max))
+
+
+def requantize_biases(build: QdqBuilder, activation: ir.Value, input_scale: float) -> None:
+    """The int32 biases of the Conv/Gemm units reading `activation` for its new scale: ORT's integer
+    kernels take a bias in units of input scale x weight scale, whatever its DequantizeLinear says."""
+    for use in list(activation.uses()):
+        node = use.node
+        if node.op_type not in ("Conv", "Gemm") or use.idx != 0 or len(node.inputs) < 3 or node.inputs[2] is None:
+            continue
+        bias_dq, weight_dq = node.inputs[2].producer(), node.inputs[1].producer()
+        if bias_dq is None or bias_dq.op_type != "DequantizeLinear" or weight_dq is None or weight_dq.op_type != "DequantizeLinear":
+            continue
+        bias_params, weight_params = qparams(bias_dq), qparams(weight_dq)
+        quantized = constant_array(bias_dq.inputs[0])
+        if bias_params is None or weight_params is None or quantized is None or quantized.dtype != np.int32:
+            continue
+        real = (quantized.astype(np.float64) - bias_params[1].astype(np.float64)) * bias_params[0].astype(np.float64)
+        scale = np.broadcast_to((np.float32(input_scale) * weight_params[0].astype(np.float32)).reshape(-1), real.shape).astype(np.float32)
+        requantized = np.clip(np.rint(real / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        base = f"{node.name}_bias_regrid"
+        old = list(bias_dq.inputs)
+        bias_dq.replace_input_with(0, build.initializer(f"{base}_quantized", requantized))
+        bias_dq.replace_input_with(1, build.initializer(f"{base}_scale", scale))
+        bias_dq.replace_input_with(2, build.initializer(f"{base}_zero_point", np.zeros_like(requantized)))
+        for value in old:
+            if value is not None and value.name in build.graph.initializers and not list(value.uses()):
+                del build.graph.initializers[value.name]

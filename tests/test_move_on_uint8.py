@@ -104,6 +104,66 @@ def test_a_requantization_to_the_same_grid_goes_and_to_another_runs_on_uint8(tmp
     assert np.abs(session.run(None, {"input": x})[0] - before).max() <= 0.035 + 1e-6
 
 
+
+def requantized_conv_graph() -> ir.Model:
+    """A ReLU'd tensor on its uint8 grid (s1, zero point 0), requantized to the grid modelopt measured
+    for the next Conv's input (s2, zero point 128), read by that Conv with an int32 bias."""
+    rng = np.random.default_rng(4)
+    weights = rng.integers(-127, 128, (6, 4, 3, 3)).astype(np.int8)
+    w_scale = rng.uniform(0.002, 0.004, 6).astype(np.float32)
+    s2 = np.float32(0.031)
+    tensors = {"s1": np.array(0.02, np.float32), "z1": np.array(0, np.uint8), "s2": np.array(s2, np.float32),
+               "z2": np.array(128, np.uint8), "w": weights, "w_scale": w_scale, "w_zero": np.zeros(6, np.int8),
+               "b": rng.integers(-2000, 2000, 6).astype(np.int32), "b_scale": (w_scale * s2).astype(np.float32),
+               "b_zero": np.zeros(6, np.int32)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "s1", "z1"], ["xq"], name="q1"),
+        helper.make_node("DequantizeLinear", ["xq", "s1", "z1"], ["x"], name="dq1"),
+        helper.make_node("QuantizeLinear", ["x", "s2", "z2"], ["yq"], name="q2"),
+        helper.make_node("DequantizeLinear", ["yq", "s2", "z2"], ["y"], name="dq2"),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], name="w_dq", axis=0),
+        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero"], ["bd"], name="b_dq", axis=0),
+        helper.make_node("Conv", ["y", "wd", "bd"], ["output"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    return _model(nodes, tensors, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])], ["output"])
+
+
+def test_a_conv_reads_a_requantized_tensor_on_the_grid_it_lies_on(tmp_path):
+    """Requantizing values already on a uint8 grid only rounds them again: the Conv takes the
+    integers as they are, its bias rescaled to the new input scale, and lands closer to the Conv of
+    the values themselves."""
+    x = np.random.default_rng(5).uniform(0, 5, (1, 4, 8, 8)).astype(np.float32)
+    model = requantized_conv_graph()
+    before = run(model, x, optimize=False)[0]
+    constants = {t.name: numpy_helper.to_array(t) for t in ir.to_proto(model).graph.initializer}
+    on_grid = np.clip(np.rint(x / 0.02), 0, 255) * np.float32(0.02)  # what dq1 gives the Conv without q2
+    weights = constants["w"].astype(np.float32) * constants["w_scale"].reshape(-1, 1, 1, 1)
+    bias = constants["b"] * constants["b_scale"]
+    exact = reference_conv(on_grid, weights, bias)
+    result = MoveOnUint8().run(model, None)
+    assert result.stats["grids_adopted"] == 1 and result.stats["requantized_on_uint8"] == 0
+    assert Counter(n.op_type for n in result.model.graph)["QuantizeLinear"] == 1
+    path = tmp_path / "adopted.onnx"
+    onnx.save(ir.to_proto(result.model), path)
+    fused = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    graph = run(result.model, x, optimize=False)[0]
+    # The graph's arithmetic is the Conv of the on-grid values, but for the bias's new rounding.
+    assert np.abs(graph - exact).max() < 1e-3
+    assert np.abs(graph - exact).max() < np.abs(before - exact).max() / 10
+    assert np.abs(fused - graph).max() < 1e-3  # ORT's QLinearConv computes it as written
+    assert "QLinearConcat" not in optimized_ops(path, tmp_path)
+
+
+def reference_conv(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """A 3x3, pad-1 Conv in float64 (the reference the quantized graphs are held to)."""
+    padded = np.pad(x[0].astype(np.float64), ((0, 0), (1, 1), (1, 1)))
+    out = np.zeros((weights.shape[0], x.shape[2], x.shape[3]))
+    for i in range(3):
+        for j in range(3):
+            window = padded[:, i:i + x.shape[2], j:j + x.shape[3]]
+            out += np.einsum("oc,chw->ohw", weights[:, :, i, j].astype(np.float64), window)
+    return (out + bias.reshape(-1, 1, 1))[None]
+
 def concat_graph(first_scale: float, second_scale: float) -> ir.Model:
     """Two ReLU'd tensors on their own uint8 grids, joined, then shuffled by a Transpose."""
     tensors = {"s1": np.array(first_scale, np.float32), "s2": np.array(second_scale, np.float32),
