@@ -38,7 +38,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, integer_qparams, readers, requantize_biases, same_grid, uint8_dequantize
+from tao_qc.passes.qdq import (QdqBuilder, biases_fit, integer_qparams, readers, requantize_biases, same_grid,
+                               uint8_dequantize)
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 VALUE_MOVING = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Gather", "Split", "Slice",
@@ -172,8 +173,8 @@ def _requantize_on_uint8(graph: ir.Graph, build: QdqBuilder) -> tuple[int, int, 
             dropped += 1
             continue
         consumers = _compute_input_dequantizes(q)
-        if consumers:
-            scale = float(integer_qparams(dq)[0].reshape(()))
+        scale = float(integer_qparams(dq)[0].reshape(()))
+        if consumers and all(biases_fit(reader.outputs[0], scale) for reader in consumers):
             for reader in consumers:
                 for index in range(3):
                     reader.replace_input_with(index, dq.inputs[index])

@@ -171,9 +171,9 @@ def weight_grid(q: ir.Node, cpu: CpuTarget | None) -> WeightGrid | None:
     return WeightGrid(scale, zero, int(info.min), int(info.max))
 
 
-def requantize_biases(build: QdqBuilder, activation: ir.Value, input_scale: float) -> None:
-    """The int32 biases of the Conv/Gemm units reading `activation` for its new scale: ORT's integer
-    kernels take a bias in units of input scale x weight scale, whatever its DequantizeLinear says."""
+def _int32_biases(activation: ir.Value, input_scale: float):
+    """(bias DequantizeLinear, the biases in float64, their scale for `input_scale`) of each
+    Conv/Gemm unit reading `activation` with an int32 bias."""
     for use in list(activation.uses()):
         node = use.node
         if node.op_type not in ("Conv", "Gemm") or use.idx != 0 or len(node.inputs) < 3 or node.inputs[2] is None:
@@ -187,6 +187,18 @@ def requantize_biases(build: QdqBuilder, activation: ir.Value, input_scale: floa
             continue
         real = (quantized.astype(np.float64) - bias_params[1].astype(np.float64)) * bias_params[0].astype(np.float64)
         scale = np.broadcast_to((np.float32(input_scale) * weight_params[0].astype(np.float32)).reshape(-1), real.shape).astype(np.float32)
+        yield node, bias_dq, real, scale
+
+
+def biases_fit(activation: ir.Value, input_scale: float) -> bool:
+    """Whether the int32 biases of the units reading `activation` hold their values at `input_scale`."""
+    return all(np.all(np.abs(np.rint(real / scale)) <= 2**31 - 1) for _, _, real, scale in _int32_biases(activation, input_scale))
+
+
+def requantize_biases(build: QdqBuilder, activation: ir.Value, input_scale: float) -> None:
+    """The int32 biases of the Conv/Gemm units reading `activation` for its new scale: ORT's integer
+    kernels take a bias in units of input scale x weight scale, whatever its DequantizeLinear says."""
+    for node, bias_dq, real, scale in list(_int32_biases(activation, input_scale)):
         requantized = np.clip(np.rint(real / scale), -(2**31), 2**31 - 1).astype(np.int32)
         base = f"{node.name}_bias_regrid"
         old = list(bias_dq.inputs)

@@ -105,7 +105,7 @@ def test_a_requantization_to_the_same_grid_goes_and_to_another_runs_on_uint8(tmp
 
 
 
-def requantized_conv_graph() -> ir.Model:
+def requantized_conv_graph(bias: np.ndarray | None = None) -> ir.Model:
     """A ReLU'd tensor on its uint8 grid (s1, zero point 0), requantized to the grid modelopt measured
     for the next Conv's input (s2, zero point 128), read by that Conv with an int32 bias."""
     rng = np.random.default_rng(4)
@@ -114,7 +114,8 @@ def requantized_conv_graph() -> ir.Model:
     s2 = np.float32(0.031)
     tensors = {"s1": np.array(0.02, np.float32), "z1": np.array(0, np.uint8), "s2": np.array(s2, np.float32),
                "z2": np.array(128, np.uint8), "w": weights, "w_scale": w_scale, "w_zero": np.zeros(6, np.int8),
-               "b": rng.integers(-2000, 2000, 6).astype(np.int32), "b_scale": (w_scale * s2).astype(np.float32),
+               "b": rng.integers(-2000, 2000, 6).astype(np.int32) if bias is None else bias,
+               "b_scale": (w_scale * s2).astype(np.float32),
                "b_zero": np.zeros(6, np.int32)}
     nodes = [
         helper.make_node("QuantizeLinear", ["input", "s1", "z1"], ["xq"], name="q1"),
@@ -153,6 +154,12 @@ def test_a_conv_reads_a_requantized_tensor_on_the_grid_it_lies_on(tmp_path):
     assert np.abs(fused - graph).max() < 1e-3  # ORT's QLinearConv computes it as written
     assert "QLinearConcat" not in optimized_ops(path, tmp_path)
 
+
+
+def test_a_bias_the_finer_grid_would_overflow_keeps_the_requantization():
+    # 2e9 steps of 0.031 * w_scale are 3.1e9 steps of 0.02 * w_scale: past int32.
+    result = MoveOnUint8().run(requantized_conv_graph(np.full(6, 2_000_000_000, np.int32)), None)
+    assert result.stats["grids_adopted"] == 0 and result.stats["requantized_on_uint8"] == 1
 
 def reference_conv(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """A 3x3, pad-1 Conv in float64 (the reference the quantized graphs are held to)."""
