@@ -101,3 +101,18 @@ def run_cli(args: list, capsys) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def compile_zoo_for_onnxruntime(name: str, folder: Path, *, onnxruntime: dict, dynamic_batch: bool = True):
+    """A 64x64 zoo detector exported into `folder`, calibrated on 16 seeded random inputs and compiled
+    for target onnxruntime with these `quantize.onnxruntime` settings: (the FP32 path, the compile
+    result, the seeded generator, to draw held-out inputs from after the calibration's)."""
+    from tao_qc.driver import compile_model
+    from tao_qc.testing import zoo
+
+    fp32 = zoo.export_zoo(name, folder / f"{name}.onnx", dynamic_batch=dynamic_batch)
+    rng = np.random.default_rng(0)
+    np.savez(folder / "calib.npz", input=rng.standard_normal((16, *zoo.input_shape(name)[1:])).astype(np.float32))
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "calibration": {"data": str(folder / "calib.npz")}, "onnxruntime": onnxruntime}}
+    return fp32, compile_model(fp32, spec, results_dir=folder / "ort", compare=False), rng

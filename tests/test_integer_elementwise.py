@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _compile_helpers import export_zoo, optimized_ops
+from _compile_helpers import compile_zoo_for_onnxruntime, export_zoo, optimized_ops
 from tao_qc.passes.integer_elementwise import IntegerElementwise, elementwise_to_measure
 from tao_qc.pipeline import PassContext
 from tao_qc.spec import load_spec
@@ -250,16 +250,9 @@ def test_fallback_may_keep_a_requantizing_elementwise_node_in_float(lcnet_int8, 
 
 @pytest.fixture(scope="module")
 def text_detector(tmp_path_factory) -> dict:
-    from tao_qc.driver import compile_model
-    from tao_qc.testing import zoo
-
     folder = tmp_path_factory.mktemp("text_detector")
-    fp32 = zoo.export_zoo("text_detector", folder / "text_detector.onnx", dynamic_batch=True)
-    rng = np.random.default_rng(0)
-    np.savez(folder / "calib.npz", input=rng.standard_normal((16, 3, 64, 64)).astype(np.float32))
-    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
-                         "calibration": {"data": str(folder / "calib.npz")}, "onnxruntime": {"speed": "off"}}}
-    return {"fp32": fp32, "folder": folder, "result": compile_model(fp32, spec, results_dir=folder / "out", compare=False),
+    fp32, result, rng = compile_zoo_for_onnxruntime("text_detector", folder, onnxruntime={"speed": "off"})
+    return {"fp32": fp32, "folder": folder, "result": result,
             "held_out": rng.standard_normal((8, 3, 64, 64)).astype(np.float32)}
 
 

@@ -11,11 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _compile_helpers import optimized_ops
-from tao_qc.driver import compile_model
+from _compile_helpers import compile_zoo_for_onnxruntime, optimized_ops
 from tao_qc.passes import move_on_uint8
 from tao_qc.passes.move_on_uint8 import MoveOnUint8
-from tao_qc.testing import zoo
 
 
 def _model(nodes: list, tensors: dict, inputs: list, outputs: list[str]) -> ir.Model:
@@ -209,14 +207,10 @@ def shuffle_detector(tmp_path_factory) -> dict:
     a trained network's do), compiled with no limit on how much a Concat may coarsen an input, so
     that every block is joined on uint8."""
     folder = tmp_path_factory.mktemp("shuffle_detector")
-    fp32 = zoo.export_zoo("shuffle_detector", folder / "shuffle.onnx")
-    rng = np.random.default_rng(0)
-    np.savez(folder / "calib.npz", input=rng.standard_normal((16, 3, 64, 64)).astype(np.float32))
-    spec = {"quantize": {"target": "onnxruntime", "device": "cpu", "calibration": {"data": str(folder / "calib.npz")},
-                         "onnxruntime": {"speed": "off", "kernel_fidelity": False}}}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(move_on_uint8, "MAX_COARSENING", float("inf"))
-        result = compile_model(fp32, spec, results_dir=folder / "ort", compare=False)
+        fp32, result, rng = compile_zoo_for_onnxruntime("shuffle_detector", folder, dynamic_batch=False,
+                                                        onnxruntime={"speed": "off", "kernel_fidelity": False})
     return {"fp32": fp32, "result": result, "folder": folder,
             "held_out": [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(6)]}
 

@@ -11,10 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _compile_helpers import optimized_ops
-from tao_qc.driver import compile_model
+from _compile_helpers import compile_zoo_for_onnxruntime, optimized_ops
 from tao_qc.passes.upsample_on_uint8 import UpsampleOnUint8
-from tao_qc.testing import zoo
 
 
 def resize_graph(coordinates: str, rounding: str, factors: tuple[int, int], *, by_sizes: bool = False,
@@ -74,12 +72,18 @@ def test_repeat_gives_orts_resize_values(coordinates, rounding, factors):
 def test_heights_and_widths_may_be_dynamic():
     """PP-OCRv5's detector takes pages of any size: the repeat's output shape comes from its input's."""
     model = resize_graph("asymmetric", "floor", (2, 2), dynamic_size=True)
-    rng = np.random.default_rng(3)
-    pages = [rng.uniform(-2.5, 2.5, shape).astype(np.float32) for shape in [(1, 6, 5, 7), (2, 6, 8, 3)]]
+    assert_rewritten_with_the_same_values(model, [(1, 6, 5, 7), (2, 6, 8, 3)], np.random.default_rng(3),
+                                          "resizes_as_repeat", "Resize")
+
+
+def assert_rewritten_with_the_same_values(model: ir.Model, shapes: list[tuple], rng, counter: str, op: str) -> None:
+    """The pass rewrites every `op` (its stats' `counter` says 1) and ORT gives the same values for
+    inputs of each shape."""
+    pages = [rng.uniform(-2.5, 2.5, shape).astype(np.float32) for shape in shapes]
     before = [run(model, x) for x in pages]  # the pass rewrites the model in place
     result = UpsampleOnUint8().run(model, None)
-    assert result.stats["resizes_as_repeat"] == 1
-    assert Counter(n.op_type for n in result.model.graph)["Resize"] == 0
+    assert result.stats[counter] == 1
+    assert Counter(n.op_type for n in result.model.graph)[op] == 0
     for x, want in zip(pages, before):
         np.testing.assert_array_equal(run(result.model, x), want)
 
@@ -127,15 +131,8 @@ def depth_to_space_graph(mode: str, block: int, channels: int) -> ir.Model:
 @pytest.mark.parametrize("mode", ["DCR", "CRD"])
 @pytest.mark.parametrize("block,channels", [(2, 12), (3, 18), (2, 4)])
 def test_depth_to_space_channels_last_gives_orts_values(mode, block, channels):
-    model = depth_to_space_graph(mode, block, channels)
-    rng = np.random.default_rng(block)
-    pages = [rng.uniform(-2.5, 2.5, shape).astype(np.float32) for shape in [(1, channels, 5, 7), (2, channels, 3, 8)]]
-    before = [run(model, x) for x in pages]
-    result = UpsampleOnUint8().run(model, None)
-    assert result.stats["depth_to_space_channels_last"] == 1
-    assert Counter(n.op_type for n in result.model.graph)["DepthToSpace"] == 0
-    for x, want in zip(pages, before):
-        np.testing.assert_array_equal(run(result.model, x), want)
+    assert_rewritten_with_the_same_values(depth_to_space_graph(mode, block, channels), [(1, channels, 5, 7), (2, channels, 3, 8)],
+                                          np.random.default_rng(block), "depth_to_space_channels_last", "DepthToSpace")
 
 
 def test_a_float_depth_to_space_stays():
@@ -145,15 +142,12 @@ def test_a_float_depth_to_space_stays():
     result = UpsampleOnUint8().run(ir.from_proto(proto), None)
     assert result.stats["depth_to_space_channels_last"] == 0
 
+
 @pytest.fixture(scope="module")
 def feature_pyramid(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("feature_pyramid")
-    fp32 = zoo.export_zoo("feature_pyramid", folder / "fpn.onnx", dynamic_batch=True)
-    rng = np.random.default_rng(0)
-    np.savez(folder / "calib.npz", input=rng.standard_normal((16, 3, 64, 64)).astype(np.float32))
-    spec = {"quantize": {"target": "onnxruntime", "device": "cpu", "calibration": {"data": str(folder / "calib.npz")},
-                         "onnxruntime": {"speed": "off", "kernel_fidelity": False}}}
-    result = compile_model(fp32, spec, results_dir=folder / "ort", compare=False)
+    fp32, result, rng = compile_zoo_for_onnxruntime("feature_pyramid", folder,
+                                                    onnxruntime={"speed": "off", "kernel_fidelity": False})
     return {"fp32": fp32, "result": result, "folder": folder,
             "held_out": rng.standard_normal((8, 3, 64, 64)).astype(np.float32)}
 
