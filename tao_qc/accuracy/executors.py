@@ -79,6 +79,8 @@ class _Worker:
             if self.process.poll() is not None:
                 raise TrialError(f"an accuracy worker ended unexpectedly (exit code {self.process.returncode})")
         kind, payload = self.conn.recv()
+        if kind == "input-error":
+            raise InputError(f"{payload} (in an accuracy worker)")
         if kind == "error":
             raise TrialError(f"a trial failed: {payload}")
         return payload
@@ -104,7 +106,11 @@ class LocalExecutor:
         self.workers = workers
         path = setup.save(folder)
         self.pool = [_Worker(path) for _ in range(workers)]
-        values = [worker.ready() for worker in self.pool]  # each has computed FP32's outputs
+        try:
+            values = [worker.ready() for worker in self.pool]  # each has computed FP32's outputs
+        except BaseException:
+            self.close()  # the first worker's error is the one said; the others end with it
+            raise
         self.fp32_value = values[0]
 
     def map(self, float_sets, samples=None, on_result=None):
@@ -155,7 +161,11 @@ class RayExecutor:
         bundle = ray.put(packed(setup))
         actor = ray_actor_class(ray)
         self.actors = [actor.remote(bundle) for _ in range(self.workers)]
-        self.fp32_value = ray.get([a.fp32_value.remote() for a in self.actors])[0]
+        try:
+            self.fp32_value = ray.get([a.fp32_value.remote() for a in self.actors])[0]
+        except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's exception
+            self.close()
+            raise _from_ray(exc, "an accuracy actor failed to start on Ray") from None
 
     def map(self, float_sets, samples=None, on_result=None):
         ray = self.ray
@@ -169,13 +179,27 @@ class RayExecutor:
                 try:
                     yield ref, ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's exception
-                    raise TrialError(f"a trial failed on Ray: {str(exc).strip().splitlines()[-1]}") from None
+                    raise _from_ray(exc, "a trial failed on Ray") from None
 
         return _dispatch(float_sets, self.actors, start, finished, on_result)
 
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor)
+
+
+def _from_ray(exc: Exception, what: str) -> TaoQcError:
+    """The error a Ray-wrapped exception stands for: the user's InputError as itself (one line), any
+    other as a TrialError with its last line."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # RayTaskError.cause, then __cause__: a short chain, never a cycle followed for ever
+        if cause is None or isinstance(cause, InputError):
+            break
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    if isinstance(cause, InputError):
+        return InputError(f"{str(cause).strip()} (on Ray)")
+    lines = str(exc).strip().splitlines()
+    return TrialError(f"{what}: {lines[-1] if lines else type(exc).__name__}")
 
 
 def _dispatch(float_sets: Sequence[dict[str, str]], workers: Sequence[Any],

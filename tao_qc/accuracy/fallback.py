@@ -102,8 +102,10 @@ def run_fallback(setup: TrialSetup, spec: QuantizeSpec, candidates: list[tuple[s
     log.info("accuracy fallback: ranking %d nodes on %s (%d worker%s)", len(candidates), executor.name,
              executor.workers, "s" if executor.workers > 1 else "")
     try:
-        return search_fallback(executor, target, candidates, max_float_fraction=spec.accuracy.max_float_fraction,
-                               ranking_samples=spec.accuracy.ranking_samples, progress=progress, quantized=quantized)
+        result = search_fallback(executor, target, candidates, max_float_fraction=spec.accuracy.max_float_fraction,
+                                 ranking_samples=spec.accuracy.ranking_samples, progress=progress, quantized=quantized)
+        result.executor, result.workers = executor.name, executor.workers
+        return result
     finally:
         executor.close()
 

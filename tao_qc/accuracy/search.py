@@ -108,6 +108,8 @@ class FallbackResult:
     full_evaluations: int = 0
     ranking_trials: int = 0
     seconds: float = 0.0
+    executor: str = "inline"  # where the trials ran (local worker processes, Ray, this process)
+    workers: int = 1
 
     @property
     def ran(self) -> bool:
@@ -125,7 +127,7 @@ class FallbackResult:
             "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None,
             "steps": [s.to_dict() for s in self.steps],
             "evaluations": {"full": self.full_evaluations, "ranking_trials": self.ranking_trials},
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "executor": self.executor, "workers": self.workers,
         }
 
 

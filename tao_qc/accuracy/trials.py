@@ -7,7 +7,13 @@ or Ray actors on other machines, load it once and then run any number of trials.
 holds it in memory: FP32's outputs on the accuracy data are computed once, every trial builds a
 fresh copy of the calibrated graph (never a new calibration), runs the finishing passes with
 `keep_float`, and runs the result in ONNX Runtime on the CPU with the deployment's graph
-optimizations, so what is measured is what ships.
+optimizations, so what is measured is what ships. Where this machine's integer kernels compute
+otherwise than those of the CPU the model is for (`tao_qc.spec.cpu.kernels_compute_as`), the
+candidates run the graph's own Q/DQ arithmetic instead: what the target's kernels compute.
+
+A setup is made in the compiling process and read in others: `cpu: auto` is resolved there (a Ray
+node's CPU is not the target's), and the user's own modules (a metric, a decoder) travel as the
+folders and files this process imported them from (`tao_qc.spec.user_code.UserModules`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from tao_qc.runtimes.onnxruntime import (
     with_exact_fp16_quantize,
 )
 from tao_qc.spec import QuantizeSpec
+from tao_qc.spec.cpu import kernels_compute_as
+from tao_qc.spec.cpu import resolve as resolve_cpu
+from tao_qc.spec.user_code import UserModules, locate_user_modules
 
 log = logging.getLogger("tao_qc.accuracy")
 
@@ -49,6 +58,12 @@ class TrialSetup:
     labels: Path | None = None  # .npy, samples first (any dtype the metric understands)
     search_path: str | None = None  # where a user metric module is looked for (the spec's folder)
     threads: int = 1  # intra-op threads per trial session
+    user_modules: UserModules | None = None  # None: located from the spec in this (the compiling) process
+
+    def __post_init__(self) -> None:
+        if self.user_modules is None:
+            self.spec = with_cpu_resolved(self.spec)
+            self.user_modules = locate_user_modules(user_references(self.spec), search_path=self.search_path)
 
     def save(self, folder: Path) -> Path:
         path = folder / SETUP_FILE
@@ -72,6 +87,20 @@ class TrialResult:
     sample_error: list[float] = field(default_factory=list)  # per sample: metrics.sample_errors
 
 
+def with_cpu_resolved(spec: QuantizeSpec) -> QuantizeSpec:
+    """`spec` with `onnxruntime.cpu: auto` replaced by the instruction set it means in this process."""
+    if spec.target != "onnxruntime" or spec.onnxruntime.cpu != "auto":
+        return spec
+    isa = resolve_cpu("auto").isa
+    return spec.model_copy(update={"onnxruntime": spec.onnxruntime.model_copy(update={"cpu": isa})})
+
+
+def user_references(spec: QuantizeSpec) -> list[tuple[str, str]]:
+    """The spec's `module:function` names a trial calls, with the YAML key of each."""
+    named = [(spec.accuracy.metric, "quantize.accuracy.metric"), (spec.compare.decoder, "quantize.compare.decoder")]
+    return [(reference, key) for reference, key in named if isinstance(reference, str) and ":" in reference]
+
+
 def picklable_facts(facts: dict[str, Any]) -> dict[str, Any]:
     """The facts a trial's finishing passes need (live objects such as the modelopt child are left out)."""
     out = {}
@@ -89,6 +118,10 @@ class TrialRunner:
 
     def __init__(self, setup: TrialSetup):
         self.setup = setup
+        if setup.user_modules is not None:
+            setup.user_modules.make_importable()
+        # The candidates' integers as the target CPU computes them (trials are measured, not timed).
+        self.target_arithmetic = setup.spec.target == "onnxruntime" and not kernels_compute_as(setup.spec.onnxruntime.cpu)
         self.target = target_for(setup.spec, setup.search_path)
         with np.load(setup.data, allow_pickle=False) as npz:
             self.inputs = {name: npz[name] for name in npz.files}
@@ -143,7 +176,7 @@ class TrialRunner:
         started = time.perf_counter()
         chosen = np.arange(self.count) if samples is None else np.asarray(samples, dtype=np.int64)
         model = self.build(keep_float)
-        candidate = self._run(self._session(ir.to_proto(model)), chosen)
+        candidate = self._run(self._session(ir.to_proto(model), quantized=True), chosen)
         reference = {name: array[chosen] for name, array in self.reference.items()}
         return TrialResult(
             keep_float=dict(keep_float),
@@ -159,13 +192,17 @@ class TrialRunner:
         import onnx
 
         everything = np.arange(self.count)
-        return self.metric(self.reference, self._run(self._session(onnx.load(str(model))), everything), everything)
+        return self.metric(self.reference, self._run(self._session(onnx.load(str(model)), quantized=True), everything),
+                           everything)
 
-    def _session(self, proto: Any) -> Any:
-        """A CPU session with the optimizations the comparison's sessions get (runtimes/onnxruntime.py)."""
+    def _session(self, proto: Any, *, quantized: bool = False) -> Any:
+        """A CPU session with the optimizations the comparison's sessions get (runtimes/onnxruntime.py);
+        for a quantized model, none where this CPU's kernels compute other integers than the target's."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        if quantized and self.target_arithmetic:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = self.setup.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3

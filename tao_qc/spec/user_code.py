@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
+import sysconfig
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +60,58 @@ def _callables_of(module: Any) -> list[str]:
     offered = [n for n in names if callable(getattr(module, n, None))]
     own = [n for n in offered if (getattr(getattr(module, n), "__module__", None) or "").split(".")[0] == package]
     return sorted(own or offered)
+
+
+@dataclass(frozen=True)
+class UserModules:
+    """Where this process found the user's own modules, so that another process imports them too.
+
+    A module the spec names may be importable here only through a folder this process has on its
+    `sys.path` (the spec's folder, or one a script or notebook added), which a fresh worker does not
+    have. `folders`: what a process on this machine puts in front of its `sys.path` (the modules'
+    own folders, then this process's path entries); `sources`: each top-level module's file or
+    package folder, for Ray's `py_modules` on machines that cannot read this one's disk. Modules of
+    installed packages need neither."""
+
+    folders: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    def make_importable(self) -> None:
+        """Put `folders` in front of this process's sys.path (those it lacks and that exist here)."""
+        missing = [folder for folder in self.folders if folder not in sys.path and Path(folder).is_dir()]
+        sys.path[:0] = missing
+
+
+def locate_user_modules(references: Iterable[tuple[str, str]], *, search_path: str | Path | None = None) -> UserModules:
+    """The UserModules for `(reference, key)` pairs (`module:function`, the YAML key naming it), each
+    imported here as `load_user_function` imports it (so a module that cannot be imported fails
+    here, in one line, before any worker starts)."""
+    folders: list[str] = []
+    sources: list[str] = []
+    for reference, key in references:
+        load_user_function(reference, key, search_path=search_path)
+        top = sys.modules[reference.partition(":")[0].split(".")[0]]
+        where = _source_of(top)
+        if where is None or _installed(where):
+            continue
+        sources.append(str(where))
+        folders.append(str(where.parent))
+    own = [entry for entry in sys.path if entry and Path(entry).is_dir() and not _installed(Path(entry))]
+    return UserModules(tuple(dict.fromkeys(folders + [str(Path(entry).resolve()) for entry in own])),
+                       tuple(dict.fromkeys(sources)))
+
+
+def _source_of(module: Any) -> Path | None:
+    """A top-level module's file, or its package's folder; None for a namespace or built-in module."""
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return None
+    path = Path(file).resolve()
+    return path.parent if path.name == "__init__.py" else path
+
+
+def _installed(path: Path) -> bool:
+    """Whether `path` lies among the installed packages or the standard library (every worker has them)."""
+    roots = {Path(sysconfig.get_paths()[name]).resolve() for name in ("purelib", "platlib", "stdlib", "platstdlib")}
+    resolved = path.resolve()
+    return any(resolved == root or root in resolved.parents for root in roots)
