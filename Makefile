@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.tao-qc-installed
 
-.PHONY: setup demo demo-mnist test test-quick test-avx2 test-avx2-quick bench bench-peers-setup clean
+.PHONY: setup demo demo-mnist test test-quick test-cpus test-avx2 test-avx2-quick bench bench-peers-setup clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ test: setup
 
 test-quick: setup
 	$(PYTEST) -m "e2e or not slow"
+
+# The whole suite for each instruction set `cpu: auto` can mean (tests/conftest.py: TAO_QC_CPU), on
+# whatever CPU runs it: a VNNI machine checks the AVX2 build path and the other way round.
+test-cpus: setup
+	TAO_QC_CPU=avx2 $(PYTEST)
+	TAO_QC_CPU=avx512_vnni $(PYTEST)
 
 # The tests of what ORT's integer kernels compute, on an emulated AVX2 CPU without VNNI (a Zen 2
 # EPYC): Debian's qemu-user (apt-get install qemu-user) gives its integers, not its speed.

@@ -17,6 +17,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MODELS_DEFAULT = REPO.parent / "shared" / "models"
 
+# What `quantize.onnxruntime.cpu: auto` compiles for in every test (and every process a test starts),
+# whatever CPU runs the suite: what tao-qc writes (7- or 8-bit weights, goldens, corrections, counters)
+# must not depend on the host. `TAO_QC_CPU=avx2 make test` runs the whole suite for another instruction
+# set. A test about this machine's own kernels names it: `tao_qc.spec.cpu.this_machine()`.
+SUITE_CPU_DEFAULT = "avx512_vnni"
+os.environ["TAO_QC_CPU"] = os.environ.get("TAO_QC_CPU") or SUITE_CPU_DEFAULT
+SUITE_CPU = os.environ["TAO_QC_CPU"]
+
 
 # Markers follow from the fixtures a test uses (directly or through other fixtures), applied here so
 # they cannot drift from what the test costs:
@@ -73,6 +81,13 @@ def pytest_collection_modifyitems(config, items):
             parent[root(item.nodeid)] = root(fixture)
     for item in items:
         item.add_marker(pytest.mark.xdist_group(root(item.nodeid)))
+
+
+def pytest_report_header(config):
+    from tao_qc.spec.cpu import this_machine
+
+    here = this_machine()
+    return f"tao-qc: cpu: auto compiles for {SUITE_CPU} (TAO_QC_CPU); this machine: {here.isa} ({here.model_name})"
 
 
 def pytest_addoption(parser):

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits, run_cli
 from tao_qc.spec import cpu
+from tao_qc import driver
 from tao_qc.driver import compile_model
 from tao_qc.errors import SpecError
 from tao_qc.evaluate.kernel_fidelity import check_kernel_fidelity
@@ -25,8 +26,9 @@ from tao_qc.spec import CompareSpec, load_spec
 HERE = cpu.this_machine()
 
 
-def test_auto_is_the_instruction_set_this_cpu_reports_to_the_os():
+def test_auto_is_the_instruction_set_this_cpu_reports_to_the_os(monkeypatch):
     # CPUID (what MLAS reads) and the kernel's /proc/cpuinfo flags name the same instruction set.
+    monkeypatch.delenv(cpu.ENVIRONMENT_VARIABLE)  # the suite sets it (conftest)
     flags = cpu._proc_cpuinfo_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo flags on this OS")
@@ -35,6 +37,28 @@ def test_auto_is_the_instruction_set_this_cpu_reports_to_the_os():
                     "that models another CPU (qemu-user passes the host's /proc/cpuinfo through)")
     assert HERE.isa == cpu._isa_from_flags(flags)
     assert cpu.resolve("auto") == HERE and HERE.source == "detected"
+
+
+def test_tao_qc_cpu_says_what_auto_compiles_for_and_never_what_this_machine_is(monkeypatch):
+    monkeypatch.setenv(cpu.ENVIRONMENT_VARIABLE, "avx2")
+    assert cpu.resolve("auto") == cpu.CpuTarget("avx2", "environment") and cpu.resolve("auto").weight_bits == 7
+    assert cpu.resolve("avx512_vnni").isa == "avx512_vnni"  # a CPU named in the spec wins
+    assert cpu.this_machine() == HERE and "TAO_QC_CPU" in cpu.resolve("auto").describe()
+    monkeypatch.setenv(cpu.ENVIRONMENT_VARIABLE, "")
+    assert cpu.resolve("auto") == HERE
+    monkeypatch.setenv(cpu.ENVIRONMENT_VARIABLE, "avx512vnni")
+    with pytest.raises(cpu.InputError) as error:
+        cpu.resolve("auto")
+    assert str(error.value) == ("TAO_QC_CPU=avx512vnni: not a CPU instruction set (valid: avx2, avx512, avx_vnni, "
+                                "avx512_vnni, amx, arm64, or unset for this machine's)")
+
+
+@pytest.mark.parametrize("model_isa,host_isa,same", [
+    ("avx512_vnni", "avx2", False), ("amx", "avx512", False),  # 8-bit weight pairs saturate there
+    ("avx2", "avx2", True), ("avx2", "amx", True), ("avx512_vnni", "amx", True), ("amx", "avx512_vnni", True),
+])
+def test_kernels_compute_as_the_target_unless_they_saturate_its_weights(model_isa, host_isa, same):
+    assert cpu.kernels_compute_as(model_isa, cpu.CpuTarget(host_isa, "spec")) is same
 
 
 @pytest.mark.parametrize("flags,isa", [
@@ -257,3 +281,45 @@ def test_avx2_narrows_a_full_convs_weights_and_not_a_depthwise_ones(kind, bits):
     conv = next(n for n in result.model.graph if n.op_type == "Conv")
     stored = conv.inputs[1].producer().inputs[0].const_value.numpy()
     assert stored.dtype == np.int8 and np.abs(stored).max() == (64 if bits == 7 else 127)
+
+
+# -- compiled for another CPU than this one -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_model_for_a_cpu_whose_kernels_this_one_does_not_share_is_measured_by_the_graphs_arithmetic(
+        tmp_path, monkeypatch):
+    """mnist_cntk compiled for avx512_vnni (full 8-bit weights) while the machine says it is an AVX2 CPU
+    without VNNI, whose kernels saturate such weights: what the target computes is the graph's own Q/DQ
+    arithmetic, so the comparison and the accuracy trials run that, on any machine, and kernel fidelity
+    decides nothing. (The identity is what is replaced here; ORT runs for real.)"""
+    avx2 = cpu.CpuTarget("avx2", "detected", "an AVX2 CPU without VNNI")
+    for module in (cpu, driver):
+        monkeypatch.setattr(module, "this_machine", lambda: avx2)
+    images, labels = digits()
+    np.savez(tmp_path / "calibration.npz", **{MNIST_INPUT: images[:64]})
+    np.savez(tmp_path / "held_out.npz", **{MNIST_INPUT: images[100:400]})
+    np.save(tmp_path / "labels.npy", labels[100:400])
+    spec = {"quantize": {"device": "cpu", "target": "onnxruntime", "onnxruntime": {"cpu": "avx512_vnni", "speed": "off"},
+                         "calibration": {"data": str(tmp_path / "calibration.npz")},
+                         "compare": {"data": str(tmp_path / "held_out.npz"), "labels": str(tmp_path / "labels.npy")},
+                         "accuracy": {"metric": "top1_agreement", "fallback": "off"}}}
+    result = compile_model(MNIST_CNTK, spec, results_dir=tmp_path / "results", raise_on_mismatch=False)
+    comparison, report = result.report["comparison"], result.report
+    assert comparison["candidate_arithmetic"] == "graph"
+    assert not report["kernel_fidelity"]["decides"]
+
+    # The graph's arithmetic: ORT with every graph optimization off (no fused integer kernel).
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = images[100:400]
+    as_written = ort.InferenceSession(str(result.model_path), options, providers=["CPUExecutionProvider"])
+    fp32 = ort.InferenceSession(str(MNIST_CNTK), providers=["CPUExecutionProvider"])
+    agreement = np.mean(np.concatenate([as_written.run(None, {MNIST_INPUT: x[i:i + 1]})[0] for i in range(len(x))]).argmax(1)
+                        == np.concatenate([fp32.run(None, {MNIST_INPUT: x[i:i + 1]})[0] for i in range(len(x))]).argmax(1))
+    (output,) = comparison["outputs"]
+    assert output["top1_agreement"] == pytest.approx(agreement, abs=1 / 300)
+    # The accuracy check's own trial of the saved model measured the same arithmetic on the same digits.
+    assert report["accuracy"]["final"]["value"] == pytest.approx(agreement, abs=1 / 300)

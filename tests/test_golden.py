@@ -1,7 +1,9 @@
 """Golden pass dumps: the canonical text after every pass that changed the graph, and the summary.
 
 golden/<case>/ holds them for each fixed model with its spec; golden/<case>-onnxruntime/ the same
-model and calibration data compiled with `target: onnxruntime` (place-for-onnxruntime included).
+model and calibration data compiled with `target: onnxruntime` (place-for-onnxruntime included) for
+a CPU with VNNI (8-bit weights), golden/<case>-onnxruntime-avx2/ for one without (7-bit weights).
+Each spec names its CPU, so every machine checks both.
 Any difference fails; `pytest --update-golden` rewrites the files (then review `git diff golden/`).
 See golden/README.md.
 
@@ -24,6 +26,7 @@ from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits, export_zoo
 from onnx import numpy_helper
 
 from tao_qc.driver import compile_model
+from tao_qc.spec.cpu import resolve as resolve_cpu
 from tao_qc.pipeline import format_summary
 from tao_qc.ir.textform import format_model
 
@@ -31,7 +34,9 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 MODELS = ["small_cnn", "transformer_block", "mnist_cntk", "small_cnn_mixed"]
 # Cases that compile another case's model with a spec of their own.
 MODEL_OF = {"small_cnn_mixed": "small_cnn"}
-CASES = MODELS + [f"{model}-onnxruntime" for model in MODELS]
+# target onnxruntime, for each CPU whose placement differs (the suffix after the model's name)
+ONNXRUNTIME_CPUS = ("-onnxruntime", "-onnxruntime-avx2")
+CASES = MODELS + [f"{model}{cpu}" for cpu in ONNXRUNTIME_CPUS for model in MODELS]
 GOLDEN_VALUE_DIGITS = 3
 
 
@@ -40,7 +45,7 @@ def _model_and_data(case: str, work: Path):
     from tao_qc.spec import load_spec
 
     spec = load_spec(GOLDEN / case / "spec.yaml")
-    case = case.removesuffix("-onnxruntime")
+    case = _model_case(case)
     case = MODEL_OF.get(case, case)
     if case == "mnist_cntk":
         model = MNIST_CNTK
@@ -58,6 +63,13 @@ def _model_and_data(case: str, work: Path):
     return model, spec, batches
 
 
+def _model_case(case: str) -> str:
+    for suffix in sorted(ONNXRUNTIME_CPUS, key=len, reverse=True):
+        if case.endswith(suffix):
+            return case.removesuffix(suffix)
+    return case
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_golden_pass_dumps(case, tmp_path, update_golden):
@@ -71,14 +83,16 @@ def test_golden_pass_dumps(case, tmp_path, update_golden):
         assert format_model(graph) == text_path.read_text()  # the saved graph is the one the dump printed
         produced[text_path.name] = format_model(graph, value_digits=GOLDEN_VALUE_DIGITS)
     produced["summary.txt"] = format_summary(result.records, timings=False)
-    if case.endswith("-onnxruntime"):
-        assert spec.target == "onnxruntime"
+    if case != _model_case(case):
+        assert spec.target == "onnxruntime" and spec.onnxruntime.cpu != "auto", "a golden names the CPU it is for"
         assert any(name.endswith("-place-for-onnxruntime.txt") for name in produced), "the placement pass changed nothing"
         before_quantization = _last_dump_before(dumps, result.records, "quantize-modelopt")
         checked = check_stored_weights_and_biases(onnx.load(str(result.model_path)), before_quantization)
         # int8 weights are stored quantized; FP8 ones stay float behind their Q/DQ (TensorRT's form)
         assert checked["weights"] == result.report["counts"]["dtypes"].get("int8", 0)
-        assert checked["biases"] == EXPECTED_INT32_BIASES[case]
+        assert checked["biases"] == EXPECTED_INT32_BIASES[_model_case(case)]
+        # each channel's largest weight sits on the grid's end: 127 where the CPU adds pairs in int32, 64 where not
+        assert checked["weights"] == 0 or checked["largest_weight"] == resolve_cpu(spec.onnxruntime.cpu).weight_magnitude
     folder = GOLDEN / case
     expected = {p.name: p.read_text() for p in sorted(folder.glob("*.txt"))}
 
@@ -102,8 +116,7 @@ def test_golden_pass_dumps(case, tmp_path, update_golden):
 # Conv/Gemm biases each case's placement stores as int32 (mnist_cntk's bias Adds fold into its Convs,
 # the transformer's MatMuls have none; small_cnn's head Gemm stays float; the mixed case's FP8 Convs keep
 # float biases).
-EXPECTED_INT32_BIASES = {"small_cnn-onnxruntime": 3, "transformer_block-onnxruntime": 0, "mnist_cntk-onnxruntime": 2,
-                         "small_cnn_mixed-onnxruntime": 2}
+EXPECTED_INT32_BIASES = {"small_cnn": 3, "transformer_block": 0, "mnist_cntk": 2, "small_cnn_mixed": 2}
 
 
 def _last_dump_before(dumps: Path, records, pass_name: str) -> onnx.ModelProto:
@@ -120,7 +133,7 @@ def check_stored_weights_and_biases(quantized: onnx.ModelProto, float_model: onn
     floats = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer}
     float_nodes = {node.name: node for node in float_model.graph.node}
     producer = {name: node for node in quantized.graph.node for name in node.output}
-    checked = {"weights": 0, "biases": 0}
+    checked = {"weights": 0, "biases": 0, "largest_weight": 0}
     for node in quantized.graph.node:
         weight_dq = producer.get(node.input[1]) if node.op_type in ("Conv", "Gemm", "MatMul") else None
         if weight_dq is None or weight_dq.op_type != "DequantizeLinear" or weight_dq.input[0] not in values:
@@ -130,6 +143,7 @@ def check_stored_weights_and_biases(quantized: onnx.ModelProto, float_model: onn
         weight, weight_scale = _without_zero_padding(f"{node.name} weight", weight, weight_scale, floats[original.input[1]])
         _assert_within_half_a_step(f"{node.name} weight", weight, weight_scale, floats[original.input[1]])
         checked["weights"] += 1
+        checked["largest_weight"] = max(checked["largest_weight"], int(np.abs(weight.astype(np.int32)).max(initial=0)))
         if len(node.input) < 3 or not node.input[2]:
             continue
         bias_dq = producer[node.input[2]]

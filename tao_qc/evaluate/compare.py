@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from tao_qc.ir.shapes import dynamic_axes, explain_rejected_shape, shapes_of
 from tao_qc.runtimes.base import RuntimeSettings
 from tao_qc.runtimes.registry import get_runtime
 from tao_qc.spec import CompareSpec, QuantizeSpec
+from tao_qc.spec.cpu import compiled_for, kernels_compute_as
 
 log = logging.getLogger("tao_qc.compare")
 
@@ -255,6 +257,18 @@ def _check_feeds(inputs: Any, engine: Any) -> None:
 # The end of `tao-qc compile`: comparison and latency sections for report.json / report.html
 
 
+def computes_otherwise_here(quant_path: str | Path) -> str | None:
+    """The instruction set a model was compiled for (its `tao_qc.cpu` metadata) where ONNX Runtime's
+    integer kernels on this CPU compute other integers than that CPU's (8-bit weights where this one
+    saturates int16 pairs), else None. Such a model is measured through its graph's own Q/DQ
+    arithmetic, which is what the target's kernels compute (kernel_fidelity checks that relation)."""
+    import onnx
+
+    proto = onnx.load(str(quant_path), load_external_data=False)
+    isa = compiled_for({p.key: p.value for p in proto.metadata_props})
+    return isa if isa is not None and not kernels_compute_as(isa) else None
+
+
 def evaluate_quantized(
     fp32_path: str | Path,
     quant_path: str | Path,
@@ -292,8 +306,15 @@ def evaluate_quantized(
     try:
         built.append(backend.build(Path(quant_path), settings))
         engines = (built[0], built[1])
+        compared = engines
+        if runtime == "onnxruntime" and (other := computes_otherwise_here(quant_path)):
+            log.info("this CPU's integer kernels compute otherwise than %s's: the comparison runs the graph's "
+                     "own Q/DQ arithmetic (what %s's kernels compute); timings are this CPU's", other, other)
+            built.append(backend.build(Path(quant_path), replace(settings, graph_optimization="disable")))
+            compared = (built[0], built[2])
         comparison = compare_models(fp32_path, quant_path, inputs, runtime=runtime, labels=labels, settings=spec.compare,
-                                    runtime_settings=settings, engines=engines, image_color=spec.calibration.color)
+                                    runtime_settings=settings, engines=compared, image_color=spec.calibration.color)
+        comparison.candidate_arithmetic = "graph" if compared is not engines else "kernels"
         evaluation = Evaluation(comparison)
         if measure_latency:
             # Timed at the shape of the data compared: a model with open height/width has no other.

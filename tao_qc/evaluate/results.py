@@ -83,6 +83,10 @@ class ComparisonResult:
     engines: dict[str, Any] = field(default_factory=dict)  # per role: artifact, build settings, layer precisions
     task: str = "auto"
     detection: dict[str, Any] | None = None  # `tao_qc.evaluate.detection.DetectionComparison.result()`
+    # How the candidate's integers were computed: "kernels" (this CPU's fused integer kernels, as it
+    # will run here) or "graph" (its own Q/DQ arithmetic: what the CPU it was compiled for computes,
+    # where this one's kernels compute otherwise).
+    candidate_arithmetic: str = "kernels"
 
     @property
     def passed(self) -> bool:
@@ -111,4 +115,5 @@ class ComparisonResult:
             "engines": self.engines,
             "task": self.task,
             "detection": self.detection,
+            "candidate_arithmetic": self.candidate_arithmetic,
         }

@@ -253,7 +253,8 @@ def _fidelity_card(report: dict[str, Any]) -> str:
              else '<span class="badge fail">kernels deviate</span>')
     detail = f"ONNX Runtime's integer kernels against the graph's Q/DQ arithmetic on {escape(str(fidelity.get('measured_on')))}"
     if cpu:
-        source = "auto: this machine" if cpu.get("asked") == "auto" else "named in the spec"
+        source = ("named in the spec" if cpu.get("asked") != "auto" else
+                  "auto: TAO_QC_CPU" if cpu.get("source") == "environment" else "auto: this machine")
         detail += escape(f"; compiled for CPU {cpu.get('isa')} ({source}), {cpu.get('weight_bits')}-bit weights")
     if not fidelity["passed"] and fidelity.get("reason"):
         detail += f"; {escape(str(fidelity['reason']))}"

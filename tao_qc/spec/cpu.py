@@ -14,18 +14,24 @@ kernels differ in more than speed:
 - `arm64`: NEON kernels widen to int16 before they multiply (or use the dot-product instructions);
   nothing saturates.
 
-`auto` means the machine that compiles. ONNX Runtime exposes none of this, so the instruction set is
-read the way MLAS reads it: CPUID and the OS-enabled register state (XCR0), through `cpuid_native`
-(which, unlike /proc/cpuinfo, also answers truthfully inside an emulator that models another CPU),
-with /proc/cpuinfo's flags where that module is missing.
+`auto` means the machine that compiles, unless the environment variable `TAO_QC_CPU` names an
+instruction set: then `auto` means that one (a build machine compiling for the CPUs it deploys to,
+and the test suite, which compiles for one named CPU whatever machine runs it). ONNX Runtime exposes
+none of this, so the instruction set is read the way MLAS reads it: CPUID and the OS-enabled register
+state (XCR0), through `cpuid_native` (which, unlike /proc/cpuinfo, also answers truthfully inside an
+emulator that models another CPU), with /proc/cpuinfo's flags where that module is missing.
+`this_machine()` is always the machine itself: what its kernels compute does not follow the variable.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from tao_qc.errors import InputError
 
 ISAS = ("avx2", "avx512", "avx_vnni", "avx512_vnni", "amx", "arm64")
 CPU_SETTINGS = ("auto", *ISAS)
@@ -35,6 +41,8 @@ SATURATING_ISAS = frozenset({"avx2", "avx512"})
 SAFE_WEIGHT_MAGNITUDE = 64
 FULL_WEIGHT_MAGNITUDE = 127
 METADATA_KEY = "tao_qc.cpu"
+# What `cpu: auto` means where it is set (and not empty): one of ISAS.
+ENVIRONMENT_VARIABLE = "TAO_QC_CPU"
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class CpuTarget:
     """The instruction set a model is compiled for, and where that came from."""
 
     isa: str
-    source: str  # "spec" (named in the spec) or "detected" (auto: this machine)
+    source: str  # "spec" (named in the spec), "detected" (auto: this machine) or "environment" (auto: TAO_QC_CPU)
     model_name: str | None = None  # the CPU's brand string, where detected
 
     @property
@@ -61,7 +69,8 @@ class CpuTarget:
 
     def describe(self) -> str:
         where = f"this machine: {self.model_name}" if self.source == "detected" and self.model_name else (
-            "this machine" if self.source == "detected" else "named in the spec")
+            "this machine" if self.source == "detected" else
+            f"{ENVIRONMENT_VARIABLE}" if self.source == "environment" else "named in the spec")
         return f"{self.isa} ({where}; {self.weight_bits}-bit weights)"
 
     def as_dict(self) -> dict:
@@ -70,12 +79,34 @@ class CpuTarget:
 
 
 def resolve(setting: str) -> CpuTarget:
-    """`quantize.onnxruntime.cpu` as a CpuTarget: `auto` is this machine's instruction set."""
+    """`quantize.onnxruntime.cpu` as a CpuTarget: `auto` is the one TAO_QC_CPU names, else this
+    machine's instruction set."""
     if setting == "auto":
-        return this_machine()
+        return environment_target() or this_machine()
     if setting not in ISAS:
         raise ValueError(f"'{setting}' is not a CPU instruction set (valid: {', '.join(CPU_SETTINGS)})")
     return CpuTarget(setting, "spec")
+
+
+def environment_target() -> CpuTarget | None:
+    """The instruction set TAO_QC_CPU names for `cpu: auto`, or None where it is unset or empty."""
+    value = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+    if not value:
+        return None
+    if value not in ISAS:
+        raise InputError(f"{ENVIRONMENT_VARIABLE}={value}: not a CPU instruction set (valid: {', '.join(ISAS)}, "
+                         "or unset for this machine's)")
+    return CpuTarget(value, "environment")
+
+
+def kernels_compute_as(target: CpuTarget | str, here: CpuTarget | None = None) -> bool:
+    """Whether ORT's integer kernels on this machine compute the integers they compute on `target`'s
+    CPU for a model compiled for it. They do unless this CPU saturates int16 pairs and the model holds
+    the full 8-bit weights of a CPU that does not (the 17-31-column remainder of AMX is fitted away
+    for every target: fit-ort-integer-kernels)."""
+    isa = target.isa if isinstance(target, CpuTarget) else target
+    here = here or this_machine()
+    return not (here.pairs_saturate and isa not in SATURATING_ISAS)
 
 
 @lru_cache(maxsize=1)
