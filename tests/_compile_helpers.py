@@ -51,6 +51,29 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 # it. Graphs placed for TensorRT get no such rewrite, so sessions keep to one thread: the same
 # outputs on every run of a session.
 def session(model: str | Path | onnx.ModelProto):
+    """One-thread CPU session computing what the CPU the model was compiled for computes: ORT's fused
+    integer kernels, or, where this machine's compute other integers than that CPU's (8-bit weights on
+    a CPU whose pairs saturate: `tao_qc.spec.cpu.kernels_compute_as`), the graph's own Q/DQ
+    arithmetic, as compile's comparison does. A test of this machine's own kernels uses
+    `session_on_this_cpu`."""
+    import onnxruntime as ort
+
+    from tao_qc.spec.cpu import compiled_for, kernels_compute_as
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    isa = compiled_for({p.key: p.value for p in proto.metadata_props})
+    if isa is None or kernels_compute_as(isa):
+        return session_on_this_cpu(model)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def session_on_this_cpu(model: str | Path | onnx.ModelProto):
+    """One-thread CPU session through this machine's fused integer kernels, whatever the model is for."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -20,6 +20,7 @@ import torch
 
 from _compile_helpers import run_cli, session
 from _frontends_helpers import DigitsCNN, digits_split, train
+from tao_qc.spec.cpu import this_machine
 from tao_qc.testing import zoo
 
 pytestmark = pytest.mark.slow
@@ -100,13 +101,25 @@ def test_fallback_keeps_only_the_culprit_in_float(culprit, capsys):
     # within the cost the field aims at: log2 of the bound, a check, and putting nodes back
     assert search["evaluations"]["full"] <= 4
     report = json.loads((out / "report.json").read_text())
-    # The speed check timed the model fallback rebuilt, the one saved.
-    assert report["speed"]["mode"] == "check" and set(report["speed"]["final_vs_fp32"]) == {"1", "8"}
     row = next(r for r in report["decisions"] if r["name"] == CULPRIT)
     assert not row["quantized"] and "accuracy fallback" in row["reason"] and "rank 1 of 4" in row["reason"]
     assert "accuracy fallback" in (out / "report.html").read_text()
     code, stdout, _ = run_cli(["inspect", out], capsys)
     assert code == 0 and "accuracy fallback" in stdout
+
+
+def test_the_speed_check_on_this_cpu_times_the_model_fallback_rebuilt(culprit, capsys):
+    # Timings speak for the CPU that takes them: compiled for this machine by name.
+    spec = _spec(culprit, "speed-here")
+    spec.write_text(spec.read_text().replace("  target: onnxruntime\n",
+                                             f"  target: onnxruntime\n  onnxruntime: {{cpu: {this_machine().isa}}}\n"))
+    out = culprit / "speed-here"
+    code, _, stderr = run_cli(["compile", culprit / "culprit.onnx", "--spec", spec, "-o", out], capsys)
+    assert code == 0, stderr
+    report = json.loads((out / "report.json").read_text())
+    assert _float_nodes(out / "culprit.int8.onnx") == {CULPRIT}
+    assert report["speed"]["mode"] == "check" and set(report["speed"]["final_vs_fp32"]) == {"1", "8"}
+    assert report["speed"]["cpu"] == this_machine().isa
 
 
 def test_a_model_that_passes_is_untouched_by_fallback(culprit, capsys):

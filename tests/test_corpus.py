@@ -142,11 +142,15 @@ def test_the_recognizer_reads_with_the_characters_of_the_quantized_model(compile
     assert len(decoded) == len(lines)  # the quantized model's outputs decode with its own list
 
 
-def test_the_text_detector_compiles_from_the_command_line_without_a_device(tmp_path, shared_models, capsys):
+def test_the_text_detector_compiles_from_the_command_line_without_a_device_and_times_on_this_cpu(
+        tmp_path, shared_models, capsys):
+    from tao_qc.spec.cpu import this_machine
+
     pages = corpus.text_pages(corpus.text_lines(), count=3, size=(320, 320), lines_per_page=4)
     np.savez(tmp_path / "pages.npz", x=pages)
     spec = tmp_path / "q.yaml"
-    spec.write_text("quantize:\n  target: onnxruntime\n  calibration: {data: pages.npz}\n")
+    spec.write_text(f"quantize:\n  target: onnxruntime\n  onnxruntime: {{cpu: {this_machine().isa}}}\n"
+                    "  calibration: {data: pages.npz}\n")
     code, stdout, stderr = run_cli(["compile", shared_models / "ppocrv5_det.onnx", "--spec", spec, "-o", tmp_path / "out"],
                                    capsys)
     assert code in (0, 1), stderr

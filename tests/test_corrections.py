@@ -50,8 +50,16 @@ def _conv_model(path, weight: np.ndarray, bias: np.ndarray | None = None, channe
     return path
 
 
+# The layers here are built on the 8-bit weight grid (each channel's amax at 127 steps): for ONNX
+# Runtime they compile for a CPU that stores full 8-bit weights, whatever CPU runs the test. The
+# 7-bit grid of a CPU without VNNI has tests of its own below (`cpu: avx2`).
+EIGHT_BIT_CPU = "avx512_vnni"
+
+
 def _calibrated(tmp_path, source, x_calibration, target, corrections=(), **spec_fields):
     np.savez(tmp_path / "calibration.npz", x=x_calibration)
+    if target == "onnxruntime":
+        spec_fields.setdefault("onnxruntime", {"cpu": EIGHT_BIT_CPU})
     spec = load_spec({"backend": "modelopt.onnx", "target": target, "device": "cpu",
                       "calibration": {"data": str(tmp_path / "calibration.npz"), "batch_size": 8,
                                       "max_samples": len(x_calibration), "corrections": list(corrections)},
@@ -347,7 +355,8 @@ def _rounding_case(tmp_path, min_cosine: float, steps: str):
     for name, count in (("calibration", 32), ("held", 32), ("test", 32)):
         np.savez(tmp_path / f"{name}.npz", x=signal(count))
     spec = tmp_path / "order.yaml"
-    spec.write_text("quantize:\n  target: onnxruntime\n  calibration: {data: calibration.npz, batch_size: 8}\n"
+    spec.write_text(f"quantize:\n  target: onnxruntime\n  onnxruntime: {{cpu: {EIGHT_BIT_CPU}}}\n"
+                    "  calibration: {data: calibration.npz, batch_size: 8}\n"
                     "  compare: {data: test.npz}\n"
                     f"  accuracy: {{data: held.npz, metric: cosine, min: {min_cosine}, steps: {steps}}}\n")
     return source, spec
@@ -399,7 +408,8 @@ def test_a_step_that_changes_ranges_fits_the_calibration_corrections_again_on_th
     for name, settings in (("clipped-in-calibration", {"algorithm": "percentile", "accuracy": {"fallback": "off"}}),
                            ("clipped-by-fallback", {"accuracy": {"data": str(tmp_path / "held.npz"), "metric": "cosine",
                                                                  "min": 0.995, "steps": ["clip"]}})):
-        spec = {"quantize": {"target": "onnxruntime", "compare": {"data": str(tmp_path / "test.npz")},
+        spec = {"quantize": {"target": "onnxruntime", "onnxruntime": {"cpu": EIGHT_BIT_CPU},
+                             "compare": {"data": str(tmp_path / "test.npz")},
                              "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 8, "corrections": ["bias"]},
                              **settings}}
         result = compile_model(source, spec, results_dir=tmp_path / name)
@@ -425,7 +435,8 @@ def test_calibration_corrections_that_cost_accuracy_are_said_with_the_figure(tmp
     source = _conv_model(tmp_path / "shifted.onnx", weight, bias=np.zeros(8))
     np.savez(tmp_path / "cal.npz", x=rng.normal(0.5, 1, size=(32, 16, 8, 8)).astype(np.float32))
     np.savez(tmp_path / "held.npz", x=rng.normal(-0.5, 1, size=(32, 16, 8, 8)).astype(np.float32))
-    spec = {"quantize": {"target": "onnxruntime", "compare": {"data": str(tmp_path / "held.npz")},
+    spec = {"quantize": {"target": "onnxruntime", "onnxruntime": {"cpu": EIGHT_BIT_CPU},
+                         "compare": {"data": str(tmp_path / "held.npz")},
                          "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 8, "corrections": ["bias"]},
                          "accuracy": {"data": str(tmp_path / "held.npz"), "metric": "cosine", "min": 0.999999,
                                       "fallback": "off"}}}
@@ -452,7 +463,8 @@ def test_a_step_drops_calibration_corrections_that_measure_worse_on_its_new_rang
     np.savez(tmp_path / "held.npz", x=rng.normal(-0.5, 1, size=(32, 16, 8, 8)).astype(np.float32))
     for target, said in ((0.9995, "accuracy step clip met the target without bias (cosine "),
                          (0.99999, "accuracy step clip: bias lowered cosine from ")):
-        spec = {"quantize": {"target": "onnxruntime", "compare": {"data": str(tmp_path / "held.npz")},
+        spec = {"quantize": {"target": "onnxruntime", "onnxruntime": {"cpu": EIGHT_BIT_CPU},
+                             "compare": {"data": str(tmp_path / "held.npz")},
                              "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 8, "corrections": ["bias"]},
                              "accuracy": {"data": str(tmp_path / "held.npz"), "metric": "cosine", "min": target,
                                           "steps": ["clip"]}}}

@@ -110,7 +110,7 @@ def one_thread(proto: bytes, feeds: dict[str, np.ndarray]) -> np.ndarray:
     (3, 16, 3), (18, 40, 3),  # right as they are, faster padded
     (10, 50, 3), (16, 113, 1),  # wrong, and output channels not a multiple of 4: padded too, then sliced
 ])
-def test_padded_conv_gives_the_exact_integers_in_every_run(cin, cout, kernel, tmp_path):
+def test_padded_conv_gives_the_exact_integers_in_every_run_on_this_cpu(cin, cout, kernel, tmp_path):
     model = conv_unit(cin, cout, kernel)
     feeds = {"input": np.random.default_rng(1).uniform(-2, 2, (2, cin, 12, 12)).astype(np.float32)}
     expected = exact(model, feeds["input"])
@@ -137,7 +137,7 @@ def test_padded_conv_gives_the_exact_integers_in_every_run(cin, cout, kernel, tm
 
 @pytest.mark.skipif(this_machine().isa != "amx", reason="the 17-31-column problem is in MLAS's AMX U8S8 kernel; "
                     f"this CPU runs {this_machine().isa} kernels")
-def test_the_problem_it_avoids_is_real_in_this_onnxruntime():
+def test_the_problem_it_avoids_is_real_in_this_onnxruntime_on_this_cpu():
     # Without the pass, 10 -> 20 channels (cnn_mnist_pytorch's conv2): wrong integers even on one thread.
     # (On two threads they also differ from run to run, but only where both threads really run at once:
     # with the suite's two workers on two cores that race need not show, so it is not asserted.)
@@ -157,7 +157,7 @@ def test_convs_the_gemm_computes_right_or_already_direct_are_left_alone(cin, cou
 
 
 @pytest.mark.parametrize("cin,cout,group", [(12, 40, 2), (12, 60, 3), (6, 48, 2), (16, 104, 2)])
-def test_grouped_conv_with_17_to_31_outputs_per_group_runs_as_one_conv_per_group(cin, cout, group, tmp_path):
+def test_grouped_conv_with_17_to_31_outputs_per_group_runs_as_one_conv_per_group_exactly_on_this_cpu(cin, cout, group, tmp_path):
     model = conv_unit(cin, cout, 3, group=group)
     feeds = {"input": np.random.default_rng(2).uniform(-2, 2, (2, cin, 12, 12)).astype(np.float32)}
     expected = exact(model, feeds["input"])
@@ -221,7 +221,7 @@ def exact_gemm(model: ir.Model, x: np.ndarray, quantized_output: bool = True) ->
 
 @pytest.mark.parametrize("op,features,quantized_output", [
     ("Gemm", 20, True), ("MatMul", 24, True), ("MatMul", 31, False), ("Gemm", 52, True), ("Gemm", 500, True)])
-def test_gemm_and_matmul_features_are_computed_on_a_multiple_of_16(op, features, quantized_output):
+def test_gemm_and_matmul_features_are_computed_on_a_multiple_of_16_exactly_on_this_cpu(op, features, quantized_output):
     model = gemm_unit(features, op=op, quantized_output=quantized_output)
     feeds = {"input": np.random.default_rng(3).uniform(-2, 2, (64, 40)).astype(np.float32)}
     expected = exact_gemm(model, feeds["input"], quantized_output)
@@ -246,11 +246,12 @@ def mnist_int8(tmp_path_factory, shared_models):
     images, _ = digits()
     np.savez(folder / "calib.npz", **{"0": images[:48] / 255.0})
     spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "onnxruntime": {"cpu": this_machine().isa},  # run by this machine's kernels below
                          "calibration": {"data": str(folder / "calib.npz"), "max_samples": 48}}}
     return compile_model(shared_models / "cnn_mnist_pytorch.onnx", spec, results_dir=folder / "out", compare=False)
 
 
-def test_compiled_mnist_int8_gives_identical_outputs_across_sessions_with_two_threads(mnist_int8):
+def test_compiled_mnist_int8_gives_identical_outputs_across_sessions_with_two_threads_on_this_cpu(mnist_int8):
     # cnn_mnist_pytorch's conv2 (10 -> 20 channels) is the shape ORT 1.24 computes differently run to run.
     images, _ = digits()
     proto = onnx.load(str(mnist_int8.model_path)).SerializeToString()

@@ -68,7 +68,7 @@ def run(model: ir.Model, x: np.ndarray, options: ort.SessionOptions | None = Non
     ((7, 7), [0, 0, 0, 1], (32, 32)),  # no padding on the left
     ((3, 3), [1, 1, 1, 1], (32, 32)),  # MobileNet's stem
 ])
-def test_folded_stem_gives_the_same_integers(kernel, pads, size):
+def test_folded_stem_gives_the_same_integers_on_this_cpu(kernel, pads, size):
     model = stem_graph(3, size, kernel, pads)
     x = np.random.default_rng(1).uniform(-2, 2, (2, 3, *size)).astype(np.float32)
     before = run(model, x)
@@ -101,7 +101,7 @@ def test_odd_output_width_is_left_alone():
 
 
 @pytest.mark.slow  # compiles a model
-def test_resnet_stem_through_the_pipeline_is_exact_and_fused(tmp_path):
+def test_resnet_stem_through_the_pipeline_is_exact_and_fused_on_this_cpu(tmp_path):
     import torch
 
     from tao_qc.testing import zoo
