@@ -129,10 +129,14 @@ def run_cli(args: list, capsys) -> tuple[int, str, str]:
 def compile_zoo_for_onnxruntime(name: str, folder: Path, *, onnxruntime: dict, dynamic_batch: bool = True):
     """A 64x64 zoo detector exported into `folder`, calibrated on 16 seeded random inputs and compiled
     for target onnxruntime with these `quantize.onnxruntime` settings: (the FP32 path, the compile
-    result, the seeded generator, to draw held-out inputs from after the calibration's)."""
+    result, the seeded generator, to draw held-out inputs from after the calibration's). The tests of
+    these detectors run this machine's fused kernels against the graph's arithmetic, so the CPU is
+    this machine's, by name, unless the settings name one."""
     from tao_qc.driver import compile_model
+    from tao_qc.spec.cpu import this_machine
     from tao_qc.testing import zoo
 
+    onnxruntime = {"cpu": this_machine().isa, **onnxruntime}
     fp32 = zoo.export_zoo(name, folder / f"{name}.onnx", dynamic_batch=dynamic_batch)
     rng = np.random.default_rng(0)
     np.savez(folder / "calib.npz", input=rng.standard_normal((16, *zoo.input_shape(name)[1:])).astype(np.float32))

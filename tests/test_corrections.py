@@ -76,14 +76,19 @@ def _finished(spec, ctx, model: ir.Model, tmp_path) -> onnx.ModelProto:
 
 
 def _finished_outputs(spec, ctx, model: ir.Model, x: np.ndarray, tmp_path) -> np.ndarray:
-    """The model as the finishing passes of its target make it, run in ONNX Runtime's CPU provider."""
+    """The model as the finishing passes of its target make it, run in ONNX Runtime's CPU provider as
+    the CPU it is for computes it."""
     import onnxruntime as ort
 
     from tao_qc.runtimes.onnxruntime import disabled_optimizers_for, with_exact_fp16_quantize
+    from tao_qc.spec.cpu import kernels_compute_as
 
     proto = _finished(spec, ctx, model, tmp_path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    if spec.target == "onnxruntime" and not kernels_compute_as(spec.onnxruntime.cpu):
+        # This CPU's kernels compute other integers than the named CPU's: the graph's arithmetic is its.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(with_exact_fp16_quantize(proto).SerializeToString(), options,
                                    providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers_for(proto))
     return np.asarray(session.run(None, {"x": x})[0], dtype=np.float64)

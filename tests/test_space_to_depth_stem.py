@@ -110,6 +110,7 @@ def test_resnet_stem_through_the_pipeline_is_exact_and_fused_on_this_cpu(tmp_pat
     model = zoo.export_onnx(zoo.ResNet18(num_classes=10, width=8).eval(), torch.randn(1, 3, 32, 32), tmp_path / "r.onnx")
     np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
     spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "onnxruntime": {"cpu": this_machine().isa},
                          "calibration": {"data": str(tmp_path / "calib.npz")}}}
     result = compile_model(model, spec, results_dir=tmp_path / "out", dump="after-all", compare=False)
     record = next(r for r in result.records if r.name == "space-to-depth-stem")
