@@ -5,7 +5,9 @@
     load-and-check
     -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity
        [-> transposed-conv-as-conv (target: onnxruntime)], repeated until a round changes nothing
-    -> match-layers -> check-calibration -> quantize-modelopt -> clip-ranges   (`calibrating_passes`)
+    -> match-layers -> check-calibration -> quantize-modelopt
+       [-> measure-activation-bounds (onnxruntime.activation_ranges: asymmetric)] -> clip-ranges
+                                                                   (`calibrating_passes`)
        [-> choose-ranges (algorithm: auto)] [-> correct-bias / round-weights (calibration.corrections),
        on the weight grid placement will store: `placement_cpu`]
     -> keep-float -> assign-dtypes
@@ -32,6 +34,7 @@ from tao_qc.passes.fold_batchnorm import FoldBatchNorm
 from tao_qc.passes.fold_constants import FoldConstants
 from tao_qc.passes.fold_conv_affine import FoldConvAffine
 from tao_qc.passes.integer_elementwise import IntegerElementwise
+from tao_qc.passes.measure_activation_bounds import MeasureActivationBounds
 from tao_qc.passes.keep_float import KeepFloat
 from tao_qc.passes.load_and_check import LoadAndCheck
 from tao_qc.passes.match_layers import MatchLayers
@@ -66,6 +69,9 @@ def calibrating_passes(spec: QuantizeSpec, *, source_path: Path | None = None) -
         MatchLayers(),
         CheckCalibration(),
         QuantizeModelOpt(),
+        # ONNX Runtime's uint8 activations take any zero point: their grids may follow the data's bounds.
+        *([MeasureActivationBounds()] if spec.target == "onnxruntime" and spec.onnxruntime.activation_ranges == "asymmetric"
+          else []),
         ClipRanges(),
     ]
     # Only where the spec asks: without them the pipeline (and its golden dumps) is as it was.

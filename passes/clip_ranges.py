@@ -18,6 +18,7 @@ Runs when `calibration` asks for it (`algorithm: percentile`) or when accuracy f
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,28 +114,37 @@ def _set_scale(graph: ir.Graph, q: ir.Node, amax: float) -> None:
 
 def _histograms(model: ir.Model, amax: dict[str, float], batches) -> dict[str, np.ndarray]:
     """|x| histograms over [0, amax] per tensor, from the float graph run over the calibration data."""
+    counts = {name: np.zeros(BINS, dtype=np.int64) for name in amax}
+    for values in float_activations(model, list(amax), batches):
+        for name, value in values.items():
+            magnitude = np.abs(value).ravel()
+            counts[name] += np.histogram(np.minimum(magnitude, amax[name]), bins=BINS, range=(0.0, amax[name]))[0]
+    return counts
+
+
+def float_activations(model: ir.Model, names: list[str], batches) -> Iterator[dict[str, np.ndarray]]:
+    """Per calibration batch, the float32 values of the tensors `names` as the float graph computes
+    them (every DequantizeLinear(QuantizeLinear(x)) read as x): one batch in memory at a time."""
     import onnxruntime as ort
+    from onnx import ValueInfoProto
 
     proto, weights = light_proto_and_weights(model, 1024, FEEDABLE_WEIGHTS)
     _look_through_qdq(proto)
     known = {o.name for o in proto.graph.output}
-    from onnx import ValueInfoProto
-
-    for name in amax:
+    inputs = {i.name for i in proto.graph.input}
+    computed = [name for name in names if name not in inputs]
+    for name in computed:
         if name not in known:
             proto.graph.output.append(ValueInfoProto(name=name))
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = list(amax)
     feeds_weights = {k: v.numpy() for k, v in weights.items()}
-    counts = {name: np.zeros(BINS, dtype=np.int64) for name in names}
     for batch in batches:
-        for name, value in zip(names, session.run(names, {**feeds_weights, **batch})):
-            magnitude = np.abs(np.asarray(value, dtype=np.float32)).ravel()
-            counts[name] += np.histogram(np.minimum(magnitude, amax[name]), bins=BINS, range=(0.0, amax[name]))[0]
-    return counts
+        values = dict(zip(computed, session.run(computed, {**feeds_weights, **batch}))) if computed else {}
+        values.update({name: batch[name] for name in names if name in inputs and name in batch})
+        yield {name: np.asarray(values[name], dtype=np.float32) for name in names if name in values}
 
 
 def _look_through_qdq(proto) -> None:

@@ -18,8 +18,11 @@ kernels between extra quantize/dequantize steps and is slower than FP32. This pa
    pooling as QLinearGlobalAveragePool,
 5. leaves a MatMul's output float where only float ops read it and ORT then runs MatMulIntegerToFloat
    (no requantize + dequantize round trip),
-6. turns every remaining int8 activation Q/DQ into uint8 with zero point 128 and the same scale
-   (the same grid, shifted: no accuracy change).
+6. turns every remaining int8 activation Q/DQ into uint8: by default the same grid shifted to zero
+   point 128 (no accuracy change); with `onnxruntime.activation_ranges: asymmetric`, over the data's
+   own bounds (the smallest and largest value measure-activation-bounds saw over the calibration
+   data) within modelopt's (or the clipped) symmetric range, with the zero point that puts 0 on the
+   grid: a HardSwish's [-0.375, 6] gets a step of 6.375/255 where the symmetric grid had 6/127.
 
 Calibration stays modelopt's: every range is one modelopt measured. The quantize pass asks modelopt
 to quantize the outputs of quantized ops too (`op_types_needing_output_quant`), so an op's output
@@ -41,7 +44,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, qparams, readers, weight_grid  # noqa: F401 - shared with the other placement passes
+from tao_qc.passes.qdq import QdqBuilder, dims_through_qdq, integer_qparams, qparams, readers, uint8_grid_over, weight_grid  # noqa: F401 - shared with the other placement passes
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 from tao_qc.spec.cpu import CpuTarget, this_machine
 
@@ -109,7 +112,11 @@ class PlaceForOnnxRuntime:
         stats["maxpool_moved_behind_q"] = through_pool
         integer_to_float: set[str] = set()
         stats["matmul_outputs_float"] = self._float_outputs_for_float_consumers(graph, notes, integer_to_float)
-        stats["activations_uint8"] = self._activations_to_uint8(graph, build)
+        RemoveUnusedNodesPass()(model)  # the int8 Q/DQ a Relu's absorption left: not to be placed again
+        bounds = ctx.facts.get("activation_bounds") or {}
+        stats["activations_uint8"], from_data = self._activations_to_uint8(graph, build, bounds, placed)
+        if bounds:
+            stats["zero_points_from_data"] = from_data
         RemoveUnusedNodesPass()(model)
         # Last: a bias's scale is input scale x weight scale, and absorbing a Relu changes input scales.
         stats["biases_int32"] = self._quantize_biases(graph, build)
@@ -366,28 +373,42 @@ class PlaceForOnnxRuntime:
     # -- 4. uint8 activations ---------------------------------------------------------------
 
     @staticmethod
-    def _activations_to_uint8(graph: ir.Graph, build: QdqBuilder) -> int:
-        shifted: dict[str, ir.Value] = {}
-        count = 0
-        for node in [n for n in graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")]:
-            if len(node.inputs) < 3 or node.inputs[2] is None:
+    def _activations_to_uint8(graph: ir.Graph, build: QdqBuilder, bounds: dict[str, list[float]],
+                              placed: dict[str, dict]) -> tuple[int, int]:
+        """Every int8 activation QuantizeLinear, and the DequantizeLinear nodes reading it, on a uint8
+        grid: over the tensor's measured `bounds` within its int8 range, else that range shifted to
+        zero point 128. Returns (activations made uint8, of them on the data's bounds)."""
+        grids: dict[tuple, tuple[ir.Value, ir.Value]] = {}
+        count = from_data = 0
+        for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
+            params = integer_qparams(q)
+            if params is None or params[1].dtype != np.int8 or constant_array(q.inputs[0]) is not None:
                 continue
-            zero = constant_array(node.inputs[2])
-            if zero is None or zero.dtype != np.int8:
-                continue
-            data = node.inputs[0]
-            if node.op_type == "DequantizeLinear":
-                quantizer = data.producer() if data is not None else None
-                if quantizer is None or quantizer.op_type != "QuantizeLinear":
-                    continue  # a weight: stays int8
-            elif constant_array(data) is not None:
-                continue
-            key = node.inputs[2].name
-            if key not in shifted:
-                shifted[key] = build.initializer(f"{key}_u8", (zero.astype(np.int16) + 128).astype(np.uint8))
-            node.replace_input_with(2, shifted[key])
-            count += node.op_type == "QuantizeLinear"
-        return count
+            scale, zero = params
+            tensor = q.inputs[0].name
+            measured = bounds.get(tensor) if scale.size == 1 and not zero.any() else None
+            grid = uint8_grid_over(*measured, float(scale.reshape(())) * 127) if measured else None
+            key = (tensor, float(scale.reshape(()))) if grid is not None else (q.inputs[1].name, q.inputs[2].name)
+            if key not in grids:
+                if grid is not None:
+                    grids[key] = (build.initializer(f"{tensor}_u8_scale", np.array(grid[0], np.float32).reshape(scale.shape)),
+                                  build.initializer(f"{tensor}_u8_zero_point", np.array(grid[1], np.uint8).reshape(zero.shape)))
+                else:
+                    grids[key] = (q.inputs[1], build.initializer(f"{q.inputs[2].name}_u8",
+                                                                 (zero.astype(np.int16) + 128).astype(np.uint8)))
+            new_scale, new_zero = grids[key]
+            for node in [q, *(use.node for use in q.outputs[0].uses() if use.node.op_type == "DequantizeLinear")]:
+                node.replace_input_with(1, new_scale)
+                node.replace_input_with(2, new_zero)
+            count += 1
+            if grid is not None:
+                from_data += 1
+                placed[tensor] = {
+                    "scale": [float(grid[0])], "zero_point": [float(grid[1])], "dtype": "uint8",
+                    "amax": [float(scale.reshape(())) * 127], "axis": None, "quantize_node": q.name,
+                    "source": f"measured: [{measured[0]:.4g}, {measured[1]:.4g}] over the calibration data, "
+                              f"within the int8 range +-{float(scale.reshape(())) * 127:.4g}"}
+        return count, from_data
 
 
 def _relu_readers(targets: list[ir.Node]) -> tuple[list[ir.Node], list[ir.Node], list[ir.Node]]:

@@ -102,6 +102,22 @@ def uint8_dequantize(value: ir.Value | None) -> ir.Node | None:
     return dq
 
 
+def uint8_grid_over(low: float, high: float, amax: float) -> tuple[np.float32, np.uint8] | None:
+    """(scale, zero point) of the uint8 grid over the data's bounds [low, high] within the symmetric
+    range [-amax, amax] calibration gave: 0 exactly on the grid (a whole zero point; padding and ReLU
+    read it), both ends held (the step is the larger of the two the rounded zero point leaves; an end
+    within half a step of 0 may round onto it). None where that leaves nothing to span (a tensor that
+    was always 0)."""
+    lo = min(max(float(low), -amax), 0.0)
+    hi = max(min(float(high), amax), 0.0)
+    if not hi - lo > 0:
+        return None
+    zero = int(np.clip(np.rint(-lo * 255 / (hi - lo)), 0, 255))
+    scale = max(hi / (255 - zero) if zero < 255 else 0.0, -lo / zero if zero > 0 else 0.0)
+    # float32 rounding must not pull either end one step inside the grid: round the step up.
+    return np.nextafter(np.float32(scale), np.float32(np.inf)), np.uint8(zero)
+
+
 def same_grid(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray] | None) -> bool:
     """Whether two per-tensor `qparams` are one grid: the same scale, zero point and integer type."""
     return (a is not None and b is not None and a[0].size == 1 and b[0].size == 1 and a[1].dtype == b[1].dtype

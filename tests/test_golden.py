@@ -2,8 +2,9 @@
 
 golden/<case>/ holds them for each fixed model with its spec; golden/<case>-onnxruntime/ the same
 model and calibration data compiled with `target: onnxruntime` (place-for-onnxruntime included) for
-a CPU with VNNI (8-bit weights), golden/<case>-onnxruntime-avx2/ for one without (7-bit weights).
-Each spec names its CPU, so every machine checks both.
+a CPU with VNNI (8-bit weights), golden/<case>-onnxruntime-avx2/ for one without (7-bit weights),
+golden/<case>-onnxruntime-asymmetric/ with uint8 activation grids over the data's own bounds
+(`activation_ranges: asymmetric`). Each spec names its CPU, so every machine checks them all.
 Any difference fails; `pytest --update-golden` rewrites the files (then review `git diff golden/`).
 See golden/README.md.
 
@@ -34,8 +35,9 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 MODELS = ["small_cnn", "transformer_block", "mnist_cntk", "small_cnn_mixed"]
 # Cases that compile another case's model with a spec of their own.
 MODEL_OF = {"small_cnn_mixed": "small_cnn"}
-# target onnxruntime, for each CPU whose placement differs (the suffix after the model's name)
-ONNXRUNTIME_CPUS = ("-onnxruntime", "-onnxruntime-avx2")
+# target onnxruntime, for each CPU whose placement differs and with asymmetric activation grids (the
+# suffix after the model's name)
+ONNXRUNTIME_CPUS = ("-onnxruntime", "-onnxruntime-avx2", "-onnxruntime-asymmetric")
 CASES = MODELS + [f"{model}{cpu}" for cpu in ONNXRUNTIME_CPUS for model in MODELS]
 GOLDEN_VALUE_DIGITS = 3
 
@@ -91,6 +93,12 @@ def test_golden_pass_dumps(case, tmp_path, update_golden):
         # int8 weights are stored quantized; FP8 ones stay float behind their Q/DQ (TensorRT's form)
         assert checked["weights"] == result.report["counts"]["dtypes"].get("int8", 0)
         assert checked["biases"] == EXPECTED_INT32_BIASES[_model_case(case)]
+        if spec.onnxruntime.activation_ranges == "asymmetric":
+            # zero points follow the data (0 for what is never negative, others where 0 falls), not 128 throughout
+            placement = next(r for r in result.records if r.name == "place-for-onnxruntime")
+            assert placement.stats["zero_points_from_data"] >= 1
+            zeros = activation_zero_points(onnx.load(str(result.model_path)))
+            assert zeros and any(z != 128 for z in zeros), zeros
         # each channel's largest weight sits on the grid's end: 127 where the CPU adds pairs in int32, 64 where not
         assert checked["weights"] == 0 or checked["largest_weight"] == resolve_cpu(spec.onnxruntime.cpu).weight_magnitude
     folder = GOLDEN / case
@@ -117,6 +125,13 @@ def test_golden_pass_dumps(case, tmp_path, update_golden):
 # the transformer's MatMuls have none; small_cnn's head Gemm stays float; the mixed case's FP8 Convs keep
 # float biases).
 EXPECTED_INT32_BIASES = {"small_cnn": 3, "transformer_block": 0, "mnist_cntk": 2, "small_cnn_mixed": 2}
+
+
+def activation_zero_points(model: onnx.ModelProto) -> list[int]:
+    """The zero points of the uint8 activation QuantizeLinear nodes of a placed model."""
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return [int(values[q.input[2]]) for q in model.graph.node if q.op_type == "QuantizeLinear" and len(q.input) > 2
+            and q.input[2] in values and values[q.input[2]].dtype == np.uint8 and values[q.input[2]].size == 1]
 
 
 def _last_dump_before(dumps: Path, records, pass_name: str) -> onnx.ModelProto:

@@ -235,6 +235,7 @@ class CompareSpec(_Strict):
 
 FALLBACK_MODES = ("auto", "off")
 SPEED_MODES = ("check", "search", "off")
+ACTIVATION_RANGES = ("symmetric", "asymmetric")
 EXECUTORS = ("local", "ray")
 BUILTIN_METRICS = ("cosine", "top1_agreement", "top1_accuracy", "map")
 BUILTIN_DECODERS = ("rtdetr", "boxes_scores")  # compare.decoder
@@ -312,6 +313,11 @@ class OnnxRuntimeSpec(_Strict):
     # Convs, few-channel Convs, ...) in float and keeps float the classes that are faster so (the
     # model then depends on timings); `off`.
     speed: Annotated[str, _choice(SPEED_MODES), BeforeValidator(_off_from_yaml)] = "check"
+    # Each uint8 activation grid: `symmetric` (modelopt's +-amax, zero point 128) or `asymmetric` (the
+    # data's own [min, max] within that range, the zero point where 0 falls: passes/
+    # measure_activation_bounds.py). Not yet the default: on FastestDet ORT's fused kernels parted from
+    # the graph's arithmetic with such grids (README, "Activation ranges").
+    activation_ranges: Annotated[str, _choice(ACTIVATION_RANGES)] = "symmetric"
 
 
 class QuantizeSpec(_Strict):
