@@ -48,7 +48,9 @@ test-cpus: setup
 # $(AVX2_VENV)/bin/python runs .venv's Python under qemu and names itself as sys.executable, so the
 # subprocesses a test starts (modelopt's child, the CLI, pytest's workers) are emulated too. The EPYC
 # features qemu's TCG does not model are turned off (none changes the integer kernels), which keeps
-# qemu from warning about each on every process's stderr.
+# qemu from warning about each on every process's stderr. The suite's TAO_QC_CPU default
+# (avx512_vnni, tests/conftest.py) is what a real AVX2 CI machine runs: models compiled for VNNI,
+# compared through the graph's arithmetic; tests of this machine's kernels compile for avx2 there.
 AVX2_TESTS := tests/test_cpu_target.py tests/test_fit_ort_integer_kernels.py tests/test_space_to_depth_stem.py tests/test_placement.py \
               tests/test_upsample_on_uint8.py tests/test_move_on_uint8.py tests/test_integer_elementwise.py
 AVX2_CPU := EPYC-Rome,-rdseed,-sha-ni,-rdpid,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,-topoext,-perfctr-core,-clzero,-xsaveerptr,-wbnoinvd,-ibpb,-amd-stibp,-nrip-save,-xsavec,-xsaves
