@@ -352,10 +352,13 @@ def test_fallback_on_fastestdet_runs_a_decoder_only_this_process_can_import(shar
     monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.chdir(tmp_path)  # neither the current folder nor the spec's holds the decoder
     photos = _fastestdet_photos(shared_models, tmp_path)
-    spec = {"quantize": {"target": "onnxruntime", "device": "cpu",
+    # The head's Convs only: a dozen candidates keep the search to seconds; an mAP of 0.999 no INT8
+    # head reaches makes it run.
+    head = {"module_name": "/detect_head/*", "weights": {"dtype": "int8"}, "activations": {"dtype": "int8"}}
+    spec = {"quantize": {"target": "onnxruntime", "device": "cpu", "layers": [head],
                          "calibration": {"data": str(photos), "std": [255.0], "color": "rgb"},
                          "compare": {"decoder": "_detection_helpers:decode_fastestdet", "score_threshold": 0.4},
-                         "accuracy": {"metric": "map", "min": 0.999, "steps": ["float"], "max_float_fraction": 0.05,
+                         "accuracy": {"metric": "map", "min": 0.999, "steps": ["float"], "max_float_fraction": 0.25,
                                       "ranking_samples": 4, "executor": executor, "workers": 2}}}
     ray = pytest.importorskip("ray") if executor == "ray" else None
     if ray is not None:

@@ -188,6 +188,9 @@ class RayExecutor:
             self.ray.kill(actor)
 
 
+USER_ERROR_MARK = f"{InputError.__module__}.{InputError.__name__}: "
+
+
 def _from_ray(exc: Exception, what: str) -> TaoQcError:
     """The error a Ray-wrapped exception stands for: the user's InputError as itself (one line), any
     other as a TrialError with its last line."""
@@ -199,6 +202,10 @@ def _from_ray(exc: Exception, what: str) -> TaoQcError:
     if isinstance(cause, InputError):
         return InputError(f"{str(cause).strip()} (on Ray)")
     lines = str(exc).strip().splitlines()
+    # An actor that failed to start carries its error as text only.
+    said = [line.split(USER_ERROR_MARK, 1)[1] for line in lines if USER_ERROR_MARK in line]
+    if said:
+        return InputError(f"{said[-1].strip()} (on Ray)")
     return TrialError(f"{what}: {lines[-1] if lines else type(exc).__name__}")
 
 
