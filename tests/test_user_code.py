@@ -81,3 +81,10 @@ def test_user_modules_travel_to_a_machine_that_cannot_read_this_ones_disk(tmp_pa
     unpacked(bundle, node).user_modules.make_importable()
     assert load_user_function("travelling_metric:score", "quantize.accuracy.metric")(None, None, None) == 0.25
     assert load_user_function("travelling_pkg.boxes:decode", "quantize.compare.decoder")(None, None) == "decoded"
+
+
+def test_tao_qcs_own_functions_do_not_travel():
+    from tao_qc.spec.user_code import locate_user_modules
+
+    modules = locate_user_modules([("tao_qc.corpus:text_accuracy", "quantize.accuracy.metric")])
+    assert modules.sources == ()

@@ -121,7 +121,8 @@ class TrialRunner:
         if setup.user_modules is not None:
             setup.user_modules.make_importable()
         # The candidates' integers as the target CPU computes them (trials are measured, not timed).
-        self.target_arithmetic = setup.spec.target == "onnxruntime" and not kernels_compute_as(setup.spec.onnxruntime.cpu)
+        self.target_arithmetic = (setup.spec.target == "onnxruntime"
+                                  and not kernels_compute_as(resolve_cpu(setup.spec.onnxruntime.cpu)))
         self.target = target_for(setup.spec, setup.search_path)
         with np.load(setup.data, allow_pickle=False) as npz:
             self.inputs = {name: npz[name] for name in npz.files}
