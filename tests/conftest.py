@@ -61,6 +61,10 @@ def _shared_fixtures(item) -> list[str]:
     return shared
 
 
+# First: xdist's worker turns each item's xdist_group marks into its scheduling group in its own
+# pytest_collection_modifyitems, and sees only the marks already there. (With pytest 9.2 that step
+# is lost whatever the order: pyproject.toml keeps pytest below it.)
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     parent: dict[str, str] = {}
 
