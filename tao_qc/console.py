@@ -19,12 +19,26 @@ class _Format(logging.Formatter):
         return f"tao-qc: {level}{record.getMessage()}"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is when a line is logged, not as it was when logging was set up:
+    a caller that replaces stderr (a notebook's redirect, a test's capture) and later closes its
+    stream would otherwise get `ValueError: I/O operation on closed file` for every later line."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(verbosity: int) -> None:
     """verbosity: -1 quiet (warnings and errors), 0 normal, 1+ debug."""
     global _quiet
     _quiet = verbosity < 0
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(_Format())
     root = logging.getLogger("tao_qc")
     root.handlers[:] = [handler]

@@ -72,3 +72,23 @@ def test_bad_spec_is_one_line_exit_2_without_traceback(tmp_path):
 def test_unknown_verb_and_missing_argument_exit_2():
     assert run("frobnicate").returncode == 2
     assert run("spec", "validate").returncode == 2
+
+
+def test_log_lines_go_to_stderr_as_it_is_when_they_are_written(monkeypatch):
+    """A caller that swaps stderr and closes the old stream (a test's capture, a notebook's redirect)
+    leaves no logging error behind: lines follow sys.stderr."""
+    import io
+    import logging
+
+    from tao_qc.console import setup_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging(0)
+    logging.getLogger("tao_qc.test").info("into the first")
+    first_text = first.getvalue()
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("tao_qc.test").warning("into the second")
+    assert first_text == "tao-qc: into the first\n"
+    assert second.getvalue() == "tao-qc: warning: into the second\n"
