@@ -23,7 +23,8 @@ import numpy as np
 import onnx_ir as ir
 
 from tao_qc.passes.clip_ranges import activation_quantizers, float_activations
-from tao_qc.pipeline import PassContext, PassResult, constant_array
+from tao_qc.passes.qdq import integer_qparams
+from tao_qc.pipeline import PassContext, PassResult
 
 
 @dataclass
@@ -34,14 +35,15 @@ class MeasureActivationBounds:
         if ctx.calibration is None:
             raise ValueError("measure-activation-bounds needs the calibration data")
         tensors = [name for name, quantizers in activation_quantizers(model).items()
-                   if any(_int8(q) for q in quantizers)]
+                   if any((params := integer_qparams(q)) is not None and params[1].dtype == np.int8
+                          for q in quantizers)]
         if not tensors:
             return PassResult(model, changed=False, stats={"activation_bounds": 0}, notes=["no int8 activation Q/DQ"])
         low = {name: np.inf for name in tensors}
         high = {name: -np.inf for name in tensors}
         for batch in float_activations(model, tensors, ctx.calibration):
             for name, value in batch.items():
-                finite = value[np.isfinite(value)] if not np.isfinite(value).all() else value
+                finite = value[np.isfinite(value)]
                 if finite.size:
                     low[name] = min(low[name], float(finite.min()))
                     high[name] = max(high[name], float(finite.max()))
@@ -49,8 +51,3 @@ class MeasureActivationBounds:
         ctx.facts["activation_bounds"] = bounds
         one_sided = sum(1 for lo, hi in bounds.values() if lo >= 0 or hi <= 0)
         return PassResult(model, changed=False, stats={"activation_bounds": len(bounds), "one_sided": one_sided})
-
-
-def _int8(q: ir.Node) -> bool:
-    zero = constant_array(q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] is not None else None
-    return zero is not None and zero.dtype == np.int8

@@ -387,7 +387,8 @@ class PlaceForOnnxRuntime:
             scale, zero = params
             tensor = q.inputs[0].name
             measured = bounds.get(tensor) if scale.size == 1 and not zero.any() else None
-            grid = uint8_grid_over(*measured, float(scale.reshape(())) * 127) if measured else None
+            amax = float(scale.reshape(-1)[0]) * 127
+            grid = uint8_grid_over(*measured, amax) if measured else None
             key = (tensor, float(scale.reshape(()))) if grid is not None else (q.inputs[1].name, q.inputs[2].name)
             if key not in grids:
                 if grid is not None:
@@ -405,9 +406,9 @@ class PlaceForOnnxRuntime:
                 from_data += 1
                 placed[tensor] = {
                     "scale": [float(grid[0])], "zero_point": [float(grid[1])], "dtype": "uint8",
-                    "amax": [float(scale.reshape(())) * 127], "axis": None, "quantize_node": q.name,
+                    "amax": [amax], "axis": None, "quantize_node": q.name,
                     "source": f"measured: [{measured[0]:.4g}, {measured[1]:.4g}] over the calibration data, "
-                              f"within the int8 range +-{float(scale.reshape(())) * 127:.4g}"}
+                              f"within the int8 range +-{amax:.4g}"}
         return count, from_data
 
 

@@ -56,27 +56,23 @@ def session(model: str | Path | onnx.ModelProto):
     a CPU whose pairs saturate: `tao_qc.spec.cpu.kernels_compute_as`), the graph's own Q/DQ
     arithmetic, as compile's comparison does. A test of this machine's own kernels uses
     `session_on_this_cpu`."""
-    import onnxruntime as ort
-
-    from tao_qc.spec.cpu import compiled_for, kernels_compute_as
+    from tao_qc.evaluate.compare import computes_otherwise_here
 
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
-    isa = compiled_for({p.key: p.value for p in proto.metadata_props})
-    if isa is None or kernels_compute_as(isa):
-        return session_on_this_cpu(model)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return _one_thread_session(model, fused=computes_otherwise_here(proto) is None)
 
 
 def session_on_this_cpu(model: str | Path | onnx.ModelProto):
     """One-thread CPU session through this machine's fused integer kernels, whatever the model is for."""
+    return _one_thread_session(model, fused=True)
+
+
+def _one_thread_session(model: str | Path | onnx.ModelProto, *, fused: bool):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     options.intra_op_num_threads = 1
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)

@@ -257,14 +257,15 @@ def _check_feeds(inputs: Any, engine: Any) -> None:
 # The end of `tao-qc compile`: comparison and latency sections for report.json / report.html
 
 
-def computes_otherwise_here(quant_path: str | Path) -> str | None:
+def computes_otherwise_here(quant_path: str | Path | Any) -> str | None:
     """The instruction set a model was compiled for (its `tao_qc.cpu` metadata) where ONNX Runtime's
     integer kernels on this CPU compute other integers than that CPU's (8-bit weights where this one
     saturates int16 pairs), else None. Such a model is measured through its graph's own Q/DQ
-    arithmetic, which is what the target's kernels compute (kernel_fidelity checks that relation)."""
+    arithmetic, which is what the target's kernels compute (kernel_fidelity checks that relation).
+    `quant_path`: a path or an already loaded `onnx.ModelProto`."""
     import onnx
 
-    proto = onnx.load(str(quant_path), load_external_data=False)
+    proto = quant_path if isinstance(quant_path, onnx.ModelProto) else onnx.load(str(quant_path), load_external_data=False)
     isa = compiled_for({p.key: p.value for p in proto.metadata_props})
     return isa if isa is not None and not kernels_compute_as(isa) else None
 
