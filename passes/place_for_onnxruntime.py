@@ -114,7 +114,8 @@ class PlaceForOnnxRuntime:
         stats["matmul_outputs_float"] = self._float_outputs_for_float_consumers(graph, notes, integer_to_float)
         RemoveUnusedNodesPass()(model)  # the int8 Q/DQ a Relu's absorption left: not to be placed again
         bounds = ctx.facts.get("activation_bounds") or {}
-        stats["activations_uint8"], from_data = self._activations_to_uint8(graph, build, bounds, placed)
+        stats["activations_uint8"], from_data = self._activations_to_uint8(
+            graph, build, bounds, ctx.facts.get("activation_bounds_widened") or {}, placed)
         if bounds:
             stats["zero_points_from_data"] = from_data
         RemoveUnusedNodesPass()(model)
@@ -374,7 +375,7 @@ class PlaceForOnnxRuntime:
 
     @staticmethod
     def _activations_to_uint8(graph: ir.Graph, build: QdqBuilder, bounds: dict[str, list[float]],
-                              placed: dict[str, dict]) -> tuple[int, int]:
+                              widened: dict[str, list[float]], placed: dict[str, dict]) -> tuple[int, int]:
         """Every int8 activation QuantizeLinear, and the DequantizeLinear nodes reading it, on a uint8
         grid: over the tensor's measured `bounds` within its int8 range, else that range shifted to
         zero point 128. Returns (activations made uint8, of them on the data's bounds)."""
@@ -407,8 +408,10 @@ class PlaceForOnnxRuntime:
                 placed[tensor] = {
                     "scale": [float(grid[0])], "zero_point": [float(grid[1])], "dtype": "uint8",
                     "amax": [amax], "axis": None, "quantize_node": q.name,
-                    "source": f"measured: [{measured[0]:.4g}, {measured[1]:.4g}] over the calibration data, "
-                              f"within the int8 range +-{amax:.4g}"}
+                    "source": f"measured: [{measured[0]:.4g}, {measured[1]:.4g}] over the calibration data"
+                              + (f" (its data [{widened[tensor][0]:.4g}, {widened[tensor][1]:.4g}], the smaller side "
+                                 "widened to a quarter of the larger)" if tensor in widened else "")
+                              + f", within the int8 range +-{amax:.4g}"}
         return count, from_data
 
 

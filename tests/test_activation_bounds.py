@@ -17,6 +17,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from tao_qc.driver import compile_model
+from tao_qc.passes.measure_activation_bounds import SMALL_SIDE_SHARE, widen_smaller_side
 from tao_qc.passes.qdq import uint8_grid_over
 from tao_qc.spec.cpu import kernels_compute_as
 from tao_qc.testing import zoo
@@ -111,11 +112,47 @@ def test_a_grid_over_the_bounds_holds_both_ends_and_zero_exactly():
     assert uint8_grid_over(0.0, 0.0, 1.0) is None  # a tensor that was always 0 keeps its symmetric grid
 
 
-def test_activation_ranges_is_symmetric_unless_asked_and_a_wrong_value_is_one_line():
+def test_a_two_sided_tensors_smaller_side_is_widened_to_a_quarter_of_the_larger():
+    assert widen_smaller_side(-0.1, 8.0) == [-SMALL_SIDE_SHARE * 8.0, 8.0]
+    assert widen_smaller_side(-6.0, 0.5) == [-6.0, SMALL_SIDE_SHARE * 6.0]
+    assert widen_smaller_side(-3.0, 8.0) == [-3.0, 8.0]  # already wider than a quarter
+    assert widen_smaller_side(0.0, 8.0) == [0.0, 8.0] and widen_smaller_side(-2.0, 0.0) == [-2.0, 0.0]  # one sign only
+
+
+@pytest.mark.slow  # compiles a model
+def test_a_conv_output_read_by_a_conv_keeps_room_below_what_calibration_saw_and_a_hardswish_does_not(tmp_path):
+    """conv1's output (no activation after it) mostly positive: its few negative values on 8 samples
+    are the least certain bound, so its grid reaches a quarter of its top below 0; the HardSwish after
+    conv2 cannot go below -0.375, so its grid stays on the data's bounds."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Hardswish(),
+                        nn.Conv2d(8, 4, 3, padding=1)).eval()
+    with torch.no_grad():
+        net[0].bias += 0.9  # conv1's output: mostly positive, its few negative values small
+    fp32 = zoo.export_onnx(net, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx", dynamic_batch=True)
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).random((8, 3, 16, 16), dtype=np.float32))
+    spec = {"quantize": {"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                         "onnxruntime": {"cpu": "avx512_vnni", "speed": "off"},
+                         "calibration": {"data": str(tmp_path / "calib.npz")}}}
+    result = compile_model(fp32, spec, results_dir=tmp_path / "out", compare=False)
+    widened = result.facts["activation_bounds_widened"]
+    bounds = result.facts["activation_bounds"]
+    conv1 = next(name for name in bounds if "0/Conv" in name)
+    hardswish = next(name for name in bounds if "HardSwish" in name or "Hardswish" in name)
+    assert conv1 in widened, bounds
+    low, high = widened[conv1]
+    assert low < 0 < high and -low < SMALL_SIDE_SHARE * high  # the data's negative side was small
+    assert bounds[conv1] == [-SMALL_SIDE_SHARE * high, high]
+    assert hardswish not in widened and -0.375 - 1e-6 <= bounds[hardswish][0] < 0
+    placed = {k.split(" (")[0]: v for k, v in result.facts["ranges"].items() if k.endswith("(uint8, place-for-onnxruntime)")}
+    assert conv1 in placed and "the smaller side widened" in placed[conv1]["source"], list(result.facts["ranges"])
+
+
+def test_activation_ranges_is_asymmetric_unless_asked_and_a_wrong_value_is_one_line():
     from tao_qc.errors import SpecError
     from tao_qc.spec import load_spec
 
-    assert load_spec({"quantize": {}}).onnxruntime.activation_ranges == "symmetric"
+    assert load_spec({"quantize": {}}).onnxruntime.activation_ranges == "asymmetric"
     with pytest.raises(SpecError) as error:
         load_spec({"quantize": {"onnxruntime": {"activation_ranges": "asym"}}})
     assert str(error.value) == ("quantize.onnxruntime.activation_ranges: 'asym' is not supported "

@@ -3,8 +3,8 @@
 golden/<case>/ holds them for each fixed model with its spec; golden/<case>-onnxruntime/ the same
 model and calibration data compiled with `target: onnxruntime` (place-for-onnxruntime included) for
 a CPU with VNNI (8-bit weights), golden/<case>-onnxruntime-avx2/ for one without (7-bit weights),
-golden/<case>-onnxruntime-asymmetric/ with uint8 activation grids over the data's own bounds
-(`activation_ranges: asymmetric`). Each spec names its CPU, so every machine checks them all.
+golden/<case>-onnxruntime-symmetric/ with modelopt's symmetric grids shifted to uint8 (zero point
+128, `activation_ranges: symmetric`) where the others' follow the data's own bounds (the default). Each spec names its CPU, so every machine checks them all.
 Any difference fails; `pytest --update-golden` rewrites the files (then review `git diff golden/`).
 See golden/README.md.
 
@@ -35,9 +35,9 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 MODELS = ["small_cnn", "transformer_block", "mnist_cntk", "small_cnn_mixed"]
 # Cases that compile another case's model with a spec of their own.
 MODEL_OF = {"small_cnn_mixed": "small_cnn"}
-# target onnxruntime, for each CPU whose placement differs and with asymmetric activation grids (the
+# target onnxruntime, for each CPU whose placement differs and with symmetric activation grids (the
 # suffix after the model's name)
-ONNXRUNTIME_CPUS = ("-onnxruntime", "-onnxruntime-avx2", "-onnxruntime-asymmetric")
+ONNXRUNTIME_CPUS = ("-onnxruntime", "-onnxruntime-avx2", "-onnxruntime-symmetric")
 CASES = MODELS + [f"{model}{cpu}" for cpu in ONNXRUNTIME_CPUS for model in MODELS]
 GOLDEN_VALUE_DIGITS = 3
 

@@ -99,8 +99,8 @@ def test_weights_int8_initializers_and_activations_uint8(mnist):
     assert weights_int8 == 4 and activations_uint8 == 4
     used = {name for node in model.graph.node for name in node.input}
     assert not [i.name for i in model.graph.initializer if i.name not in used]  # replaced float weights/biases are gone
-    assert [p["pass"] for p in mnist["ort"].report["passes"]][-11:] == [
-        "quantize-modelopt", "clip-ranges", "keep-float", "assign-dtypes", "place-for-onnxruntime", "integer-elementwise", "move-on-uint8", "upsample-on-uint8",
+    assert [p["pass"] for p in mnist["ort"].report["passes"]][-12:] == [
+        "quantize-modelopt", "measure-activation-bounds", "clip-ranges", "keep-float", "assign-dtypes", "place-for-onnxruntime", "integer-elementwise", "move-on-uint8", "upsample-on-uint8",
         "space-to-depth-stem", "fit-ort-integer-kernels", "verify-quantization"]
 
 
@@ -155,9 +155,13 @@ def test_relu_before_maxpool_is_absorbed_with_a_derived_range(tmp_path):
     assert sum("sum of the ranges of /layer4/layer4.1/Add's inputs" in why for why in derived.values()) == 1
     # the uint8 ranges the pass placed sit beside modelopt's in facts["ranges"], each saying where it came from
     placed = {k: v for k, v in result.facts["ranges"].items() if k.endswith("(uint8, place-for-onnxruntime)")}
-    assert len(placed) == 17 and all(v["dtype"] == "uint8" and v["zero_point"] == [0.0] for v in placed.values())
-    assert sum(v["source"].startswith("derived: ") for v in placed.values()) == 2
-    assert sum(v["source"].startswith("measured: ") for v in placed.values()) == 15
+    relu_outputs = {k: v for k, v in placed.items() if "over the calibration data" not in v["source"]}
+    assert len(relu_outputs) == 17 and all(v["dtype"] == "uint8" and v["zero_point"] == [0.0] for v in relu_outputs.values())
+    assert sum(v["source"].startswith("derived: ") for v in relu_outputs.values()) == 2
+    assert sum(v["source"].startswith("measured: modelopt's range") for v in relu_outputs.values()) == 15
+    # the other activations (the input, each block's residual input) on grids over their own bounds
+    assert len(placed) - len(relu_outputs) >= 8 and all(v["source"].startswith("measured: [") for k, v in placed.items()
+                                                        if k not in relu_outputs)
     ops = optimized_ops(result.model_path, tmp_path)
     assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] == 8 and ops["QLinearGlobalAveragePool"] == 1
     assert ops["Conv"] + ops["Add"] + ops["GlobalAveragePool"] + ops["Relu"] == 0  # no float kernel left

@@ -298,8 +298,9 @@ def test_decisions_at_500_nodes_are_grouped_folded_and_said_once(chain_compiled)
             assert group["text"].count(first["weights_rule"]) == 1, group["summary"]
     section = unescape(text[text.index("<h2>Quantization decisions</h2>"):text.index("<h2>Passes</h2>")])
     assert section.count("layers[0] '*'") == 1 and section.count("block4_*") == 1
-    # A page that scales with nodes, not with nodes times sentences: under 200 bytes a node.
-    assert len(text.encode()) < 200 * len(decisions) + 60_000, len(text.encode())
+    # A page that scales with nodes, not with nodes times sentences: under 200 bytes a node, beside the
+    # rest of the page (the pass table, figures, styles).
+    assert len(text.encode()) < 200 * len(decisions) + 64_000, len(text.encode())
 
 
 def test_histogram_tick_labels_are_thinned_to_what_fits(chain_compiled, mnist_cntk_compiled):

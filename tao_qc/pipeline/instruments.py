@@ -163,11 +163,12 @@ class DumpInstrument(Instrument):
 def format_summary(records: Sequence[PassRecord], *, timings: bool = True) -> str:
     """A row per pass: changed, time, node count, op delta, stats (timings off for golden files)."""
     lines = []
-    header = f"{'#':>2}  {'pass':<24} {'changed':<7} " + (f"{'time_s':>8} " if timings else "") + f"{'nodes':>6}  op delta / stats"
+    width = max([24, *(len(r.name) for r in records)])
+    header = f"{'#':>2}  {'pass':<{width}} {'changed':<7} " + (f"{'time_s':>8} " if timings else "") + f"{'nodes':>6}  op delta / stats"
     lines.append(header)
     for r in records:
         status = "FAILED" if r.failed else ("yes" if r.changed else "no")
-        row = f"{r.index:>2}  {r.name:<24} {status:<7} " + (f"{r.seconds:>8.3f} " if timings else "") + f"{r.nodes:>6}  "
+        row = f"{r.index:>2}  {r.name:<{width}} {status:<7} " + (f"{r.seconds:>8.3f} " if timings else "") + f"{r.nodes:>6}  "
         delta = r.op_delta.removeprefix("# ops: ")
         stats = ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items()))
         lines.append(row + "; ".join(part for part in (delta, stats) if part))

@@ -313,11 +313,10 @@ class OnnxRuntimeSpec(_Strict):
     # Convs, few-channel Convs, ...) in float and keeps float the classes that are faster so (the
     # model then depends on timings); `off`.
     speed: Annotated[str, _choice(SPEED_MODES), BeforeValidator(_off_from_yaml)] = "check"
-    # Each uint8 activation grid: `symmetric` (modelopt's +-amax, zero point 128) or `asymmetric` (the
-    # data's own [min, max] within that range, the zero point where 0 falls: passes/
-    # measure_activation_bounds.py). Not yet the default: on FastestDet it lost on 8 photos and won on
-    # 48 through ORT's kernels; a real photo set should decide (README, "Activation ranges").
-    activation_ranges: Annotated[str, _choice(ACTIVATION_RANGES)] = "symmetric"
+    # Each uint8 activation grid: `asymmetric` (the data's own [min, max] within modelopt's +-amax, the
+    # zero point where 0 falls: passes/measure_activation_bounds.py), up to twice as fine a step as
+    # `symmetric` (modelopt's +-amax, zero point 128), which is what TensorRT-style grids give.
+    activation_ranges: Annotated[str, _choice(ACTIVATION_RANGES)] = "asymmetric"
 
 
 class QuantizeSpec(_Strict):
