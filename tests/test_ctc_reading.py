@@ -43,6 +43,8 @@ def test_greedy_decoding_merges_repeats_and_drops_blanks():
     ([[5, 5, 4, 5, 5, 2, 2, 5]], 6, 5),  # TensorFlow's ctc_loss and Keras's: the blank last
     ([[3, 3, 4, 3, 3, 2, 2, 3]], 6, None),  # the commonest class in the middle: no convention puts a blank there
     ([[0, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 1]], 6, None),  # class 0 at 1 step of 12: a class, not a blank
+    ([[0, 0, 1, 0, 0, 1, 0, 0]], 2, None),  # face/background per anchor (UltraFace's [N, 4420, 2]): no alphabet
+    ([[0] * 2000 + [3, 3] + [0] * 2000], 6, None),  # thousands of positions: a detector's anchors, not a line
 ])
 def test_the_blank_is_the_commonest_class_where_a_convention_puts_one(rows, classes, blank):
     assert ctc_reading.blank_class(_one_hot(rows, classes)) == blank

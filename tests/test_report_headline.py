@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from html import unescape
+from html import escape, unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -198,6 +198,11 @@ def test_without_a_target_the_default_checks_are_said_to_decide(mnist_cntk_compi
     assert ("PASSED" if report["verdict"]["passed"] else "FAILED") in first["value"]
     assert "No accuracy target is set, so these decide the run." in (results / "report.html").read_text()
     assert all(card["key"].startswith("default · ") for card in html.cards if card["row"] == "defaults")
+    # Each default says what it measures, whether it is the task's measure, and where its floor came from.
+    text = (results / "report.html").read_text()
+    for check in (c for c in report["comparison"]["checks"] if c["default"]):
+        assert f'<div class="about" data-check="{check["metric"]}">Measures {escape(check["measures"])}' in text
+        assert f"Floor: {escape(check['floor_basis'])}" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,3 +408,6 @@ def test_yunets_twelve_outputs_fold_their_passing_defaults_and_read_a_sane_relat
     nearest = min((c for c in checks if c["passed"]), key=lambda c: c["value"] - c["threshold"])
     assert defaults[-1]["key"] == f"default · {len(checks) - len(failing)}{' more' if failing else ''} checks"
     assert f"closest: {nearest['metric']} {nearest['value']:.4g} on {nearest['output']}" in defaults[-1]["detail"]
+    # The cosine says it is a proxy, in the checks table.
+    assert '<div class="about" data-check="cosine">' in (tmp_path / "results" / "report.html").read_text()
+    assert "Is a proxy for whatever reads the values" in (tmp_path / "results" / "report.html").read_text()

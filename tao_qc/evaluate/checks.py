@@ -84,19 +84,19 @@ DEFAULT_CHECKS = {
         "of a few hundred characters (README, default checks)"),
     "position_top1_agreement": DefaultCheck(
         "how often each position's top class is FP32's (steps, pixels)",
-        "a proxy for what is read from the positions (a label map's regions): blanks, edges and repeats "
+        "what is read from the positions (a label map's regions): blanks, edges and repeats "
         "flip without changing it",
         "set on one model: PP-OCRv5's recognizer read as FP32 at 0.965 and read nothing at 0.69"),
     "mask_iou": DefaultCheck(
         "IoU of FP32's and the quantized model's maps thresholded at 0.5, over the data set",
-        "a proxy for the regions and boxes an application finds in the map: a pixel-wide shift of "
+        "the regions and boxes an application finds in the map: a pixel-wide shift of "
         "every edge costs IoU without losing a region, and a small region lost costs little IoU",
         "set on one model: PP-OCRv5's detector found every line at 0.905; losing one line of four is at "
         "most 0.75. A held-out DB detector passed at 0.938 while losing 2 CER points (issue 36): give "
         "a decoder or a metric where boxes matter"),
     "cosine": DefaultCheck(
         "the cosine similarity to FP32 of the output over the whole data set",
-        "a proxy for whatever reads the values (boxes, features, regression): it says nothing of the task",
+        "whatever reads the values (boxes, features, regression): it says nothing of the task",
         "set by hand: INT8 of the zoo's CNNs and detectors' raw outputs meets it where their results hold"),
     "map50_vs_fp32": DefaultCheck(
         "mAP@.5 of the decoded detections against FP32's own detections",

@@ -8,7 +8,8 @@ repeats that fill most steps and whose argmax flips without changing one charact
 
 Which class is the blank (`blank_class`): the class that is the argmax at the most steps over FP32's
 outputs on the data set, taken as the blank where it is class 0 or the last class and holds at least
-`MIN_BLANK_SHARE` of the steps. Why this rule rather than "class 0" alone: both conventions ship
+`MIN_BLANK_SHARE` of the steps, in an output of at most `MAX_STEPS` steps and at least `MIN_CLASSES`
+classes. Why this rule rather than "class 0" alone: both conventions ship
 (PaddleOCR and PyTorch's CTCLoss put the blank first, TensorFlow's ctc_loss and Keras's
 ctc_batch_cost last), and the blank is what a CTC model emits between characters, so it is the
 commonest argmax. Why the share: a per-step classifier with no blank has its commonest class near
@@ -19,6 +20,13 @@ from __future__ import annotations
 
 import numpy as np
 
+# A CTC recognizer's steps are its line's width over its stride: 25-40 for CRNN and PP-OCR at 100-320
+# pixels, a few hundred for the longest lines. An SSD-style detector's softmax over its anchors has the
+# same signature (background, class 0, at most positions) over thousands of positions (UltraFace 4420,
+# SSD300 8732): no text to read there. And a blank with one class is a yes/no per position (UltraFace's
+# face/background), not an alphabet.
+MAX_STEPS = 1024
+MIN_CLASSES = 3
 # The blank's share of the steps: 56% on PP-OCRv5's recognizer (64 lines of 40 steps), 60-85% on
 # the zoo's digit-string recognizer; a per-step classifier over ten digit classes, about 10% for its
 # commonest class. A quarter lies well between.
@@ -28,7 +36,7 @@ MIN_BLANK_SHARE = 0.25
 def blank_class(reference: np.ndarray) -> int | None:
     """The blank class of FP32's `[N, T, C]` per-step probabilities (class axis last), or None where
     none can be identified (see the module docstring for the rule)."""
-    if reference.ndim != 3 or reference.shape[2] < 2 or not reference.size:
+    if reference.ndim != 3 or reference.shape[2] < MIN_CLASSES or reference.shape[1] > MAX_STEPS or not reference.size:
         return None
     best = reference.argmax(axis=2)
     counts = np.bincount(best.ravel(), minlength=reference.shape[2])

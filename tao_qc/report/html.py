@@ -315,7 +315,7 @@ def _about_check(check: dict[str, Any]) -> str:
     floor was chosen (`tao_qc.evaluate.checks.DEFAULT_CHECKS`); empty for a check without that account."""
     if not check.get("measures"):
         return ""
-    task = (f"a proxy: {escape(str(check['proxy_for']))}" if check.get("proxy_for")
+    task = (f"a proxy for {escape(str(check['proxy_for']))}" if check.get("proxy_for")
             else "the task's own measure, FP32's output taken as the truth")
     return (f'<div class="about" data-check="{escape(str(check.get("metric")))}">Measures '
             f'{escape(str(check["measures"]))}. Is {task}. Floor: {escape(str(check.get("floor_basis")))}.</div>')
