@@ -104,6 +104,14 @@ def test_a_per_step_reader_gets_per_step_agreement_as_its_target_and_fallback_st
     assert accuracy["metric"] == "checks" and not accuracy["met_before_fallback"] and accuracy["reached"]
     # It stopped once per-step agreement held: the culprit alone is float, nothing more.
     assert [k["name"] for k in accuracy["search"]["kept_float"]] == [CULPRIT]
+    # Every step named in the check's words, never the margin the search steers by; the speed of one
+    # timed pass said to be that, not the headline's.
+    html = (out / "report.html").read_text()
+    for step in accuracy["search"]["steps"]:
+        assert re.fullmatch(r"position top-1 [\d.]+ \(needs 0\.95\)", step["in_words"]), step
+        assert escape(step["in_words"]) in html
+    assert "Speed against FP32 in one timed pass of each model (the latency table's" in html
+    assert not re.search(r"checks -?\d", stderr + html)
     assert _float_nodes(out / "reader.int8.onnx") == {CULPRIT}
     x = np.load(reader / "test.npz")["input"]
     fp32 = session(reader / "reader.onnx").run(None, {"input": x})[0]

@@ -439,8 +439,9 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
         parts.append(f"<p>{len(kept)} of {search.get('candidates')} nodes kept in float (at most {search.get('limit')} "
                      f"allowed); {search['evaluations']['full']} evaluations of the accuracy data and "
                      f"{search['evaluations']['ranking_trials']} ranking trials on {search['sensitivity']['samples']} samples, "
-                     f"{_num(search.get('seconds'))} s. Speed against FP32: {_ratio(section.get('speed_before'))} before, "
-                     f"{_ratio(section.get('speed_after'))} after.</p>")
+                     f"{_num(search.get('seconds'))} s. Speed against FP32 in one timed pass of each model (the "
+                     f"latency table's, not the headline's interleaved rounds): {_ratio(section.get('speed_before'))} "
+                     f"with every node INT8, {_ratio(section.get('speed_after'))} with these kept float.</p>")
         nodes = search["sensitivity"]["nodes"]
         parts.append(f'<div class="figure">{sensitivity_svg(nodes, kept)}<div class="cap">Sensitivity per node in graph '
                      "order: up, what keeping it alone in float gives back; down, what quantizing it alone costs; "
