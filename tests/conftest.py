@@ -40,6 +40,7 @@ SLOW_FIXTURES = {
     "tests/test_placement.py::mnist", "tests/test_placement.py::small_cnn",  # compiled for ONNX Runtime
     "tests/test_upsample_on_uint8.py::feature_pyramid", "tests/test_move_on_uint8.py::shuffle_detector",
     "tests/test_integer_elementwise.py::text_detector",
+    "digit_string_recognizer",  # tests/test_ctc_reading.py: a CTC recognizer trained, exported and compiled
 }
 E2E_FIXTURES = {"mnist_cntk_compiled"}
 # xdist (`make test` runs `-n 2 --dist loadgroup`): tests that share a module- or session-scoped fixture

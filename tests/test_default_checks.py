@@ -22,10 +22,14 @@ def _softmax(logits, axis):
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
-def _steps(samples=4, steps=40, classes=300):
-    """A CTC head's per-step softmax: one confident class per step (blank mostly), as a recognizer gives."""
+def _steps(samples=4, steps=40, classes=300, blank=True):
+    """A per-step softmax, one confident class per step: a CTC head's (blank, class 0, mostly), or with
+    `blank` False a per-step classifier's (every class alike: no blank to decode by, so the default
+    reads agreement per position; tests/test_ctc_reading.py has the CTC ones)."""
     logits = RNG.normal(0, 1, (samples, steps, classes))
-    best = np.where(RNG.random((samples, steps)) < 0.7, 0, RNG.integers(1, classes, (samples, steps)))
+    best = RNG.integers(1, classes, (samples, steps))
+    if blank:
+        best = np.where(RNG.random((samples, steps)) < 0.7, 0, best)
     np.put_along_axis(logits, best[..., None], 12.0, axis=2)
     return _softmax(logits, 2)
 
@@ -36,7 +40,7 @@ def _only(checks):
 
 
 def test_per_step_softmax_is_checked_by_top1_agreement_per_step_not_cosine():
-    reference = _steps()
+    reference = _steps(blank=False)
     # INT8-like noise on the near-zero probabilities: every argmax kept, the cosine well under 0.99.
     candidate = np.clip(reference + RNG.normal(0, 2e-2, reference.shape) * (reference < 0.01), 0, 1).astype(np.float32)
     metrics = output_metrics("softmax", reference, candidate)
@@ -50,7 +54,7 @@ def test_per_step_softmax_is_checked_by_top1_agreement_per_step_not_cosine():
 
 
 def test_a_changed_reading_fails_the_per_step_check():
-    reference = _steps()
+    reference = _steps(blank=False)
     candidate = reference.copy()
     # 10% of steps read another class; a generator of its own, so that which steps flip (and the
     # measured agreement) does not depend on which tests ran before in this worker.

@@ -59,3 +59,5 @@ def test_a_default_run_keeps_clipped_ranges_where_they_measure_better_though_max
     assert step["step"] == "clip" and step["value"] > step["before"]
     # The saved model's input grid is the clipped one: the outlier no longer sets its step.
     assert _input_step(result.model_path) < 0.2 * 20.0 / 255
+    html = (result.results_dir / "report.html").read_text()
+    assert "tried though the target was met" in html

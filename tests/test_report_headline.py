@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from html import unescape
+from html import escape, unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -175,7 +175,7 @@ def test_the_first_card_is_the_users_target_and_defaults_follow_marked_with_this
     # The default top-1 agreement check: below the headline row, marked default, and said to decide nothing.
     [default] = [c for c in report["comparison"]["checks"] if c["why"].startswith("default")]
     defaults = [card for card in html.cards if card["row"] == "defaults"]
-    assert [card["key"] for card in defaults] == [f"default · top1_agreement · {default['output']}"]
+    assert [card["key"] for card in defaults] == [f"default · top-1 agreement · {default['output']}"]
     assert html.order.index("headline") < html.order.index("defaults") < html.order.index("h2:Accuracy: quantized against FP32")
     text = (root / "results" / "report.html").read_text()
     assert "they decide nothing: your accuracy target above does" in text
@@ -184,7 +184,7 @@ def test_the_first_card_is_the_users_target_and_defaults_follow_marked_with_this
     # The terminal summary: the same order.
     lines = stdout.splitlines()
     starts = ["  accuracy target: top1_accuracy", "  nodes: ", "  speed vs FP32: ", "  kernel fidelity: ",
-              "  default checks (they decide nothing: your target does): top1_agreement"]
+              "  default checks (they decide nothing: your target does): top-1 agreement"]
     positions = [next(i for i, line in enumerate(lines) if line.startswith(start)) for start in starts]
     assert positions == sorted(positions), stdout
 
@@ -198,6 +198,11 @@ def test_without_a_target_the_default_checks_are_said_to_decide(mnist_cntk_compi
     assert ("PASSED" if report["verdict"]["passed"] else "FAILED") in first["value"]
     assert "No accuracy target is set, so these decide the run." in (results / "report.html").read_text()
     assert all(card["key"].startswith("default · ") for card in html.cards if card["row"] == "defaults")
+    # Each default says what it measures, whether it is the task's measure, and where its floor came from.
+    text = (results / "report.html").read_text()
+    for check in (c for c in report["comparison"]["checks"] if c["default"]):
+        assert f'<div class="about" data-check="{check["metric"]}">Measures {escape(check["measures"])}' in text
+        assert f"Floor: {escape(check['floor_basis'])}" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +360,7 @@ def test_a_recognizer_headlines_its_text_accuracy_and_its_missed_default_check_f
     np.savez(tmp_path / "lines.npz", x=corpus.recognizer_input(lines.files[8:24]))
     np.save(tmp_path / "texts.npy", np.array(lines.texts[8:24]))
     # Plain INT8 reads PP-OCRv5 badly (README of ../shared/models), so it misses the default check
-    # (per-step agreement 0.95); the target here is loose enough for plain INT8 to meet, so the two disagree.
+    # (sequence agreement 0.97); the target here is loose enough for plain INT8 to meet, so the two disagree.
     spec = {"quantize": {"device": "cpu", "target": "onnxruntime",
                          "calibration": {"data": str(tmp_path / "calibration.npz"), "batch_size": 8},
                          "compare": {"data": str(tmp_path / "lines.npz"), "labels": str(tmp_path / "texts.npy")},
@@ -364,9 +369,9 @@ def test_a_recognizer_headlines_its_text_accuracy_and_its_missed_default_check_f
     out = tmp_path / "results"
     code, stdout, stderr = run_cli(["compile", shared_models / "ppocrv5_rec.onnx", "--spec", tmp_path / "q.json", "-o", out], capsys)
     report = json.loads((out / "report.json").read_text())
-    # The default for per-step class probabilities: top-1 agreement per position (issue 26).
+    # The default for a CTC recognizer's per-step probabilities: the text it reads (issue 36).
     [default_check] = [c for c in report["comparison"]["checks"] if c["default"]]
-    assert default_check["metric"] == "position_top1_agreement" and not default_check["passed"]
+    assert default_check["metric"] == "sequence_agreement" and not default_check["passed"]
     final = report["accuracy"]["final"]
     assert final["met"] and code == 0 and report["verdict"] == {"passed": True, "failures": [], "fails_run": True}, stderr
 
@@ -377,7 +382,7 @@ def test_a_recognizer_headlines_its_text_accuracy_and_its_missed_default_check_f
     assert f"{final['value']:.4g}" in first["value"] and "met" in first["value"]
     assert "run passed" in text and "FAILED" not in text
     [default] = [card for card in html.cards if card["row"] == "defaults"]
-    assert default["key"] == "default · position_top1_agreement · fetch_name_0" and "below" in default["value"]
+    assert default["key"] == "default · sequence agreement · fetch_name_0" and "below" in default["value"]
     assert '<span class="badge warn">below</span> <span class="badge none">default</span>' in text  # not a red "fail"
     assert "Default checks decide nothing once the accuracy target is measured" in text
     assert "  comparison on onnxruntime (16 samples): below a default check (decides nothing: accuracy.metric decides)" in stdout
@@ -400,7 +405,10 @@ def test_yunets_twelve_outputs_fold_their_passing_defaults_and_read_a_sane_relat
     defaults = [card for card in page(tmp_path / "results" / "report.html").cards if card["row"] == "defaults"]
     failing = [c for c in checks if not c["passed"]]
     # The failing ones one by one (none, on these photos, as measured), the passing ones as one card.
-    assert [card["key"] for card in defaults[:-1]] == [f"default · {c['metric']} · {c['output']}" for c in failing]
+    assert [card["key"] for card in defaults[:-1]] == [f"default · {c['metric']} · {c['output']}" for c in failing]  # cosine: its own name
     nearest = min((c for c in checks if c["passed"]), key=lambda c: c["value"] - c["threshold"])
     assert defaults[-1]["key"] == f"default · {len(checks) - len(failing)}{' more' if failing else ''} checks"
     assert f"closest: {nearest['metric']} {nearest['value']:.4g} on {nearest['output']}" in defaults[-1]["detail"]
+    # The cosine says it is a proxy, in the checks table.
+    assert '<div class="about" data-check="cosine">' in (tmp_path / "results" / "report.html").read_text()
+    assert "Is a proxy for whatever reads the values" in (tmp_path / "results" / "report.html").read_text()

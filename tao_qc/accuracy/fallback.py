@@ -26,7 +26,7 @@ from tao_qc.accuracy.trials import TrialResult, TrialRunner, TrialSetup
 from tao_qc.console import progress
 from tao_qc.data import model_inputs, open_inputs
 from tao_qc.evaluate.latency import BenchTable
-from tao_qc.evaluate.results import ComparisonResult
+from tao_qc.evaluate.results import ComparisonResult, checks_in_words
 from tao_qc.passes import correction_passes, placement_cpu
 from tao_qc.passes.choose_ranges import ChooseRanges
 from tao_qc.spec import QuantizeSpec
@@ -132,6 +132,8 @@ class AccuracyOutcome:
     # With calibration.corrections, where the target was missed: the metric with them taken back out.
     without_calibration_corrections: float | None = None
     warnings: list[str] = field(default_factory=list)  # for report.json's warnings
+    # With no metric: the checks of the model with every selected node quantized, named with values and floors.
+    quantized_in_words: str | None = None
 
     def after_rebuild(self, before: BenchTable | None, after: BenchTable | None) -> None:
         """The speed against FP32 of the first model and of the rebuilt one (compile's latency tables)."""
@@ -171,6 +173,7 @@ class AccuracyOutcome:
             "judged_on_calibration_data": self.data.is_calibration_data,
             "fp32": self.fp32_value,
             "quantized": self.quantized_value,
+            "quantized_in_words": self.quantized_in_words,
             "met_before_fallback": self.met,
             "checked_by": self.via,
             "fallback": self.fallback,
@@ -327,13 +330,17 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
             outcome.quantized_value = quantized.value
         met = target.met(result.value, runner.fp32_value)
         better = result.value > quantized.value
+        in_words = progress_in_words(target, quantized, result, runner.fp32_value)
         record = {"step": step, "value": result.value, "before": quantized.value, "met": met, "kept": met or better,
-                  "seconds": round(time.perf_counter() - started, 3), "prepare_seconds": round(prepared, 3), **details}
+                  "in_words": in_words, "seconds": round(time.perf_counter() - started, 3),
+                  "prepare_seconds": round(prepared, 3), **details}
         outcome.steps.append(record)
+        if outcome.quantized_in_words is None:
+            outcome.quantized_in_words = checks_in_words(quantized.checks) or None
         if step == "clip":
             outcome.clipping = {"percentile": details["percentile"], "ranges_clipped": details["ranges_clipped"],
-                                "value": result.value, "met": met, "kept": met or better}
-        log.info("accuracy fallback, step %s: %s %.5g -> %.5g (%s%s)", step, target.name, quantized.value, result.value,
+                                "value": result.value, "met": met, "kept": met or better, "in_words": in_words}
+        log.info("accuracy fallback, step %s: %s (%s%s)", step, in_words,
                  "target met" if met else "target missed",
                  "" if met else ", better: kept" if better else ", not better: not kept")
         if met:
@@ -342,6 +349,14 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
         if better:
             base, quantized = candidate, result
     return base, quantized  # None where no step ran and the comparison was the check: the search measures it
+
+
+def progress_in_words(target: Any, before: TrialResult, after: TrialResult, fp32_value: float) -> str:
+    """`position top-1 0.79 -> 0.82 (needs 0.95)`: the checks by name where they are the target (never
+    their margin, a number in no unit a user knows), else the metric with its target."""
+    if after.checks:
+        return checks_in_words(after.checks, before.checks)
+    return f"{target.name} {before.value:.5g} -> {after.value:.5g} (needs {target.threshold(fp32_value):.5g})"
 
 
 def _clip_where_it_measures_better(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGraph, setup: TrialSetups,
@@ -370,13 +385,16 @@ def _clip_where_it_measures_better(spec: QuantizeSpec, ctx: Any, calibrated: Cal
     if outcome.fp32_value is None:
         outcome.fp32_value = runner.fp32_value
         outcome.quantized_value = quantized.value
+    in_words = progress_in_words(target, quantized, result, runner.fp32_value)
+    if outcome.quantized_in_words is None:
+        outcome.quantized_in_words = checks_in_words(quantized.checks) or None
     outcome.steps.append({"step": "clip", "value": result.value, "before": quantized.value, "met": met, "kept": better,
-                          "while_met": True, "seconds": round(time.perf_counter() - started, 3),
+                          "while_met": True, "in_words": in_words, "seconds": round(time.perf_counter() - started, 3),
                           "prepare_seconds": round(prepared, 3), "percentile": percentile, "ranges_clipped": narrowed})
     outcome.clipping = {"percentile": percentile, "ranges_clipped": narrowed, "value": result.value, "met": met,
-                        "kept": better, "while_met": True}
-    log.info("accuracy: activation ranges clipped at the %gth percentile: %s %.5g -> %.5g (%s)", percentile,
-             target.name, quantized.value, result.value, "better: kept" if better else "not better: max ranges kept")
+                        "kept": better, "while_met": True, "in_words": in_words}
+    log.info("accuracy: activation ranges clipped at the %gth percentile, tried though the target is met: %s (%s)",
+             percentile, in_words, "better: kept" if better else "not better: max ranges kept")
     if better:
         outcome.rebuild = candidate
 

@@ -19,7 +19,9 @@ to arrays stacked over samples (FP32's and the quantized model's). The FP32 valu
   each output (top-1 agreement per position for a CTC recognizer's per-step softmax, IoU of the
   thresholded map for a text detector's probability map, cosine for values); the value is the
   smallest margin of any check over its threshold, so the target is "every check passes" (value >= 0)
-  and fallback stops as soon as they hold, not when a cosine no INT8 model reaches does.
+  and fallback stops as soon as they hold, not when a cosine no INT8 model reaches does. The margin
+  steers the search; what a person reads is each check by name, value and floor
+  (`ComparisonChecks.checks`, `tao_qc.evaluate.results.checks_in_words`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tao_qc.errors import InputError
 from tao_qc.evaluate import detection
 from tao_qc.evaluate.checks import checks_for
 from tao_qc.evaluate.detection import DEFAULT_MIN_MAP50_VS_FP32
+from tao_qc.evaluate.results import Check
 from tao_qc.evaluate.measures import (  # noqa: F401
     _flat,
     _rows,
@@ -130,12 +133,21 @@ class ComparisonChecks:
     settings: Any  # CompareSpec
 
     def __call__(self, reference: Outputs, candidate: Outputs, labels: Any = None) -> float:
-        margins = []
+        return smallest_margin(self.checks(reference, candidate))
+
+    def checks(self, reference: Outputs, candidate: Outputs) -> list[Check]:
+        """The checks themselves, for progress and the report to name with their values and floors."""
+        checks = []
         for name in reference:
             metrics = output_metrics(name, reference[name], candidate[name], atol=self.settings.atol, rtol=self.settings.rtol)
-            for check in checks_for(metrics, self.settings):
-                margins.append(check.value - check.threshold if check.metric != "nonfinite" else -float(check.value))
-        return float(min(margins)) if margins else 0.0
+            checks.extend(checks_for(metrics, self.settings))
+        return checks
+
+
+def smallest_margin(checks: list[Check]) -> float:
+    """The checks as one number to steer by: the smallest margin of a value over its floor (>= 0: all pass)."""
+    margins = [check.value - check.threshold if check.metric != "nonfinite" else -float(check.value) for check in checks]
+    return float(min(margins)) if margins else 0.0
 
 
 BUILTIN: dict[str, MetricFunction] = {
@@ -168,6 +180,8 @@ class Target:
         return bool(np.isfinite(value)) and value >= self.threshold(fp32_value) - 1e-12
 
     def describe(self, fp32_value: float) -> str:
+        if self.name == "checks":
+            return "every check passes (each named with its value and floor)"
         if self.min is not None:
             return f"{self.name} >= {self.min:g}"
         return f"{self.name} >= {self.threshold(fp32_value):.4g} (FP32 {fp32_value:.4g} - {self.max_drop:g})"

@@ -35,6 +35,7 @@ import numpy as np
 
 from tao_qc.accuracy.metrics import Target
 from tao_qc.accuracy.trials import TrialResult
+from tao_qc.evaluate.results import checks_in_words
 
 log = logging.getLogger("tao_qc.accuracy")
 
@@ -87,10 +88,11 @@ class Step:
     float_nodes: list[str]
     value: float
     met: bool
+    in_words: str = ""  # with no metric: each check by name, value and floor (`checks_in_words`)
 
     def to_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "float_nodes": len(self.float_nodes), "nodes": self.float_nodes,
-                "value": self.value, "met": self.met}
+                "value": self.value, "met": self.met, "in_words": self.in_words}
 
 
 @dataclass
@@ -177,8 +179,10 @@ def search_fallback(executor: Any, target: Target, candidates: Sequence[tuple[st
         results = executor.map([{name: reasons.get(name, "accuracy fallback") for name in chosen} for chosen in sets])
         full += len(sets)
         for chosen, result in zip(sets, results):
-            steps.append(Step(phase, list(chosen), result.value, target.met(result.value, fp32)))
-            log.info("%s: %d nodes in float: %s %.5g (%s)", phase, len(chosen), target.name, result.value,
+            steps.append(Step(phase, list(chosen), result.value, target.met(result.value, fp32),
+                              checks_in_words(result.checks)))
+            log.info("%s: %d nodes in float: %s (%s)", phase, len(chosen),
+                     steps[-1].in_words or f"{target.name} {result.value:.5g}",
                      "target met" if steps[-1].met else "target missed")
         return results
 
@@ -186,7 +190,7 @@ def search_fallback(executor: Any, target: Target, candidates: Sequence[tuple[st
     if quantized is None:
         quantized = evaluate([[]], "check")[0]
     else:
-        steps.append(Step("check", [], quantized.value, target.met(quantized.value, fp32)))
+        steps.append(Step("check", [], quantized.value, target.met(quantized.value, fp32), checks_in_words(quantized.checks)))
     limit = int(math.floor(max_float_fraction * len(candidates)))
     result = FallbackResult(target.describe(fp32), fp32, quantized.value, steps[-1].met, [], quantized.value, limit,
                             len(candidates), steps=steps)

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from tao_qc.accuracy.metrics import cosine, sample_errors, target_for
+from tao_qc.accuracy.metrics import ComparisonChecks, cosine, sample_errors, smallest_margin, target_for
 from tao_qc.errors import InputError
+from tao_qc.evaluate.results import Check
 from tao_qc.passes import finishing_passes
 from tao_qc.pipeline import PassContext, Pipeline
 from tao_qc.runtimes.onnxruntime import (
@@ -85,6 +86,9 @@ class TrialResult:
     seconds: float
     cosine: float = 0.0  # the lowest output cosine to FP32 over the samples measured (metrics.cosine)
     sample_error: list[float] = field(default_factory=list)  # per sample: metrics.sample_errors
+    # With no metric (the comparison's checks as target): the checks themselves, which `value` is the
+    # smallest margin of, so progress and the report can name each with its value and floor.
+    checks: list[Check] = field(default_factory=list)
 
 
 def with_cpu_resolved(spec: QuantizeSpec) -> QuantizeSpec:
@@ -179,9 +183,12 @@ class TrialRunner:
         model = self.build(keep_float)
         candidate = self._run(self._session(ir.to_proto(model), quantized=True), chosen)
         reference = {name: array[chosen] for name, array in self.reference.items()}
+        checks = (self.target.function.checks(reference, candidate)
+                  if isinstance(self.target.function, ComparisonChecks) else [])
         return TrialResult(
             keep_float=dict(keep_float),
-            value=self.metric(reference, candidate, chosen),
+            value=smallest_margin(checks) if checks else self.metric(reference, candidate, chosen),
+            checks=checks,
             samples=len(chosen),
             seconds=time.perf_counter() - started,
             cosine=cosine(reference, candidate),

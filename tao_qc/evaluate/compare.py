@@ -11,15 +11,12 @@ What must hold (`CompareSpec`, CLI flags override):
   other is set). `within_tolerance` is the fraction of elements that pass.
 - `min_top1_agreement`: classifier outputs (2-D, `[N, C]` with C > 1) agree on argmax for at least
   this fraction of samples.
-- Nothing set: each output gets the default check that fits what it is (`tao_qc.evaluate.checks`,
-  `tao_qc.evaluate.measures.output_kind`), marked `default`: classifier outputs need top-1 agreement
-  >= 0.99 (`DEFAULT_MIN_TOP1_AGREEMENT`); class probabilities per position ([N, T, C], [N, C, H, W])
-  top-1 agreement per position >= 0.99; probability maps ([N, 1, H, W]) an IoU >= 0.9 of the maps
-  thresholded at 0.5; other outputs a cosine similarity >= 0.99 (`DEFAULT_MIN_COSINE`) over the whole
-  data set (each sample weighs in by its share of the output's energy:
-  `tao_qc.evaluate.measures.output_cosine` says why not per sample); the lowest per-sample cosine is
-  reported beside it. Quantization never meets element-wise FP32 tolerances, so the default checks
-  what users care about.
+- Nothing set: each output gets the default check that fits what it is (`tao_qc.evaluate.checks`
+  lists them with their floors, `tao_qc.evaluate.measures.output_kind` how an output's kind is read),
+  marked `default`: top-1 agreement for a classifier, the text read for a CTC recognizer
+  (`tao_qc.evaluate.ctc_reading`), top-1 agreement per position for other class scores, the IoU of
+  thresholded maps for a probability map, a cosine over the data set for values. Quantization never
+  meets element-wise FP32 tolerances, so the default checks what users care about.
 - `task: detection` (or a `decoder`): boxes are the measure (`tao_qc.evaluate.detection`). Raw outputs are
   reported but not checked by cosine or top-1; instead the quantized model's mAP@.5 against FP32's
   detections must be >= 0.9, or, with `annotations`, its mAP@[.5:.95] at most 0.01 below FP32's.

@@ -6,7 +6,7 @@ What an output is (`output_kind`), read from FP32's values over the whole data s
 measure its default check reads (`tao_qc.evaluate.checks`):
 - `classifier`: `[N, C]`, C > 1 (logits or probabilities): top-1 agreement.
 - `class_scores`: class probabilities at every position: `[N, T, C]` (a CTC recognizer's per-step
-  softmax) or `[N, C, H, W]` (a segmenter's per-pixel softmax), C >= 2, recognised by the values:
+  softmax: where a blank class is found, `tao_qc.evaluate.ctc_reading` decodes it) or `[N, C, H, W]` (a segmenter's per-pixel softmax), C >= 2, recognised by the values:
   every value in [0, 1] and each position's values summing to 1 over the class axis within
   `SUM_TOLERANCE` (or log-probabilities: every value <= 0, log-sum-exp 0). The class axis is the last
   one of a 3-D output and axis 1 of a 4-D one (NCHW), else the other of the two. Logits are not
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tao_qc.errors import InputError
+from tao_qc.evaluate import ctc_reading
 from tao_qc.evaluate.results import OutputMetrics
 
 _HISTOGRAM_BINS = 24
@@ -213,6 +214,9 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
     metrics.kind, metrics.class_axis = kind, axis
     if kind == "class_scores":
         metrics.position_top1_agreement = position_top1_agreement(reference, candidate, axis)
+        if axis == 2 and (blank := ctc_reading.blank_class(reference)) is not None:
+            metrics.blank_class = blank
+            metrics.sequence_agreement, metrics.characters_read = ctc_reading.sequence_agreement(reference, candidate, blank)
     elif kind == "probability_map":
         metrics.mask_iou = mask_iou(reference, candidate)
     if classify and is_classifier_output(reference):

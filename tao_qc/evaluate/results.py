@@ -6,6 +6,7 @@ cross module boundaries as these objects, report.json is for people and their to
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -33,6 +34,11 @@ class OutputMetrics:
     class_axis: int | None = None  # class_scores: the axis the probabilities sum to 1 over
     position_top1_agreement: float | None = None  # class_scores: fraction of positions whose argmax agrees
     mask_iou: float | None = None  # probability_map: IoU of the maps thresholded at MASK_THRESHOLD
+    # class_scores [N, T, C] with a CTC blank (`tao_qc.evaluate.ctc_reading`): the blank's class, the
+    # greedy readings' agreement with FP32's (1 - edits / characters FP32 read) and that count.
+    blank_class: int | None = None
+    sequence_agreement: float | None = None
+    characters_read: int | None = None
     error_histogram: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,6 +54,20 @@ class Check:
     passed: bool
     why: str  # what asked for the check: "atol=..., rtol=...", "min_top1_agreement", or the default's reason
     default: bool = False  # True where the user asked for nothing and tao-qc chose the check for the output
+    # A default check's account of itself for the report (`tao_qc.evaluate.checks.DEFAULT_CHECKS`):
+    # what it measures, the task result it is a proxy for ("" where it is that result), its floor's basis.
+    measures: str = ""
+    proxy_for: str = ""
+    floor_basis: str = ""
+
+    @property
+    def name(self) -> str:
+        """The check in a user's words ("sequence agreement"), as progress lines and report.html name it."""
+        return check_name(self.metric)
+
+    def in_words(self) -> str:
+        """`sequence agreement 0.998 (needs 0.99)`: the check, its value and its floor."""
+        return check_in_words(asdict(self))
 
     def describe(self) -> str:
         where = f"output '{self.output}'"
@@ -60,6 +80,9 @@ class Check:
         if self.metric == "position_top1_agreement":
             return (f"{where}: top-1 agreement per position {100 * self.value:.2f}% "
                     f"(needs >= {100 * self.threshold:.2f}%, {self.why})")
+        if self.metric == "sequence_agreement":
+            return (f"{where}: sequence agreement {value_in_words(self.value, self.threshold)} of the text read with "
+                    f"FP32's (needs >= {self.threshold:g}, {self.why})")
         if self.metric == "mask_iou":
             return f"{where}: IoU of the thresholded maps {self.value:.4f} (needs >= {self.threshold:g}, {self.why})"
         if self.metric == "map50_vs_fp32":
@@ -67,6 +90,58 @@ class Check:
         if self.metric == "map":
             return f"detections: mAP@[.5:.95] {self.value:.4f} (needs >= {self.threshold:.4f}, {self.why})"
         return f"{where}: {self.metric} {self.value:.5f} (needs >= {self.threshold:g}, {self.why})"
+
+
+CHECK_NAMES = {
+    "sequence_agreement": "sequence agreement",
+    "position_top1_agreement": "position top-1",
+    "top1_agreement": "top-1 agreement",
+    "mask_iou": "map IoU",
+    "map50_vs_fp32": "mAP@.5 vs FP32",
+    "map": "mAP@[.5:.95]",
+    "within_tolerance": "within tolerance",
+    "nonfinite": "NaN/Inf values",
+}
+
+
+def value_in_words(value: float, threshold: float) -> str:
+    """`value` to three decimals, more where fewer would round a miss up to its floor (0.9899 against
+    0.99 reads 0.9899, not 0.990), trailing zeros dropped."""
+    digits = 3
+    while digits < 6 and value < threshold and round(value, digits) >= threshold:
+        digits += 1
+    text = f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
+def check_name(metric: str) -> str:
+    return CHECK_NAMES.get(metric, metric.replace("_", " "))
+
+
+def threshold_in_words(check: Mapping[str, Any]) -> str:
+    if check.get("metric") == "nonfinite":
+        return "0"
+    if check.get("metric") == "within_tolerance":
+        return f"1, {check.get('why')}"
+    return value_in_words(check["threshold"], check["threshold"])
+
+
+def check_in_words(check: Mapping[str, Any], before: float | None = None) -> str:
+    """A check (a `Check` as report.json holds it) as `name value (needs floor)`, or `name before ->
+    value (needs floor)` where `before` is given."""
+    value = value_in_words(check["value"], check["threshold"])
+    if before is not None:
+        value = f"{value_in_words(before, check['threshold'])} -> {value}"
+    return f"{check_name(check['metric'])} {value} (needs {threshold_in_words(check)})"
+
+
+def checks_in_words(checks: list[Check], before: list[Check] | None = None) -> str:
+    """Each check as `name value (needs floor)`, or `name before -> after (needs floor)` where the
+    same check was measured `before`; joined by "; ", the output named where there are several."""
+    earlier = {(c.output, c.metric): c.value for c in before or []}
+    several = len({c.output for c in checks}) > 1
+    return "; ".join((f"{c.output}: " if several else "") + check_in_words(asdict(c), earlier.get((c.output, c.metric)))
+                     for c in checks)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tao_qc.evaluate.checks import DEFAULT_MIN_COSINE
+from tao_qc.evaluate.results import check_in_words
 from tao_qc.evaluate.kernel_fidelity import fidelity_line
 from tao_qc.evaluate.results import ComparisonResult
 from tao_qc.report import headline
@@ -117,7 +118,7 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
         verdict = "passed" if (headline.verdict(report) or {}).get("passed") else "FAILED"
         own = headline.user_checks(report)
         decided_by = ("the checks you set: " + "; ".join(
-            f"{c.get('metric')} {_check_value(c)} on {c.get('output')} (needs >= {_check_value(c, 'threshold')}, {c.get('why')})"
+            f"{check_in_words(c)} on {c.get('output')} ({c.get('why')})"
             for c in own) if own else "the default checks (no accuracy.metric set)")
         lines.append(f"  accuracy: {decided_by}: {verdict}")
     nodes = headline.node_counts(report)
@@ -146,8 +147,7 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
     if defaults:
         decide = "these decide the run" if headline.defaults_decide(report) else "they decide nothing: your target does"
         def said(c):
-            return (f"{c.get('metric')} {_check_value(c)} on {c.get('output')} (needs >= {_check_value(c, 'threshold')})"
-                    f"{'' if c.get('passed') else ' below'}")
+            return f"{check_in_words(c)} on {c.get('output')}{'' if c.get('passed') else ' below'}"
 
         if len(defaults) <= headline.SHOWN_DEFAULTS:
             shown = "; ".join(said(c) for c in defaults)
@@ -189,15 +189,6 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
     if comparison:
         lines.append(f"  report: {Path(report['output']).parent / 'report.html'}")
     return lines
-
-
-def _check_value(check: dict[str, Any], key: str = "value") -> str:
-    value = check.get(key)
-    if value is None:
-        return "-"
-    if check.get("metric") in ("map", "map50_vs_fp32"):
-        return f"{value:.4f}"
-    return _pct(value) if check.get("metric") in ("top1_agreement", "within_tolerance") else f"{value:.5g}"
 
 
 def detection_line(section: dict) -> str:

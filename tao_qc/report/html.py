@@ -16,6 +16,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from tao_qc.evaluate.results import check_name
 from tao_qc.fileio import atomic_write_text
 from tao_qc.report import headline
 from tao_qc.report.pictures import bars_svg, boxes_svg, histogram_svg, sensitivity_svg
@@ -292,12 +293,14 @@ def _default_checks_row(report: dict[str, Any]) -> str:
     cards = []
     for check in shown:
         badge = '<span class="badge pass">pass</span>' if check.get("passed") else '<span class="badge fail">below</span>'
-        cards.append(_card(f"default · {check.get('metric')} · {check.get('output')}", f"{_check_value(check)} {badge}",
-                           f"needs &ge; {_check_value(check, 'threshold')}; {escape(str(check.get('why')))}", kind="default"))
+        cards.append(_card(f"default · {check_name(str(check.get('metric')))} · {check.get('output')}",
+                           f"{_check_value(check)} {badge}",
+                           f"needs &ge; {_check_value(check, 'threshold')}; {escape(str(check.get('why')))}"
+                           + _about_check(check), kind="default"))
     passing = [c for c in checks if c.get("passed")]
     if len(shown) < len(checks):
         nearest = headline.closest_call(passing)
-        detail = (f"closest: {escape(str(nearest.get('metric')))} {_check_value(nearest)} on "
+        detail = (f"closest: {escape(check_name(str(nearest.get('metric'))))} {_check_value(nearest)} on "
                   f"<code>{escape(str(nearest.get('output')))}</code> (needs &ge; {_check_value(nearest, 'threshold')}); "
                   "each in the Checks table below" if nearest else "each in the Checks table below")
         more = " more" if shown else ""  # beside the failing ones shown above it
@@ -305,6 +308,17 @@ def _default_checks_row(report: dict[str, Any]) -> str:
                            kind="default"))
     return (f'<div class="defaults"><h3>Default checks <span class="badge none">default</span></h3>'
             f'<p class="note">{note}</p><div class="cards">{"".join(cards)}</div></div>')
+
+
+def _about_check(check: dict[str, Any]) -> str:
+    """What a default check measures, whether it is the task's measure or a proxy for it, and how its
+    floor was chosen (`tao_qc.evaluate.checks.DEFAULT_CHECKS`); empty for a check without that account."""
+    if not check.get("measures"):
+        return ""
+    task = (f"a proxy for {escape(str(check['proxy_for']))}" if check.get("proxy_for")
+            else "the task's own measure, FP32's output taken as the truth")
+    return (f'<div class="about" data-check="{escape(str(check.get("metric")))}">Measures '
+            f'{escape(str(check["measures"]))}. Is {task}. Floor: {escape(str(check.get("floor_basis")))}.</div>')
 
 
 def _kernel_fidelity_section(section: dict[str, Any] | None) -> str:
@@ -370,10 +384,11 @@ def _comparison_section(comparison: dict[str, Any] | None, *, defaults_decide: b
                      '<span class="badge fail">fail</span>' if defaults_decide or not default else
                      '<span class="badge warn">below</span>')  # a default that decides nothing fails nothing
             marked = ' <span class="badge none">default</span>' if default else ""
-            items.append(f"<tr><td>{badge}{marked}</td><td><code>{escape(str(c.get('output')))}</code></td><td>{escape(str(c.get('metric')))}</td>"
+            items.append(f"<tr><td>{badge}{marked}</td><td><code>{escape(str(c.get('output')))}</code></td>"
+                         f"<td>{escape(check_name(str(c.get('metric'))))}</td>"
                          f"<td class=\"num\">{_check_value(c)}</td><td class=\"num\">{_check_value(c, 'threshold')}</td>"
-                         f"<td>{escape(str(c.get('why')))}</td></tr>")
-        parts.append("<h3>Checks</h3>" + _table(["", "output", "metric", "value", "threshold", "why"], items, numeric_from=None))
+                         f"<td>{escape(str(c.get('why')))}{_about_check(c)}</td></tr>")
+        parts.append("<h3>Checks</h3>" + _table(["", "output", "check", "value", "floor", "why"], items, numeric_from=None))
     failures = comparison.get("failures") or []
     if failures and defaults_decide:
         parts.append('<ul class="failures">' + "".join(f"<li>{escape(f)}</li>" for f in failures) + "</ul>")
@@ -401,8 +416,10 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
     badge = '<span class="badge pass">reached</span>' if section.get("reached") else '<span class="badge fail">missed</span>'
     parts = [f"<h3>Accuracy target {badge}</h3>",
              f'<p class="note">{escape(str(section.get("target")))} on {escape(str(section.get("data")))}; '
-             + (f'FP32 {_num(section.get("fp32"))}, every selected node quantized {_num(section.get("quantized"))}. '
-                if section.get("fp32") is not None else "")  # the comparison's checks as target: no one figure
+             + (f'every selected node quantized: {escape(str(section["quantized_in_words"]))}. '
+                if section.get("quantized_in_words") else  # the checks as target: named, never their margin
+                f'FP32 {_num(section.get("fp32"))}, every selected node quantized {_num(section.get("quantized"))}. '
+                if section.get("fp32") is not None and section.get("metric") != "checks" else "")
              + f'Fallback: {escape(str(section.get("fallback")))}.</p>']
     if section.get("judged_on_calibration_data"):
         parts.append('<p><span class="badge warn">warning</span> judged on the calibration data: give '
@@ -410,7 +427,9 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
     clipping = section.get("clipping")
     if clipping:
         parts.append(f"<p>Activation ranges clipped at the {_num(clipping['percentile'])}th percentile of |x| "
-                     f"({clipping['ranges_clipped']} ranges): {_num(clipping['value'])}, target "
+                     + ("(tried though the target was met, as every default run does) " if clipping.get("while_met") else "")
+                     + f"({clipping['ranges_clipped']} ranges): "
+                     f"{escape(str(clipping['in_words'])) if clipping.get('in_words') else _num(clipping['value'])}, target "
                      f"{'met' if clipping['met'] else 'missed'}; "
                      f"{'kept' if clipping.get('kept') else 'not kept (max ranges measured better)'}.</p>")
 
@@ -421,8 +440,9 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
         parts.append(f"<p>{len(kept)} of {search.get('candidates')} nodes kept in float (at most {search.get('limit')} "
                      f"allowed); {search['evaluations']['full']} evaluations of the accuracy data and "
                      f"{search['evaluations']['ranking_trials']} ranking trials on {search['sensitivity']['samples']} samples, "
-                     f"{_num(search.get('seconds'))} s. Speed against FP32: {_ratio(section.get('speed_before'))} before, "
-                     f"{_ratio(section.get('speed_after'))} after.</p>")
+                     f"{_num(search.get('seconds'))} s. Speed against FP32 in one timed pass of each model (the "
+                     f"latency table's, not the headline's interleaved rounds): {_ratio(section.get('speed_before'))} "
+                     f"with every node INT8, {_ratio(section.get('speed_after'))} with these kept float.</p>")
         nodes = search["sensitivity"]["nodes"]
         parts.append(f'<div class="figure">{sensitivity_svg(nodes, kept)}<div class="cap">Sensitivity per node in graph '
                      "order: up, what keeping it alone in float gives back; down, what quantizing it alone costs; "
@@ -433,7 +453,8 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
         if rows:
             parts.append(_table(["kept in float", "rank", "gain (float alone)", "damage (quantized alone)"], rows, numeric_from=1))
         steps = [f"<tr><td>{escape(st['phase'])}</td><td class=\"num\">{st['float_nodes']}</td>"
-                 f"<td class=\"num\">{_num(st['value'])}</td><td>{'met' if st['met'] else 'missed'}</td></tr>"
+                 f"<td class=\"num\">{escape(st['in_words']) if st.get('in_words') else _num(st['value'])}</td>"
+                 f"<td>{'met' if st['met'] else 'missed'}</td></tr>"
                  for st in search.get("steps") or []]
         parts.append("<h3>Search steps (full evaluations)</h3>" + _table(["phase", "float nodes", "value", "target"], steps, numeric_from=1))
     final = section.get("final")
@@ -749,8 +770,12 @@ def steps_html(steps: list[dict[str, Any]] | None) -> str:
     """The accuracy steps before float fallback, each with the metric after it (report.html)."""
     if not steps:
         return ""
-    rows = [f"<tr><td>{escape(_step_name(s))}</td><td class=\"num\">{_num(s.get('before'))}</td>"
-            f"<td class=\"num\">{_num(s.get('value'))}</td><td>{'met' if s.get('met') else 'missed'}</td>"
+    def measured(step: dict[str, Any]) -> str:
+        if step.get("in_words"):  # the checks as target: each named, before -> after, with its floor
+            return f'<td colspan="2">{escape(str(step["in_words"]))}</td>'
+        return f"<td class=\"num\">{_num(step.get('before'))}</td><td class=\"num\">{_num(step.get('value'))}</td>"
+
+    rows = [f"<tr><td>{escape(_step_name(s))}</td>{measured(s)}<td>{'met' if s.get('met') else 'missed'}</td>"
             f"<td>{'kept' if s.get('kept') else 'not kept'}</td><td class=\"num\">{_num(s.get('seconds'))}</td></tr>"
             for s in steps]
     return ("<p>Steps before any node is kept in float (every node INT8), in order; each is kept where it "
