@@ -4,7 +4,8 @@
 
     load-and-check
     -> canonicalize: fold-constants -> fold-batchnorm -> fold-conv-affine -> remove-identity
-       [-> transposed-conv-as-conv (target: onnxruntime)], repeated until a round changes nothing
+       [-> transposed-conv-as-conv -> name-activation-chains (target: onnxruntime)], repeated until a
+       round changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt
        [-> measure-activation-bounds (onnxruntime.activation_ranges: asymmetric)] -> clip-ranges
                                                                    (`calibrating_passes`)
@@ -39,6 +40,7 @@ from tao_qc.passes.keep_float import KeepFloat
 from tao_qc.passes.load_and_check import LoadAndCheck
 from tao_qc.passes.match_layers import MatchLayers
 from tao_qc.passes.move_on_uint8 import MoveOnUint8
+from tao_qc.passes.name_activation_chains import NameActivationChains
 from tao_qc.passes.place_for_onnxruntime import PlaceForOnnxRuntime
 from tao_qc.passes.quantize_modelopt import QuantizeModelOpt
 from tao_qc.passes.remove_identity import RemoveIdentity
@@ -64,8 +66,10 @@ def calibrating_passes(spec: QuantizeSpec, *, source_path: Path | None = None) -
         # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
         # Identity is gone); repeating until a round changes nothing makes their order not matter.
         FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), FoldConvAffine(), RemoveIdentity(),
-                                    # ORT's CPU provider has no integer ConvTranspose; a Conv it has.
-                                    *([TransposedConvAsConv()] if spec.target == "onnxruntime" else [])]),
+                                    # ORT's CPU provider has no integer ConvTranspose; a Conv it has. It has
+                                    # integer kernels for a HardSwish, none for the pieces exporters write.
+                                    *([TransposedConvAsConv(), NameActivationChains()] if spec.target == "onnxruntime"
+                                      else [])]),
         MatchLayers(),
         CheckCalibration(),
         QuantizeModelOpt(),

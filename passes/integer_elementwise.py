@@ -50,7 +50,8 @@ from tao_qc.passes.upsample_on_uint8 import nearest_resize
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 # Ops ORT runs on uint8 once their inputs and output are quantized (directly, or as rewritten here).
-INTEGER_ELEMENTWISE = frozenset({"HardSwish", "HardSigmoid", "Sigmoid", "Mul", "Add", "GlobalAveragePool", "AveragePool"})
+INTEGER_ELEMENTWISE = frozenset({"HardSwish", "HardSigmoid", "Sigmoid", "LeakyRelu", "Mul", "Add", "GlobalAveragePool",
+                                 "AveragePool"})
 # Binary ops count only with two activation inputs: a constant operand is a scale or shift that
 # fold-conv-affine or this pass folds away, or that stays float.
 BINARY = frozenset({"Mul", "Add"})
