@@ -308,6 +308,57 @@ class TextDetectorNeckStyle(nn.Module):
                             nn.functional.interpolate(s3, scale_factor=4.0, mode="nearest")), 1)
         return self.head(joined)
 
+
+class PaddleHardSwish(nn.Module):
+    """HardSwish as paddle2onnx writes it, `x * clip(x + 3, 0, 6) / 6`: Add, Clip, Mul and Div in ONNX."""
+
+    def forward(self, x):
+        return x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
+
+
+def _conv_bn_hardswish(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         PaddleHardSwish())
+
+
+def _depthwise_separable(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(_conv_bn_hardswish(cin, cin, kernel, stride, groups=cin), _conv_bn_hardswish(cin, cout))
+
+
+class PicoDetStyle(nn.Module):
+    """PicoDet's shape, small, as paddle2onnx exports it: an LCNet-style backbone (depthwise 3x3 and
+    5x5 + pointwise, every HardSwish written as Add/Clip/Mul/Div), a PAN-style neck (1x1 laterals, the
+    coarser map upsampled and concatenated with the finer, a depthwise-separable block after each
+    join) and a GFL-style head per level: class scores and box-side distributions (4 x 8 bins)."""
+
+    def __init__(self, width: int = 64, classes: int = 10):
+        super().__init__()
+        self.stem = _conv_bn_hardswish(3, 16, 3, 2)
+        self.c2 = nn.Sequential(_depthwise_separable(16, 32, 2), _depthwise_separable(32, 32))
+        self.c3 = nn.Sequential(_depthwise_separable(32, 64, 2), _depthwise_separable(64, 64))
+        self.c4 = nn.Sequential(_depthwise_separable(64, 128, 2, 5), _depthwise_separable(128, 128, 1, 5))
+        self.c5 = nn.Sequential(_depthwise_separable(128, 256, 2, 5), _depthwise_separable(256, 256, 1, 5))
+        self.laterals = nn.ModuleList(_conv_bn_hardswish(c, width) for c in (64, 128, 256))
+        self.top_down = nn.ModuleList(_depthwise_separable(2 * width, width, 1, 5) for _ in range(2))
+        self.bottom_up = nn.ModuleList(_depthwise_separable(width, width, 2, 5) for _ in range(2))
+        self.joins = nn.ModuleList(_depthwise_separable(2 * width, width, 1, 5) for _ in range(2))
+        self.heads = nn.ModuleList(nn.Sequential(_depthwise_separable(width, width, 1, 5), nn.Conv2d(width, classes + 32, 1))
+                                   for _ in range(3))
+
+    def forward(self, x):
+        c3 = self.c3(self.c2(self.stem(x)))
+        c4 = self.c4(c3)
+        c5 = self.c5(c4)
+        l3, l4, l5 = (lateral(c) for lateral, c in zip(self.laterals, (c3, c4, c5)))
+        up = nn.functional.interpolate
+        p4 = self.top_down[0](torch.cat((up(l5, scale_factor=2.0, mode="nearest"), l4), 1))
+        p3 = self.top_down[1](torch.cat((up(p4, scale_factor=2.0, mode="nearest"), l3), 1))
+        n4 = self.joins[0](torch.cat((self.bottom_up[0](p3), p4), 1))
+        n5 = self.joins[1](torch.cat((self.bottom_up[1](n4), l5), 1))
+        return tuple(head(p) for head, p in zip(self.heads, (p3, n4, n5)))
+
+
+
 # name -> (constructor, input shape at batch 1)
 ZOO = {
     "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
@@ -320,6 +371,7 @@ ZOO = {
     "feature_pyramid": (lambda: FeaturePyramidStyle(), (1, 3, 64, 64)),
     "shuffle_detector": (lambda: ShuffleDetectorStyle(), (1, 3, 64, 64)),
     "text_detector": (lambda: TextDetectorNeckStyle(), (1, 3, 64, 64)),
+    "picodet": (lambda: PicoDetStyle(), (1, 3, 320, 320)),
 }
 
 
