@@ -18,7 +18,10 @@ one node), on x fake-quantized at the candidate range and on x itself, with its 
 float graph computes them; the score is the sum over consumers of |y_q - y|^2 / |y|^2, per sample,
 averaged over the samples. The lowest
 score wins where it is at least 5% below max's (ties go to the earlier candidate), so a range is
-only narrowed where that measurably helps. Weights keep modelopt's per-channel ranges.
+only narrowed where that measurably helps. Weights keep modelopt's per-channel ranges. With
+ONNX Runtime's asymmetric grids (measure-activation-bounds ran), x is quantized on the uint8 grid
+placement will give it: the data's bounds within the candidate range, so clipping only the side
+that needs it, and a range that only mattered on a symmetric grid is not chosen for it.
 
 Runs where the spec asks for it (`algorithm: auto`, modelopt calibrating with max) or as accuracy
 fallback's `ranges` step (`force`), before placement, so both targets see the chosen ranges.
@@ -37,6 +40,7 @@ import onnx_ir as ir
 
 from tao_qc.passes.clip_ranges import _amax, _histograms, _percentile, _set_scale, activation_quantizers
 from tao_qc.passes.layer_runs import GraphRunner, float_weights, sample_feeds
+from tao_qc.passes.qdq import uint8_grid_over
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 log = logging.getLogger("tao_qc.quantize")
@@ -71,6 +75,9 @@ class ChooseRanges:
         consumers = {t: _consumers(quantizers[t]) for t in amax}
         feeds = sample_feeds(ctx.calibration, settings.score_samples)
         tensors = list(amax)
+        # Where placement will put a tensor's grid over its data's bounds (ONNX Runtime's uint8 grids),
+        # each candidate is scored on that grid, not on the symmetric one it will not have.
+        bounds = ctx.facts.get("activation_bounds") or {}
         needed = {t: sorted({src for node in consumers[t] for src in _activation_sources(node)} | {t}) for t in tensors}
         runner = GraphRunner(model, sorted({n for names in needed.values() for n in names}), look_through_qdq=True, replace=float_weights(ctx.facts))
         choices: dict[str, dict[str, Any]] = {}
@@ -79,7 +86,8 @@ class ChooseRanges:
             names = sorted({n for t in group for n in needed[t]})
             values = [runner.run(feed, names) for feed in feeds]
             for tensor in group:
-                errors = _score(tensor, quantizers[tensor][0], consumers[tensor], candidates[tensor], values, model)
+                errors = _score(tensor, quantizers[tensor][0], consumers[tensor], candidates[tensor], values, model,
+                                bounds.get(tensor))
                 best = min(errors, key=lambda m: (errors[m], list(errors).index(m))) if errors else "max"
                 if best != "max" and "max" in errors and not errors[best] < MARGIN * errors["max"]:
                     best = "max"
@@ -219,7 +227,13 @@ def entropy_range(histogram: np.ndarray, amax: float, quant_bins: int = 128, str
     return float(best_i * amax / bins)
 
 
-def fake_quantize(x: np.ndarray, amax: float, zero: np.ndarray) -> np.ndarray:
+def fake_quantize(x: np.ndarray, amax: float, zero: np.ndarray, bounds: list[float] | None = None) -> np.ndarray:
+    """x on the grid of range `amax`: symmetric (zero point `zero`), or, with the data's `bounds`, the
+    uint8 grid placement puts over them within [-amax, amax] (qdq.uint8_grid_over)."""
+    grid = uint8_grid_over(*bounds, amax) if bounds is not None else None
+    if grid is not None:
+        scale, z = float(grid[0]), float(grid[1])
+        return ((np.clip(np.rint(x / scale) + z, 0, 255) - z) * scale).astype(x.dtype)
     info = np.iinfo(zero.dtype)
     scale = amax / (127.0 if zero.dtype == np.int8 else 255.0)
     z = float(zero.reshape(-1)[0])
@@ -228,7 +242,7 @@ def fake_quantize(x: np.ndarray, amax: float, zero: np.ndarray) -> np.ndarray:
 
 
 def _score(tensor: str, q: ir.Node, consumers: list[ir.Node], candidates: dict[str, float],
-           values: list[dict[str, np.ndarray]], model: ir.Model) -> dict[str, float]:
+           values: list[dict[str, np.ndarray]], model: ir.Model, bounds: list[float] | None = None) -> dict[str, float]:
     """Per candidate, the summed relative squared error at the consumers' outputs."""
     zero = constant_array(q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] is not None else np.zeros((), np.int8)
     runners = [r for r in (_NodeRunner(node, model) for node in consumers) if r.ok]
@@ -244,7 +258,7 @@ def _score(tensor: str, q: ir.Node, consumers: list[ir.Node], candidates: dict[s
             reference = runner.run(chunk)
             den = np.maximum(_per_sample(np.square(reference)), 1e-30)
             for method, amax in candidates.items():
-                got = runner.run(chunk, {tensor: fake_quantize(chunk[tensor], amax, zero)})
+                got = runner.run(chunk, {tensor: fake_quantize(chunk[tensor], amax, zero, bounds)})
                 per_sample[method].append(_per_sample(np.square(got - reference)) / den)
         for method in candidates:
             errors[method] += float(np.mean(np.concatenate(per_sample[method])))

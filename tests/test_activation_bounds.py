@@ -157,3 +157,17 @@ def test_activation_ranges_is_asymmetric_unless_asked_and_a_wrong_value_is_one_l
         load_spec({"quantize": {"onnxruntime": {"activation_ranges": "asym"}}})
     assert str(error.value) == ("quantize.onnxruntime.activation_ranges: 'asym' is not supported "
                                 "(valid: symmetric, asymmetric)")
+
+
+def test_choose_ranges_scores_a_candidate_on_the_grid_placement_gives_it():
+    """With the data's bounds known (ONNX Runtime's grids), a candidate range is judged on the uint8
+    grid over those bounds: a HardSwish-like tensor in [-0.375, 6] rounds to half the error."""
+    from tao_qc.passes.choose_ranges import fake_quantize
+
+    x = np.linspace(-0.375, 6.0, 10001, dtype=np.float32)
+    symmetric = fake_quantize(x, 6.0, np.zeros((), np.int8))
+    over_bounds = fake_quantize(x, 6.0, np.zeros((), np.int8), [-0.375, 6.0])
+    scale, zero = uint8_grid_over(-0.375, 6.0, 6.0)
+    assert np.array_equal(over_bounds, ((np.clip(np.rint(x / scale) + int(zero), 0, 255) - int(zero)) * scale).astype(np.float32))
+    assert np.abs(over_bounds - x).max() <= 0.5 * float(scale) + 1e-6
+    assert np.abs(over_bounds - x).mean() < 0.6 * np.abs(symmetric - x).mean()

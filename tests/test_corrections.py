@@ -333,7 +333,7 @@ def test_auto_ranges_clip_an_outlier_and_keep_a_range_that_carries_signal(tmp_pa
     error_auto = np.square(_finished_outputs(spec_auto, ctx_auto, model_auto, x_test, tmp_path) - reference).mean()
     choice = ctx_auto.facts["range_choices"]["x"]
     assert choice["method"] != "max" and choice["amax"] < 0.1 * choice["max"]
-    assert choice["errors"][choice["method"]] < 0.2 * choice["errors"]["max"]
+    assert choice["errors"][choice["method"]] < 0.3 * choice["errors"]["max"]  # scored on the uint8 grid placement gives it
     assert error_auto < 0.1 * error_max
 
     # Large values every sample has are the signal: clipping them costs at the Conv's output, so max stays.
