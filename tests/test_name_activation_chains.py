@@ -4,6 +4,7 @@ functions ONNX Runtime has no integer kernel for are left alone."""
 
 from __future__ import annotations
 
+import html
 from collections import Counter
 
 import numpy as np
@@ -125,3 +126,7 @@ def test_a_decomposed_activation_between_convs_runs_on_integers(tmp_path, case):
     assert ops["QLinearConv"] == 2 and ops["DequantizeLinear"] <= 1, ops  # the output's only
     assert not ops["Clip"] and not ops["Div"] and not ops["Mul"] and not ops["Max"] and not ops["LeakyRelu"], ops
     assert result.report["comparison"]["passed"]
+    # report.html's pass table says which nodes became which op
+    (note,) = named.notes
+    assert note.endswith(f": {becomes}" + ("(alpha=0.1)" if becomes == "LeakyRelu" else ""))
+    assert html.escape(note) in (result.results_dir / "report.html").read_text()
