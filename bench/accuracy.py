@@ -90,7 +90,7 @@ def session(path: Path):
 
 
 def measuring_session(path: Path):
-    """The session tao-qc's own comparison builds (runtimes/onnxruntime.py): for a graph made for
+    """The session tao-qc's own comparison builds (tao_qc/runtimes/onnxruntime.py): for a graph made for
     TensorRT it leaves off the ORT optimizers that misread fp16 scales and rounds fp16
     QuantizeLinear as ONNX defines it, so the task metric is the graph's, not ORT's CPU quirks'."""
     from tao_qc.runtimes.base import RuntimeSettings

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ROOTS = {"tao_qc": "tao_qc", "passes": "tao_qc.passes", "frontends": "tao_qc.frontends", "runtimes": "tao_qc.runtimes"}
+ROOTS = {"tao_qc": "tao_qc"}
 LAYERS = [
     ("tao_qc.errors", "tao_qc.version", "tao_qc.console", "tao_qc.fileio"),
     ("tao_qc.spec",),

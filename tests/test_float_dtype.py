@@ -78,7 +78,7 @@ def test_tensorrt_target_stores_the_float_part_in_fp16_and_still_compares(tmp_pa
 def _onnxruntime_runs_the_fp16_graph_as_written(path, shared_models):
     """The engine the comparison used computes what the graph says: as close to ORT with no graph
     optimizations (and ONNX's rounding) as its other fusions allow, far closer than ORT's defaults, whose bias quantization
-    rounds input_scale * weight_scale to fp16 subnormals (see runtimes/onnxruntime.py)."""
+    rounds input_scale * weight_scale to fp16 subnormals (see tao_qc/runtimes/onnxruntime.py)."""
     import onnxruntime as ort
 
     from tao_qc.data import model_inputs, open_inputs
@@ -95,7 +95,7 @@ def _onnxruntime_runs_the_fp16_graph_as_written(path, shared_models):
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     # As written: no graph optimizations, and fp16 QuantizeLinear rounding as ONNX defines it (ORT's
-    # CPU kernel truncates; see runtimes/onnxruntime.py).
+    # CPU kernel truncates; see tao_qc/runtimes/onnxruntime.py).
     exact = with_exact_fp16_quantize(onnx.load(str(path))).SerializeToString()
     as_written = session(exact, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     defaults = session(str(path), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)

@@ -48,7 +48,7 @@ class CalibratedGraph:
         return facts
 
     def clipped(self, ctx: Any, percentile: float) -> tuple[CalibratedGraph, int]:
-        """A copy with activation ranges clipped at `percentile` (passes/clip_ranges.py, one pass of
+        """A copy with activation ranges clipped at `percentile` (tao_qc/passes/clip_ranges.py, one pass of
         the float graph over the calibration data), and how many ranges it narrowed."""
         facts = copy.deepcopy(self.facts)
         facts["clip_percentile"] = percentile

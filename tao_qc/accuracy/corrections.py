@@ -1,8 +1,8 @@
 """Ranges and weight corrections as accuracy steps: what fallback tries before keeping nodes in float,
 and what the report shows of them.
 
-    ranges      -> passes/choose_ranges.py (each activation's range chosen by its consumers' error)
-    corrections -> passes/round_weights.py (AdaRound on the worst layers), passes/correct_bias.py
+    ranges      -> tao_qc/passes/choose_ranges.py (each activation's range chosen by its consumers' error)
+    corrections -> tao_qc/passes/round_weights.py (AdaRound on the worst layers), tao_qc/passes/correct_bias.py
 
 Both work from the one calibrated graph (never a new calibration) and need no data beyond the
 calibration data; what they change (scales, weights, biases) is read by the finishing passes of

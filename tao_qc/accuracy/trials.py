@@ -204,7 +204,7 @@ class TrialRunner:
                            everything)
 
     def _session(self, proto: Any, *, quantized: bool = False) -> Any:
-        """A CPU session with the optimizations the comparison's sessions get (runtimes/onnxruntime.py);
+        """A CPU session with the optimizations the comparison's sessions get (tao_qc/runtimes/onnxruntime.py);
         for a quantized model, none where this CPU's kernels compute other integers than the target's."""
         import onnxruntime as ort
 

@@ -178,10 +178,10 @@ class CalibrationSpec(_Strict):
     # first step accuracy fallback tries).
     percentile: float = Field(default=99.9, gt=50, le=100)
     # algorithm: auto (ours): the percentiles tried beside max, MSE and entropy for each activation,
-    # and the calibration samples each candidate range is scored on (passes/choose_ranges.py).
+    # and the calibration samples each candidate range is scored on (tao_qc/passes/choose_ranges.py).
     auto_percentiles: list[float] = Field(default_factory=lambda: [99.9, 99.99, 99.999], min_length=1)
     score_samples: int = Field(default=16, ge=1)
-    # Weight corrections after calibration, in order (passes/correct_bias.py, passes/round_weights.py).
+    # Weight corrections after calibration, in order (tao_qc/passes/correct_bias.py, tao_qc/passes/round_weights.py).
     corrections: list[Annotated[CorrectionSpec, BeforeValidator(_correction)]] = Field(default_factory=list)
 
 
@@ -314,7 +314,7 @@ class OnnxRuntimeSpec(_Strict):
     # model then depends on timings); `off`.
     speed: Annotated[str, _choice(SPEED_MODES), BeforeValidator(_off_from_yaml)] = "check"
     # Each uint8 activation grid: `asymmetric` (the data's own [min, max] within modelopt's +-amax, the
-    # zero point where 0 falls: passes/measure_activation_bounds.py), up to twice as fine a step as
+    # zero point where 0 falls: tao_qc/passes/measure_activation_bounds.py), up to twice as fine a step as
     # `symmetric` (modelopt's +-amax, zero point 128), which is what TensorRT-style grids give.
     activation_ranges: Annotated[str, _choice(ACTIVATION_RANGES)] = "asymmetric"
 
@@ -367,7 +367,7 @@ class QuantizeSpec(_Strict):
     @property
     def calibration_algorithm(self) -> str:
         """`max` and `minmax` are the same max-abs calibration; this is the one spelling used inward.
-        `percentile` calibrates with max, then clips activation ranges (passes/clip_ranges.py)."""
+        `percentile` calibrates with max, then clips activation ranges (tao_qc/passes/clip_ranges.py)."""
         return "minmax" if self.algorithm in ("max", "minmax") else self.algorithm
 
     def resolve_backend(self, model_path: str | Path | None = None) -> QuantizeSpec:

@@ -1,4 +1,4 @@
-"""The ONNX pipeline's passes (installed as `tao_qc.passes`): one concern per module.
+"""The ONNX pipeline's passes: one concern per module.
 
 `default_passes(spec)` is the pipeline `tao-qc compile` runs, in this order:
 

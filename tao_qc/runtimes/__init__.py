@@ -1,4 +1,4 @@
-"""Runtime adapters (installed as `tao_qc.runtimes`): ONNX Runtime and TensorRT engines.
+"""Runtime adapters: ONNX Runtime and TensorRT engines.
 
 `get_runtime("onnxruntime" | "tensorrt")` gives an adapter; `adapter.build(model_path, RuntimeSettings(...))`
 gives an `Engine` that runs feeds, exposes a polygraphy runner and times itself. The adapters import
