@@ -212,3 +212,15 @@ def test_the_readme_stays_short_and_links_into_the_guide() -> None:
     for page in sorted(DOCS.glob("*.md")):
         if page.name != "index.md":
             assert f"({page.name})" in index, f"docs/index.md does not link {page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_whole_specs_shown_are_valid(page: Path) -> None:
+    """A YAML block that is a whole spec (it starts with `quantize:`) loads as one: the annotated
+    examples cannot drift from the schema either. Fragments (`  layers: ...`) are not checked."""
+    from tao_qc.spec.schema import load_spec
+
+    blocks = re.findall(r"^```yaml\n(.*?)^```", page.read_text(encoding="utf-8"), flags=re.M | re.S)
+    for block in blocks:
+        if block.startswith("quantize:"):
+            load_spec(yaml.safe_load(block))
