@@ -157,7 +157,7 @@ def test_module_path_from_onnx_name(node_name, module):
     assert module_path_from_onnx_name(node_name) == module
 
 
-# --- properties, against an oracle written from the rules (SPEC.md, README) and not from the matcher
+# --- properties, against an oracle written from the rules (SPEC.md, docs/spec-reference.md) and not from the matcher
 
 
 def glob(pattern: str, text: str) -> bool:

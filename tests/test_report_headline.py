@@ -337,7 +337,7 @@ def test_relative_error_is_guarded_against_a_zero_reference(chain_compiled):
     for output, fp32, quantized in zip(result.report["comparison"]["outputs"], run(model), run(result.model_path)):
         error = np.abs(quantized - fp32)
         plain_errors.append(np.mean(error / np.maximum(np.abs(fp32), np.finfo(np.float32).tiny)))
-        # The rule the README states: |q - FP32| / max(|FP32|, mean |FP32| of the output).
+        # The rule docs/report.md states: |q - FP32| / max(|FP32|, mean |FP32| of the output).
         guarded = np.mean(error / np.maximum(np.abs(fp32), np.abs(fp32).mean()))
         assert output["mean_rel_error"] == pytest.approx(guarded, rel=0.05, abs=1e-6), output["name"]
         assert output["mean_rel_error"] < 10

@@ -81,7 +81,7 @@ DEFAULT_CHECKS = {
         "measured on two recognizers: PP-OCRv5's read within 0.2 points of FP32's CER at 0.976-0.992 and "
         "read nothing at 0.36; the zoo's digit-string recognizer read at 0.996 and, with a planted "
         "culprit, at 0. 0.97 passes the first of each and fails the second with room for the noise "
-        "of a few hundred characters (README, default checks)"),
+        "of a few hundred characters (bench/results/default-checks.md)"),
     "position_top1_agreement": DefaultCheck(
         "how often each position's top class is FP32's (steps, pixels)",
         "what is read from the positions (a label map's regions): blanks, edges and repeats "
