@@ -18,6 +18,11 @@ search kept float and whether it met its target.
   are also the accuracy data (the default when no accuracy.data is given; 4 photos are all there
   is). Its batch is fixed at 1. Below the table: the faces its own post-processing
   (`tao_qc.corpus:decode_yunet`) finds against FP32's, and the lowest per-sample output cosine.
+- FastestDet, a mobile detector: its 8 photos to calibrate, the same scenes flipped and cropped as
+  accuracy data (`accuracy: {metric: map, min: 0.9}`: mAP@.5 against FP32's boxes), darkened,
+  brightened and flipped-and-darkened to test (mAP@.5 against FP32's boxes at the application's
+  score floor, 0.4, decoded by its own post-processing, tests/_detection_helpers.py, on PYTHONPATH as
+  a user's module would be). Batch 1.
 
 `--steps` sets `accuracy.steps` of the fallback compile (default: the spec's default, clip then
 float); `--corrections adaround,bias` sets its `calibration.corrections` (weight corrections in
@@ -28,6 +33,9 @@ and modelopt's child included).
 
 TensorRT's speed cannot be measured on a CPU: its rows time the TensorRT-placed graph on ONNX Runtime
 only to show it runs; the accuracy columns are what the goal is about there.
+
+ONNX Runtime's own quantizer (bench/placement.py's recipe) joins every onnxruntime row, from the same
+calibration data; it runs in tao-qc's environment.
 
 Peers (`--peers`, default: those installed in .venv-peers, `make bench-peers-setup`; '' for none),
 with the onnxruntime target's rows, from the same FP32 model and the same data:
@@ -59,6 +67,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(1, str(HERE))  # placement.py's ORT quantizer recipe
 
 THREADS = 2
 ROUNDS = 10
@@ -186,6 +195,78 @@ def face_detector(work: Path) -> dict:
             "batch": 1, "detail": faces_and_samples}
 
 
+FASTESTDET_THRESHOLD = 0.4  # the application's own score floor (tests/_detection_helpers.py's decoder, its tests)
+
+
+def mobile_detector(work: Path) -> dict:
+    """FastestDet, a trained mobile detector (ShuffleNetV2 backbone, one 22x22 head), with the
+    application's own decoder. ../shared/models holds 8 photos for it; the held-back and test sets
+    are the same scenes changed as a camera would change them, so no image of either was calibrated
+    on: calibration on the 8 as they are, the accuracy data on them flipped and cropped to their
+    middle 80% (16), the test on them darkened x0.6, brightened x1.3 and flipped-and-darkened (24)."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    from tao_qc.data import model_inputs, open_inputs
+    from tao_qc.evaluate import detection
+    from tao_qc.spec import CalibrationSpec
+    from tao_qc.testing import corpus
+
+    shared = corpus.shared_models_dir()
+    sources = [shared / "fastestdet" / "wolves.jpg", *sorted((shared / "images").iterdir()),
+               *sorted((shared / "ultraface_rfb320").iterdir())]
+
+    def cropped(image):
+        w, h = image.size
+        return image.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+
+    def darker(image, factor=0.6):
+        return ImageEnhance.Brightness(image).enhance(factor)
+
+    sets = {"calibration": [lambda i: i], "held": [ImageOps.mirror, cropped],
+            "test": [darker, lambda i: darker(i, 1.3), lambda i: darker(ImageOps.mirror(i))]}
+    fp32 = shared / "fastestdet.onnx"
+    [info] = model_inputs(__import__("onnx").load(str(fp32), load_external_data=False))
+    arrays = {}
+    for name, changes in sets.items():
+        folder = work / name
+        folder.mkdir()
+        for index, change in enumerate(changes):
+            for path in sources:
+                with Image.open(path) as image:
+                    change(image.convert("RGB")).save(folder / f"{index}-{path.stem}.png")
+        calibration = CalibrationSpec(data=str(folder), color="rgb", mean=[0.0], std=[255.0])
+        arrays[name] = np.concatenate([b[info.name] for b in open_inputs(calibration.data, [info], calibration=calibration)])
+        np.savez(work / f"{name}.npz", **{info.name: arrays[name]})
+    test_x = arrays["test"]
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from _detection_helpers import decode_fastestdet
+
+    @functools.cache
+    def boxes(path: Path) -> list:
+        s = measuring_session(path)
+        return [d for x in test_x for d in detection.decode(decode_fastestdet, dict(zip(
+            [o.name for o in s.get_outputs()], s.run(None, {info.name: x[None]}))), {info.name: x[None]})]
+
+    def map_against_fp32(path: Path) -> detection.MapResult:
+        sizes = [tuple(test_x.shape[2:][::-1])] * len(test_x)
+        return detection.map_against_reference(boxes(fp32), boxes(path), sizes, FASTESTDET_THRESHOLD, FASTESTDET_THRESHOLD)
+
+    def map50(path: Path) -> float:
+        return float(map_against_fp32(path).map50 or 0.0)
+
+    def detail(path: Path) -> str:
+        result = map_against_fp32(path)
+        return (f"mAP@[.5:.95] {result.map:.4f} against FP32's {result.truth_boxes} boxes at score "
+                f"{FASTESTDET_THRESHOLD} on {result.images} images ({result.predicted_boxes} boxes)")
+
+    spec = {"calibration": {"data": "calibration.npz"},
+            "compare": {"data": "test.npz", "decoder": "_detection_helpers:decode_fastestdet",
+                        "score_threshold": FASTESTDET_THRESHOLD},
+            "accuracy": {"data": "held.npz", "metric": "map", "min": 0.9}}
+    return {"name": "fastestdet", "spec": spec, "metric": ("mAP@.5 vs FP32", map50), "feed": test_x[:1], "batch": 1,
+            "detail": detail, "pythonpath": str(HERE.parent / "tests")}
+
+
 def _resized_photos(name: str) -> np.ndarray:
     from PIL import Image
 
@@ -196,13 +277,15 @@ def _resized_photos(name: str) -> np.ndarray:
     return pixels.transpose(2, 0, 1)[None].copy()
 
 
-MODELS = {"ppocrv5_rec": recognizer, "yunet_n_320": face_detector}
+MODELS = {"ppocrv5_rec": recognizer, "yunet_n_320": face_detector, "fastestdet": mobile_detector}
 
 
-def compile_once(source: Path, section: dict, work: Path, name: str) -> tuple[Path, dict, float, float]:
+def compile_once(source: Path, section: dict, work: Path, name: str,
+                 pythonpath: str | None = None) -> tuple[Path, dict, float, float]:
     """`tao-qc compile` as a user runs it (its own process), with `section` as the spec file's quantize
     section (relative paths: `work`): the model, report.json, wall seconds and the peak memory in GB of
-    the compile's whole process tree (trial workers and modelopt's child included)."""
+    the compile's whole process tree (trial workers and modelopt's child included). `pythonpath`: where
+    the user's own decoder or metric module lies, as they would export PYTHONPATH."""
     import yaml
 
     spec = work / f"{name}.yaml"
@@ -212,7 +295,8 @@ def compile_once(source: Path, section: dict, work: Path, name: str) -> tuple[Pa
     log = work / f"{name}.stderr.txt"  # a file, not a pipe: a pipe nobody reads until the end can fill and stall it
     started = time.perf_counter()
     with log.open("w") as stderr:
-        process = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=stderr)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, os.environ.get("PYTHONPATH")]))}
+        process = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
         peak = peak_tree_memory(process)
     seconds = time.perf_counter() - started
     if process.returncode not in (0, 1):  # 1: a missed target, whose results are still written
@@ -301,6 +385,29 @@ def run_peer(python: Path, script: str, mode: str, source: Path, case: dict, wor
         result.setdefault("error", "no model written")
         return None, result
     return output, result
+
+
+def ort_quantizer(source: Path, work: Path) -> dict:
+    """ONNX Runtime's own quantizer on the same calibration data (bench/placement.py's recipe: QDQ,
+    per-channel int8 weights, uint8 activations, MinMax), in its own process as placement runs it.
+    A row: its model and wall time, or why it has none."""
+    import onnxruntime
+
+    from placement import ORT_QUANTIZER, _reduce_range
+
+    target = work / "ort-quantizer.onnx"
+    label = f"ORT quantize_static ({onnxruntime.__version__})"
+    started = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(source), str(target), str(work / "calibration.npz"),
+                          _reduce_range()], capture_output=True, text=True, cwd=work)
+    row = {"quantizer": label, "wall_s": time.perf_counter() - started}
+    try:
+        if run.returncode:
+            raise RuntimeError((run.stderr.strip().splitlines() or ["no message"])[-1])
+        session(target)
+    except Exception as error:  # noqa: BLE001 - whatever ORT's quantizer or loader raises is the row's result
+        return {**row, "error": str(error).split("\n")[0][:160]}
+    return {**row, "path": target}
 
 
 def int8_nodes(path: Path, fp32: Path) -> str:
@@ -402,13 +509,13 @@ def main() -> None:
                 source = corpus.shared_models_dir() / f"{name}.onnx"
                 section = {**case["spec"], "target": target}
                 plain_section = {**section, "accuracy": {**section["accuracy"], "fallback": "off"}}
-                plain, _, plain_s, _ = compile_once(source, plain_section, work, "plain")
+                plain, _, plain_s, _ = compile_once(source, plain_section, work, "plain", case.get("pythonpath"))
                 if args.steps:
                     section = {**section, "accuracy": {**section["accuracy"], "steps": args.steps.split(",")}}
                 if args.corrections:
                     section = {**section, "calibration": {**section["calibration"],
                                                           "corrections": args.corrections.split(",")}}
-                fallback, report, fallback_s, peak = compile_once(source, section, work, "fallback")
+                fallback, report, fallback_s, peak = compile_once(source, section, work, "fallback", case.get("pythonpath"))
                 # The peers quantize for ONNX Runtime's CPU provider: they join the onnxruntime rows,
                 # from the same model and data, and are timed in the same interleaved rounds.
                 peers = []
@@ -423,6 +530,8 @@ def main() -> None:
                     path, result = run_peer(peers_python, script, mode, source, case, work, slug, args.peer_timeout)
                     peers.append({"quantizer": f"{label} ({installed[peer]})", "path": path, **result})
                     print(json.dumps({"model": name, "peer": label, **{k: v for k, v in result.items()}}), flush=True)
+                if target == "onnxruntime":
+                    peers.insert(0, ort_quantizer(source, work))
                 label, measure = case["metric"]
                 timed = {"fp32": source, "plain": plain, "fallback": fallback}
                 timed.update({p["quantizer"]: p["path"] for p in peers if p.get("path")})
@@ -480,8 +589,8 @@ def main() -> None:
                 print(f"\n{r['model']}, {p['quantizer']}: {p['settings']}, its own seconds {p.get('seconds')}", end="")
     print(f"\n\nMachine: {env['cpu']} ({', '.join(env['instruction_sets'])}), {env['cores']} cores; "
           f"versions {env['versions']}; peers' venv {installed or 'none'}")
-    print(f"\nSpeed: ONNX Runtime CPU, {THREADS} threads, intra-op spinning off, median of {ROUNDS} interleaved rounds, batch 8 (YuNet: 1, its "
-          "fixed batch); the TensorRT rows run the TensorRT-placed graph on ONNX Runtime. Nodes INT8: Conv, Gemm "
+    print(f"\nSpeed: ONNX Runtime CPU, {THREADS} threads, intra-op spinning off, median of {ROUNDS} interleaved rounds, batch 8 (YuNet and FastestDet: 1, "
+          "their fixed batch); the TensorRT rows run the TensorRT-placed graph on ONNX Runtime. Nodes INT8: Conv, Gemm "
           "and MatMul nodes whose activation and weight both arrive through DequantizeLinear, of the FP32 model's.")
 
 
