@@ -359,6 +359,91 @@ class PicoDetStyle(nn.Module):
 
 
 
+def _conv_bn_silu(cin: int, cout: int, kernel: int = 1, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+
+
+class _Bottleneck(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.convs = nn.Sequential(_conv_bn_silu(channels, channels, 3), _conv_bn_silu(channels, channels, 3))
+
+    def forward(self, x):
+        return x + self.convs(x)
+
+
+class _C2f(nn.Module):
+    """YOLOv8's C2f: a 1x1 Conv split in two halves, bottlenecks chained on the second, every
+    intermediate concatenated into a last 1x1 Conv."""
+
+    def __init__(self, cin: int, cout: int, blocks: int = 1):
+        super().__init__()
+        self.half = cout // 2
+        self.enter = _conv_bn_silu(cin, 2 * self.half)
+        self.blocks = nn.ModuleList(_Bottleneck(self.half) for _ in range(blocks))
+        self.leave = _conv_bn_silu((2 + blocks) * self.half, cout)
+
+    def forward(self, x):
+        parts = list(self.enter(x).split(self.half, 1))
+        for block in self.blocks:
+            parts.append(block(parts[-1]))
+        return self.leave(torch.cat(parts, 1))
+
+
+class _SPPF(nn.Module):
+    """YOLOv5/v8's spatial pyramid pooling: three chained 5x5 max pools, concatenated."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.enter = _conv_bn_silu(channels, channels // 2)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+        self.leave = _conv_bn_silu(2 * channels, channels)
+
+    def forward(self, x):
+        x = self.enter(x)
+        y1 = self.pool(x)
+        y2 = self.pool(y1)
+        return self.leave(torch.cat((x, y1, y2, self.pool(y2)), 1))
+
+
+class YOLOStyle(nn.Module):
+    """YOLOv8's shape, small: a CSP backbone of C2f blocks and an SPPF, a PAN neck (upsampled and
+    concatenated top-down, strided Convs bottom-up), and per level a head of box-side distributions
+    (4 x 16 bins) and class scores. Every activation is a SiLU, which torch exports as Sigmoid and Mul."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = _conv_bn_silu(3, 16, 3, 2)
+        self.c2 = nn.Sequential(_conv_bn_silu(16, 32, 3, 2), _C2f(32, 32))
+        self.c3 = nn.Sequential(_conv_bn_silu(32, 64, 3, 2), _C2f(64, 64, 2))
+        self.c4 = nn.Sequential(_conv_bn_silu(64, 128, 3, 2), _C2f(128, 128, 2))
+        self.c5 = nn.Sequential(_conv_bn_silu(128, 256, 3, 2), _C2f(256, 256), _SPPF(256))
+        self.top4, self.top3 = _C2f(256 + 128, 128), _C2f(128 + 64, 64)
+        self.down3, self.out4 = _conv_bn_silu(64, 64, 3, 2), _C2f(64 + 128, 128)
+        self.down4, self.out5 = _conv_bn_silu(128, 128, 3, 2), _C2f(128 + 256, 256)
+        self.boxes = nn.ModuleList(nn.Sequential(_conv_bn_silu(c, 64, 3), _conv_bn_silu(64, 64, 3), nn.Conv2d(64, 4 * 16, 1))
+                                   for c in (64, 128, 256))
+        self.scores = nn.ModuleList(nn.Sequential(_conv_bn_silu(c, 64, 3), _conv_bn_silu(64, 64, 3), nn.Conv2d(64, classes, 1))
+                                    for c in (64, 128, 256))
+        # PyTorch's default init shrinks each Conv's output variance about threefold: after 40 Convs
+        # the heads' outputs would be their biases, whatever the image. He init keeps the signal.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+
+    def forward(self, x):
+        c3 = self.c3(self.c2(self.stem(x)))
+        c4 = self.c4(c3)
+        c5 = self.c5(c4)
+        up = nn.functional.interpolate
+        t4 = self.top4(torch.cat((up(c5, scale_factor=2.0, mode="nearest"), c4), 1))
+        p3 = self.top3(torch.cat((up(t4, scale_factor=2.0, mode="nearest"), c3), 1))
+        p4 = self.out4(torch.cat((self.down3(p3), t4), 1))
+        p5 = self.out5(torch.cat((self.down4(p4), c5), 1))
+        return tuple(torch.cat((box(p), score(p)), 1) for box, score, p in zip(self.boxes, self.scores, (p3, p4, p5)))
+
+
+
 # name -> (constructor, input shape at batch 1)
 ZOO = {
     "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
@@ -372,6 +457,7 @@ ZOO = {
     "shuffle_detector": (lambda: ShuffleDetectorStyle(), (1, 3, 64, 64)),
     "text_detector": (lambda: TextDetectorNeckStyle(), (1, 3, 64, 64)),
     "picodet": (lambda: PicoDetStyle(), (1, 3, 320, 320)),
+    "yolo": (lambda: YOLOStyle(), (1, 3, 320, 320)),
 }
 
 
