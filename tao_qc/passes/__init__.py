@@ -47,6 +47,7 @@ from tao_qc.passes.remove_identity import RemoveIdentity
 from tao_qc.passes.round_weights import RoundWeights
 from tao_qc.passes.space_to_depth_stem import SpaceToDepthStem
 from tao_qc.passes.transposed_conv_as_conv import TransposedConvAsConv
+from tao_qc.passes.tabulate_activation_chains import TabulateActivationChains
 from tao_qc.passes.upsample_on_uint8 import UpsampleOnUint8
 from tao_qc.passes.verify_quantization import VerifyQuantization
 from tao_qc.pipeline import FixedPoint
@@ -109,11 +110,12 @@ def finishing_passes(spec: QuantizeSpec, *, verify: bool = True) -> list:
     passes: list = [KeepFloat(), AssignDtypes()]
     if spec.target == "onnxruntime":
         # Re-place modelopt's Q/DQ for ORT's integer kernels (reusing its ranges), keep HardSwish,
-        # gates, Concats, channel shuffles and nearest upsampling on uint8, run a few-channel strided
+        # gates, Concats, channel shuffles and nearest upsampling on uint8, look activations ORT has
+        # no integer kernel for up in a table where that is faster, run a few-channel strided
         # stem as a Conv ORT's kernels are efficient at, then give every integer unit shapes ORT's
         # kernels compute right and fast (last: it sees the units the passes before it shaped).
         passes += [PlaceForOnnxRuntime(cpu=placement_cpu(spec)), IntegerElementwise(), MoveOnUint8(),
-                   UpsampleOnUint8(), SpaceToDepthStem(), FitOrtIntegerKernels()]
+                   UpsampleOnUint8(), TabulateActivationChains(), SpaceToDepthStem(), FitOrtIntegerKernels()]
     if verify:
         passes.append(VerifyQuantization())
     return passes

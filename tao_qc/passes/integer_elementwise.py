@@ -45,7 +45,9 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from tao_qc.passes.move_on_uint8 import VALUE_MOVING
+from tao_qc.passes.name_activation_chains import chain_from
 from tao_qc.passes.qdq import QdqBuilder, qparams, readers, requantize_biases, uint8_dequantize
+from tao_qc.passes.tabulate_activation_chains import TABLE_COST, TABLE_MARGIN, float_cost
 from tao_qc.passes.upsample_on_uint8 import nearest_resize
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
@@ -62,21 +64,32 @@ AFFINE_STEPS = ("Mul", "Add", "Sub", "Div")
 def elementwise_to_measure(model: ir.Model, quantized: set[str]) -> list[ir.Node]:
     """The elementwise nodes whose output range modelopt must measure for this pass and ORT to keep
     them on uint8: reachable from the quantized compute nodes (`quantized` names) through
-    INTEGER_ELEMENTWISE ops with only quantized activation inputs, and read by a quantized compute
-    node or another such node (a reader in a float region gains nothing from the range)."""
+    INTEGER_ELEMENTWISE ops with only quantized activation inputs (or the chains
+    tabulate-activation-chains will run as tables), and read by a quantized compute node or another
+    such node (a reader in a float region gains nothing from the range)."""
     graph = model.graph
     reachable: set[int] = set()  # ids of values that are (or will be) uint8
     candidates: list[ir.Node] = []
     passed: list[ir.Node] = []  # candidates and the value-moving ops between them, in graph order
+    order = {id(node): index for index, node in enumerate(graph)}
+    tabulated: set[int] = set()  # ids of nodes tabulate-activation-chains will run as a table
     for node in graph:
+        if id(node) in tabulated:
+            reachable.update(id(v) for v in node.outputs)
+            passed.append(node)
+            continue
         if node.name in quantized:
             reachable.update(id(v) for v in node.outputs)
+            for output in node.outputs:
+                tabulated.update(id(n) for n in _tabulated_chain(output, order))
             continue
         moved = _moved_inputs(node)
         if moved is not None:
             if moved and all(id(v) in reachable for v in moved):
                 reachable.update(id(v) for v in node.outputs)
                 passed.append(node)
+                for output in node.outputs:
+                    tabulated.update(id(n) for n in _tabulated_chain(output, order))
             continue
         if node.op_type not in INTEGER_ELEMENTWISE or node.domain not in ("", "ai.onnx"):
             continue
@@ -87,6 +100,7 @@ def elementwise_to_measure(model: ir.Model, quantized: set[str]) -> list[ir.Node
             reachable.add(id(node.outputs[0]))
             candidates.append(node)
             passed.append(node)
+            tabulated.update(id(n) for n in _tabulated_chain(node.outputs[0], order))
     # A HardSwish reaching a quantized node only through scalar scale/shift steps is not measured:
     # IntegerElementwise folds the steps into its output quantization, the quantized node's input range.
     kept: set[str] = set()
@@ -94,6 +108,17 @@ def elementwise_to_measure(model: ir.Model, quantized: set[str]) -> list[ir.Node
         if any(r.name in quantized or r.name in kept for out in node.outputs for r in readers(out)):
             kept.add(node.name)
     return [node for node in candidates if node.name in kept]
+
+
+def _tabulated_chain(value: ir.Value, order: dict[int, int]) -> list[ir.Node]:
+    """The nodes of the chain reading `value` that tabulate-activation-chains will run as a table once
+    `value` and their result are quantized: all but its integer-kernel ops (the chain's last Mul, as in
+    Mish's `x * Tanh(Softplus(x))`, measured as any Mul of two uint8 tensors, its table's result one
+    of them); none where a table would be slower than the float chain."""
+    chain = chain_from(value, order)
+    if chain is None or float_cost(chain[0]) < TABLE_MARGIN * TABLE_COST:
+        return []
+    return [node for node in chain[0] if node.op_type not in INTEGER_ELEMENTWISE]
 
 
 def _moved_inputs(node: ir.Node) -> list[ir.Value] | None:

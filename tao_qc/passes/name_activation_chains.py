@@ -18,7 +18,8 @@ float32 rounding) replaces the chain:
 - HardSwish: `x * max(0, min(1, x / 6 + 1/2))` (one HardSwish from opset 14; before it,
   `x * HardSigmoid(x)`, which integer-elementwise runs the same way);
 - HardSigmoid(alpha, beta): `max(0, min(1, alpha * x + beta))`;
-- LeakyRelu(alpha): `x` for x >= 0, `alpha * x` below.
+- LeakyRelu(alpha): `x` for x >= 0, `alpha * x` below;
+- Sigmoid: `1 / (1 + exp(-x))` (which integer-elementwise runs as QLinearSigmoid).
 
 The FP32 model computes the same function (every test compares it on all 256 inputs of a uint8
 grid). Chains of other functions (SiLU as `x * Sigmoid(x)`, GELU, Mish) are left as they are:
@@ -75,15 +76,18 @@ UNARY: dict[str, Callable[..., np.ndarray]] = {
     "Tanh": lambda n, x: np.tanh(x),
     "Erf": lambda n, x: _erf(x),
     "Exp": lambda n, x: np.exp(x),
+    "Log": lambda n, x: np.log(x),
     "Softplus": lambda n, x: np.logaddexp(0.0, x),
     "Abs": lambda n, x: np.abs(x),
     "Neg": lambda n, x: -x,
+    "Reciprocal": lambda n, x: 1.0 / x,
     "HardSigmoid": _hard_sigmoid_of,
     "HardSwish": lambda n, x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
     "LeakyRelu": lambda n, x: np.where(x >= 0, x, n.attributes.get_float("alpha", 0.01) * x),
 }
 BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Max": np.maximum, "Min": np.minimum,
+    "Pow": np.power,
 }
 
 
@@ -101,11 +105,11 @@ class NameActivationChains:
         for source in list(_float_values(graph)):
             if source.producer() is not None and id(source.producer()) in removed:
                 continue
-            chain = _chain_from(source, order)
+            chain = chain_from(source, order)
             if chain is None or any(id(node) in removed for node in chain[0]):
                 continue
             nodes, exit_value = chain
-            values = _evaluate(nodes, source, exit_value)
+            values = evaluate_chain(nodes, source, exit_value)
             if values is None:
                 continue
             function = _function_of(values)
@@ -126,10 +130,11 @@ class NameActivationChains:
                          + (f"({', '.join(f'{k}={v:g}' for k, v in attributes.items())})" if attributes else ""))
         RemoveUnusedNodesPass()(model)
         if not notes:
-            notes.append("no elementwise chain computing HardSwish, HardSigmoid or LeakyRelu")
+            notes.append("no elementwise chain computing HardSwish, HardSigmoid, LeakyRelu or Sigmoid")
         return PassResult(model, changed=bool(named),
                           stats={"hardswish_named": named.get("HardSwish", 0), "hardsigmoid_named": named.get("HardSigmoid", 0),
-                                 "leakyrelu_named": named.get("LeakyRelu", 0), "relu_named": named.get("Relu", 0)},
+                                 "leakyrelu_named": named.get("LeakyRelu", 0), "relu_named": named.get("Relu", 0),
+                                 "sigmoid_named": named.get("Sigmoid", 0)},
                           notes=notes)
 
 
@@ -147,7 +152,7 @@ def _scalar(value: ir.Value | None) -> np.ndarray | None:
     return array.astype(np.float64).reshape(())
 
 
-def _chain_from(source: ir.Value, order: dict[int, int]) -> tuple[list[ir.Node], ir.Value] | None:
+def chain_from(source: ir.Value, order: dict[int, int]) -> tuple[list[ir.Node], ir.Value] | None:
     """The elementwise nodes computing from `source` alone (scalar constants aside), in graph order,
     and the one value of theirs read elsewhere; None where there is no such chain of two or more."""
     if source.dtype is not None and source.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16):
@@ -191,8 +196,11 @@ def _elementwise(node: ir.Node, inside: set[int]) -> bool:
     return False
 
 
-def _evaluate(nodes: list[ir.Node], source: ir.Value, exit_value: ir.Value) -> np.ndarray | None:
-    known: dict[int, np.ndarray] = {id(source): GRID}
+def evaluate_chain(nodes: list[ir.Node], source: ir.Value, exit_value: ir.Value,
+                   inputs: np.ndarray = GRID) -> np.ndarray | None:
+    """The chain's output, in float64 by each op's ONNX definition, at each of `inputs` for `source`;
+    None where it is not finite everywhere or a node reads a value computed after it."""
+    known: dict[int, np.ndarray] = {id(source): inputs}
 
     def value_of(v: ir.Value) -> np.ndarray:
         return known[id(v)] if id(v) in known else _scalar(v)
@@ -208,7 +216,7 @@ def _evaluate(nodes: list[ir.Node], source: ir.Value, exit_value: ir.Value) -> n
                 out = UNARY[node.op_type](node, value_of(node.inputs[0]))
             else:
                 out = BINARY[node.op_type](value_of(node.inputs[0]), value_of(node.inputs[1]))
-            known[id(node.outputs[0])] = np.broadcast_to(out, GRID.shape).astype(np.float64)
+            known[id(node.outputs[0])] = np.broadcast_to(out, inputs.shape).astype(np.float64)
     result = known.get(id(exit_value))
     return result if result is not None and np.all(np.isfinite(result)) else None
 
@@ -220,6 +228,8 @@ def _agrees(values: np.ndarray, expected: np.ndarray) -> bool:
 def _function_of(values: np.ndarray) -> tuple[str, dict[str, float]] | None:
     if _agrees(values, UNARY["HardSwish"](None, GRID)):
         return "HardSwish", {}
+    if _agrees(values, UNARY["Sigmoid"](None, GRID)):
+        return "Sigmoid", {}
     inside = (values > 1e-9) & (values < 1 - 1e-9)
     if inside.sum() >= 2 and np.all(values >= -1e-9) and np.all(values <= 1 + 1e-9):
         alpha, beta = np.polyfit(GRID[inside], values[inside], 1)

@@ -11,7 +11,8 @@
   (or is a graph output) and reads a QuantizeLinear or a constant; ops that move integers without
   computing on them may sit between the two (Transpose, Reshape: space-to-depth-stem; Pad with the
   zero point, Split, Slice, Concat: fit-ort-integer-kernels; Expand: upsample-on-uint8; Gather,
-  Squeeze, Unsqueeze, Flatten, MaxPool: move-on-uint8);
+  Squeeze, Unsqueeze, Flatten, MaxPool: move-on-uint8; a Cast and a Gather from a 256-entry uint8
+  table, which maps grid values to grid values: tabulate-activation-chains);
 - the graph runs in ONNX Runtime (CPU) on the first calibration batch, with finite outputs.
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from tao_qc.errors import TaoQcError
+from tao_qc.passes.tabulate_activation_chains import is_table_lookup
 from tao_qc.pipeline import PassContext, PassResult, light_proto_and_weights
 
 log = logging.getLogger("tao_qc.verify")
@@ -166,10 +168,16 @@ LAYOUT_OPS = ("Transpose", "Reshape", "Pad", "Split", "Slice", "Concat", "Expand
               "Flatten", "MaxPool", "DepthToSpace", "SpaceToDepth")
 
 
+def _indexes_a_table(node: ir.Node) -> bool:
+    """A Cast whose every reader looks its integers up in a table (tabulate-activation-chains)."""
+    return node.op_type == "Cast" and bool(node.outputs[0].uses()) and all(
+        is_table_lookup(user) and index == 1 for user, index in node.outputs[0].uses())
+
+
 def _readers_through_layout(value: ir.Value) -> list[ir.Node]:
     readers = []
     for user, _ in value.uses():
-        if user.op_type in LAYOUT_OPS:
+        if user.op_type in LAYOUT_OPS or _indexes_a_table(user):
             for output in user.outputs:
                 readers.extend(_readers_through_layout(output))
         elif user.op_type != "Shape":  # reads the dims, not the integers (upsample-on-uint8's repeat)
@@ -192,8 +200,8 @@ def orphan_qdq(model: ir.Model) -> list[str]:
                 problems.append(f"{node.name}: DequantizeLinear whose output nobody reads")
             source = node.inputs[0]
             producer = source.producer() if source is not None else None
-            while producer is not None and producer.op_type in LAYOUT_OPS:
-                source = producer.inputs[0]
+            while producer is not None and (producer.op_type in LAYOUT_OPS or _indexes_a_table(producer)):
+                source = producer.inputs[1 if is_table_lookup(producer) else 0]  # a table's: the integers looked up
                 producer = source.producer() if source is not None else None
             constant = source is not None and (source.const_value is not None or source.is_initializer())
             if not constant and (producer is None or producer.op_type not in ("QuantizeLinear", "Constant")):

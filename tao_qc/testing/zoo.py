@@ -359,14 +359,14 @@ class PicoDetStyle(nn.Module):
 
 
 
-def _conv_bn_silu(cin: int, cout: int, kernel: int = 1, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+def _conv_bn_act(cin: int, cout: int, kernel: int = 1, stride: int = 1, act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), act())
 
 
 class _Bottleneck(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, act: type[nn.Module]):
         super().__init__()
-        self.convs = nn.Sequential(_conv_bn_silu(channels, channels, 3), _conv_bn_silu(channels, channels, 3))
+        self.convs = nn.Sequential(_conv_bn_act(channels, channels, 3, act=act), _conv_bn_act(channels, channels, 3, act=act))
 
     def forward(self, x):
         return x + self.convs(x)
@@ -376,12 +376,12 @@ class _C2f(nn.Module):
     """YOLOv8's C2f: a 1x1 Conv split in two halves, bottlenecks chained on the second, every
     intermediate concatenated into a last 1x1 Conv."""
 
-    def __init__(self, cin: int, cout: int, blocks: int = 1):
+    def __init__(self, cin: int, cout: int, blocks: int = 1, act: type[nn.Module] = nn.SiLU):
         super().__init__()
         self.half = cout // 2
-        self.enter = _conv_bn_silu(cin, 2 * self.half)
-        self.blocks = nn.ModuleList(_Bottleneck(self.half) for _ in range(blocks))
-        self.leave = _conv_bn_silu((2 + blocks) * self.half, cout)
+        self.enter = _conv_bn_act(cin, 2 * self.half, act=act)
+        self.blocks = nn.ModuleList(_Bottleneck(self.half, act) for _ in range(blocks))
+        self.leave = _conv_bn_act((2 + blocks) * self.half, cout, act=act)
 
     def forward(self, x):
         parts = list(self.enter(x).split(self.half, 1))
@@ -393,11 +393,11 @@ class _C2f(nn.Module):
 class _SPPF(nn.Module):
     """YOLOv5/v8's spatial pyramid pooling: three chained 5x5 max pools, concatenated."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, act: type[nn.Module]):
         super().__init__()
-        self.enter = _conv_bn_silu(channels, channels // 2)
+        self.enter = _conv_bn_act(channels, channels // 2, act=act)
         self.pool = nn.MaxPool2d(5, 1, 2)
-        self.leave = _conv_bn_silu(2 * channels, channels)
+        self.leave = _conv_bn_act(2 * channels, channels, act=act)
 
     def forward(self, x):
         x = self.enter(x)
@@ -409,22 +409,27 @@ class _SPPF(nn.Module):
 class YOLOStyle(nn.Module):
     """YOLOv8's shape, small: a CSP backbone of C2f blocks and an SPPF, a PAN neck (upsampled and
     concatenated top-down, strided Convs bottom-up), and per level a head of box-side distributions
-    (4 x 16 bins) and class scores. Every activation is a SiLU, which torch exports as Sigmoid and Mul."""
+    (4 x 16 bins) and class scores. Every activation is `act`: SiLU, which torch exports as Sigmoid
+    and Mul, or Mish (YOLOv4's), exported as Softplus, Tanh and Mul."""
 
-    def __init__(self, classes: int = 10):
+    def __init__(self, classes: int = 10, act: type[nn.Module] = nn.SiLU):
         super().__init__()
-        self.stem = _conv_bn_silu(3, 16, 3, 2)
-        self.c2 = nn.Sequential(_conv_bn_silu(16, 32, 3, 2), _C2f(32, 32))
-        self.c3 = nn.Sequential(_conv_bn_silu(32, 64, 3, 2), _C2f(64, 64, 2))
-        self.c4 = nn.Sequential(_conv_bn_silu(64, 128, 3, 2), _C2f(128, 128, 2))
-        self.c5 = nn.Sequential(_conv_bn_silu(128, 256, 3, 2), _C2f(256, 256), _SPPF(256))
-        self.top4, self.top3 = _C2f(256 + 128, 128), _C2f(128 + 64, 64)
-        self.down3, self.out4 = _conv_bn_silu(64, 64, 3, 2), _C2f(64 + 128, 128)
-        self.down4, self.out5 = _conv_bn_silu(128, 128, 3, 2), _C2f(128 + 256, 256)
-        self.boxes = nn.ModuleList(nn.Sequential(_conv_bn_silu(c, 64, 3), _conv_bn_silu(64, 64, 3), nn.Conv2d(64, 4 * 16, 1))
-                                   for c in (64, 128, 256))
-        self.scores = nn.ModuleList(nn.Sequential(_conv_bn_silu(c, 64, 3), _conv_bn_silu(64, 64, 3), nn.Conv2d(64, classes, 1))
-                                    for c in (64, 128, 256))
+        def conv(cin, cout, kernel=1, stride=1):
+            return _conv_bn_act(cin, cout, kernel, stride, act)
+
+        def c2f(cin, cout, blocks=1):
+            return _C2f(cin, cout, blocks, act)
+
+        self.stem = conv(3, 16, 3, 2)
+        self.c2 = nn.Sequential(conv(16, 32, 3, 2), c2f(32, 32))
+        self.c3 = nn.Sequential(conv(32, 64, 3, 2), c2f(64, 64, 2))
+        self.c4 = nn.Sequential(conv(64, 128, 3, 2), c2f(128, 128, 2))
+        self.c5 = nn.Sequential(conv(128, 256, 3, 2), c2f(256, 256), _SPPF(256, act))
+        self.top4, self.top3 = c2f(256 + 128, 128), c2f(128 + 64, 64)
+        self.down3, self.out4 = conv(64, 64, 3, 2), c2f(64 + 128, 128)
+        self.down4, self.out5 = conv(128, 128, 3, 2), c2f(128 + 256, 256)
+        self.boxes = nn.ModuleList(nn.Sequential(conv(c, 64, 3), conv(64, 64, 3), nn.Conv2d(64, 4 * 16, 1)) for c in (64, 128, 256))
+        self.scores = nn.ModuleList(nn.Sequential(conv(c, 64, 3), conv(64, 64, 3), nn.Conv2d(64, classes, 1)) for c in (64, 128, 256))
         # PyTorch's default init shrinks each Conv's output variance about threefold: after 40 Convs
         # the heads' outputs would be their biases, whatever the image. He init keeps the signal.
         for module in self.modules():
@@ -443,7 +448,6 @@ class YOLOStyle(nn.Module):
         return tuple(torch.cat((box(p), score(p)), 1) for box, score, p in zip(self.boxes, self.scores, (p3, p4, p5)))
 
 
-
 # name -> (constructor, input shape at batch 1)
 ZOO = {
     "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
@@ -458,6 +462,7 @@ ZOO = {
     "text_detector": (lambda: TextDetectorNeckStyle(), (1, 3, 64, 64)),
     "picodet": (lambda: PicoDetStyle(), (1, 3, 320, 320)),
     "yolo": (lambda: YOLOStyle(), (1, 3, 320, 320)),
+    "yolo_mish": (lambda: YOLOStyle(act=nn.Mish), (1, 3, 320, 320)),
 }
 
 
