@@ -99,9 +99,9 @@ def test_weights_int8_initializers_and_activations_uint8(mnist):
     assert weights_int8 == 4 and activations_uint8 == 4
     used = {name for node in model.graph.node for name in node.input}
     assert not [i.name for i in model.graph.initializer if i.name not in used]  # replaced float weights/biases are gone
-    assert [p["pass"] for p in mnist["ort"].report["passes"]][-12:] == [
+    assert [p["pass"] for p in mnist["ort"].report["passes"]][-13:] == [
         "quantize-modelopt", "measure-activation-bounds", "clip-ranges", "keep-float", "assign-dtypes", "place-for-onnxruntime", "integer-elementwise", "move-on-uint8", "upsample-on-uint8",
-        "space-to-depth-stem", "fit-ort-integer-kernels", "verify-quantization"]
+        "tabulate-activation-chains", "space-to-depth-stem", "fit-ort-integer-kernels", "verify-quantization"]
 
 
 def test_tensorrt_target_keeps_modelopts_placement(small_cnn):
