@@ -88,19 +88,21 @@ REFERENCE = {
 }
 
 
-def compile_between_convs(nodes, constants, folder, opset: int):
-    """Conv -> the chain (from "x" to "y") -> Conv, compiled for ONNX Runtime (avx512_vnni, no speed
-    check) on seeded random data, and compared on more: the compile's result."""
+def compile_between_convs(nodes, constants, folder, opset: int, next_kernel: int = 3):
+    """Conv -> the chain (from "x" to "y") -> Conv (`next_kernel` square, padded to keep the size),
+    compiled for ONNX Runtime (avx512_vnni, no speed check) on seeded random data, and compared on
+    more: the compile's result."""
     import onnx
 
     from tao_qc.driver import compile_model
 
     rng = np.random.default_rng(0)
     conv1 = helper.make_node("Conv", ["input", "w1", "b1"], ["x"], name="conv1", pads=[1, 1, 1, 1])
-    conv2 = helper.make_node("Conv", ["y", "w2", "b2"], ["output"], name="conv2", pads=[1, 1, 1, 1])
+    pad = next_kernel // 2
+    conv2 = helper.make_node("Conv", ["y", "w2", "b2"], ["output"], name="conv2", pads=[pad] * 4)
     weights = [numpy_helper.from_array(rng.normal(0, 0.3, (16, 8, 3, 3)).astype(np.float32), "w1"),
                numpy_helper.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "b1"),
-               numpy_helper.from_array(rng.normal(0, 0.1, (8, 16, 3, 3)).astype(np.float32), "w2"),
+               numpy_helper.from_array(rng.normal(0, 0.1, (8, 16, next_kernel, next_kernel)).astype(np.float32), "w2"),
                numpy_helper.from_array(np.zeros(8, np.float32), "b2")]
     graph = helper.make_graph([conv1, *nodes, conv2], "m", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 8, 16, 16])],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["n", 8, 16, 16])], constants + weights)

@@ -62,13 +62,15 @@ def test_a_chain_whose_inner_value_is_read_elsewhere_is_left_alone():
 
 
 @pytest.mark.slow  # compiles
-@pytest.mark.parametrize("case", ["hardswish paddle2onnx", "leakyrelu as max"])
-def test_a_decomposed_activation_between_convs_runs_on_integers(tmp_path, case):
+@pytest.mark.parametrize("case, next_kernel", [("hardswish paddle2onnx", 3), ("hardswish paddle2onnx", 1),
+                                               ("leakyrelu as max", 3)])
+def test_a_decomposed_activation_between_convs_runs_on_integers(tmp_path, case, next_kernel):
     """paddle2onnx's `x * Clip(x + 3, 0, 6) / 6` between two Convs: after compile nothing of it is
-    float in what ORT runs (QLinearAdd for the gate, QLinearMul for the product), as for a HardSwish;
-    `Max(x, 0.1 x)` runs as one QLinearLeakyRelu."""
+    float in what ORT runs (QLinearAdd for the gate, QLinearMul for the product), as for a HardSwish,
+    also before a 1x1 Conv, into which fold-conv-affine would fold the `/ 6` were the chain not named
+    first (PicoDet's depthwise-then-pointwise blocks); `Max(x, 0.1 x)` runs as one QLinearLeakyRelu."""
     nodes, constants, becomes = CHAINS[case]
-    result = compile_between_convs(nodes, constants, tmp_path, opset=11)
+    result = compile_between_convs(nodes, constants, tmp_path, opset=11, next_kernel=next_kernel)
     named = next(r for r in result.records if r.name == "name-activation-chains")
     assert named.stats[f"{becomes.lower()}_named"] == 1
     ops = optimized_ops(result.model_path, tmp_path)

@@ -66,11 +66,14 @@ def calibrating_passes(spec: QuantizeSpec, *, source_path: Path | None = None) -
         LoadAndCheck(source_path),
         # Each can expose work for another (a Conv -> Identity -> BatchNorm folds only once the
         # Identity is gone); repeating until a round changes nothing makes their order not matter.
-        FixedPoint("canonicalize", [FoldConstants(), FoldBatchNorm(), FoldConvAffine(), RemoveIdentity(),
-                                    # ORT's CPU provider has no integer ConvTranspose; a Conv it has. It has
-                                    # integer kernels for a HardSwish, none for the pieces exporters write.
-                                    *([TransposedConvAsConv(), NameActivationChains()] if spec.target == "onnxruntime"
-                                      else [])]),
+        FixedPoint("canonicalize", [FoldConstants(),
+                                    # ORT has integer kernels for a HardSwish, none for the pieces exporters
+                                    # write. Named before fold-conv-affine, which would fold the chain's last
+                                    # step (paddle2onnx's `/ 6`) into the next Conv and leave 6 x HardSwish.
+                                    *([NameActivationChains()] if spec.target == "onnxruntime" else []),
+                                    FoldBatchNorm(), FoldConvAffine(), RemoveIdentity(),
+                                    # ORT's CPU provider has no integer ConvTranspose; a Conv it has.
+                                    *([TransposedConvAsConv()] if spec.target == "onnxruntime" else [])]),
         MatchLayers(),
         CheckCalibration(),
         QuantizeModelOpt(),
