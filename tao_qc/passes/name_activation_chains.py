@@ -22,14 +22,13 @@ float32 rounding) replaces the chain:
 - Sigmoid: `1 / (1 + exp(-x))` (which integer-elementwise runs as QLinearSigmoid).
 
 The FP32 model computes the same function (every test compares it on all 256 inputs of a uint8
-grid). Chains of other functions (SiLU as `x * Sigmoid(x)`, GELU, Mish) are left as they are:
-SiLU's Sigmoid and Mul each have an integer kernel already, and on a uint8 [1, 64, 80, 80] the pair
-(QLinearSigmoid + QLinearMul) took 0.12 ms where one 256-entry table (below) took 0.78 ms; for GELU
-and Mish ONNX Runtime has none. A 256-entry table (`Cast` to int32, `Gather` from a uint8 table) is ORT's only general form,
-and its Gather copies element by element: on [1, 64, 80, 80] uint8 (AVX-512 VNNI EPYC, 2 threads)
-it took 0.73-1.2 ms, where DQ + the float chain + Q took 0.39 ms for a decomposed HardSwish, 0.67 ms
-for GELU's Erf form and 4.5 ms for Mish. So the named ops' integer kernels are the way for the first,
-and a table would pay for Mish-like chains only (not written yet).
+grid). Chains of other functions (SiLU as `x * Sigmoid(x)`, GELU, Mish) are left as they are: SiLU's
+Sigmoid and Mul each have an integer kernel already (on a uint8 [1, 64, 80, 80] the pair,
+QLinearSigmoid + QLinearMul, took 0.12 ms where a 256-entry table took 0.78 ms); for GELU and Mish ONNX
+Runtime has none, and tabulate-activation-chains runs them as a table on uint8 where that is faster
+than the float chain (Mish; not GELU, which ORT fuses). Named before fold-conv-affine in each
+canonicalization round: it would fold a chain's last step (paddle2onnx's `/ 6`) into the next Conv and
+leave `6 x HardSwish`, which matches none of the functions above.
 
 Runs in canonicalization for `target: onnxruntime`.
 """
