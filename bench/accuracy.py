@@ -219,11 +219,11 @@ def mobile_detector(work: Path) -> dict:
         w, h = image.size
         return image.crop((w // 10, h // 10, w - w // 10, h - h // 10))
 
-    def darker(image, factor=0.6):
-        return ImageEnhance.Brightness(image).enhance(factor)
+    def lit(factor):
+        return lambda image: ImageEnhance.Brightness(image).enhance(factor)
 
     sets = {"calibration": [lambda i: i], "held": [ImageOps.mirror, cropped],
-            "test": [darker, lambda i: darker(i, 1.3), lambda i: darker(ImageOps.mirror(i))]}
+            "test": [lit(0.6), lit(1.3), lambda i: lit(0.6)(ImageOps.mirror(i))]}
     fp32 = shared / "fastestdet.onnx"
     [info] = model_inputs(__import__("onnx").load(str(fp32), load_external_data=False))
     arrays = {}
