@@ -73,23 +73,25 @@ def elementwise_to_measure(model: ir.Model, quantized: set[str]) -> list[ir.Node
     passed: list[ir.Node] = []  # candidates and the value-moving ops between them, in graph order
     order = {id(node): index for index, node in enumerate(graph)}
     tabulated: set[int] = set()  # ids of nodes tabulate-activation-chains will run as a table
+
+    def uint8(values) -> None:
+        for value in values:
+            reachable.add(id(value))
+            tabulated.update(id(n) for n in _tabulated_chain(value, order))
+
     for node in graph:
         if id(node) in tabulated:
             reachable.update(id(v) for v in node.outputs)
             passed.append(node)
             continue
         if node.name in quantized:
-            reachable.update(id(v) for v in node.outputs)
-            for output in node.outputs:
-                tabulated.update(id(n) for n in _tabulated_chain(output, order))
+            uint8(node.outputs)
             continue
         moved = _moved_inputs(node)
         if moved is not None:
             if moved and all(id(v) in reachable for v in moved):
-                reachable.update(id(v) for v in node.outputs)
+                uint8(node.outputs)
                 passed.append(node)
-                for output in node.outputs:
-                    tabulated.update(id(n) for n in _tabulated_chain(output, order))
             continue
         if node.op_type not in INTEGER_ELEMENTWISE or node.domain not in ("", "ai.onnx"):
             continue
@@ -97,10 +99,9 @@ def elementwise_to_measure(model: ir.Model, quantized: set[str]) -> list[ir.Node
         if node.op_type in BINARY and any(constant_array(v) is not None for v in inputs):
             continue
         if inputs and all(id(v) in reachable for v in inputs):
-            reachable.add(id(node.outputs[0]))
+            uint8(node.outputs[:1])
             candidates.append(node)
             passed.append(node)
-            tabulated.update(id(n) for n in _tabulated_chain(node.outputs[0], order))
     # A HardSwish reaching a quantized node only through scalar scale/shift steps is not measured:
     # IntegerElementwise folds the steps into its output quantization, the quantized node's input range.
     kept: set[str] = set()

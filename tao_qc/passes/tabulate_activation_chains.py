@@ -42,7 +42,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from tao_qc.passes.name_activation_chains import chain_from, evaluate_chain
-from tao_qc.passes.qdq import QdqBuilder, integer_qparams, readers, uint8_dequantize
+from tao_qc.passes.qdq import QdqBuilder, integer_qparams, readers, same_grid, uint8_dequantize
 from tao_qc.pipeline import PassContext, PassResult, constant_array
 
 TABLE_SIZE = 256
@@ -120,11 +120,8 @@ def _unit_after(dq: ir.Node, order: dict[int, int]) -> tuple[list[ir.Node], ir.V
     quantizers = readers(exit_value)
     if not quantizers or exit_value.is_graph_output() or any(q.op_type != "QuantizeLinear" for q in quantizers):
         return None
-    grids = [integer_qparams(q) for q in quantizers]
-    if any(g is None or g[0].size != 1 or g[1].dtype != np.uint8 for g in grids):
-        return None
-    first = grids[0]
-    if any(float(g[0]) != float(first[0]) or int(g[1]) != int(first[1]) for g in grids[1:]):
+    first, *others = (integer_qparams(q) for q in quantizers)
+    if first is None or first[0].size != 1 or first[1].dtype != np.uint8 or not all(same_grid(first, g) for g in others):
         return None
     return nodes, exit_value, quantizers
 
