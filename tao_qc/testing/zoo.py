@@ -316,9 +316,14 @@ class PaddleHardSwish(nn.Module):
         return x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
 
 
-def _conv_bn_hardswish(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
+def _conv_bn_act(cin: int, cout: int, kernel: int = 1, stride: int = 1, act: type[nn.Module] = nn.SiLU,
+                 groups: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
-                         PaddleHardSwish())
+                         act())
+
+
+def _conv_bn_hardswish(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return _conv_bn_act(cin, cout, kernel, stride, PaddleHardSwish, groups)
 
 
 def _depthwise_separable(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
@@ -357,10 +362,6 @@ class PicoDetStyle(nn.Module):
         n5 = self.joins[1](torch.cat((self.bottom_up[1](n4), l5), 1))
         return tuple(head(p) for head, p in zip(self.heads, (p3, n4, n5)))
 
-
-
-def _conv_bn_act(cin: int, cout: int, kernel: int = 1, stride: int = 1, act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), act())
 
 
 class _Bottleneck(nn.Module):
@@ -500,7 +501,7 @@ def export_zoo(name: str, path: str | Path, *, batch: int = 1, dynamic_batch: bo
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+    return _conv_bn_act(cin, cout, kernel, stride, nn.ReLU)
 
 
 class _Attention(nn.Module):
