@@ -393,19 +393,19 @@ def ort_quantizer(source: Path, work: Path) -> dict:
     A row: its model and wall time, or why it has none."""
     import onnxruntime
 
-    from placement import ORT_QUANTIZER, _reduce_range
+    from placement import ort_quantize
 
     target = work / "ort-quantizer.onnx"
-    label = f"ORT quantize_static ({onnxruntime.__version__})"
+    row = {"quantizer": f"ORT quantize_static ({onnxruntime.__version__})"}
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(source), str(target), str(work / "calibration.npz"),
-                          _reduce_range()], capture_output=True, text=True, cwd=work)
-    row = {"quantizer": label, "wall_s": time.perf_counter() - started}
     try:
-        if run.returncode:
-            raise RuntimeError((run.stderr.strip().splitlines() or ["no message"])[-1])
+        ort_quantize(source, target, work / "calibration.npz")
+    except RuntimeError as error:
+        return {**row, "wall_s": time.perf_counter() - started, "error": str(error)[:160]}
+    row["wall_s"] = time.perf_counter() - started
+    try:
         session(target)
-    except Exception as error:  # noqa: BLE001 - whatever ORT's quantizer or loader raises is the row's result
+    except Exception as error:  # noqa: BLE001 - whatever ORT's loader raises is the row's result
         return {**row, "error": str(error).split("\n")[0][:160]}
     return {**row, "path": target}
 

@@ -95,6 +95,17 @@ def _reduce_range() -> str:
     return "1" if this_machine().pairs_saturate else "0"
 
 
+def ort_quantize(fp32: Path, target: Path, calibration: Path) -> None:
+    """ONNX Runtime's quantizer (ORT_QUANTIZER) from `fp32` into `target`, calibrated on the first array
+    of `calibration` (an .npz), in its own process; a failure raises RuntimeError with its last line."""
+    # cwd: ORT's symbolic shape inference leaves sym_shape_infer_temp.onnx and its weights in the
+    # current folder.
+    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(calibration), _reduce_range()],
+                         capture_output=True, text=True, cwd=target.parent)
+    if run.returncode:
+        raise RuntimeError((run.stderr.strip().splitlines() or ["no message"])[-1])
+
+
 def session(path: Path):
     import onnxruntime as ort
 
@@ -125,11 +136,7 @@ def build_variants(name: str, work: Path) -> dict[str, Path]:
         result = compile_model(fp32, spec, results_dir=work / target, compare=False)
         variants[f"tao-qc {target}"] = result.model_path
     target = work / f"{name}.ort-quantizer.onnx"
-    # cwd: ORT's symbolic shape inference leaves sym_shape_infer_temp.onnx and its weights in the
-    # current folder.
-    subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz"),
-                    _reduce_range()],
-                   check=True, capture_output=True, cwd=work)
+    ort_quantize(fp32, target, work / "calib.npz")
     variants["ort quantize_static"] = target
     return variants
 
@@ -143,12 +150,8 @@ def quantize_both_ways(name: str, fp32: Path, work: Path) -> tuple[dict[str, Pat
                          "calibration": {"data": str(work / "calib.npz")}}}
     variants = {"fp32": fp32, "tao-qc onnxruntime": compile_model(fp32, spec, results_dir=work / "onnxruntime", compare=False).model_path}
     target = work / f"{name}.ort-quantizer.onnx"
-    run = subprocess.run([sys.executable, "-c", ORT_QUANTIZER, str(fp32), str(target), str(work / "calib.npz"),
-                    _reduce_range()],
-                         capture_output=True, text=True, cwd=work)  # cwd: see build_variants
     try:
-        if run.returncode:
-            raise RuntimeError(run.stderr.strip().splitlines()[-1])
+        ort_quantize(fp32, target, work / "calib.npz")
         session(target)
     except Exception as error:  # noqa: BLE001 - whatever ORT's quantizer or loader raises
         return variants, error
