@@ -152,11 +152,11 @@ def test_activation_ranges_is_asymmetric_unless_asked_and_a_wrong_value_is_one_l
     from tao_qc.errors import SpecError
     from tao_qc.spec import load_spec
 
-    assert load_spec({"quantize": {}}).onnxruntime.activation_ranges == "asymmetric"
+    assert load_spec({"quantize": {}}).onnxruntime.activation_ranges == "auto"
     with pytest.raises(SpecError) as error:
         load_spec({"quantize": {"onnxruntime": {"activation_ranges": "asym"}}})
     assert str(error.value) == ("quantize.onnxruntime.activation_ranges: 'asym' is not supported "
-                                "(valid: symmetric, asymmetric)")
+                                "(valid: auto, asymmetric, symmetric)")
 
 
 def test_choose_ranges_scores_a_candidate_on_the_grid_placement_gives_it():

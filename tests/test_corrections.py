@@ -413,7 +413,8 @@ def test_a_step_that_changes_ranges_fits_the_calibration_corrections_again_on_th
     for name, settings in (("clipped-in-calibration", {"algorithm": "percentile", "accuracy": {"fallback": "off"}}),
                            ("clipped-by-fallback", {"accuracy": {"data": str(tmp_path / "held.npz"), "metric": "cosine",
                                                                  "min": 0.995, "steps": ["clip"]}})):
-        spec = {"quantize": {"target": "onnxruntime", "onnxruntime": {"cpu": EIGHT_BIT_CPU},
+        # The data's own bounds in both (the grid choice is not what this compares).
+        spec = {"quantize": {"target": "onnxruntime", "onnxruntime": {"cpu": EIGHT_BIT_CPU, "activation_ranges": "asymmetric"},
                              "compare": {"data": str(tmp_path / "test.npz")},
                              "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 8, "corrections": ["bias"]},
                              **settings}}
@@ -424,7 +425,8 @@ def test_a_step_that_changes_ranges_fits_the_calibration_corrections_again_on_th
             assert step["step"] == "clip" and step["met"] and step["corrections_refitted"] == ["bias"]
             assert step["before"] < 0.95 and step["value"] >= 0.995 > step["without_corrections"]
             assert [c["method"] for c in result.report["corrections"]] == ["bias"]  # the refit only, not the stale one
-            assert "<td>clip (then bias fitted again)</td>" in (result.results_dir / "report.html").read_text()
+            assert step["chosen"] == "ranges clipped at the 99.9th percentile"  # as algorithm: percentile's
+            assert f"<td>clip: {step['chosen']} (then bias fitted again)</td>" in (result.results_dir / "report.html").read_text()
     first, second = saved.values()
     assert sorted(first) == sorted(second)
     assert all(np.array_equal(first[name], second[name]) for name in first)
@@ -484,4 +486,4 @@ def test_a_step_drops_calibration_corrections_that_measure_worse_on_its_new_rang
         saved = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(result.model_path)).graph.initializer}
         assert not saved["b_quantized"].any()  # the model's own zero bias, uncorrected
         assert any(w.startswith(said) for w in result.report["warnings"])
-        assert "<td>clip (without bias: " in (result.results_dir / "report.html").read_text()
+        assert f"<td>clip: {step['chosen']} (without bias: " in (result.results_dir / "report.html").read_text()

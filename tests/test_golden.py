@@ -93,7 +93,7 @@ def test_golden_pass_dumps(case, tmp_path, update_golden):
         # int8 weights are stored quantized; FP8 ones stay float behind their Q/DQ (TensorRT's form)
         assert checked["weights"] == result.report["counts"]["dtypes"].get("int8", 0)
         assert checked["biases"] == EXPECTED_INT32_BIASES[_model_case(case)]
-        if spec.onnxruntime.activation_ranges == "asymmetric":
+        if spec.onnxruntime.activation_ranges != "symmetric":
             # zero points follow the data (0 for what is never negative, others where 0 falls), not 128 throughout
             placement = next(r for r in result.records if r.name == "place-for-onnxruntime")
             assert placement.stats["zero_points_from_data"] >= 1

@@ -1,6 +1,7 @@
 """The range choice a default run makes even where its checks pass (issue 34): max ranges spent on one
 outlier of the calibration data pass a proxy check while costing what ranges clipped at the
-percentile keep, so a default compile measures the clipped ranges too and keeps the better model."""
+percentile keep, and grids over the calibration data's own bounds cost where unseen data goes past
+them, so a default compile measures clipped ranges and symmetric grids too and keeps the better model."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def test_a_default_run_keeps_clipped_ranges_where_they_measure_better_though_max
     result = compile_model(source, spec, results_dir=tmp_path / "out")
     accuracy = result.report["accuracy"]
     assert accuracy["met_before_fallback"] and accuracy["reached"] and result.report["comparison"]["passed"]
-    if algorithm == "percentile":  # the user chose clipped ranges: nothing more is tried
-        assert accuracy["clipping"] is None and not accuracy["steps"]
+    if algorithm == "percentile":  # the user chose clipped ranges: only the other grids are measured
+        assert list(accuracy["clipping"]["tried"]) == ["calibrated ranges, symmetric grids"]
         return
     clipping = accuracy["clipping"]
     assert clipping["while_met"] and clipping["kept"] and clipping["met"]
@@ -61,3 +62,45 @@ def test_a_default_run_keeps_clipped_ranges_where_they_measure_better_though_max
     assert _input_step(result.model_path) < 0.2 * 20.0 / 255
     html = (result.results_dir / "report.html").read_text()
     assert "tried though the target was met" in html
+
+
+def _shifted_data(rng, count, low):
+    return rng.uniform(low, 1, size=(count, 16, 8, 8)).astype(np.float32)
+
+
+def _input_zero_point(path) -> int:
+    model = onnx.load(str(path))
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    return int(values[q.input[2]])
+
+
+@pytest.mark.parametrize("unseen_low", [-1.0, -0.1])
+def test_a_default_run_keeps_symmetric_grids_where_unseen_data_goes_past_the_calibration_datas_bounds(tmp_path, unseen_low):
+    """Calibrated on images in [0, 1], compared on data that goes below 0: the asymmetric grid over [0, 1]
+    turns every negative input into 0, the symmetric one keeps them. -1: the default checks fail on the
+    data's own bounds and the clip step's choices meet them; -0.1: they pass either way, and the default
+    run still keeps the grids that measure better."""
+    rng = np.random.default_rng(1)
+    source = _conv(tmp_path / "conv.onnx", rng)
+    np.savez(tmp_path / "cal.npz", x=_shifted_data(rng, 32, 0.0))
+    np.savez(tmp_path / "test.npz", x=_shifted_data(rng, 16, unseen_low))
+    spec = {"quantize": {"target": "onnxruntime", "onnxruntime": {"cpu": "avx512_vnni"},
+                         "calibration": {"data": str(tmp_path / "cal.npz")}, "compare": {"data": str(tmp_path / "test.npz")}}}
+    result = compile_model(source, spec, results_dir=tmp_path / "auto")
+    accuracy = result.report["accuracy"]
+    assert accuracy["reached"] and result.report["comparison"]["passed"]
+    assert accuracy["met_before_fallback"] == (unseen_low > -0.5)
+    clipping = accuracy["clipping"]
+    assert clipping["kept"] and clipping["grids"] == "symmetric", clipping
+    assert set(clipping["tried"]) >= {"calibrated ranges, symmetric grids"}
+    assert _input_zero_point(result.model_path) == 128
+    html = (result.results_dir / "report.html").read_text()
+    assert f"Best: {clipping['chosen']}" in html
+
+    # Asked for by name, the data's bounds stay: zero point 0, and no symmetric grid is measured.
+    spec["quantize"]["onnxruntime"]["activation_ranges"] = "asymmetric"
+    fixed = compile_model(source, spec, results_dir=tmp_path / "asymmetric", raise_on_mismatch=False)
+    assert _input_zero_point(fixed.model_path) == 0
+    tried = (fixed.report["accuracy"]["clipping"] or {}).get("tried") or {}
+    assert not any("symmetric" in label for label in tried)

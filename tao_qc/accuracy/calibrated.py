@@ -57,6 +57,16 @@ class CalibratedGraph:
         result = ClipRanges().run(self.model(), work)
         return self._saved(result.model, work.facts, self.folder, f"clipped-{percentile:g}.onnx"), result.stats["ranges_clipped"]
 
+    def on_symmetric_grids(self) -> CalibratedGraph | None:
+        """The same graph with placement's uint8 grids over modelopt's +-amax (zero point 128) instead of
+        the data's own bounds; None where it has none to drop. Only the facts differ: no file is written."""
+        if not self.facts.get("activation_bounds"):
+            return None
+        facts = copy.deepcopy(self.facts)
+        facts["activation_bounds"], facts["activation_bounds_widened"] = {}, {}
+        facts["activation_grids"] = "symmetric"
+        return CalibratedGraph(self.folder, self.path, facts)
+
     def transformed(self, ctx: Any, passes: list, name: str) -> CalibratedGraph:
         """A copy with `passes` run over it (accuracy fallback's ranges and corrections steps), with
         the calibration data as `ctx` holds it."""

@@ -7,7 +7,7 @@
        [-> transposed-conv-as-conv -> name-activation-chains (target: onnxruntime)], repeated until a
        round changes nothing
     -> match-layers -> check-calibration -> quantize-modelopt
-       [-> measure-activation-bounds (onnxruntime.activation_ranges: asymmetric)] -> clip-ranges
+       [-> measure-activation-bounds (onnxruntime.activation_ranges: auto or asymmetric)] -> clip-ranges
                                                                    (`calibrating_passes`)
        [-> choose-ranges (algorithm: auto)] [-> correct-bias / round-weights (calibration.corrections),
        on the weight grid placement will store: `placement_cpu`]
@@ -78,7 +78,7 @@ def calibrating_passes(spec: QuantizeSpec, *, source_path: Path | None = None) -
         CheckCalibration(),
         QuantizeModelOpt(),
         # ONNX Runtime's uint8 activations take any zero point: their grids may follow the data's bounds.
-        *([MeasureActivationBounds()] if spec.target == "onnxruntime" and spec.onnxruntime.activation_ranges == "asymmetric"
+        *([MeasureActivationBounds()] if spec.target == "onnxruntime" and spec.onnxruntime.activation_ranges != "symmetric"
           else []),
         ClipRanges(),
     ]

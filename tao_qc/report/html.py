@@ -426,12 +426,15 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
                      'quantize.accuracy.data (held out) for figures you can trust.</p>')
     clipping = section.get("clipping")
     if clipping:
-        parts.append(f"<p>Activation ranges clipped at the {_num(clipping['percentile'])}th percentile of |x| "
-                     + ("(tried though the target was met, as every default run does) " if clipping.get("while_met") else "")
-                     + f"({clipping['ranges_clipped']} ranges): "
+        tried = "; ".join(f"{escape(label)} {_num(value)}" for label, value in (clipping.get("tried") or {}).items())
+        narrowed = f" ({clipping['ranges_clipped']} ranges narrowed)" if clipping.get("ranges_clipped") else ""
+        parts.append("<p>Activation ranges, measured on the accuracy data against the calibrated ones"
+                     + (" (tried though the target was met, as every default run does)" if clipping.get("while_met") else "")
+                     + (f": {tried}. " if tried else ". ")
+                     + f"Best: {escape(str(clipping.get('chosen')))}{narrowed}, "
                      f"{escape(str(clipping['in_words'])) if clipping.get('in_words') else _num(clipping['value'])}, target "
                      f"{'met' if clipping['met'] else 'missed'}; "
-                     f"{'kept' if clipping.get('kept') else 'not kept (max ranges measured better)'}.</p>")
+                     f"{'kept' if clipping.get('kept') else 'not kept (the calibrated ranges measured better)'}.</p>")
 
     parts.append(steps_html(section.get("steps")))
     search = section.get("search") or {}
@@ -785,16 +788,17 @@ def steps_html(steps: list[dict[str, Any]] | None) -> str:
 def _step_name(step: dict[str, Any]) -> str:
     """The step, and what it did with the corrections the graph carried: fitted them again on its new
     ranges, dropped them where they measured worse once fitted, or never fitted them where the new
-    ranges met the target alone."""
+    ranges met the target alone. The clip step names the best of the range choices it measured."""
+    name = f"{step['step']}: {step['chosen']}" if step.get("chosen") else step["step"]
     if step.get("corrections_refitted"):
-        return f"{step['step']} (then {', '.join(step['corrections_refitted'])} fitted again)"
+        return f"{name} (then {', '.join(step['corrections_refitted'])} fitted again)"
     if step.get("corrections_dropped"):
         methods = ", ".join(step["corrections_dropped"])
         if step.get("with_corrections") is None:
-            return f"{step['step']} (without {methods}: not needed, {_num(step.get('without_corrections'))} without)"
-        return (f"{step['step']} (without {methods}: {_num(step.get('without_corrections'))} without, "
+            return f"{name} (without {methods}: not needed, {_num(step.get('without_corrections'))} without)"
+        return (f"{name} (without {methods}: {_num(step.get('without_corrections'))} without, "
                 f"{_num(step['with_corrections'])} with)")
-    return step["step"]
+    return name
 
 
 def corrections_html(report: dict[str, Any]) -> str:

@@ -235,7 +235,7 @@ class CompareSpec(_Strict):
 
 FALLBACK_MODES = ("auto", "off")
 SPEED_MODES = ("check", "search", "off")
-ACTIVATION_RANGES = ("symmetric", "asymmetric")
+ACTIVATION_RANGES = ("auto", "asymmetric", "symmetric")
 EXECUTORS = ("local", "ray")
 BUILTIN_METRICS = ("cosine", "top1_agreement", "top1_accuracy", "map")
 BUILTIN_DECODERS = ("rtdetr", "boxes_scores")  # compare.decoder
@@ -315,8 +315,10 @@ class OnnxRuntimeSpec(_Strict):
     speed: Annotated[str, _choice(SPEED_MODES), BeforeValidator(_off_from_yaml)] = "check"
     # Each uint8 activation grid: `asymmetric` (the data's own [min, max] within modelopt's +-amax, the
     # zero point where 0 falls: tao_qc/passes/measure_activation_bounds.py), up to twice as fine a step as
-    # `symmetric` (modelopt's +-amax, zero point 128), which is what TensorRT-style grids give.
-    activation_ranges: Annotated[str, _choice(ACTIVATION_RANGES)] = "asymmetric"
+    # `symmetric` (modelopt's +-amax, zero point 128), which is what TensorRT-style grids give. `auto`:
+    # asymmetric, and where accuracy trials run, symmetric too, the better measured kept (the finer
+    # step can cost more than it gives where unseen data goes past the calibration data's bounds).
+    activation_ranges: Annotated[str, _choice(ACTIVATION_RANGES)] = "auto"
 
 
 class QuantizeSpec(_Strict):
