@@ -47,7 +47,13 @@ from tao_qc.spec import QuantizeSpec, load_spec
 from tao_qc.spec.cpu import resolve as resolve_cpu
 from tao_qc.spec.cpu import this_machine
 from tao_qc.spec.datasets import comparison_data_set, measures
-from tao_qc.speed.float_where_faster import AS_FAST, SpeedCheck, search_float_classes, time_against_fp32
+from tao_qc.speed.float_where_faster import (
+    SpeedCheck,
+    effective_mode,
+    search_float_classes,
+    search_where_not_faster,
+    time_against_fp32,
+)
 from tao_qc.version import __version__
 
 log = logging.getLogger("tao_qc.compile")
@@ -133,7 +139,7 @@ def compile_model(
         calibrated = calibrate(spec, source, ctx, [dumps])
         # Accuracy trials and the speed search start again from the calibrated graph: kept before
         # the finishing passes change it.
-        searches = by_speed and spec.onnxruntime.speed == "search"
+        searches = by_speed and effective_mode(spec.onnxruntime.speed) in ("search", "auto")
         snapshot = CalibratedGraph.take(calibrated.model, ctx, stage) if trials or searches else None
         finish = Finisher(spec, ctx, calibrated, dumps, stage, stem)
         records = finish(calibrated.model)
@@ -287,8 +293,14 @@ def speed_search_stage(spec: QuantizeSpec, ctx: PassContext, source: Path, snaps
     if isa is None:
         return None
     feeds = timing_feeds(ctx.calibration)
-    log.info("speed: timing classes of quantized units in float on this CPU (%s, batch %s)", isa, " and ".join(map(str, feeds)))
-    result = search_float_classes(spec, snapshot, finish.path, source, feeds, snapshot.folder, isa)
+    if effective_mode(spec.onnxruntime.speed) == "auto":
+        log.info("speed: timing the quantized model against FP32 on this CPU (%s, batch %s); classes of units "
+                 "in float are tried where it is not clearly faster", isa, " and ".join(map(str, feeds)))
+        result = search_where_not_faster(spec, snapshot, finish.path, source, feeds, snapshot.folder, isa)
+    else:
+        log.info("speed: timing classes of quantized units in float on this CPU (%s, batch %s)", isa,
+                 " and ".join(map(str, feeds)))
+        result = search_float_classes(spec, snapshot, finish.path, source, feeds, snapshot.folder, isa)
     if result.float_for_speed:
         snapshot.facts["float_for_speed"] = result.float_for_speed
         ctx.facts = snapshot.facts_with({})
@@ -388,7 +400,7 @@ def slower_than_fp32(latency: BenchTable | None, spec: QuantizeSpec, speed: Spee
     kernels = ("; without VNNI, ORT's integer kernels multiply in 16 bits and gain little over float"
                if here.pairs_saturate else "")
     fix = "deploy the FP32 model on this CPU, or quantize for size rather than speed; report.html shows where the time goes"
-    if speed is not None and speed.mode == "check":
+    if speed is not None and not speed.searched:
         fix = ("set quantize.onnxruntime.speed: search to keep in float the classes of units that run faster so, "
                f"{fix[0].lower()}{fix[1:]}")
     if speed is not None and speed.final_vs_fp32:
@@ -409,7 +421,7 @@ def slower_than_fp32(latency: BenchTable | None, spec: QuantizeSpec, speed: Spee
 
 
 def _places_by_speed(spec: QuantizeSpec) -> bool:
-    return spec.target == "onnxruntime" and spec.onnxruntime.speed != "off"
+    return spec.target == "onnxruntime" and effective_mode(spec.onnxruntime.speed) != "off"
 
 
 def _may_need_trials(spec: QuantizeSpec) -> bool:

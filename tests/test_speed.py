@@ -12,6 +12,7 @@ TAO_QC_CPU says `auto` means in the suite."""
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +129,11 @@ def test_each_class_of_unit_is_timed_in_float_against_int8_at_batch_1_and_the_da
 
 
 def test_a_class_kept_float_is_float_in_the_saved_model_with_its_measured_reason(every_class, tmp_path, monkeypatch):
-    """With the gain needed set to nothing, every class counts as faster: the path a CPU that loses
-    on, say, depthwise Convs takes, through the real rebuild and comparison."""
+    """With the gain needed set to nothing, every class counts as faster (alone and together): the path
+    a CPU that loses on, say, depthwise Convs takes, through the real rebuild and comparison."""
     model, data = every_class
-    monkeypatch.setattr(float_where_faster, "MIN_GAIN", 0.0)
-    monkeypatch.setattr(float_where_faster, "MAX_LOSS", 0.0)
+    for name in ("MIN_GAIN", "MAX_LOSS", "CONFIRM_GAIN"):
+        monkeypatch.setattr(float_where_faster, name, 0.0)
     result = compile_model(model, _spec(data, "search"), results_dir=tmp_path / "out")
     section = result.report["speed"]
     assert all(t["kept_float"] for t in section["trials"]) and section["nodes_kept_float"] == 6
@@ -155,10 +156,12 @@ def test_a_class_kept_float_is_float_in_the_saved_model_with_its_measured_reason
         assert "at batch 1" in row and "at batch 4" in row and "kept in float" in row
 
 
-def test_by_default_the_model_is_timed_against_fp32_and_changed_by_no_timing(every_class, tmp_path):
+def test_check_times_the_model_against_fp32_and_changes_nothing_by_timing(every_class, tmp_path, monkeypatch):
+    """`check`, named or as what TAO_QC_SPEED makes `auto` mean (a build that must not depend on timings)."""
     model, data = every_class
     spec = _spec(data, "check")
     del spec["quantize"]["onnxruntime"]["speed"]
+    monkeypatch.setenv("TAO_QC_SPEED", "check")
     result = compile_model(model, spec, results_dir=tmp_path / "out", compare=False)
     section = result.report["speed"]
     assert section["mode"] == "check" and not section["searched"] and not section["trials"]
@@ -167,6 +170,53 @@ def test_by_default_the_model_is_timed_against_fp32_and_changed_by_no_timing(eve
     # A slower model says where the time goes, from ORT's profiler of both models.
     if section["why_slower"]:
         assert section["profile"]["fp32"] and section["profile"]["int8"]
+
+
+@pytest.mark.parametrize("not_clearly_faster", [True, False])
+def test_auto_searches_only_where_int8_is_not_clearly_faster_than_fp32(every_class, tmp_path, monkeypatch,
+                                                                      not_clearly_faster):
+    """The default. Whether this machine's INT8 model is clearly faster is its own business, so the
+    threshold is set to make it so or not, and the gain needed to nothing: every class counts as faster
+    (and again when timed together), the path a CPU that loses on them takes."""
+    model, data = every_class
+    spec = _spec(data, "check")
+    del spec["quantize"]["onnxruntime"]["speed"]
+    monkeypatch.delenv("TAO_QC_SPEED")
+    monkeypatch.setattr(float_where_faster, "SEARCH_BELOW", float("inf") if not_clearly_faster else 0.0)
+    for name in ("MIN_GAIN", "MAX_LOSS", "CONFIRM_GAIN"):
+        monkeypatch.setattr(float_where_faster, name, 0.0)
+    result = compile_model(model, spec, results_dir=tmp_path / "out")
+    section = result.report["speed"]
+    assert section["mode"] == "auto" and section["searched"] == not_clearly_faster
+    assert set(section["int8_vs_fp32"]) == {"1", "4"}
+    saved = onnx.load(result.model_path)
+    computes = [n.name for n in saved.graph.node if n.op_type in ("Conv", "Gemm")]
+    html = (result.results_dir / "report.html").read_text()
+    if not_clearly_faster:
+        assert section["search_reason"].startswith("searched: INT8 ran under inf")
+        assert section["confirmed"] and set(section["confirmation"]) == {"1", "4"}
+        assert section["nodes_kept_float"] == 6 and all(_weight_is_float(saved, name) for name in computes)
+        assert "(confirmed: they stay float)" in html
+    else:
+        assert section["search_reason"].startswith("not searched") and not section["trials"]
+        assert not any(_weight_is_float(saved, name) for name in computes)
+    assert f"<code>speed: auto</code> {escape(section['search_reason'])}" in html
+
+
+def test_classes_that_do_not_win_a_second_time_stay_int8(every_class, tmp_path, monkeypatch):
+    """Each class won its own trial (gain needed: nothing) but not the fresh timing of all of them
+    together (gain needed: more than any timing gives): none stays float, and the report says why."""
+    model, data = every_class
+    monkeypatch.setattr(float_where_faster, "MIN_GAIN", 0.0)
+    monkeypatch.setattr(float_where_faster, "MAX_LOSS", 0.0)
+    monkeypatch.setattr(float_where_faster, "CONFIRM_GAIN", float("inf"))
+    result = compile_model(model, _spec(data, "search"), results_dir=tmp_path / "out")
+    section = result.report["speed"]
+    assert all(t["kept_float"] for t in section["trials"]) and section["confirmed"] is False
+    assert section["nodes_kept_float"] == 0 and all(row["quantized"] for row in result.report["decisions"])
+    saved = onnx.load(result.model_path)
+    assert not any(_weight_is_float(saved, n.name) for n in saved.graph.node if n.op_type in ("Conv", "Gemm"))
+    assert "(not confirmed: every class stays INT8)" in (result.results_dir / "report.html").read_text()
 
 
 def test_off_times_nothing_and_a_wrong_mode_is_a_one_line_spec_error(every_class, tmp_path):

@@ -849,18 +849,25 @@ def speed_html(section: dict[str, Any] | None) -> str:
              f"model taking turns in each round: the quantized model runs at {at(section.get('int8_vs_fp32') or {})} "
              "FP32's speed (median of the per-round ratios).</p>"]
     trials = section.get("trials") or []
+    if section.get("search_reason"):  # speed: auto
+        parts.append(f"<p><code>speed: auto</code> {escape(section['search_reason'])}.</p>")
     if section.get("searched"):
         rows = [f"<tr><td>{escape(t['label'])}</td><td class=\"num\">{len(t['nodes'])}</td>"
                 f"<td class=\"num\">{at(t.get('speedup') or {})}</td>"
                 f"<td>{'kept in float' if t.get('kept_float') else 'stays INT8'}</td></tr>" for t in trials]
         parts.append("<p>Each class of quantized unit in float against the model kept so far (above 1: faster in float):</p>"
                      + _table(["class", "nodes", "speed in float", "decision"], rows, numeric_from=1))
+        if section.get("confirmation"):
+            parts.append(f"<p>The classes kept float, all together, timed again against the all-INT8 model: "
+                         f"{at(section['confirmation'])} "
+                         + ("(confirmed: they stay float).</p>" if section.get("confirmed") else
+                            "(not confirmed: every class stays INT8).</p>"))
         if section.get("nodes_kept_float"):
             parts.append(f"<p>With {section['nodes_kept_float']} nodes in float the model runs at "
                          f"{at(section.get('final_vs_fp32') or {})} FP32's speed.</p>")
     elif section.get("mode") == "check":
         parts.append('<p class="note">Classes of units in float were not tried (<code>quantize.onnxruntime.speed: search</code> '
-                     "tries them).</p>")
+                     "tries them; <code>auto</code>, the default, where INT8 is not clearly faster).</p>")
     if section.get("why_slower"):
         parts.append(f'<p><span class="badge warn">slower than FP32</span> {escape(section["why_slower"])}</p>')
     profile = section.get("profile")

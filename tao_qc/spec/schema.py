@@ -234,7 +234,7 @@ class CompareSpec(_Strict):
 
 
 FALLBACK_MODES = ("auto", "off")
-SPEED_MODES = ("check", "search", "off")
+SPEED_MODES = ("auto", "check", "search", "off")
 ACTIVATION_RANGES = ("auto", "asymmetric", "symmetric")
 EXECUTORS = ("local", "ray")
 BUILTIN_METRICS = ("cosine", "top1_agreement", "top1_accuracy", "map")
@@ -310,9 +310,10 @@ class OnnxRuntimeSpec(_Strict):
     kernel_fidelity: bool = True
     # Speed on this machine (tao_qc/speed): `check` times the model against FP32 and, where it is
     # slower, says where the time goes; `search` also times each class of quantized unit (depthwise
-    # Convs, few-channel Convs, ...) in float and keeps float the classes that are faster so (the
-    # model then depends on timings); `off`.
-    speed: Annotated[str, _choice(SPEED_MODES), BeforeValidator(_off_from_yaml)] = "check"
+    # Convs, few-channel Convs, ...) in float and keeps float the classes that are faster so, twice
+    # (the model then depends on timings); `auto` searches where INT8 is not clearly faster than
+    # FP32 (TAO_QC_SPEED=check makes it `check`); `off`.
+    speed: Annotated[str, _choice(SPEED_MODES), BeforeValidator(_off_from_yaml)] = "auto"
     # Each uint8 activation grid: `asymmetric` (the data's own [min, max] within modelopt's +-amax, the
     # zero point where 0 falls: tao_qc/passes/measure_activation_bounds.py), up to twice as fine a step as
     # `symmetric` (modelopt's +-amax, zero point 128), which is what TensorRT-style grids give. `auto`:

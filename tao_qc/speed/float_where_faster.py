@@ -11,9 +11,14 @@ so it is measured, not assumed:
 2. `search`: for each class of unit (`unit_classes`), the model is finished again from the
    calibrated graph with that class in float (`KeepFloat`'s `float_for_speed`, the same graph
    surgery as accuracy fallback) and timed against the model kept so far. A class stays float where
-   that is faster by `MIN_GAIN` at the median round and slower at no batch size. The model then
-   depends on timings, which is why it is asked for, not the default.
-3. Where the result is still slower than FP32, ORT's profiler gives the time per op type of both
+   that is faster by `MIN_GAIN` at the median round and slower at no batch size. The classes kept
+   must then win a second time: the model with all of them float, timed afresh against the all-INT8
+   one, faster by `MIN_GAIN` again, or none stays float (one lucky round is not a decision).
+3. `auto` (the default) searches only where the INT8 model is not clearly faster than FP32 (under
+   `SEARCH_BELOW` at some batch): a user gets the faster of the placements the search could measure
+   where it matters, and a model well ahead of FP32 does not depend on timings. `TAO_QC_SPEED=check`
+   makes `auto` mean `check` (builds that must not depend on timings: a build machine, the test suite).
+4. Where the result is still slower than FP32, ORT's profiler gives the time per op type of both
    models: the report's answer to "why".
 
 Nodes in float only move the model toward FP32, so the search costs no accuracy the comparison
@@ -25,6 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from tao_qc.accuracy.calibrated import CalibratedGraph
+from tao_qc.errors import InputError
 from tao_qc.evaluate.latency import time_interleaved
 from tao_qc.passes import finishing_passes
 from tao_qc.pipeline import PassContext, Pipeline, save_model
@@ -52,6 +59,22 @@ MAX_LOSS = 0.98
 # Two timings of one model in interleaved rounds differ by up to 3% here: a model within that of
 # FP32's speed is as fast, not slower.
 AS_FAST = 0.97
+# The second win a search's float classes need, all of them together against the all-INT8 model.
+CONFIRM_GAIN = MIN_GAIN
+# `speed: auto` searches where INT8 runs under this at some batch. A held-out PicoDet-style detector
+# read 0.92-1.01x FP32 by default on an AVX2 EPYC and 1.13x with its two stem Convs float: near FP32's
+# speed is where a class in float wins; well above it, the float classes tried on our benches lost.
+SEARCH_BELOW = 1.2
+ENVIRONMENT_VARIABLE = "TAO_QC_SPEED"
+
+
+def effective_mode(setting: str) -> str:
+    """`quantize.onnxruntime.speed` as it runs: `auto` is what TAO_QC_SPEED names where it is set."""
+    if setting == "auto" and (named := os.environ.get(ENVIRONMENT_VARIABLE, "").strip()):
+        if named not in ("auto", "check", "search", "off"):
+            raise InputError(f"{ENVIRONMENT_VARIABLE}={named} is not a speed mode (valid: auto, check, search, off)")
+        return named
+    return setting
 
 
 @dataclass
@@ -79,9 +102,16 @@ class SpeedCheck:
     # Where the model stays slower than FP32: ms per run per op type, ORT's profiler at batch 1.
     profile: dict[str, dict[str, float]] | None = None
     seconds: float = 0.0
+    search_reason: str | None = None  # `auto`: why it searched, or why it did not
+    # The search's float classes together against the all-INT8 model, timed afresh (>1: faster),
+    # and whether that second win held (None: nothing to confirm).
+    confirmation: dict[int, float] = field(default_factory=dict)
+    confirmed: bool | None = None
 
     @property
     def float_for_speed(self) -> dict[str, str]:
+        if self.confirmed is False:
+            return {}
         return {node: trial.reason for trial in self.trials if trial.kept_float for node in trial.nodes}
 
     @property
@@ -104,6 +134,9 @@ class SpeedCheck:
                          "(batch 1, ORT's profiler)")
         slower = [t.label for t in self.trials if not t.kept_float and _mean(t.speedup) < 1.0]
         little = [t.label for t in self.trials if not t.kept_float and _mean(t.speedup) >= 1.0]
+        if self.confirmed is False:
+            parts.append(f"the classes the search kept float ran at {_at(self.confirmation)} the INT8 model's speed "
+                         "when timed again, so none stays float")
         if slower:
             parts.append("with " + " or ".join(slower) + " in float it ran slower still")
         if little:
@@ -116,26 +149,56 @@ class SpeedCheck:
         out["why_slower"] = self.why_slower()
         for row in out["trials"]:
             row["speedup"] = {str(b): v for b, v in row["speedup"].items()}
-        for key in ("int8_vs_fp32", "final_vs_fp32"):
+        for key in ("int8_vs_fp32", "final_vs_fp32", "confirmation"):
             out[key] = {str(b): v for b, v in out[key].items()}
         return out
 
 
-def search_float_classes(spec: QuantizeSpec, base: CalibratedGraph, current: Path, fp32: Path,
-                         feeds_by_batch: dict[int, dict[str, np.ndarray]], folder: Path, cpu: str,
-                         *, rounds: int = 7) -> SpeedCheck:
-    """`speed: search`: time `current` (finished from `base`) against FP32, then each class of its
-    quantized compute nodes in float against the model kept so far; the classes that are faster
-    stay float (`SpeedCheck.float_for_speed`). `time_against_fp32` measures the saved model after."""
+def search_where_not_faster(spec: QuantizeSpec, base: CalibratedGraph, current: Path, fp32: Path,
+                            feeds_by_batch: dict[int, dict[str, np.ndarray]], folder: Path, cpu: str,
+                            *, rounds: int = 7) -> SpeedCheck:
+    """`speed: auto`: `current` timed against FP32, and where it runs under `SEARCH_BELOW` at some
+    batch, the search of `search_float_classes` from there."""
     started = time.perf_counter()
     settings = RuntimeSettings(save_artifact=False)
-    result = SpeedCheck(mode="search", cpu=cpu, threads=settings.intra_op_threads, batches=sorted(feeds_by_batch),
+    backend = get_runtime("onnxruntime")
+    reference, model = backend.build(fp32, settings), backend.build(current, settings)
+    try:
+        first = _speedups(reference, model, feeds_by_batch, rounds)
+    finally:
+        reference.close()
+        model.close()
+    log.info("speed: the quantized model runs at %s FP32's speed", _at(first))
+    if min(first.values()) >= SEARCH_BELOW:
+        return SpeedCheck(mode="auto", cpu=cpu, threads=settings.intra_op_threads, batches=sorted(feeds_by_batch),
+                          int8_vs_fp32=first, seconds=time.perf_counter() - started,
+                          search_reason=f"not searched: INT8 runs at {SEARCH_BELOW:g}x FP32's speed or more")
+    result = search_float_classes(spec, base, current, fp32, feeds_by_batch, folder, cpu, rounds=rounds,
+                                  mode="auto", int8_vs_fp32=first)
+    result.search_reason = f"searched: INT8 ran under {SEARCH_BELOW:g}x FP32's speed ({_at(first)})"
+    result.seconds += time.perf_counter() - started
+    return result
+
+
+def search_float_classes(spec: QuantizeSpec, base: CalibratedGraph, current: Path, fp32: Path,
+                         feeds_by_batch: dict[int, dict[str, np.ndarray]], folder: Path, cpu: str,
+                         *, rounds: int = 7, mode: str = "search",
+                         int8_vs_fp32: dict[int, float] | None = None) -> SpeedCheck:
+    """`speed: search`: time `current` (finished from `base`) against FP32 (unless `int8_vs_fp32`
+    has), then each class of its quantized compute nodes in float against the model kept so far; the
+    classes that are faster stay float (`SpeedCheck.float_for_speed`) where, all together, they are
+    faster again in a fresh timing against `current`. `time_against_fp32` measures the saved model after."""
+    started = time.perf_counter()
+    settings = RuntimeSettings(save_artifact=False)
+    result = SpeedCheck(mode=mode, cpu=cpu, threads=settings.intra_op_threads, batches=sorted(feeds_by_batch),
                         searched=True)
     backend = get_runtime("onnxruntime")
     reference, kept = backend.build(fp32, settings), backend.build(current, settings)
+    original = kept
     try:
-        result.int8_vs_fp32 = _speedups(reference, kept, feeds_by_batch, rounds)
-        log.info("speed: the quantized model runs at %s FP32's speed", _at(result.int8_vs_fp32))
+        result.int8_vs_fp32 = int8_vs_fp32 or _speedups(reference, kept, feeds_by_batch, rounds)
+        if int8_vs_fp32 is None:
+            log.info("speed: the quantized model runs at %s FP32's speed", _at(result.int8_vs_fp32))
         keep_float = dict(base.facts.get("keep_float") or {})
         quantized = {d.unit.name for d in base.facts.get("decisions") or [] if d.quantized} - set(keep_float)
         for index, unit in enumerate(unit_classes(base.model(), quantized)):
@@ -150,13 +213,21 @@ def search_float_classes(spec: QuantizeSpec, base: CalibratedGraph, current: Pat
             log.info("speed search: %s (%d) %s (%s)", unit.label, len(unit.nodes),
                      "kept in float" if trial.kept_float else "stay INT8", _at(speedup))
             if trial.kept_float:
-                kept.close()
+                if kept is not original:
+                    kept.close()
                 kept = candidate
             else:
                 candidate.close()
+        if kept is not original:
+            result.confirmation = _speedups(original, kept, feeds_by_batch, rounds)
+            result.confirmed = _mean(result.confirmation) >= CONFIRM_GAIN and min(result.confirmation.values()) >= MAX_LOSS
+            log.info("speed search: the classes kept float, timed again against INT8: %s (%s)", _at(result.confirmation),
+                     "confirmed" if result.confirmed else "not confirmed: none stays float")
     finally:
         reference.close()
-        kept.close()
+        if kept is not original:
+            kept.close()
+        original.close()
     result.seconds = time.perf_counter() - started
     return result
 
