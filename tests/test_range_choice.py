@@ -92,7 +92,8 @@ def test_a_default_run_keeps_symmetric_grids_where_unseen_data_goes_past_the_cal
     assert accuracy["reached"] and result.report["comparison"]["passed"]
     assert accuracy["met_before_fallback"] == (unseen_low > -0.5)
     clipping = accuracy["clipping"]
-    assert clipping["kept"] and clipping["grids"] == "symmetric", clipping
+    # Symmetric for the whole model, or for the input alone where the accuracy data says so.
+    assert clipping["kept"] and clipping["grids"] in ("symmetric", "per tensor"), clipping
     assert set(clipping["tried"]) >= {"calibrated ranges, symmetric grids"}
     assert _input_zero_point(result.model_path) == 128
     html = (result.results_dir / "report.html").read_text()
@@ -104,3 +105,55 @@ def test_a_default_run_keeps_symmetric_grids_where_unseen_data_goes_past_the_cal
     assert _input_zero_point(fixed.model_path) == 0
     tried = (fixed.report["accuracy"]["clipping"] or {}).get("tried") or {}
     assert not any("symmetric" in label for label in tried)
+
+
+def _conv_relu_conv(path, rng):
+    w1 = rng.normal(0, 0.3, size=(8, 16, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.3, size=(8, 8, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2", pads=[1, 1, 1, 1])], "conv-relu-conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 8, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+         numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(8, np.float32), "b2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_each_grid_is_chosen_on_held_out_data_by_where_its_values_fall(tmp_path):
+    """Calibrated on inputs in [0, 1], then meeting inputs in [-1, 1]: on the input's tight grid every
+    negative value lands on 0, so the input goes symmetric; the Relu's output stays within [0, max] and
+    keeps the grid over its bounds, with half the step. The calibration data could not tell: its
+    values lie within its own bounds."""
+    from tao_qc.passes import calibrating_passes
+    from tao_qc.passes.choose_grids import ChooseGrids, squared_error
+    from tao_qc.pipeline import PassContext, Pipeline
+    from tao_qc.spec import load_spec
+
+    rng = np.random.default_rng(2)
+    source = _conv_relu_conv(tmp_path / "crc.onnx", rng)
+    calibration = _shifted_data(rng, 32, 0.0)
+    np.savez(tmp_path / "cal.npz", x=calibration)
+    spec = load_spec({"backend": "modelopt.onnx", "target": "onnxruntime", "device": "cpu",
+                      "onnxruntime": {"cpu": "avx512_vnni"},
+                      "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 8}}).for_onnx_pipeline()
+    ctx = PassContext(spec=spec, work_dir=tmp_path, source_path=source)
+    model = Pipeline(calibrating_passes(spec, source_path=source)).run(None, ctx).model
+    bounds = dict(ctx.facts["activation_bounds"])
+    assert {"x", "r"} <= set(bounds)
+
+    ChooseGrids([{"x": calibration}]).run(model, ctx)  # the calibration data itself: nothing goes symmetric
+    assert ctx.facts["grids_chosen"]["symmetric"] == [] and ctx.facts["activation_bounds"] == bounds
+
+    ChooseGrids([{"x": _shifted_data(rng, 8, -1.0)}, {"x": _shifted_data(rng, 8, -1.0)}]).run(model, ctx)
+    chosen = ctx.facts["grids_chosen"]
+    assert "x" in chosen["symmetric"] and "r" not in chosen["symmetric"]
+    assert chosen["measured"] == len(bounds)
+    assert "x" not in ctx.facts["activation_bounds"] and ctx.facts["activation_bounds"]["r"] == bounds["r"]
+
+    # The error it weighs: values past the grid's end land on it, values within round to a step.
+    values = np.array([-1.0, -0.1, 0.0, 0.26, 2.0], np.float32)
+    assert squared_error(values, 0.1, 0) == pytest.approx(1.0 + 0.01 + 0 + 0.0016 + 0, rel=1e-5)
+    assert squared_error(values, 0.1, 128) == pytest.approx(0.0016, rel=1e-5)  # float32 inputs

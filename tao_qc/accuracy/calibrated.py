@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tao_qc.accuracy.trials import picklable_facts
+from tao_qc.passes.choose_grids import ChooseGrids
 from tao_qc.passes.clip_ranges import ClipRanges
 from tao_qc.pipeline import PassContext, save_model
 
@@ -66,6 +67,19 @@ class CalibratedGraph:
         facts["activation_bounds"], facts["activation_bounds_widened"] = {}, {}
         facts["activation_grids"] = "symmetric"
         return CalibratedGraph(self.folder, self.path, facts)
+
+    def with_grids_chosen_on(self, ctx: Any, data: Any) -> CalibratedGraph | None:
+        """The same graph with each activation's grid chosen on `data` (tao_qc/passes/choose_grids.py:
+        the data's bounds or symmetric, per tensor); None where every tensor chose alike (a whole-model
+        choice already covers it) or there is nothing to choose. Only the facts differ."""
+        if not self.facts.get("activation_bounds"):
+            return None
+        work = PassContext(spec=ctx.spec, work_dir=self.folder, source_path=ctx.source_path, facts=copy.deepcopy(self.facts))
+        ChooseGrids(data).run(self.model(), work)
+        chosen = work.facts["grids_chosen"]
+        if not 0 < len(chosen["symmetric"]) < chosen["measured"]:
+            return None
+        return CalibratedGraph(self.folder, self.path, work.facts)
 
     def transformed(self, ctx: Any, passes: list, name: str) -> CalibratedGraph:
         """A copy with `passes` run over it (accuracy fallback's ranges and corrections steps), with

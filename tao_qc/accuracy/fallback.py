@@ -306,7 +306,7 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
         refit = step in ("clip", "ranges") and bool(base.facts.get("corrections"))
         start = _uncorrected(ctx, base) if refit else base
         if step == "clip":
-            choices = range_choices(spec, ctx, start, clip="clipped_percentile" not in start.facts)
+            choices = range_choices(spec, ctx, start, setup.data, clip="clipped_percentile" not in start.facts)
             if not choices:
                 continue
             candidate, result, details = _best_range_choice(setup, choices)
@@ -375,7 +375,7 @@ def _ranges_where_they_measure_better(spec: QuantizeSpec, ctx: Any, calibrated: 
         return
     user_chose = "clipped_percentile" in calibrated.facts or bool(calibrated.facts.get("ranges_chosen"))
     started = time.perf_counter()
-    choices = range_choices(spec, ctx, calibrated, clip=not user_chose)
+    choices = range_choices(spec, ctx, calibrated, setup.data, clip=not user_chose)
     if not choices:
         return
     if quantized is None:  # the comparison was the check: the same target in the metric's own terms
@@ -407,16 +407,18 @@ class RangeChoice:
     graph: CalibratedGraph
     percentile: float | None = None  # where clipped
     narrowed: int = 0
-    symmetric: bool = False
+    grids: str = "calibrated"  # calibrated (the data's bounds) | symmetric | per tensor
 
 
-def range_choices(spec: QuantizeSpec, ctx: Any, graph: CalibratedGraph, *, clip: bool) -> list[RangeChoice]:
-    """The whole-model range choices the clip step measures against `graph`'s own: its ranges clipped at
+def range_choices(spec: QuantizeSpec, ctx: Any, graph: CalibratedGraph, data: AccuracyData, *, clip: bool) -> list[RangeChoice]:
+    """The range choices the clip step measures against `graph`'s own: its ranges clipped at
     `calibration.percentile` (one pass over the calibration data; where `clip` and any range narrows),
-    and with `onnxruntime.activation_ranges: auto`, `graph` and the clipped one on symmetric grids.
-    Each pair because neither decides alone: on FastestDet for AVX2, symmetric grids measured worse
-    than the data's bounds unclipped (mAP@.5 0.707 against 0.721) and better clipped (0.749 against
-    0.499), and only from there did keeping one node float meet the target."""
+    and with `onnxruntime.activation_ranges: auto`, `graph` and the clipped one on symmetric grids, and
+    on grids chosen per tensor on the accuracy data `data` (where that mixes both kinds, and `data` is
+    not the calibration data, whose values lie within their own bounds). Each range set
+    on every grid, because neither decides alone: on FastestDet for AVX2, symmetric grids measured
+    worse than the data's bounds unclipped (mAP@.5 0.707 against 0.721) and better clipped (0.749
+    against 0.499), and only from there did keeping one node float meet the target."""
     choices: list[RangeChoice] = []
     if clip:
         percentile = spec.calibration.percentile
@@ -428,7 +430,13 @@ def range_choices(spec: QuantizeSpec, ctx: Any, graph: CalibratedGraph, *, clip:
             symmetric = choice.graph.on_symmetric_grids()
             if symmetric is not None:
                 choices.append(RangeChoice(f"{choice.label}, symmetric grids", symmetric, choice.percentile,
-                                           choice.narrowed, symmetric=True))
+                                           choice.narrowed, grids="symmetric"))
+            per_tensor = None if data.is_calibration_data else choice.graph.with_grids_chosen_on(ctx, data.batches)
+            if per_tensor is not None:
+                count = len(per_tensor.facts["grids_chosen"]["symmetric"])
+                choices.append(RangeChoice(f"{choice.label}, {count} grid{'s' if count > 1 else ''} symmetric where "
+                                           "the accuracy data says so", per_tensor, choice.percentile, choice.narrowed,
+                                           grids="per tensor"))
     return choices
 
 
@@ -437,7 +445,7 @@ def _best_range_choice(setup: TrialSetups, choices: list[RangeChoice]) -> tuple[
     measured = [(choice, setup.runner(choice.graph).run({})) for choice in choices]
     best, result = max(measured, key=lambda pair: pair[1].value)  # max keeps the first of equals
     details = {"chosen": best.label, "percentile": best.percentile, "ranges_clipped": best.narrowed,
-               "grids": "symmetric" if best.symmetric else "calibrated",
+               "grids": best.grids,
                "tried": {choice.label: trial.value for choice, trial in measured}}
     return best.graph, result, details
 
