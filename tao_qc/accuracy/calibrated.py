@@ -65,7 +65,6 @@ class CalibratedGraph:
             return None
         facts = copy.deepcopy(self.facts)
         facts["activation_bounds"], facts["activation_bounds_widened"] = {}, {}
-        facts["activation_grids"] = "symmetric"
         return CalibratedGraph(self.folder, self.path, facts)
 
     def with_grids_chosen_on(self, ctx: Any, data: Any) -> CalibratedGraph | None:

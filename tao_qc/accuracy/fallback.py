@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -306,10 +306,12 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
         refit = step in ("clip", "ranges") and bool(base.facts.get("corrections"))
         start = _uncorrected(ctx, base) if refit else base
         if step == "clip":
-            choices = range_choices(spec, ctx, start, setup.data, clip="clipped_percentile" not in start.facts)
-            if not choices:
+            best = _best_range_choice(setup, range_choices(spec, ctx, start, setup.data,
+                                                           clip="clipped_percentile" not in start.facts),
+                                      until_met=target)
+            if best is None:
                 continue
-            candidate, result, details = _best_range_choice(setup, choices)
+            candidate, result, details = best
         elif step == "ranges":
             candidate = start.transformed(ctx, [ChooseRanges(force=True)], "ranges")
             choices = candidate.facts.get("range_choices") or {}
@@ -375,12 +377,12 @@ def _ranges_where_they_measure_better(spec: QuantizeSpec, ctx: Any, calibrated: 
         return
     user_chose = "clipped_percentile" in calibrated.facts or bool(calibrated.facts.get("ranges_chosen"))
     started = time.perf_counter()
-    choices = range_choices(spec, ctx, calibrated, setup.data, clip=not user_chose)
-    if not choices:
+    best = _best_range_choice(setup, range_choices(spec, ctx, calibrated, setup.data, clip=not user_chose))
+    if best is None:
         return
     if quantized is None:  # the comparison was the check: the same target in the metric's own terms
         quantized = setup.runner(calibrated).run({})
-    candidate, result, details = _best_range_choice(setup, choices)
+    candidate, result, details = best
     fp32_value = setup.runner(candidate).fp32_value
     met = target.met(result.value, fp32_value)
     better = met and result.value > quantized.value
@@ -410,43 +412,58 @@ class RangeChoice:
     grids: str = "calibrated"  # calibrated (the data's bounds) | symmetric | per tensor
 
 
-def range_choices(spec: QuantizeSpec, ctx: Any, graph: CalibratedGraph, data: AccuracyData, *, clip: bool) -> list[RangeChoice]:
-    """The range choices the clip step measures against `graph`'s own: its ranges clipped at
-    `calibration.percentile` (one pass over the calibration data; where `clip` and any range narrows),
-    and with `onnxruntime.activation_ranges: auto`, `graph` and the clipped one on symmetric grids, and
-    on grids chosen per tensor on the accuracy data `data` (where that mixes both kinds, and `data` is
-    not the calibration data, whose values lie within their own bounds). Each range set
-    on every grid, because neither decides alone: on FastestDet for AVX2, symmetric grids measured
-    worse than the data's bounds unclipped (mAP@.5 0.707 against 0.721) and better clipped (0.749
-    against 0.499), and only from there did keeping one node float meet the target."""
-    choices: list[RangeChoice] = []
+def range_choices(spec: QuantizeSpec, ctx: Any, graph: CalibratedGraph, data: AccuracyData, *,
+                  clip: bool) -> Iterator[RangeChoice]:
+    """The range choices the clip step measures against `graph`'s own, in the order it prefers them,
+    each built only when asked for: `graph`'s ranges clipped at `calibration.percentile` (one pass over
+    the calibration data; where `clip` and any range narrows); with `onnxruntime.activation_ranges:
+    auto`, `graph` and the clipped one on symmetric grids, then on grids chosen per tensor on the
+    accuracy data `data` (one pass over it; where that mixes both kinds, and `data` is not the
+    calibration data, whose values lie within their own bounds). Each range set on every grid,
+    because neither decides alone: on FastestDet for AVX2, symmetric grids measured worse than the
+    data's bounds unclipped (mAP@.5 0.707 against 0.721) and better clipped (0.749 against 0.499),
+    and only from there did keeping one node float meet the target."""
+    sets = [RangeChoice("calibrated ranges", graph)]
     if clip:
         percentile = spec.calibration.percentile
         clipped, narrowed = graph.clipped(ctx, percentile)
         if narrowed:
-            choices.append(RangeChoice(f"ranges clipped at the {percentile:g}th percentile", clipped, percentile, narrowed))
-    if spec.target == "onnxruntime" and spec.onnxruntime.activation_ranges == "auto":
-        for choice in [RangeChoice("calibrated ranges", graph), *choices]:
-            symmetric = choice.graph.on_symmetric_grids()
-            if symmetric is not None:
-                choices.append(RangeChoice(f"{choice.label}, symmetric grids", symmetric, choice.percentile,
-                                           choice.narrowed, grids="symmetric"))
-            per_tensor = None if data.is_calibration_data else choice.graph.with_grids_chosen_on(ctx, data.batches)
-            if per_tensor is not None:
-                count = len(per_tensor.facts["grids_chosen"]["symmetric"])
-                choices.append(RangeChoice(f"{choice.label}, {count} grid{'s' if count > 1 else ''} symmetric where "
-                                           "the accuracy data says so", per_tensor, choice.percentile, choice.narrowed,
-                                           grids="per tensor"))
-    return choices
+            sets.append(RangeChoice(f"ranges clipped at the {percentile:g}th percentile", clipped, percentile, narrowed))
+            yield sets[-1]
+    if spec.target != "onnxruntime" or spec.onnxruntime.activation_ranges != "auto":
+        return
+    for choice in sets:
+        symmetric = choice.graph.on_symmetric_grids()
+        if symmetric is not None:
+            yield RangeChoice(f"{choice.label}, symmetric grids", symmetric, choice.percentile, choice.narrowed,
+                              grids="symmetric")
+    if data.is_calibration_data:
+        return
+    for choice in sets:
+        per_tensor = choice.graph.with_grids_chosen_on(ctx, data.batches)
+        if per_tensor is not None:
+            count = len(per_tensor.facts["grids_chosen"]["symmetric"])
+            yield RangeChoice(f"{choice.label}, {count} grid{'s' if count > 1 else ''} symmetric where the accuracy "
+                              "data says so", per_tensor, choice.percentile, choice.narrowed, grids="per tensor")
 
 
-def _best_range_choice(setup: TrialSetups, choices: list[RangeChoice]) -> tuple[CalibratedGraph, TrialResult, dict[str, Any]]:
-    """Each choice measured on the accuracy data; the best (the first of equals), and what the report says of it."""
-    measured = [(choice, setup.runner(choice.graph).run({})) for choice in choices]
+def _best_range_choice(setup: TrialSetups, choices: Iterator[RangeChoice], *, until_met: Any = None
+                       ) -> tuple[CalibratedGraph, TrialResult, dict[str, Any]] | None:
+    """Each choice measured on the accuracy data, in order; the best (the first of equals), and what the
+    report says of it; None where there was no choice. `until_met` (a target): the first choice that
+    meets it ends the measuring, as the first step that meets it ends fallback's ladder: choices
+    that differ by a few samples' noise are not a reason to go past the one preferred."""
+    measured: list[tuple[RangeChoice, TrialResult]] = []
+    for choice in choices:
+        runner = setup.runner(choice.graph)
+        measured.append((choice, runner.run({})))
+        if until_met is not None and until_met.met(measured[-1][1].value, runner.fp32_value):
+            break
+    if not measured:
+        return None
     best, result = max(measured, key=lambda pair: pair[1].value)  # max keeps the first of equals
     details = {"chosen": best.label, "percentile": best.percentile, "ranges_clipped": best.narrowed,
-               "grids": best.grids,
-               "tried": {choice.label: trial.value for choice, trial in measured}}
+               "grids": best.grids, "tried": {choice.label: trial.value for choice, trial in measured}}
     return best.graph, result, details
 
 
