@@ -148,7 +148,7 @@ def test_a_conv_output_read_by_a_conv_keeps_room_below_what_calibration_saw_and_
     assert conv1 in placed and "the smaller side widened" in placed[conv1]["source"], list(result.facts["ranges"])
 
 
-def test_activation_ranges_is_asymmetric_unless_asked_and_a_wrong_value_is_one_line():
+def test_activation_ranges_is_auto_unless_asked_and_a_wrong_value_is_one_line():
     from tao_qc.errors import SpecError
     from tao_qc.spec import load_spec
 

@@ -219,6 +219,20 @@ def test_classes_that_do_not_win_a_second_time_stay_int8(every_class, tmp_path, 
     assert "(not confirmed: every class stays INT8)" in (result.results_dir / "report.html").read_text()
 
 
+def test_tao_qc_speed_says_what_auto_means_and_a_wrong_value_is_one_line(monkeypatch):
+    from tao_qc.errors import InputError
+
+    monkeypatch.setenv("TAO_QC_SPEED", "search")
+    assert float_where_faster.effective_mode("auto") == "search"
+    assert float_where_faster.effective_mode("off") == "off"  # a mode the spec names stays
+    monkeypatch.setenv("TAO_QC_SPEED", "")
+    assert float_where_faster.effective_mode("auto") == "auto"
+    monkeypatch.setenv("TAO_QC_SPEED", "fast")
+    with pytest.raises(InputError) as error:
+        float_where_faster.effective_mode("auto")
+    assert str(error.value) == "TAO_QC_SPEED=fast is not a speed mode (valid: auto, check, search, off)"
+
+
 def test_off_times_nothing_and_a_wrong_mode_is_a_one_line_spec_error(every_class, tmp_path):
     model, data = every_class
     result = compile_model(model, _spec(data, "off"), results_dir=tmp_path / "out", compare=False)
