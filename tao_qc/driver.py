@@ -51,7 +51,6 @@ from tao_qc.speed.float_where_faster import (
     SpeedCheck,
     effective_mode,
     search_float_classes,
-    search_where_not_faster,
     time_against_fp32,
 )
 from tao_qc.version import __version__
@@ -286,21 +285,17 @@ def _times_on_this_cpu(spec: QuantizeSpec, ctx: PassContext) -> str | None:
 
 def speed_search_stage(spec: QuantizeSpec, ctx: PassContext, source: Path, snapshot: CalibratedGraph,
                        finish: Finisher) -> SpeedCheck | None:
-    """`speed: search`: each class of quantized unit in float, timed against the finished model on
-    this machine (tao_qc/speed). The classes that are faster become part of the calibrated graph's
+    """`speed: search` (and `auto`, where the model is not clearly faster than FP32): each class of
+    quantized unit in float, timed against the finished model on this machine (tao_qc/speed). The classes that are faster become part of the calibrated graph's
     facts, so that the rebuild here and every accuracy trial after it keep them float."""
     isa = _times_on_this_cpu(spec, ctx)
     if isa is None:
         return None
     feeds = timing_feeds(ctx.calibration)
-    if effective_mode(spec.onnxruntime.speed) == "auto":
-        log.info("speed: timing the quantized model against FP32 on this CPU (%s, batch %s); classes of units "
-                 "in float are tried where it is not clearly faster", isa, " and ".join(map(str, feeds)))
-        result = search_where_not_faster(spec, snapshot, finish.path, source, feeds, snapshot.folder, isa)
-    else:
-        log.info("speed: timing classes of quantized units in float on this CPU (%s, batch %s)", isa,
-                 " and ".join(map(str, feeds)))
-        result = search_float_classes(spec, snapshot, finish.path, source, feeds, snapshot.folder, isa)
+    mode = effective_mode(spec.onnxruntime.speed)
+    log.info("speed: timing classes of quantized units in float on this CPU (%s, batch %s)%s", isa,
+             " and ".join(map(str, feeds)), ", where the model is not clearly faster than FP32" if mode == "auto" else "")
+    result = search_float_classes(spec, snapshot, finish.path, source, feeds, snapshot.folder, isa, mode=mode)
     if result.float_for_speed:
         snapshot.facts["float_for_speed"] = result.float_for_speed
         ctx.facts = snapshot.facts_with({})

@@ -155,54 +155,31 @@ class SpeedCheck:
         return out
 
 
-def search_where_not_faster(spec: QuantizeSpec, base: CalibratedGraph, current: Path, fp32: Path,
-                            feeds_by_batch: dict[int, dict[str, np.ndarray]], folder: Path, cpu: str,
-                            *, rounds: int = 7) -> SpeedCheck:
-    """`speed: auto`: `current` timed against FP32, and where it runs under `SEARCH_BELOW` at some
-    batch, the search of `search_float_classes` from there."""
-    started = time.perf_counter()
-    settings = RuntimeSettings(save_artifact=False)
-    backend = get_runtime("onnxruntime")
-    reference, model = backend.build(fp32, settings), backend.build(current, settings)
-    try:
-        first = _speedups(reference, model, feeds_by_batch, rounds)
-    finally:
-        reference.close()
-        model.close()
-    log.info("speed: the quantized model runs at %s FP32's speed", _at(first))
-    if min(first.values()) >= SEARCH_BELOW:
-        return SpeedCheck(mode="auto", cpu=cpu, threads=settings.intra_op_threads, batches=sorted(feeds_by_batch),
-                          int8_vs_fp32=first, seconds=time.perf_counter() - started,
-                          search_reason=f"not searched: INT8 runs at {SEARCH_BELOW:g}x FP32's speed or more")
-    result = search_float_classes(spec, base, current, fp32, feeds_by_batch, folder, cpu, rounds=rounds,
-                                  mode="auto", int8_vs_fp32=first)
-    result.search_reason = f"searched: INT8 ran under {SEARCH_BELOW:g}x FP32's speed ({_at(first)})"
-    result.seconds = time.perf_counter() - started  # the first timing and the search
-    return result
-
-
 def search_float_classes(spec: QuantizeSpec, base: CalibratedGraph, current: Path, fp32: Path,
                          feeds_by_batch: dict[int, dict[str, np.ndarray]], folder: Path, cpu: str,
-                         *, rounds: int = 7, mode: str = "search",
-                         int8_vs_fp32: dict[int, float] | None = None) -> SpeedCheck:
-    """`speed: search`: time `current` (finished from `base`) against FP32 (unless `int8_vs_fp32`
-    has), then each class of its quantized compute nodes in float against the model kept so far; the
-    classes that are faster stay float (`SpeedCheck.float_for_speed`) where, all together, they are
-    faster again in a fresh timing against `current`. `time_against_fp32` measures the saved model after."""
+                         *, rounds: int = 7, mode: str = "search") -> SpeedCheck:
+    """`speed: search`: time `current` (finished from `base`) against FP32, then each class of its
+    quantized compute nodes in float against the model kept so far; the classes that are faster stay
+    float (`SpeedCheck.float_for_speed`) where, all together, they are faster again in a fresh timing
+    against `current`. `mode="auto"`: the classes only where `current` runs under `SEARCH_BELOW` at
+    some batch. `time_against_fp32` measures the saved model after."""
     started = time.perf_counter()
     settings = RuntimeSettings(save_artifact=False)
-    result = SpeedCheck(mode=mode, cpu=cpu, threads=settings.intra_op_threads, batches=sorted(feeds_by_batch),
-                        searched=True)
+    result = SpeedCheck(mode=mode, cpu=cpu, threads=settings.intra_op_threads, batches=sorted(feeds_by_batch))
     backend = get_runtime("onnxruntime")
     reference, kept = backend.build(fp32, settings), backend.build(current, settings)
     original = kept
     try:
-        result.int8_vs_fp32 = int8_vs_fp32 or _speedups(reference, kept, feeds_by_batch, rounds)
-        if int8_vs_fp32 is None:
-            log.info("speed: the quantized model runs at %s FP32's speed", _at(result.int8_vs_fp32))
+        result.int8_vs_fp32 = _speedups(reference, kept, feeds_by_batch, rounds)
+        log.info("speed: the quantized model runs at %s FP32's speed", _at(result.int8_vs_fp32))
+        result.searched = mode != "auto" or min(result.int8_vs_fp32.values()) < SEARCH_BELOW
+        if mode == "auto":
+            result.search_reason = (f"searched: INT8 ran under {SEARCH_BELOW:g}x FP32's speed ({_at(result.int8_vs_fp32)})"
+                                    if result.searched else
+                                    f"not searched: INT8 runs at {SEARCH_BELOW:g}x FP32's speed or more")
         keep_float = dict(base.facts.get("keep_float") or {})
         quantized = {d.unit.name for d in base.facts.get("decisions") or [] if d.quantized} - set(keep_float)
-        for index, unit in enumerate(unit_classes(base.model(), quantized)):
+        for index, unit in enumerate(unit_classes(base.model(), quantized) if result.searched else []):
             chosen = {**result.float_for_speed, **{node: unit.label for node in unit.nodes}}
             candidate_path = folder / f"float-where-faster-{index}.onnx"
             save_model(_finished(spec, base, chosen, folder), candidate_path)
