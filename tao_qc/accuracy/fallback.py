@@ -290,7 +290,7 @@ def _steps_before_float(spec: QuantizeSpec, ctx: Any, calibrated: CalibratedGrap
     still INT8). Returns the graph the float search starts from, and its measurement."""
     base = calibrated
     for step in [s for s in spec.accuracy.steps if s != "float"]:
-        if step == "clip" and "clipped_percentile" in base.facts and base.on_symmetric_grids() is None:
+        if step == "clip" and "clipped_percentile" in base.facts and not _grids_to_choose(spec, base):
             continue
         if step == "ranges" and base.facts.get("ranges_chosen"):
             continue
@@ -430,7 +430,7 @@ def range_choices(spec: QuantizeSpec, ctx: Any, graph: CalibratedGraph, data: Ac
         if narrowed:
             sets.append(RangeChoice(f"ranges clipped at the {percentile:g}th percentile", clipped, percentile, narrowed))
             yield sets[-1]
-    if spec.target != "onnxruntime" or spec.onnxruntime.activation_ranges != "auto":
+    if not _grids_to_choose(spec, graph):
         return
     for choice in sets:
         symmetric = choice.graph.on_symmetric_grids()
@@ -445,6 +445,13 @@ def range_choices(spec: QuantizeSpec, ctx: Any, graph: CalibratedGraph, data: Ac
             count = len(per_tensor.facts["grids_chosen"]["symmetric"])
             yield RangeChoice(f"{choice.label}, {count} grid{'s' if count > 1 else ''} symmetric where the accuracy "
                               "data says so", per_tensor, choice.percentile, choice.narrowed, grids="per tensor")
+
+
+def _grids_to_choose(spec: QuantizeSpec, graph: CalibratedGraph) -> bool:
+    """Whether the clip step measures other grids for `graph`: `activation_ranges: auto`, and grids over
+    the data's bounds to compare them with."""
+    return (spec.target == "onnxruntime" and spec.onnxruntime.activation_ranges == "auto"
+            and bool(graph.facts.get("activation_bounds")))
 
 
 def _best_range_choice(setup: TrialSetups, choices: Iterator[RangeChoice], *, until_met: Any = None
