@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tao_qc.errors import InputError
-from tao_qc.evaluate import ctc_reading
+from tao_qc.evaluate import ctc_reading, text_regions
 from tao_qc.evaluate.results import OutputMetrics
 
 _HISTOGRAM_BINS = 24
@@ -219,6 +219,9 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
             metrics.sequence_agreement, metrics.characters_read = ctc_reading.sequence_agreement(reference, candidate, blank)
     elif kind == "probability_map":
         metrics.mask_iou = mask_iou(reference, candidate)
+        found = text_regions.region_agreement(reference, candidate)
+        metrics.region_agreement = found.h_mean
+        metrics.regions = {"fp32": found.reference, "quantized": found.candidate, "matched": found.matched}
     if classify and is_classifier_output(reference):
         metrics.is_classifier = True
         ref_top = reference.argmax(axis=1)

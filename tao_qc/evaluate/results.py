@@ -34,6 +34,10 @@ class OutputMetrics:
     class_axis: int | None = None  # class_scores: the axis the probabilities sum to 1 over
     position_top1_agreement: float | None = None  # class_scores: fraction of positions whose argmax agrees
     mask_iou: float | None = None  # probability_map: IoU of the maps thresholded at MASK_THRESHOLD
+    # probability_map (`tao_qc.evaluate.text_regions`): the H-mean of FP32's text regions and the
+    # quantized model's, and their counts over the data set.
+    region_agreement: float | None = None
+    regions: dict[str, int] | None = None
     # class_scores [N, T, C] with a CTC blank (`tao_qc.evaluate.ctc_reading`): the blank's class, the
     # greedy readings' agreement with FP32's (1 - edits / characters FP32 read) and that count.
     blank_class: int | None = None
@@ -85,6 +89,9 @@ class Check:
                     f"FP32's (needs >= {self.threshold:g}, {self.why})")
         if self.metric == "mask_iou":
             return f"{where}: IoU of the thresholded maps {self.value:.4f} (needs >= {self.threshold:g}, {self.why})"
+        if self.metric == "region_agreement":
+            return (f"{where}: text regions found {value_in_words(self.value, self.threshold)} "
+                    f"(needs >= {self.threshold:g}, {self.why})")
         if self.metric == "map50_vs_fp32":
             return f"detections: mAP@.5 against FP32's boxes {self.value:.4f} (needs >= {self.threshold:g}, {self.why})"
         if self.metric == "map":
@@ -97,6 +104,7 @@ CHECK_NAMES = {
     "position_top1_agreement": "position top-1",
     "top1_agreement": "top-1 agreement",
     "mask_iou": "map IoU",
+    "region_agreement": "text regions found",
     "map50_vs_fp32": "mAP@.5 vs FP32",
     "map": "mAP@[.5:.95]",
     "within_tolerance": "within tolerance",

@@ -170,6 +170,10 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
                 parts.insert(0, f"top-1 agreement per position {output['position_top1_agreement']:.2%}")
             if output.get("mask_iou") is not None:
                 parts.insert(0, f"IoU of the thresholded maps {output['mask_iou']:.4f}")
+            if output.get("regions"):
+                regions = output["regions"]
+                parts.insert(0, f"text regions found {output['region_agreement']:.3f} ({regions['matched']} of FP32's "
+                                f"{regions['fp32']} matched, {regions['quantized']} found)")
             if output.get("reference_top1") is not None:
                 parts.append(f"top-1 accuracy {output['reference_top1']:.2%} FP32 -> {output['candidate_top1']:.2%} quantized")
             lines.append(f"  output {output['name']}: " + ", ".join(parts))
