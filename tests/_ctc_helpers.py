@@ -66,13 +66,14 @@ def digit_strings(images: np.ndarray, labels: np.ndarray, count: int, seed: int)
     return strips, texts
 
 
-def _train(model: nn.Module, strips: np.ndarray, texts: list[list[int]], steps: int, seed: int) -> nn.Module:
+def _train(model: nn.Module, strips: np.ndarray, texts: list[list[int]], steps: int, seed: int,
+           blank: int = BLANK) -> nn.Module:
     torch.manual_seed(seed)
     for module in model.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loss = nn.CTCLoss(blank=BLANK, zero_infinity=True)
+    loss = nn.CTCLoss(blank=blank, zero_infinity=True)
     x = torch.from_numpy(strips)
     targets = [torch.tensor(t) for t in texts]
     generator = torch.Generator().manual_seed(seed)
@@ -102,4 +103,70 @@ def trained_recognizer(steps: int = 1500, seed: int = 0) -> tuple[nn.Module, dic
     calibration, _ = digit_strings(x_train, y_train, 64, seed=12)
     held, _ = digit_strings(x_test, y_test, 128, seed=13)
     test, test_texts = digit_strings(x_test, y_test, 200, seed=14)
+    return model, {"calibration": calibration, "held": held, "test": test, "test_texts": test_texts}
+
+
+# A third recognizer, unlike both others: words of letters and digits in Pillow's own font on 24x160
+# lines, 63 classes with the blank FIRST (PaddleOCR's and PyTorch's convention), a depthwise-separable
+# backbone three times as wide (bench/default_checks.py measures the default checks' floors on it).
+WORD_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+WORD_BLANK = 0
+WORD_HEIGHT, WORD_WIDTH = 24, 160
+
+
+class WordRecognizer(nn.Module):
+    """[N, 1, 24, 160] line -> per-step class logits [N, 63, 40] (class 0 the blank)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 48, 3, padding=1)
+        self.depthwise1 = nn.Conv2d(48, 48, 3, stride=2, padding=1, groups=48)
+        self.pointwise1 = nn.Conv2d(48, 96, 1)
+        self.depthwise2 = nn.Conv2d(96, 96, 3, stride=2, padding=1, groups=96)
+        self.pointwise2 = nn.Conv2d(96, 128, 1)
+        self.relu = nn.ReLU()
+        self.sequence = nn.Conv1d(128 * 6, 192, 3, padding=1)
+        self.classes = nn.Conv1d(192, len(WORD_ALPHABET) + 1, 1)
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        x = self.relu(self.pointwise1(self.depthwise1(x)))
+        x = self.relu(self.pointwise2(self.depthwise2(x)))  # [N, 128, 6, 40]
+        return self.classes(self.relu(self.sequence(x.flatten(1, 2))))
+
+
+def word_lines(count: int, seed: int) -> tuple[np.ndarray, list[list[int]]]:
+    """`count` lines [count, 1, 24, 160] in [-1, 1] (dark text, light paper, a little noise), each a
+    word of 3-10 characters, and its classes (1.. for WORD_ALPHABET)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    lines = np.empty((count, 1, WORD_HEIGHT, WORD_WIDTH), np.float32)
+    texts = []
+    for row in range(count):
+        paper = int(rng.integers(180, 256))
+        line = Image.new("L", (WORD_WIDTH, WORD_HEIGHT), paper)
+        font = ImageFont.load_default(size=int(rng.integers(13, 18)))
+        picks = rng.integers(0, len(WORD_ALPHABET), int(rng.integers(3, 11)))
+        ImageDraw.Draw(line).text((int(rng.integers(1, 12)), int(rng.integers(1, 5))),
+                                  "".join(WORD_ALPHABET[i] for i in picks), fill=int(rng.integers(0, paper - 110)), font=font)
+        pixels = np.asarray(line, np.float32) + rng.normal(0, 4, (WORD_HEIGHT, WORD_WIDTH))
+        lines[row, 0] = np.clip(pixels / 127.5 - 1.0, -1, 1)
+        texts.append([int(i) + 1 for i in picks])
+    return lines, texts
+
+
+def trained_word_recognizer(steps: int = 2500, seed: int = 0) -> tuple[nn.Module, dict[str, np.ndarray]]:
+    """The word recognizer trained on rendered lines, and disjoint draws of others (`calibration`,
+    `held`, `test`) with the test lines' texts (`test_texts`)."""
+    lines, texts = word_lines(6000, seed=41)
+    key = hashlib.sha256()
+    for part in (inspect.getsource(WordRecognizer), inspect.getsource(_train), repr((steps, seed, torch.__version__)),
+                 lines.tobytes(), repr(texts)):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    model = cached_state(WordRecognizer(), f"trained-WordRecognizer-{key.hexdigest()[:20]}",
+                         lambda: _train(WordRecognizer(), lines, texts, steps, seed, blank=WORD_BLANK))
+    calibration, _ = word_lines(64, seed=42)
+    held, _ = word_lines(128, seed=43)
+    test, test_texts = word_lines(400, seed=44)
     return model, {"calibration": calibration, "held": held, "test": test, "test_texts": test_texts}
