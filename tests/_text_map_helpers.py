@@ -2,8 +2,9 @@
 encoder, nearest upsampling, skip concatenations, a sigmoid map) trained here for about a minute on
 pages of random words in Pillow's own font, and cached by content (`_frontends_helpers.cached_state`).
 
-`with_outlier_channel` gives it what the held-out detector of issue 36 had: one channel of one
-activation carrying rare values far above the rest. The change is exact in FP32 (a ReLU channel
+`with_outlier_channel` gives it rare outlier activations, one way a detector's max ranges lose text
+that clipped ranges keep (issue 36's held-out detector did; why, we could not see): one channel of
+one activation carrying rare values far above the rest. The change is exact in FP32 (a ReLU channel
 scaled up, its consumer's weights scaled down by the same factor), so FP32's maps are the same,
 and only the calibration's ranges see it: max ranges spend the whole grid on a few pixels and
 lose the other channels' detail, ranges clipped at a percentile keep it.
