@@ -33,9 +33,10 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from tao_qc.driver import compile_model  # noqa: E402
 from tao_qc.errors import AccuracyError  # noqa: E402
-from tao_qc.evaluate import text_regions  # noqa: E402
+from tao_qc.evaluate import ctc_reading, text_regions  # noqa: E402
 from tao_qc.evaluate.results import check_name  # noqa: E402
 from tao_qc.testing import zoo  # noqa: E402
+from tao_qc.testing.corpus import character_error_rate  # noqa: E402
 
 TASK_POINT = 0.01  # "within a point" of FP32's task figure
 
@@ -65,20 +66,8 @@ def _compile(source: Path, folder: Path, algorithm: str, cpu: str) -> tuple[dict
     return check, results / f"{source.stem}.int8.onnx"
 
 
-def _sparsest_channel(activation: torch.Tensor) -> int:
-    active = (activation > 0).float().mean(dim=(0, 2, 3))
-    return int(torch.where(active > 0, active, torch.inf).argmin())
-
-
 def _cer(probabilities: np.ndarray, texts: list[list[int]], blank: int) -> float:
-    from rapidfuzz.distance import Levenshtein
-
-    best = probabilities.argmax(-1)
-    edits = 0
-    for path, truth in zip(best, texts):
-        read = [int(c) for i, c in enumerate(path) if c != blank and (i == 0 or c != path[i - 1])]
-        edits += Levenshtein.distance(read, truth)
-    return edits / sum(len(t) for t in texts)
+    return character_error_rate(ctc_reading.greedy_decode(probabilities, blank), texts)
 
 
 def _row(model: str, change: str, check: dict, fp32_task: float, int8_task: float, task: str, lower_is_better: bool):
@@ -136,10 +125,11 @@ def _recognizer_rows(name: str, folder: Path, cpu: str, reader, data: dict, blan
 
 def word_recognizer(folder: Path, cpu: str) -> list[str]:
     from _ctc_helpers import WORD_BLANK, trained_word_recognizer
+    from _text_map_helpers import rarest_active_channel
 
     reader, data = trained_word_recognizer()
     with torch.no_grad():
-        channel = _sparsest_channel(reader.relu(reader.stem(torch.from_numpy(data["calibration"]))))
+        channel = rarest_active_channel(reader.relu(reader.stem(torch.from_numpy(data["calibration"]))))
 
     def plant(model, factor):  # ReLU(k z) = k ReLU(z); the depthwise consumer's channel undoes k
         model.stem.weight[channel] *= factor

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from _frontends_helpers import cached_state, digits_split
+from _frontends_helpers import cached_state, digits_split, reset_weights
 
 BLANK = 10  # the last class
 HEIGHT, WIDTH = 8, 80
@@ -68,10 +68,7 @@ def digit_strings(images: np.ndarray, labels: np.ndarray, count: int, seed: int)
 
 def _train(model: nn.Module, strips: np.ndarray, texts: list[list[int]], steps: int, seed: int,
            blank: int = BLANK) -> nn.Module:
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+    reset_weights(model, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     loss = nn.CTCLoss(blank=blank, zero_infinity=True)
     x = torch.from_numpy(strips)

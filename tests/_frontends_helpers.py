@@ -74,13 +74,18 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 10, seed
                         lambda: _train(model, x, y, epochs, seed))
 
 
-def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
-    # The initial weights too come from `seed`: built before this call, they would depend on whatever
-    # the process drew before (which tests ran first), and so would every figure measured on the model.
+def reset_weights(model: nn.Module, seed: int) -> None:
+    """`model`'s initial weights drawn afresh from `seed`, before training. Built before this call,
+    they would depend on whatever the process drew before (which tests ran first), and so would every
+    figure measured on the trained model."""
     torch.manual_seed(seed)
     for module in model.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
+
+
+def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> nn.Module:
+    reset_weights(model, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     model.train()

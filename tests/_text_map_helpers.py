@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from _frontends_helpers import cached_state
+from _frontends_helpers import cached_state, reset_weights
 
 PAGE = 96
 LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
@@ -79,10 +79,7 @@ def text_pages(count: int, seed: int, size: int = PAGE) -> tuple[np.ndarray, np.
 
 
 def _train(model: nn.Module, pages: np.ndarray, masks: np.ndarray, steps: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    for module in model.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
+    reset_weights(model, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = torch.from_numpy(pages), torch.from_numpy(masks)
     generator = torch.Generator().manual_seed(seed)
@@ -105,6 +102,12 @@ def trained_detector(steps: int = 700, seed: int = 0) -> nn.Module:
                         lambda: _train(TextMapDetector(), pages, masks, steps, seed))
 
 
+def rarest_active_channel(activation: torch.Tensor) -> int:
+    """The channel of a ReLU activation `[N, C, H, W]` positive at the fewest pixels, but at some."""
+    active = (activation > 0).float().mean(dim=(0, 2, 3))
+    return int(torch.where(active > 0, active, torch.inf).argmin())
+
+
 def with_outlier_channel(model: TextMapDetector, factor: float, pages: np.ndarray) -> TextMapDetector:
     """A copy of `model` computing the same maps, whose `context` activation has one channel `factor`
     times its size: the channel active at the fewest pixels of `pages` (but at some), so that its
@@ -115,8 +118,7 @@ def with_outlier_channel(model: TextMapDetector, factor: float, pages: np.ndarra
     with torch.no_grad():
         x = torch.from_numpy(pages)
         e2 = model.relu(model.enc2(model.relu(model.enc1(x))))
-        active = (model.relu(model.context(model.relu(model.enc3(e2)))) > 0).float().mean(dim=(0, 2, 3))
-        channel = int(torch.where(active > 0, active, torch.inf).argmin())
+        channel = rarest_active_channel(model.relu(model.context(model.relu(model.enc3(e2)))))
         # ReLU(k z) = k ReLU(z) for k > 0, and nearest upsampling and concatenation carry the scale
         # to dec2's input, whose weights on the channel undo it.
         planted.context.weight[channel] *= factor

@@ -87,8 +87,6 @@ class Check:
         if self.metric == "sequence_agreement":
             return (f"{where}: sequence agreement {value_in_words(self.value, self.threshold)} of the text read with "
                     f"FP32's (needs >= {self.threshold:g}, {self.why})")
-        if self.metric == "mask_iou":
-            return f"{where}: IoU of the thresholded maps {self.value:.4f} (needs >= {self.threshold:g}, {self.why})"
         if self.metric == "region_agreement":
             return (f"{where}: text regions found {value_in_words(self.value, self.threshold)} "
                     f"(needs >= {self.threshold:g}, {self.why})")
@@ -103,7 +101,6 @@ CHECK_NAMES = {
     "sequence_agreement": "sequence agreement",
     "position_top1_agreement": "position top-1",
     "top1_agreement": "top-1 agreement",
-    "mask_iou": "map IoU",
     "region_agreement": "text regions found",
     "map50_vs_fp32": "mAP@.5 vs FP32",
     "map": "mAP@[.5:.95]",
