@@ -98,25 +98,38 @@ def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: in
 
 
 CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "tao-qc"
+# Weights trained here and committed, under the same content keys: a fresh clone (CI) loads them
+# instead of spending minutes of its 2 cores training the zoo. A key changes with the model's source,
+# its trainer, its data or torch's version, and then the test run trains afresh into CACHE: copy
+# the new file here to commit it (tests/trained/README.md).
+TRAINED = Path(__file__).resolve().parent / "trained"
 
 
 def cached_state(model: nn.Module, name: str, build) -> nn.Module:
-    """`model` with the state `build()` gives it, built once per `name` (a content key) and kept in
-    .pytest_cache/tao-qc/; a lock makes concurrent workers wait for the first one's result."""
+    """`model` with the state `build()` gives it, built once per `name` (a content key): read from
+    tests/trained/ where committed, else built and kept in .pytest_cache/tao-qc/; a lock makes
+    concurrent workers wait for the first one's result."""
+    committed = TRAINED / f"{name}.pt"
+    if committed.is_file():
+        return _load_state(model, committed)
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"{name}.pt"
     with open(CACHE / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.is_file():
-            saved = torch.load(path, weights_only=True)
-            model.load_state_dict(saved["state"])
-            torch.set_rng_state(saved["rng"])  # where a fresh training would have left torch's generator
-            return model.eval()
+            return _load_state(model, path)
         built = build()
         partial = path.with_suffix(".partial")
         torch.save({"state": built.state_dict(), "rng": torch.get_rng_state()}, partial)
         partial.replace(path)
         return built.eval()
+
+
+def _load_state(model: nn.Module, path: Path) -> nn.Module:
+    saved = torch.load(path, weights_only=True)
+    model.load_state_dict(saved["state"])
+    torch.set_rng_state(saved["rng"])  # where a fresh training would have left torch's generator
+    return model.eval()
 
 
 @torch.no_grad()
