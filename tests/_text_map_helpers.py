@@ -125,3 +125,37 @@ def with_outlier_channel(model: TextMapDetector, factor: float, pages: np.ndarra
         planted.context.bias[channel] *= factor
         planted.dec2.weight[:, channel] /= factor
     return planted.eval()
+
+
+class TextOrPaper(nn.Module):
+    """The zoo's text detector read as a two-class segmenter: per pixel, [paper, text]."""
+
+    def __init__(self, detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x):
+        text = self.detector(x)
+        return torch.cat([1 - text, text], 1)
+
+
+def with_outliers_everywhere(model: TextMapDetector, factor: float, pages: np.ndarray) -> TextMapDetector:
+    """A copy of `model` computing the same maps, with the most active channel of three activations
+    (each read by one Conv: enc3's, dec2's, dec1's) `factor` times its size: max ranges crush the
+    rest of each, and no one node kept float brings the map back."""
+    import copy
+
+    planted = copy.deepcopy(model)
+    with torch.no_grad():
+        m, x = planted, torch.from_numpy(pages)
+        e1 = m.relu(m.enc1(x))
+        e2 = m.relu(m.enc2(e1))
+        h3 = m.relu(m.enc3(e2))
+        d2 = m.relu(m.dec2(torch.cat([m.up(m.relu(m.context(h3))), e2], 1)))
+        d1 = m.relu(m.dec1(torch.cat([m.up(d2), e1], 1)))
+        for producer, consumer, activation in ((m.enc3, m.context, h3), (m.dec2, m.dec1, d2), (m.dec1, m.head, d1)):
+            channel = int((activation > 0).float().mean(dim=(0, 2, 3)).argmax())
+            producer.weight[channel] *= factor
+            producer.bias[channel] *= factor
+            consumer.weight[:, channel] /= factor
+    return planted.eval()

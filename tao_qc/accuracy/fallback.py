@@ -149,9 +149,12 @@ class AccuracyOutcome:
         """What of this outcome fails the run: a missed metric, or fallback that ran out of float nodes."""
         failures = []
         if self.result is not None and not self.reached and self.result.sensitivity is not None:
+            stopped = (f"; more float nodes moved the checks by no more than their noise (+-{self.result.proxy_noise:.2g} "
+                       f"over resamples of the data)" if self.result.stopped_moving is not None else "")
+            missed = "fails a check" if self.target.name == "checks" else f"misses {self._target_text()}"
             failures.append(f"accuracy fallback kept {len(self.result.kept_float)} nodes in float (at most "
-                            f"{self.result.limit} allowed by max_float_fraction) and still misses "
-                            f"{self._target_text()}; the best model found is kept")
+                            f"{self.result.limit} allowed by max_float_fraction) and still {missed}{stopped}; "
+                            "the best model found is kept")
         if self.final and self.final.get("met") is False:
             failures.append(f"{self.final['metric']} {self.final['value']:.5g} on the comparison data misses {self.final['target']}")
         return failures

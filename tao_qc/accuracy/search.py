@@ -13,6 +13,10 @@ From the fully quantized model (the direction of deployment):
    gains are flat; the damages still tell the culprits apart.
 4. A binary search over the ranked prefix for the shortest one that reaches the target on the whole
    accuracy data, bounded by `max_float_fraction` (about log2 of the bound full evaluations).
+   Where even the bound misses and every failing check is a proxy (`tao_qc.accuracy.proxy_noise`):
+   the shortest prefix within the proxy's noise of the bound's value instead, none where the bound
+   itself is within the noise of the fully quantized model: nodes that move a proxy by no more than
+   the samples' chance are not kept float.
 5. Putting nodes back: each node of the found set is tried back in quantized (those trials in
    parallel), then the ones that passed alone are put back one by one, confirming each, so the set
    that remains is minimal in that no single node of it can go back.
@@ -34,6 +38,7 @@ from typing import Any, ContextManager
 import numpy as np
 
 from tao_qc.accuracy.metrics import Target
+from tao_qc.accuracy.proxy_noise import WIDTH
 from tao_qc.accuracy.trials import TrialResult
 from tao_qc.evaluate.results import checks_in_words
 
@@ -112,6 +117,10 @@ class FallbackResult:
     seconds: float = 0.0
     executor: str = "inline"  # where the trials ran (local worker processes, Ray, this process)
     workers: int = 1
+    # Where every failing check is a proxy and the target was out of reach: the noise the search
+    # stopped within (two standard deviations of the value), and how many float nodes it stopped at.
+    proxy_noise: float | None = None
+    stopped_moving: int | None = None
 
     @property
     def ran(self) -> bool:
@@ -130,6 +139,7 @@ class FallbackResult:
             "steps": [s.to_dict() for s in self.steps],
             "evaluations": {"full": self.full_evaluations, "ranking_trials": self.ranking_trials},
             "seconds": round(self.seconds, 3), "executor": self.executor, "workers": self.workers,
+            "proxy_noise": self.proxy_noise, "stopped_moving": self.stopped_moving,
         }
 
 
@@ -220,6 +230,8 @@ def search_fallback(executor: Any, target: Target, candidates: Sequence[tuple[st
     if not target.met(top.value, fp32):
         log.warning("keeping the %d most sensitive nodes in float (max_float_fraction %.2f) still misses the target",
                     limit, max_float_fraction)
+        if quantized.noise > 0:
+            best = _where_the_proxy_stops_moving(result, order, quantized, top, evaluate, target)
         return _finish(result, best, full, started)
     low, high = 0, limit  # prefix of `low` nodes misses (the fully quantized model), `high` meets
     while high - low > 1:
@@ -245,6 +257,37 @@ def search_fallback(executor: Any, target: Target, candidates: Sequence[tuple[st
                     chosen = attempt
                     consider(chosen, trial.value, True)
     return _finish(result, best, full, started)
+
+
+def _where_the_proxy_stops_moving(result: FallbackResult, order: list[str], quantized: TrialResult, top: TrialResult,
+                                  evaluate: Callable[[list[list[str]], str], list[TrialResult]],
+                                  target: Target) -> tuple[list[str], float, bool]:
+    """Where every failing check is a proxy and even `top` (the `limit` most sensitive nodes float)
+    misses it: the shortest ranked prefix whose value is within the proxy's noise of `top`'s, none
+    where `top` itself is within the noise of `quantized` (`tao_qc.accuracy.proxy_noise`). Nodes
+    past that point buy a proxy's value the samples cannot tell from chance, at a cost in speed.
+    A shorter prefix that happens to meet the target (the proxy need not rise with every node) is
+    taken as found."""
+    width = WIDTH * quantized.noise
+    result.proxy_noise = width
+    if top.value - quantized.value <= width:
+        log.info("no float node moves the checks beyond their noise (+-%.3g): every node stays quantized", width)
+        result.stopped_moving = 0
+        return [], quantized.value, False
+    low, high = 0, result.limit  # a prefix of `low` nodes falls short of top's value by more than the noise, `high` does not
+    value = top.value
+    while high - low > 1:
+        middle = (low + high) // 2
+        trial = evaluate([order[:middle]], "search")[0]
+        if target.met(trial.value, result.fp32_value):
+            return order[:middle], trial.value, True
+        if trial.value >= top.value - width:
+            high, value = middle, trial.value
+        else:
+            low = middle
+    log.info("the checks stop moving beyond their noise (+-%.3g) at %d float nodes", width, high)
+    result.stopped_moving = high
+    return order[:high], value, False
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from tao_qc.accuracy.metrics import ComparisonChecks, cosine, sample_errors, smallest_margin, target_for
+from tao_qc.accuracy.proxy_noise import proxy_noise
 from tao_qc.errors import InputError
 from tao_qc.evaluate.results import Check
 from tao_qc.passes import finishing_passes
@@ -89,6 +90,9 @@ class TrialResult:
     # With no metric (the comparison's checks as target): the checks themselves, which `value` is the
     # smallest margin of, so progress and the report can name each with its value and floor.
     checks: list[Check] = field(default_factory=list)
+    # Where every failing check is a proxy, on a full evaluation: the spread of `value` over resamples
+    # of the samples (`tao_qc.accuracy.proxy_noise`); 0.0 otherwise.
+    noise: float = 0.0
 
 
 def with_cpu_resolved(spec: QuantizeSpec) -> QuantizeSpec:
@@ -186,6 +190,7 @@ class TrialRunner:
         checks = (self.target.function.checks(reference, candidate)
                   if isinstance(self.target.function, ComparisonChecks) else [])
         return TrialResult(
+            noise=proxy_noise(reference, candidate, checks) if samples is None else 0.0,
             keep_float=dict(keep_float),
             value=smallest_margin(checks) if checks else self.metric(reference, candidate, chosen),
             checks=checks,

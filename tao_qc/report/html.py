@@ -236,7 +236,7 @@ def _speed_card(report: dict[str, Any]) -> str:
         detail += f"; placed for {escape(str(placed_for))}, so this timing says little about its speed there"
     checked = report.get("speed") or {}
     if checked.get("why_slower"):
-        detail += f'; <a href="#speed">why slower</a>'
+        detail += '; <a href="#speed">why slower</a>'
     ratio = speed["ratio"]
     style = "pass" if ratio >= 1 else "warn"
     return _card("speed vs FP32", f'<span class="badge {style} big">{ratio:.2f}×</span>', detail, kind="speed")
@@ -446,6 +446,12 @@ def _accuracy_section(section: dict[str, Any] | None) -> str:
                      f"{_num(search.get('seconds'))} s. Speed against FP32 in one timed pass of each model (the "
                      f"latency table's, not the headline's interleaved rounds): {_ratio(section.get('speed_before'))} "
                      f"with every node INT8, {_ratio(section.get('speed_after'))} with these kept float.</p>")
+        if search.get("stopped_moving") is not None:
+            parts.append(f"<p>No float set within the limit passes the checks, and each failing one is a proxy: the "
+                         f"search kept the fewest nodes whose checks are within their noise (&plusmn;"
+                         f"{search['proxy_noise']:.2g}, two standard deviations over resamples of the data) of the "
+                         f"most it may keep, {search['stopped_moving']}. More would buy a proxy's value the samples "
+                         "cannot tell from chance, at a cost in speed.</p>")
         nodes = search["sensitivity"]["nodes"]
         parts.append(f'<div class="figure">{sensitivity_svg(nodes, kept)}<div class="cap">Sensitivity per node in graph '
                      "order: up, what keeping it alone in float gives back; down, what quantizing it alone costs; "
