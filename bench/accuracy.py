@@ -200,43 +200,16 @@ FASTESTDET_THRESHOLD = 0.4  # the application's own score floor (tests/_detectio
 
 def mobile_detector(work: Path) -> dict:
     """FastestDet, a trained mobile detector (ShuffleNetV2 backbone, one 22x22 head), with the
-    application's own decoder. ../shared/models holds 8 photos for it; the held-back and test sets
-    are the same scenes changed as a camera would change them, so no image of either was calibrated
-    on: calibration on the 8 as they are, the accuracy data on them flipped and cropped to their
-    middle 80% (16), the test on them darkened x0.6, brightened x1.3 and flipped-and-darkened (24)."""
-    from PIL import Image, ImageEnhance, ImageOps
-
-    from tao_qc.data import model_inputs, open_inputs
+    application's own decoder, on ../shared/models' 8 photos (`corpus.photo_sets`: calibration on
+    them as they are, the accuracy data flipped and cropped, the test darkened and brightened)."""
     from tao_qc.evaluate import detection
-    from tao_qc.spec import CalibrationSpec
     from tao_qc.testing import corpus
 
     shared = corpus.shared_models_dir()
-    sources = [shared / "fastestdet" / "wolves.jpg", *sorted((shared / "images").iterdir()),
-               *sorted((shared / "ultraface_rfb320").iterdir())]
-
-    def cropped(image):
-        w, h = image.size
-        return image.crop((w // 10, h // 10, w - w // 10, h - h // 10))
-
-    def lit(factor):
-        return lambda image: ImageEnhance.Brightness(image).enhance(factor)
-
-    sets = {"calibration": [lambda i: i], "held": [ImageOps.mirror, cropped],
-            "test": [lit(0.6), lit(1.3), lambda i: lit(0.6)(ImageOps.mirror(i))]}
     fp32 = shared / "fastestdet.onnx"
-    [info] = model_inputs(__import__("onnx").load(str(fp32), load_external_data=False))
-    arrays = {}
-    for name, changes in sets.items():
-        folder = work / name
-        folder.mkdir()
-        for index, change in enumerate(changes):
-            for path in sources:
-                with Image.open(path) as image:
-                    change(image.convert("RGB")).save(folder / f"{index}-{path.stem}.png")
-        calibration = CalibrationSpec(data=str(folder), color="rgb", mean=[0.0], std=[255.0])
-        arrays[name] = np.concatenate([b[info.name] for b in open_inputs(calibration.data, [info], calibration=calibration)])
-        np.savez(work / f"{name}.npz", **{info.name: arrays[name]})
+    arrays = corpus.photo_sets("fastestdet", work)
+    for name, array in arrays.items():
+        np.savez(work / f"{name}.npz", input=array)
     test_x = arrays["test"]
     sys.path.insert(0, str(HERE.parent / "tests"))
     from _detection_helpers import decode_fastestdet
@@ -245,7 +218,7 @@ def mobile_detector(work: Path) -> dict:
     def boxes(path: Path) -> list:
         s = measuring_session(path)
         return [d for x in test_x for d in detection.decode(decode_fastestdet, dict(zip(
-            [o.name for o in s.get_outputs()], s.run(None, {info.name: x[None]}))), {info.name: x[None]})]
+            [o.name for o in s.get_outputs()], s.run(None, {"input": x[None]}))), {"input": x[None]})]
 
     def map_against_fp32(path: Path) -> detection.MapResult:
         sizes = [tuple(test_x.shape[2:][::-1])] * len(test_x)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from tao_qc.driver import compile_model  # noqa: E402
 from tao_qc.errors import AccuracyError  # noqa: E402
 from tao_qc.evaluate import ctc_reading, text_regions  # noqa: E402
+from tao_qc.evaluate.detection import DEFAULT_MIN_MAP50_VS_FP32  # noqa: E402
 from tao_qc.evaluate.results import check_name  # noqa: E402
 from tao_qc.testing import zoo  # noqa: E402
 from tao_qc.testing.corpus import character_error_rate  # noqa: E402
@@ -44,7 +45,9 @@ TASK_POINT = 0.01  # "within a point" of FP32's task figure
 def _session(path: Path):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # UltraFace lists its initializers as inputs: a warning per weight
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _run(path: Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
@@ -54,6 +57,8 @@ def _run(path: Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
 
 
 def _compile(source: Path, folder: Path, algorithm: str, cpu: str) -> tuple[dict, Path]:
+    """The INT8 model's default checks, as one: every check passes, the one nearest its floor shown
+    (where an output has several, as a detector read without its decoder has)."""
     spec = {"quantize": {"target": "onnxruntime", "algorithm": algorithm, "onnxruntime": {"cpu": cpu, "speed": "off"},
                          "calibration": {"data": str(folder / "cal.npz"), "batch_size": 8},
                          "compare": {"data": str(folder / "held.npz")}, "accuracy": {"fallback": "off"}}}
@@ -62,18 +67,27 @@ def _compile(source: Path, folder: Path, algorithm: str, cpu: str) -> tuple[dict
         compile_model(source, spec, results_dir=results)
     except AccuracyError:
         pass  # the verdict is in report.json
-    (check,) = json.loads((results / "report.json").read_text())["comparison"]["checks"]
-    return check, results / f"{source.stem}.int8.onnx"
+    checks = json.loads((results / "report.json").read_text())["comparison"]["checks"]
+    nearest = min(checks, key=lambda check: check["value"] - check["threshold"])
+    return {**nearest, "passed": all(check["passed"] for check in checks), "of": len(checks)}, \
+        results / f"{source.stem}.int8.onnx"
 
 
 def _cer(probabilities: np.ndarray, texts: list[list[int]], blank: int) -> float:
     return character_error_rate(ctc_reading.greedy_decode(probabilities, blank), texts)
 
 
-def _row(model: str, change: str, check: dict, fp32_task: float, int8_task: float, task: str, lower_is_better: bool):
-    kept = int8_task <= fp32_task + TASK_POINT if lower_is_better else int8_task >= fp32_task - TASK_POINT
+def _row(model: str, change: str, check: dict, fp32_task: float, int8_task: float, task: str, lower_is_better: bool,
+         task_floor: float | None = None):
+    """`task_floor`: the task is kept at or above it (a measure against FP32's own result, where
+    FP32 scores 1 by definition), instead of within a point of FP32's figure."""
+    if task_floor is not None:
+        kept = int8_task >= task_floor
+    else:
+        kept = int8_task <= fp32_task + TASK_POINT if lower_is_better else int8_task >= fp32_task - TASK_POINT
     verdict = "pass" if check["passed"] else "fail"
-    return (f"| {model} | {change} | {check_name(check['metric'])} | {check['value']:.3f} | {check['threshold']:g} | "
+    name = check_name(check["metric"]) + (f" (nearest of {check['of']})" if check.get("of", 1) > 1 else "")
+    return (f"| {model} | {change} | {name} | {check['value']:.3f} | {check['threshold']:g} | "
             f"{verdict} | {task} {fp32_task:.3f} -> {int8_task:.3f} | {'yes' if kept else 'no'} |"
             + ("" if kept == check["passed"] else " **disagree**"))
 
@@ -98,6 +112,85 @@ def text_detector(folder: Path, cpu: str) -> list[str]:
             change = f"{algorithm} ranges" + (f", outlier {factor:g}x" if factor > 1 else "")
             rows.append(_row("text detector (zoo, DB-style)", change, check, fp32_task, int8_task,
                              "lines found", lower_is_better=False))
+    return rows
+
+
+def text_segmenter(folder: Path, cpu: str) -> list[str]:
+    """The zoo's text detector read as a two-class segmenter (per pixel: paper, text), whose default
+    check is the mIoU of its label maps against FP32's; the task: the text pixels' IoU with the true
+    text boxes.
+    Outliers in the context layer, as `text_detector`'s, and in three activations at once
+    (`with_outliers_everywhere`)."""
+    from _text_map_helpers import TextOrPaper, text_pages, trained_detector, with_outlier_channel, with_outliers_everywhere
+
+    calibration, _ = text_pages(16, seed=31)
+    held, _ = text_pages(16, seed=32)
+    unseen, truth = text_pages(64, seed=33)
+    np.savez(folder / "cal.npz", input=calibration)
+    np.savez(folder / "held.npz", input=held)
+
+    def text_iou(classes: np.ndarray) -> float:
+        text, true = classes.argmax(axis=1) == 1, truth[:, 0] > 0.5
+        return float((text & true).sum() / max(1, (text | true).sum()))
+
+    detector = trained_detector()
+    variants = [("", detector)]
+    variants += [(f", outlier {factor:g}x", with_outlier_channel(detector, factor, calibration)) for factor in (50.0, 70.0, 100.0)]
+    variants += [(f", three outliers {factor:g}x", with_outliers_everywhere(detector, factor, calibration))
+                 for factor in (10.0, 30.0)]
+    rows = []
+    for index, (planted, model) in enumerate(variants):
+        source = folder / f"segmenter_{index}.onnx"
+        zoo.export_onnx(TextOrPaper(model).eval(), torch.from_numpy(calibration[:1]), source, dynamic_batch=True)
+        fp32_task = text_iou(_run(source, unseen))
+        for algorithm in ("max", "percentile"):
+            check, compiled = _compile(source, folder, algorithm, cpu)
+            rows.append(_row("text/paper segmenter (zoo detector, 2 classes)", f"{algorithm} ranges{planted}", check,
+                             fp32_task, text_iou(_run(compiled, unseen)), "text IoU vs truth", lower_is_better=False))
+    return rows
+
+
+# The shared detectors, each with its own decoder and score floor (its demo's or application's).
+RAW_DETECTORS = {
+    "ultraface_rfb320": ("boxes_scores", 0.7),
+    "yunet_n_320": ("tao_qc.corpus:decode_yunet", 0.5),
+    "fastestdet": ("_detection_helpers:decode_fastestdet", 0.4),
+}
+
+
+def raw_detectors(folder: Path, cpu: str) -> list[str]:
+    """The shared detectors compiled as a user does before giving a decoder: the default checks read
+    their raw outputs (a cosine for values, top-1 per position for UltraFace's face/background
+    scores). The task: the boxes their decoders find, mAP@.5 against FP32's on unseen photos
+    (`corpus.photo_sets`' test set), kept at the detection check's own floor, 0.9."""
+    from tao_qc.evaluate import detection
+    from tao_qc.spec import CompareSpec
+    from tao_qc.testing import corpus
+
+    rows = []
+    for name, (decoder_name, score) in RAW_DETECTORS.items():
+        work = folder / name
+        sets = corpus.photo_sets(name, work)
+        np.savez(work / "cal.npz", input=sets["calibration"])
+        np.savez(work / "held.npz", input=sets["held"])
+        unseen = sets["test"]
+        settings = CompareSpec(task="detection", decoder=decoder_name, score_threshold=score)
+        decoder = detection.load_decoder(decoder_name)
+
+        def boxes(path: Path) -> list:
+            session = _session(path)
+            names = [o.name for o in session.get_outputs()]
+            return [found for x in unseen for found in detection.decode(
+                decoder, dict(zip(names, session.run(names, {"input": x[None]}))), {"input": x[None]})]
+
+        source = corpus.shared_models_dir() / f"{name}.onnx"
+        truth = boxes(source)
+        sizes = [tuple(unseen.shape[2:][::-1])] * len(unseen)
+        for algorithm in ("max", "percentile"):
+            check, compiled = _compile(source, work, algorithm, cpu)
+            found = detection.map_against_reference(truth, boxes(compiled), sizes, *detection.thresholds(settings))
+            rows.append(_row(f"{name} (raw outputs)", f"{algorithm} ranges", check, 1.0, float(found.map50 or 0.0),
+                             "mAP@.5 vs FP32", lower_is_better=False, task_floor=DEFAULT_MIN_MAP50_VS_FP32))
     return rows
 
 
@@ -154,15 +247,24 @@ def digit_recognizer(folder: Path, cpu: str) -> list[str]:
                             (1.0, 1000.0), plant)
 
 
+BENCHES = {"detector": text_detector, "words": word_recognizer, "digits": digit_recognizer,
+           "segmenter": text_segmenter, "raw": raw_detectors}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", default="avx2", help="quantize.onnxruntime.cpu for every compile (default avx2)")
+    parser.add_argument("--only", help="comma-separated: " + ", ".join(BENCHES) + " (default: all)")
     args = parser.parse_args()
+    chosen = args.only.split(",") if args.only else list(BENCHES)
+    if unknown := set(chosen) - set(BENCHES):
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))} (valid: {', '.join(BENCHES)})")
     torch.set_num_threads(2)
     print("| model | INT8 model | default check | value | floor | verdict | task on unseen data (FP32 -> INT8) | task kept |")
     print("|---|---|---|---:|---:|---|---|---|")
     with tempfile.TemporaryDirectory() as temp:
-        for name, bench in (("detector", text_detector), ("words", word_recognizer), ("digits", digit_recognizer)):
+        for name in chosen:
+            bench = BENCHES[name]
             folder = Path(temp) / name
             folder.mkdir()
             for row in bench(folder, args.cpu):

@@ -1,6 +1,7 @@
 """Default checks that fit what an output is (issue 26): class probabilities per position get top-1
-agreement per position, saturated probability maps the text regions found (issue 36), everything
-else the data-set cosine; each says which default it is and why, and is marked `default`."""
+agreement per position, a segmenter's per-pixel ones the mIoU of its label maps, saturated
+probability maps the text regions found (issue 36), everything else the data-set cosine; each says
+which default it is and why, and is marked `default`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from tao_qc.evaluate.checks import DEFAULT_MIN_POSITION_TOP1_AGREEMENT, DEFAULT_MIN_REGION_AGREEMENT, checks_for
+from tao_qc.evaluate.checks import (
+    DEFAULT_MIN_LABEL_MAP_IOU,
+    DEFAULT_MIN_POSITION_TOP1_AGREEMENT,
+    DEFAULT_MIN_REGION_AGREEMENT,
+    checks_for,
+)
 from tao_qc.evaluate.measures import output_kind, output_metrics
 from tao_qc.evaluate.results import Check, ComparisonResult
 from tao_qc.spec import CompareSpec
@@ -68,6 +74,41 @@ def test_log_softmax_and_channel_first_class_maps_are_class_scores():
     assert output_kind(np.log(_steps())) == ("class_scores", 2)
     per_pixel = _softmax(RNG.normal(0, 3, (2, 5, 16, 16)), 1)  # a segmenter's [N, C, H, W]
     assert output_kind(per_pixel) == ("class_scores", 1)
+
+
+def _label_maps(lost_rows: int = 0):
+    """A segmenter's softmax over 3 classes on 4 pages of 64x64: paper (class 0) everywhere, a text
+    block (class 1, 16x48 pixels a page) and a small stamp (class 2, 4x4 pixels a page); the candidate
+    has `lost_rows` rows of each stamp read as paper."""
+    labels = np.zeros((4, 64, 64), np.int64)
+    labels[:, 8:24, 8:56] = 1
+    labels[:, 40:44, 40:44] = 2
+    candidate = labels.copy()
+    candidate[:, 40:40 + lost_rows, 40:44] = 0
+    one_hot = lambda maps: np.moveaxis(np.eye(3, dtype=np.float32)[maps], -1, 1) * 0.9 + 0.1 / 3  # noqa: E731
+    return one_hot(labels), one_hot(candidate)
+
+
+def test_a_segmenters_label_maps_are_checked_by_their_miou_against_fp32s():
+    reference, candidate = _label_maps(lost_rows=0)
+    metrics = output_metrics("classes", reference, candidate)
+    assert (metrics.kind, metrics.class_axis) == ("class_scores", 1)
+    check = _only(checks_for(metrics, CompareSpec()))
+    assert check.metric == "label_map_iou" and check.default and check.passed and check.value == 1.0
+    assert check.threshold == DEFAULT_MIN_LABEL_MAP_IOU and not check.proxy_for
+    assert "segmenter's per-pixel class scores ([N, 3, 64, 64], probabilities over axis 1)" in check.why
+
+
+def test_a_small_class_lost_fails_the_miou_where_agreement_per_pixel_passed():
+    """Half of a small class read as the background: 32 of 16384 pixels, so agreement per pixel is
+    0.998; the class's IoU is 0.5, and the mean over the three classes fails."""
+    reference, candidate = _label_maps(lost_rows=2)
+    metrics = output_metrics("classes", reference, candidate)
+    assert metrics.position_top1_agreement > 0.99  # what the default read before
+    assert metrics.class_iou[2] == pytest.approx(0.5) and metrics.class_iou[1] == 1.0
+    check = _only(checks_for(metrics, CompareSpec()))
+    assert not check.passed and check.value == pytest.approx((metrics.class_iou[0] + 1.0 + 0.5) / 3)
+    assert "mIoU of the label maps 0.833 against FP32's (needs >= 0.95" in check.describe()
 
 
 @pytest.mark.parametrize("values", [

@@ -53,13 +53,13 @@ def test_a_cosines_noise_is_the_spread_of_the_cosine_over_resampled_samples():
 
 def test_position_top1s_noise_is_the_spread_of_the_agreement_over_resampled_samples():
     rng = np.random.default_rng(4)
-    logits = rng.normal(size=(20, 3, 10, 10))
-    reference = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    noisy = logits + rng.normal(size=logits.shape) * rng.uniform(0.2, 1.5, (20, 1, 1, 1))
-    candidate = np.exp(noisy) / np.exp(noisy).sum(axis=1, keepdims=True)
+    logits = rng.normal(size=(20, 100, 2))  # two classes per position: no blank to read text by
+    reference = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    noisy = logits + rng.normal(size=logits.shape) * rng.uniform(0.2, 1.5, (20, 1, 1))
+    candidate = np.exp(noisy) / np.exp(noisy).sum(axis=2, keepdims=True)
     checks = _checks(reference.astype(np.float32), candidate.astype(np.float32))
     assert [(c.metric, c.passed) for c in checks] == [("position_top1_agreement", False)]
-    expected = np.std(_resampled(lambda r, c: position_top1_agreement(r, c, 1), reference, candidate) - 0.95)
+    expected = np.std(_resampled(lambda r, c: position_top1_agreement(r, c, 2), reference, candidate) - 0.95)
     assert proxy_noise({"out": reference}, {"out": candidate}, checks) == pytest.approx(expected, rel=1e-9)
 
 
@@ -148,15 +148,27 @@ def test_a_shorter_set_that_passes_on_the_way_is_taken():
     assert result.reached and result.kept_float == ["a", "b"] and result.value == pytest.approx(0.005)
 
 
+class PerPosition(torch.nn.Module):
+    """The zoo's text detector as a two-class score per position, `[N, H x W, 2]` (paper, text): class
+    scores with no blank, whose default check is top-1 agreement per position, a proxy."""
+
+    def __init__(self, detector):
+        super().__init__()
+        self.segmenter = TextOrPaper(detector)
+
+    def forward(self, x):
+        return self.segmenter(x).flatten(2).transpose(1, 2)
+
+
 @pytest.mark.slow
-def test_a_segmenter_whose_float_nodes_do_not_move_its_proxy_keeps_none_float(tmp_path):
-    """Top-1 per position is a proxy for a segmenter's label map. With three broken activations and
-    two nodes allowed float, the proxy stays where every node quantized left it: nothing is kept
-    float, and the error line and report.html say why."""
+def test_scores_whose_float_nodes_do_not_move_their_proxy_keep_none_float(tmp_path):
+    """Top-1 agreement per position is a proxy. With three broken activations and two nodes allowed
+    float, it stays where every node quantized left it: nothing is kept float, and the error line
+    and report.html say why."""
     calibration, _ = text_pages(16, seed=31)
     held, _ = text_pages(16, seed=32)
-    model = TextOrPaper(with_outliers_everywhere(trained_detector(), 300.0, calibration)).eval()
-    path = tmp_path / "segmenter.onnx"
+    model = PerPosition(with_outliers_everywhere(trained_detector(), 300.0, calibration)).eval()
+    path = tmp_path / "scores.onnx"
     torch.onnx.export(model, torch.from_numpy(calibration[:1]), str(path), dynamo=False, input_names=["x"],
                       output_names=["classes"], dynamic_axes={"x": {0: "n"}, "classes": {0: "n"}})
     np.savez(tmp_path / "cal.npz", x=calibration)
@@ -177,6 +189,6 @@ def test_a_segmenter_whose_float_nodes_do_not_move_its_proxy_keeps_none_float(tm
     assert "position top-1" in check["in_words"]
     html = (results / "report.html").read_text()
     assert "each failing one is a proxy" in html and f"{search['proxy_noise']:.2g}" in html
-    saved = onnx.load(str(results / "segmenter.int8.onnx"))
+    saved = onnx.load(str(results / "scores.int8.onnx"))
     dequantized = {o for n in saved.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     assert all(set(n.input[:2]) <= dequantized for n in saved.graph.node if n.op_type == "Conv")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from _text_map_helpers import text_pages, trained_detector, with_outlier_channel
+from _text_map_helpers import TextOrPaper, text_pages, trained_detector, with_outlier_channel
 from tao_qc.driver import compile_model
 from tao_qc.errors import AccuracyError
 
@@ -74,3 +74,30 @@ def test_the_default_compile_keeps_clipped_ranges_and_no_node_float(detector):
     (step,) = accuracy["steps"]
     assert step["step"] == "clip" and re.fullmatch(r"text regions found [\d.]+ -> [\d.]+ \(needs 0\.97\)", step["in_words"])
     assert escape(step["in_words"]) in (detector / "default" / "report.html").read_text()
+
+
+def test_a_segmenter_that_loses_text_fails_its_label_map_check_and_clipped_ranges_pass(tmp_path):
+    """The zoo's detector read as a text/paper segmenter ([N, 2, H, W]), with a 50x outlier channel:
+    max ranges lose text (bench/results/default-checks.md: 14 points of text IoU on unseen pages,
+    while agreement per pixel, the default before, passed); its default check is the mIoU of the
+    label maps, which fails them, and passes clipped ranges."""
+    calibration, _ = text_pages(16, seed=31)
+    held, _ = text_pages(16, seed=32)
+    model = TextOrPaper(with_outlier_channel(trained_detector(), 50.0, calibration)).eval()
+    path = tmp_path / "segmenter.onnx"
+    torch.onnx.export(model, torch.from_numpy(calibration[:1]), str(path), dynamo=False, input_names=["x"],
+                      output_names=["classes"], dynamic_axes={"x": {0: "n"}, "classes": {0: "n"}})
+    np.savez(tmp_path / "cal.npz", x=calibration)
+    np.savez(tmp_path / "held.npz", x=held)
+    with pytest.raises(AccuracyError, match="mIoU of the label maps"):
+        compile_model(path, _spec(tmp_path, algorithm="max", accuracy={"fallback": "off"}), results_dir=tmp_path / "max")
+    lost = _check(tmp_path / "max")
+    assert lost["metric"] == "label_map_iou" and not lost["passed"] and lost["value"] < 0.93
+    compile_model(path, _spec(tmp_path, algorithm="percentile", accuracy={"fallback": "off"}),
+                  results_dir=tmp_path / "percentile")
+    clipped = json.loads((tmp_path / "percentile" / "report.json").read_text())
+    (check,) = clipped["comparison"]["checks"]
+    (output,) = clipped["comparison"]["outputs"]
+    assert check["metric"] == "label_map_iou" and check["passed"] and check["value"] == output["label_map_iou"]
+    assert set(output["class_iou"]) == {"0", "1"} and min(output["class_iou"].values()) > 0.9
+    assert "label-map mIoU" in (tmp_path / "percentile" / "report.html").read_text()

@@ -6,7 +6,7 @@ What an output is (`output_kind`), read from FP32's values over the whole data s
 measure its default check reads (`tao_qc.evaluate.checks`):
 - `classifier`: `[N, C]`, C > 1 (logits or probabilities): top-1 agreement.
 - `class_scores`: class probabilities at every position: `[N, T, C]` (a CTC recognizer's per-step
-  softmax: where a blank class is found, `tao_qc.evaluate.ctc_reading` decodes it) or `[N, C, H, W]` (a segmenter's per-pixel softmax), C >= 2, recognised by the values:
+  softmax: where a blank class is found, `tao_qc.evaluate.ctc_reading` decodes it) or `[N, C, H, W]` (a segmenter's per-pixel softmax: its label maps are compared, `label_map_iou`), C >= 2, recognised by the values:
   every value in [0, 1] and each position's values summing to 1 over the class axis within
   `SUM_TOLERANCE` (or log-probabilities: every value <= 0, log-sum-exp 0). The class axis is the last
   one of a 3-D output and axis 1 of a 4-D one (NCHW), else the other of the two. Logits are not
@@ -214,6 +214,8 @@ def output_metrics(name: str, reference: np.ndarray, candidate: np.ndarray, *, l
     metrics.kind, metrics.class_axis = kind, axis
     if kind == "class_scores":
         metrics.position_top1_agreement = position_top1_agreement(reference, candidate, axis)
+        if reference.ndim == 4:  # a segmenter's per-pixel softmax: its label map is what is read
+            metrics.label_map_iou, metrics.class_iou = label_map_iou(reference, candidate, axis)
         if axis == 2 and (blank := ctc_reading.blank_class(reference)) is not None:
             metrics.blank_class = blank
             metrics.sequence_agreement, metrics.characters_read = ctc_reading.sequence_agreement(reference, candidate, blank)
@@ -293,6 +295,20 @@ def position_top1_agreement(reference: np.ndarray, candidate: np.ndarray, axis: 
     ref_top = reference.argmax(axis=axis)
     cand_top = np.nan_to_num(candidate, nan=-np.inf).argmax(axis=axis)
     return float(np.mean(ref_top == cand_top)) if ref_top.size else 1.0
+
+
+def label_map_iou(reference: np.ndarray, candidate: np.ndarray, axis: int) -> tuple[float, dict[int, float]]:
+    """The mean over classes of the IoU of the positions FP32's argmax over `axis` gives a class and
+    those the candidate's gives it, each class's intersection and union summed over the data set
+    (a segmenter's mIoU, FP32's label map taken as the truth); the classes are those FP32's maps
+    hold. Also each class's IoU. 1 where there are no positions."""
+    ref_top = reference.argmax(axis=axis)
+    cand_top = np.nan_to_num(candidate, nan=-np.inf).argmax(axis=axis)
+    ious = {}
+    for label in np.unique(ref_top):
+        ref_has, cand_has = ref_top == label, cand_top == label
+        ious[int(label)] = float(np.count_nonzero(ref_has & cand_has) / np.count_nonzero(ref_has | cand_has))
+    return (float(np.mean(list(ious.values()))) if ious else 1.0), ious
 
 
 def mask_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float = MASK_THRESHOLD) -> float:

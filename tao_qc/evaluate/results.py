@@ -33,6 +33,10 @@ class OutputMetrics:
     kind: str = "values"
     class_axis: int | None = None  # class_scores: the axis the probabilities sum to 1 over
     position_top1_agreement: float | None = None  # class_scores: fraction of positions whose argmax agrees
+    # class_scores [N, C, H, W] (a segmenter): the mIoU of the label maps, FP32's as the truth, and
+    # each class's IoU (`tao_qc.evaluate.measures.label_map_iou`).
+    label_map_iou: float | None = None
+    class_iou: dict[int, float] | None = None
     mask_iou: float | None = None  # probability_map: IoU of the maps thresholded at MASK_THRESHOLD
     # probability_map (`tao_qc.evaluate.text_regions`): the H-mean of FP32's text regions and the
     # quantized model's, and their counts over the data set.
@@ -84,6 +88,9 @@ class Check:
         if self.metric == "position_top1_agreement":
             return (f"{where}: top-1 agreement per position {100 * self.value:.2f}% "
                     f"(needs >= {100 * self.threshold:.2f}%, {self.why})")
+        if self.metric == "label_map_iou":
+            return (f"{where}: mIoU of the label maps {value_in_words(self.value, self.threshold)} against FP32's "
+                    f"(needs >= {self.threshold:g}, {self.why})")
         if self.metric == "sequence_agreement":
             return (f"{where}: sequence agreement {value_in_words(self.value, self.threshold)} of the text read with "
                     f"FP32's (needs >= {self.threshold:g}, {self.why})")
@@ -100,6 +107,7 @@ class Check:
 CHECK_NAMES = {
     "sequence_agreement": "sequence agreement",
     "position_top1_agreement": "position top-1",
+    "label_map_iou": "label-map mIoU",
     "top1_agreement": "top-1 agreement",
     "region_agreement": "text regions found",
     "map50_vs_fp32": "mAP@.5 vs FP32",

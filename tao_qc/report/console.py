@@ -168,6 +168,9 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
                 parts.insert(0, f"top-1 agreement {output['top1_agreement']:.2%}")
             if output.get("position_top1_agreement") is not None:  # the measure its default check reads comes first
                 parts.insert(0, f"top-1 agreement per position {output['position_top1_agreement']:.2%}")
+            if output.get("label_map_iou") is not None:
+                parts.insert(0, f"label-map mIoU {output['label_map_iou']:.3f} (" + ", ".join(
+                    f"class {label} {iou:.3f}" for label, iou in list(output["class_iou"].items())[:8]) + ")")
             if output.get("mask_iou") is not None:
                 parts.insert(0, f"IoU of the thresholded maps {output['mask_iou']:.4f}")
             if output.get("regions"):

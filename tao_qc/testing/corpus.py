@@ -196,6 +196,44 @@ def photos(model: str) -> np.ndarray:
     return np.concatenate([batch[info.name] for batch in batches])
 
 
+def photo_sets(model: str, work: Path) -> dict[str, np.ndarray]:
+    """Every photo in ../shared/models (the wolves, the three photos of images/, the four faces),
+    preprocessed for the shared detector `model`, in three sets of the same scenes changed as a
+    camera would change them, so that no image of the other two was calibrated on: `calibration`,
+    as they are (8); `held`, flipped and cropped to their middle 80% (16); `test`, darkened x0.6,
+    brightened x1.3, and flipped and darkened (24). The changed photos are written under `work`."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    shared = shared_models_dir()
+    sources = [shared / "fastestdet" / "wolves.jpg", *sorted(_folder("images").iterdir()),
+               *sorted(_folder("ultraface_rfb320").iterdir())]
+
+    def cropped(image: Any) -> Any:
+        w, h = image.size
+        return image.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+
+    def lit(factor: float) -> Any:
+        return lambda image: ImageEnhance.Brightness(image).enhance(factor)
+
+    changes = {"calibration": [lambda image: image], "held": [ImageOps.mirror, cropped],
+               "test": [lit(0.6), lit(1.3), lambda image: lit(0.6)(ImageOps.mirror(image))]}
+    how = PHOTO_MODELS[model]
+    info = InputInfo("input", (1, 3, *how.size), np.dtype(np.float32))
+    sets = {}
+    for name, ways in changes.items():
+        folder = work / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, change in enumerate(ways):
+            for path in sources:
+                with Image.open(path) as image:
+                    change(image.convert("RGB")).save(folder / f"{index}-{path.stem}.png")
+        calibration = CalibrationSpec(data=str(folder), size=list(how.size), mean=list(how.mean), std=list(how.std),
+                                      color=how.color)
+        sets[name] = np.concatenate([batch[info.name] for batch in
+                                     open_inputs(calibration.data, [info], calibration=calibration, batch_size=1)])
+    return sets
+
+
 YUNET_STRIDES = (8, 16, 32)
 YUNET_NMS_IOU = 0.3  # YuNet's own post-processing (OpenCV's FaceDetectorYN default)
 
