@@ -1,18 +1,23 @@
 """Do the default checks' floors separate INT8 models that keep the task from those that lose it?
 (issue 36). One command:
 
-    python bench/default_checks.py [--cpu avx2|avx512_vnni|...]
+    python bench/default_checks.py [--cpu avx2|avx512_vnni|...] [--only detector,words,digits,segmenter,segmenter3,raw]
 
-For each zoo model trained here (tests/_text_map_helpers.py, tests/_ctc_helpers.py; cached in
-.pytest_cache like the tests' own; the word recognizer's first training took 12 minutes on 2 cores), several INT8 models from one FP32 model: max and percentile
+For each zoo model trained here (tests/_text_map_helpers.py, tests/_ctc_helpers.py; weights in
+tests/trained/, as the tests load them), several INT8 models from one FP32 model: max and percentile
 ranges, and max ranges where one ReLU channel carries rare outliers (the channel scaled up by a
 factor, its consumer's weights scaled down by the same factor: FP32 computes the same). Each is
 compiled with fallback off; the table gives its default check (value, floor, verdict, on the
 comparison data) beside its task result on unseen data, FP32's and INT8's:
 - text detector: ICDAR's H-mean of the lines found against the true lines (text_regions' matching);
-- recognizers: character error rate against the true text.
-"Task kept": INT8 within a point of FP32's task figure. A floor is right where the verdict and
-"task kept" agree on every row.
+- recognizers: character error rate against the true text;
+- the text detector read as a text/paper segmenter: the text pixels' IoU with the true text;
+- a three-class page segmenter: the mIoU of its label maps against the true ones;
+- `raw`: ../shared/models' three detectors with no decoder given (the default checks read their raw
+  outputs): mAP@.5 of their decoders' boxes against FP32's.
+"Task kept": INT8 within a point of FP32's task figure (for the detectors: mAP@.5 against FP32's
+boxes at least 0.9, the detection check's floor). A floor is right where the verdict and "task
+kept" agree on every row.
 """
 
 from __future__ import annotations
@@ -150,6 +155,41 @@ def text_segmenter(folder: Path, cpu: str) -> list[str]:
     return rows
 
 
+def page_segmenter(folder: Path, cpu: str) -> list[str]:
+    """A second segmenter, built after the label-map floor was set on the text/paper one: three
+    classes (paper, a line of letters, a line of digits; tests/_segmenter_helpers.py), an outlier
+    channel planted in its second pointwise activation. The task: mIoU of its label maps against the
+    true ones on 64 unseen pages."""
+    from _segmenter_helpers import trained_segmenter, with_outlier_channel
+    from _text_map_helpers import text_pages
+
+    from tao_qc.evaluate.measures import label_map_iou
+
+    calibration, _ = text_pages(16, seed=31, kinds=True)
+    held, _ = text_pages(16, seed=32, kinds=True)
+    unseen, truth = text_pages(64, seed=33, kinds=True)
+    np.savez(folder / "cal.npz", input=calibration)
+    np.savez(folder / "held.npz", input=held)
+    true_scores = np.moveaxis(np.eye(3, dtype=np.float32)[truth[:, 0].astype(np.int64)], -1, 1)
+
+    def miou(classes: np.ndarray) -> float:
+        return label_map_iou(true_scores, classes, 1)[0]
+
+    segmenter = trained_segmenter()
+    rows = []
+    for factor in (1.0, 30.0, 100.0, 300.0):
+        model = with_outlier_channel(segmenter, factor, calibration) if factor > 1 else segmenter
+        source = folder / f"page_segmenter_{int(factor)}x.onnx"
+        zoo.export_onnx(model, torch.from_numpy(calibration[:1]), source, dynamic_batch=True)
+        fp32_task = miou(_run(source, unseen))
+        for algorithm in ("max", "percentile"):
+            check, compiled = _compile(source, folder, algorithm, cpu)
+            change = f"{algorithm} ranges" + (f", outlier {factor:g}x" if factor > 1 else "")
+            rows.append(_row("page segmenter (zoo, 3 classes)", change, check, fp32_task, miou(_run(compiled, unseen)),
+                             "mIoU vs truth", lower_is_better=False))
+    return rows
+
+
 # The shared detectors, each with its own decoder and score floor (its demo's or application's).
 RAW_DETECTORS = {
     "ultraface_rfb320": ("boxes_scores", 0.7),
@@ -248,7 +288,7 @@ def digit_recognizer(folder: Path, cpu: str) -> list[str]:
 
 
 BENCHES = {"detector": text_detector, "words": word_recognizer, "digits": digit_recognizer,
-           "segmenter": text_segmenter, "raw": raw_detectors}
+           "segmenter": text_segmenter, "segmenter3": page_segmenter, "raw": raw_detectors}
 
 
 def main() -> None:

@@ -49,9 +49,11 @@ class TextMapDetector(nn.Module):
         return torch.sigmoid(self.head(d1))
 
 
-def text_pages(count: int, seed: int, size: int = PAGE) -> tuple[np.ndarray, np.ndarray]:
+def text_pages(count: int, seed: int, size: int = PAGE, kinds: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """`count` pages float32[count, 3, size, size] in [-1, 1] (dark words on light paper, a little
-    noise) and their text masks float32[count, 1, size, size] (each line's inked box)."""
+    noise) and their text masks float32[count, 1, size, size] (each line's inked box). `kinds`: each
+    line all letters (1 in the mask) or all digits (2); without it the pages are what they always
+    were (the same draws), so the detector's training data keeps its key."""
     from PIL import Image, ImageDraw, ImageFont
 
     rng = np.random.default_rng(seed)
@@ -64,14 +66,16 @@ def text_pages(count: int, seed: int, size: int = PAGE) -> tuple[np.ndarray, np.
         top = int(rng.integers(2, 12))
         while True:
             font = ImageFont.load_default(size=int(rng.integers(9, 17)))
-            words = [''.join(rng.choice(LETTERS, int(rng.integers(2, 8)))) for _ in range(int(rng.integers(1, 4)))]
+            kind = 1 + int(rng.integers(0, 2)) if kinds else 1
+            alphabet = LETTERS if not kinds else LETTERS[-10:] if kind == 2 else LETTERS[:-10]
+            words = [''.join(rng.choice(alphabet, int(rng.integers(2, 8)))) for _ in range(int(rng.integers(1, 4)))]
             line = " ".join(words)
             left = int(rng.integers(2, size // 3))
             x0, y0, x1, y1 = draw.textbbox((left, top), line, font=font)
             if y1 > size - 2:
                 break
             draw.text((left, top), line, fill=int(rng.integers(0, paper - 120)), font=font)
-            masks[index, 0, y0:y1, x0:min(x1, size)] = 1.0
+            masks[index, 0, y0:y1, x0:min(x1, size)] = kind
             top = y1 + int(rng.integers(6, 30))
         pixels = np.asarray(page, np.float32) + rng.normal(0, 4, (size, size))
         pages[index] = np.clip(pixels / 127.5 - 1.0, -1, 1)[None]
