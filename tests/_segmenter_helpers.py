@@ -50,6 +50,8 @@ class PageSegmenter(nn.Module):
 
 
 def _train(model: nn.Module, pages: np.ndarray, labels: np.ndarray, steps: int, seed: int) -> nn.Module:
+    # The text detector's trainer with another loss, not one trainer for both: each model's cache key
+    # holds its trainer's source, and a shared one would retrain (and re-key) the committed detector.
     reset_weights(model, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = torch.from_numpy(pages), torch.from_numpy(labels)

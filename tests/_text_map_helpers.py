@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -163,3 +165,16 @@ def with_outliers_everywhere(model: TextMapDetector, factor: float, pages: np.nd
             producer.bias[channel] *= factor
             consumer.weight[:, channel] /= factor
     return planted.eval()
+
+
+def compile_inputs(planted: Callable[[np.ndarray], nn.Module], folder: Path, name: str, output: str) -> Path:
+    """The zoo's pages as a compile's data (`cal.npz`: 16 pages, `held.npz`: 16 others, input `x`) and
+    `planted(calibration pages)`, a model made from them, as `folder/name.onnx` with a dynamic batch."""
+    calibration, _ = text_pages(16, seed=31)
+    held, _ = text_pages(16, seed=32)
+    path = folder / f"{name}.onnx"
+    torch.onnx.export(planted(calibration), torch.from_numpy(calibration[:1]), str(path), dynamo=False,
+                      input_names=["x"], output_names=[output], dynamic_axes={"x": {0: "n"}, output: {0: "n"}})
+    np.savez(folder / "cal.npz", x=calibration)
+    np.savez(folder / "held.npz", x=held)
+    return path

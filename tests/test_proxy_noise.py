@@ -15,7 +15,7 @@ import onnx
 import pytest
 import torch
 
-from _text_map_helpers import TextOrPaper, text_pages, trained_detector, with_outliers_everywhere
+from _text_map_helpers import TextOrPaper, compile_inputs, trained_detector, with_outliers_everywhere
 
 from tao_qc.accuracy.metrics import ComparisonChecks, Target
 from tao_qc.accuracy.proxy_noise import RESAMPLES, WIDTH, proxy_noise
@@ -165,14 +165,8 @@ def test_scores_whose_float_nodes_do_not_move_their_proxy_keep_none_float(tmp_pa
     """Top-1 agreement per position is a proxy. With three broken activations and two nodes allowed
     float, it stays where every node quantized left it: nothing is kept float, and the error line
     and report.html say why."""
-    calibration, _ = text_pages(16, seed=31)
-    held, _ = text_pages(16, seed=32)
-    model = PerPosition(with_outliers_everywhere(trained_detector(), 300.0, calibration)).eval()
-    path = tmp_path / "scores.onnx"
-    torch.onnx.export(model, torch.from_numpy(calibration[:1]), str(path), dynamo=False, input_names=["x"],
-                      output_names=["classes"], dynamic_axes={"x": {0: "n"}, "classes": {0: "n"}})
-    np.savez(tmp_path / "cal.npz", x=calibration)
-    np.savez(tmp_path / "held.npz", x=held)
+    path = compile_inputs(lambda pages: PerPosition(with_outliers_everywhere(trained_detector(), 300.0, pages)).eval(),
+                          tmp_path, "scores", "classes")
     spec = {"quantize": {"target": "onnxruntime", "onnxruntime": {"speed": "off"},
                          "calibration": {"data": str(tmp_path / "cal.npz"), "batch_size": 8},
                          "compare": {"data": str(tmp_path / "held.npz")},

@@ -8,11 +8,9 @@ import json
 import re
 from html import escape
 
-import numpy as np
 import pytest
-import torch
 
-from _text_map_helpers import TextOrPaper, text_pages, trained_detector, with_outlier_channel
+from _text_map_helpers import TextOrPaper, compile_inputs, trained_detector, with_outlier_channel
 from tao_qc.driver import compile_model
 from tao_qc.errors import AccuracyError
 
@@ -23,14 +21,7 @@ OUTLIER = 100.0
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
     folder = tmp_path_factory.mktemp("text-map")
-    calibration, _ = text_pages(16, seed=31)
-    held, _ = text_pages(16, seed=32)
-    model = with_outlier_channel(trained_detector(), OUTLIER, calibration)
-    path = folder / "text_map.onnx"
-    torch.onnx.export(model, torch.from_numpy(calibration[:1]), str(path), dynamo=False, input_names=["x"],
-                      output_names=["maps"], dynamic_axes={"x": {0: "n"}, "maps": {0: "n"}})
-    np.savez(folder / "cal.npz", x=calibration)
-    np.savez(folder / "held.npz", x=held)
+    compile_inputs(lambda pages: with_outlier_channel(trained_detector(), OUTLIER, pages), folder, "text_map", "maps")
     return folder
 
 
@@ -81,14 +72,8 @@ def test_a_segmenter_that_loses_text_fails_its_label_map_check_and_clipped_range
     max ranges lose text (bench/results/default-checks.md: 14 points of text IoU on unseen pages,
     while agreement per pixel, the default before, passed); its default check is the mIoU of the
     label maps, which fails them, and passes clipped ranges."""
-    calibration, _ = text_pages(16, seed=31)
-    held, _ = text_pages(16, seed=32)
-    model = TextOrPaper(with_outlier_channel(trained_detector(), 50.0, calibration)).eval()
-    path = tmp_path / "segmenter.onnx"
-    torch.onnx.export(model, torch.from_numpy(calibration[:1]), str(path), dynamo=False, input_names=["x"],
-                      output_names=["classes"], dynamic_axes={"x": {0: "n"}, "classes": {0: "n"}})
-    np.savez(tmp_path / "cal.npz", x=calibration)
-    np.savez(tmp_path / "held.npz", x=held)
+    path = compile_inputs(lambda pages: TextOrPaper(with_outlier_channel(trained_detector(), 50.0, pages)).eval(),
+                          tmp_path, "segmenter", "classes")
     with pytest.raises(AccuracyError, match="mIoU of the label maps"):
         compile_model(path, _spec(tmp_path, algorithm="max", accuracy={"fallback": "off"}), results_dir=tmp_path / "max")
     lost = _check(tmp_path / "max")
