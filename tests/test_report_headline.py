@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from _compile_helpers import MNIST_CNTK, MNIST_INPUT, digits, run_cli, session
 from tao_qc.driver import compile_model
+from tao_qc.report.console import compile_summary_lines
 from tao_qc.spec.cpu import this_machine
 
 
@@ -203,6 +204,8 @@ def test_without_a_target_the_default_checks_are_said_to_decide(mnist_cntk_compi
     for check in (c for c in report["comparison"]["checks"] if c["default"]):
         assert f'<div class="about" data-check="{check["metric"]}">Measures {escape(check["measures"])}' in text
         assert f"Floor: {escape(check['floor_basis'])}" in text
+    # A classifier's top-1 agreement is its task's measure: no word of proxies in the terminal.
+    assert not any("proxies" in line for line in compile_summary_lines(report))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +412,10 @@ def test_yunets_twelve_outputs_fold_their_passing_defaults_and_read_a_sane_relat
     nearest = min((c for c in checks if c["passed"]), key=lambda c: c["value"] - c["threshold"])
     assert defaults[-1]["key"] == f"default · {len(checks) - len(failing)}{' more' if failing else ''} checks"
     assert f"closest: {nearest['metric']} {nearest['value']:.4g} on {nearest['output']}" in defaults[-1]["detail"]
-    # The cosine says it is a proxy, in the checks table.
+    # The cosine says it is a proxy, in the checks table, and the terminal says that proxies decided.
     assert '<div class="about" data-check="cosine">' in (tmp_path / "results" / "report.html").read_text()
     assert "Is a proxy for whatever reads the values" in (tmp_path / "results" / "report.html").read_text()
+    lines = compile_summary_lines(result.report)
+    assert any(line.startswith("  default checks (these decide the run)") for line in lines)
+    assert "  these checks are proxies, not the task: give accuracy.metric (a detector: compare.decoder) for a " \
+           "verdict on what the model is for" in lines

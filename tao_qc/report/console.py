@@ -157,6 +157,11 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
             nearest = headline.closest_call(passing)
             shown = "; ".join(below + [f"{len(passing)} pass" + (f", closest {said(nearest)}" if nearest else "")])
         lines.append(f"  default checks ({decide}): {shown}")
+        if headline.defaults_decide(report) and all(c.get("proxy_for") for c in defaults):
+            # A pass (or a miss) of proxies alone says nothing of the task: FastestDet's raw output kept a
+            # cosine of 0.996 while a third of its boxes came or went (bench/results/default-checks.md).
+            lines.append("  these checks are proxies, not the task: give accuracy.metric (a detector: "
+                         "compare.decoder) for a verdict on what the model is for")
     comparison = report.get("comparison")
     if comparison:
         for output in comparison.get("outputs", []):
