@@ -16,8 +16,8 @@ to arrays stacked over samples (FP32's and the quantized model's). The FP32 valu
   0.9, the comparison's detection check). A detector's default metric.
 - `module:function`: the user's own, same signature (default: at most 0.01 below FP32).
 - none given: the comparison's own checks (`tao_qc.evaluate.checks.checks_for`), the default that fits
-  each output (top-1 agreement per position for a CTC recognizer's per-step softmax, IoU of the
-  thresholded map for a text detector's probability map, cosine for values); the value is the
+  each output (the text a CTC recognizer reads, the text regions of a detector's probability map, a
+  segmenter's label maps, cosine for values); the value is the
   smallest margin of any check over its threshold, so the target is "every check passes" (value >= 0)
   and fallback stops as soon as they hold, not when a cosine no INT8 model reaches does. The margin
   steers the search; what a person reads is each check by name, value and floor

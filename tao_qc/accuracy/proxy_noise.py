@@ -4,9 +4,9 @@ more nodes float has stopped moving the proxy it chases.
 A default check that is a proxy (`Check.proxy_for`: the output cosine, top-1 agreement per
 position) says nothing of the task by itself; where no set of float nodes within
 `max_float_fraction` makes it pass, keeping nodes float only buys a proxy's value, at a cost in
-speed. Fallback then keeps the fewest nodes whose value is within the noise of the best it found
-(`tao_qc.accuracy.search`), and none where even the best is within the noise of the model with
-every node quantized.
+speed. Fallback then keeps the fewest ranked nodes whose value is within the noise of what the
+most nodes it may keep reach (`tao_qc.accuracy.search`), and none where that itself is within the
+noise of the model with every node quantized.
 
 The noise is the standard deviation of the smallest margin of the failing proxy checks over
 bootstrap resamples of the data set's samples, from each sample's share of the check (a cosine's
