@@ -4,6 +4,8 @@ depthwise-separable encoder with a dilated block, bilinear upsampling and a soft
 here for about two minutes on the zoo's pages (`text_pages(kinds=True)`) and cached by content.
 The default check of its output is the mIoU of its label maps (issue 36); it was built after that
 floor was set, to try it on a model it was not set on (bench/default_checks.py --only segmenter3).
+`PageTextDetector`, the same network with a sigmoid map, trained as the DB-style detector is, does
+the same for the text-regions floor (`--only detector2`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from _frontends_helpers import cached_state, reset_weights
+from _text_map_helpers import _train as train_map
 from _text_map_helpers import text_pages
 
 
@@ -49,6 +52,21 @@ class PageSegmenter(nn.Module):
         return torch.softmax(self.up(self.head(fused)), dim=1)
 
 
+class PageTextDetector(PageSegmenter):
+    """The same network with a one-channel sigmoid head: a text detector's probability map,
+    [N, 1, H, W], unlike the DB-style one of `_text_map_helpers` (no skip at full resolution,
+    depthwise-separable, bilinear upsampling)."""
+
+    def __init__(self):
+        super().__init__(classes=1)
+
+    def forward(self, x):
+        half, quarter = self.features(x)
+        context = self.relu(self.pointwise3(self.relu(self.depthwise3(quarter))))
+        fused = self.relu(self.fuse(torch.cat([self.up(context), half], 1)))
+        return torch.sigmoid(self.up(self.head(fused)))
+
+
 def _train(model: nn.Module, pages: np.ndarray, labels: np.ndarray, steps: int, seed: int) -> nn.Module:
     # The text detector's trainer with another loss, not one trainer for both: each model's cache key
     # holds its trainer's source, and a shared one would retrain (and re-key) the committed detector.
@@ -74,6 +92,16 @@ def trained_segmenter(steps: int = 900, seed: int = 0) -> nn.Module:
         key.update(part if isinstance(part, bytes) else part.encode())
     return cached_state(PageSegmenter(), f"trained-PageSegmenter-{key.hexdigest()[:20]}",
                         lambda: _train(PageSegmenter(), pages, labels, steps, seed))
+
+
+def trained_text_detector(steps: int = 900, seed: int = 0) -> nn.Module:
+    pages, masks = text_pages(512, seed=41)
+    key = hashlib.sha256()
+    for part in (inspect.getsource(PageTextDetector), inspect.getsource(PageSegmenter), inspect.getsource(train_map),
+                 repr((steps, seed, torch.__version__)), pages.tobytes(), masks.tobytes()):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    return cached_state(PageTextDetector(), f"trained-PageTextDetector-{key.hexdigest()[:20]}",
+                        lambda: train_map(PageTextDetector(), pages, masks, steps, seed))
 
 
 def with_outlier_channel(model: PageSegmenter, factor: float, pages: np.ndarray) -> PageSegmenter:
