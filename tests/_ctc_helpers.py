@@ -7,14 +7,13 @@ cached by content (`_frontends_helpers.cached_state`).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 
 import numpy as np
 import torch
 from torch import nn
 
-from _frontends_helpers import cached_state, digits_split, reset_weights
+from _frontends_helpers import cached_training, digits_split, reset_weights
 
 BLANK = 10  # the last class
 HEIGHT, WIDTH = 8, 80
@@ -91,12 +90,9 @@ def trained_recognizer(steps: int = 1500, seed: int = 0) -> tuple[nn.Module, dic
     (`calibration`, `held`, `test`: disjoint draws) with their texts (`test_texts`)."""
     x_train, y_train, x_test, y_test = digits_split()
     strips, texts = digit_strings(x_train, y_train, 4000, seed=11)
-    key = hashlib.sha256()
-    for part in (inspect.getsource(DigitStringRecognizer), inspect.getsource(_train), repr((steps, seed, torch.__version__)),
-                 strips.tobytes(), repr(texts)):
-        key.update(part if isinstance(part, bytes) else part.encode())
-    model = cached_state(DigitStringRecognizer(), f"trained-DigitStringRecognizer-{key.hexdigest()[:20]}",
-                         lambda: _train(DigitStringRecognizer(), strips, texts, steps, seed))
+    model = cached_training(DigitStringRecognizer(), (inspect.getsource(DigitStringRecognizer), inspect.getsource(_train),
+                                                      repr((steps, seed, torch.__version__)), strips.tobytes(), repr(texts)),
+                            lambda: _train(DigitStringRecognizer(), strips, texts, steps, seed))
     calibration, _ = digit_strings(x_train, y_train, 64, seed=12)
     held, _ = digit_strings(x_test, y_test, 128, seed=13)
     test, test_texts = digit_strings(x_test, y_test, 200, seed=14)
@@ -157,12 +153,9 @@ def trained_word_recognizer(steps: int = 2500, seed: int = 0) -> tuple[nn.Module
     """The word recognizer trained on rendered lines, and disjoint draws of others (`calibration`,
     `held`, `test`) with the test lines' texts (`test_texts`)."""
     lines, texts = word_lines(6000, seed=41)
-    key = hashlib.sha256()
-    for part in (inspect.getsource(WordRecognizer), inspect.getsource(_train), repr((steps, seed, torch.__version__)),
-                 lines.tobytes(), repr(texts)):
-        key.update(part if isinstance(part, bytes) else part.encode())
-    model = cached_state(WordRecognizer(), f"trained-WordRecognizer-{key.hexdigest()[:20]}",
-                         lambda: _train(WordRecognizer(), lines, texts, steps, seed, blank=WORD_BLANK))
+    model = cached_training(WordRecognizer(), (inspect.getsource(WordRecognizer), inspect.getsource(_train),
+                                               repr((steps, seed, torch.__version__)), lines.tobytes(), repr(texts)),
+                            lambda: _train(WordRecognizer(), lines, texts, steps, seed, blank=WORD_BLANK))
     calibration, _ = word_lines(64, seed=42)
     held, _ = word_lines(128, seed=43)
     test, test_texts = word_lines(400, seed=44)

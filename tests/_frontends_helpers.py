@@ -66,12 +66,10 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 10, seed
     """`model` trained on (x, y), deterministic in `seed`; the weights are cached by content (the
     architecture's source, the data, the settings, torch's version), so modules and xdist workers
     that train the same model share one training."""
-    key = hashlib.sha256()
-    for part in (inspect.getsource(type(model)), inspect.getsource(_train), repr((epochs, seed, torch.__version__)),
-                 x.tobytes(), y.tobytes(), repr((x.shape, x.dtype.str, y.shape, y.dtype.str))):
-        key.update(part if isinstance(part, bytes) else part.encode())
-    return cached_state(model, f"trained-{type(model).__name__}-{key.hexdigest()[:20]}",
-                        lambda: _train(model, x, y, epochs, seed))
+    return cached_training(model, (inspect.getsource(type(model)), inspect.getsource(_train),
+                                   repr((epochs, seed, torch.__version__)), x.tobytes(), y.tobytes(),
+                                   repr((x.shape, x.dtype.str, y.shape, y.dtype.str))),
+                           lambda: _train(model, x, y, epochs, seed))
 
 
 def reset_weights(model: nn.Module, seed: int) -> None:
@@ -103,6 +101,16 @@ CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "tao-qc"
 # its trainer, its data or torch's version, and then the test run trains afresh into CACHE: copy
 # the new file here to commit it (tests/trained/README.md).
 TRAINED = Path(__file__).resolve().parent / "trained"
+
+
+def cached_training(model: nn.Module, parts, build) -> nn.Module:
+    """`cached_state` for a trained zoo model: keyed by `parts` (str or bytes: the model's and its
+    trainer's source, the settings with torch's version, the training data), named
+    `trained-<class>-<key>`."""
+    key = hashlib.sha256()
+    for part in parts:
+        key.update(part if isinstance(part, bytes) else part.encode())
+    return cached_state(model, f"trained-{type(model).__name__}-{key.hexdigest()[:20]}", build)
 
 
 def cached_state(model: nn.Module, name: str, build) -> nn.Module:

@@ -11,14 +11,13 @@ the same for the text-regions floor (`--only detector2`).
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 
 import numpy as np
 import torch
 from torch import nn
 
-from _frontends_helpers import cached_state, reset_weights
+from _frontends_helpers import cached_training, reset_weights
 from _text_map_helpers import _train as train_map
 from _text_map_helpers import text_pages
 
@@ -67,9 +66,10 @@ class PageTextDetector(PageSegmenter):
         return torch.sigmoid(self.up(self.head(fused)))
 
 
+# The text detector's trainer with another loss, not one trainer for both: each model's cache key
+# holds its trainer's source, and a shared one would retrain (and re-key) the committed detector.
+# (Comments inside the function would re-key this one: keep them above it.)
 def _train(model: nn.Module, pages: np.ndarray, labels: np.ndarray, steps: int, seed: int) -> nn.Module:
-    # The text detector's trainer with another loss, not one trainer for both: each model's cache key
-    # holds its trainer's source, and a shared one would retrain (and re-key) the committed detector.
     reset_weights(model, seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = torch.from_numpy(pages), torch.from_numpy(labels)
@@ -86,22 +86,17 @@ def _train(model: nn.Module, pages: np.ndarray, labels: np.ndarray, steps: int, 
 def trained_segmenter(steps: int = 900, seed: int = 0) -> nn.Module:
     pages, masks = text_pages(512, seed=41, kinds=True)
     labels = masks[:, 0].astype(np.int64)
-    key = hashlib.sha256()
-    for part in (inspect.getsource(PageSegmenter), inspect.getsource(_train), repr((steps, seed, torch.__version__)),
-                 pages.tobytes(), labels.tobytes()):
-        key.update(part if isinstance(part, bytes) else part.encode())
-    return cached_state(PageSegmenter(), f"trained-PageSegmenter-{key.hexdigest()[:20]}",
-                        lambda: _train(PageSegmenter(), pages, labels, steps, seed))
+    return cached_training(PageSegmenter(), (inspect.getsource(PageSegmenter), inspect.getsource(_train),
+                                              repr((steps, seed, torch.__version__)), pages.tobytes(), labels.tobytes()),
+                           lambda: _train(PageSegmenter(), pages, labels, steps, seed))
 
 
 def trained_text_detector(steps: int = 900, seed: int = 0) -> nn.Module:
     pages, masks = text_pages(512, seed=41)
-    key = hashlib.sha256()
-    for part in (inspect.getsource(PageTextDetector), inspect.getsource(PageSegmenter), inspect.getsource(train_map),
-                 repr((steps, seed, torch.__version__)), pages.tobytes(), masks.tobytes()):
-        key.update(part if isinstance(part, bytes) else part.encode())
-    return cached_state(PageTextDetector(), f"trained-PageTextDetector-{key.hexdigest()[:20]}",
-                        lambda: train_map(PageTextDetector(), pages, masks, steps, seed))
+    return cached_training(PageTextDetector(), (inspect.getsource(PageTextDetector), inspect.getsource(PageSegmenter),
+                                                 inspect.getsource(train_map), repr((steps, seed, torch.__version__)),
+                                                 pages.tobytes(), masks.tobytes()),
+                           lambda: train_map(PageTextDetector(), pages, masks, steps, seed))
 
 
 def with_outlier_channel(model: PageSegmenter, factor: float, pages: np.ndarray) -> PageSegmenter:

@@ -12,7 +12,6 @@ lose the other channels' detail, ranges clipped at a percentile keep it.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from _frontends_helpers import cached_state, reset_weights
+from _frontends_helpers import cached_training, reset_weights
 
 PAGE = 96
 LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
@@ -100,12 +99,9 @@ def _train(model: nn.Module, pages: np.ndarray, masks: np.ndarray, steps: int, s
 
 def trained_detector(steps: int = 700, seed: int = 0) -> nn.Module:
     pages, masks = text_pages(512, seed=21)
-    key = hashlib.sha256()
-    for part in (inspect.getsource(TextMapDetector), inspect.getsource(_train), repr((steps, seed, torch.__version__)),
-                 pages.tobytes(), masks.tobytes()):
-        key.update(part if isinstance(part, bytes) else part.encode())
-    return cached_state(TextMapDetector(), f"trained-TextMapDetector-{key.hexdigest()[:20]}",
-                        lambda: _train(TextMapDetector(), pages, masks, steps, seed))
+    return cached_training(TextMapDetector(), (inspect.getsource(TextMapDetector), inspect.getsource(_train),
+                                                repr((steps, seed, torch.__version__)), pages.tobytes(), masks.tobytes()),
+                           lambda: _train(TextMapDetector(), pages, masks, steps, seed))
 
 
 def rarest_active_channel(activation: torch.Tensor) -> int:
