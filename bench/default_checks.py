@@ -99,27 +99,65 @@ def _row(model: str, change: str, check: dict, fp32_task: float, int8_task: floa
             + ("" if kept == check["passed"] else " **disagree**"))
 
 
-def text_detector(folder: Path, cpu: str) -> list[str]:
-    from _text_map_helpers import text_pages, trained_detector, with_outlier_channel
+def _pages(folder: Path, kinds: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The zoo's pages (`_text_map_helpers.text_pages`): 16 to calibrate on and 16 to compare on,
+    saved for `_compile`; returned, the calibration pages and 64 unseen ones with their true masks."""
+    from _text_map_helpers import text_pages
 
-    calibration, _ = text_pages(16, seed=31)
-    held, _ = text_pages(16, seed=32)
-    unseen, truth = text_pages(64, seed=33)
+    calibration, _ = text_pages(16, seed=31, kinds=kinds)
+    held, _ = text_pages(16, seed=32, kinds=kinds)
+    unseen, truth = text_pages(64, seed=33, kinds=kinds)
     np.savez(folder / "cal.npz", input=calibration)
     np.savez(folder / "held.npz", input=held)
+    return calibration, unseen, truth
+
+
+def _with_outliers(model, plant, factors: tuple[float, ...], calibration: np.ndarray) -> list[tuple[str, object]]:
+    """(label, model) for each factor: `model` itself at 1, else `plant(model, factor, calibration)`."""
+    return [(f", outlier {factor:g}x" if factor > 1 else "", plant(model, factor, calibration) if factor > 1 else model)
+            for factor in factors]
+
+
+def _page_rows(name: str, folder: Path, cpu: str, variants: list[tuple[str, object]], calibration: np.ndarray,
+               unseen: np.ndarray, task, task_name: str) -> list[str]:
+    """Each variant exported, compiled with max and clipped ranges, and its task (higher is better)
+    on the unseen pages beside its default check."""
     rows = []
-    for factor in (1.0, 30.0, 50.0, 70.0, 100.0):
-        model = with_outlier_channel(trained_detector(), factor, calibration) if factor > 1 else trained_detector()
-        source = folder / f"detector_{int(factor)}x.onnx"
+    for index, (planted, model) in enumerate(variants):
+        source = folder / f"model_{index}.onnx"
         zoo.export_onnx(model, torch.from_numpy(calibration[:1]), source, dynamic_batch=True)
-        fp32_task = text_regions.region_agreement(truth, _run(source, unseen), ICDAR).h_mean
+        fp32_task = task(_run(source, unseen))
         for algorithm in ("max", "percentile"):
             check, compiled = _compile(source, folder, algorithm, cpu)
-            int8_task = text_regions.region_agreement(truth, _run(compiled, unseen), ICDAR).h_mean
-            change = f"{algorithm} ranges" + (f", outlier {factor:g}x" if factor > 1 else "")
-            rows.append(_row("text detector (zoo, DB-style)", change, check, fp32_task, int8_task,
-                             "lines found", lower_is_better=False))
+            rows.append(_row(name, f"{algorithm} ranges{planted}", check, fp32_task, task(_run(compiled, unseen)),
+                             task_name, lower_is_better=False))
     return rows
+
+
+def _lines_found(truth: np.ndarray):
+    """The task of a text detector: its regions against the true lines, ICDAR's H-mean at IoU 0.5."""
+    return lambda maps: text_regions.region_agreement(truth, maps, ICDAR).h_mean
+
+
+def text_detector(folder: Path, cpu: str) -> list[str]:
+    from _text_map_helpers import trained_detector, with_outlier_channel
+
+    calibration, unseen, truth = _pages(folder)
+    variants = _with_outliers(trained_detector(), with_outlier_channel, (1.0, 30.0, 50.0, 70.0, 100.0), calibration)
+    return _page_rows("text detector (zoo, DB-style)", folder, cpu, variants, calibration, unseen,
+                      _lines_found(truth), "lines found")
+
+
+def page_text_detector(folder: Path, cpu: str) -> list[str]:
+    """A second detector of probability maps, built after the text-regions floor was set
+    (tests/_segmenter_helpers.py: PageTextDetector), as `text_detector` measures the first."""
+    from _segmenter_helpers import trained_text_detector, with_outlier_channel
+
+    calibration, unseen, truth = _pages(folder)
+    variants = _with_outliers(trained_text_detector(), with_outlier_channel, (1.0, 100.0, 1000.0, 3000.0, 10000.0),
+                              calibration)
+    return _page_rows("page text detector (zoo, depthwise, bilinear)", folder, cpu, variants, calibration, unseen,
+                      _lines_found(truth), "lines found")
 
 
 def text_segmenter(folder: Path, cpu: str) -> list[str]:
@@ -128,33 +166,21 @@ def text_segmenter(folder: Path, cpu: str) -> list[str]:
     text boxes.
     Outliers in the context layer, as `text_detector`'s, and in three activations at once
     (`with_outliers_everywhere`)."""
-    from _text_map_helpers import TextOrPaper, text_pages, trained_detector, with_outlier_channel, with_outliers_everywhere
+    from _text_map_helpers import TextOrPaper, trained_detector, with_outlier_channel, with_outliers_everywhere
 
-    calibration, _ = text_pages(16, seed=31)
-    held, _ = text_pages(16, seed=32)
-    unseen, truth = text_pages(64, seed=33)
-    np.savez(folder / "cal.npz", input=calibration)
-    np.savez(folder / "held.npz", input=held)
+    calibration, unseen, truth = _pages(folder)
 
     def text_iou(classes: np.ndarray) -> float:
         text, true = classes.argmax(axis=1) == 1, truth[:, 0] > 0.5
         return float((text & true).sum() / max(1, (text | true).sum()))
 
     detector = trained_detector()
-    variants = [("", detector)]
-    variants += [(f", outlier {factor:g}x", with_outlier_channel(detector, factor, calibration)) for factor in (50.0, 70.0, 100.0)]
+    variants = _with_outliers(detector, with_outlier_channel, (1.0, 50.0, 70.0, 100.0), calibration)
     variants += [(f", three outliers {factor:g}x", with_outliers_everywhere(detector, factor, calibration))
                  for factor in (10.0, 30.0)]
-    rows = []
-    for index, (planted, model) in enumerate(variants):
-        source = folder / f"segmenter_{index}.onnx"
-        zoo.export_onnx(TextOrPaper(model).eval(), torch.from_numpy(calibration[:1]), source, dynamic_batch=True)
-        fp32_task = text_iou(_run(source, unseen))
-        for algorithm in ("max", "percentile"):
-            check, compiled = _compile(source, folder, algorithm, cpu)
-            rows.append(_row("text/paper segmenter (zoo detector, 2 classes)", f"{algorithm} ranges{planted}", check,
-                             fp32_task, text_iou(_run(compiled, unseen)), "text IoU vs truth", lower_is_better=False))
-    return rows
+    variants = [(planted, TextOrPaper(model).eval()) for planted, model in variants]
+    return _page_rows("text/paper segmenter (zoo detector, 2 classes)", folder, cpu, variants, calibration, unseen,
+                      text_iou, "text IoU vs truth")
 
 
 def page_segmenter(folder: Path, cpu: str) -> list[str]:
@@ -163,33 +189,14 @@ def page_segmenter(folder: Path, cpu: str) -> list[str]:
     channel planted in its second pointwise activation. The task: mIoU of its label maps against the
     true ones on 64 unseen pages."""
     from _segmenter_helpers import trained_segmenter, with_outlier_channel
-    from _text_map_helpers import text_pages
 
     from tao_qc.evaluate.measures import label_map_iou
 
-    calibration, _ = text_pages(16, seed=31, kinds=True)
-    held, _ = text_pages(16, seed=32, kinds=True)
-    unseen, truth = text_pages(64, seed=33, kinds=True)
-    np.savez(folder / "cal.npz", input=calibration)
-    np.savez(folder / "held.npz", input=held)
+    calibration, unseen, truth = _pages(folder, kinds=True)
     true_scores = np.moveaxis(np.eye(3, dtype=np.float32)[truth[:, 0].astype(np.int64)], -1, 1)
-
-    def miou(classes: np.ndarray) -> float:
-        return label_map_iou(true_scores, classes, 1)[0]
-
-    segmenter = trained_segmenter()
-    rows = []
-    for factor in (1.0, 30.0, 100.0, 300.0):
-        model = with_outlier_channel(segmenter, factor, calibration) if factor > 1 else segmenter
-        source = folder / f"page_segmenter_{int(factor)}x.onnx"
-        zoo.export_onnx(model, torch.from_numpy(calibration[:1]), source, dynamic_batch=True)
-        fp32_task = miou(_run(source, unseen))
-        for algorithm in ("max", "percentile"):
-            check, compiled = _compile(source, folder, algorithm, cpu)
-            change = f"{algorithm} ranges" + (f", outlier {factor:g}x" if factor > 1 else "")
-            rows.append(_row("page segmenter (zoo, 3 classes)", change, check, fp32_task, miou(_run(compiled, unseen)),
-                             "mIoU vs truth", lower_is_better=False))
-    return rows
+    variants = _with_outliers(trained_segmenter(), with_outlier_channel, (1.0, 30.0, 100.0, 300.0), calibration)
+    return _page_rows("page segmenter (zoo, 3 classes)", folder, cpu, variants, calibration, unseen,
+                      lambda classes: label_map_iou(true_scores, classes, 1)[0], "mIoU vs truth")
 
 
 # The shared detectors, each with its own decoder and score floor (its demo's or application's).
@@ -233,36 +240,6 @@ def raw_detectors(folder: Path, cpu: str) -> list[str]:
             found = detection.map_against_reference(truth, boxes(compiled), sizes, *detection.thresholds(settings))
             rows.append(_row(f"{name} (raw outputs)", f"{algorithm} ranges", check, 1.0, float(found.map50 or 0.0),
                              "mAP@.5 vs FP32", lower_is_better=False, task_floor=DEFAULT_MIN_MAP50_VS_FP32))
-    return rows
-
-
-FACTORS_DETECTOR2 = (1.0, 100.0, 1000.0, 3000.0, 10000.0)
-
-
-def page_text_detector(folder: Path, cpu: str) -> list[str]:
-    """A second detector of probability maps, built after the text-regions floor was set
-    (tests/_segmenter_helpers.py: PageTextDetector), as `text_detector` measures the first."""
-    from _segmenter_helpers import trained_text_detector, with_outlier_channel
-    from _text_map_helpers import text_pages
-
-    calibration, _ = text_pages(16, seed=31)
-    held, _ = text_pages(16, seed=32)
-    unseen, truth = text_pages(64, seed=33)
-    np.savez(folder / "cal.npz", input=calibration)
-    np.savez(folder / "held.npz", input=held)
-    detector = trained_text_detector()
-    rows = []
-    for factor in FACTORS_DETECTOR2:
-        model = with_outlier_channel(detector, factor, calibration) if factor > 1 else detector
-        source = folder / f"page_detector_{int(factor)}x.onnx"
-        zoo.export_onnx(model, torch.from_numpy(calibration[:1]), source, dynamic_batch=True)
-        fp32_task = text_regions.region_agreement(truth, _run(source, unseen), ICDAR).h_mean
-        for algorithm in ("max", "percentile"):
-            check, compiled = _compile(source, folder, algorithm, cpu)
-            int8_task = text_regions.region_agreement(truth, _run(compiled, unseen), ICDAR).h_mean
-            change = f"{algorithm} ranges" + (f", outlier {factor:g}x" if factor > 1 else "")
-            rows.append(_row("page text detector (zoo, depthwise, bilinear)", change, check, fp32_task, int8_task,
-                             "lines found", lower_is_better=False))
     return rows
 
 
