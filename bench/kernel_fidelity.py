@@ -2,7 +2,8 @@
 integer kernels on this CPU and, with --emulate, on an emulated CPU without VNNI.
 
 For each model (the two MNIST CNNs of ../shared/models on 400 held-out digits, calibrated on 100
-others; the UltraFace demo on its four photos), `tao-qc compile` with target onnxruntime twice: for
+others; the UltraFace demo on its four photos; any tao_qc.testing.zoo model by name, seeded random
+weights, calibrated on 32 random inputs and measured on 16 others), `tao-qc compile` with target onnxruntime twice: for
 this machine's instruction set (`quantize.onnxruntime.cpu: auto`) and for `avx2` (7-bit weights).
 Each compiled model is then measured with tao_qc.evaluate.kernel_fidelity on the measuring CPU: its task
 result against FP32 through ORT's fused kernels and through the graph's own Q/DQ arithmetic (ORT's
@@ -10,6 +11,9 @@ optimizations off), the kernels' error relative to the quantization error, and t
 
     .venv/bin/python bench/kernel_fidelity.py [--models cnn_mnist_pytorch,mnist_cntk,ultraface]
                                               [--emulate EPYC-Rome]
+
+The zoo's deep models show how far kernels that only round differently stray from the graph on
+models the check's bar was not set on (`--models convnext,efficientnet,mobilenetv3,resnet18,yolo`).
 
 --emulate runs the measuring half under `qemu-x86_64 -cpu MODEL` (Debian's qemu-user; TCG emulates
 AVX2 and FMA but no AVX-512, so ORT's MLAS takes its AVX2 kernels, the ones a Zen 2 EPYC or a
@@ -33,6 +37,7 @@ SHARED = REPO.parent / "shared" / "models"
 sys.path.insert(0, str(REPO / "tests"))
 
 MODELS = ("cnn_mnist_pytorch", "mnist_cntk", "ultraface")
+ZOO_CALIBRATION, ZOO_EVALUATION = 32, 16
 
 
 def _digits_data(name: str, work: Path) -> tuple[Path, Path]:
@@ -47,10 +52,24 @@ def _digits_data(name: str, work: Path) -> tuple[Path, Path]:
     return calibration, evaluation
 
 
+def _zoo_model(name: str, work: Path) -> tuple[Path, Path, Path]:
+    from tao_qc.testing import zoo
+
+    source = zoo.export_zoo(name, work / f"{name}.onnx", dynamic_batch=True)
+    rng = np.random.default_rng(0)
+    shape = zoo.input_shape(name, ZOO_CALIBRATION + ZOO_EVALUATION)
+    inputs = rng.standard_normal(shape).astype(np.float32)
+    calibration, evaluation = work / f"{name}.calibration.npz", work / f"{name}.evaluation.npz"
+    np.savez(calibration, input=inputs[:ZOO_CALIBRATION])
+    np.savez(evaluation, input=inputs[ZOO_CALIBRATION:])
+    return source, calibration, evaluation
+
+
 def compile_all(models: list[str], work: Path) -> list[dict]:
     from tao_qc.driver import compile_model
     from tao_qc.spec.cpu import this_machine
     from tao_qc.spec import load_spec
+    from tao_qc.testing import zoo
 
     compiled = []
     for name in models:
@@ -58,6 +77,9 @@ def compile_all(models: list[str], work: Path) -> list[dict]:
             source = REPO / "examples" / "ultraface" / "model.onnx"
             base = load_spec(REPO / "examples" / "ultraface" / "q.yaml").model_dump(exclude_unset=True)
             evaluation = None
+        elif name in zoo.ZOO:
+            source, calibration, evaluation = _zoo_model(name, work)
+            base = {"target": "onnxruntime", "calibration": {"data": str(calibration)}}
         else:
             source = SHARED / f"{name}.onnx"
             calibration, evaluation = _digits_data(name, work)
@@ -119,7 +141,7 @@ def main() -> None:
         print(json.dumps(measure(json.loads(Path(args.measure).read_text()))))
         return
     models = [m for m in args.models.split(",") if m]
-    if any(m != "ultraface" for m in models) and not SHARED.is_dir():
+    if any(m in ("cnn_mnist_pytorch", "mnist_cntk") for m in models) and not SHARED.is_dir():
         sys.exit(f"needs the MNIST models in {SHARED}")
     qemu = shutil.which("qemu-x86_64")
     if args.emulate and qemu is None:

@@ -450,6 +450,130 @@ class YOLOStyle(nn.Module):
 
 
 # name -> (constructor, input shape at batch 1)
+class _MBConv(nn.Module):
+    """EfficientNet's inverted residual: 1x1 expand, depthwise kxk, squeeze-excite gated by a Sigmoid
+    (SiLU inside), 1x1 project; the input added back where the shape allows."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int):
+        super().__init__()
+        mid = cin * expand
+        layers = [_conv_bn_act(cin, mid)] if expand != 1 else []
+        layers += [_conv_bn_act(mid, mid, kernel, stride, groups=mid), _Excite(mid, max(8, cin // 4), nn.SiLU, nn.Sigmoid),
+                   nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class _Excite(nn.Module):
+    def __init__(self, channels: int, squeezed: int, inner: type[nn.Module], gate: type[nn.Module]):
+        super().__init__()
+        self.squeeze = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, squeezed, 1), inner(),
+                                     nn.Conv2d(squeezed, channels, 1), gate())
+
+    def forward(self, x):
+        return x * self.squeeze(x)
+
+
+class EfficientNetStyle(nn.Module):
+    """EfficientNet-B0's shape: MBConv stages with SiLU (`x * Sigmoid(x)` in ONNX) and squeeze-excite
+    everywhere, a 1x1 Conv to 1280 features before the pooling."""
+
+    BATCHNORM_FROM_INPUTS = True
+    PLAN = [(1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
+            (6, 192, 4, 2, 5), (6, 320, 1, 1, 3)]  # expand, channels, repeats, first stride, kernel
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers, channels = [_conv_bn_act(3, 32, 3, 2)], 32
+        for expand, cout, repeats, stride, kernel in self.PLAN:
+            for i in range(repeats):
+                layers.append(_MBConv(channels, cout, expand, kernel, stride if i == 0 else 1))
+                channels = cout
+        self.features = nn.Sequential(*layers, _conv_bn_act(channels, 1280))
+        self.classifier = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+class MobileNetV3Style(nn.Module):
+    """MobileNetV3-Large's shape: inverted residuals with ReLU early and HardSwish (one ONNX op) late,
+    squeeze-excite gated by HardSigmoid in some blocks, a HardSwish head."""
+
+    BATCHNORM_FROM_INPUTS = True
+    PLAN = [(3, 16, 16, False, False, 1), (3, 64, 24, False, False, 2), (3, 72, 24, False, False, 1),
+            (5, 72, 40, True, False, 2), (5, 120, 40, True, False, 1), (5, 120, 40, True, False, 1),
+            (3, 240, 80, False, True, 2), (3, 200, 80, False, True, 1), (3, 184, 80, False, True, 1),
+            (3, 184, 80, False, True, 1), (3, 480, 112, True, True, 1), (3, 672, 112, True, True, 1),
+            (5, 672, 160, True, True, 2), (5, 960, 160, True, True, 1), (5, 960, 160, True, True, 1)]
+    # kernel, expanded channels, out channels, squeeze-excite, HardSwish (else ReLU), stride
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        layers, channels = [_conv_bn_act(3, 16, 3, 2, nn.Hardswish)], 16
+        for kernel, mid, cout, excite, hardswish, stride in self.PLAN:
+            act = nn.Hardswish if hardswish else nn.ReLU
+            block = [_conv_bn_act(channels, mid, act=act)] if mid != channels else []
+            block.append(_conv_bn_act(mid, mid, kernel, stride, act, groups=mid))
+            if excite:
+                block.append(_Excite(mid, mid // 4, nn.ReLU, nn.Hardsigmoid))
+            block += [nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+            layers.append(_Residual(nn.Sequential(*block)) if stride == 1 and channels == cout else nn.Sequential(*block))
+            channels = cout
+        self.features = nn.Sequential(*layers, _conv_bn_act(channels, 960, act=nn.Hardswish))
+        self.classifier = nn.Sequential(nn.Linear(960, 1280), nn.Hardswish(), nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+class _Residual(nn.Module):
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class _ConvNeXtBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.expand = nn.Linear(channels, 4 * channels)
+        self.act = nn.GELU()
+        self.project = nn.Linear(4 * channels, channels)
+        self.layer_scale = nn.Parameter(torch.full((channels,), 0.5))
+
+    def forward(self, x):
+        y = self.norm(self.depthwise(x).permute(0, 2, 3, 1))
+        y = self.project(self.act(self.expand(y))) * self.layer_scale
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXtStyle(nn.Module):
+    """A ConvNeXt's shape, narrowed: a 4x4 patchify stem, blocks of depthwise 7x7, LayerNorm over
+    channels (channels-last, as ConvNeXt writes it), a 4x MLP with GELU in its Erf form, layer scale."""
+
+    def __init__(self, num_classes: int = 1000, dims: tuple[int, ...] = (48, 96, 192, 384), depths: tuple[int, ...] = (2, 2, 4, 2)):
+        super().__init__()
+        layers = [nn.Conv2d(3, dims[0], 4, 4)]
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            if i:
+                layers.append(nn.Conv2d(dims[i - 1], dim, 2, 2))
+            layers += [_ConvNeXtBlock(dim) for _ in range(depth)]
+        self.features = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.classifier = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.norm(self.features(x).mean((2, 3))))
+
+
 ZOO = {
     "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
     "small_cnn": (lambda: SmallResidualCNN(), (1, 3, 32, 32)),
@@ -464,6 +588,9 @@ ZOO = {
     "picodet": (lambda: PicoDetStyle(), (1, 3, 320, 320)),
     "yolo": (lambda: YOLOStyle(), (1, 3, 320, 320)),
     "yolo_mish": (lambda: YOLOStyle(act=nn.Mish), (1, 3, 320, 320)),
+    "efficientnet": (lambda: EfficientNetStyle(), (1, 3, 224, 224)),
+    "mobilenetv3": (lambda: MobileNetV3Style(), (1, 3, 224, 224)),
+    "convnext": (lambda: ConvNeXtStyle(), (1, 3, 224, 224)),
 }
 
 
@@ -479,7 +606,27 @@ def build(name: str, seed: int = 0) -> nn.Module:
                 module.running_var.uniform_(0.5, 1.5)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.1, 0.1)
+    if getattr(model, "BATCHNORM_FROM_INPUTS", False):
+        _batchnorm_from_inputs(model, shape, seed)
     return model.eval()
+
+
+def _batchnorm_from_inputs(model: nn.Module, shape: tuple[int, ...], seed: int, batches: int = 4) -> None:
+    """Each BatchNorm's statistics measured on random inputs, as training leaves them. Set at random,
+    a deep network's signal fades (PyTorch's default Conv init shrinks it about threefold a layer: a
+    MobileNetV3's logits do not depend on the image at all) or, with He init, grows out of any range a
+    trained model has; normalized, each channel enters the next layer near unit variance."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(8, *shape[1:], generator=generator))
+    for norm in norms:
+        norm.momentum = 0.1
 
 
 def input_shape(name: str, batch: int = 1) -> tuple[int, ...]:
