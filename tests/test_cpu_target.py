@@ -20,6 +20,7 @@ from tao_qc.spec import cpu
 from tao_qc import driver
 from tao_qc.driver import compile_model
 from tao_qc.errors import SpecError
+from tao_qc.evaluate import kernel_fidelity
 from tao_qc.evaluate.kernel_fidelity import check_kernel_fidelity
 from tao_qc.spec import CompareSpec, load_spec
 
@@ -156,6 +157,48 @@ def test_kernels_this_cpu_computes_exactly_pass_the_check(tmp_path):
     assert result.to_dict()["cpu"]["this_machine"]["isa"] == HERE.isa
 
 
+@pytest.mark.slow
+def test_a_deep_model_whose_kernels_only_round_differently_passes_compile(tmp_path):
+    """The zoo's ConvNeXt (depthwise 7x7, LayerNorm, GELU), compiled for this CPU by the default spec:
+    its LayerNorms carry a one-step rounding difference as far as the quantization error itself (1.10x
+    on AVX-512 VNNI, where the bar once sat at 1.0 and failed the run of a model whose top-1 agrees
+    with FP32 through the kernels and through the graph alike)."""
+    from tao_qc.testing import zoo
+
+    source = zoo.export_zoo("convnext", tmp_path / "convnext.onnx")
+    np.savez(tmp_path / "calibration.npz", input=np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32))
+    spec = {"quantize": {"target": "onnxruntime", "device": "cpu", "onnxruntime": {"cpu": HERE.isa},
+                         "calibration": {"data": str(tmp_path / "calibration.npz")}}}
+    result = compile_model(source, spec, results_dir=tmp_path / "results")
+    fidelity = result.report["kernel_fidelity"]
+    (output,) = fidelity["outputs"]
+    assert fidelity["passed"] and fidelity["decides"], fidelity["reason"]
+    assert output["task_measure"] == "top1_agreement" and output["task_kernels"] == output["task_graph"]
+    assert 0 < output["kernel_error_ratio"] < kernel_fidelity.MAX_KERNEL_ERROR_RATIO
+    assert result.report["verdict"]["passed"], result.report["verdict"]
+
+
+@pytest.mark.slow
+def test_a_fine_output_grid_may_move_as_far_as_quantization_moved_it(tmp_path):
+    """The zoo's EfficientNet (BatchNorm-normalized random weights) compiled for this CPU: its logits'
+    grid is fine, so rounding differences carried through 80 layers move a logit 15-25 of its steps,
+    past the flat 16, while quantization itself moved one 26-42. The kernels only round differently."""
+    from tao_qc.testing import zoo
+
+    source = zoo.export_zoo("efficientnet", tmp_path / "efficientnet.onnx")
+    inputs = np.random.default_rng(0).standard_normal((48, 3, 224, 224)).astype(np.float32)
+    np.savez(tmp_path / "calibration.npz", input=inputs[:32])
+    spec = {"quantize": {"target": "onnxruntime", "device": "cpu", "onnxruntime": {"cpu": HERE.isa},
+                         "calibration": {"data": str(tmp_path / "calibration.npz")}}}
+    quantized = compile_model(source, spec, results_dir=tmp_path / "results", compare=False).model_path
+    result = check_kernel_fidelity(source, quantized, [{"input": x[None]} for x in inputs[32:]], CompareSpec())
+    (output,) = result.outputs
+    assert result.passed, result.reason
+    assert output.max_step_error <= max(kernel_fidelity.MAX_STEP_ERROR, output.quantization_step_error)
+    assert output.quantization_step_error > kernel_fidelity.MAX_STEP_ERROR  # a grid fine enough to need the rule
+    assert output.kernel_error_ratio < 1.0 and abs(output.task_delta) <= kernel_fidelity.MAX_TASK_DELTA_SAMPLES / result.samples
+
+
 @pytest.mark.skipif(HERE.isa not in ("amx", "avx2", "avx512"), reason=(
     f"ORT's integer kernels on {HERE.isa} neither saturate weight pairs (avx2, avx512) nor lose the 17-31-column "
     "remainder (amx): no unit deviates here"))
@@ -166,7 +209,7 @@ def test_kernels_that_deviate_on_this_cpu_fail_the_check_in_one_line(tmp_path):
     assert not result.passed
     assert result.reason.startswith(f"ORT's integer kernels on this CPU ({HERE.isa}) deviate from the graph's arithmetic: output off by")
     assert "\n" not in result.reason
-    assert result.outputs[0].max_step_error > 16
+    assert result.outputs[0].max_step_error > max(16, result.outputs[0].quantization_step_error)
 
 
 # -- compile for an instruction set ---------------------------------------------------------------

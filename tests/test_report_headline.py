@@ -196,7 +196,7 @@ def test_without_a_target_the_default_checks_are_said_to_decide(mnist_cntk_compi
     html = page(results / "report.html")
     first = next(card for card in html.cards if card["row"] == "headline")
     assert first["kind"] == "target" and first["key"] == "accuracy: default checks"
-    assert ("PASSED" if report["verdict"]["passed"] else "FAILED") in first["value"]
+    assert ("PASSED" if report["comparison"]["passed"] else "FAILED") in first["value"]
     assert "No accuracy target is set, so these decide the run." in (results / "report.html").read_text()
     assert all(card["key"].startswith("default · ") for card in html.cards if card["row"] == "defaults")
     # Each default says what it measures, whether it is the task's measure, and where its floor came from.
@@ -206,6 +206,25 @@ def test_without_a_target_the_default_checks_are_said_to_decide(mnist_cntk_compi
         assert f"Floor: {escape(check['floor_basis'])}" in text
     # A classifier's top-1 agreement is its task's measure: no word of proxies in the terminal.
     assert not any("proxies" in line for line in compile_summary_lines(report))
+
+
+def test_checks_that_pass_read_passed_where_the_run_fails_on_kernel_fidelity(mnist_cntk_compiled, tmp_path):
+    """The accuracy line and card give the checks' own verdict; the run's failure (here the kernels of
+    this CPU, as compile records it) is the `run:` line and the verdict under the cards."""
+    from tao_qc.report.html import write_html_report
+
+    report = json.loads((mnist_cntk_compiled.results_dir / "report.json").read_text())
+    assert report["comparison"]["passed"]
+    reason = "ORT's integer kernels on this CPU (avx2) deviate from the graph's arithmetic: Plus214_Output_0 off by 6.10x the quantization error"
+    report["kernel_fidelity"] = {**(report.get("kernel_fidelity") or {}), "passed": False, "reason": reason, "decides": True}
+    report["verdict"] = {"passed": False, "failures": [reason], "fails_run": True}
+    lines = compile_summary_lines(report)
+    assert "  accuracy: the default checks (no accuracy.metric set): passed" in lines
+    assert f"  run: FAILED: {reason}" in lines
+    html = page(write_html_report(report, tmp_path / "report.html"))
+    first = next(card for card in html.cards if card["row"] == "headline")
+    assert first["key"] == "accuracy: default checks" and "PASSED" in first["value"]
+    assert "run failed (exit 1)" in (tmp_path / "report.html").read_text()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ each op on its own), and measures the kernels against the graph:
   boxes with the comparison's decoder, the data-set cosine with FP32 otherwise.
 
 Where the kernels only round differently (a requantization tie, a float sum in another order), the
-kernel error stays below the quantization error, an output that is quantized moves by a few of its
-steps, and the task measure moves by at most one sample. The check fails past that
+kernel error stays near or below the quantization error, an output that is quantized moves by a few
+of its steps (or by no more than quantization itself moved it), and the task measure moves by at
+most one sample. The check fails past that
 (`MAX_KERNEL_ERROR_RATIO`, `MAX_STEP_ERROR`, `MAX_TASK_DELTA_SAMPLES`).
 """
 
@@ -40,13 +41,18 @@ from tao_qc.spec.cpu import CpuTarget, compiled_for, mismatch, this_machine
 log = logging.getLogger("tao_qc.kernel_fidelity")
 
 # Measured (bench/kernel_fidelity.py, tests/test_corpus.py): where the kernels only round differently,
-# their error is 0-0.66x the quantization error (0.66: YuNet on AMX, requantization ties and integer
-# Sigmoid tables carried through 60 layers); saturated pairs on AVX2 put it at 6-22x (the MNIST CNNs,
-# UltraFace). The bar sits between.
-MAX_KERNEL_ERROR_RATIO = 1.0
+# their error is 0-1.1x the quantization error: 0.66 for YuNet on AMX (requantization ties and integer
+# Sigmoid tables carried through 60 layers), 0.84-0.98 for the zoo's EfficientNet, MobileNetV3 and
+# ResNet-18 on AVX-512 VNNI, and 1.08-1.10 for its ConvNeXt, whose LayerNorms rescale a one-step
+# rounding difference as much as the quantization error itself (its top-1 agrees with FP32 through
+# both). Saturated pairs on AVX2 put it at 6.1-22x (the MNIST CNNs, UltraFace). The bar sits between,
+# about 2.3x from each side; a bar of 1.0, set before the ConvNeXt was measured, failed it.
+MAX_KERNEL_ERROR_RATIO = 2.5
 # A few wrong values hide in the energy of a large output (AMX's lost 17-31-column remainder: 0.33x the
 # quantization error, but 188 steps off): an output a DequantizeLinear gives may differ by this many
-# of its steps at most.
+# of its steps at most, or by as many as quantization itself moved its farthest value. A deep model
+# with a fine output grid carries rounding differences further: the zoo's MobileNetV3 30 steps where
+# quantization moved a value 46, its EfficientNet 15-25 where it moved one 26-42.
 MAX_STEP_ERROR = 16
 # The task measure may move by one sample's worth (a near tie decided the other way by a rounding).
 MAX_TASK_DELTA_SAMPLES = 1
@@ -58,6 +64,7 @@ class OutputFidelity:
     name: str
     max_abs_error: float  # kernels against the graph's arithmetic
     max_step_error: float | None  # the same in the output's quantization steps (None: the output is not quantized)
+    quantization_step_error: float | None  # the largest |graph - FP32| in the same steps
     kernel_error_ratio: float  # ||kernels - graph|| / ||graph - FP32||
     task_measure: str  # top1_agreement | map | cosine (with FP32)
     task_kernels: float | None  # the task measure with FP32, through ORT's kernels
@@ -121,8 +128,10 @@ def check_kernel_fidelity(fp32_path: str | Path, quant_path: str | Path, inputs:
         measure, task_k, task_g = _task(name, reference, kernels[name], graph[name], sums, fp32, kernels, graph, feeds,
                                         compare, detection)
         largest = sums["max_error"]
+        in_steps = bool(step and reference.size)
         result.outputs.append(OutputFidelity(
-            name=name, max_abs_error=largest, max_step_error=largest / step if step and reference.size else None,
+            name=name, max_abs_error=largest, max_step_error=largest / step if in_steps else None,
+            quantization_step_error=sums["max_quantization_error"] / step if in_steps else None,
             kernel_error_ratio=float(ratio), task_measure=measure, task_kernels=task_k, task_graph=task_g))
     result.passed, result.reason = _verdict(result, here, model_isa)
     return result
@@ -132,7 +141,8 @@ def _verdict(result: KernelFidelity, here: CpuTarget, model_isa: str | None) -> 
     allowed_delta = MAX_TASK_DELTA_SAMPLES / max(result.samples, 1)
     problems = []
     for output in result.outputs:
-        if output.kernel_error_ratio > MAX_KERNEL_ERROR_RATIO or (output.max_step_error or 0) > MAX_STEP_ERROR:
+        steps_off = (output.max_step_error or 0) > max(MAX_STEP_ERROR, output.quantization_step_error or 0)
+        if output.kernel_error_ratio > MAX_KERNEL_ERROR_RATIO or steps_off:
             steps = f", up to {output.max_step_error:.0f} output steps" if output.max_step_error is not None else ""
             problems.append(f"{output.name} off by {output.kernel_error_ratio:.2f}x the quantization error{steps}")
         elif output.task_delta is not None and output.task_measure != "cosine" and abs(output.task_delta) > allowed_delta + 1e-9:
@@ -147,13 +157,13 @@ def _verdict(result: KernelFidelity, here: CpuTarget, model_isa: str | None) -> 
 
 
 def _sums_in_slices(reference: np.ndarray, kernels: np.ndarray, graph: np.ndarray) -> dict[str, float]:
-    """Squared distances (kernels to graph, graph to FP32), the largest |kernels - graph|, and the
+    """Squared distances (kernels to graph, graph to FP32), the largest |kernels - graph| and |graph - FP32|, and the
     dot products the cosines with FP32 need, summed a slice of samples at a time in float64 as
     `output_metrics` does (three float64 copies of a large output were most of compile's peak memory)."""
     samples = reference.shape[0] if reference.ndim else 1
     rows = [a.reshape(samples, -1) for a in (reference, kernels, graph)]
     step = max(1, CHUNK_ELEMENTS // max(1, rows[0].shape[1]))
-    sums = dict.fromkeys(("kernels_graph", "graph_fp32", "max_error", "fk", "ff", "kk", "fg", "gg"), 0.0)
+    sums = dict.fromkeys(("kernels_graph", "graph_fp32", "max_error", "max_quantization_error", "fk", "ff", "kk", "fg", "gg"), 0.0)
     for start in range(0, samples, step):
         f, k, g = (np.nan_to_num(a[start:start + step].astype(np.float64)) for a in rows)
         difference = k - g
@@ -162,6 +172,8 @@ def _sums_in_slices(reference: np.ndarray, kernels: np.ndarray, graph: np.ndarra
             sums["max_error"] = max(sums["max_error"], float(np.abs(difference).max()))
         difference = g - f
         sums["graph_fp32"] += float(np.einsum("ij,ij->", difference, difference))
+        if difference.size:
+            sums["max_quantization_error"] = max(sums["max_quantization_error"], float(np.abs(difference).max()))
         for key, (a, b) in {"fk": (f, k), "ff": (f, f), "kk": (k, k), "fg": (f, g), "gg": (g, g)}.items():
             sums[key] += float(np.einsum("ij,ij->", a, b))
     return sums

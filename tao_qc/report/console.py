@@ -115,7 +115,8 @@ def compile_summary_lines(report: dict[str, Any]) -> list[str]:
         fp32 = "" if "FP32" in wanted else f" (FP32 {_fmt(target.get('fp32'))})"
         lines.append(f"  accuracy target: {target.get('metric')} {_fmt(target.get('value'))}{fp32}, target {wanted}: {met}{note}")
     elif report.get("comparison"):
-        verdict = "passed" if (headline.verdict(report) or {}).get("passed") else "FAILED"
+        # The checks' own verdict: the run's (the `run:` line) also counts kernel fidelity and fallback.
+        verdict = "passed" if report["comparison"].get("passed") else "FAILED"
         own = headline.user_checks(report)
         decided_by = ("the checks you set: " + "; ".join(
             f"{check_in_words(c)} on {c.get('output')} ({c.get('why')})"

@@ -176,8 +176,8 @@ def _target_card(report: dict[str, Any], comparison: dict[str, Any] | None) -> s
     if not comparison:
         return _card("accuracy", '<span class="badge none">not compared</span>', "no comparison was run", kind="target")
     # No target of the user's: the comparison's checks decide (the user's where set, else the defaults).
-    verdict = headline.verdict(report) or {}
-    badge = '<span class="badge pass">PASSED</span>' if verdict.get("passed") else '<span class="badge fail">FAILED</span>'
+    # The card gives their verdict; the run's, which also counts kernel fidelity, is the line below.
+    badge = '<span class="badge pass">PASSED</span>' if comparison.get("passed") else '<span class="badge fail">FAILED</span>'
     own = headline.user_checks(report)
     if own:
         shown = "; ".join(f"{escape(str(c.get('metric')))} {_check_value(c)} on <code>{escape(str(c.get('output')))}</code> "
@@ -336,9 +336,11 @@ def _kernel_fidelity_section(section: dict[str, Any] | None) -> str:
     for output in section.get("outputs") or []:
         rows.append(f"<tr><td>{escape(str(output['name']))}</td><td class=\"num\">{output['kernel_error_ratio']:.3f}</td>"
                     f"<td class=\"num\">{_fixed(output.get('max_step_error'), 0)}</td>"
+                    f"<td class=\"num\">{_fixed(output.get('quantization_step_error'), 0)}</td>"
                     f"<td>{escape(str(output['task_measure']))}</td><td class=\"num\">{_fixed(output.get('task_kernels'), 4)}</td>"
                     f"<td class=\"num\">{_fixed(output.get('task_graph'), 4)}</td></tr>")
-    return intro + _table(["output", "kernel error", "max step error", "measure", "kernels", "graph"], rows, numeric_from=1)
+    return intro + _table(["output", "kernel error", "max step error", "steps quantization moved", "measure", "kernels", "graph"],
+                          rows, numeric_from=1)
 
 
 # ---------------------------------------------------------------------------------------------
