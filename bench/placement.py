@@ -11,7 +11,7 @@ and prints one table: speed vs FP32 at batch 1 and 8 (median latency, 2 intra-op
 timed in interleaved rounds so drift hits all alike; see measure()), the spread of the batch-8 ratio over
 those rounds, size on disk, top-1 agreement with FP32.
 
-    .venv/bin/python bench/placement.py [--models resnet18,mobilenet,lcnet,tiny_vit,picodet,yolo,yolo_mish] [--rounds 12] [--profile]
+    .venv/bin/python bench/placement.py [--models resnet18,mobilenet,lcnet,tiny_vit,picodet,yolo,yolo_mish,efficientnet,mobilenetv3,convnext] [--rounds 12] [--profile]
                                         [--real ultraface_rfb320,fastestdet,yunet_n_320]
                                         [--ocr ppocrv5_rec,ppocrv5_det]
 
@@ -402,7 +402,7 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet18,mobilenet,lcnet,tiny_vit,picodet,yolo,yolo_mish")
+    parser.add_argument("--models", default="resnet18,mobilenet,lcnet,tiny_vit,picodet,yolo,yolo_mish,efficientnet,mobilenetv3,convnext")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--profile", action="store_true", help="also print where the batch-8 time goes per variant")
     parser.add_argument("--real", default=",".join(REAL_MODELS), help="shared detectors to add ('' for none)")
