@@ -18,8 +18,8 @@ each op on its own), and measures the kernels against the graph:
 
 Where the kernels only round differently (a requantization tie, a float sum in another order), the
 kernel error stays near or below the quantization error, an output that is quantized moves by a few
-of its steps (or by no more than quantization itself moved it), and the task measure moves by at
-most one sample. The check fails past that
+of its steps (or by no more than quantization itself moved it), and the task measure through the
+kernels falls short of the graph's by at most one sample. The check fails past that
 (`MAX_KERNEL_ERROR_RATIO`, `MAX_STEP_ERROR`, `MAX_TASK_DELTA_SAMPLES`).
 """
 
@@ -40,21 +40,25 @@ from tao_qc.spec.cpu import CpuTarget, compiled_for, mismatch, this_machine
 
 log = logging.getLogger("tao_qc.kernel_fidelity")
 
-# Measured (bench/kernel_fidelity.py, tests/test_corpus.py): where the kernels only round differently,
-# their error is 0-1.1x the quantization error: 0.66 for YuNet on AMX (requantization ties and integer
-# Sigmoid tables carried through 60 layers), 0.84-0.98 for the zoo's EfficientNet, MobileNetV3 and
-# ResNet-18 on AVX-512 VNNI, and 1.08-1.10 for its ConvNeXt, whose LayerNorms rescale a one-step
+# Measured (bench/kernel_fidelity.py, bench/results/kernel-fidelity.md): where the kernels only round
+# differently, their error is 0-1.1x the quantization error: 0.66 for YuNet on AMX (requantization
+# ties and integer Sigmoid tables carried through 60 layers), 0.45-0.98 for the zoo's EfficientNet,
+# MobileNetV3 and ResNet-18, and 1.07-1.10 for its ConvNeXt, whose LayerNorms rescale a one-step
 # rounding difference as much as the quantization error itself (its top-1 agrees with FP32 through
-# both). Saturated pairs on AVX2 put it at 6.1-22x (the MNIST CNNs, UltraFace). The bar sits between,
-# about 2.3x from each side; a bar of 1.0, set before the ConvNeXt was measured, failed it.
-MAX_KERNEL_ERROR_RATIO = 2.5
+# both). Saturated pairs on AVX2 put it at 2.0-22x (2.0 the EfficientNet, 2.6 the MobileNetV3, 6.1-22
+# the MNIST CNNs, UltraFace and the ConvNeXt). The bar sits between; 1.0, set before the ConvNeXt was
+# measured, failed it.
+MAX_KERNEL_ERROR_RATIO = 1.5
 # A few wrong values hide in the energy of a large output (AMX's lost 17-31-column remainder: 0.33x the
 # quantization error, but 188 steps off): an output a DequantizeLinear gives may differ by this many
 # of its steps at most, or by as many as quantization itself moved its farthest value. A deep model
 # with a fine output grid carries rounding differences further: the zoo's MobileNetV3 30 steps where
 # quantization moved a value 46, its EfficientNet 15-25 where it moved one 26-42.
 MAX_STEP_ERROR = 16
-# The task measure may move by one sample's worth (a near tie decided the other way by a rounding).
+# The task measure through the kernels may fall short of the graph's by one sample's worth (a near tie
+# decided the other way by a rounding). Kernels that agree with FP32 better than the graph's arithmetic
+# harm nothing: a random-weight EfficientNet whose logits are all near ties read 2 samples of 16
+# better through AVX2's exact kernels than through the graph.
 MAX_TASK_DELTA_SAMPLES = 1
 _SHAPE_ONLY = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 
@@ -145,7 +149,7 @@ def _verdict(result: KernelFidelity, here: CpuTarget, model_isa: str | None) -> 
         if output.kernel_error_ratio > MAX_KERNEL_ERROR_RATIO or steps_off:
             steps = f", up to {output.max_step_error:.0f} output steps" if output.max_step_error is not None else ""
             problems.append(f"{output.name} off by {output.kernel_error_ratio:.2f}x the quantization error{steps}")
-        elif output.task_delta is not None and output.task_measure != "cosine" and abs(output.task_delta) > allowed_delta + 1e-9:
+        elif output.task_delta is not None and output.task_measure != "cosine" and output.task_delta < -allowed_delta - 1e-9:
             problems.append(f"{output.name} {output.task_measure} {output.task_kernels:.4f} through the kernels, "
                             f"{output.task_graph:.4f} through the graph")
     if not problems:
