@@ -161,13 +161,15 @@ def _verdict(result: KernelFidelity, here: CpuTarget, model_isa: str | None) -> 
 
 
 def _sums_in_slices(reference: np.ndarray, kernels: np.ndarray, graph: np.ndarray) -> dict[str, float]:
-    """Squared distances (kernels to graph, graph to FP32), the largest |kernels - graph| and |graph - FP32|, and the
-    dot products the cosines with FP32 need, summed a slice of samples at a time in float64 as
-    `output_metrics` does (three float64 copies of a large output were most of compile's peak memory)."""
+    """Squared distances (kernels to graph, graph to FP32), the largest |kernels - graph| and
+    |graph - FP32|, and the dot products the cosines with FP32 need, summed a slice of samples at a
+    time in float64 as `output_metrics` does (three float64 copies of a large output were most of
+    compile's peak memory)."""
     samples = reference.shape[0] if reference.ndim else 1
     rows = [a.reshape(samples, -1) for a in (reference, kernels, graph)]
     step = max(1, CHUNK_ELEMENTS // max(1, rows[0].shape[1]))
-    sums = dict.fromkeys(("kernels_graph", "graph_fp32", "max_error", "max_quantization_error", "fk", "ff", "kk", "fg", "gg"), 0.0)
+    sums = dict.fromkeys(("kernels_graph", "graph_fp32", "max_error", "max_quantization_error",
+                          "fk", "ff", "kk", "fg", "gg"), 0.0)
     for start in range(0, samples, step):
         f, k, g = (np.nan_to_num(a[start:start + step].astype(np.float64)) for a in rows)
         difference = k - g

@@ -449,7 +449,18 @@ class YOLOStyle(nn.Module):
         return tuple(torch.cat((box(p), score(p)), 1) for box, score, p in zip(self.boxes, self.scores, (p3, p4, p5)))
 
 
-# name -> (constructor, input shape at batch 1)
+class _Excite(nn.Module):
+    """Squeeze-excite with its own activations: the pooled map through a 1x1 bottleneck gates the map's channels."""
+
+    def __init__(self, channels: int, squeezed: int, inner: type[nn.Module], gate: type[nn.Module]):
+        super().__init__()
+        self.squeeze = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, squeezed, 1), inner(),
+                                     nn.Conv2d(squeezed, channels, 1), gate())
+
+    def forward(self, x):
+        return x * self.squeeze(x)
+
+
 class _MBConv(nn.Module):
     """EfficientNet's inverted residual: 1x1 expand, depthwise kxk, squeeze-excite gated by a Sigmoid
     (SiLU inside), 1x1 project; the input added back where the shape allows."""
@@ -465,16 +476,6 @@ class _MBConv(nn.Module):
 
     def forward(self, x):
         return x + self.block(x) if self.residual else self.block(x)
-
-
-class _Excite(nn.Module):
-    def __init__(self, channels: int, squeezed: int, inner: type[nn.Module], gate: type[nn.Module]):
-        super().__init__()
-        self.squeeze = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, squeezed, 1), inner(),
-                                     nn.Conv2d(squeezed, channels, 1), gate())
-
-    def forward(self, x):
-        return x * self.squeeze(x)
 
 
 class EfficientNetStyle(nn.Module):
@@ -559,7 +560,8 @@ class ConvNeXtStyle(nn.Module):
     """A ConvNeXt's shape, narrowed: a 4x4 patchify stem, blocks of depthwise 7x7, LayerNorm over
     channels (channels-last, as ConvNeXt writes it), a 4x MLP with GELU in its Erf form, layer scale."""
 
-    def __init__(self, num_classes: int = 1000, dims: tuple[int, ...] = (48, 96, 192, 384), depths: tuple[int, ...] = (2, 2, 4, 2)):
+    def __init__(self, num_classes: int = 1000, dims: tuple[int, ...] = (48, 96, 192, 384),
+                 depths: tuple[int, ...] = (2, 2, 4, 2)):
         super().__init__()
         layers = [nn.Conv2d(3, dims[0], 4, 4)]
         for i, (dim, depth) in enumerate(zip(dims, depths)):
@@ -574,6 +576,7 @@ class ConvNeXtStyle(nn.Module):
         return self.classifier(self.norm(self.features(x).mean((2, 3))))
 
 
+# name -> (constructor, input shape at batch 1)
 ZOO = {
     "resnet18": (lambda: ResNet18(), (1, 3, 224, 224)),
     "small_cnn": (lambda: SmallResidualCNN(), (1, 3, 32, 32)),
