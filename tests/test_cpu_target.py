@@ -157,19 +157,27 @@ def test_kernels_this_cpu_computes_exactly_pass_the_check(tmp_path):
     assert result.to_dict()["cpu"]["this_machine"]["isa"] == HERE.isa
 
 
+def _zoo_compiled_for_this_cpu(name: str, folder: Path, *, compare: bool):
+    """A zoo model compiled by the default spec for this machine's instruction set (so its kernels are
+    this CPU's, whatever the suite's TAO_QC_CPU), calibrated on the first 32 of 48 random inputs: the
+    FP32 model, the other 16 inputs, compile's result."""
+    from tao_qc.testing import zoo
+
+    source = zoo.export_zoo(name, folder / f"{name}.onnx")
+    inputs = np.random.default_rng(0).standard_normal(zoo.input_shape(name, 48)).astype(np.float32)
+    np.savez(folder / "calibration.npz", input=inputs[:32])
+    spec = {"quantize": {"target": "onnxruntime", "device": "cpu", "onnxruntime": {"cpu": HERE.isa},
+                         "calibration": {"data": str(folder / "calibration.npz")}}}
+    return source, inputs[32:], compile_model(source, spec, results_dir=folder / "results", compare=compare)
+
+
 @pytest.mark.slow
 def test_a_deep_model_whose_kernels_only_round_differently_passes_compile(tmp_path):
     """The zoo's ConvNeXt (depthwise 7x7, LayerNorm, GELU), compiled for this CPU by the default spec:
     its LayerNorms carry a one-step rounding difference as far as the quantization error itself (1.10x
     on AVX-512 VNNI, where the bar once sat at 1.0 and failed the run of a model whose top-1 agrees
     with FP32 through the kernels and through the graph alike)."""
-    from tao_qc.testing import zoo
-
-    source = zoo.export_zoo("convnext", tmp_path / "convnext.onnx")
-    np.savez(tmp_path / "calibration.npz", input=np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32))
-    spec = {"quantize": {"target": "onnxruntime", "device": "cpu", "onnxruntime": {"cpu": HERE.isa},
-                         "calibration": {"data": str(tmp_path / "calibration.npz")}}}
-    result = compile_model(source, spec, results_dir=tmp_path / "results")
+    _, _, result = _zoo_compiled_for_this_cpu("convnext", tmp_path, compare=True)
     fidelity = result.report["kernel_fidelity"]
     (output,) = fidelity["outputs"]
     assert fidelity["passed"] and fidelity["decides"], fidelity["reason"]
@@ -197,15 +205,8 @@ def test_a_fine_output_grid_may_move_as_far_as_quantization_moved_it(tmp_path):
     """The zoo's EfficientNet (BatchNorm-normalized random weights) compiled for this CPU: its logits'
     grid is fine, so rounding differences carried through 80 layers move a logit 15-25 of its steps,
     past the flat 16, while quantization itself moved one 26-42. The kernels only round differently."""
-    from tao_qc.testing import zoo
-
-    source = zoo.export_zoo("efficientnet", tmp_path / "efficientnet.onnx")
-    inputs = np.random.default_rng(0).standard_normal((48, 3, 224, 224)).astype(np.float32)
-    np.savez(tmp_path / "calibration.npz", input=inputs[:32])
-    spec = {"quantize": {"target": "onnxruntime", "device": "cpu", "onnxruntime": {"cpu": HERE.isa},
-                         "calibration": {"data": str(tmp_path / "calibration.npz")}}}
-    quantized = compile_model(source, spec, results_dir=tmp_path / "results", compare=False).model_path
-    result = check_kernel_fidelity(source, quantized, [{"input": x[None]} for x in inputs[32:]], CompareSpec())
+    source, held_out, compiled = _zoo_compiled_for_this_cpu("efficientnet", tmp_path, compare=False)
+    result = check_kernel_fidelity(source, compiled.model_path, [{"input": x[None]} for x in held_out], CompareSpec())
     (output,) = result.outputs
     assert result.passed, result.reason
     assert output.max_step_error <= max(kernel_fidelity.MAX_STEP_ERROR, output.quantization_step_error)
